@@ -1,0 +1,152 @@
+"""A registry is a dict of named components plus a small get/resolve pair (after timm's create_act).
+
+A component is referred to in a config either by name (`relu`) or by a mapping with a `name` and
+its parameters (`{name: leaky_relu, negative_slope: 0.2}`). `Registry.resolve` turns either form
+into a canonical, fully filled mapping, so the resolved config written next to a run says exactly
+what ran. Each component's parameters are a small pydantic model: types, ranges and defaults are
+declared once and `gradlab components` prints them from the same place.
+
+This module imports no torch: config validation and `gradlab components` stay light.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+class Params(BaseModel):
+    """Base for every component's parameters: unknown parameters are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+class NoParams(Params):
+    pass
+
+
+class SpecError(ValueError):
+    """A component spec is wrong. `subpath` is the key inside the spec (e.g. `negative_slope`)."""
+
+    def __init__(self, message: str, subpath: str = ""):
+        super().__init__(message)
+        self.message = message
+        self.subpath = subpath
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    doc: str
+    params: type[Params]
+    build: Callable[..., Any] | None = None
+    aliases: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _normalize(name: str) -> str:
+    return name.strip().lower().replace("-", "_").replace(" ", "_")
+
+
+def did_you_mean(word: str, choices: list[str]) -> str:
+    """' (did you mean 'relu'?)' or '' when nothing is close."""
+    close = difflib.get_close_matches(_normalize(word), choices, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def describe_value(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class Registry:
+    """Named components of one kind (activation, initializer, ...), with aliases."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, Component] = {}
+        self._aliases: dict[str, str] = {}
+
+    def add(self, component: Component) -> Component:
+        self._items[component.name] = component
+        for alias in (component.name, *component.aliases):
+            self._aliases[_normalize(alias)] = component.name
+        return component
+
+    def register(self, name: str, doc: str, params: type[Params] = NoParams, aliases: tuple[str, ...] = (), **extra):
+        """Decorator form of `add` for a builder function."""
+
+        def wrap(build: Callable[..., Any]) -> Callable[..., Any]:
+            self.add(Component(name, doc, params, build, aliases, extra))
+            return build
+
+        return wrap
+
+    def names(self) -> list[str]:
+        return list(self._items)
+
+    def __iter__(self):
+        return iter(self._items.values())
+
+    def __contains__(self, name: str) -> bool:
+        return _normalize(name) in self._aliases
+
+    def get(self, name: str) -> Component:
+        key = _normalize(name)
+        if key not in self._aliases:
+            raise SpecError(
+                f"unknown {self.kind} {name!r}{did_you_mean(name, list(self._aliases))}; "
+                f"allowed: {', '.join(self.names())}"
+            )
+        return self._items[self._aliases[key]]
+
+    def resolve(self, spec: Any) -> dict[str, Any]:
+        """`'relu'` or `{name: relu, ...}` -> `{'name': 'relu', **all params with defaults}`."""
+        if isinstance(spec, str):
+            name, given = spec, {}
+        elif isinstance(spec, dict):
+            if "name" not in spec:
+                raise SpecError(f"a {self.kind} mapping needs a 'name' key; allowed names: {', '.join(self.names())}")
+            given = dict(spec)
+            name = given.pop("name")
+            if not isinstance(name, str):
+                raise SpecError(f"got {describe_value(name)}; expected a {self.kind} name", "name")
+        else:
+            raise SpecError(
+                f"got {describe_value(spec)}; expected a {self.kind} name or a mapping with 'name' "
+                f"(allowed names: {', '.join(self.names())})"
+            )
+        component = self.get(name)
+        try:
+            params = component.params(**given)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            key = ".".join(str(part) for part in error["loc"])
+            if error["type"] == "extra_forbidden":
+                allowed = list(component.params.model_fields)
+                raise SpecError(
+                    f"unknown parameter of {self.kind} '{component.name}'{did_you_mean(key, allowed)}; "
+                    f"allowed: {', '.join(allowed) or 'none'}",
+                    key,
+                ) from None
+            message = error["msg"][0].lower() + error["msg"][1:]
+            raise SpecError(f"got {describe_value(error.get('input'))}; {message}", key) from None
+        return {"name": component.name, **params.model_dump()}
+
+    def params_of(self, spec: dict[str, Any]) -> Params:
+        """The typed parameters of a resolved spec."""
+        component = self.get(spec["name"])
+        return component.params(**{k: v for k, v in spec.items() if k != "name"})
+
+
+def param_table(params: type[Params]) -> list[tuple[str, str, str]]:
+    """(name, type, default) rows for display."""
+    rows = []
+    for name, info in params.model_fields.items():
+        annotation = info.annotation
+        type_name = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+        rows.append((name, type_name, describe_value(info.default)))
+    return rows
