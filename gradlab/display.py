@@ -1,0 +1,86 @@
+"""Terminal rendering for `gradlab run` and `gradlab components` (rich; no torch, no computing)."""
+
+from __future__ import annotations
+
+import math
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from gradlab.registry import param_table
+
+
+def fmt(value: float | None) -> str:
+    """Three significant digits; an empty cell for a value that does not exist."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:.3g}"
+
+
+class ProgressReporter:
+    """A rich progress bar: step, loss, elapsed time and ETA (updated on logged steps)."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.progress: Progress | None = None
+
+    def start(self, total_steps: int) -> None:
+        self.progress = Progress(
+            TextColumn("step"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self.task = self.progress.add_task("train", total=total_steps, loss="-")
+        self.progress.start()
+
+    def update(self, step: int, loss: float) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=step, loss=f"{loss:.4g}")
+
+    def finish(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def profile_table(result) -> Table:
+    """delta_norm per layer at step 0 and at the last logged step, and the gain across the stack."""
+    from gradlab.analysis import stack_gain
+
+    first, last = result.first_rows, result.last_rows
+    last_step = last[0]["step"] if last else None
+    table = Table(title=f"{result.run_dir.parent.name}: back-propagated signal ||dL/dz|| per layer ({result.status})")
+    table.add_column("layer", justify="right")
+    table.add_column("name")
+    table.add_column("delta_norm @ step 0", justify="right")
+    table.add_column(f"delta_norm @ step {last_step}", justify="right")
+    for i, row in enumerate(first or last):
+        later = last[i]["delta_norm"] if i < len(last) else None
+        table.add_row(str(row["layer"]), row["name"], fmt(row["delta_norm"]), fmt(later))
+    gains = [f"step {rows[0]['step']}: {fmt(stack_gain(rows))}" for rows in (first, last) if rows]
+    table.caption = "gain across the stack (first / last hidden layer): " + ", ".join(gains) if gains else None
+    return table
+
+
+def components_tables() -> list[Table]:
+    from gradlab.components import REGISTRIES
+
+    tables = []
+    for title, registry in REGISTRIES.items():
+        table = Table(title=title, title_justify="left", show_lines=False)
+        table.add_column("name", style="bold")
+        table.add_column("parameters (default)")
+        table.add_column("what it is")
+        for component in registry:
+            params = ", ".join(f"{name}={default}" for name, _, default in param_table(component.params))
+            aliases = f" (also: {', '.join(component.aliases)})" if component.aliases else ""
+            table.add_row(component.name, params, component.doc + aliases)
+        tables.append(table)
+    return tables
