@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import functools
 import sys
+from contextlib import nullcontext
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 
-from gradlab.errors import GradlabError
+from gradlab import analysis
+from gradlab.errors import ExpectationFailed, GradlabError, RunError
 
 app = typer.Typer(
     name="gradlab",
@@ -120,6 +123,145 @@ def components() -> None:
         console.print(table)
 
 
+
+# --------------------------------------------------------------------------------------------
+# compare / plot / check: runs read back with pandas, no torch
+# --------------------------------------------------------------------------------------------
+
+RunPathsArg = Annotated[
+    Optional[list[Path]],
+    typer.Argument(help="run directories, or folders holding runs (searched recursively)", show_default=False),
+]
+
+
+class Format(str, Enum):
+    table = "table"
+    csv = "csv"
+    markdown = "markdown"
+    json = "json"
+
+
+def _warn(lines: list[str]) -> None:
+    for line in lines:
+        err_console.print(f"warning: {line}", markup=False)
+
+
+def _need_paths(paths: list[Path] | None, command: str) -> list[Path]:
+    if not paths:
+        raise RunError(f"{command}: give at least one PATH (a run directory or a folder holding runs)")
+    return paths
+
+
+def _steps(values: list[str] | None) -> list:
+    try:
+        return [analysis.parse_step(value) for value in values or ["0", "last"]]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--step") from None
+
+
+def _print_glossary(rows: list[tuple[str, str]], to: Console) -> None:
+    for column, meaning in rows:
+        to.print(f"{column}: {meaning}", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+@reports_errors
+def compare(
+    paths: RunPathsArg = None,
+    step: Annotated[Optional[list[str]], typer.Option("--step", help="0, last or a step number; repeat for several (default: 0 and last)", show_default=False)] = None,
+    vanish: Annotated[float, typer.Option("--vanish", help="gain across the stack below this: vanishing")] = analysis.DEFAULT_THRESHOLDS.vanish,
+    explode: Annotated[float, typer.Option("--explode", help="gain across the stack above this: exploding")] = analysis.DEFAULT_THRESHOLDS.explode,
+    target_loss: Annotated[Optional[float], typer.Option("--target-loss", help="add steps_to_target: the first step with train loss at or below this")] = None,
+    format_: Annotated[Format, typer.Option("--format", "-f", help="table (terminal), csv, markdown or json")] = Format.table,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write to this file instead of stdout")] = None,
+    explain: Annotated[bool, typer.Option("--explain", help="say what every column means (with no PATH: every possible column)")] = False,
+) -> None:
+    """Put runs side by side: gradient profile, verdict and final metrics per configuration.
+
+    One row per configuration, with the config values that differ between the runs; runs that
+    differ only by seed form one row (mean ± std).
+    """
+    if explain and not paths:
+        _print_glossary(analysis.explain(), console)
+        return
+    thresholds = analysis.Thresholds(vanish=vanish, explode=explode)
+    steps = _steps(step)
+    loaded = analysis.load_runs(_need_paths(paths, "compare"))
+    _warn(loaded.problems)
+    comparison = analysis.compare_runs(loaded.runs, steps, thresholds, target_loss)
+    _warn(comparison.notes)
+
+    if format_ is Format.table:
+        width = 200 if output else None
+        with open(output, "w", encoding="utf-8") if output else nullcontext(None) as file:
+            screen = Console(file=file, width=width, no_color=True) if file else console
+            for table in analysis.rich_tables(comparison):
+                screen.print(table)
+    else:
+        text = analysis.render(comparison, format_.value)
+        if output:
+            output.write_text(text, encoding="utf-8")
+        else:
+            sys.stdout.write(text)
+    if output:
+        console.print(f"compared {len(loaded.runs)} runs in {len(comparison.table)} rows: {output}", markup=False, highlight=False)
+    if explain:
+        # The glossary never mixes into machine-readable output on stdout.
+        machine_stdout = format_ is not Format.table and output is None
+        _print_glossary(analysis.explain(comparison), err_console if machine_stdout else console)
+
+
+@app.command()
+@reports_errors
+def plot(
+    paths: RunPathsArg = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="folder for the PNG figures (created if needed)", show_default=False)] = ...,
+) -> None:
+    """Draw the runs as PNG figures in the --output folder.
+
+    Depth profiles of delta_norm and weight_grad_norm, a layer x step heatmap of delta_norm,
+    training curves, and dead/saturated units per layer.
+    """
+    from gradlab import plots
+
+    loaded = analysis.load_runs(_need_paths(paths, "plot"))
+    _warn(loaded.problems)
+    for path in plots.save_figures(plots.build_figures(loaded.runs), output):
+        print(path)
+
+
+@app.command()
+@reports_errors
+def check(
+    paths: RunPathsArg = None,
+    junit: Annotated[Optional[Path], typer.Option("--junit", help="also write a JUnit XML report (one test case per expectation)")] = None,
+) -> None:
+    """Check runs against the expect: section of their config.
+
+    Exit code 1 when an expectation is violated, 2 when a run cannot be checked.
+    """
+    from gradlab import expectations
+
+    checks, problems = expectations.check_paths(_need_paths(paths, "check"))
+    _warn(problems)
+    for item in checks:
+        _warn(list(item.notes))
+        console.print(str(item.run), markup=False, highlight=False, style="bold")
+        if item.error:
+            console.print(f"  ERROR  {item.error}", markup=False, highlight=False)
+        for outcome in item.outcomes:
+            console.print(f"  {outcome.line()}", markup=False, highlight=False, style=None if outcome.passed else "red")
+    outcomes = [o for item in checks for o in item.outcomes]
+    failed = sum(not o.passed for o in outcomes)
+    console.print(f"{len(outcomes)} expectations on {len(checks)} runs: {len(outcomes) - failed} passed, {failed} failed", markup=False, highlight=False)
+    if junit:
+        expectations.write_junit(checks, junit)
+        console.print(f"JUnit report: {junit}", markup=False, highlight=False)
+    errors = [item.error for item in checks if item.error]
+    if errors:
+        raise RunError(*errors)
+    if failed:
+        raise ExpectationFailed(*(f"{item.run}: {o.failure()}" for item in checks for o in item.failed))
 
 def main() -> None:
     app()

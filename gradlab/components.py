@@ -9,7 +9,8 @@ Closed forms are used where they exist; they are checked against autograd in the
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -24,76 +25,102 @@ from gradlab.registry import Component, NoParams, Params, Registry, SpecError
 activations = Registry("activation")
 
 
-class Activation(nn.Module):
-    """An elementwise nonlinearity that can also report its own derivative.
+@dataclass(frozen=True)
+class Calculus:
+    """What the probes need to know about an activation module `act`, besides calling it.
 
-    `derivative(u, y)` is d act(u) / du elementwise, given the input `u` and the output `y = act(u)`
-    of the same forward pass (for rrelu that is the only way to know the random slopes used).
-    `max_derivative()` is sup |act'|, a float or, for prelu, one value per unit.
+    derivative(act, u, y): act'(u) elementwise, given the input u and the output y = act(u) of
+        the same forward pass (for rrelu the output is the only record of the random slopes).
+    maximum(act): sup |act'|, a float, or one value per unit for prelu with per-unit slopes.
     """
 
-    def __init__(self, fn: nn.Module):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
-        return self.fn(u)
-
-    def derivative(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        # Generic fallback: the activation is elementwise, so the gradient of the sum is the
-        # elementwise derivative. Subclasses override this with closed forms.
-        with torch.enable_grad():
-            leaf = u.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.fn(leaf).sum(), leaf)
-        return grad
-
-    def max_derivative(self) -> float | torch.Tensor:
-        return 1.0
+    derivative: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+    maximum: Callable[[nn.Module], float | torch.Tensor]
 
 
-class _Closed(Activation):
-    """An activation with closed-form derivative `d(u, y)` and maximum `dmax`."""
-
-    def __init__(self, fn: nn.Module, d, dmax: float):
-        super().__init__(fn)
-        self._d = d
-        self._dmax = dmax
-
-    def derivative(self, u, y):
-        return self._d(u, y)
-
-    def max_derivative(self):
-        return self._dmax
+def _autograd_derivative(act: nn.Module, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    # the activation is elementwise, so the gradient of the sum is the elementwise derivative
+    with torch.enable_grad():
+        leaf = u.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(act(leaf).sum(), leaf)
+    return grad
 
 
-class _PiecewiseLinear(Activation):
-    """relu, leaky_relu, rrelu, prelu: slope 1 for u > 0, some slope a for u <= 0.
+def _piecewise_linear(slope_of_negatives) -> Callable:
+    """Derivative 1 for u > 0 and a slope for u <= 0 (the ReLU family)."""
 
-    The slope on the negative side is read off the forward pass itself (y / u), which is exact for
-    rrelu whose slopes are drawn at random in training mode.
-    """
+    def derivative(act, u, y):
+        return torch.where(u > 0, torch.ones_like(u), slope_of_negatives(act, u, y))
 
-    def __init__(self, fn: nn.Module, max_slope: float):
-        super().__init__(fn)
-        self._max_slope = max_slope
-
-    def derivative(self, u, y):
-        negative_slope = torch.where(u < 0, y / torch.where(u < 0, u, torch.ones_like(u)), torch.zeros_like(u))
-        return torch.where(u > 0, torch.ones_like(u), negative_slope)
-
-    def max_derivative(self):
-        return max(1.0, self._max_slope)
+    return derivative
 
 
-class _PReLU(_PiecewiseLinear):
-    def __init__(self, fn: nn.PReLU):
-        super().__init__(fn, 1.0)
+def _unit_slopes(act: nn.PReLU, u: torch.Tensor) -> torch.Tensor:
+    # one slope (shape (1,)) or one per unit/channel (C,) -> broadcastable over (B, C[, H, W])
+    weight = act.weight.detach()
+    return weight if weight.numel() == 1 else weight.reshape(1, -1, *([1] * (u.dim() - 2)))
 
-    def max_derivative(self):
-        # One slope per unit/channel (or one shared): max(1, |a|) per unit, as a tensor that
-        # broadcasts over (batch, units[, h, w]).
-        slope = self.fn.weight.detach().abs().clamp(min=1.0)
-        return slope
+
+def _rrelu_slopes(act: nn.RReLU, u, y):
+    # in training the slope of each element was drawn at random: read it back as y / u
+    safe = torch.where(u < 0, u, torch.ones_like(u))
+    return torch.where(u < 0, y / safe, torch.full_like(u, (act.lower + act.upper) / 2))
+
+
+_SELU_ALPHA = 1.6732632423543772
+_SELU_SCALE = 1.0507009873554805
+_INV_SQRT2 = 1 / math.sqrt(2)
+_INV_SQRT2PI = 1 / math.sqrt(2 * math.pi)
+
+
+def _gelu_max() -> float:
+    # GELU'(u) = Phi(u) + u phi(u) peaks at u = sqrt(2)
+    u = math.sqrt(2.0)
+    return 0.5 * (1 + math.erf(u * _INV_SQRT2)) + u * math.exp(-u * u / 2) * _INV_SQRT2PI
+
+
+def _silu_max() -> float:
+    # SiLU'(u) = s(u)(1 + u(1 - s(u))) peaks near u = 2.3994; found on a fine grid
+    u = torch.linspace(0, 6, 600001, dtype=torch.float64)
+    s = torch.sigmoid(u)
+    return float((s * (1 + u * (1 - s))).max())
+
+
+def _silu_derivative(act, u, y):
+    s = torch.sigmoid(u)
+    return s * (1 + u * (1 - s))
+
+
+def _gelu_derivative(act, u, y):
+    if act.approximate == "tanh":
+        return _autograd_derivative(act, u, y)
+    return 0.5 * (1 + torch.erf(u * _INV_SQRT2)) + u * torch.exp(-0.5 * u * u) * _INV_SQRT2PI
+
+
+CALCULUS: dict[str, Calculus] = {
+    "sigmoid": Calculus(lambda a, u, y: y * (1 - y), lambda a: 0.25),
+    "tanh": Calculus(lambda a, u, y: 1 - y * y, lambda a: 1.0),
+    "relu": Calculus(_piecewise_linear(lambda a, u, y: torch.zeros_like(u)), lambda a: 1.0),
+    "leaky_relu": Calculus(
+        _piecewise_linear(lambda a, u, y: torch.full_like(u, a.negative_slope)), lambda a: max(1.0, abs(a.negative_slope))
+    ),
+    "prelu": Calculus(
+        _piecewise_linear(lambda a, u, y: _unit_slopes(a, u).expand_as(u)), lambda a: a.weight.detach().abs().clamp(min=1.0)
+    ),
+    "rrelu": Calculus(_piecewise_linear(_rrelu_slopes), lambda a: max(1.0, a.upper)),
+    "elu": Calculus(lambda a, u, y: torch.where(u > 0, torch.ones_like(u), y + a.alpha), lambda a: max(1.0, a.alpha)),
+    "selu": Calculus(
+        lambda a, u, y: torch.where(u > 0, torch.full_like(u, _SELU_SCALE), y + _SELU_SCALE * _SELU_ALPHA),
+        lambda a: _SELU_SCALE * _SELU_ALPHA,
+    ),
+    "gelu": Calculus(_gelu_derivative, lambda a: _gelu_max() if a.approximate == "none" else 1.1289),
+    "silu": Calculus(_silu_derivative, lambda a: _silu_max()),
+    "softplus": Calculus(
+        lambda a, u, y: torch.where(u * a.beta > a.threshold, torch.ones_like(u), torch.sigmoid(a.beta * u)), lambda a: 1.0
+    ),
+    "hardtanh": Calculus(lambda a, u, y: ((u > a.min_val) & (u < a.max_val)).to(u.dtype), lambda a: 1.0),
+    "identity": Calculus(lambda a, u, y: torch.ones_like(u), lambda a: 1.0),
+}
 
 
 class LeakyReLUParams(Params):
@@ -140,114 +167,85 @@ class HardtanhParams(Params):
         return self
 
 
-_SELU_ALPHA = 1.6732632423543772
-_SELU_SCALE = 1.0507009873554805
-
-
-def _gelu_max() -> float:
-    # GELU'(u) = Phi(u) + u phi(u) peaks at u = sqrt(2): Phi(sqrt 2) + sqrt(2) phi(sqrt 2).
-    u = math.sqrt(2.0)
-    return 0.5 * (1 + math.erf(u / math.sqrt(2))) + u * math.exp(-u * u / 2) / math.sqrt(2 * math.pi)
-
-
-def _silu_max() -> float:
-    # SiLU'(u) = s(u)(1 + u(1 - s(u))) peaks where its derivative vanishes, u ~ 2.3994.
-    u = torch.linspace(0, 6, 600001, dtype=torch.float64)
-    s = torch.sigmoid(u)
-    return float((s * (1 + u * (1 - s))).max())
-
-
 @activations.register("sigmoid", "logistic 1/(1+e^-x); derivative peaks at 1/4", aliases=("logistic",))
-def _sigmoid(p: NoParams, width: int) -> Activation:
-    return _Closed(nn.Sigmoid(), lambda u, y: y * (1 - y), 0.25)
+def _sigmoid(p: NoParams, width: int) -> nn.Module:
+    return nn.Sigmoid()
 
 
 @activations.register("tanh", "hyperbolic tangent")
-def _tanh(p: NoParams, width: int) -> Activation:
-    return _Closed(nn.Tanh(), lambda u, y: 1 - y * y, 1.0)
+def _tanh(p: NoParams, width: int) -> nn.Module:
+    return nn.Tanh()
 
 
 @activations.register("relu", "max(0, x)")
-def _relu(p: NoParams, width: int) -> Activation:
-    return _PiecewiseLinear(nn.ReLU(), 0.0)
+def _relu(p: NoParams, width: int) -> nn.Module:
+    return nn.ReLU()
 
 
 @activations.register("leaky_relu", "x for x > 0, negative_slope * x otherwise", LeakyReLUParams, aliases=("leakyrelu", "lrelu"))
-def _leaky_relu(p: LeakyReLUParams, width: int) -> Activation:
-    return _PiecewiseLinear(nn.LeakyReLU(p.negative_slope), p.negative_slope)
+def _leaky_relu(p: LeakyReLUParams, width: int) -> nn.Module:
+    return nn.LeakyReLU(p.negative_slope)
 
 
 @activations.register("prelu", "leaky ReLU with learned negative slope(s)", PReLUParams)
-def _prelu(p: PReLUParams, width: int) -> Activation:
-    return _PReLU(nn.PReLU(num_parameters=1 if p.shared else width, init=p.init))
+def _prelu(p: PReLUParams, width: int) -> nn.Module:
+    return nn.PReLU(num_parameters=1 if p.shared else width, init=p.init)
 
 
 @activations.register("rrelu", "leaky ReLU with a random slope in [lower, upper] while training, the mean slope in evaluation", RReLUParams)
-def _rrelu(p: RReLUParams, width: int) -> Activation:
-    return _PiecewiseLinear(nn.RReLU(p.lower, p.upper), p.upper)
+def _rrelu(p: RReLUParams, width: int) -> nn.Module:
+    return nn.RReLU(p.lower, p.upper)
 
 
 @activations.register("elu", "x for x > 0, alpha (e^x - 1) otherwise", ELUParams)
-def _elu(p: ELUParams, width: int) -> Activation:
-    alpha = p.alpha
-    return _Closed(nn.ELU(alpha), lambda u, y: torch.where(u > 0, torch.ones_like(u), y + alpha), max(1.0, alpha))
+def _elu(p: ELUParams, width: int) -> nn.Module:
+    return nn.ELU(p.alpha)
 
 
 @activations.register("selu", "scaled ELU with the self-normalizing constants")
-def _selu(p: NoParams, width: int) -> Activation:
-    return _Closed(
-        nn.SELU(),
-        lambda u, y: torch.where(u > 0, torch.full_like(u, _SELU_SCALE), y + _SELU_SCALE * _SELU_ALPHA),
-        _SELU_SCALE * _SELU_ALPHA,
-    )
+def _selu(p: NoParams, width: int) -> nn.Module:
+    return nn.SELU()
 
 
 @activations.register("gelu", "x * Phi(x)", GELUParams)
-def _gelu(p: GELUParams, width: int) -> Activation:
-    if p.approximate == "tanh":
-        return Activation(nn.GELU(approximate="tanh"))  # derivative by autograd
-    inv_sqrt2 = 1 / math.sqrt(2)
-    inv_sqrt2pi = 1 / math.sqrt(2 * math.pi)
-
-    def d(u, y):
-        return 0.5 * (1 + torch.erf(u * inv_sqrt2)) + u * torch.exp(-0.5 * u * u) * inv_sqrt2pi
-
-    return _Closed(nn.GELU(), d, _gelu_max())
+def _gelu(p: GELUParams, width: int) -> nn.Module:
+    return nn.GELU(approximate=p.approximate)
 
 
 @activations.register("silu", "x * sigmoid(x)", aliases=("swish",))
-def _silu(p: NoParams, width: int) -> Activation:
-    def d(u, y):
-        s = torch.sigmoid(u)
-        return s * (1 + u * (1 - s))
-
-    return _Closed(nn.SiLU(), d, _silu_max())
+def _silu(p: NoParams, width: int) -> nn.Module:
+    return nn.SiLU()
 
 
 @activations.register("softplus", "log(1 + e^(beta x)) / beta", SoftplusParams)
-def _softplus(p: SoftplusParams, width: int) -> Activation:
-    beta, threshold = p.beta, p.threshold
-    return _Closed(
-        nn.Softplus(beta, threshold),
-        lambda u, y: torch.where(u * beta > threshold, torch.ones_like(u), torch.sigmoid(beta * u)),
-        1.0,
-    )
+def _softplus(p: SoftplusParams, width: int) -> nn.Module:
+    return nn.Softplus(p.beta, p.threshold)
 
 
 @activations.register("hardtanh", "x clipped to [min_val, max_val]", HardtanhParams)
-def _hardtanh(p: HardtanhParams, width: int) -> Activation:
-    lo, hi = p.min_val, p.max_val
-    return _Closed(nn.Hardtanh(lo, hi), lambda u, y: ((u > lo) & (u < hi)).to(u.dtype), 1.0)
+def _hardtanh(p: HardtanhParams, width: int) -> nn.Module:
+    return nn.Hardtanh(p.min_val, p.max_val)
 
 
 @activations.register("identity", "no nonlinearity (a deep linear network)", aliases=("linear", "none"))
-def _identity(p: NoParams, width: int) -> Activation:
-    return _Closed(nn.Identity(), lambda u, y: torch.ones_like(u), 1.0)
+def _identity(p: NoParams, width: int) -> nn.Module:
+    return nn.Identity()
 
 
-def build_activation(spec: dict[str, Any], width: int) -> Activation:
+def build_activation(spec: dict[str, Any], width: int) -> nn.Module:
     component = activations.get(spec["name"])
     return component.build(activations.params_of(spec), width)
+
+
+def saturation_mask(name: str, act: nn.Module, u: torch.Tensor, y: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Where |act'(u)| < threshold * max |act'| (bool, shape of u)."""
+    if name == "relu":
+        return u <= 0  # the common case in one operation: relu' is 0 there and 1 elsewhere
+    calculus = CALCULUS[name]
+    maximum = calculus.maximum(act)
+    if isinstance(maximum, torch.Tensor) and maximum.numel() > 1:
+        maximum = maximum.reshape(1, -1, *([1] * (u.dim() - 2)))  # per unit/channel
+    return calculus.derivative(act, u, y).abs() < threshold * maximum
 
 
 def activation_gain(spec: dict[str, Any]) -> float:

@@ -19,6 +19,7 @@ from pydantic_core import PydanticCustomError
 
 from gradlab import components
 from gradlab.errors import ConfigError
+from gradlab.expectations import Expectations
 from gradlab.registry import Registry, SpecError, describe_value, did_you_mean
 
 
@@ -145,7 +146,7 @@ class Experiment(Section):
     optim: OptimSpec = "sgd"
     train: TrainConfig = TrainConfig()
     log: LogConfig = LogConfig()
-    expect: dict[str, Any] | None = None
+    expect: Expectations | None = Field(None, description="what must hold when the run ends (checked by gradlab run and gradlab check)")
 
     @field_validator("name")
     @classmethod

@@ -21,7 +21,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from gradlab.components import Activation, apply_init, build_activation, build_norm
+from gradlab.components import apply_init, build_activation, build_norm
 from gradlab.config import ModelConfig
 from gradlab.errors import DataError
 
@@ -46,7 +46,8 @@ class Block(nn.Module):
         else:
             self.linear = nn.Linear(in_size, width, bias=bias)
         self.norm = build_norm(norm_spec, width, conv)  # None for norm: none
-        self.act: Activation = build_activation(cfg.activation, width)
+        self.act = build_activation(cfg.activation, width)
+        self.activation = cfg.activation["name"]  # the probes look up its derivative by name
         pooled = conv and cfg.pool_every and (index + 1) % cfg.pool_every == 0
         if pooled:
             self.pool = nn.MaxPool2d(2) if cfg.pool == "max" else nn.AvgPool2d(2)

@@ -26,34 +26,43 @@ moved to the host once.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
+from gradlab.components import saturation_mask
 from gradlab.models import Block, Stack
 
 SATURATION_THRESHOLD = 0.05  # "derivative below 5% of its maximum"
 GROUPS = ("weights", "deltas", "activations", "updates")
+QUANTITIES = ("weight_norm", "weight_grad_norm", "bias_grad_norm", "delta_norm",
+              "act_mean", "act_std", "saturated_frac", "dead_frac", "update_ratio")  # fmt: skip
 
 
 @dataclass
 class PendingMeasurement:
-    """Scalars still on the device; `fetch` moves them to the host in one transfer."""
+    """Scalars still on the device; `fetch` moves them to the host in one transfer.
 
-    slots: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
+    `counts` are integer tallies (saturated pairs, dead units) with the size they are a fraction of.
+    """
+
+    values: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
+    counts: dict[tuple[str, int], tuple[torch.Tensor, int]] = field(default_factory=dict)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def fetch(self) -> tuple[dict[tuple[str, int], float], dict[str, float]]:
-        keys = list(self.slots) + list(self.extras)
-        tensors = list(self.slots.values()) + list(self.extras.values())
-        if not tensors:
+        floats = list(self.values.values()) + list(self.extras.values())
+        ints = [count for count, _ in self.counts.values()]
+        parts = [torch.stack(floats).double()] if floats else []
+        parts += [torch.stack(ints).double()] if ints else []
+        if not parts:
             return {}, {}
-        values = torch.stack([t.detach().reshape(()).to(torch.float64) for t in tensors]).cpu().tolist()
-        by_key = dict(zip(keys, values))
-        per_layer = {k: by_key[k] for k in self.slots}
-        extras = {k: by_key[k] for k in self.extras}
+        host = torch.cat(parts).cpu().tolist()  # the one device -> host transfer
+        n_values, n_extras = len(self.values), len(self.extras)
+        per_layer = dict(zip(self.values, host[:n_values]))
+        extras = dict(zip(self.extras, host[n_values : n_values + n_extras]))
+        for (key, (_, size)), count in zip(self.counts.items(), host[n_values + n_extras :]):
+            per_layer[key] = count / size
         return per_layer, extras
 
 
@@ -67,13 +76,20 @@ class Probe:
         self.groups = set(groups)
         self.layers = model.measured_layers()  # [(name, kind, module)], input side first
         self.blocks: list[Block] = list(model.blocks)
-        self._slots: dict[tuple[str, int], torch.Tensor] = {}
-        self._weights_before: list[torch.Tensor] | None = None
+        self.weights = [module.weight for _, _, module in self.layers]
+        self.parameters = [p for p in model.parameters()]
+        # which entries of `parameters` are the layers' weights and biases (for their grad norms)
+        position = {id(p): k for k, p in enumerate(self.parameters)}
+        self.weight_at = [position[id(w)] for w in self.weights]
+        self.bias_at = [(i, position[id(m.bias)]) for i, (_, _, m) in enumerate(self.layers) if m.bias is not None]
+        self._pending = PendingMeasurement()
+        self._weights_before: list[torch.Tensor] | None = None  # buffers, see snapshot_weights
+        self._snapshot_taken = False
 
     # -- forward / backward capture --------------------------------------------------------
 
     def attach(self) -> None:
-        self._slots = {}
+        self._pending = PendingMeasurement()
         for block in self.blocks:
             block.probe = self
 
@@ -88,13 +104,14 @@ class Probe:
             z.register_hook(self._delta_hook(i))
         if "activations" in self.groups:
             with torch.no_grad():
-                self._slots[("act_mean", i)] = out.mean()
-                self._slots[("act_std", i)] = out.std(correction=0)
-                saturated = self._saturated(block, u, y)  # bool, shape of u
-                self._slots[("saturated_frac", i)] = saturated.float().mean()
-                # (B, C, ...) -> (C, B*...): a unit is dead if saturated on all examples/positions
-                per_unit = saturated.transpose(0, 1).reshape(saturated.shape[1], -1)
-                self._slots[("dead_frac", i)] = per_unit.all(dim=1).float().mean()
+                std, mean = torch.std_mean(out, correction=0)
+                self._pending.values[("act_mean", i)] = mean
+                self._pending.values[("act_std", i)] = std
+                saturated = saturation_mask(block.activation, block.act, u, y, SATURATION_THRESHOLD)  # (B, C[, H, W])
+                # a unit (channel) is dead if saturated at every position of every example
+                per_unit = saturated.flatten(2).all(dim=2) if saturated.dim() > 2 else saturated  # (B, C)
+                self._pending.counts[("saturated_frac", i)] = (saturated.sum(), saturated.numel())
+                self._pending.counts[("dead_frac", i)] = (per_unit.all(dim=0).sum(), saturated.shape[1])
 
     def watch_logits(self, logits: torch.Tensor) -> None:
         """The head's delta is the gradient of the loss with respect to the logits."""
@@ -103,81 +120,65 @@ class Probe:
 
     def _delta_hook(self, layer: int):
         def hook(grad: torch.Tensor) -> None:
-            self._slots[("delta_norm", layer)] = torch.linalg.vector_norm(grad)
+            self._pending.values[("delta_norm", layer)] = torch.linalg.vector_norm(grad)
 
         return hook
 
-    @staticmethod
-    def _saturated(block: Block, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        derivative = block.act.derivative(u, y).abs()
-        maximum = block.act.max_derivative()
-        if isinstance(maximum, torch.Tensor) and maximum.numel() > 1:
-            # one maximum per unit/channel (prelu with per-unit slopes): broadcast over (B, C, ...)
-            maximum = maximum.reshape(1, -1, *([1] * (u.dim() - 2)))
-        return derivative < SATURATION_THRESHOLD * maximum
-
     # -- after backward ---------------------------------------------------------------------
-
-    def _weights(self) -> list[torch.Tensor]:
-        return [module.weight for _, _, module in self.layers]
 
     def measure(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> PendingMeasurement:
         """Everything measurable before the optimizer step, still on the device."""
-        pending = PendingMeasurement(slots=dict(self._slots))
+        pending = self._pending
+        # one batched norm over every parameter gradient serves the global norm and the layers'
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.parameters]
+        grad_norms = torch._foreach_norm(grads)
         if "weights" in self.groups:
-            weights = self._weights()
-            for i, norm in enumerate(torch._foreach_norm([w.detach() for w in weights])):
-                pending.slots[("weight_norm", i)] = norm
-            with_grad = [(i, w.grad) for i, w in enumerate(weights) if w.grad is not None]
-            for (i, _), norm in zip(with_grad, torch._foreach_norm([g for _, g in with_grad])):
-                pending.slots[("weight_grad_norm", i)] = norm
-            biases = [(i, m.bias.grad) for i, (_, _, m) in enumerate(self.layers) if m.bias is not None and m.bias.grad is not None]
-            for (i, _), norm in zip(biases, torch._foreach_norm([g for _, g in biases])):
-                pending.slots[("bias_grad_norm", i)] = norm
+            for i, norm in enumerate(torch._foreach_norm([w.detach() for w in self.weights])):
+                pending.values[("weight_norm", i)] = norm
+            for i, k in enumerate(self.weight_at):
+                pending.values[("weight_grad_norm", i)] = grad_norms[k]
+            for i, k in self.bias_at:
+                pending.values[("bias_grad_norm", i)] = grad_norms[k]
         pending.extras["loss"] = loss.detach()
         pending.extras["accuracy"] = (logits.detach().argmax(dim=1) == y).float().mean()
-        pending.extras["grad_norm"] = global_grad_norm(self.model)
+        pending.extras["grad_norm"] = torch.linalg.vector_norm(torch.stack(grad_norms))
         return pending
 
     # -- around the optimizer step ------------------------------------------------------------
 
     def snapshot_weights(self) -> None:
-        if "updates" in self.groups:
-            self._weights_before = [w.detach().clone() for w in self._weights()]
+        """Copy the weights before the optimizer step (into buffers kept between logged steps:
+        allocating fresh copies every time costs ten times more than copying)."""
+        if "updates" not in self.groups:
+            return
+        weights = [w.detach() for w in self.weights]
+        if self._weights_before is None:
+            self._weights_before = [torch.empty_like(w) for w in weights]
+        torch._foreach_copy_(self._weights_before, weights)
+        self._snapshot_taken = True
 
     def update_ratios(self) -> dict[tuple[str, int], float]:
         """||W_after - W_before|| / ||W_before|| per layer, after `snapshot_weights` and a step."""
-        if self._weights_before is None:
+        if not self._snapshot_taken:
             return {}
+        self._snapshot_taken = False
         before = self._weights_before
-        after = [w.detach() for w in self._weights()]
-        change = torch._foreach_norm(torch._foreach_sub(after, before))
-        size = torch._foreach_norm(before)
-        ratios = torch.stack(change) / torch.stack(size)
-        self._weights_before = None
-        return {("update_ratio", i): value for i, value in enumerate(ratios.cpu().tolist())}
+        size = torch.stack(torch._foreach_norm(before))
+        torch._foreach_sub_(before, [w.detach() for w in self.weights])  # now W_before - W_after
+        change = torch.stack(torch._foreach_norm(before))
+        return {("update_ratio", i): value for i, value in enumerate((change / size).cpu().tolist())}
 
     # -- rows -------------------------------------------------------------------------------
 
     def rows(self, step: int, values: dict[tuple[str, int], float]) -> list[dict]:
         """One layers.csv row per layer; a quantity not measured (or not existing) stays None."""
-        quantities = ("weight_norm", "weight_grad_norm", "bias_grad_norm", "delta_norm",
-                      "act_mean", "act_std", "saturated_frac", "dead_frac", "update_ratio")  # fmt: skip
         rows = []
         for i, (name, kind, _) in enumerate(self.layers):
             row = {"step": step, "layer": i, "name": name, "kind": kind}
-            for quantity in quantities:
+            for quantity in QUANTITIES:
                 row[quantity] = values.get((quantity, i))
             rows.append(row)
         return rows
-
-
-def global_grad_norm(model: nn.Module) -> torch.Tensor:
-    """||g|| over every parameter gradient (the norm `clip_grad_norm_` clips), on the device."""
-    grads = [p.grad.detach() for p in model.parameters() if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
 def _layer_of(name: str, depth: int) -> int:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gradlab.components import activations, build_activation
+from gradlab.components import CALCULUS, activations, build_activation
 from gradlab.config import validate
 from gradlab.models import build_model
 from gradlab.probes import Probe
@@ -187,15 +187,33 @@ def test_closed_form_derivatives_match_autograd(name):
     u = torch.linspace(-8, 8, 2000, dtype=torch.float64).reshape(-1, 5)  # an even count skips the kink at 0
     leaf = u.clone().requires_grad_(True)
     (expected,) = torch.autograd.grad(act(leaf).sum(), leaf)
+    calculus = CALCULUS[name]
     with torch.no_grad():
-        got = act.derivative(u, act(u))
+        got = calculus.derivative(act, u, act(u))
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-9)
     # the stated maximum is attained (up to the grid) and never exceeded
     dense = torch.linspace(-8, 8, 160001, dtype=torch.float64).reshape(-1, 1).requires_grad_(True)
     (grad,) = torch.autograd.grad(act(dense.expand(-1, 5)).sum(), dense)
-    maximum = act.max_derivative()
+    maximum = calculus.maximum(act)
     maximum = float(maximum.max()) if isinstance(maximum, torch.Tensor) else maximum
     assert float(grad.abs().max()) / 5 == pytest.approx(maximum, rel=1e-3)
+
+
+def test_every_activation_has_its_calculus():
+    assert set(CALCULUS) == set(activations.names())
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_prelu_saturation_uses_each_units_learned_slope(shared):
+    model = identity_relu_model({"name": "prelu", "init": 0.25, "shared": shared})
+    if not shared:
+        with torch.no_grad():
+            model.blocks[0].act.weight.copy_(torch.tensor([0.01, 0.5, 0.02, 3.0]))
+    x = -torch.ones(2, 4)  # every pair on the negative side: act' = the unit's slope a, max(1, |a|)
+    rows, _ = measure(model, x, torch.tensor([0, 1]), groups=("activations",))
+    expected = 0.0 if shared else 2 / 4  # units with a < 5% of max(1, |a|): 0.01 and 0.02
+    assert rows[0]["saturated_frac"] == pytest.approx(expected)
+    assert rows[0]["dead_frac"] == pytest.approx(expected)
 
 
 def test_rrelu_training_derivative_is_the_drawn_slope():
@@ -205,7 +223,7 @@ def test_rrelu_training_derivative_is_the_drawn_slope():
     torch.manual_seed(3)
     y = act(leaf)
     (expected,) = torch.autograd.grad(y.sum(), leaf)
-    torch.testing.assert_close(act.derivative(u, y.detach()), expected)
+    torch.testing.assert_close(CALCULUS["rrelu"].derivative(act, u, y.detach()), expected)
 
 
 def profile_at_init(depth, activation, weight_init, width=256, seed=0, n=128):

@@ -1,0 +1,254 @@
+"""Figures from run records: matplotlib with the Agg canvas, pandas data, no torch.
+
+    build_figures(runs)          {file stem: Figure}, nothing written (tests inspect these)
+    save_figures(figures, dir)   the PNG paths
+    plot_runs(run_dirs, dir)     both, from run directories (what `gradlab run --plot` calls)
+
+Figures are `matplotlib.figure.Figure` objects drawn on an Agg canvas, never pyplot: no GUI
+backend is needed or touched (a notebook's backend is left alone), and nothing is kept in
+pyplot's global figure list, so drawing many runs does not leak memory.
+
+Runs are labelled by the config values that differ between them (analysis.run_labels), not by
+directory names. Runs that differ only by seed share a colour and a legend entry.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from gradlab import analysis
+from gradlab.analysis import Run
+from gradlab.errors import RunError
+
+FIGURES = {
+    "depth_profile_delta_norm": "delta_norm (log scale) against hidden layer, at step 0 and at the last step",
+    "depth_profile_weight_grad_norm": "weight_grad_norm (log scale) against hidden layer, at step 0 and at the last step",
+    "heatmap_delta_norm": "log10 delta_norm over hidden layer x step, one panel per run",
+    "training_curves": "loss and accuracy against step, train (solid) and test (dashed)",
+    "saturation": "dead_frac and saturated_frac against hidden layer, at step 0 and at the last step",
+}
+
+HEATMAP_COLUMNS = 3
+
+
+def _figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+class _Legend:
+    """One colour and one legend entry per configuration; seeds of a configuration share them."""
+
+    def __init__(self, runs: Sequence[Run]):
+        labels = analysis.run_labels(runs)
+        groups = analysis.group_by_config(runs)
+        colors = [f"C{i % 10}" for i in range(len(groups))]
+        self.color: dict[int, str] = {}
+        self.label: dict[int, str] = {}
+        for group, color in zip(groups, colors):
+            seeds = f" ({len(group)} seeds)" if len(group) > 1 else ""
+            for i in group:
+                self.color[i] = color
+                self.label[i] = labels[i] + seeds
+        self._used: set[tuple[int, str]] = set()
+
+    def label_once(self, axes_id: int, i: int) -> str:
+        """The label for the first line of a configuration on one axes; '_' hides the others."""
+        key = (axes_id, self.label[i])
+        if key in self._used:
+            return f"_{self.label[i]}"
+        self._used.add(key)
+        return self.label[i]
+
+
+def _title(runs: Sequence[Run], what: str) -> str:
+    keys = analysis.differing_keys([run.config for run in runs])
+    if keys:
+        return f"{what}\nruns differ in {', '.join(keys)}"
+    return f"{what}\n{analysis.describe_run(runs[0].config)}"
+
+
+def _hidden_at(run: Run, step: int, column: str) -> tuple[np.ndarray, np.ndarray]:
+    rows = run.layers[(run.layers["step"] == step) & (run.layers["kind"] == "hidden")].sort_values("layer")
+    return rows["layer"].to_numpy(), rows[column].to_numpy(dtype=float)
+
+
+def _positive(values: np.ndarray) -> np.ndarray:
+    """Values a log axis can show; zero, negative and non-finite become gaps, never fake numbers."""
+    values = values.astype(float).copy()
+    values[~np.isfinite(values) | (values <= 0)] = np.nan
+    return values
+
+
+def _profile_panels(figure: Figure, runs: Sequence[Run], legend: _Legend, column: str, log: bool, ylabel: str, row=None):
+    """Two panels, step 0 and the last step: `column` against hidden layer, one line per run."""
+    axes_pair = figure.subplots(1, 2, sharey=True) if row is None else row
+    for axes, which in zip(axes_pair, (0, "last")):
+        drawn = False
+        for i, run in enumerate(runs):
+            layers, values = _hidden_at(run, run.resolve_step(which), column)
+            values = _positive(values) if log else values
+            if np.isnan(values).all():
+                continue
+            axes.plot(layers, values, marker="o", markersize=3, color=legend.color[i], label=legend.label_once(id(axes), i))
+            drawn = True
+        if log and drawn:
+            axes.set_yscale("log")
+        if not drawn:
+            axes.text(0.5, 0.5, f"no {column} recorded", ha="center", va="center", transform=axes.transAxes)
+        last_steps = sorted({run.last_step for run in runs})
+        when = "step 0 (initialization)" if which == 0 else (
+            f"last step ({last_steps[0]})" if len(last_steps) == 1 else "each run's last step"
+        )  # fmt: skip
+        axes.set_title(when)
+        axes.set_xlabel("hidden layer (0 = nearest the input)")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.grid(True, which="both", alpha=0.3)
+    axes_pair[0].set_ylabel(ylabel)
+    return axes_pair
+
+
+def depth_profile(runs: Sequence[Run], column: str) -> Figure:
+    figure = _figure(11, 4.8)
+    legend = _Legend(runs)
+    panels = _profile_panels(figure, runs, legend, column, log=True, ylabel=f"{column} (log scale)")
+    panels[-1].legend(fontsize="small", loc="best")
+    figure.suptitle(_title(runs, f"{column} by layer"))
+    return figure
+
+
+def heatmap(runs: Sequence[Run], column: str = "delta_norm") -> Figure:
+    """log10 of `column` over (step, hidden layer), one panel per run, on one shared colour scale
+    so that panels compare."""
+    ncols = min(len(runs), HEATMAP_COLUMNS)
+    nrows = math.ceil(len(runs) / ncols)
+    figure = _figure(4.2 * ncols + 1.2, 3.4 * nrows + 0.8)
+    axes_grid = np.atleast_1d(figure.subplots(nrows, ncols, squeeze=False)).ravel()
+    labels = analysis.run_labels(runs)
+    grids = []
+    for run in runs:
+        hidden = run.layers[run.layers["kind"] == "hidden"]
+        table = hidden.pivot_table(index="layer", columns="step", values=column, aggfunc="last", dropna=False)
+        grids.append((table.columns.to_numpy(dtype=float), table.index.to_numpy(dtype=float), np.log10(_positive(table.to_numpy(dtype=float)))))
+    finite = np.concatenate([g[2][np.isfinite(g[2])] for g in grids]) if grids else np.array([])
+    vmin, vmax = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+    mesh = None
+    for axes, run, label, (steps, layers, values) in zip(axes_grid, runs, labels, grids):
+        if values.size:
+            mesh = axes.pcolormesh(_edges(steps), _edges(layers), np.ma.masked_invalid(values), vmin=vmin, vmax=vmax, cmap="viridis", shading="flat")
+        seed = f" (seed {run.config.get('seed')})" if len(runs) > 1 else ""
+        axes.set_title(_wrap(label + seed), fontsize="small")
+        axes.set_xlabel("step")
+        axes.set_ylabel("hidden layer")
+        axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_facecolor("0.85")  # gaps (zero or non-finite values) show grey
+    for axes in axes_grid[len(runs) :]:
+        axes.remove()
+    if mesh is not None:
+        figure.colorbar(mesh, ax=axes_grid[: len(runs)].tolist(), label=f"log10 {column}")
+    figure.suptitle(_title(runs, f"log10 {column} by layer and step"))
+    return figure
+
+
+def _edges(centers: np.ndarray) -> np.ndarray:
+    """Cell edges around (possibly unevenly spaced) centres, for pcolormesh."""
+    if len(centers) == 1:
+        return np.array([centers[0] - 0.5, centers[0] + 0.5])
+    middle = (centers[1:] + centers[:-1]) / 2
+    return np.concatenate([[centers[0] - (middle[0] - centers[0])], middle, [centers[-1] + (centers[-1] - middle[-1])]])
+
+
+def _wrap(text: str, width: int = 48) -> str:
+    words, lines, line = text.split(", "), [], ""
+    for word in words:
+        if line and len(line) + len(word) + 2 > width:
+            lines.append(line + ",")
+            line = word
+        else:
+            line = f"{line}, {word}" if line else word
+    return "\n".join([*lines, line])
+
+
+def training_curves(runs: Sequence[Run]) -> Figure:
+    """Loss and accuracy against step: train solid, test dashed with markers (it is sparser)."""
+    figure = _figure(11, 4.8)
+    loss_axes, accuracy_axes = figure.subplots(1, 2, sharex=True)
+    legend = _Legend(runs)
+    for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+        for i, run in enumerate(runs):
+            for split, style in (("train", dict(linestyle="-")), ("test", dict(linestyle="--", marker="o", markersize=3))):
+                rows = run.metrics[run.metrics["split"] == split].sort_values("step")
+                if rows.empty:
+                    continue
+                label = legend.label_once(id(axes), i) if split == "train" else "_"
+                axes.plot(rows["step"], rows[metric], color=legend.color[i], label=label, **style)
+        axes.set_xlabel("step")
+        axes.set_ylabel(metric)
+        axes.grid(True, alpha=0.3)
+    losses = np.concatenate([run.metrics["loss"].to_numpy(dtype=float) for run in runs])
+    losses = losses[np.isfinite(losses)]
+    if losses.size and (losses > 0).all():
+        loss_axes.set_yscale("log")
+        loss_axes.set_ylabel("loss (log scale)")
+    loss_axes.set_title("loss: train solid, test dashed")
+    accuracy_axes.set_title("accuracy: train solid, test dashed")
+    accuracy_axes.legend(fontsize="small", loc="best")
+    figure.suptitle(_title(runs, "training curves"))
+    return figure
+
+
+def saturation(runs: Sequence[Run]) -> Figure:
+    """dead_frac (top) and saturated_frac (bottom) per hidden layer, at step 0 and the last step."""
+    figure = _figure(11, 8)
+    grid = figure.subplots(2, 2, sharex=True, sharey=True)
+    legend = _Legend(runs)
+    for row, column in zip(grid, ("dead_frac", "saturated_frac")):
+        _profile_panels(figure, runs, legend, column, log=False, ylabel=column, row=row)
+    grid[0][0].set_ylim(-0.03, 1.03)
+    grid[0][1].legend(fontsize="small", loc="best")
+    figure.suptitle(_title(runs, "dead and saturated units by layer"))
+    return figure
+
+
+def build_figures(runs: Sequence[Run]) -> dict[str, Figure]:
+    """Every figure of FIGURES for `runs` (drawn, not written)."""
+    if not runs:
+        raise RunError("no runs to plot")
+    return {
+        "depth_profile_delta_norm": depth_profile(runs, "delta_norm"),
+        "depth_profile_weight_grad_norm": depth_profile(runs, "weight_grad_norm"),
+        "heatmap_delta_norm": heatmap(runs, "delta_norm"),
+        "training_curves": training_curves(runs),
+        "saturation": saturation(runs),
+    }
+
+
+def save_figures(figures: dict[str, Figure], out_dir: str | Path) -> list[Path]:
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"--output: cannot create {str(out_dir)!r}: {exc.strerror}") from None
+    paths = []
+    for stem, figure in figures.items():
+        path = out_dir / f"{stem}.png"
+        figure.savefig(path)
+        paths.append(path)
+    return paths
+
+
+def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> list[Path]:
+    """Draw the figures of the given runs into `out_dir`. A run that cannot be read is an error
+    here (this is called for runs just made); `gradlab plot` reports and skips such runs instead."""
+    loaded = analysis.load_runs(run_dirs)
+    if loaded.skipped:
+        raise RunError(*loaded.skipped)
+    return save_figures(build_figures(loaded.runs), out_dir)
