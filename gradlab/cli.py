@@ -98,7 +98,7 @@ def run(
     if quiet:
         print(result.run_dir)
         return
-    console.print(profile_table(result))
+    console.print(profile_table(result.run_dir))
     if result.divergence:
         d = result.divergence
         console.print(f"[bold red]diverged[/] at step {d['step']}: first non-finite value in {d['tensor']}")
@@ -246,6 +246,8 @@ def check(
     _warn(problems)
     for item in checks:
         _warn(list(item.notes))
+        if not item.outcomes and not item.error:
+            continue
         console.print(str(item.run), markup=False, highlight=False, style="bold")
         if item.error:
             console.print(f"  ERROR  {item.error}", markup=False, highlight=False)

@@ -20,7 +20,7 @@ from pydantic_core import PydanticCustomError
 from gradlab import components
 from gradlab.errors import ConfigError
 from gradlab.expectations import Expectations
-from gradlab.registry import Registry, SpecError, describe_value, did_you_mean
+from gradlab.registry import Registry, SpecError, describe_value, did_you_mean, pydantic_message
 
 
 class Section(BaseModel):
@@ -275,7 +275,7 @@ def _format_error(error: dict[str, Any]) -> str:
         expected = re.findall(r"'([^']*)'", ctx.get("expected", ""))
         hint = did_you_mean(str(error["input"]), expected) if isinstance(error["input"], str) else ""
         return f"{key}: got {describe_value(error['input'])}{hint}; allowed: {', '.join(expected)}"
-    return f"{key}: got {describe_value(error['input'])}; {error['msg'][0].lower()}{error['msg'][1:]}"
+    return f"{key}: got {describe_value(error['input'])}; {pydantic_message(error)}"
 
 
 def validate(data: dict[str, Any]) -> Experiment:

@@ -50,22 +50,27 @@ class ProgressReporter:
             self.progress = None
 
 
-def profile_table(result) -> Table:
-    """delta_norm per layer at step 0 and at the last logged step, and the gain across the stack."""
-    from gradlab.analysis import stack_gain
+def profile_table(run_dir) -> Table:
+    """delta_norm per layer at step 0 and at the last logged step, the gain across the stack and
+    its verdict, read back from the run's records (the numbers `gradlab compare` reports)."""
+    from gradlab.analysis import describe_run, load_run, profile_at, run_verdict
 
-    first, last = result.first_rows, result.last_rows
-    last_step = last[0]["step"] if last else None
-    table = Table(title=f"{result.run_dir.parent.name}: back-propagated signal ||dL/dz|| per layer ({result.status})")
+    run = load_run(run_dir)
+    layers = run.layers
+    last_step = run.last_step
+    table = Table(title=f"{describe_run(run.config)}\nback-propagated signal ||dL/dz|| per layer ({run.status})")
     table.add_column("layer", justify="right")
     table.add_column("name")
     table.add_column("delta_norm @ step 0", justify="right")
     table.add_column(f"delta_norm @ step {last_step}", justify="right")
-    for i, row in enumerate(first or last):
-        later = last[i]["delta_norm"] if i < len(last) else None
-        table.add_row(str(row["layer"]), row["name"], fmt(row["delta_norm"]), fmt(later))
-    gains = [f"step {rows[0]['step']}: {fmt(stack_gain(rows))}" for rows in (first, last) if rows]
-    table.caption = "gain across the stack (first / last hidden layer): " + ", ".join(gains) if gains else None
+    at = {step: layers[layers["step"] == step].set_index("layer")["delta_norm"] for step in (0, last_step)}
+    for layer, name in layers[["layer", "name"]].drop_duplicates("layer").itertuples(index=False):
+        table.add_row(str(layer), name, fmt(at[0].get(layer)), fmt(at[last_step].get(layer)))
+    gains = []
+    for step in dict.fromkeys((0, last_step)):
+        gain = profile_at(run, step)["gain"]
+        gains.append(f"step {step}: {fmt(gain)} ({run_verdict(run, step, gain) or 'no verdict'})")
+    table.caption = "gain across the stack (first / last hidden layer): " + ", ".join(gains)
     return table
 
 

@@ -53,8 +53,35 @@ def _normalize(name: str) -> str:
 
 def did_you_mean(word: str, choices: list[str]) -> str:
     """' (did you mean 'relu'?)' or '' when nothing is close."""
-    close = difflib.get_close_matches(_normalize(word), choices, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(_normalize(word), choices, n=1, cutoff=0.7)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def pydantic_message(error: dict[str, Any]) -> str:
+    """'must be >= 1' instead of 'Input should be greater than or equal to 1'."""
+    ctx = {key: format(value, "g") if isinstance(value, float) else value for key, value in (error.get("ctx") or {}).items()}
+    kind = error["type"]
+    plain = {
+        "greater_than_equal": lambda: f"must be >= {ctx.get('ge')}",
+        "greater_than": lambda: f"must be > {ctx.get('gt')}",
+        "less_than_equal": lambda: f"must be <= {ctx.get('le')}",
+        "less_than": lambda: f"must be < {ctx.get('lt')}",
+        "int_type": lambda: "expected an integer",
+        "int_from_float": lambda: "expected an integer",
+        "float_type": lambda: "expected a number",
+        "bool_type": lambda: "expected true or false",
+        "string_type": lambda: "expected a string",
+        "finite_number": lambda: "must be a finite number (not nan or inf)",
+        "list_type": lambda: "expected a list",
+        "dict_type": lambda: "expected a mapping",
+        "model_type": lambda: "expected a mapping",
+        "missing": lambda: "required",
+    }
+    if kind in plain:
+        return plain[kind]()
+    message = str(error.get("msg", ""))
+    message = message.removeprefix("Value error, ")
+    return message[:1].lower() + message[1:]
 
 
 def describe_value(value: Any) -> str:
@@ -132,8 +159,7 @@ class Registry:
                     f"allowed: {', '.join(allowed) or 'none'}",
                     key,
                 ) from None
-            message = error["msg"][0].lower() + error["msg"][1:]
-            raise SpecError(f"got {describe_value(error.get('input'))}; {message}", key) from None
+            raise SpecError(f"got {describe_value(error.get('input'))}; {pydantic_message(error)}", key) from None
         return {"name": component.name, **params.model_dump()}
 
     def params_of(self, spec: dict[str, Any]) -> Params:

@@ -16,7 +16,7 @@ import platform
 import signal
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +50,6 @@ class RunResult:
     status: str  # completed | diverged
     steps_done: int
     divergence: dict[str, Any] | None
-    first_rows: list[dict] = field(default_factory=list)  # layers.csv rows at step 0
-    last_rows: list[dict] = field(default_factory=list)  # layers.csv rows at the last logged step
 
 
 class Reporter:
@@ -132,8 +130,6 @@ class Trainer:
         self.grad_clip = exp.optim.get("grad_clip")
         self.probe = Probe(self.model, exp.log.probes)
         self.started = time.perf_counter()
-        self.first_rows: list[dict] = []
-        self.last_rows: list[dict] = []
 
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
@@ -168,15 +164,11 @@ class Trainer:
             probe.snapshot_weights()
             self._update()
             per_layer.update(probe.update_ratios())
-        rows = probe.rows(step, per_layer)
-        self.records.layers.write(rows)
+        self.records.layers.write(probe.rows(step, per_layer))
         self.records.metrics.write([{
             "step": step, "split": "train", "loss": extras["loss"], "accuracy": extras["accuracy"],
             "grad_norm": extras["grad_norm"], "lr": self.lr(), "time_s": round(time.perf_counter() - self.started, 4),
         }])  # fmt: skip
-        if step == 0:
-            self.first_rows = rows
-        self.last_rows = rows
         return extras["loss"]
 
     def _update(self) -> None:
@@ -245,5 +237,4 @@ def run_experiment(exp: Experiment, reporter: Reporter | None = None) -> RunResu
     if result.status == "running":
         result.status = "completed"
     records.close(result.status, steps_done=result.steps_done, divergence=result.divergence)
-    result.first_rows, result.last_rows = trainer.first_rows, trainer.last_rows
     return result
