@@ -102,7 +102,7 @@ def run(
     if result.divergence:
         d = result.divergence
         console.print(f"[bold red]diverged[/] at step {d['step']}: first non-finite value in {d['tensor']}")
-    console.print(f"run directory: {result.run_dir}", markup=False, highlight=False)
+    console.print(f"run directory: {result.run_dir}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
