@@ -204,7 +204,7 @@ def compare(
         else:
             sys.stdout.write(text)
     if output:
-        console.print(f"compared {len(loaded.runs)} runs in {len(comparison.table)} rows: {output}", markup=False, highlight=False)
+        console.print(f"compared {len(loaded.runs)} runs in {len(comparison.table)} rows: {output}", markup=False, highlight=False, soft_wrap=True)
     if explain:
         # The glossary never mixes into machine-readable output on stdout.
         machine_stdout = format_ is not Format.table and output is None
@@ -248,17 +248,17 @@ def check(
         _warn(list(item.notes))
         if not item.outcomes and not item.error:
             continue
-        console.print(str(item.run), markup=False, highlight=False, style="bold")
+        console.print(str(item.run), markup=False, highlight=False, soft_wrap=True, style="bold")
         if item.error:
-            console.print(f"  ERROR  {item.error}", markup=False, highlight=False)
+            console.print(f"  ERROR  {item.error}", markup=False, highlight=False, soft_wrap=True)
         for outcome in item.outcomes:
-            console.print(f"  {outcome.line()}", markup=False, highlight=False, style=None if outcome.passed else "red")
+            console.print(f"  {outcome.line()}", markup=False, highlight=False, soft_wrap=True, style=None if outcome.passed else "red")
     outcomes = [o for item in checks for o in item.outcomes]
     failed = sum(not o.passed for o in outcomes)
-    console.print(f"{len(outcomes)} expectations on {len(checks)} runs: {len(outcomes) - failed} passed, {failed} failed", markup=False, highlight=False)
+    console.print(f"{len(outcomes)} expectations on {len(checks)} runs: {len(outcomes) - failed} passed, {failed} failed", markup=False, highlight=False, soft_wrap=True)
     if junit:
         expectations.write_junit(checks, junit)
-        console.print(f"JUnit report: {junit}", markup=False, highlight=False)
+        console.print(f"JUnit report: {junit}", markup=False, highlight=False, soft_wrap=True)
     errors = [item.error for item in checks if item.error]
     if errors:
         raise RunError(*errors)

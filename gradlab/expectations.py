@@ -31,7 +31,7 @@ from pydantic_core import PydanticCustomError
 from gradlab.analysis import FINAL_QUANTITIES, PROFILE_QUANTITIES, SUMMARY_QUANTITIES
 from gradlab.errors import ConfigError, GradlabError, RunError
 from gradlab.records import STATUSES
-from gradlab.registry import describe_value, did_you_mean
+from gradlab.registry import describe_value, did_you_mean, pydantic_message
 
 # The error kind config._format_error prints as '<dotted key>: <message>'.
 _ERROR_KIND = "experiment"
@@ -251,7 +251,7 @@ def _format_error(error: dict[str, Any], where: str) -> str:
         key = f"{key}.{ctx['key']}"
     if error["type"] == _ERROR_KIND:
         return f"{key}: {ctx['message']}"
-    return f"{key}: got {describe_value(error['input'])}; {error['msg'][0].lower()}{error['msg'][1:]}"
+    return f"{key}: got {describe_value(error['input'])}; {pydantic_message(error)}"
 
 
 def check_run(run_dir: str | Path) -> list[Outcome]:

@@ -38,6 +38,11 @@ FIGURES = {
 HEATMAP_COLUMNS = 3
 
 
+def _legend(axes) -> None:
+    if any(not line.get_label().startswith("_") for line in axes.get_lines()):
+        axes.legend(fontsize="small", loc="best")
+
+
 def _figure(width: float, height: float) -> Figure:
     figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
@@ -120,7 +125,7 @@ def depth_profile(runs: Sequence[Run], column: str) -> Figure:
     figure = _figure(11, 4.8)
     legend = _Legend(runs)
     panels = _profile_panels(figure, runs, legend, column, log=True, ylabel=f"{column} (log scale)")
-    panels[-1].legend(fontsize="small", loc="best")
+    _legend(panels[-1])
     figure.suptitle(_title(runs, f"{column} by layer"))
     return figure
 
@@ -200,7 +205,7 @@ def training_curves(runs: Sequence[Run]) -> Figure:
         loss_axes.set_ylabel("loss (log scale)")
     loss_axes.set_title("loss: train solid, test dashed")
     accuracy_axes.set_title("accuracy: train solid, test dashed")
-    accuracy_axes.legend(fontsize="small", loc="best")
+    _legend(accuracy_axes)
     figure.suptitle(_title(runs, "training curves"))
     return figure
 
@@ -213,7 +218,7 @@ def saturation(runs: Sequence[Run]) -> Figure:
     for row, column in zip(grid, ("dead_frac", "saturated_frac")):
         _profile_panels(figure, runs, legend, column, log=False, ylabel=column, row=row)
     grid[0][0].set_ylim(-0.03, 1.03)
-    grid[0][1].legend(fontsize="small", loc="best")
+    _legend(grid[0][1])
     figure.suptitle(_title(runs, "dead and saturated units by layer"))
     return figure
 

@@ -1,0 +1,101 @@
+"""Run directories for the compare/plot/check tests.
+
+`write_run` writes one with gradlab.records from numbers the test chooses, so that every summary
+can be checked against a truth known in advance (no training involved). `real_run` trains a tiny
+experiment with gradlab.train, for the tests that must hold on what `gradlab run` really writes.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from gradlab.records import RunRecords
+
+
+def resolved_config(name: str = "exp", seed: int = 0, *, depth: int = 3, out: str = "results", **sections: Any) -> dict[str, Any]:
+    """A config as a run directory stores it (every default filled), via the real schema."""
+    from gradlab.config import validate
+
+    data: dict[str, Any] = {"name": name, "seed": seed, "model": {"depth": depth, "width": 8}, "log": {"out": out}}
+    for dotted, value in sections.items():  # model__activation="sigmoid" -> model.activation
+        node = data
+        *parents, leaf = dotted.split("__")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return validate(data).model_dump(mode="json")
+
+
+def layer_rows(step: int, delta: Sequence[float], weight_grad: Sequence[float] | None = None,
+               dead: Sequence[float] | None = None, saturated: Sequence[float] | None = None) -> list[dict[str, Any]]:
+    """Rows of layers.csv at one step: one per hidden layer (len(delta)) plus the head."""
+    depth = len(delta)
+    weight_grad = weight_grad or [1.0] * depth
+    dead = dead or [0.0] * depth
+    saturated = saturated or [0.0] * depth
+    rows = [
+        {"step": step, "layer": i, "name": f"blocks.{i}", "kind": "hidden", "weight_norm": 1.0,
+         "weight_grad_norm": weight_grad[i], "bias_grad_norm": 0.5, "delta_norm": delta[i],
+         "act_mean": 0.0, "act_std": 1.0, "saturated_frac": saturated[i], "dead_frac": dead[i],
+         "update_ratio": math.nan if step == 0 else 1e-3}
+        for i in range(depth)
+    ]
+    rows.append({"step": step, "layer": depth, "name": "head", "kind": "head", "weight_norm": 1.0,
+                 "weight_grad_norm": 9.0, "bias_grad_norm": 9.0, "delta_norm": 99.0,
+                 "act_mean": math.nan, "act_std": math.nan, "saturated_frac": math.nan,
+                 "dead_frac": math.nan, "update_ratio": math.nan})
+    return rows
+
+
+def metric_rows(train: dict[int, tuple[float, float]], test: dict[int, tuple[float, float]]) -> list[dict[str, Any]]:
+    """metrics.csv rows from {step: (loss, accuracy)} per split."""
+    rows = [{"step": s, "split": "train", "loss": l, "accuracy": a, "grad_norm": 1.0, "lr": 0.1, "time_s": 0.01 * s}
+            for s, (l, a) in train.items()]
+    rows += [{"step": s, "split": "test", "loss": l, "accuracy": a, "grad_norm": None, "lr": 0.1, "time_s": 0.01 * s}
+             for s, (l, a) in test.items()]
+    return sorted(rows, key=lambda row: row["step"])
+
+
+def write_run(out: Path, config: dict[str, Any], layers: list[dict[str, Any]], metrics: list[dict[str, Any]],
+              status: str = "completed", run_id: str = "000000") -> Path:
+    """A run directory as `gradlab run` leaves it; status 'running' leaves meta.json as a killed run would."""
+    run_dir = Path(out) / config["name"] / f"20240101-000000-{run_id}"
+    run_dir.mkdir(parents=True)
+    records = RunRecords(run_dir, yaml.safe_dump(config, sort_keys=False), {"seed": config["seed"], "device": "cpu"})
+    records.layers.write(layers)
+    records.metrics.write(metrics)
+    if status == "running":
+        records.layers.close()
+        records.metrics.close()
+    else:
+        records.close(status, steps_done=max((row["step"] for row in layers), default=0))
+    return run_dir
+
+
+TINY_DATA = {"name": "gaussian", "dim": 16, "classes": 4, "n_train": 256, "n_test": 128, "batch_size": 64}
+
+
+def real_run(out: Path, name: str, model: dict[str, Any], seed: int = 0, steps: int = 20, **extra: Any) -> Path:
+    """Train a tiny experiment on the CPU with the real loop; returns its run directory."""
+    from gradlab.config import validate
+    from gradlab.train import run_experiment
+
+    exp = validate({
+        "name": name, "seed": seed, "device": "cpu", "data": TINY_DATA, "model": {"width": 32, **model},
+        "train": {"steps": steps, "eval_every": 10}, "log": {"every": 5, "out": str(out)}, **extra,
+    })  # fmt: skip
+    return run_experiment(exp).run_dir
+
+
+# The three regimes of the issue, at initialization (step 0).
+VANISHING = {"depth": 10, "activation": "sigmoid", "init": {"weight": "lecun_normal", "bias": "zeros"}}
+STABLE = {"depth": 10, "activation": "relu", "init": {"weight": "kaiming_normal", "bias": "zeros"}}
+# Batch normalization before each ReLU of a 30-layer MLP: the gradient grows ~1.2x per layer
+# toward the input (Yang et al. 2019, "A mean field theory of batch normalization"), a gain of
+# ~200 across the stack at this width and batch size. Without the norm (STABLE_30) it stays ~1.
+EXPLODING = {"depth": 30, "activation": "relu", "norm": "batchnorm", "init": {"weight": "kaiming_normal", "bias": "zeros"}}
+STABLE_30 = {**EXPLODING, "norm": "none"}
