@@ -30,13 +30,13 @@ from gradlab.train import Trainer
 TARGETS = {"weights probe every step": 1.05, "all probes every step": 1.25, "all probes every 10 steps": 1.03}
 
 
-def make_trainer(args, every: int, probes: list[str], out: str) -> Trainer:
+def make_trainer(args, probes: list[str], out: str) -> Trainer:
     exp = validate({
         "name": "overhead", "device": "cpu",
         "data": {"dim": args.width, "classes": 10, "n_train": args.batch, "n_test": args.batch, "batch_size": args.batch},
         "model": {"depth": args.depth, "width": args.width, "activation": "relu", "init": {"weight": "kaiming_normal", "bias": "zeros"}},
         "optim": {"name": "sgd", "lr": 1e-3},
-        "log": {"every": every, "probes": probes, "out": out},
+        "log": {"probes": probes, "out": out},
     })  # fmt: skip
     x = torch.randn(args.batch, args.width)
     y = torch.randint(0, 10, (args.batch,))
@@ -65,11 +65,11 @@ def time_plain(model, optimizer, x, y, steps: int) -> float:
     return (time.perf_counter() - start) / steps * 1e3
 
 
-def time_gradlab(trainer: Trainer, x, y, steps: int, step0: int) -> float:
-    every = trainer.exp.log.every
+def time_gradlab(trainer: Trainer, x, y, steps: int, probe_every: int | None) -> float:
+    """`steps` steps from step 0, the probe attached every `probe_every` steps (None: never)."""
     start = time.perf_counter()
-    for step in range(step0, step0 + steps):
-        if step % every == 0:
+    for step in range(steps):
+        if probe_every is not None and step % probe_every == 0:
             trainer.logged_step(step, x, y, update=True)
         else:
             trainer.plain_step(x, y)
@@ -87,25 +87,24 @@ def main() -> None:
     torch.manual_seed(0)
     out = tempfile.mkdtemp(prefix="gradlab-bench-")
     all_probes = ["weights", "deltas", "activations", "updates"]
-    variants = {
-        "gradlab, probes never attached": make_trainer(args, 10**9, all_probes, out),
-        "weights probe every step": make_trainer(args, 1, ["weights"], out),
-        "all probes every step": make_trainer(args, 1, all_probes, out),
-        "all probes every 10 steps": make_trainer(args, 10, all_probes, out),
+    variants = {  # name: (trainer, probe every k steps)
+        "gradlab, probes never attached": (make_trainer(args, all_probes, out), None),
+        "weights probe every step": (make_trainer(args, ["weights"], out), 1),
+        "all probes every step": (make_trainer(args, all_probes, out), 1),
+        "all probes every 10 steps": (make_trainer(args, all_probes, out), 10),
     }
-    plain, plain_opt = plain_twin(variants["weights probe every step"])
+    plain, plain_opt = plain_twin(variants["weights probe every step"][0])
     x = torch.randn(args.batch, args.width)
     y = torch.randint(0, 10, (args.batch,))
 
     times: dict[str, list[float]] = {"plain PyTorch loop": []} | {name: [] for name in variants}
     time_plain(plain, plain_opt, x, y, 5)  # warm-up
-    for trainer in variants.values():
-        time_gradlab(trainer, x, y, 10, 1)
-    for r in range(args.rounds):
+    for trainer, every in variants.values():
+        time_gradlab(trainer, x, y, 10, every)
+    for _ in range(args.rounds):
         times["plain PyTorch loop"].append(time_plain(plain, plain_opt, x, y, args.steps))
-        for name, trainer in variants.items():
-            # step0 = 0 so that 'every 10 steps' sees exactly steps/10 logged steps per round
-            times[name].append(time_gradlab(trainer, x, y, args.steps, 0))
+        for name, (trainer, every) in variants.items():
+            times[name].append(time_gradlab(trainer, x, y, args.steps, every))
 
     base = times["plain PyTorch loop"]
     print(f"{args.depth}-layer width-{args.width} ReLU MLP, batch {args.batch}, CPU, torch threads {torch.get_num_threads()}; "

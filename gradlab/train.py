@@ -27,6 +27,7 @@ from gradlab.components import build_optimizer, get_loss
 from gradlab.config import Experiment
 from gradlab.data import Batches, Dataset, load_dataset
 from gradlab.errors import ConfigError
+from gradlab.memory import check_fits, known_input_shape
 from gradlab.models import Stack, build_model
 from gradlab.probes import Probe, locate_non_finite
 from gradlab.records import RunRecords, new_run_dir, now_iso, prepare_out_dir
@@ -190,7 +191,12 @@ def run_experiment(exp: Experiment, reporter: Reporter | None = None) -> RunResu
     reporter = reporter or Reporter()
     device = resolve_device(exp.device)
     prepare_out_dir(exp.log.out)
+    shape = known_input_shape(exp)
+    if shape is not None:  # refuse an impossible size before generating data or building anything
+        check_fits(exp, shape, exp.data.classes, device.type)
     data = load_dataset(exp.data, exp.seed)
+    if shape is None:
+        check_fits(exp, data.input_shape, data.classes, device.type, with_data=False)
     batches = Batches(data.x_train, data.y_train, exp.data.batch_size, exp.seed)
     trainer = Trainer(exp, device, data)
     steps, every, eval_every = exp.train.steps, exp.log.every, exp.train.eval_every

@@ -1,0 +1,67 @@
+"""The memory estimate: exact parameter counts, and impossible sizes refused before allocating."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from gradlab.cli import app
+from gradlab.config import load_config, validate
+from gradlab.memory import check_fits, estimate, known_input_shape, parameter_count
+from gradlab.models import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    "model, data",
+    [
+        ({"depth": 3, "width": 10}, {}),
+        ({"depth": 2, "width": 7, "bias": False}, {"dim": 5}),
+        ({"depth": 3, "width": 4, "norm": "batchnorm"}, {}),  # pre-norm drops the hidden biases: the estimate may only be above
+        ({"kind": "cnn", "depth": 3, "width": 6, "kernel_size": 5}, {"name": "images"}),
+    ],
+)
+def test_parameter_count_matches_the_built_model(model, data):
+    exp = validate({"model": model, "data": data})
+    shape = known_input_shape(exp)
+    built = build_model(exp.model, shape, exp.data.classes)
+    linear = sum(p.numel() for _, _, m in built.measured_layers() for p in m.parameters())
+    counted = parameter_count(exp, shape, exp.data.classes)
+    if exp.model.norm["name"] == "batchnorm":
+        assert counted - linear == exp.model.depth * exp.model.width  # the dropped biases
+    else:
+        assert counted == linear
+
+
+def test_shipped_configs_fit():
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        if "mnist" in path.name and not (ROOT.parent / "shared" / "data" / "mnist").is_dir():
+            continue
+        exp = load_config(path)
+        check_fits(exp, known_input_shape(exp), exp.data.classes)
+
+
+def test_estimate_counts_optimizer_state_and_activations():
+    exp = validate({"model": {"depth": 2, "width": 8}, "data": {"dim": 4, "classes": 3, "batch_size": 16}, "optim": {"name": "adam"}})
+    need = estimate(exp, (4,), 3)
+    params = 4 * 8 + 8 * 8 + 8 * 3 + (8 + 8 + 3)  # weights, then biases
+    assert need.parameters == params * 4
+    assert need.training == params * 4 * (1 + 2 + 1)  # gradients, Adam's two moments, the update snapshot
+    assert need.activations == 2 * 16 * 8 * 4 * 2
+    assert need.data == (4096 + 1024) * 4 * 4
+
+
+def test_an_impossible_size_fails_fast_with_the_estimate(tmp_path):
+    start = time.perf_counter()
+    result = CliRunner().invoke(app, ["run", str(ROOT / "configs" / "smoke.yaml"), "--out", str(tmp_path),
+                                      "--set", "model.depth=10000", "--set", "model.width=100000"])  # fmt: skip
+    assert time.perf_counter() - start < 10
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: model: this experiment needs at least 1.6 PB of cpu memory (data 49.2 KB, parameters 400 TB")
+    assert "reduce model.depth, model.width, data.batch_size or data.n_train" in result.stderr
+    assert list(tmp_path.rglob("meta.json")) == []
