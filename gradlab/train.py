@@ -33,6 +33,7 @@ from gradlab.probes import Probe, locate_non_finite
 from gradlab.records import RunRecords, new_run_dir, now_iso, prepare_out_dir
 
 EVAL_CHUNK = 1024  # test examples per forward pass in evaluation
+META_EVERY_S = 1.0  # meta.json's steps_done of a running run is refreshed at most this often
 
 
 class RunInterrupted(Exception):
@@ -79,23 +80,33 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-@contextmanager
-def _signals_raise():
-    """Turn SIGINT/SIGTERM into RunInterrupted so the loop can close its records first."""
+class StopRequest:
+    """SIGINT/SIGTERM handling for the training loop.
 
-    def handler(signum, frame):
-        raise RunInterrupted(signum)
+    The first signal only sets `signum`; the loop checks it between steps, so a step's rows are
+    never cut in half. A second signal stops at once (the user insists).
+    """
 
-    try:
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread: leave signal handling to the caller
-        yield
-        return
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+    def __init__(self):
+        self.signum: int | None = None
+
+    def __call__(self, signum, frame):
+        if self.signum is not None:
+            raise RunInterrupted(signum)
+        self.signum = signum
+
+    @contextmanager
+    def installed(self):
+        try:
+            previous = {s: signal.signal(s, self) for s in (signal.SIGINT, signal.SIGTERM)}
+        except ValueError:  # not the main thread: the caller handles signals
+            yield self
+            return
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
 
 def evaluate(model: Stack, data: Dataset, loss_fn, device: torch.device) -> tuple[float, float]:
@@ -208,12 +219,15 @@ def run_experiment(exp: Experiment, reporter: Reporter | None = None) -> RunResu
         "started": now_iso(), "ended": None, "steps_planned": steps, "steps_done": 0, "divergence": None,
     })  # fmt: skip
     result = RunResult(run_dir, "running", 0, None)
+    meta_written = time.perf_counter()
     try:
-        with _signals_raise():
+        with StopRequest().installed() as stop:
             trainer.records = records
             trainer.model.train()
             reporter.start(steps)
             for step in range(steps + 1):
+                if stop.signum is not None:
+                    raise RunInterrupted(stop.signum)
                 x, y = next(batches)
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 update = step < steps  # the last measurement is taken without updating
@@ -227,8 +241,9 @@ def run_experiment(exp: Experiment, reporter: Reporter | None = None) -> RunResu
                     break
                 result.steps_done = step + 1 if update else step
                 if logged:
-                    records.flush()
-                    records.write_meta(steps_done=result.steps_done)
+                    if time.perf_counter() - meta_written > META_EVERY_S:
+                        records.write_meta(steps_done=result.steps_done)
+                        meta_written = time.perf_counter()
                     reporter.update(step, loss)
     except RunInterrupted as exc:
         reporter.finish()
