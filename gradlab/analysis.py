@@ -9,7 +9,7 @@ The flow is load -> summarize -> group -> render:
     profile_at(run, step)     the gradient profile at one step   (PROFILE_QUANTITIES)
     final_metrics(run, ...)   losses, accuracies, steps to a target loss  (FINAL_QUANTITIES)
     compare_runs(runs, ...)   one row per configuration, seeds averaged: a `Comparison`
-    to_csv / to_markdown / to_json / rich_tables   displaying, kept apart from computing
+    to_csv / to_markdown / to_json / rich_view     displaying, kept apart from computing
 
 The quantity names below are the words of DESIGN.md. They are defined once and used by the
 comparison columns, by `gradlab compare --explain` and by the `expect:` section of a config.
@@ -451,21 +451,32 @@ def format_value(value: Any) -> str:
 
 
 def display_values(key: str, values: Sequence[Any]) -> list[str]:
-    """How each run's value of `key` is shown. A component shows its name and the parameters that
-    are not the same in every run, so `relu` and `leaky_relu(negative_slope=0.2)` read as they
-    differ; the run's config.yaml has every parameter."""
+    """How each run's value of `key` is shown.
+
+    A component shows its name and parameters, `leaky_relu(negative_slope=0.2)`; where the runs
+    use one component with different parameters, only the parameters that differ, so
+    `batchnorm(placement=pre)` and `batchnorm(placement=post)` are not buried in momentum and eps.
+    The run's config.yaml has every parameter.
+    """
     if key not in COMPONENT_KEYS:
         return [format_value(value) for value in values]
-    specs = [value if isinstance(value, dict) else {} for value in values if value is not _MISSING]
-    params = list(dict.fromkeys(p for spec in specs for p in spec if p != "name"))
-    varying = [p for p in params if len({_canonical(spec.get(p, _MISSING)) for spec in specs}) > 1]
+    specs: dict[str, list[dict[str, Any]]] = {}
+    for value in values:
+        if isinstance(value, dict):
+            specs.setdefault(str(value.get("name", "?")), []).append(value)
+    shown_params: dict[str, list[str]] = {}
+    for name, same_name in specs.items():
+        params = list(dict.fromkeys(p for spec in same_name for p in spec if p != "name"))
+        varying = [p for p in params if len({_canonical(spec.get(p, _MISSING)) for spec in same_name}) > 1]
+        shown_params[name] = varying if varying else params
     shown = []
     for value in values:
         if not isinstance(value, dict):
             shown.append(format_value(value))
             continue
-        args = ", ".join(f"{p}={format_value(value[p])}" for p in varying if p in value)
-        shown.append(f"{value.get('name', '?')}({args})" if args else str(value.get("name", "?")))
+        name = str(value.get("name", "?"))
+        args = ", ".join(f"{p}={format_value(value[p])}" for p in shown_params[name] if p in value)
+        shown.append(f"{name}({args})" if args else name)
     return shown
 
 
@@ -567,6 +578,8 @@ def compare_runs(
 ) -> Comparison:
     """One row per configuration: differing config values, status, the summaries at each step
     and the finals; runs that differ only by seed are averaged (mean, sample std, count)."""
+    if not runs:
+        raise RunError("no runs to compare")
     steps = list(dict.fromkeys(steps))
     summaries = [summarize_run(run, steps, thresholds, target_loss) for run in runs]
     columns = config_columns(runs)
@@ -772,49 +785,50 @@ def render(comparison: Comparison, fmt: str) -> str:
 VERDICT_STYLES = {"vanishing": "bold blue", "stable": "green", "exploding": "bold red", "diverged": "bold magenta"}
 
 
-def rich_tables(comparison: Comparison) -> list:
-    """The comparison for a terminal: one table per step (the gradient profile) and one for
-    training, each starting with the label and the differing config values. All in one table
-    would be two dozen columns wide."""
+def rich_view(comparison: Comparison):
+    """The comparison for a terminal, turned: one column per configuration, the quantities down
+    the side in sections (config, step 0, last step, training), then the verdict thresholds.
+    A row per run would be two dozen columns wide; csv, markdown and json keep one row per run."""
+    from rich import box
+    from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
     cells = display_cells(comparison)
-    front = ["label", *comparison.config_keys]
-    tables = []
+    thresholds = comparison.thresholds
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold")
+    table.add_column("", no_wrap=True)
+    for label in cells["label"]:
+        table.add_column(label, overflow="fold")
+
+    def add(name: str, column: str, end_section: bool = False) -> None:
+        texts = []
+        for text in cells[column]:
+            style = VERDICT_STYLES.get(text, "yellow" if text.startswith("mixed") else "") if column.startswith("verdict@") else ""
+            texts.append(Text(text, style=style))
+        table.add_row(name, *texts, end_section=end_section)
+
+    for key in comparison.config_keys:
+        add(key, key)
+    add("status", "status")
+    add("seeds", "seeds")
+    add("last_step", "last_step", end_section=True)
     for step in comparison.steps:
-        suffix = f"@{step_label(step)}"
-        if step == "last":
-            last_steps = sorted(set(comparison.table["last_step"].dropna().astype(float)))
-            title = f"gradient profile at the last step ({format_number(last_steps[0], True)})" if len(last_steps) == 1 else "gradient profile at each run's last step"
-        else:
-            title = "gradient profile at step 0 (initialization)" if step == 0 else f"gradient profile at step {step}"
-        columns = front + [c for c in cells.columns if c.endswith(suffix)]
-        table = _rich_table(title, cells, columns, suffix, Table, Text)
-        table.caption = f"verdict: vanishing below gain {comparison.thresholds.vanish:g}, exploding above {comparison.thresholds.explode:g}"
-        table.caption_justify = "left"
-        tables.append(table)
-    training = front + ["status", "seeds", "last_step"] + [c for c in FINAL_QUANTITIES if c in cells.columns]
-    tables.append(_rich_table("training", cells, training, "", Table, Text))
-    return tables
+        table.add_row(Text(_step_heading(comparison, step), style="bold"))
+        for quantity in PROFILE_QUANTITIES:
+            add(quantity, column_name(quantity, step))
+        add("verdict", column_name("verdict", step), end_section=True)
+    table.add_row(Text("training", style="bold"))
+    for quantity in FINAL_QUANTITIES:
+        if quantity in cells:
+            add(quantity, quantity)
+    return Group(table, Text(f"verdict: vanishing below gain {thresholds.vanish:g}, exploding above {thresholds.explode:g}"))
 
 
-def _rich_table(title, cells, columns, suffix, Table, Text):
-    from rich import box
-
-    table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
-    for column in columns:
-        header = column[: -len(suffix)] if suffix and column.endswith(suffix) else column
-        is_text = column == "label" or column == "status" or column.startswith("verdict@") or "." in column
-        # Words stay whole (a narrow terminal folds the numbers instead of 'stab|le').
-        table.add_column(header, justify="left" if is_text else "right", overflow="fold", no_wrap=is_text)
-    for _, row in cells.iterrows():
-        rendered = []
-        for column in columns:
-            text = row[column]
-            style = ""
-            if column.startswith("verdict@"):
-                style = VERDICT_STYLES.get(text, "yellow" if text.startswith("mixed") else "")
-            rendered.append(Text(text, style=style))
-        table.add_row(*rendered)
-    return table
+def _step_heading(comparison: Comparison, step: Step) -> str:
+    if step == 0:
+        return "at step 0 (initialization)"
+    if step != "last":
+        return f"at step {step}"
+    last_steps = set(comparison.table["last_step"].dropna().astype(int))
+    return f"at the last step ({last_steps.pop()})" if len(last_steps) == 1 else "at each run's last step"

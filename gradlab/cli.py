@@ -195,8 +195,7 @@ def compare(
         width = 200 if output else None
         with open(output, "w", encoding="utf-8") if output else nullcontext(None) as file:
             screen = Console(file=file, width=width, no_color=True) if file else console
-            for table in analysis.rich_tables(comparison):
-                screen.print(table)
+            screen.print(analysis.rich_view(comparison))
     else:
         text = analysis.render(comparison, format_.value)
         if output:

@@ -135,18 +135,19 @@ def test_components_show_their_name_and_the_parameters_that_differ():
     flat = [analysis.flatten_config(c)["model.activation"] for c in runs]
     assert analysis.display_values("model.activation", flat) == ["relu", "leaky_relu(negative_slope=0.2)", "leaky_relu(negative_slope=0.01)"]
 
+    # one component, several parameter sets: only what differs
     he = resolved_config(model__init={"weight": "kaiming_normal"})
-    lecun = resolved_config(model__init={"weight": "lecun_normal"})
     he_out = resolved_config(model__init={"weight": {"name": "kaiming_normal", "mode": "fan_out"}})
-    shown = analysis.display_values("model.init.weight", [analysis.flatten_config(c)["model.init.weight"] for c in (he, lecun, he_out)])
-    # lecun_normal has no parameters, so every kaiming parameter differs from it and is shown
-    assert shown == [
+    lecun = resolved_config(model__init={"weight": "lecun_normal"})
+    weights = [analysis.flatten_config(c)["model.init.weight"] for c in (he, he_out, lecun)]
+    assert analysis.display_values("model.init.weight", weights) == ["kaiming_normal(mode=fan_in)", "kaiming_normal(mode=fan_out)", "lecun_normal"]
+    # a component used with one parameter set shows all of them
+    assert analysis.display_values("model.init.weight", [weights[0], weights[2]]) == [
         "kaiming_normal(a=0, mode=fan_in, nonlinearity=leaky_relu)",
         "lecun_normal",
-        "kaiming_normal(a=0, mode=fan_out, nonlinearity=leaky_relu)",
     ]
-    shown = analysis.display_values("model.init.weight", [analysis.flatten_config(c)["model.init.weight"] for c in (he, he_out)])
-    assert shown == ["kaiming_normal(mode=fan_in)", "kaiming_normal(mode=fan_out)"]
+    norms = [{"name": "batchnorm", "placement": "pre", "momentum": 0.1}, {"name": "batchnorm", "placement": "post", "momentum": 0.1}, {"name": "none"}]
+    assert analysis.display_values("model.norm", norms) == ["batchnorm(placement=pre)", "batchnorm(placement=post)", "none"]
 
 
 def test_component_keys_are_the_component_fields_of_the_config():

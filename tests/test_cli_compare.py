@@ -105,13 +105,22 @@ def test_compare_markdown_and_json(runs):
     assert document["rows"][1]["gain@0"] == 1 / 1024 and document["rows"][1]["verdict@last"] == "vanishing"
 
 
-def test_compare_table_for_the_terminal(runs):
-    result = invoke("compare", "runs")
+def test_compare_table_for_the_terminal_has_a_column_per_configuration(runs):
+    result = CliRunner().invoke(app, ["compare", "runs"], env={"COLUMNS": "100"})
     assert result.exit_code == 0
-    out = result.stdout
-    for text in ("gradient profile at step 0 (initialization)", "gradient profile at the last step (10)", "training",
-                 "vanishing", "stable", "verdict: vanishing below gain 0.01, exploding above 100"):  # fmt: skip
-        assert text in out, text
+    rows = [line.strip() for line in lines(result.stdout)]
+    assert rows[1].split() == ["relu", "sigmoid"]  # the header: one column per configuration
+    for expected in (
+        "model.activation             relu        sigmoid",
+        "at step 0 (initialization)",
+        "gain                         1           0.000977",
+        "layer_factor                 1           0.0312",
+        "verdict                      stable      vanishing",
+        "at the last step (10)",
+        "final_test_accuracy          0.6         0.6",
+        "verdict: vanishing below gain 0.01, exploding above 100",
+    ):
+        assert expected in rows, expected
 
 
 def test_compare_output_file(runs):
