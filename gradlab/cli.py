@@ -81,8 +81,12 @@ def run(
     seed: Annotated[Optional[int], typer.Option("--seed", help="random seed")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="optimizer steps (train.steps)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the run directory")] = False,
+    plot: Annotated[bool, typer.Option("--plot", help="draw the run's figures into its directory")] = False,
 ) -> None:
-    """Train the experiment in CONFIG and write a new run directory of records."""
+    """Train the experiment in CONFIG and write a new run directory of records.
+
+    Exit code 1 when the config's expect: section is violated at the end of the run.
+    """
     exp = _load(config, _overrides(set_, out=out, device=device, seed=seed, steps=steps))
 
     from gradlab.train import RunInterrupted, run_experiment
@@ -95,14 +99,26 @@ def run(
     except RunInterrupted as exc:
         err_console.print(f"interrupted ({exc}); records kept in {exc.run_dir}", markup=False)
         raise typer.Exit(exc.exit_code) from None
+    from gradlab.expectations import check_run
+
+    if plot:
+        from gradlab.plots import plot_runs
+
+        plot_runs([result.run_dir], result.run_dir)
+    outcomes = check_run(result.run_dir)
     if quiet:
         print(result.run_dir)
-        return
-    console.print(profile_table(result.run_dir))
-    if result.divergence:
-        d = result.divergence
-        console.print(f"[bold red]diverged[/] at step {d['step']}: first non-finite value in {d['tensor']}")
-    console.print(f"run directory: {result.run_dir}", markup=False, highlight=False, soft_wrap=True)
+    else:
+        console.print(profile_table(result.run_dir))
+        if result.divergence:
+            d = result.divergence
+            console.print(f"[bold red]diverged[/] at step {d['step']}: first non-finite value in {d['tensor']}")
+        for outcome in outcomes:
+            console.print(f"expect {outcome.line()}", markup=False, highlight=False, soft_wrap=True, style=None if outcome.passed else "red")
+        console.print(f"run directory: {result.run_dir}", markup=False, highlight=False, soft_wrap=True)
+    failed = [outcome for outcome in outcomes if not outcome.passed]
+    if failed:
+        raise ExpectationFailed(*(f"expectation failed: {outcome.failure()}" for outcome in failed))
 
 
 @app.command()

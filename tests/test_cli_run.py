@@ -106,3 +106,40 @@ def test_every_shipped_config_validates():
         if "mnist" in path.name and not (ROOT.parent / "shared" / "data" / "mnist").is_dir():
             continue
         load_config(path)
+
+
+EXPECT = """
+name: expect
+data: {name: gaussian, dim: 16, classes: 4, n_train: 256, n_test: 128, batch_size: 32}
+model: {depth: 4, width: 16, activation: relu, init: {weight: kaiming_normal, bias: zeros}}
+optim: {name: sgd, lr: 0.05, momentum: 0.9}
+train: {steps: 20, eval_every: 10}
+expect:
+  status: completed
+  gain: {step: 0, between: [0.01, 100]}
+  final_test_accuracy: {min: MIN}
+"""
+
+
+def test_run_checks_the_expect_section_and_exits_1_when_violated(tmp_path):
+    config = tmp_path / "expect.yaml"
+    config.write_text(EXPECT.replace("MIN", "0.0"))
+    result = invoke("run", config, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "expect ok    status = completed  (one of completed)" in result.stdout
+    config.write_text(EXPECT.replace("MIN", "1.01"))
+    result = invoke("run", config, "--out", tmp_path / "out", "--quiet")
+    assert result.exit_code == 1
+    [run] = [p for p in run_dirs(tmp_path / "out") if p.name in result.stdout]
+    assert result.stdout == f"{run}\n"
+    accuracy = pd.read_csv(run / "metrics.csv").query("split == 'test'")["accuracy"].iloc[-1]
+    assert result.stderr == f"error: expectation failed: final_test_accuracy = {accuracy:.4g}, expected min 1.01\n"
+
+
+def test_run_plot_draws_the_figures_into_the_run_directory(tmp_path):
+    result = invoke("run", SMOKE, "--out", tmp_path, "--steps", "10", "--plot", "--quiet")
+    assert result.exit_code == 0, result.output
+    [run] = run_dirs(tmp_path)
+    pngs = sorted(p.name for p in run.glob("*.png"))
+    assert len(pngs) == 5
+    assert all((run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in pngs)
