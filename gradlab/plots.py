@@ -38,9 +38,16 @@ FIGURES = {
 HEATMAP_COLUMNS = 3
 
 
-def _legend(axes) -> None:
-    if any(not line.get_label().startswith("_") for line in axes.get_lines()):
-        axes.legend(fontsize="small", loc="best")
+def _legend(figure: Figure) -> None:
+    """One legend for the figure, below the panels: config labels are long, and inside a panel
+    they would hide the lines or squeeze the axes."""
+    entries: dict[str, object] = {}
+    for axes in figure.axes:
+        for handle, label in zip(*axes.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    if entries:
+        side_by_side = len(entries) <= 4 and all(len(label) < 40 for label in entries)
+        figure.legend(list(entries.values()), list(entries), loc="outside lower center", fontsize="small", ncols=len(entries) if side_by_side else 1)
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -50,28 +57,18 @@ def _figure(width: float, height: float) -> Figure:
 
 
 class _Legend:
-    """One colour and one legend entry per configuration; seeds of a configuration share them."""
+    """One colour and one legend label per configuration; seeds of a configuration share them
+    (the figure legend lists each label once)."""
 
     def __init__(self, runs: Sequence[Run]):
         labels = analysis.run_labels(runs)
-        groups = analysis.group_by_config(runs)
-        colors = [f"C{i % 10}" for i in range(len(groups))]
         self.color: dict[int, str] = {}
         self.label: dict[int, str] = {}
-        for group, color in zip(groups, colors):
+        for number, group in enumerate(analysis.group_by_config(runs)):
             seeds = f" ({len(group)} seeds)" if len(group) > 1 else ""
             for i in group:
-                self.color[i] = color
+                self.color[i] = f"C{number % 10}"
                 self.label[i] = labels[i] + seeds
-        self._used: set[tuple[int, str]] = set()
-
-    def label_once(self, axes_id: int, i: int) -> str:
-        """The label for the first line of a configuration on one axes; '_' hides the others."""
-        key = (axes_id, self.label[i])
-        if key in self._used:
-            return f"_{self.label[i]}"
-        self._used.add(key)
-        return self.label[i]
 
 
 def _title(runs: Sequence[Run], what: str) -> str:
@@ -103,7 +100,7 @@ def _profile_panels(figure: Figure, runs: Sequence[Run], legend: _Legend, column
             values = _positive(values) if log else values
             if np.isnan(values).all():
                 continue
-            axes.plot(layers, values, marker="o", markersize=3, color=legend.color[i], label=legend.label_once(id(axes), i))
+            axes.plot(layers, values, marker="o", markersize=3, color=legend.color[i], label=legend.label[i])
             drawn = True
         if log and drawn:
             axes.set_yscale("log")
@@ -125,7 +122,7 @@ def depth_profile(runs: Sequence[Run], column: str) -> Figure:
     figure = _figure(11, 4.8)
     legend = _Legend(runs)
     panels = _profile_panels(figure, runs, legend, column, log=True, ylabel=f"{column} (log scale)")
-    _legend(panels[-1])
+    _legend(figure)
     figure.suptitle(_title(runs, f"{column} by layer"))
     return figure
 
@@ -193,7 +190,7 @@ def training_curves(runs: Sequence[Run]) -> Figure:
                 rows = run.metrics[run.metrics["split"] == split].sort_values("step")
                 if rows.empty:
                     continue
-                label = legend.label_once(id(axes), i) if split == "train" else "_"
+                label = legend.label[i] if split == "train" else "_"  # the dashes say test
                 axes.plot(rows["step"], rows[metric], color=legend.color[i], label=label, **style)
         axes.set_xlabel("step")
         axes.set_ylabel(metric)
@@ -205,7 +202,7 @@ def training_curves(runs: Sequence[Run]) -> Figure:
         loss_axes.set_ylabel("loss (log scale)")
     loss_axes.set_title("loss: train solid, test dashed")
     accuracy_axes.set_title("accuracy: train solid, test dashed")
-    _legend(accuracy_axes)
+    _legend(figure)
     figure.suptitle(_title(runs, "training curves"))
     return figure
 
@@ -218,7 +215,7 @@ def saturation(runs: Sequence[Run]) -> Figure:
     for row, column in zip(grid, ("dead_frac", "saturated_frac")):
         _profile_panels(figure, runs, legend, column, log=False, ylabel=column, row=row)
     grid[0][0].set_ylim(-0.03, 1.03)
-    _legend(grid[0][1])
+    _legend(figure)
     figure.suptitle(_title(runs, "dead and saturated units by layer"))
     return figure
 

@@ -43,7 +43,8 @@ def test_depth_profiles_have_one_line_per_run_at_step_0_and_the_last_step(tmp_pa
             assert axes.get_xlabel() == "hidden layer (0 = nearest the input)"
         assert [a.get_title() for a in figure.axes] == ["step 0 (initialization)", "last step (10)"]
         # seeds of one configuration share a colour and a legend entry
-        legend = [t.get_text() for t in figure.axes[1].get_legend().get_texts()]
+        (legend,) = figure.legends
+        legend = [t.get_text() for t in legend.get_texts()]
         assert legend == ["model.activation=relu", "model.activation=sigmoid (2 seeds)"]
         title = figure.get_suptitle()
         assert title == f"{column} by layer\nruns differ in model.activation"
