@@ -270,7 +270,9 @@ def check(
             console.print(f"  {outcome.line()}", markup=False, highlight=False, soft_wrap=True, style=None if outcome.passed else "red")
     outcomes = [o for item in checks for o in item.outcomes]
     failed = sum(not o.passed for o in outcomes)
-    console.print(f"{len(outcomes)} expectations on {len(checks)} runs: {len(outcomes) - failed} passed, {failed} failed", markup=False, highlight=False, soft_wrap=True)
+    expectations_word = "expectation" if len(outcomes) == 1 else "expectations"
+    runs_word = "run" if len(checks) == 1 else "runs"
+    console.print(f"{len(outcomes)} {expectations_word} on {len(checks)} {runs_word}: {len(outcomes) - failed} passed, {failed} failed", markup=False, highlight=False, soft_wrap=True)
     if junit:
         expectations.write_junit(checks, junit)
         console.print(f"JUnit report: {junit}", markup=False, highlight=False, soft_wrap=True)

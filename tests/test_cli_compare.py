@@ -213,7 +213,7 @@ def test_check_passes(tmp_path, monkeypatch):
         "  ok    status = completed  (one of completed)",
         "  ok    gain@0 = 1  (between [0.01, 100])",
         "  ok    final_test_accuracy = 0.6  (min 0.5)",
-        "3 expectations on 1 runs: 3 passed, 0 failed",
+        "3 expectations on 1 run: 3 passed, 0 failed",
         "JUnit report: reports/junit.xml",
     ]
     root = ET.parse("reports/junit.xml").getroot()
