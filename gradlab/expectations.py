@@ -49,6 +49,12 @@ def _check_keys(data: Any, allowed: list[str], what: str) -> None:
             raise _error(f"unknown {what}{did_you_mean(str(key), allowed)}; allowed: {', '.join(allowed)}", str(key))
 
 
+def _exact(number: float) -> str:
+    """'100' for 100.0, '0.6000001' for 0.6000001: short, but never a rounded bound."""
+    short = f"{number:g}"
+    return short if float(short) == number else repr(number)
+
+
 class Bound(BaseModel):
     """Bounds on one quantity: `min`, `max` (either or both) or `between: [low, high]`, inclusive."""
 
@@ -110,8 +116,8 @@ class Bound(BaseModel):
 
     def describe(self) -> str:
         if self.between is not None:
-            return f"between [{self.between[0]:g}, {self.between[1]:g}]"
-        parts = [f"min {self.min:g}" if self.min is not None else "", f"max {self.max:g}" if self.max is not None else ""]
+            return f"between [{_exact(self.between[0])}, {_exact(self.between[1])}]"
+        parts = [f"min {_exact(self.min)}" if self.min is not None else "", f"max {_exact(self.max)}" if self.max is not None else ""]
         return " and ".join(p for p in parts if p)
 
 
@@ -184,36 +190,24 @@ class Outcome:
     measured: float | str | None  # None: nothing was measured (the step was not logged, ...)
     bound: str  # 'between [0.01, 100]', 'min 0.9', 'one of completed'
     passed: bool
+    edges: tuple[float, ...] = ()  # the bound's numbers, so a measurement is never rounded onto one
 
     def measured_text(self) -> str:
         if self.measured is None or (isinstance(self.measured, float) and math.isnan(self.measured)):
             return "empty"
         if isinstance(self.measured, str):
             return self.measured
-        return _number(self.measured, self.bound)
+        # Four significant digits, unless rounding would land on the very edge the bound tests
+        # (0.89996 shown as 0.9 failing 'min 0.9'): then every digit.
+        short = f"{self.measured:.4g}"
+        return repr(float(self.measured)) if float(short) in self.edges and float(short) != self.measured else short
 
     def line(self) -> str:
-        """'gain@0 = 0.0123 (between [0.01, 100])' with the verdict first."""
+        """'ok    gain@0 = 0.0123  (between [0.01, 100])', or FAIL."""
         return f"{'ok  ' if self.passed else 'FAIL'}  {self.name} = {self.measured_text()}  ({self.bound})"
 
     def failure(self) -> str:
         return f"{self.name} = {self.measured_text()}, expected {self.bound}"
-
-
-def _number(value: float, bound: str) -> str:
-    """Four significant digits, unless rounding would blur the very edge the bound tests
-    (0.89996 shown as 0.9 failing 'min 0.9'): then every digit."""
-    short = f"{value:.4g}"
-    numbers = [float(x) for x in bound.replace("[", " ").replace("]", " ").replace(",", " ").split() if _is_number(x)]
-    return repr(float(value)) if float(short) in numbers and float(short) != value else short
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
 
 
 def check(run, expectations: _ExpectationsBase) -> list[Outcome]:
@@ -231,7 +225,8 @@ def check(run, expectations: _ExpectationsBase) -> list[Outcome]:
         else:
             name = quantity if quantity != "steps_to_target" else f"steps_to_target(loss<={bound.target_loss:g})"
             measured = analysis.final_metrics(run, bound.target_loss)[quantity]
-        outcomes.append(Outcome(name, measured, bound.describe(), bound.holds(measured)))
+        edges = tuple(edge for edge in (bound.low, bound.high) if math.isfinite(edge))
+        outcomes.append(Outcome(name, measured, bound.describe(), bound.holds(measured), edges))
     return outcomes
 
 

@@ -118,10 +118,13 @@ def test_nothing_measured_fails_and_says_empty(tmp_path):
     assert [(o.name, o.passed, o.measured_text()) for o in outcomes] == [("gain@7", False, "empty"), ("steps_to_target(loss<=0.1)", False, "empty")]
 
 
-def test_a_measured_value_is_never_rounded_onto_its_bound(tmp_path):
-    outcome = expectations.Outcome("final_test_accuracy", 0.89996, "min 0.9", False)
+def test_numbers_in_messages_are_short_but_never_rounded_onto_a_bound(tmp_path):
+    outcome = expectations.Outcome("final_test_accuracy", 0.89996, "min 0.9", False, edges=(0.9,))
     assert outcome.failure() == "final_test_accuracy = 0.89996, expected min 0.9"
-    assert expectations.Outcome("gain@0", 0.0123456, "min 0.01", True).measured_text() == "0.01235"
+    assert expectations.Outcome("gain@0", 0.0123456, "min 0.01", True, edges=(0.01,)).measured_text() == "0.01235"
+    # the bound is written as given, however many digits that takes (the run's accuracy is 0.6)
+    outcomes = expectations.check_run(synthetic_run(tmp_path, {"final_test_accuracy": {"min": 0.6000001}, "gain": {"max": 100.0}}))
+    assert [o.failure() for o in outcomes] == ["gain@last = 0.5, expected max 100", "final_test_accuracy = 0.6, expected min 0.6000001"]
 
 
 def test_status_expectation(tmp_path):
