@@ -116,6 +116,22 @@ def new_run_dir(out: str | Path, name: str) -> Path:
     raise RunError(f"log.out: could not create a new run directory under {str(parent)!r}")
 
 
+def new_named_run_dir(parent: str | Path, name: str) -> Path:
+    """Create `parent/name/` for a run whose folder name the caller chooses (a member of a sweep).
+
+    `parent` is created if needed; like `new_run_dir`, an existing directory is never reused.
+    """
+    run_dir = Path(parent) / name
+    try:
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        run_dir.mkdir()
+    except FileExistsError:
+        raise RunError(f"{run_dir}: already exists; a run never writes into an existing directory") from None
+    except OSError as exc:
+        raise RunError(f"cannot create the run directory {str(run_dir)!r}: {exc.strerror}") from None
+    return run_dir
+
+
 class RunRecords:
     """The writers of one run directory."""
 

@@ -30,7 +30,7 @@ from gradlab.errors import ConfigError
 from gradlab.memory import check_fits, known_input_shape
 from gradlab.models import Stack, build_model
 from gradlab.probes import Probe, locate_non_finite
-from gradlab.records import RunRecords, new_run_dir, now_iso, prepare_out_dir
+from gradlab.records import RunRecords, new_named_run_dir, new_run_dir, now_iso, prepare_out_dir
 
 EVAL_CHUNK = 1024  # test examples per forward pass in evaluation
 META_EVERY_S = 1.0  # meta.json's steps_done of a running run is refreshed at most this often
@@ -197,11 +197,16 @@ class Trainer:
         }])  # fmt: skip
 
 
-def run_experiment(exp: Experiment, reporter: Reporter | None = None) -> RunResult:
-    """Train `exp` and write its run directory. Bad input raises before anything is written."""
+def run_experiment(exp: Experiment, reporter: Reporter | None = None, *, run_dir: Path | None = None) -> RunResult:
+    """Train `exp` and write its run directory. Bad input raises before anything is written.
+
+    `run_dir`: create the records in this new directory (a sweep member) instead of a new
+    `log.out/name/<timestamp>-<id>/`; it must not exist yet.
+    """
     reporter = reporter or Reporter()
     device = resolve_device(exp.device)
-    prepare_out_dir(exp.log.out)
+    if run_dir is None:
+        prepare_out_dir(exp.log.out)
     shape = known_input_shape(exp)
     if shape is not None:  # refuse an impossible size before generating data or building anything
         check_fits(exp, shape, exp.data.classes, device.type)
@@ -212,7 +217,7 @@ def run_experiment(exp: Experiment, reporter: Reporter | None = None) -> RunResu
     trainer = Trainer(exp, device, data)
     steps, every, eval_every = exp.train.steps, exp.log.every, exp.train.eval_every
 
-    run_dir = new_run_dir(exp.log.out, exp.name)
+    run_dir = new_run_dir(exp.log.out, exp.name) if run_dir is None else new_named_run_dir(Path(run_dir).parent, Path(run_dir).name)
     records = RunRecords(run_dir, exp.to_yaml(), {
         "name": exp.name, "run_id": run_dir.name, "seed": exp.seed, "device": str(device),
         "versions": {"gradlab": gradlab.__version__, "torch": torch.__version__, "python": platform.python_version()},
