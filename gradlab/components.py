@@ -305,7 +305,9 @@ class GainParams(Params):
 class KaimingParams(Params):
     a: float = Field(0.0, ge=0, description="negative slope of the rectifier that follows")
     mode: Literal["fan_in", "fan_out"] = "fan_in"
-    nonlinearity: Literal["relu", "leaky_relu", "linear", "sigmoid", "tanh", "selu"] = "leaky_relu"
+    nonlinearity: Literal["relu", "leaky_relu", "linear", "sigmoid", "tanh", "selu"] = Field(
+        "relu", description="the gain: relu sqrt(2); leaky_relu uses a"
+    )
 
 
 class VarianceScalingParams(Params):

@@ -143,7 +143,7 @@ def test_components_show_their_name_and_the_parameters_that_differ():
     assert analysis.display_values("model.init.weight", weights) == ["kaiming_normal(mode=fan_in)", "kaiming_normal(mode=fan_out)", "lecun_normal"]
     # a component used with one parameter set shows all of them
     assert analysis.display_values("model.init.weight", [weights[0], weights[2]]) == [
-        "kaiming_normal(a=0, mode=fan_in, nonlinearity=leaky_relu)",
+        "kaiming_normal(a=0, mode=fan_in, nonlinearity=relu)",
         "lecun_normal",
     ]
     norms = [{"name": "batchnorm", "placement": "pre", "momentum": 0.1}, {"name": "batchnorm", "placement": "post", "momentum": 0.1}, {"name": "none"}]

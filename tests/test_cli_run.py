@@ -26,7 +26,7 @@ def run_dirs(out: Path) -> list[Path]:
 
 
 def test_run_quiet_prints_only_the_run_directory(tmp_path):
-    result = invoke("run", SMOKE, "--out", tmp_path, "--quiet", "--steps", "10")
+    result = invoke("run", SMOKE, "--out", tmp_path, "--quiet", "--steps", "10", "--set", "expect=null")
     assert result.exit_code == 0, result.output
     [run] = run_dirs(tmp_path)
     assert result.stdout == f"{run}\n"
@@ -137,7 +137,7 @@ def test_run_checks_the_expect_section_and_exits_1_when_violated(tmp_path):
 
 
 def test_run_plot_draws_the_figures_into_the_run_directory(tmp_path):
-    result = invoke("run", SMOKE, "--out", tmp_path, "--steps", "10", "--plot", "--quiet")
+    result = invoke("run", SMOKE, "--out", tmp_path, "--steps", "10", "--plot", "--quiet", "--set", "expect=null")
     assert result.exit_code == 0, result.output
     [run] = run_dirs(tmp_path)
     pngs = sorted(p.name for p in run.glob("*.png"))
