@@ -12,6 +12,7 @@ This module imports no torch: config validation and `gradlab components` stay li
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -68,9 +69,10 @@ def pydantic_message(error: dict[str, Any]) -> str:
         "less_than": lambda: f"must be < {ctx.get('lt')}",
         "int_type": lambda: "expected an integer",
         "int_from_float": lambda: "expected an integer",
-        "float_type": lambda: "expected a number",
+        "float_type": lambda: _float_hint(error.get("input")),
         "bool_type": lambda: "expected true or false",
         "string_type": lambda: "expected a string",
+        "string_too_short": lambda: "must not be empty" if ctx.get("min_length") == 1 else f"must have at least {ctx.get('min_length')} characters",
         "finite_number": lambda: "must be a finite number (not nan or inf)",
         "list_type": lambda: "expected a list",
         "dict_type": lambda: "expected a mapping",
@@ -82,6 +84,24 @@ def pydantic_message(error: dict[str, Any]) -> str:
     message = str(error.get("msg", ""))
     message = message.removeprefix("Value error, ")
     return message[:1].lower() + message[1:]
+
+
+def with_article(noun: str) -> str:
+    """'an activation', 'a normalization'."""
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
+
+
+def _float_hint(value: Any) -> str:
+    """'expected a number', with the reason when the input looks like one."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return "expected a number between -1.8e308 and 1.8e308 (a 64-bit float)"
+    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+(\.\d*)?|\.\d+)[eE][-+]?\d+", value.strip()):
+        # PyYAML (YAML 1.1) reads 1e-3 as text: its floats need a dot and a signed exponent.
+        mantissa, exponent = re.split("[eE]", value.strip())
+        mantissa += "" if "." in mantissa else ".0"
+        exponent = exponent if exponent[0] in "+-" else f"+{exponent}"
+        return f"expected a number (YAML reads {value.strip()} as text; write {mantissa}e{exponent})"
+    return "expected a number"
 
 
 def describe_value(value: Any) -> str:
@@ -136,30 +156,48 @@ class Registry:
             name, given = spec, {}
         elif isinstance(spec, dict):
             if "name" not in spec:
-                raise SpecError(f"a {self.kind} mapping needs a 'name' key; allowed names: {', '.join(self.names())}")
+                raise SpecError(f"{with_article(self.kind)} mapping needs a 'name' key; allowed names: {', '.join(self.names())}")
             given = dict(spec)
             name = given.pop("name")
             if not isinstance(name, str):
-                raise SpecError(f"got {describe_value(name)}; expected a {self.kind} name", "name")
+                raise SpecError(f"got {describe_value(name)}; expected {with_article(self.kind)} name", "name")
         else:
             raise SpecError(
-                f"got {describe_value(spec)}; expected a {self.kind} name or a mapping with 'name' "
+                f"got {describe_value(spec)}; expected {with_article(self.kind)} name or a mapping with 'name' "
                 f"(allowed names: {', '.join(self.names())})"
             )
         component = self.get(name)
+        allowed = list(component.params.model_fields)
+
+        def unknown(key: str) -> SpecError:
+            return SpecError(
+                f"unknown parameter of {self.kind} '{component.name}'{did_you_mean(key, allowed)}; "
+                f"allowed: {', '.join(allowed) or 'none'}",
+                key,
+            )
+
+        for key in given:
+            if not isinstance(key, str):  # `3: 1` in YAML; not a keyword argument
+                raise unknown(str(key))
         try:
             params = component.params(**given)
         except ValidationError as exc:
-            error = exc.errors()[0]
-            key = ".".join(str(part) for part in error["loc"])
+            errors = exc.errors()
+            error = errors[0]
+            # The parameter itself: a union type (`float | 'auto'`) adds its member to the loc.
+            key = str(error["loc"][0]) if error["loc"] else ""
             if error["type"] == "extra_forbidden":
-                allowed = list(component.params.model_fields)
-                raise SpecError(
-                    f"unknown parameter of {self.kind} '{component.name}'{did_you_mean(key, allowed)}; "
-                    f"allowed: {', '.join(allowed) or 'none'}",
-                    key,
-                ) from None
-            raise SpecError(f"got {describe_value(error.get('input'))}; {pydantic_message(error)}", key) from None
+                raise unknown(key) from None
+            message = pydantic_message(error)
+            alternatives = [
+                repr(value)
+                for other in errors[1:]
+                if other["loc"][:1] == error["loc"][:1] and other["type"] == "literal_error"
+                for value in re.findall(r"'([^']*)'", str((other.get("ctx") or {}).get("expected", "")))
+            ]
+            if alternatives:
+                message = " or ".join([message, *alternatives])
+            raise SpecError(f"got {describe_value(error.get('input'))}; {message}", key) from None
         return {"name": component.name, **params.model_dump()}
 
     def params_of(self, spec: dict[str, Any]) -> Params:
