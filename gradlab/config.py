@@ -133,12 +133,12 @@ class TrainConfig(Section):
 class LogConfig(Section):
     every: int = Field(10, ge=1, description="probe every k steps (and at step 0 and the last step)")
     probes: list[Literal["weights", "deltas", "activations", "updates"]] = Field(list(PROBES))
-    out: str = Field("results", description="folder that run directories are created in")
+    out: str = Field("results", min_length=1, description="folder that run directories are created in")
 
 
 class Experiment(Section):
     name: str = Field("experiment", description="run folder name under log.out")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="random seed")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -185,6 +185,40 @@ class Experiment(Section):
 # --------------------------------------------------------------------------------------------
 
 
+class _Loader(yaml.SafeLoader):
+    """yaml.safe_load's loader, but a key given twice in one mapping is an error: PyYAML would
+    silently keep the last value, a setting the user wrote but that never applies."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if first is not key_node.start_mark:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"found duplicate key {key!r} (first given at line {first.line + 1})", key_node.start_mark,
+                    )
+        return super().construct_mapping(node, deep)
+
+
+def _load_yaml(text: str) -> Any:
+    """The YAML document in `text`; yaml.YAMLError for anything that stops it being read."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer beyond Python's 4300-digit conversion limit
+        problem = "an integer has too many digits" if "integer string conversion" in str(exc) else str(exc).splitlines()[0]
+        raise yaml.YAMLError(problem) from None
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """The YAML mapping in `path`, or a ConfigError that says what is wrong with the file."""
     path = Path(path)
@@ -199,7 +233,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"config: cannot read {str(path)!r}: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = _load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -221,9 +255,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if not sep or not key or any(not part for part in key.split(".")):
             raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. model.depth=30")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = _load_yaml(raw) if raw.strip() else None
         except yaml.YAMLError:
-            raise ConfigError(f"--set {key}: {raw!r} is not a valid YAML value") from None
+            raise ConfigError(f"--set {key}: {describe_value(raw)} is not a valid YAML value") from None
         node = data
         parts = key.split(".")
         for depth, part in enumerate(parts[:-1]):
