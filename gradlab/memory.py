@@ -47,12 +47,12 @@ def known_input_shape(exp: Experiment) -> tuple[int, ...] | None:
 
 def parameter_count(exp: Experiment, input_shape: tuple[int, ...], classes: int) -> int:
     m = exp.model
+    # first block from the input, the other depth - 1 from width to width (no list of fan-ins:
+    # a depth of 10**30 must be counted, not enumerated)
     if m.kind == "mlp":
-        fan_ins = [math.prod(input_shape)] + [m.width] * (m.depth - 1)
-        weights = sum(f * m.width for f in fan_ins)
+        weights = math.prod(input_shape) * m.width + (m.depth - 1) * m.width * m.width
     else:
-        fan_ins = [input_shape[0]] + [m.width] * (m.depth - 1)
-        weights = sum(f * m.width * m.kernel_size**2 for f in fan_ins)
+        weights = (input_shape[0] * m.width + (m.depth - 1) * m.width * m.width) * m.kernel_size**2
     biases = (m.depth * m.width + classes) * int(m.bias)
     return weights + m.width * classes + biases
 
@@ -66,6 +66,8 @@ def estimate(exp: Experiment, input_shape: tuple[int, ...], classes: int, with_d
         positions = input_shape[1] * input_shape[2]  # before pooling: an upper bound per block, a lower on the first
     per_block = exp.data.batch_size * m.width * positions * BYTES
     activations = 2 * per_block * (m.depth if m.kind == "mlp" or not m.pool_every else min(m.depth, m.pool_every))
+    if m.norm["name"] == "lrn":  # pads the squared input with size - 1 zero channels: at least one such buffer
+        activations += exp.data.batch_size * (m.width + m.norm["size"] - 1) * positions * BYTES
     examples = exp.data.n_train + exp.data.n_test
     data = examples * math.prod(input_shape) * BYTES if with_data else 0
     return Estimate(data=data, parameters=params, training=params * copies, activations=activations)
@@ -98,12 +100,28 @@ def human(n: float) -> str:
     return f"{n:.3g} PB"
 
 
+def check_pooling(exp: Experiment, input_shape: tuple[int, ...]) -> None:
+    """Raise ConfigError when a CNN's 2x2 poolings would shrink the images below 1x1."""
+    m = exp.model
+    if m.kind != "cnn" or not m.pool_every or len(input_shape) != 3:
+        return
+    pools = m.depth // m.pool_every
+    height, width = input_shape[1:]
+    fits = min(height, width).bit_length() - 1  # each pooling halves (rounding down): floor(log2(side)) of them
+    if pools > fits:
+        raise ConfigError(
+            f"model.pool_every: {pools} 2x2 poolings (one after every {m.pool_every} of the {m.depth} blocks) would shrink "
+            f"the {height}x{width} images below 1x1; at most {fits} fit: raise model.pool_every or lower model.depth"
+        )
+
+
 def check_fits(exp: Experiment, input_shape: tuple[int, ...], classes: int, device_type: str = "cpu", with_data: bool = True) -> Estimate:
     """Raise ConfigError, with the estimate and the limit, when the run cannot fit.
 
     The dataset stays in host memory (batches are moved to the device one at a time); the model,
     its gradients, optimizer state and activations live on `device_type`.
     """
+    check_pooling(exp, input_shape)
     need = estimate(exp, input_shape, classes, with_data)
     model_bytes = need.parameters + need.training + need.activations
     demands = {"cpu": need.data} if device_type != "cpu" else {}
@@ -115,6 +133,6 @@ def check_fits(exp: Experiment, input_shape: tuple[int, ...], classes: int, devi
                 f"model: this experiment needs at least {human(bytes_needed)} of {device} memory (data {human(need.data)}, "
                 f"parameters {human(need.parameters)}, gradients and optimizer state {human(need.training)}, "
                 f"activations {human(need.activations)}) but {human(free)} is available; "
-                "reduce model.depth, model.width, data.batch_size or data.n_train"
+                f"reduce model.depth, model.width, {'model.norm.size, ' if exp.model.norm['name'] == 'lrn' else ''}data.batch_size or data.n_train"
             )
     return need
