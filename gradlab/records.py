@@ -88,23 +88,34 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 
 def prepare_out_dir(out: str | Path) -> Path:
-    """Check up front that runs can be written under `out` (creating it if needed)."""
+    """Check up front that runs can be written under `out`, creating nothing yet (a run that
+    then stops on bad input leaves no trace): `out` is a writable folder, or the nearest
+    existing folder above it is one, so that `out` can be created with the run directory."""
     out = Path(out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise RunError(f"log.out: {str(out)!r} is a file, not a folder")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RunError(f"log.out: cannot create {str(out)!r}: {exc.strerror}") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise RunError(f"log.out: {str(out)!r} is not writable")
+        if out.exists() and not out.is_dir():
+            raise RunError(f"log.out: {str(out)!r} is a file, not a folder")
+        existing = out
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+    except OSError as exc:  # e.g. a folder on the way that may not be searched
+        raise RunError(f"log.out: cannot use {str(out)!r}: {exc.strerror}") from None
+    if not existing.is_dir():
+        raise RunError(f"log.out: cannot create {str(out)!r}: {str(existing)!r} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        if existing == out:
+            raise RunError(f"log.out: {str(out)!r} is not writable")
+        raise RunError(f"log.out: cannot create {str(out)!r}: {str(existing)!r} is not writable")
     return out
 
 
 def new_run_dir(out: str | Path, name: str) -> Path:
     """Create `out/name/<timestamp>-<id>/`; never reuses an existing directory."""
     parent = prepare_out_dir(out) / name
-    parent.mkdir(parents=True, exist_ok=True)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. a file already named like the experiment
+        raise RunError(f"log.out: cannot create {str(parent)!r}: {exc.strerror}") from None
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     for _ in range(100):
         run_dir = parent / f"{stamp}-{secrets.token_hex(3)}"
