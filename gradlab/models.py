@@ -5,7 +5,7 @@ A block is   linear/conv -> [norm] -> activation   (norm placement `pre`, as Iof
 and its submodules carry those names, so parameters read `blocks.3.linear.weight`,
 `blocks.3.norm.weight`. The output layer is `head`.
 
-Probing costs nothing on a plain step: a block only looks at its `probe` attribute, which is None
+Probing costs nothing on a plain step: a block only looks at the model's probe slot, which is empty
 except on logged steps, when the probe receives the block's intermediate tensors:
     z   = linear/conv output, the pre-activation whose gradient is `delta_norm`
     u   = the activation's input (z, or norm(z) with placement pre)
@@ -28,6 +28,14 @@ from gradlab.errors import DataError
 
 class BlockObserver(Protocol):
     def observe(self, block: "Block", z: torch.Tensor, u: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> None: ...
+
+
+class ProbeSlot:
+    """Where a model's blocks look for the probe of this step: one object shared by all blocks, so
+    attaching a probe is one attribute write, not one nn.Module.__setattr__ per block."""
+
+    def __init__(self):
+        self.probe: BlockObserver | None = None
 
 
 class Block(nn.Module):
@@ -53,7 +61,7 @@ class Block(nn.Module):
             self.pool = nn.MaxPool2d(2) if cfg.pool == "max" else nn.AvgPool2d(2)
         else:
             self.pool = None
-        self.probe: BlockObserver | None = None
+        self.slot = ProbeSlot()  # replaced by the model's shared slot
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.linear(x)  # (B, width) or (B, width, H, W)
@@ -62,16 +70,22 @@ class Block(nn.Module):
         out = self.norm(y) if self.norm is not None and not self.norm_first else y
         if self.pool is not None:
             out = self.pool(out)  # (B, width, H/2, W/2)
-        if self.probe is not None:
-            self.probe.observe(self, z, u, y, out)
+        probe = self.slot.probe
+        if probe is not None:
+            probe.observe(self, z, u, y, out)
         return out
 
 
 class Stack(nn.Module):
-    """What MLP and CNN share: blocks, a head, and the list of measured layers."""
+    """What MLP and CNN share: blocks, a head, the probe slot, and the list of measured layers."""
 
     blocks: nn.ModuleList
     head: nn.Linear
+
+    def _share_slot(self) -> None:
+        self.slot = ProbeSlot()
+        for block in self.blocks:
+            block.slot = self.slot
 
     def measured_layers(self) -> list[tuple[str, str, nn.Module]]:
         """(name, kind, weight-bearing module) for each row of layers.csv, input side first."""
@@ -93,6 +107,7 @@ class MLP(Stack):
         sizes = [in_features] + [cfg.width] * cfg.depth
         self.blocks = nn.ModuleList(Block(i, sizes[i], cfg, conv=False) for i in range(cfg.depth))
         self.head = nn.Linear(cfg.width, classes, bias=cfg.bias)
+        self._share_slot()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)  # (B, in_features): images are flattened
@@ -107,6 +122,7 @@ class CNN(Stack):
         channels = [input_shape[0]] + [cfg.width] * cfg.depth
         self.blocks = nn.ModuleList(Block(i, channels[i], cfg, conv=True) for i in range(cfg.depth))
         self.head = nn.Linear(cfg.width, classes, bias=cfg.bias)
+        self._share_slot()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:

@@ -44,26 +44,30 @@ QUANTITIES = ("weight_norm", "weight_grad_norm", "bias_grad_norm", "delta_norm",
 class PendingMeasurement:
     """Scalars still on the device; `fetch` moves them to the host in one transfer.
 
-    `counts` are integer tallies (saturated pairs, dead units) with the size they are a fraction of.
+    `scaled` entries are (tensor, divisor) pairs divided on the host: counts of saturated pairs
+    and dead units over their totals, the norm of deviations over sqrt(n) for the std.
     """
 
     values: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
-    counts: dict[tuple[str, int], tuple[torch.Tensor, int]] = field(default_factory=dict)
+    scaled: dict[tuple[str, int], tuple[torch.Tensor, float]] = field(default_factory=dict)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def fetch(self) -> tuple[dict[tuple[str, int], float], dict[str, float]]:
-        floats = list(self.values.values()) + list(self.extras.values())
-        ints = [count for count, _ in self.counts.values()]
-        parts = [torch.stack(floats).double()] if floats else []
-        parts += [torch.stack(ints).double()] if ints else []
-        if not parts:
+        keys = [*self.values, *self.extras, *self.scaled]
+        tensors = [*self.values.values(), *self.extras.values(), *(t for t, _ in self.scaled.values())]
+        if not tensors:
             return {}, {}
-        host = torch.cat(parts).cpu().tolist()  # the one device -> host transfer
-        n_values, n_extras = len(self.values), len(self.extras)
-        per_layer = dict(zip(self.values, host[:n_values]))
-        extras = dict(zip(self.extras, host[n_values : n_values + n_extras]))
-        for (key, (_, size)), count in zip(self.counts.items(), host[n_values + n_extras :]):
-            per_layer[key] = count / size
+        # integer counts and float norms cannot share one stack: one stack per dtype, one transfer
+        by_dtype: dict[torch.dtype, list[int]] = {}
+        for k, t in enumerate(tensors):
+            by_dtype.setdefault(t.dtype, []).append(k)
+        order = [k for ks in by_dtype.values() for k in ks]
+        host = torch.cat([torch.stack([tensors[k] for k in ks]).double() for ks in by_dtype.values()]).cpu().tolist()
+        value_of = dict(zip((keys[k] for k in order), host))
+        per_layer = {key: value_of[key] for key in self.values}
+        for key, (_, divisor) in self.scaled.items():
+            per_layer[key] = value_of[key] / divisor
+        extras = {key: value_of[key] for key in self.extras}
         return per_layer, extras
 
 
@@ -92,12 +96,11 @@ class Probe:
 
     def attach(self) -> None:
         self._pending = PendingMeasurement()
-        for block in self.blocks:
-            block.probe = self
+        if self.groups & {"deltas", "activations"}:  # the weights and updates groups need no forward capture
+            self.model.slot.probe = self
 
     def detach(self) -> None:
-        for block in self.blocks:
-            block.probe = None
+        self.model.slot.probe = None
 
     def observe(self, block: Block, z: torch.Tensor, u: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> None:
         """Called by each block during an attached forward pass."""
@@ -110,12 +113,12 @@ class Probe:
                 # torch.std_mean and an order of magnitude faster on the CPU
                 mean = out.mean()
                 self._pending.values[("act_mean", i)] = mean
-                self._pending.values[("act_std", i)] = torch.linalg.vector_norm(out - mean) / math.sqrt(out.numel())
+                self._pending.scaled[("act_std", i)] = (torch.linalg.vector_norm(out - mean), math.sqrt(out.numel()))
                 saturated = saturation_mask(block.activation, block.act, u, y, SATURATION_THRESHOLD)  # (B, C[, H, W])
                 # a unit (channel) is dead if saturated at every position of every example
                 per_unit = saturated.flatten(2).all(dim=2) if saturated.dim() > 2 else saturated  # (B, C)
-                self._pending.counts[("saturated_frac", i)] = (saturated.sum(), saturated.numel())
-                self._pending.counts[("dead_frac", i)] = (per_unit.all(dim=0).sum(), saturated.shape[1])
+                self._pending.scaled[("saturated_frac", i)] = (saturated.sum(), saturated.numel())
+                self._pending.scaled[("dead_frac", i)] = (per_unit.all(dim=0).sum(), saturated.shape[1])
 
     def watch_logits(self, logits: torch.Tensor) -> None:
         """The head's delta is the gradient of the loss with respect to the logits."""
@@ -225,9 +228,7 @@ def locate_non_finite(model: Stack, x: torch.Tensor, y: torch.Tensor, loss_fn) -
             if block.norm is not None and not block.norm_first:
                 forward.append((f"blocks.{i}.norm output", i, out))
 
-    recorder = Recorder()
-    for block in model.blocks:
-        block.probe = recorder
+    model.slot.probe = Recorder()
     try:
         model.zero_grad(set_to_none=True)
         logits = model(x)
@@ -238,8 +239,7 @@ def locate_non_finite(model: Stack, x: torch.Tensor, y: torch.Tensor, loss_fn) -
                 return found(what, layer)
         loss.backward()
     finally:
-        for block in model.blocks:
-            block.probe = None
+        model.slot.probe = None
 
     backward: list[tuple[str, int, torch.Tensor | None]] = [("head output (logits) gradient", depth, logits.grad)]
     params_by_layer: dict[int, list[tuple[str, torch.Tensor]]] = {}
