@@ -258,24 +258,31 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = _load_yaml(raw) if raw.strip() else None
         except yaml.YAMLError:
             raise ConfigError(f"--set {key}: {describe_value(raw)} is not a valid YAML value") from None
-        node = data
-        parts = key.split(".")
-        for depth, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if isinstance(child, str) and depth >= 1:
-                # `model.activation: relu` with `--set model.activation.negative_slope=...`:
-                # the name becomes a mapping so that a parameter can be added to it.
-                child = {"name": child}
-            elif child is None:
-                child = {}
-            elif not isinstance(child, dict):
-                raise ConfigError(f"--set {key}: {'.'.join(parts[: depth + 1])} is {describe_value(child)}, not a mapping")
-            else:
-                child = dict(child)
-            node[part] = child
-            node = child
-        node[parts[-1]] = value
+        set_dotted(data, key, value, where=f"--set {key}")
     return data
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any, where: str | None = None) -> None:
+    """Set `a.b.c` in nested mappings, copying each mapping on the way (the caller's stay intact).
+
+    Missing levels are created, and a component given by name (`model.activation: relu`) becomes
+    `{name: relu}` when a parameter is set below it (`model.activation.negative_slope=0.2`).
+    """
+    node = data
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if isinstance(child, str) and depth >= 1:
+            child = {"name": child}
+        elif child is None:
+            child = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"{where or key}: {'.'.join(parts[: depth + 1])} is {describe_value(child)}, not a mapping")
+        else:
+            child = dict(child)
+        node[part] = child
+        node = child
+    node[parts[-1]] = value
 
 
 def _allowed_keys(loc: tuple) -> list[str]:
