@@ -122,6 +122,9 @@ def _generator(seed: int, name: str) -> torch.Generator:
 
 def _split(cfg: DataConfig, x: torch.Tensor, y: torch.Tensor) -> Dataset:
     """First n_train examples for training, the next n_test for testing."""
+    if not torch.isfinite(x).all():
+        # A noise too large for float32 (about 3.4e38) would otherwise pass as a diverged run.
+        raise DataError(f"data.noise: {cfg.noise:g} makes the {cfg.name} features overflow float32 (NaN or inf); use a smaller noise")
     n = cfg.n_train
     return Dataset(
         x[:n].contiguous(), y[:n].contiguous(), x[n:].contiguous(), y[n:].contiguous(),
