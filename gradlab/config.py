@@ -20,7 +20,7 @@ from pydantic_core import PydanticCustomError
 from gradlab import components
 from gradlab.errors import ConfigError
 from gradlab.expectations import Expectations
-from gradlab.registry import Registry, SpecError, describe_value, did_you_mean, pydantic_message
+from gradlab.registry import Registry, SpecError, describe_value, did_you_mean, pydantic_message, with_article
 
 
 class Section(BaseModel):
@@ -242,7 +242,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         raise ConfigError(f"config: {str(path)!r} is empty; it needs at least a mapping such as 'name: my-run'")
     if not isinstance(data, dict):
-        raise ConfigError(f"config: the top level of {str(path)!r} must be a mapping of sections (name, data, model, ...), got a {type(data).__name__}")
+        raise ConfigError(f"config: the top level of {str(path)!r} must be a mapping of sections (name, data, model, ...), got {with_article(type(data).__name__)}")
     return data
 
 
