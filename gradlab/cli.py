@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 
 from gradlab import analysis
-from gradlab.errors import ExpectationFailed, GradlabError, RunError
+from gradlab.errors import ConfigError, ExpectationFailed, GradlabError, RunError
 
 app = typer.Typer(
     name="gradlab",
@@ -71,23 +71,55 @@ def _load(config: Path, overrides: list[str]):
     return load_config(config, overrides)
 
 
+class ExecutorChoice(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+SweepOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--sweep", help="sweep a config value: key.path=v1,v2,... (each value parsed as YAML); adds or replaces an axis; repeatable"),
+]
+
+
 @app.command()
 @reports_errors
 def run(
-    config: ConfigArg,
+    config: Annotated[Optional[Path], typer.Argument(help="experiment YAML file; a sweep when it has sweep: or seeds: (not with --resume)", show_default=False)] = None,
     set_: SetOpt = None,
     out: Annotated[Optional[str], typer.Option("--out", help="folder for run directories (log.out)")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="random seed")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="optimizer steps (train.steps)")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the run directory")] = False,
-    plot: Annotated[bool, typer.Option("--plot", help="draw the run's figures into its directory")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the run directory (of a sweep: the sweep directory)")] = False,
+    plot: Annotated[bool, typer.Option("--plot", help="draw the run's figures into its directory (of a sweep: into the sweep directory)")] = False,
+    sweep: SweepOpt = None,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, help="sweep: runs at once, each in its own process (default 1)", show_default=False)] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="sweep: torch threads per run (default 1 whatever --jobs, so results do not depend on --jobs)", show_default=False)] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="run again what is not completed or diverged in this sweep directory", show_default=False)] = None,
+    executor: Annotated[ExecutorChoice, typer.Option("--executor", help="sweep: local processes, or Ray tasks (pip install 'gradlab[ray]')")] = ExecutorChoice.local,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="--executor ray: the cluster (ray://HOST:10001, HOST:6379 or auto); default: a local Ray instance", show_default=False)] = None,
 ) -> None:
     """Train the experiment in CONFIG and write a new run directory of records.
 
-    Exit code 1 when the config's expect: section is violated at the end of the run.
+    A config with sweep: (dotted keys to lists of values) or seeds:, or --sweep, is a grid: every
+    combination is validated first, then run into one sweep directory with a sweep.csv index.
+
+    Exit code 1 when the config's expect: section is violated at the end of the run (or a run of a
+    sweep failed).
     """
-    exp = _load(config, _overrides(set_, out=out, device=device, seed=seed, steps=steps))
+    overrides = _overrides(set_, out=out, device=device, seed=seed, steps=steps)
+    if ray_address is not None and executor is not ExecutorChoice.ray:
+        raise ConfigError("--ray-address: applies to --executor ray")
+    if resume is not None or sweep or (config is not None and _is_sweep(config)):
+        _run_sweep(config, overrides, sweep, resume, jobs, threads, executor, ray_address, quiet, plot)
+        return
+    if config is None:
+        raise ConfigError("run: give CONFIG, an experiment YAML file (or --resume SWEEP_DIR)")
+    for flag, given in (("--jobs", jobs), ("--threads", threads), ("--executor", executor is ExecutorChoice.ray or None)):
+        if given is not None:
+            raise ConfigError(f"{flag}: applies to sweeps; {config} has no sweep: or seeds: (add --sweep key.path=v1,v2)")
+    exp = _load(config, overrides)
 
     from gradlab.train import RunInterrupted, run_experiment
 
@@ -123,10 +155,90 @@ def run(
 
 @app.command()
 @reports_errors
-def validate(config: ConfigArg, set_: SetOpt = None) -> None:
-    """Check CONFIG and print it resolved, every default filled in."""
+def validate(config: ConfigArg, set_: SetOpt = None, sweep: SweepOpt = None) -> None:
+    """Check CONFIG and print it resolved, every default filled in.
+
+    A sweep: every combination is validated; prints their number and, per combination, the
+    resolved values that differ between them.
+    """
+    if sweep or _is_sweep(config):
+        from gradlab import sweep as sweeps
+
+        plan = sweeps.load_plan(config, _overrides(set_), [sweeps.parse_axis(item) for item in sweep or []])
+        print(f"{len(plan.members)} combinations ({plan.shape()}), all valid")
+        for member, values in zip(plan.members, sweeps.differing_values(plan)):
+            print(f"{member.name}: {', '.join(f'{key}={sweeps.flow(value)}' for key, value in values.items())}")
+        return
     exp = _load(config, _overrides(set_))
     print(exp.to_yaml(), end="")
+
+
+def _is_sweep(config: Path) -> bool:
+    from gradlab.config import read_yaml
+    from gradlab.sweep import has_sweep
+
+    return has_sweep(read_yaml(config))
+
+
+def _run_sweep(config, overrides, axis_items, resume, jobs, threads, executor, ray_address, quiet, plot) -> None:
+    """`gradlab run` of a sweep, or `--resume` of one: plan (everything validated), run, summarize."""
+    from gradlab import sweep as sweeps
+
+    if resume is not None:
+        if config is not None:
+            raise ConfigError("--resume: give the sweep directory alone; it runs the sweep as planned in its sweep.yaml (CONFIG starts a new sweep)")
+        if overrides or axis_items:
+            raise ConfigError("--resume: --set, --sweep, --out, --device, --seed and --steps cannot change a planned sweep; start a new one instead")
+        plan, index = sweeps.open_sweep(resume)
+        sweep_dir = resume
+    else:
+        from gradlab.config import read_yaml
+
+        plan = sweeps.plan_sweep(read_yaml(config), overrides, [sweeps.parse_axis(item) for item in axis_items or []])
+        if executor is ExecutorChoice.local:
+            sweeps.check_resources(plan)
+        sweep_dir = sweeps.create_sweep_dir(plan)
+        index = None
+    threads = threads or sweeps.default_threads()
+    cores = sweeps.available_cores()
+    if executor is ExecutorChoice.local and (jobs or 1) * threads > cores:
+        _warn([f"--jobs {jobs or 1} x --threads {threads} is more than the {cores} cores here; the runs will share them"])
+    if not quiet:
+        runs = f"{len(plan.members)} runs"
+        if index is not None:  # resuming
+            runs = f"{sum(row.status not in sweeps.FINISHED for row in index.rows)} of {runs} to run"
+        err_console.print(f"sweep {plan.name}: {runs} ({plan.shape()}) in {sweep_dir}", markup=False, highlight=False, soft_wrap=True)
+    display = sweeps.SweepDisplay() if quiet else sweeps.RichSweepDisplay(err_console)
+    outcome = sweeps.run_sweep(
+        plan, sweep_dir, jobs=jobs if executor is ExecutorChoice.ray else (jobs or 1), threads=threads,
+        executor=executor.value, ray_address=ray_address, display=display, index=index,
+    )  # fmt: skip
+    finished = [sweep_dir / row.run for row in outcome.rows if row.status in sweeps.FINISHED]
+    if plot and finished:
+        from gradlab import plots
+
+        loaded = analysis.load_runs(finished)
+        _warn(loaded.problems)
+        plots.save_figures(plots.build_figures(loaded.runs), sweep_dir)
+    if quiet:
+        print(sweep_dir)
+    else:
+        console.print(outcome.summary(), markup=False, highlight=False, soft_wrap=True)
+        for row in outcome.rows:
+            if row.status == "failed":
+                console.print(f"failed: {row.run}: {row.error}", markup=False, highlight=False, soft_wrap=True)
+        if outcome.signum is not None or any(row.status not in sweeps.FINISHED for row in outcome.rows):
+            console.print(f"to run what is left: gradlab run --resume {sweep_dir}", markup=False, highlight=False, soft_wrap=True)
+        console.print(f"sweep directory: {sweep_dir}", markup=False, highlight=False, soft_wrap=True)
+    if outcome.signum is not None:
+        raise typer.Exit(outcome.exit_code)
+    from gradlab.expectations import check_run
+
+    failed = [f"expectation failed: {path.name}: {o.failure()}" for path in finished for o in check_run(path) if not o.passed]
+    if failed:
+        raise ExpectationFailed(*failed)
+    if outcome.exit_code:
+        raise typer.Exit(outcome.exit_code)
 
 
 @app.command()

@@ -1,0 +1,565 @@
+"""Where the runs of a sweep happen: in this process, in a pool of local processes, or on Ray.
+
+    execute(tasks, on_event, executor="local", jobs=1)   runs every MemberTask and reports Events
+        jobs 1      serial, in this process
+        jobs N      N worker processes (ProcessPoolExecutor, "forkserver" or "spawn"), a run each
+        "ray"       one Ray task per run on a cluster (or a local instance); each task writes its
+                    records in a temporary folder on its machine and sends the files back, so the
+                    sweep directory lives on the submitting machine
+
+Every run goes through `run_member`, which never raises: a run that fails is a `failed` result
+(meta.json says why), a diverged run a `diverged` one, and a run stopped by a signal an
+`interrupted` one. Each run computes with `MemberTask.threads` torch threads.
+
+Stopping. SIGINT/SIGTERM reach this process only: pool workers sit in their own process group,
+so the terminal's Ctrl-C does not hit them behind our back. The first signal stops submitting;
+it is passed on once to every worker, whose run stops at its next step (train.StopRequest) and
+closes its records as interrupted; a worker still setting a run up notes the signal and stops
+the run at step 0. Ray tasks poll a small control actor instead. A second signal is passed on
+too (a run stops at once); with Ray it cancels the tasks outright. Nothing here imports torch
+at module level: the Ray control actor imports this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import queue as queue_module
+import signal
+import threading
+import time
+from collections import deque
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from gradlab.errors import RunError
+
+STEP_EVENTS_EVERY_S = 0.25  # a run reports its step to the display at most this often
+RAY_POLL_EVERY_S = 1.0  # a Ray task asks the control actor whether to stop at most this often
+POLL_S = 0.1  # how often the parent looks at finished runs, progress and signals
+RECORD_FILES = ("config.yaml", "meta.json", "metrics.csv", "layers.csv")
+
+
+@dataclass(frozen=True)
+class MemberTask:
+    index: int  # row of sweep.csv
+    name: str  # the run directory's name
+    run_dir: str  # where the records go (created by the run; must not exist)
+    config: dict[str, Any]  # the resolved config
+    threads: int  # torch threads for this run
+
+
+@dataclass
+class MemberResult:
+    index: int
+    status: str  # completed | diverged | failed | interrupted; "pending" when not started
+    duration_s: float
+    error: str = ""
+    started: bool = True
+    signum: int | None = None  # the signal that interrupted the run
+    files: dict[str, bytes] | None = None  # Ray: the records, to be written on this machine
+
+
+@dataclass
+class Event:
+    kind: str  # submitted | started | step | finished
+    index: int
+    steps: int = 0  # started: steps planned
+    step: int = 0
+    loss: float = math.nan
+    result: MemberResult | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Signals
+# --------------------------------------------------------------------------------------------
+
+
+class StopFlag:
+    """Signal handler that only takes note: `signals` in arrival order."""
+
+    def __init__(self):
+        self.signals: list[int] = []
+
+    @property
+    def signum(self) -> int | None:
+        return self.signals[0] if self.signals else None
+
+    def reset(self) -> None:
+        self.signals = []
+
+    def __call__(self, signum, frame) -> None:
+        self.signals.append(signum)
+
+    @contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signals belong to the main thread's owner
+            return
+        previous = {s: signal.signal(s, self) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+_STOP = StopFlag()  # this process's: the parent's in a serial sweep, a worker's in a pool
+_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextmanager
+def _signals_held():
+    """SIGINT/SIGTERM held back (not lost) in this thread while it starts worker processes: a new
+    worker inherits the mask, so a signal cannot hit it while it imports, before its handler is
+    installed (a KeyboardInterrupt traceback); it waits until `_init_worker` lets it in."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+# --------------------------------------------------------------------------------------------
+# One run
+# --------------------------------------------------------------------------------------------
+
+
+class Hooks:
+    """How a run talks to whoever started it. The default: signals noted in this process."""
+
+    def started(self, index: int, steps: int) -> None: ...
+    def step(self, index: int, step: int, loss: float) -> None: ...
+
+    def stop_signal(self) -> int | None:
+        return _STOP.signum
+
+
+class _MemberReporter:
+    """train.Reporter for a sweep member: progress to the hooks, and a stop noted while the run
+    was being set up (before train.StopRequest took over the signals) ends it as interrupted."""
+
+    def __init__(self, index: int, hooks: Hooks):
+        self.index, self.hooks, self.last = index, hooks, 0.0
+
+    def start(self, total_steps: int) -> None:
+        self.hooks.started(self.index, total_steps)
+        self._check()
+
+    def update(self, step: int, loss: float) -> None:
+        now = time.monotonic()
+        if now - self.last >= STEP_EVENTS_EVERY_S:
+            self.last = now
+            self.hooks.step(self.index, step, loss)
+        self._check()
+
+    def finish(self) -> None: ...
+
+    def _check(self) -> None:
+        signum = self.hooks.stop_signal()
+        if signum is not None:
+            from gradlab.train import RunInterrupted
+
+            raise RunInterrupted(signum)
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def run_member(task: MemberTask, hooks: Hooks | None = None) -> MemberResult:
+    """Train one combination into `task.run_dir`. Never raises for a run that goes wrong."""
+    hooks = hooks or Hooks()
+    import torch
+
+    from gradlab.config import validate
+    from gradlab.errors import GradlabError
+    from gradlab.train import RunInterrupted, run_experiment
+
+    if hooks.stop_signal() is not None:
+        return MemberResult(task.index, "pending", 0.0, started=False)
+    begin = time.perf_counter()
+    run_dir = Path(task.run_dir)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(task.threads)
+    error, signum = "", None
+    try:
+        result = run_experiment(validate(task.config), _MemberReporter(task.index, hooks), run_dir=run_dir)
+        status = result.status
+        if result.divergence:
+            d = result.divergence
+            error = f"diverged at step {d.get('step')}: first non-finite value in {d.get('tensor')}"
+    except RunInterrupted as exc:
+        status, signum = "interrupted", exc.signum
+    except KeyboardInterrupt:  # Ray's cancel, or a signal where no handler of ours was installed
+        status, signum = "interrupted", signal.SIGINT
+    except GradlabError as exc:
+        status, error = "failed", _one_line("; ".join(exc.lines))
+    except Exception as exc:  # a bug or a resource problem: recorded, the sweep goes on
+        status, error = "failed", _one_line(f"{type(exc).__name__}: {exc}")
+    finally:
+        torch.set_num_threads(threads)
+    if status in ("failed", "interrupted") and not (run_dir / "meta.json").exists():
+        _write_stub(run_dir, task, status, error)
+    return MemberResult(task.index, status, time.perf_counter() - begin, error, signum=signum)
+
+
+def _write_stub(run_dir: Path, task: MemberTask, status: str, error: str) -> None:
+    """Records for a run that stopped before it could write any (bad data file, memory check):
+    config.yaml, meta.json with the status and error, and CSVs with only their headers."""
+    import platform
+
+    import torch
+    import yaml
+
+    import gradlab
+    from gradlab.records import RunRecords, now_iso
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config_yaml = yaml.safe_dump(task.config, sort_keys=False, default_flow_style=None, width=100)
+        records = RunRecords(run_dir, config_yaml, {
+            "name": task.config.get("name"), "run_id": run_dir.name, "seed": task.config.get("seed"), "device": None,
+            "versions": {"gradlab": gradlab.__version__, "torch": torch.__version__, "python": platform.python_version()},
+            "started": now_iso(), "ended": None, "steps_planned": task.config.get("train", {}).get("steps"), "steps_done": 0, "divergence": None,
+        })  # fmt: skip
+        records.close(status, error=error or None)
+    except OSError:
+        pass  # the index still says what happened
+
+
+# --------------------------------------------------------------------------------------------
+# Executors
+# --------------------------------------------------------------------------------------------
+
+
+def execute(
+    tasks: list[MemberTask],
+    on_event: Callable[[Event], None],
+    *,
+    executor: str = "local",
+    jobs: int | None = 1,
+    ray_address: str | None = None,
+) -> int | None:
+    """Run `tasks`, reporting every Event to `on_event` (in this thread). Returns the signal that
+    stopped the sweep, or None when every task ran."""
+    if executor == "ray":
+        return _run_ray(tasks, on_event, jobs, ray_address)
+    if executor != "local":
+        raise RunError(f"--executor: got {executor!r}; allowed: local, ray")
+    _STOP.reset()
+    with _STOP.installed():
+        if (jobs or 1) <= 1:
+            _run_serial(tasks, on_event)
+        else:
+            _run_pool(tasks, on_event, jobs)
+    return _STOP.signum
+
+
+class _DirectHooks(Hooks):
+    def __init__(self, on_event):
+        self.on_event = on_event
+
+    def started(self, index, steps):
+        self.on_event(Event("started", index, steps=steps))
+
+    def step(self, index, step, loss):
+        self.on_event(Event("step", index, step=step, loss=loss))
+
+
+def _run_serial(tasks: list[MemberTask], on_event) -> None:
+    hooks = _DirectHooks(on_event)
+    for task in tasks:
+        if _STOP.signum is not None:
+            break
+        on_event(Event("submitted", task.index))
+        result = run_member(task, hooks)
+        if result.signum is not None and not _STOP.signals:
+            _STOP.signals.append(result.signum)  # train.StopRequest took the signal during the run
+        on_event(Event("finished", task.index, result=result))
+
+
+# The pool's workers -----------------------------------------------------------------------
+
+_QUEUE = None  # a worker's channel to the parent
+
+
+class _QueueHooks(Hooks):
+    def started(self, index, steps):
+        _QUEUE.put(("started", index, steps, 0.0))
+
+    def step(self, index, step, loss):
+        _QUEUE.put(("step", index, step, loss))
+
+
+def _init_worker(channel) -> None:
+    global _QUEUE
+    _QUEUE = channel
+    try:
+        os.setpgrp()  # the terminal's Ctrl-C goes to the parent only; it passes it on once
+    except (AttributeError, OSError):
+        pass
+    _STOP.reset()
+    for s in _SIGNALS:
+        signal.signal(s, _STOP)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)  # held back since the parent started us
+    import gradlab.train  # noqa: F401  (torch: paid once per worker, not by its first run)
+
+
+def _context():
+    """"forkserver" where there is one: a server process imports torch and gradlab once, and each
+    worker is a fork of it (about a second to start two workers, where "spawn" takes three and
+    imports the command's own main module again); "spawn" elsewhere. Never plain "fork" of a
+    process that may have started torch's threads."""
+    import multiprocessing
+
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["gradlab.executors", "gradlab.train"])
+        return context
+    return multiprocessing.get_context("spawn")
+
+
+def _pool_member(task: MemberTask) -> MemberResult:
+    return run_member(task, _QueueHooks())
+
+
+def _run_pool(tasks: list[MemberTask], on_event, jobs: int) -> None:
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    context = _context()
+    channel = context.Queue()
+    pending = deque(tasks)
+    running: dict[Any, MemberTask] = {}
+    forwarded = 0
+
+    def new_pool() -> ProcessPoolExecutor:
+        with _signals_held():
+            return ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker, initargs=(channel,))
+
+    def drain() -> None:
+        while True:
+            try:
+                kind, index, a, b = channel.get_nowait()
+            except queue_module.Empty:
+                return
+            on_event(Event(kind, index, steps=a) if kind == "started" else Event(kind, index, step=a, loss=b))
+
+    pool = new_pool()
+    try:
+        while pending or running:
+            while pending and len(running) < jobs and _STOP.signum is None:
+                task = pending.popleft()
+                with _signals_held():  # submit starts the worker processes
+                    running[pool.submit(_pool_member, task)] = task
+                on_event(Event("submitted", task.index))
+            done, _ = wait(list(running), timeout=POLL_S, return_when=FIRST_COMPLETED)
+            if len(_STOP.signals) > forwarded:
+                for pid in list(getattr(pool, "_processes", None) or {}):
+                    for signum in _STOP.signals[forwarded:]:
+                        try:
+                            os.kill(pid, signum)
+                        except (ProcessLookupError, PermissionError):
+                            pass
+                forwarded = len(_STOP.signals)
+            drain()
+            broken = False
+            for future in done:
+                task = running.pop(future)
+                try:
+                    result = future.result()
+                except BrokenProcessPool:
+                    broken = True
+                    result = _died(task, _STOP.signum)
+                except Exception as exc:  # not expected: run_member catches what a run raises
+                    result = MemberResult(task.index, "failed", 0.0, _one_line(f"{type(exc).__name__}: {exc}"))
+                on_event(Event("finished", task.index, result=result))
+            if broken:
+                for future, task in list(running.items()):
+                    on_event(Event("finished", task.index, result=_died(task, _STOP.signum)))
+                running.clear()
+                pool.shutdown(wait=True, cancel_futures=True)
+                pool = new_pool()
+            if _STOP.signum is not None and not running:
+                break
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        drain()
+        channel.close()
+        channel.join_thread()
+
+
+def _died(task: MemberTask, signum: int | None) -> MemberResult:
+    """A worker process that died under a run (killed, out of memory, crashed): failed, or
+    interrupted when the sweep is being stopped. meta.json, if any, says so too."""
+    status = "failed" if signum is None else "interrupted"
+    error = "the worker process died during the run (killed, out of memory or crashed)" if signum is None else ""
+    meta = Path(task.run_dir) / "meta.json"
+    if meta.exists():
+        from gradlab.records import now_iso, read_meta, write_json_atomic
+
+        try:
+            data = read_meta(Path(task.run_dir))
+            if data.get("status") == "running":
+                write_json_atomic(meta, {**data, "status": status, "ended": now_iso(), **({"error": error} if error else {})})
+        except Exception:
+            pass
+    return MemberResult(task.index, status, 0.0, error, started=meta.exists() or signum is None, signum=signum)
+
+
+# Ray ---------------------------------------------------------------------------------------
+
+
+class RayControl:
+    """A Ray actor between the submitting process and its tasks: progress one way, stop the other."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.events: list[tuple[str, int, float, float]] = []
+
+    def report(self, kind: str, index: int, a: float, b: float) -> int | None:
+        if kind != "poll":
+            self.events.append((kind, index, a, b))
+        return self.signum
+
+    def stop(self, signum: int) -> None:
+        self.signum = signum
+
+    def drain(self) -> list[tuple[str, int, float, float]]:
+        events, self.events = self.events, []
+        return events
+
+
+class _RayHooks(Hooks):
+    def __init__(self, control):
+        self.control = control
+        self.last = -math.inf
+        self.signum: int | None = None
+
+    def _report(self, kind: str, index: int, a: float, b: float) -> None:
+        import ray
+
+        self.signum = ray.get(self.control.report.remote(kind, index, a, b))
+        self.last = time.monotonic()
+
+    def started(self, index, steps):
+        self._report("started", index, steps, 0.0)
+
+    def step(self, index, step, loss):
+        if time.monotonic() - self.last >= RAY_POLL_EVERY_S:
+            self._report("step", index, step, loss)
+
+    def stop_signal(self):
+        if time.monotonic() - self.last >= RAY_POLL_EVERY_S:
+            self._report("poll", -1, 0.0, 0.0)
+        return self.signum
+
+
+def ray_member(task: MemberTask, control) -> MemberResult:
+    """The Ray task: the run in a temporary folder on whichever machine runs it, and its records
+    sent back as file contents."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="gradlab-") as tmp:
+        local = Path(tmp) / task.name
+        result = run_member(replace(task, run_dir=str(local)), _RayHooks(control))
+        if local.is_dir():
+            result.files = {name: (local / name).read_bytes() for name in RECORD_FILES if (local / name).is_file()}
+    return result
+
+
+def connect_ray(address: str | None):
+    """Import Ray and connect: to `address`, to $RAY_ADDRESS, or to a new local instance.
+    Returns (ray, whether this call connected and so should disconnect)."""
+    try:
+        import ray
+    except ImportError:
+        raise RunError("--executor ray: Ray is not installed; install it with pip install 'gradlab[ray]'") from None
+    if ray.is_initialized():
+        return ray, False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR}
+    if address is None:
+        from gradlab.sweep import available_cores
+
+        options.update(num_cpus=available_cores(), include_dashboard=False)
+    try:
+        ray.init(address=address, **options)
+    except Exception as exc:
+        where = f"--ray-address {address}" if address else "--executor ray"
+        raise RunError(f"{where}: cannot start or reach Ray: {_one_line(exc, 200)}") from None
+    return ray, True
+
+
+def _run_ray(tasks: list[MemberTask], on_event, jobs: int | None, address: str | None) -> int | None:
+    ray, connected = connect_ray(address)
+    control = None
+    try:
+        control = ray.remote(num_cpus=0)(RayControl).remote()
+        remote = ray.remote(max_retries=0)(ray_member)
+        threads = max((task.threads for task in tasks), default=1)
+        capacity = jobs or max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
+        pending = deque(tasks)
+        running: dict[Any, MemberTask] = {}
+        told = 0
+        _STOP.reset()
+        with _STOP.installed():
+            while pending or running:
+                while pending and len(running) < capacity and _STOP.signum is None:
+                    task = pending.popleft()
+                    running[remote.options(num_cpus=task.threads).remote(task, control)] = task
+                    on_event(Event("submitted", task.index))
+                ready = []
+                if running:
+                    ready, _ = ray.wait(list(running), num_returns=1, timeout=POLL_S * 2)
+                if len(_STOP.signals) > told:
+                    if told == 0:
+                        ray.get(control.stop.remote(_STOP.signum))
+                    else:  # a second signal: stop at once
+                        for ref in running:
+                            ray.cancel(ref, force=True)
+                    told = len(_STOP.signals)
+                for kind, index, a, b in ray.get(control.drain.remote()):
+                    on_event(Event(kind, index, steps=int(a)) if kind == "started" else Event(kind, index, step=int(a), loss=b))
+                for ref in ready:
+                    task = running.pop(ref)
+                    on_event(Event("finished", task.index, result=_gather(ray, ref, task)))
+                if _STOP.signum is not None and not running:
+                    break
+        return _STOP.signum
+    finally:
+        if control is not None:
+            try:
+                ray.kill(control)
+            except Exception:
+                pass
+        if connected:
+            ray.shutdown()
+
+
+def _gather(ray, ref, task: MemberTask) -> MemberResult:
+    """A Ray task's result, its records written into the sweep directory on this machine."""
+    from gradlab.records import new_named_run_dir
+
+    try:
+        result: MemberResult = ray.get(ref)
+    except Exception as exc:  # cancelled, worker died, node lost
+        cancelled = type(exc).__name__ in ("TaskCancelledError", "WorkerCrashedError") and _STOP.signum is not None
+        if cancelled:
+            return MemberResult(task.index, "interrupted", 0.0, "cancelled", signum=_STOP.signum)
+        return MemberResult(task.index, "failed", 0.0, _one_line(f"{type(exc).__name__}: {exc}"))
+    if result.files:
+        run_dir = new_named_run_dir(Path(task.run_dir).parent, Path(task.run_dir).name)
+        for name, content in result.files.items():
+            (run_dir / name).write_bytes(content)
+        result.files = None
+    return result

@@ -1,0 +1,704 @@
+"""Sweeps: a grid of config values times several seeds, run as one command into one folder.
+
+A config (or the command line, `--sweep model.depth=10,30`) names the axes:
+
+    sweep: {model.activation: [sigmoid, tanh, relu, elu], model.norm: [none, batchnorm]}
+    seeds: [0, 1, 2]
+
+and `gradlab run` writes one sweep directory holding a normal run directory per combination:
+
+    results/<name>/<YYYYmmdd-HHMMSS>-<id>/
+        sweep.yaml    the sweep as planned: the config, overrides applied, with its sweep: axes
+        sweep.csv     one row per combination: run, the values, status, duration_s, error
+        activation=relu,norm=batchnorm,seed=1/     config.yaml, meta.json, metrics.csv, layers.csv
+        ...
+
+    plan_sweep(raw, ...)     -> SweepPlan: every combination expanded and validated, all errors at once
+    create_sweep_dir(plan)   the folder, sweep.yaml and sweep.csv (every run pending)
+    open_sweep(dir)          the plan and index of an existing sweep (for --resume)
+    run_sweep(plan, dir)     runs what is not finished with an executor (executors.py), keeping
+                             sweep.csv up to date; returns a SweepOutcome
+
+The seed is an axis like any other (`seed`), always the last one, so that `gradlab compare` on the
+sweep directory averages it away: one row per combination of the other axes.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import io
+import itertools
+import json
+import os
+import re
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import yaml
+
+from gradlab.errors import ConfigError, RunError
+
+SWEEP_KEY, SEEDS_KEY, SEED_AXIS = "sweep", "seeds", "seed"
+SPEC_FILE, INDEX_FILE = "sweep.yaml", "sweep.csv"
+INDEX_STATUSES = ("pending", "running", "completed", "diverged", "interrupted", "failed")
+FINISHED = ("completed", "diverged")  # a diverged run is a result: --resume keeps it
+NOT_SWEPT = ("name", "log", "log.out")  # every run of a sweep goes into one sweep directory
+MAX_NAME = 200  # characters of a run directory's name (file systems allow 255 bytes)
+
+
+# --------------------------------------------------------------------------------------------
+# The axes
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Axis:
+    key: str  # dotted config key; "seed" for the seeds
+    values: tuple[Any, ...]
+
+
+def flow(value: Any) -> str:
+    """A value as a one-line YAML flow (`{name: batchnorm, placement: post}`, `[weights]`, `0.1`)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**9, sort_keys=False).strip()
+    if text.endswith("\n..."):  # a plain scalar ends its document explicitly
+        text = text[: -len("\n...")].strip()
+    return text
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _check_key(key: Any, where: str) -> str:
+    if not isinstance(key, str) or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise ConfigError(f"{where}: {key!r} is not a dotted config key such as model.depth")
+    key = key.strip()
+    if key in (SEED_AXIS, SEEDS_KEY):
+        return SEED_AXIS
+    if key in NOT_SWEPT or any(key.startswith(f"{skip}.") for skip in NOT_SWEPT if skip != "log"):
+        raise ConfigError(f"{where}: {key} cannot be swept; every run of a sweep goes into one sweep directory (log.out/name)")
+    if key in (SWEEP_KEY,) or key.startswith(f"{SWEEP_KEY}."):
+        raise ConfigError(f"{where}: {key} cannot be swept")
+    return key
+
+
+def _axis(key: str, values: Any, where: str) -> Axis:
+    if not isinstance(values, list):
+        raise ConfigError(f"{where}: expected a list of values, e.g. [10, 30], got {flow(values)}")
+    if not values:
+        raise ConfigError(f"{where}: the list of values is empty")
+    seen: dict[str, None] = {}
+    for value in values:
+        if _canonical(value) in seen:
+            raise ConfigError(f"{where}: {flow(value)} is listed twice")
+        seen[_canonical(value)] = None
+    if key == SEED_AXIS:
+        bad = [v for v in values if not isinstance(v, int) or isinstance(v, bool)]
+        if bad:
+            raise ConfigError(f"{where}: got {flow(bad[0])}; seeds are integers, e.g. [0, 1, 2]")
+    return Axis(key, tuple(values))
+
+
+def split_sweep(raw: dict[str, Any]) -> tuple[dict[str, Any], list[Axis]]:
+    """The config mapping without `sweep:` and `seeds:`, and the axes they name (seed last)."""
+    base = dict(raw)
+    spec = base.pop(SWEEP_KEY, None)
+    seeds = base.pop(SEEDS_KEY, None)
+    axes: list[Axis] = []
+    if SWEEP_KEY in raw:
+        if not isinstance(spec, dict) or not spec:
+            raise ConfigError(f"sweep: expected a mapping of dotted keys to lists of values, e.g. {{model.depth: [10, 30]}}, got {flow(spec)}")
+        for key, values in spec.items():
+            key = _check_key(key, "sweep")
+            if any(axis.key == key for axis in axes):
+                raise ConfigError(f"sweep: {key} is given twice")
+            axes.append(_axis(key, values, f"sweep.{key}" if key != SEED_AXIS else "sweep.seed"))
+    if SEEDS_KEY in raw:
+        if any(axis.key == SEED_AXIS for axis in axes):
+            raise ConfigError("seeds: the seeds are given twice (seeds: and sweep: {seed: ...}); keep one")
+        axes.append(_axis(SEED_AXIS, seeds, "seeds"))
+    return base, _seed_last(axes)
+
+
+def parse_axis(item: str) -> Axis:
+    """`--sweep key.path=v1,v2,...`: the values are a YAML flow list without its brackets, so that
+    `model.norm=none,{name: batchnorm, placement: post}` is two values."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--sweep {item!r}: expected key.path=v1,v2,..., e.g. model.depth=10,30")
+    key = _check_key(key, f"--sweep {key.strip()}")
+    try:
+        values = yaml.safe_load(f"[{raw}]")
+    except yaml.YAMLError:
+        raise ConfigError(f"--sweep {key}: {raw!r} is not a comma-separated list of YAML values") from None
+    return _axis(key, values, f"--sweep {key}")
+
+
+def merge_axes(axes: list[Axis], extra: Sequence[Axis]) -> list[Axis]:
+    """Command-line axes replace the config's axis of the same key, or are added."""
+    axes = list(axes)
+    for axis in extra:
+        keys = [a.key for a in axes]
+        if axis.key in keys:
+            axes[keys.index(axis.key)] = axis
+        else:
+            axes.append(axis)
+    return _seed_last(axes)
+
+
+def _seed_last(axes: list[Axis]) -> list[Axis]:
+    return [a for a in axes if a.key != SEED_AXIS] + [a for a in axes if a.key == SEED_AXIS]
+
+
+def _overlaps(a: str, b: str) -> bool:
+    return a == b or a.startswith(f"{b}.") or b.startswith(f"{a}.")
+
+
+# --------------------------------------------------------------------------------------------
+# Names
+# --------------------------------------------------------------------------------------------
+
+
+def axis_labels(keys: Sequence[str]) -> dict[str, str]:
+    """The shortest trailing part of each dotted key that tells the keys apart, a component's
+    `.name` left out: model.activation -> activation, data.name -> data, model.norm.name -> norm;
+    model.init.weight and optim.weight_decay stay apart, model.depth and data.depth -> model.depth, data.depth."""
+
+    def trimmed(key: str) -> list[str]:
+        parts = key.split(".")
+        return parts[:-1] if len(parts) > 1 and parts[-1] == "name" else parts
+
+    labels: dict[str, str] = {}
+    for key in keys:
+        parts = trimmed(key)
+        for n in range(1, len(parts) + 1):
+            label = ".".join(parts[-n:])
+            others = [".".join(trimmed(k)) for k in keys if k != key]
+            if not any(other == label or other.endswith(f".{label}") for other in others):
+                break
+        labels[key] = label
+    counts = Counter(labels.values())
+    return {key: key if counts[label] > 1 else label for key, label in labels.items()}
+
+
+def _safe(text: str) -> str:
+    """Letters, digits and . _ + - only; anything else becomes _ (no / or spaces in a folder name)."""
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", text) or "_"
+
+
+def render_value(value: Any) -> str:
+    """A value as a compact, file-system-safe part of a folder name:
+    relu, 30, 0.001, batchnorm(placement=post), (weight=orthogonal,bias=zeros), [weights+deltas]."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return _safe(repr(value))
+    if isinstance(value, str):
+        return _safe(value)
+    if isinstance(value, dict):
+        args = ",".join(f"{_safe(str(k))}={render_value(v)}" for k, v in value.items() if k != "name")
+        name = render_value(value["name"]) if "name" in value else ""
+        return f"{name}({args})" if args or not name else name
+    if isinstance(value, (list, tuple)):
+        return "[" + "+".join(render_value(v) for v in value) + "]"
+    return _safe(str(value))
+
+
+def run_name(values: dict[str, Any], labels: dict[str, str]) -> str:
+    """`activation=relu,norm=batchnorm,seed=1`; cut with a hash when it would be too long."""
+    name = ",".join(f"{_safe(labels[key])}={render_value(value)}" for key, value in values.items()) or "run"
+    if len(name) > MAX_NAME:
+        name = f"{name[: MAX_NAME - 10]}~{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return name
+
+
+def describe_values(values: dict[str, Any]) -> str:
+    """`model.norm=groupnorm, model.width=30`: how error lines and listings name a combination."""
+    return ", ".join(f"{key}={flow(value)}" for key, value in values.items())
+
+
+# --------------------------------------------------------------------------------------------
+# The plan: every combination expanded and validated
+# --------------------------------------------------------------------------------------------
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set `a.b.c` in nested mappings, as `--set` does: missing levels are created and a component
+    name (`activation: relu`) becomes `{name: relu}` when a parameter is set below it."""
+    node = data
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if isinstance(child, str) and depth >= 1:
+            child = {"name": child}
+        elif child is None:
+            child = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"{key}: {'.'.join(parts[: depth + 1])} is {flow(child)}, not a mapping")
+        else:
+            child = dict(child)
+        node[part] = child
+        node = child
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+@dataclass
+class Member:
+    """One combination: its values (axis key -> value as written), run directory name and the
+    resolved config it runs (every default filled, as `config.yaml` stores it)."""
+
+    name: str
+    values: dict[str, Any]
+    config: dict[str, Any]
+
+
+@dataclass
+class SweepPlan:
+    base: dict[str, Any]  # the raw config without sweep:/seeds:, overrides applied
+    axes: list[Axis]
+    members: list[Member]
+
+    @property
+    def name(self) -> str:
+        return str(self.members[0].config["name"])
+
+    @property
+    def out(self) -> str:
+        return str(self.members[0].config["log"]["out"])
+
+    def spec(self) -> dict[str, Any]:
+        """The plan as a config mapping (what sweep.yaml holds; `gradlab run` on it plans it again)."""
+        return {**self.base, SWEEP_KEY: {axis.key: list(axis.values) for axis in self.axes}}
+
+    def shape(self) -> str:
+        """`model.activation (4) x model.norm (2) x seed (3)`."""
+        return " x ".join(f"{axis.key} ({len(axis.values)})" for axis in self.axes)
+
+
+def has_sweep(raw: dict[str, Any]) -> bool:
+    return SWEEP_KEY in raw or SEEDS_KEY in raw
+
+
+def plan_sweep(raw: dict[str, Any], overrides: Sequence[str] = (), axes: Sequence[Axis] = ()) -> SweepPlan:
+    """Expand the grid of `raw` (a config mapping with `sweep:`/`seeds:`), the `--set` overrides
+    applied to every combination and the `--sweep` axes added or replacing the config's, and
+    validate every combination. ConfigError holds every problem of every combination at once,
+    each line naming the values that cause it; a line that every combination shares (a problem
+    of the config itself) is given once, without them."""
+    from gradlab.config import apply_overrides, validate
+
+    base, config_axes = split_sweep(raw)
+    all_axes = merge_axes(config_axes, axes)
+    if not all_axes:
+        raise ConfigError("sweep: no axes; give sweep: {key.path: [values]}, seeds: [0, 1, 2] or --sweep key.path=v1,v2")
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        for axis in all_axes:
+            if key and _overlaps(key, axis.key):
+                raise ConfigError(f"{key}: set by --set (or --seed/--steps/...) but also swept; change the axis with --sweep {axis.key}=v1,v2")
+    base = apply_overrides(base, list(overrides))
+    labels = axis_labels([axis.key for axis in all_axes])
+
+    members: list[Member] = []
+    errors: list[tuple[dict[str, Any], list[str]]] = []
+    for combination in itertools.product(*(axis.values for axis in all_axes)):
+        values = dict(zip((axis.key for axis in all_axes), combination))
+        data = copy.deepcopy(base)
+        try:
+            for key, value in values.items():
+                set_dotted(data, key, value)
+            exp = validate(data)
+        except ConfigError as exc:
+            errors.append((values, exc.lines))
+            continue
+        members.append(Member(run_name(values, labels), values, exp.model_dump(mode="json")))
+    if errors:
+        raise ConfigError(*_error_lines(errors, len(members) + len(errors), all_axes))
+    names: dict[str, Member] = {}
+    for member in members:
+        if member.name in names:
+            other = names[member.name]
+            raise ConfigError(f"sweep: {describe_values(other.values)} and {describe_values(member.values)} would share the run directory {member.name!r}; make the values tell apart")
+        names[member.name] = member
+    return SweepPlan(base, all_axes, members)
+
+
+def _error_lines(errors: list[tuple[dict[str, Any], list[str]]], total: int, axes: list[Axis]) -> list[str]:
+    """Error lines naming their combination; a line that holds for every seed of a combination
+    names it without the seed, and a line that holds for every combination names none."""
+    everywhere = Counter(line for _, lines in errors for line in set(lines))
+    has_seed = any(axis.key == SEED_AXIS for axis in axes)
+    n_seeds = len(next(axis.values for axis in axes if axis.key == SEED_AXIS)) if has_seed else 1
+    by_group: dict[str, Counter] = {}
+    for values, lines in errors:
+        group = describe_values({k: v for k, v in values.items() if k != SEED_AXIS})
+        by_group.setdefault(group, Counter()).update(set(lines))
+    out: list[str] = []
+    for values, lines in errors:
+        group = describe_values({k: v for k, v in values.items() if k != SEED_AXIS})
+        for line in lines:
+            if everywhere[line] == total:
+                text = line
+            elif has_seed and by_group[group][line] == n_seeds and group:
+                text = f"sweep {group}: {line}"
+            else:
+                text = f"sweep {describe_values(values)}: {line}"
+            if text not in out:
+                out.append(text)
+    return out
+
+
+def check_resources(plan: SweepPlan) -> None:
+    """The checks a run makes before it starts (the device exists, the run fits in memory), for
+    every combination up front; ConfigError with every problem, naming the combinations."""
+    from gradlab.config import validate
+    from gradlab.errors import GradlabError
+    from gradlab.memory import check_fits, known_input_shape
+    from gradlab.train import resolve_device
+
+    errors: list[tuple[dict[str, Any], list[str]]] = []
+    for member in plan.members:
+        exp = validate(member.config)
+        try:
+            device = resolve_device(exp.device)
+            shape = known_input_shape(exp)
+            if shape is not None:
+                check_fits(exp, shape, exp.data.classes, device.type)
+        except GradlabError as exc:
+            errors.append((member.values, exc.lines))
+    if errors:
+        raise ConfigError(*_error_lines(errors, len(plan.members), plan.axes))
+
+
+def load_plan(path: str | Path, overrides: Sequence[str] = (), axes: Sequence[Axis] = ()) -> SweepPlan:
+    from gradlab.config import read_yaml
+
+    return plan_sweep(read_yaml(path), overrides, axes)
+
+
+def load_experiments(path: str | Path) -> list:
+    """Every experiment a config file stands for: one, or one per combination of its sweep."""
+    from gradlab.config import read_yaml, validate
+
+    raw = read_yaml(path)
+    if not has_sweep(raw):
+        return [validate(raw)]
+    return [validate(member.config) for member in plan_sweep(raw).members]
+
+
+def differing_values(plan: SweepPlan) -> list[dict[str, Any]]:
+    """Per member, the resolved config values (dotted keys) that are not the same in all members."""
+
+    def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        flat: dict[str, Any] = {}
+        for key, value in config.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, dict) and value and "name" not in value:
+                flat.update(flatten(value, f"{dotted}."))
+            else:
+                flat[dotted] = value
+        return flat
+
+    flats = [flatten(member.config) for member in plan.members]
+    # the axes first, in their order, then what else they changed (a component's parameters)
+    keys = list(dict.fromkeys([axis.key for axis in plan.axes] + [key for flat in flats for key in flat]))
+    differing = [key for key in keys if len({_canonical(flat.get(key)) for flat in flats}) > 1]
+    return [{key: flat.get(key) for key in differing} for flat in flats]
+
+
+# --------------------------------------------------------------------------------------------
+# The sweep directory and its index
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class IndexRow:
+    run: str
+    values: dict[str, Any]
+    status: str = "pending"
+    duration_s: float | None = None
+    error: str = ""
+
+
+class SweepIndex:
+    """sweep.csv: one row per combination in plan order. Rewritten whole (a temporary file,
+    then a rename) on every change, so it is never seen half written."""
+
+    def __init__(self, sweep_dir: Path, plan: SweepPlan, rows: list[IndexRow]):
+        self.path = Path(sweep_dir) / INDEX_FILE
+        self.keys = [axis.key for axis in plan.axes]
+        self.rows = rows
+        self.by_name = {row.run: row for row in rows}
+
+    @classmethod
+    def fresh(cls, sweep_dir: Path, plan: SweepPlan) -> "SweepIndex":
+        return cls(sweep_dir, plan, [IndexRow(m.name, dict(m.values)) for m in plan.members])
+
+    @classmethod
+    def read(cls, sweep_dir: Path, plan: SweepPlan) -> "SweepIndex":
+        path = Path(sweep_dir) / INDEX_FILE
+        try:
+            with open(path, newline="", encoding="utf-8") as file:
+                stored = {row.get("run"): row for row in csv.DictReader(file)}
+        except FileNotFoundError:
+            raise RunError(f"{sweep_dir}: no {INDEX_FILE}; not a sweep directory") from None
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise RunError(f"{path}: cannot be read ({exc})") from None
+        index = cls.fresh(sweep_dir, plan)
+        unknown = [name for name in stored if name not in index.by_name]
+        if unknown:
+            raise RunError(f"{path}: run {unknown[0]!r} is not a combination of {SPEC_FILE}; the two files do not belong together")
+        for row in index.rows:
+            if row.run in stored:
+                old = stored[row.run]
+                row.status = old.get("status") if old.get("status") in INDEX_STATUSES else "pending"
+                row.duration_s = float(old["duration_s"]) if old.get("duration_s") else None
+                row.error = old.get("error") or ""
+        return index
+
+    def write(self) -> None:
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(["run", *self.keys, "status", "duration_s", "error"])
+        for row in self.rows:
+            duration = "" if row.duration_s is None else f"{row.duration_s:.2f}"
+            writer.writerow([row.run, *(flow(row.values[key]) for key in self.keys), row.status, duration, row.error])
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(text.getvalue(), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def counts(self) -> Counter:
+        return Counter(row.status for row in self.rows)
+
+
+def create_sweep_dir(plan: SweepPlan) -> Path:
+    """`log.out/<name>/<timestamp>-<id>/` with sweep.yaml and sweep.csv (every run pending)."""
+    from gradlab.records import new_run_dir
+
+    sweep_dir = new_run_dir(plan.out, plan.name)
+    header = "# The sweep as planned by gradlab run (overrides applied); gradlab run --resume on this folder reads it.\n"
+    (sweep_dir / SPEC_FILE).write_text(header + yaml.safe_dump(plan.spec(), sort_keys=False, default_flow_style=None, width=100), encoding="utf-8")
+    SweepIndex.fresh(sweep_dir, plan).write()
+    return sweep_dir
+
+
+def open_sweep(sweep_dir: str | Path) -> tuple[SweepPlan, SweepIndex]:
+    """The plan (from sweep.yaml, validated again) and the index of an existing sweep directory."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise RunError(f"--resume: {str(sweep_dir)!r} is not a folder")
+    if not (sweep_dir / SPEC_FILE).is_file():
+        raise RunError(f"--resume: {str(sweep_dir)!r} has no {SPEC_FILE}; give a sweep directory (results/<name>/<timestamp>-<id>)")
+    plan = load_plan(sweep_dir / SPEC_FILE)
+    return plan, SweepIndex.read(sweep_dir, plan)
+
+
+# --------------------------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------------------------
+
+
+class SweepDisplay:
+    """What a sweep reports as it goes; the silent default. RichSweepDisplay draws it."""
+
+    def begin(self, total: int, todo: int) -> None: ...
+    def started(self, row: IndexRow, steps: int) -> None: ...
+    def step(self, row: IndexRow, step: int, loss: float) -> None: ...
+    def finished(self, row: IndexRow) -> None: ...
+    def end(self) -> None: ...
+
+
+@dataclass
+class SweepOutcome:
+    sweep_dir: Path
+    rows: list[IndexRow]
+    ran: int  # runs started by this command
+    signum: int | None = None  # the signal that stopped the sweep
+
+    @property
+    def counts(self) -> Counter:
+        return Counter(row.status for row in self.rows)
+
+    @property
+    def exit_code(self) -> int:
+        if self.signum is not None:
+            return 128 + self.signum  # 130 for Ctrl-C, as for a single run
+        return 1 if self.counts["failed"] else 0
+
+    def summary(self) -> str:
+        counts = self.counts
+        text = f"{len(self.rows)} runs: " + ", ".join(f"{counts[s]} {s}" for s in ("completed", "diverged", "failed", "interrupted"))
+        left = counts["pending"] + counts["running"]
+        return text + (f", {left} not run" if left else "")
+
+
+def default_threads() -> int:
+    """Torch threads per run of a sweep: 1, whatever --jobs is. PyTorch's CPU kernels split their
+    sums by thread, so the last bits of every measurement depend on the thread count; one fixed
+    count keeps a sweep's records the same serial or parallel."""
+    return 1
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def run_sweep(
+    plan: SweepPlan,
+    sweep_dir: str | Path,
+    *,
+    jobs: int = 1,
+    threads: int | None = None,
+    executor: str = "local",
+    ray_address: str | None = None,
+    display: SweepDisplay | None = None,
+    index: SweepIndex | None = None,
+) -> SweepOutcome:
+    """Run every combination of `plan` whose status in sweep.csv is not completed or diverged.
+
+    A run that is not finished and left a folder behind (interrupted, failed, killed) has that
+    folder removed and runs again in a fresh one. Runs that fail or diverge do not stop the sweep.
+    SIGINT/SIGTERM stop it: runs in flight end as interrupted at their next step, runs not started
+    stay pending, and the outcome carries the signal.
+    """
+    from gradlab import executors
+
+    sweep_dir = Path(sweep_dir)
+    display = display or SweepDisplay()
+    index = index or SweepIndex.read(sweep_dir, plan)
+    threads = threads or default_threads()
+    members = {member.name: member for member in plan.members}
+    todo = [row for row in index.rows if row.status not in FINISHED]
+    for row in todo:
+        folder = sweep_dir / row.run
+        if folder.exists():
+            shutil.rmtree(folder)  # an incomplete attempt: the combination runs again from scratch
+        row.status, row.duration_s, row.error = "pending", None, ""
+    index.write()
+
+    todo_names = {row.run for row in todo}
+    tasks = [
+        executors.MemberTask(i, row.run, str(sweep_dir / row.run), members[row.run].config, threads)
+        for i, row in enumerate(index.rows) if row.run in todo_names
+    ]  # fmt: skip
+    rows = index.rows
+    ran = 0
+
+    def on_event(event: executors.Event) -> None:
+        nonlocal ran
+        row = rows[event.index]
+        if event.kind == "submitted":
+            row.status = "running"
+            index.write()
+        elif event.kind == "started" and row.status == "running":
+            display.started(row, event.steps)
+        elif event.kind == "step" and row.status == "running":
+            display.step(row, event.step, event.loss)
+        elif event.kind == "finished":
+            result = event.result
+            if result.started:
+                ran += 1
+            row.status = result.status if result.started else "pending"
+            row.duration_s = result.duration_s if result.started else None
+            row.error = result.error
+            index.write()
+            if result.started:
+                display.finished(row)
+
+    display.begin(len(rows), len(tasks))
+    try:
+        signum = executors.execute(tasks, on_event, executor=executor, jobs=jobs, ray_address=ray_address)
+    finally:
+        # whatever happened, no row claims a run is going on when this command is over
+        for row in rows:
+            if row.status == "running":
+                row.status = "interrupted"
+        index.write()
+        display.end()
+    return SweepOutcome(sweep_dir, rows, ran, signum)
+
+
+# --------------------------------------------------------------------------------------------
+# The terminal display
+# --------------------------------------------------------------------------------------------
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}" if minutes >= 60 else f"{minutes}:{seconds:02d} min"
+
+
+class RichSweepDisplay(SweepDisplay):
+    """Overall progress (runs done / total, elapsed, ETA) and a line per active run (its step and
+    loss), on `console`; a line per finished run stays above them."""
+
+    def __init__(self, console):
+        self.console = console
+        self.progress = None
+        self.tasks: dict[str, Any] = {}
+        self.done = 0
+        self.total = 0
+
+    def begin(self, total: int, todo: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.total, self.done, self.counts = todo, 0, Counter()
+        if not self.console.is_terminal:
+            return  # no live display in a log or a pipe: the finished-run lines alone
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(bar_width=24),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self.overall = self.progress.add_task("runs", total=todo, info="")
+        self.progress.start()
+
+    def started(self, row: IndexRow, steps: int) -> None:
+        if self.progress is not None:
+            self.tasks[row.run] = self.progress.add_task(f"  {row.run}", total=max(steps, 1), info="loss -")
+
+    def step(self, row: IndexRow, step: int, loss: float) -> None:
+        if self.progress is not None and row.run in self.tasks:
+            self.progress.update(self.tasks[row.run], completed=step, info=f"loss {loss:.4g}")
+
+    def finished(self, row: IndexRow) -> None:
+        self.done += 1
+        width = len(str(self.total))
+        line = f"[{self.done:>{width}}/{self.total}] {row.status:<11} {row.run}  {format_duration(row.duration_s)}"
+        if row.error:
+            line += f"  {row.error}"
+        if self.progress is None:
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+            return
+        self.progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        task = self.tasks.pop(row.run, None)
+        if task is not None:
+            self.progress.remove_task(task)
+        self.counts[row.status] += 1
+        info = ", ".join(f"{n} {status}" for status, n in self.counts.items())
+        self.progress.update(self.overall, completed=self.done, info=info)
+
+    def end(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
