@@ -114,7 +114,9 @@ def new_run_dir(out: str | Path, name: str) -> Path:
     parent = prepare_out_dir(out) / name
     try:
         parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # e.g. a file already named like the experiment
+    except FileExistsError:
+        raise RunError(f"log.out: {str(parent)!r} is a file, not a folder (the runs of experiment {name!r} go there)") from None
+    except OSError as exc:
         raise RunError(f"log.out: cannot create {str(parent)!r}: {exc.strerror}") from None
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     for _ in range(100):
