@@ -182,7 +182,10 @@ def _is_sweep(config: Path) -> bool:
 
 def _run_sweep(config, overrides, axis_items, resume, jobs, threads, executor, ray_address, quiet, plot) -> None:
     """`gradlab run` of a sweep, or `--resume` of one: plan (everything validated), run, summarize."""
+    from gradlab import executors
     from gradlab import sweep as sweeps
+
+    executors.start_workers_early(executor.value, jobs)
 
     if resume is not None:
         if config is not None:

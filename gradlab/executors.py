@@ -328,6 +328,20 @@ def _context():
     return multiprocessing.get_context("spawn")
 
 
+def start_workers_early(executor: str = "local", jobs: int | None = 1) -> None:
+    """Start the forkserver now, so that its import of torch (a second or two) overlaps with what
+    this process does before the runs (its own imports, planning the sweep). No-op for serial,
+    Ray, or where there is no forkserver."""
+    if executor != "local" or (jobs or 1) <= 1:
+        return
+    context = _context()
+    if context.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        with _signals_held():  # the server, and so every worker, starts with the signals held
+            forkserver.ensure_running()
+
+
 def _pool_member(task: MemberTask) -> MemberResult:
     return run_member(task, _QueueHooks())
 

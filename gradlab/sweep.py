@@ -31,6 +31,7 @@ import hashlib
 import io
 import itertools
 import json
+import math
 import os
 import re
 import shutil
@@ -321,7 +322,7 @@ def plan_sweep(raw: dict[str, Any], overrides: Sequence[str] = (), axes: Sequenc
             continue
         members.append(Member(run_name(values, labels), values, exp.model_dump(mode="json")))
     if errors:
-        raise ConfigError(*_error_lines(errors, len(members) + len(errors), all_axes))
+        raise ConfigError(*_error_lines(errors, all_axes))
     names: dict[str, Member] = {}
     for member in members:
         if member.name in names:
@@ -331,26 +332,35 @@ def plan_sweep(raw: dict[str, Any], overrides: Sequence[str] = (), axes: Sequenc
     return SweepPlan(base, all_axes, members)
 
 
-def _error_lines(errors: list[tuple[dict[str, Any], list[str]]], total: int, axes: list[Axis]) -> list[str]:
-    """Error lines naming their combination; a line that holds for every seed of a combination
-    names it without the seed, and a line that holds for every combination names none."""
-    everywhere = Counter(line for _, lines in errors for line in set(lines))
-    has_seed = any(axis.key == SEED_AXIS for axis in axes)
-    n_seeds = len(next(axis.values for axis in axes if axis.key == SEED_AXIS)) if has_seed else 1
-    by_group: dict[str, Counter] = {}
+def _error_lines(errors: list[tuple[dict[str, Any], list[str]]], axes: list[Axis]) -> list[str]:
+    """Error lines naming the values that cause them, and only those: a line that every value of
+    an axis gives alike does not name that axis (`sweep model.norm=groupnorm, model.width=30: ...`
+    whatever the activation and the seed), and a line that every combination gives names none
+    (a problem of the config itself)."""
+    sizes = {axis.key: len(axis.values) for axis in axes}
+    having: dict[str, list[dict[str, Any]]] = {}
     for values, lines in errors:
-        group = describe_values({k: v for k, v in values.items() if k != SEED_AXIS})
-        by_group.setdefault(group, Counter()).update(set(lines))
+        for line in dict.fromkeys(lines):
+            having.setdefault(line, []).append(values)
+
+    def projections(combos: list[dict[str, Any]], keys: list[str]) -> dict[str, None]:
+        return dict.fromkeys(describe_values({k: c[k] for k in keys}) for c in combos)
+
+    causes: dict[str, list[str]] = {}
+    for line, combos in having.items():
+        keys = [axis.key for axis in axes]
+        for key in reversed([axis.key for axis in axes]):  # the seed first, then the last axes
+            fewer = [k for k in keys if k != key]
+            spread = math.prod(sizes[k] for k in sizes if k not in fewer)
+            if len(projections(combos, fewer)) * spread == len(combos):  # every value of `key` alike
+                keys = fewer
+        causes[line] = keys
+
     out: list[str] = []
     for values, lines in errors:
-        group = describe_values({k: v for k, v in values.items() if k != SEED_AXIS})
         for line in lines:
-            if everywhere[line] == total:
-                text = line
-            elif has_seed and by_group[group][line] == n_seeds and group:
-                text = f"sweep {group}: {line}"
-            else:
-                text = f"sweep {describe_values(values)}: {line}"
+            named = describe_values({k: values[k] for k in causes[line]})
+            text = f"sweep {named}: {line}" if named else line
             if text not in out:
                 out.append(text)
     return out
@@ -375,7 +385,7 @@ def check_resources(plan: SweepPlan) -> None:
         except GradlabError as exc:
             errors.append((member.values, exc.lines))
     if errors:
-        raise ConfigError(*_error_lines(errors, len(plan.members), plan.axes))
+        raise ConfigError(*_error_lines(errors, plan.axes))
 
 
 def load_plan(path: str | Path, overrides: Sequence[str] = (), axes: Sequence[Axis] = ()) -> SweepPlan:
