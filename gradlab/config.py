@@ -174,6 +174,12 @@ class Experiment(Section):
                 "experiment", "{message}",
                 {"message": f"model.kind cnn needs image data ({', '.join(IMAGE_DATASETS)}), got {self.data.name}", "key": "data.name"},
             )
+        if self.model.kind == "mlp" and self.model.norm["name"] == "batchnorm" and self.data.batch_size < 2:
+            # (a CNN's BatchNorm averages over positions too: memory.check_shapes, once the image size is known)
+            raise PydanticCustomError(
+                "experiment", "{message}",
+                {"message": "batchnorm needs at least 2 examples per batch (the statistics of one example are undefined)", "key": "data.batch_size"},
+            )
         return self
 
     def to_yaml(self) -> str:

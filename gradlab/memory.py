@@ -100,18 +100,26 @@ def human(n: float) -> str:
     return f"{n:.3g} PB"
 
 
-def check_pooling(exp: Experiment, input_shape: tuple[int, ...]) -> None:
-    """Raise ConfigError when a CNN's 2x2 poolings would shrink the images below 1x1."""
+def check_shapes(exp: Experiment, input_shape: tuple[int, ...]) -> None:
+    """Raise ConfigError when a CNN's 2x2 poolings would shrink the images below 1x1, or leave
+    its last BatchNorm a single value per channel to normalize."""
     m = exp.model
-    if m.kind != "cnn" or not m.pool_every or len(input_shape) != 3:
+    if m.kind != "cnn" or len(input_shape) != 3:
         return
-    pools = m.depth // m.pool_every
     height, width = input_shape[1:]
+    pools = m.depth // m.pool_every if m.pool_every else 0
     fits = min(height, width).bit_length() - 1  # each pooling halves (rounding down): floor(log2(side)) of them
     if pools > fits:
         raise ConfigError(
             f"model.pool_every: {pools} 2x2 poolings (one after every {m.pool_every} of the {m.depth} blocks) would shrink "
             f"the {height}x{width} images below 1x1; at most {fits} fit: raise model.pool_every or lower model.depth"
+        )
+    before_last = (m.depth - 1) // m.pool_every if m.pool_every else 0  # poolings before the last block's norm
+    values = exp.data.batch_size * (height >> before_last) * (width >> before_last)
+    if m.norm["name"] == "batchnorm" and values < 2:
+        raise ConfigError(
+            f"data.batch_size: batchnorm in the last block sees {values} value per channel "
+            f"({exp.data.batch_size} example of {height >> before_last}x{width >> before_last}); it needs at least 2"
         )
 
 
@@ -121,7 +129,7 @@ def check_fits(exp: Experiment, input_shape: tuple[int, ...], classes: int, devi
     The dataset stays in host memory (batches are moved to the device one at a time); the model,
     its gradients, optimizer state and activations live on `device_type`.
     """
-    check_pooling(exp, input_shape)
+    check_shapes(exp, input_shape)
     need = estimate(exp, input_shape, classes, with_data)
     model_bytes = need.parameters + need.training + need.activations
     demands = {"cpu": need.data} if device_type != "cpu" else {}

@@ -295,8 +295,13 @@ def test_unwritable_out_fails_up_front(tmp_path):
         (["model.kind=cnn", "data.name=images", "model.depth=6", "model.pool_every=1"],
          "error: model.pool_every: 6 2x2 poolings (one after every 1 of the 6 blocks) would shrink the 28x28 images below 1x1; "
          "at most 4 fit: raise model.pool_every or lower model.depth"),
+        # ValueError from BatchNorm in the first training step: one value per channel
+        (["data.batch_size=1", "model.norm=batchnorm"],
+         "error: data.batch_size: batchnorm needs at least 2 examples per batch (the statistics of one example are undefined)"),
+        (["data.batch_size=1", "model.norm=batchnorm", "model.kind=cnn", "data.name=images", "model.depth=9", "model.pool_every=2"],
+         "error: data.batch_size: batchnorm in the last block sees 1 value per channel (1 example of 1x1); it needs at least 2"),
     ],
-    ids=["huge-seed", "noise-beyond-float32", "pooled-to-nothing"],
+    ids=["huge-seed", "noise-beyond-float32", "pooled-to-nothing", "batchnorm-of-one-example", "batchnorm-of-one-pixel"],
 )  # fmt: skip
 def test_run_refuses_impossible_numbers_up_front(tmp_path, sets, line):
     config = write_config(tmp_path / "tiny.yaml", TINY)
