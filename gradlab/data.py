@@ -166,7 +166,8 @@ def _check_features(x: np.ndarray, where: str, what: str, locate: Callable[[int]
         raise DataError(f"{where}: {what} has dtype {x.dtype}; features must be real numbers")
     if math.prod(x.shape[1:]) == 0:
         raise DataError(f"{where}: {what} has shape {x.shape}: no features")
-    x = np.ascontiguousarray(x, dtype=np.float32)  # float64 beyond float32's range becomes inf: caught next
+    with np.errstate(over="ignore"):  # no RuntimeWarning on stderr: the one error line below says it
+        x = np.ascontiguousarray(x, dtype=np.float32)  # float64 beyond float32's range becomes inf: caught next
     finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)  # (N,)
     if not finite.all():
         raise DataError(f"{where}: {locate(int(np.argmin(finite)))} has NaN or inf features")

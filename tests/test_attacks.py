@@ -410,6 +410,13 @@ def nan_npz(tmp_path: Path) -> tuple[Path, Path, str]:
     return path, path, "x[9] has NaN or inf features"
 
 
+def beyond_float32_npz(tmp_path: Path) -> tuple[Path, Path, str]:
+    x = np.zeros((12, 2))
+    x[4, 0] = 1e39  # a fine float64, inf as float32 (numpy warned about the cast on stderr)
+    path = npz(tmp_path, x=x, y=np.zeros(12, int))
+    return path, path, "x[4] has NaN or inf features"
+
+
 def csv_file(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "data.csv"
     path.write_text(text, encoding="utf-8")
@@ -431,6 +438,11 @@ def nan_csv(tmp_path: Path) -> tuple[Path, Path, str]:
     return path, path, "line 4 has NaN or inf features"
 
 
+def beyond_float32_csv(tmp_path: Path) -> tuple[Path, Path, str]:
+    path = csv_file(tmp_path, "a,label\n" + "1,0\n" * 5 + "1e39,1\n" + "2,2\n" * 6)
+    return path, path, "line 7 has NaN or inf features"
+
+
 def ragged_csv(tmp_path: Path) -> tuple[Path, Path, str]:
     path = csv_file(tmp_path, "a,label\n" + "1,0\n" * 2 + "1,2,3\n" + "2,2\n" * 9)
     return path, path, "line 4 has 3 cells but the header has 2"
@@ -448,14 +460,19 @@ BROKEN = {
     "wrong-shape-npz": ("npz", wrong_shape_npz),
     "labels-outside-npz": ("npz", labels_outside_npz),
     "nan-npz": ("npz", nan_npz),
+    "beyond-float32-npz": ("npz", beyond_float32_npz),
     "text-in-csv": ("csv", text_in_csv),
     "labels-outside-csv": ("csv", labels_outside_csv),
     "nan-csv": ("csv", nan_csv),
+    "beyond-float32-csv": ("csv", beyond_float32_csv),
     "ragged-csv": ("csv", ragged_csv),
     "empty-csv": ("csv", empty_csv),
 }
 
 
+# A warning (numpy's 'overflow encountered in cast') would be a second line on a user's stderr;
+# pytest captures warnings instead of printing them, so here they are errors.
+@pytest.mark.filterwarnings("error::RuntimeWarning")
 @pytest.mark.parametrize("case", list(BROKEN))
 def test_a_broken_data_file_is_one_error_line_naming_it_and_nothing_is_written(tmp_path, case):
     kind, make = BROKEN[case]
