@@ -29,6 +29,10 @@ from gradlab.records import LAYERS_COLUMNS, METRICS_COLUMNS, new_run_dir
 from gradlab.train import run_experiment
 from test_interrupt import start_long_run, wait_for_rows
 
+# A warning (numpy's 'overflow encountered in cast', say) is one more line on a user's stderr;
+# pytest captures warnings instead of letting them through, so here they are errors.
+pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning", "error::UserWarning")
+
 TINY = {
     "name": "tiny",
     "device": "cpu",
@@ -470,9 +474,6 @@ BROKEN = {
 }
 
 
-# A warning (numpy's 'overflow encountered in cast') would be a second line on a user's stderr;
-# pytest captures warnings instead of printing them, so here they are errors.
-@pytest.mark.filterwarnings("error::RuntimeWarning")
 @pytest.mark.parametrize("case", list(BROKEN))
 def test_a_broken_data_file_is_one_error_line_naming_it_and_nothing_is_written(tmp_path, case):
     kind, make = BROKEN[case]

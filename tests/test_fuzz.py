@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -43,6 +44,9 @@ from gradlab.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
+
+# A warning would be one more line on a user's stderr; pytest would capture it, so it is an error.
+pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning", "error::UserWarning")
 
 FAST = settings(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
