@@ -155,10 +155,11 @@ class Run:
         return self.dir.name.rsplit("-", 1)[-1]
 
     @property
-    def last_step(self) -> int:
-        return int(self.layers["step"].max())
+    def last_step(self) -> int | None:
+        """None when nothing was logged (a run that diverged at its very first step)."""
+        return None if self.layers.empty else int(self.layers["step"].max())
 
-    def resolve_step(self, step: Step) -> int:
+    def resolve_step(self, step: Step) -> int | None:
         return self.last_step if step == "last" else int(step)
 
 
@@ -202,7 +203,8 @@ def load_run(run_dir: str | Path) -> Run:
     config = records.read_config(run_dir)
     layers = _read_rows(run_dir, records.LAYERS_FILE, notes)
     metrics = _read_rows(run_dir, records.METRICS_FILE, notes)
-    if layers.empty:
+    if layers.empty and meta.get("status") != "diverged":
+        # (a run that diverged at step 0 logged nothing, and is still a result to compare)
         raise RunError(f"{run_dir}: {records.LAYERS_FILE} has no rows (the run logged nothing)")
     if notes:
         # A cut-off write may have left the last logged step with only some of its layers.
@@ -374,6 +376,9 @@ def missing_step_notes(runs: Sequence[Run], steps: Sequence[Step]) -> list[str]:
     notes = []
     for run in runs:
         logged = set(run.layers["step"].unique())
+        if not logged:
+            notes.append(f"{run.dir}: nothing was logged (the run {run.status} at its first step); its cells are empty")
+            continue
         for step in steps:
             if step != "last" and step not in logged:
                 notes.append(f"{run.dir}: step {step} was not logged (logged: {_describe_steps(sorted(logged))}); its cells are empty")
@@ -602,7 +607,8 @@ def compare_runs(
                 continue
             if column == "last_step":
                 # Not a measurement to average: seeds that stopped early (diverged) say so.
-                row[column] = max(values)
+                logged = [v for v in values if v is not None]
+                row[column] = max(logged) if logged else None
                 if len(set(values)) > 1:
                     notes.append(f"{label}: its seeds stopped at different steps ({', '.join(map(str, values))}); 'last' is each seed's own last step")
                 continue

@@ -62,7 +62,10 @@ def profile_table(run_dir) -> Table:
     table.add_column("layer", justify="right")
     table.add_column("name")
     table.add_column("delta_norm @ step 0", justify="right")
-    table.add_column(f"delta_norm @ step {last_step}", justify="right")
+    table.add_column(f"delta_norm @ step {last_step if last_step is not None else 'last'}", justify="right")
+    if last_step is None:
+        table.caption = "nothing was logged: the run diverged at its first step"
+        return table
     at = {step: layers[layers["step"] == step].set_index("layer")["delta_norm"] for step in (0, last_step)}
     for layer, name in layers[["layer", "name"]].drop_duplicates("layer").itertuples(index=False):
         table.add_row(str(layer), name, fmt(at[0].get(layer)), fmt(at[last_step].get(layer)))

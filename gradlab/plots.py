@@ -106,7 +106,7 @@ def _profile_panels(figure: Figure, runs: Sequence[Run], legend: _Legend, column
             axes.set_yscale("log")
         if not drawn:
             axes.text(0.5, 0.5, f"no {column} recorded", ha="center", va="center", transform=axes.transAxes)
-        last_steps = sorted({run.last_step for run in runs})
+        last_steps = sorted({run.last_step for run in runs if run.last_step is not None})
         when = "step 0 (initialization)" if which == 0 else (
             f"last step ({last_steps[0]})" if len(last_steps) == 1 else "each run's last step"
         )  # fmt: skip

@@ -136,12 +136,6 @@ def test_compare_shows_a_diverged_run_as_diverged(tmp_path):
     assert [line.split() for line in table.stdout.splitlines() if line.split()[:1] == ["status"]] == [["status", "diverged"]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli.py/display.py: a run that diverges at step 0 has no rows in layers.csv; profile_table -> "
-    "analysis.load_run raises RunError 'layers.csv has no rows (the run logged nothing)', so gradlab run "
-    "exits 2 with that line instead of 0 with 'diverged at step 0: ...'",
-)
 def test_run_that_diverges_at_initialization_exits_0_and_says_where(tmp_path):
     config = write_config(tmp_path / "overflow.yaml", EXPLODING_AT_STEP_0)
     result = invoke("run", config, "--out", tmp_path / "out")
@@ -152,11 +146,6 @@ def test_run_that_diverges_at_initialization_exits_0_and_says_where(tmp_path):
     assert f"diverged at step 0: first non-finite value in {meta['divergence']['tensor']}" in result.stdout.splitlines()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="analysis.py: load_run refuses a run whose layers.csv has no rows, so compare skips a run that "
-    "diverged at step 0 (and exits 2 when it is the only one) instead of listing it as diverged",
-)
 def test_compare_shows_a_run_that_diverged_at_initialization(tmp_path):
     run = run_experiment(validate({**EXPLODING_AT_STEP_0, "log": {"every": 1, "out": str(tmp_path)}})).run_dir
     assert json.loads((run / "meta.json").read_text())["divergence"]["step"] == 0
@@ -519,3 +508,10 @@ def test_same_config_and_seed_write_byte_identical_records(tmp_path, model, data
     assert len((first / "layers.csv").read_bytes().splitlines()) == 1 + 7 * (model["depth"] + 1)
     other = run_experiment(validate({**config, "seed": 1})).run_dir
     assert (other / "layers.csv").read_bytes() != (first / "layers.csv").read_bytes()
+
+
+def test_plot_draws_a_run_that_diverged_at_initialization_beside_a_normal_one(tmp_path):
+    diverged = run_experiment(validate({**EXPLODING_AT_STEP_0, "log": {"every": 1, "out": str(tmp_path)}})).run_dir
+    result = invoke("plot", diverged, "--output", tmp_path / "alone")
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "alone").glob("*.png"))) == 5
