@@ -6,10 +6,11 @@ On a logged step the train loop calls, in order:
     logits = model(x); probe.watch_logits(logits); loss.backward()
     probe.detach()
     pending = probe.measure(loss, logits, y)     # every pre-update quantity, still on device
-    values = pending.fetch()                     # ONE host transfer
-    probe.snapshot_weights(); optimizer.step(); update = probe.update_ratios()  # 'updates' only
+    values = pending.fetch()                     # one host transfer, checked for non-finite values
+    probe.snapshot_weights(); optimizer.step(); update = probe.update_ratios()  # 'updates' only:
+                                                 # a second transfer, after the step
 
-Quantities (DESIGN.md's layers.csv), with L the back-propagated batch-mean loss:
+Quantities (the layers.csv contract), with L the back-propagated batch-mean loss:
     weight_norm        ||W||_F                     weight_grad_norm   ||dL/dW||_F
     bias_grad_norm     ||dL/db||                   delta_norm         ||dL/dz|| over the batch
     act_mean, act_std  of the block's output over batch and units (population std, ddof 0)
@@ -21,7 +22,7 @@ dead channel is saturated at every position of every example.
 
 Nothing here calls `.item()` or synchronizes per layer: norms are computed with batched
 `torch._foreach_norm` calls (the kernel `clip_grad_norm_` uses) and all scalars are stacked and
-moved to the host once.
+moved to the host together: once before the optimizer step, and once after it for update ratios.
 """
 
 from __future__ import annotations
