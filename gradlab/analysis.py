@@ -11,7 +11,7 @@ The flow is load -> summarize -> group -> render:
     compare_runs(runs, ...)   one row per configuration, seeds averaged: a `Comparison`
     to_csv / to_markdown / to_json / rich_view     displaying, kept apart from computing
 
-The quantity names below are the words of DESIGN.md. They are defined once and used by the
+The quantity names below are the words of the README (gain across the stack, per-layer factor). They are defined once and used by the
 comparison columns, by `gradlab compare --explain` and by the `expect:` section of a config.
 """
 

@@ -1,6 +1,6 @@
 """The experiment config: schema, YAML loading, `--set` overrides, and readable errors.
 
-The schema is the user's contract (names from DESIGN.md). Every section forbids unknown keys and
+The schema is the user's contract (its names are documented in README.md). Every section forbids unknown keys and
 is strict about types, so a typo or a quoted number is an error that names the key instead of a
 silently ignored setting. Components (activation, norm, init, optim) are validated by their
 registries and come out fully resolved: `{name: leaky_relu, negative_slope: 0.01}`, never `relu`
