@@ -183,9 +183,14 @@ def _is_sweep(config: Path) -> bool:
 def _run_sweep(config, overrides, axis_items, resume, jobs, threads, executor, ray_address, quiet, plot) -> None:
     """`gradlab run` of a sweep, or `--resume` of one: plan (everything validated), run, summarize."""
     from gradlab import executors
-    from gradlab import sweep as sweeps
 
     executors.start_workers_early(executor.value, jobs)
+    with executors.ray_session(ray_address) if executor is ExecutorChoice.ray else nullcontext():
+        _plan_and_run_sweep(config, overrides, axis_items, resume, jobs, threads, executor, ray_address, quiet, plot)
+
+
+def _plan_and_run_sweep(config, overrides, axis_items, resume, jobs, threads, executor, ray_address, quiet, plot) -> None:
+    from gradlab import sweep as sweeps
 
     if resume is not None:
         if config is not None:

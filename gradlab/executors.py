@@ -501,17 +501,48 @@ def connect_ray(address: str | None):
     if ray.is_initialized():
         return ray, False
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is not None:
+        _check_reachable(address)
     options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR}
     if address is None:
         from gradlab.sweep import available_cores
 
         options.update(num_cpus=available_cores(), include_dashboard=False)
     try:
-        ray.init(address=address, **options)
+        # "local": a new instance even where `ray start` left a cluster behind (ray.init(None) would join it)
+        ray.init(address=address or "local", **options)
     except Exception as exc:
         where = f"--ray-address {address}" if address else "--executor ray"
         raise RunError(f"{where}: cannot start or reach Ray: {_one_line(exc, 200)}") from None
     return ray, True
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Ray retries an address where nothing listens for minutes; a quick TCP connection first
+    turns that into one line. `auto` (and anything without host:port) is left to Ray."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise RunError(f"--ray-address {address}: nothing answers at {host}:{port} ({reason}); is the cluster up (ray start --head)?") from None
+
+
+@contextmanager
+def ray_session(address: str | None):
+    """Connected to Ray for the block (see connect_ray); disconnects if it connected. The command
+    line connects before it writes anything, so that a missing Ray or an unreachable cluster is
+    bad input (exit 2) and leaves no sweep directory behind."""
+    ray, connected = connect_ray(address)
+    try:
+        yield ray
+    finally:
+        if connected:
+            ray.shutdown()
 
 
 def _run_ray(tasks: list[MemberTask], on_event, jobs: int | None, address: str | None) -> int | None:
