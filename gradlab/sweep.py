@@ -35,11 +35,10 @@ import math
 import os
 import re
 import shutil
-import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Sequence
 
 import yaml
 
