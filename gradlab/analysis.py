@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
@@ -569,10 +570,19 @@ def _group_verdict(verdicts: list[str | None]) -> str | None:
     return "mixed: " + ", ".join(f"{n} {v}" for v, n in counts.most_common())
 
 
+def _group_id(group: list[Run]) -> str:
+    """The first run's id; a sweep member's id is its values (`activation=relu,seed=1`), and a
+    row averaging several seeds is named without the seed."""
+    run_id = group[0].short_id
+    if len(group) > 1:
+        run_id = re.sub(r"(^|,)seed=[^,]*", "", run_id).strip(",") or run_id
+    return run_id
+
+
 def _unique_labels(groups: list[list[Run]]) -> list[str]:
     labels = ["+".join(dict.fromkeys(run.name for run in group)) for group in groups]
     counts = Counter(labels)
-    return [f"{label}#{group[0].short_id}" if counts[label] > 1 else label for label, group in zip(labels, groups)]
+    return [f"{label}#{_group_id(group)}" if counts[label] > 1 else label for label, group in zip(labels, groups)]
 
 
 def compare_runs(

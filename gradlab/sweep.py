@@ -230,26 +230,6 @@ def describe_values(values: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    """Set `a.b.c` in nested mappings, as `--set` does: missing levels are created and a component
-    name (`activation: relu`) becomes `{name: relu}` when a parameter is set below it."""
-    node = data
-    parts = key.split(".")
-    for depth, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if isinstance(child, str) and depth >= 1:
-            child = {"name": child}
-        elif child is None:
-            child = {}
-        elif not isinstance(child, dict):
-            raise ConfigError(f"{key}: {'.'.join(parts[: depth + 1])} is {flow(child)}, not a mapping")
-        else:
-            child = dict(child)
-        node[part] = child
-        node = child
-    node[parts[-1]] = copy.deepcopy(value)
-
-
 @dataclass
 class Member:
     """One combination: its values (axis key -> value as written), run directory name and the
@@ -293,7 +273,7 @@ def plan_sweep(raw: dict[str, Any], overrides: Sequence[str] = (), axes: Sequenc
     validate every combination. ConfigError holds every problem of every combination at once,
     each line naming the values that cause it; a line that every combination shares (a problem
     of the config itself) is given once, without them."""
-    from gradlab.config import apply_overrides, validate
+    from gradlab.config import apply_overrides, set_dotted, validate
 
     base, config_axes = split_sweep(raw)
     all_axes = merge_axes(config_axes, axes)
@@ -314,7 +294,7 @@ def plan_sweep(raw: dict[str, Any], overrides: Sequence[str] = (), axes: Sequenc
         data = copy.deepcopy(base)
         try:
             for key, value in values.items():
-                set_dotted(data, key, value)
+                set_dotted(data, key, copy.deepcopy(value))  # members never share a value object
             exp = validate(data)
         except ConfigError as exc:
             errors.append((values, exc.lines))

@@ -10,7 +10,8 @@ import torch
 from typer.testing import CliRunner
 
 from gradlab.cli import app
-from gradlab.config import load_config, validate
+from gradlab.config import validate
+from gradlab.sweep import load_experiments
 from gradlab.memory import check_fits, estimate, known_input_shape, parameter_count
 from gradlab.models import build_model
 
@@ -42,8 +43,8 @@ def test_shipped_configs_fit():
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         if "mnist" in path.name and not (ROOT.parent / "shared" / "data" / "mnist").is_dir():
             continue
-        exp = load_config(path)
-        check_fits(exp, known_input_shape(exp), exp.data.classes)
+        for exp in load_experiments(path):
+            check_fits(exp, known_input_shape(exp), exp.data.classes)
 
 
 def test_estimate_counts_optimizer_state_and_activations():
