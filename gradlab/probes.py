@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gradlab.components import saturation_mask
+from gradlab.components import activity_counts
 from gradlab.models import Block, Stack
 
 SATURATION_THRESHOLD = 0.05  # "derivative below 5% of its maximum"
@@ -41,35 +41,55 @@ QUANTITIES = ("weight_norm", "weight_grad_norm", "bias_grad_norm", "delta_norm",
               "act_mean", "act_std", "saturated_frac", "dead_frac", "update_ratio")  # fmt: skip
 
 
+Column = dict[int, float]  # layer -> value, for one quantity
+
+
 @dataclass
 class PendingMeasurement:
-    """Scalars still on the device; `fetch` moves them to the host in one transfer.
+    """This step's quantities still on the device, one column each; `fetch` moves them all to the
+    host in one transfer.
 
-    `scaled` entries are (tensor, divisor) pairs divided on the host: counts of saturated pairs
-    and dead units over their totals, the norm of deviations over sqrt(n) for the std.
+    A column is (layers, values, divisor): `values` is a vector with one entry per listed layer, or
+    a list of 0-d tensors gathered layer by layer during forward and backward. The divisor is
+    applied on the host: counts of saturated pairs and dead units over their totals, the norm of
+    deviations over sqrt(n) for the std.
     """
 
-    values: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
-    scaled: dict[tuple[str, int], tuple[torch.Tensor, float]] = field(default_factory=dict)
+    columns: dict[str, tuple[list[int], torch.Tensor | list[torch.Tensor], list[float] | float]] = field(default_factory=dict)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    complements: set[str] = field(default_factory=set)  # columns stored as (divisor - value)
 
-    def fetch(self) -> tuple[dict[tuple[str, int], float], dict[str, float]]:
-        keys = [*self.values, *self.extras, *self.scaled]
-        tensors = [*self.values.values(), *self.extras.values(), *(t for t, _ in self.scaled.values())]
-        if not tensors:
+    def add(self, quantity: str, layer: int, value: torch.Tensor, divisor: float = 1.0, complement: bool = False) -> None:
+        """One layer's value of a column gathered layer by layer; with `complement`, the column is
+        (divisor - value) / divisor (a count of what is active, reported as the share that is not)."""
+        layers, values, divisors = self.columns.setdefault(quantity, ([], [], []))
+        layers.append(layer)
+        values.append(value)
+        divisors.append(divisor)
+        if complement:
+            self.complements.add(quantity)
+
+    def fetch(self) -> tuple[dict[str, Column], dict[str, float]]:
+        names, parts = [], []
+        for quantity, (layers, values, _) in self.columns.items():
+            names.append(quantity)
+            parts.append((torch.stack(values) if isinstance(values, list) else values).double())
+        parts += [t.reshape(1).double() for t in self.extras.values()]
+        if not parts:
             return {}, {}
-        # integer counts and float norms cannot share one stack: one stack per dtype, one transfer
-        by_dtype: dict[torch.dtype, list[int]] = {}
-        for k, t in enumerate(tensors):
-            by_dtype.setdefault(t.dtype, []).append(k)
-        order = [k for ks in by_dtype.values() for k in ks]
-        host = torch.cat([torch.stack([tensors[k] for k in ks]).double() for ks in by_dtype.values()]).cpu().tolist()
-        value_of = dict(zip((keys[k] for k in order), host))
-        per_layer = {key: value_of[key] for key in self.values}
-        for key, (_, divisor) in self.scaled.items():
-            per_layer[key] = value_of[key] / divisor
-        extras = {key: value_of[key] for key in self.extras}
-        return per_layer, extras
+        host = torch.cat(parts).cpu().tolist()  # the one device -> host transfer
+        columns: dict[str, Column] = {}
+        at = 0
+        for quantity in names:
+            layers, _, divisors = self.columns[quantity]
+            divisors = divisors if isinstance(divisors, list) else [divisors] * len(layers)
+            if quantity in self.complements:
+                columns[quantity] = {layer: (divisors[k] - host[at + k]) / divisors[k] for k, layer in enumerate(layers)}
+            else:
+                columns[quantity] = {layer: host[at + k] / divisors[k] for k, layer in enumerate(layers)}
+            at += len(layers)
+        extras = dict(zip(self.extras, host[at:]))
+        return columns, extras
 
 
 class Probe:
@@ -91,7 +111,7 @@ class Probe:
         self._pending = PendingMeasurement()
         self._weights_before: list[torch.Tensor] | None = None  # buffers, see snapshot_weights
         self._snapshot_taken = False
-        self._weight_norms: list[torch.Tensor] | None = None  # this step's, reused by update_ratios
+        self._weight_norms: torch.Tensor | None = None  # this step's, reused by update_ratios
 
     # -- forward / backward capture --------------------------------------------------------
 
@@ -112,14 +132,13 @@ class Probe:
             with torch.no_grad():
                 # two passes (mean, then the norm of the deviations): population std, as stable as
                 # torch.std_mean and an order of magnitude faster on the CPU
+                pending = self._pending
                 mean = out.mean()
-                self._pending.values[("act_mean", i)] = mean
-                self._pending.scaled[("act_std", i)] = (torch.linalg.vector_norm(out - mean), math.sqrt(out.numel()))
-                saturated = saturation_mask(block.activation, block.act, u, y, SATURATION_THRESHOLD)  # (B, C[, H, W])
-                # a unit (channel) is dead if saturated at every position of every example
-                per_unit = saturated.flatten(2).all(dim=2) if saturated.dim() > 2 else saturated  # (B, C)
-                self._pending.scaled[("saturated_frac", i)] = (saturated.sum(), saturated.numel())
-                self._pending.scaled[("dead_frac", i)] = (per_unit.all(dim=0).sum(), saturated.shape[1])
+                pending.add("act_mean", i, mean)
+                pending.add("act_std", i, torch.linalg.vector_norm(out - mean), math.sqrt(out.numel()))
+                active, alive = activity_counts(block.activation, block.act, u, y, SATURATION_THRESHOLD)
+                pending.add("saturated_frac", i, active, u.numel(), complement=True)
+                pending.add("dead_frac", i, alive, u.shape[1], complement=True)  # a unit is a channel in a CNN
 
     def watch_logits(self, logits: torch.Tensor) -> None:
         """The head's delta is the gradient of the loss with respect to the logits."""
@@ -128,7 +147,7 @@ class Probe:
 
     def _delta_hook(self, layer: int):
         def hook(grad: torch.Tensor) -> None:
-            self._pending.values[("delta_norm", layer)] = torch.linalg.vector_norm(grad)
+            self._pending.add("delta_norm", layer, torch.linalg.vector_norm(grad))
 
         return hook
 
@@ -142,13 +161,13 @@ class Probe:
         grad_norms = torch._foreach_norm(grads)
         self._weight_norms = None
         if "weights" in self.groups:
-            self._weight_norms = torch._foreach_norm([w.detach() for w in self.weights])
-            for i, norm in enumerate(self._weight_norms):
-                pending.values[("weight_norm", i)] = norm
-            for i, k in enumerate(self.weight_at):
-                pending.values[("weight_grad_norm", i)] = grad_norms[k]
-            for i, k in self.bias_at:
-                pending.values[("bias_grad_norm", i)] = grad_norms[k]
+            self._weight_norms = torch.stack(torch._foreach_norm([w.detach() for w in self.weights]))
+            every_layer = list(range(len(self.layers)))
+            pending.columns["weight_norm"] = (every_layer, self._weight_norms, 1.0)
+            pending.columns["weight_grad_norm"] = (every_layer, torch.stack([grad_norms[k] for k in self.weight_at]), 1.0)
+            if self.bias_at:
+                layers = [i for i, _ in self.bias_at]
+                pending.columns["bias_grad_norm"] = (layers, torch.stack([grad_norms[k] for _, k in self.bias_at]), 1.0)
         pending.extras["loss"] = loss.detach()
         pending.extras["accuracy"] = (logits.detach().argmax(dim=1) == y).float().mean()
         pending.extras["grad_norm"] = torch.linalg.vector_norm(torch.stack(grad_norms))
@@ -167,28 +186,29 @@ class Probe:
         torch._foreach_copy_(self._weights_before, weights)
         self._snapshot_taken = True
 
-    def update_ratios(self) -> dict[tuple[str, int], float]:
-        """||W_after - W_before|| / ||W_before|| per layer, after `snapshot_weights` and a step."""
+    def update_ratios(self) -> dict[str, Column]:
+        """{'update_ratio': {layer: ||W_after - W_before|| / ||W_before||}}, after `snapshot_weights`
+        and a step."""
         if not self._snapshot_taken:
             return {}
         self._snapshot_taken = False
         before = self._weights_before
         # ||W_before|| is this step's weight_norm when the weights group measured it
-        size = self._weight_norms if self._weight_norms is not None else torch._foreach_norm(before)
+        size = self._weight_norms if self._weight_norms is not None else torch.stack(torch._foreach_norm(before))
         torch._foreach_sub_(before, [w.detach() for w in self.weights])  # now W_before - W_after
-        change = torch._foreach_norm(before)
-        ratios = torch.stack(change) / torch.stack(size)
-        return {("update_ratio", i): value for i, value in enumerate(ratios.cpu().tolist())}
+        change = torch.stack(torch._foreach_norm(before))
+        return {"update_ratio": dict(enumerate((change / size).cpu().tolist()))}
 
     # -- rows -------------------------------------------------------------------------------
 
-    def rows(self, step: int, values: dict[tuple[str, int], float]) -> list[dict]:
+    def rows(self, step: int, columns: dict[str, Column]) -> list[dict]:
         """One layers.csv row per layer; a quantity not measured (or not existing) stays None."""
+        measured = [(quantity, columns.get(quantity, {})) for quantity in QUANTITIES]
         rows = []
         for i, (name, kind, _) in enumerate(self.layers):
             row = {"step": step, "layer": i, "name": name, "kind": kind}
-            for quantity in QUANTITIES:
-                row[quantity] = values.get((quantity, i))
+            for quantity, column in measured:
+                row[quantity] = column.get(i)
             rows.append(row)
         return rows
 

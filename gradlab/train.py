@@ -168,15 +168,15 @@ class Trainer:
             loss.backward()
         finally:
             probe.detach()
-        per_layer, extras = probe.measure(loss, logits, y).fetch()  # the one host transfer
-        values = [extras["loss"], extras["grad_norm"], *per_layer.values()]
+        columns, extras = probe.measure(loss, logits, y).fetch()  # the one host transfer
+        values = [extras["loss"], extras["grad_norm"], *(v for column in columns.values() for v in column.values())]
         if not all(map(math.isfinite, values)):
             return math.nan  # not a row: the run stops here and the records say where
         if update:
             probe.snapshot_weights()
             self._update()
-            per_layer.update(probe.update_ratios())
-        self.records.layers.write(probe.rows(step, per_layer))
+            columns.update(probe.update_ratios())
+        self.records.layers.write(probe.rows(step, columns))
         self.records.metrics.write([{
             "step": step, "split": "train", "loss": extras["loss"], "accuracy": extras["accuracy"],
             "grad_norm": extras["grad_norm"], "lr": self.lr(), "time_s": round(time.perf_counter() - self.started, 4),

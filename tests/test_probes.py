@@ -251,3 +251,20 @@ def test_xavier_loses_sqrt2_per_layer_in_a_relu_stack():
 def test_sigmoid_with_lecun_init_loses_more_than_3x_per_layer():
     _, factor = profile_at_init(10, "sigmoid", "lecun_normal")
     assert factor < 1 / 3
+
+
+@pytest.mark.parametrize("shape", [(64, 32), (8, 6, 5, 5)])
+def test_relu_counting_shortcut_agrees_with_the_derivative_mask(shape):
+    """The shortcut counts on y; the general path builds the mask from the derivative."""
+    from gradlab.components import activity_counts, saturation_mask
+
+    torch.manual_seed(0)
+    u = torch.randn(shape) - 1.5  # mostly negative: many saturated pairs, some dead units
+    u[:, 0] = -1.0  # unit 0 dead for sure
+    act = torch.nn.ReLU()
+    y = act(u)
+    active, alive = activity_counts("relu", act, u, y, 0.05)
+    mask = saturation_mask("relu", act, u, y, 0.05)
+    per_unit = mask.transpose(0, 1).reshape(shape[1], -1).all(dim=1)
+    assert mask.numel() - active.item() == mask.sum().item()
+    assert shape[1] - alive.item() == per_unit.sum().item() >= 1
