@@ -265,6 +265,34 @@ def activity_counts(name: str, act: nn.Module, u: torch.Tensor, y: torch.Tensor,
     return active.sum(), alive.sum()
 
 
+def activation_gain(spec: dict[str, Any]) -> float:
+    """The init gain that suits an activation (`gain: auto`).
+
+    PyTorch's `calculate_gain` values where it defines one (relu sqrt 2, tanh 5/3, selu 3/4,
+    leaky ReLUs sqrt(2 / (1 + a^2)) with the slope, or rrelu's mean slope; sigmoid and identity 1).
+    For the rest (elu, gelu, silu, softplus, hardtanh) it is `variance_preserving_gain`.
+    """
+    name = spec["name"]
+    table = {"sigmoid": 1.0, "tanh": 5.0 / 3, "relu": math.sqrt(2.0), "selu": 0.75, "identity": 1.0}
+    if name in table:
+        return table[name]
+    slopes = {"leaky_relu": lambda: spec["negative_slope"], "prelu": lambda: spec["init"], "rrelu": lambda: (spec["lower"] + spec["upper"]) / 2}
+    if name in slopes:
+        return math.sqrt(2.0 / (1 + slopes[name]() ** 2))
+    return variance_preserving_gain(spec)
+
+
+def variance_preserving_gain(spec: dict[str, Any]) -> float:
+    """1 / sqrt(E[f(z)^2]) for z ~ N(0, 1), by quadrature: the gain that keeps the second moment
+    of the signal from layer to layer (the rule that gives ReLU its sqrt 2)."""
+    z = torch.linspace(-12, 12, 200001, dtype=torch.float64)
+    density = torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+    with torch.no_grad():
+        act = build_activation(spec, 1).double().eval()
+        second_moment = torch.trapezoid(act(z) ** 2 * density, z)
+    return float(1.0 / torch.sqrt(second_moment))
+
+
 # --------------------------------------------------------------------------------------------
 # Initializers
 # --------------------------------------------------------------------------------------------

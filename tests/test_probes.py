@@ -268,3 +268,51 @@ def test_relu_counting_shortcut_agrees_with_the_derivative_mask(shape):
     per_unit = mask.transpose(0, 1).reshape(shape[1], -1).all(dim=1)
     assert mask.numel() - active.item() == mask.sum().item()
     assert shape[1] - alive.item() == per_unit.sum().item() >= 1
+
+
+# -- gain: auto -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spec, torch_name, param",
+    [("relu", "relu", None), ("tanh", "tanh", None), ("selu", "selu", None), ("sigmoid", "sigmoid", None),
+     ("identity", "linear", None), ({"name": "leaky_relu", "negative_slope": 0.2}, "leaky_relu", 0.2),
+     ({"name": "prelu", "init": 0.1}, "leaky_relu", 0.1)],  # fmt: skip
+    ids=str,
+)
+def test_auto_gain_is_pytorchs_where_it_has_one(spec, torch_name, param):
+    from gradlab.components import activation_gain
+
+    expected = torch.nn.init.calculate_gain(torch_name, param)
+    assert activation_gain(activations.resolve(spec)) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["elu", "gelu", "silu", "softplus", "hardtanh", "relu", "tanh"])
+def test_variance_preserving_gain_against_monte_carlo(name):
+    from gradlab.components import variance_preserving_gain
+
+    spec = activations.resolve(name)
+    z = torch.randn(4_000_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    act = build_activation(spec, 1).double()
+    expected = 1 / act(z).pow(2).mean().sqrt().item()
+    assert variance_preserving_gain(spec) == pytest.approx(expected, rel=2e-3)
+    if name == "relu":
+        assert variance_preserving_gain(spec) == pytest.approx(math.sqrt(2), rel=1e-6)
+
+
+@pytest.mark.parametrize("activation", ["relu", "elu", "tanh"])
+def test_orthogonal_and_xavier_with_auto_gain_build(activation):
+    from gradlab.components import activation_gain
+
+    cfg = validate({"model": {"depth": 3, "width": 64, "activation": activation,
+                              "init": {"weight": {"name": "orthogonal", "gain": "auto"}}}})  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(cfg.model, (64,), 10)
+    gain = activation_gain(cfg.model.activation)
+    w = model.blocks[1].linear.weight.detach().double()
+    torch.testing.assert_close(w @ w.T, gain**2 * torch.eye(64, dtype=torch.float64), atol=1e-5, rtol=0)
+    cfg = validate({"model": {"depth": 3, "width": 512, "activation": activation,
+                              "init": {"weight": {"name": "xavier_normal", "gain": "auto"}}}})  # fmt: skip
+    model = build_model(cfg.model, (512,), 10)
+    std = model.blocks[1].linear.weight.detach().std().item()
+    assert std == pytest.approx(gain * math.sqrt(2 / (512 + 512)), rel=0.01)
