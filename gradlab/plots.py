@@ -121,7 +121,7 @@ def _profile_panels(figure: Figure, runs: Sequence[Run], legend: _Legend, column
 def depth_profile(runs: Sequence[Run], column: str) -> Figure:
     figure = _figure(11, 4.8)
     legend = _Legend(runs)
-    panels = _profile_panels(figure, runs, legend, column, log=True, ylabel=f"{column} (log scale)")
+    _profile_panels(figure, runs, legend, column, log=True, ylabel=f"{column} (log scale)")
     _legend(figure)
     figure.suptitle(_title(runs, f"{column} by layer"))
     return figure
