@@ -1,0 +1,107 @@
+"""Every quantity gradlab measures or derives, declared once: its name, its probe group, where it is
+measured, and its exact meaning.
+
+The `layers.csv` columns (`LAYERS_COLUMNS`), the `log.probes` choices (`GROUPS`), the meanings that
+`gradlab compare --explain` prints, the keys an `expect:` section may bound, and the README's column
+table all come from these declarations; `tests/test_quantities.py` fails when they disagree.
+
+This module imports neither torch nor pandas: it is part of the vocabulary that `gradlab validate`
+and `gradlab compare` load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+# The probe groups a config may list in `log.probes`, in the order the probe measures them.
+GROUPS = ("weights", "deltas", "activations", "updates")
+Group = Literal["weights", "deltas", "activations", "updates"]
+
+# Where a measured quantity is taken: a site of the model (see sites.py). A feed-forward block's
+# sites are its weight-bearing module (`layer`), the output z of that module before normalization and
+# activation (`preactivation`), and what the block passes on (`output`).
+Site = Literal["layer", "preactivation", "activation", "output", "logits"]
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """One measured column of a records table."""
+
+    name: str
+    group: Group  # the `log.probes` entry that turns it on
+    site: Site  # what it is measured on
+    meaning: str  # one exact sentence; L is the back-propagated loss (the batch mean)
+    table: str = "layers"
+
+
+# The measured per-layer quantities, in their `layers.csv` column order.
+LAYER_QUANTITIES: tuple[Quantity, ...] = (
+    Quantity("weight_norm", "weights", "layer", "||W||, the Frobenius norm of the layer's weight"),
+    Quantity("weight_grad_norm", "weights", "layer", "||dL/dW||, the Frobenius norm of the gradient of L with respect to the layer's weight"),
+    Quantity("bias_grad_norm", "weights", "layer", "||dL/db||, the norm of the gradient of L with respect to the layer's bias (empty when the layer has no bias)"),
+    Quantity("delta_norm", "deltas", "preactivation",
+             "||dL/dz|| over the whole batch, z the layer's linear/conv output before normalization and activation "
+             "(for the head: the logits): the back-propagated signal that vanishes or explodes"),
+    Quantity("act_mean", "activations", "output", "mean of the block's output activations over batch and units (and positions in a CNN)"),
+    Quantity("act_std", "activations", "output", "population standard deviation (ddof 0) of the block's output activations over batch and units (and positions)"),
+    Quantity("saturated_frac", "activations", "activation",
+             "share of (example, unit) pairs where |act'(u)| is below 5% of its maximum, u the activation's input "
+             "(in a CNN a unit is a channel, and every position of it counts as a pair)"),
+    Quantity("dead_frac", "activations", "activation",
+             "share of units saturated (as in saturated_frac) on every example of the batch, and every position in a CNN: a dead ReLU is one"),
+    Quantity("update_ratio", "updates", "layer", "||W_after - W_before|| / ||W_before|| of the optimizer step taken at this step"),
+)  # fmt: skip
+
+QUANTITIES: dict[str, Quantity] = {q.name: q for q in LAYER_QUANTITIES}
+
+# The columns that identify a row of `layers.csv`, then the measured quantities.
+LAYERS_KEYS: dict[str, str] = {
+    "step": "optimizer steps taken before this measurement; step 0 is the network at initialization",
+    "layer": "0 for the block nearest the input, counting up; the head is last",
+    "name": "module name: blocks.3, head",
+    "kind": "hidden or head",
+}
+LAYERS_COLUMNS: list[str] = [*LAYERS_KEYS, *QUANTITIES]
+
+METRICS_COLUMNS: dict[str, str] = {
+    "step": "optimizer steps taken before this measurement",
+    "split": "train (this step's training batch, in training mode) or test (the whole test set, in evaluation mode)",
+    "loss": "the loss L, averaged over the batch (train) or the test set (test)",
+    "accuracy": "share of examples whose largest output is the label",
+    "grad_norm": "||dL/dtheta|| over every parameter of the model, before clipping (train rows only)",
+    "lr": "the learning rate of the optimizer's first parameter group",
+    "time_s": "seconds since training started",
+}
+
+
+def in_group(group: str) -> list[str]:
+    """The measured quantities a `log.probes` group turns on."""
+    return [q.name for q in LAYER_QUANTITIES if q.group == group]
+
+
+# --------------------------------------------------------------------------------------------
+# Derived quantities: what `gradlab compare` reports and `expect:` may bound
+# --------------------------------------------------------------------------------------------
+
+# Measured at one logged step (`--step`, or `step:` in an expectation).
+PROFILE_QUANTITIES: dict[str, str] = {
+    "first_delta_norm": "delta_norm of the first hidden layer (layer 0): the back-propagated signal where it reaches the input end of the stack",
+    "last_delta_norm": "delta_norm of the last hidden layer: the signal as it enters the stack from the head",
+    "gain": "gain across the stack = first_delta_norm / last_delta_norm; below 1 the signal shrinks on its way down to the input, above 1 it grows",
+    "layer_factor": "per-layer factor = gain ** (1 / (depth - 1)): the average change of the signal from one layer to the next; empty when depth is 1",
+    "weight_grad_gain": "weight-gradient gain = weight_grad_norm of the first hidden layer / that of the last hidden layer",
+    "dead_frac": "largest dead_frac over the hidden layers: share of a layer's units whose activation derivative is below 5% of its maximum on every example of the batch",
+    "saturated_frac": "largest saturated_frac over the hidden layers: share of a layer's (example, unit) pairs whose activation derivative is below 5% of its maximum",
+}
+
+# Measured over the whole run.
+FINAL_QUANTITIES: dict[str, str] = {
+    "final_train_loss": "train loss at the run's last logged step (on that step's training batch)",
+    "final_train_accuracy": "train accuracy at the run's last logged step (on that step's training batch)",
+    "final_test_loss": "loss on the test set at the run's last evaluation",
+    "final_test_accuracy": "accuracy on the test set at the run's last evaluation",
+    "steps_to_target": "first logged step at which the train loss is at or below the target loss; empty when it never got there",
+}
+
+SUMMARY_QUANTITIES: dict[str, str] = {**PROFILE_QUANTITIES, **FINAL_QUANTITIES}

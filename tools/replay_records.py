@@ -1,0 +1,149 @@
+"""Run a fixed set of experiments and fingerprint their records, to prove a restructuring changed no number.
+
+    python tools/replay_records.py run OUT_DIR        # in the old tree, then in the new one
+    python tools/replay_records.py diff OLD_DIR NEW_DIR
+
+`run` trains every shipped config (each sweep whole, its steps cut to keep this to minutes) and a
+list of configs covering what the test suite exercises (CNNs with BatchNorm2d and pooling, LRN,
+GroupNorm, LayerNorm, PReLU per channel, RReLU, GELU/SiLU/SELU, Adam, clipping, bce/mse, a run
+that diverges), through the `gradlab run` command line, with one torch thread. `diff` compares
+layers.csv, metrics.csv (time_s aside) and meta.json (times, ids and versions aside) byte for byte.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_CUT = ["train.steps=40", "train.eval_every=20"]
+MNIST = ROOT.parent / "shared" / "data" / "mnist"
+
+BASE = {
+    "seed": 0, "device": "cpu",
+    "data": {"name": "gaussian", "dim": 16, "classes": 4, "n_train": 256, "n_test": 128, "batch_size": 32},
+    "model": {"depth": 4, "width": 16},
+    "train": {"steps": 20, "eval_every": 10}, "log": {"every": 5},
+}  # fmt: skip
+IMAGES = {"name": "images", "classes": 4, "n_train": 128, "n_test": 64, "batch_size": 16}
+
+TEST_CONFIGS: dict[str, dict] = {
+    "mlp-sigmoid-lecun": {"model": {"activation": "sigmoid", "init": {"weight": "lecun_normal", "bias": "zeros"}}},
+    "mlp-relu-he": {"model": {"activation": "relu", "init": {"weight": "kaiming_normal", "bias": "zeros"}}},
+    "mlp-bn-pre": {"model": {"depth": 8, "norm": "batchnorm", "init": {"weight": "kaiming_normal", "bias": "zeros"}}},
+    "mlp-bn-post": {"model": {"activation": "sigmoid", "norm": {"name": "batchnorm", "placement": "post"}}},
+    "mlp-layernorm": {"model": {"activation": "tanh", "norm": "layernorm"}},
+    "mlp-groupnorm": {"model": {"activation": "gelu", "norm": {"name": "groupnorm", "groups": 4}}},
+    "mlp-lrn": {"model": {"activation": "relu", "norm": "lrn"}},
+    "mlp-prelu-unit": {"model": {"activation": {"name": "prelu", "shared": False}}},
+    "mlp-rrelu": {"model": {"activation": "rrelu"}},
+    "mlp-leaky": {"model": {"activation": {"name": "leaky_relu", "negative_slope": 0.01}}},
+    "mlp-silu-adam": {"model": {"activation": "silu"}, "optim": {"name": "adam", "lr": 0.001}},
+    "mlp-selu-clip": {"model": {"activation": "selu", "init": {"weight": "lecun_normal"}}, "optim": {"name": "sgd", "lr": 0.1, "grad_clip": 0.5}},
+    "mlp-elu-bce": {"model": {"activation": "elu"}, "loss": "bce"},
+    "mlp-softplus-mse": {"model": {"activation": "softplus"}, "loss": "mse", "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9}},
+    "mlp-hardtanh-ortho": {"model": {"activation": "hardtanh", "init": {"weight": {"name": "orthogonal", "gain": "auto"}}}},
+    "mlp-identity-xavier": {"model": {"activation": "identity", "init": {"weight": "xavier_uniform"}}},
+    "mlp-weights-only": {"log": {"every": 5, "probes": ["weights"]}},
+    "mlp-no-bias": {"model": {"bias": False, "activation": "tanh"}},
+    "mlp-diverges": {"model": {"activation": "relu", "init": {"weight": {"name": "normal", "std": 3.0}}}, "optim": {"name": "sgd", "lr": 10.0}},
+    "mlp-teacher": {"data": {**BASE["data"], "name": "teacher"}},
+    "mlp-spirals": {"data": {**BASE["data"], "name": "spirals", "dim": 2}},
+    "cnn-bn-maxpool": {"data": IMAGES, "model": {"kind": "cnn", "depth": 4, "width": 8, "norm": "batchnorm", "pool_every": 2}},
+    "cnn-lrn-avgpool": {"data": IMAGES, "model": {"kind": "cnn", "depth": 4, "width": 8, "norm": "lrn", "pool_every": 2, "pool": "avg"}},
+    "cnn-gn-prelu": {"data": IMAGES, "model": {"kind": "cnn", "depth": 3, "width": 8, "norm": {"name": "groupnorm", "groups": 2}, "activation": {"name": "prelu", "shared": False}}},
+    "cnn-ln-rrelu": {"data": IMAGES, "model": {"kind": "cnn", "depth": 3, "width": 8, "norm": "layernorm", "activation": "rrelu"}},
+}  # fmt: skip
+
+
+def merged(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+def gradlab(*args: str) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "gradlab", "run", *args, "--quiet"], env=env, capture_output=True, text=True)
+    if proc.returncode not in (0, 1):
+        sys.exit(f"gradlab run {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+
+
+def run(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for config in sorted((ROOT / "configs").glob("*.yaml")):
+        text = config.read_text()
+        if "shared/data/mnist" in text and not MNIST.is_dir():
+            print(f"skipped {config.name}: no MNIST at {MNIST}")
+            continue
+        sets = [f"log.out={out / 'shipped'}", *SHIPPED_CUT]
+        if "shared/data/mnist" in text:
+            sets.append(f"data.path={MNIST}")
+        args = [str(config)]
+        for item in sets:
+            args += ["--set", item]
+        gradlab(*args)
+        print("ran", config.name)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, extra in TEST_CONFIGS.items():
+            data = merged(BASE, extra)
+            data["name"] = name
+            data.setdefault("log", {})["out"] = str(out / "tests")
+            path = Path(tmp) / f"{name}.yaml"
+            path.write_text(yaml.safe_dump(data))
+            gradlab(str(path))
+            print("ran", name)
+
+
+IGNORED_META = {"run_id", "started", "ended", "versions"}
+
+
+def fingerprint(root: Path) -> dict[str, str]:
+    """{relative run path without its id: normalized text of its records}."""
+    prints: dict[str, str] = {}
+    for meta_path in sorted(root.rglob("meta.json")):
+        run_dir = meta_path.parent
+        key = str(run_dir.relative_to(root))
+        if run_dir.parent.name == run_dir.parent.name and run_dir.name[:8].isdigit():
+            key = str(run_dir.parent.relative_to(root))  # timestamped folders: the experiment name identifies the run
+        meta = {k: v for k, v in json.loads(meta_path.read_text()).items() if k not in IGNORED_META}
+        parts = [json.dumps(meta, sort_keys=True)]
+        for table in ("layers.csv", "timesteps.csv"):
+            if (run_dir / table).exists():
+                parts.append((run_dir / table).read_text())
+        rows = list(csv.DictReader(io.StringIO((run_dir / "metrics.csv").read_text())))
+        parts.append(json.dumps([{k: v for k, v in row.items() if k != "time_s"} for row in rows]))
+        prints[key] = "\n".join(parts)
+    return prints
+
+
+def diff(old: Path, new: Path) -> int:
+    a, b = fingerprint(old), fingerprint(new)
+    bad = 0
+    for key in sorted(set(a) | set(b)):
+        if key not in a or key not in b:
+            print(f"only in {'old' if key in a else 'new'}: {key}")
+            bad += 1
+        elif a[key] != b[key]:
+            print(f"differs: {key}")
+            bad += 1
+    print(f"{len(set(a) & set(b))} runs compared, {bad} differ or are missing")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "run":
+        run(Path(sys.argv[2]).resolve())
+    elif len(sys.argv) == 4 and sys.argv[1] == "diff":
+        sys.exit(diff(Path(sys.argv[2]), Path(sys.argv[3])))
+    else:
+        sys.exit(__doc__)
