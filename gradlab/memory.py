@@ -3,9 +3,14 @@
 A config such as depth 10000 x width 100000 would otherwise allocate until the operating system
 kills the process, with no message and a half-written run. The estimate counts what training
 cannot do without: the dataset held in memory, parameters, their gradients, the optimizer's state,
-the probe's weight snapshot, and the activations autograd keeps for the backward pass (two tensors
-per block). It deliberately leaves out allocator slack and temporaries, so it stays below the true
-peak: a config that fits is never refused, one that is refused cannot fit.
+the probe's weight snapshot, and the activations autograd keeps for the backward pass. It
+deliberately leaves out allocator slack and temporaries, so it stays below the true peak: a config
+that fits is never refused, one that is refused cannot fit.
+
+Nothing here re-derives an architecture: parameters are counted on the model itself, built on
+PyTorch's `meta` device (shapes without storage), and each model class reports the activation
+elements it keeps per example (`saved_activation_elements`), so a new architecture is covered by
+its own code.
 """
 
 from __future__ import annotations
@@ -46,28 +51,35 @@ def known_input_shape(exp: Experiment) -> tuple[int, ...] | None:
 
 
 def parameter_count(exp: Experiment, input_shape: tuple[int, ...], classes: int) -> int:
-    m = exp.model
-    # first block from the input, the other depth - 1 from width to width (no list of fan-ins:
-    # a depth of 10**30 must be counted, not enumerated)
-    if m.kind == "mlp":
-        weights = math.prod(input_shape) * m.width + (m.depth - 1) * m.width * m.width
-    else:
-        weights = (input_shape[0] * m.width + (m.depth - 1) * m.width * m.width) * m.kernel_size**2
-    biases = (m.depth * m.width + classes) * int(m.bias)
-    return weights + m.width * classes + biases
+    """The model's parameters, counted on the model built on the meta device.
+
+    A stack's blocks after the first are alike (the first one alone reads the input), so the count
+    is linear in depth: models of depth 1 and 2 give it for any depth, 10**30 included, without
+    building a module per block.
+    """
+    import torch
+
+    from gradlab.models import build_model
+
+    def count(depth: int) -> int:
+        with torch.device("meta"):
+            model = build_model(exp.model.model_copy(update={"depth": depth}), input_shape, classes, initialize=False)
+        return sum(p.numel() for p in model.parameters())
+
+    depth = exp.model.depth
+    if depth <= 2:
+        return count(depth)
+    one, two = count(1), count(2)
+    return one + (depth - 1) * (two - one)
 
 
 def estimate(exp: Experiment, input_shape: tuple[int, ...], classes: int, with_data: bool = True) -> Estimate:
-    m = exp.model
+    from gradlab.models import model_class
+
     params = parameter_count(exp, input_shape, classes) * BYTES
     copies = 1 + _STATE[exp.optim["name"]](exp.optim) + ("updates" in exp.log.probes)
-    positions = 1
-    if m.kind == "cnn":
-        positions = input_shape[1] * input_shape[2]  # before pooling: an upper bound per block, a lower on the first
-    per_block = exp.data.batch_size * m.width * positions * BYTES
-    activations = 2 * per_block * (m.depth if m.kind == "mlp" or not m.pool_every else min(m.depth, m.pool_every))
-    if m.norm["name"] == "lrn":  # pads the squared input with size - 1 zero channels: at least one such buffer
-        activations += exp.data.batch_size * (m.width + m.norm["size"] - 1) * positions * BYTES
+    elements = model_class(exp.model.kind).saved_activation_elements(exp.model, input_shape)
+    activations = exp.data.batch_size * elements * BYTES
     examples = exp.data.n_train + exp.data.n_test
     data = examples * math.prod(input_shape) * BYTES if with_data else 0
     return Estimate(data=data, parameters=params, training=params * copies, activations=activations)

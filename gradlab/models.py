@@ -5,18 +5,18 @@ A block is   linear/conv -> [norm] -> activation   (norm placement `pre`, as Iof
 and its submodules carry those names, so parameters read `blocks.3.linear.weight`,
 `blocks.3.norm.weight`. The output layer is `head`.
 
-Probing costs nothing on a plain step: a block only looks at the model's probe slot, which is empty
-except on logged steps, when the probe receives the block's intermediate tensors:
-    z   = linear/conv output, the pre-activation whose gradient is `delta_norm`
-    u   = the activation's input (z, or norm(z) with placement pre)
-    y   = the activation's output
-    out = what the block passes on (y, norm(y) with placement post, then pooling)
+Measuring costs nothing on a plain step: a block only looks at the model's tap slot, which is
+empty except on logged steps. Then each block taps its tensors at its site (see sites.py):
+    z   = linear/conv output, the pre-activation whose gradient is `delta_norm`   (preactivation)
+    u   = the activation's input (z, or norm(z) with placement pre)               (normalized, pre)
+    y   = the activation's output                                                (activation)
+    out = what the block passes on (y, norm(y) with placement post, then pooling)  (output)
+and the model taps the head's output as `logits`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Protocol
 
 import torch
 from torch import nn
@@ -24,18 +24,7 @@ from torch import nn
 from gradlab.components import apply_init, build_activation, build_norm
 from gradlab.config import ModelConfig
 from gradlab.errors import DataError
-
-
-class BlockObserver(Protocol):
-    def observe(self, block: "Block", z: torch.Tensor, u: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> None: ...
-
-
-class ProbeSlot:
-    """Where a model's blocks look for the probe of this step: one object shared by all blocks, so
-    attaching a probe is one attribute write, not one nn.Module.__setattr__ per block."""
-
-    def __init__(self):
-        self.probe: BlockObserver | None = None
+from gradlab.sites import Layer, Site, TapSlot
 
 
 class Block(nn.Module):
@@ -61,43 +50,80 @@ class Block(nn.Module):
             self.pool = nn.MaxPool2d(2) if cfg.pool == "max" else nn.AvgPool2d(2)
         else:
             self.pool = None
-        self.slot = ProbeSlot()  # replaced by the model's shared slot
+        self.site = Site(index, f"blocks.{index}", "hidden")
+        self.slot = TapSlot()  # replaced by the model's shared slot
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.linear(x)  # (B, width) or (B, width, H, W)
         u = self.norm(z) if self.norm is not None and self.norm_first else z
         y = self.act(u)
-        out = self.norm(y) if self.norm is not None and not self.norm_first else y
+        normed = self.norm(y) if self.norm is not None and not self.norm_first else None
+        out = y if normed is None else normed
         if self.pool is not None:
             out = self.pool(out)  # (B, width, H/2, W/2)
-        probe = self.slot.probe
-        if probe is not None:
-            probe.observe(self, z, u, y, out)
+        tap = self.slot.tap
+        if tap is not None:
+            site, name = self.site, self.site.name
+            tap.tensor(site, "preactivation", f"{name}.linear output", z)
+            if u is not z:
+                tap.tensor(site, "normalized", f"{name}.norm output", u)
+            tap.activation(site, self.act, self.activation, u, y)
+            tap.tensor(site, "activation", f"{name}.act output", y)
+            if normed is not None:
+                tap.tensor(site, "normalized", f"{name}.norm output", normed)
+            tap.tensor(site, "output", f"{name} output", out)
         return out
 
 
 class Stack(nn.Module):
-    """What MLP and CNN share: blocks, a head, the probe slot, and the list of measured layers."""
+    """What MLP and CNN share: blocks, a head, the tap slot, and the declared measured layers."""
 
     blocks: nn.ModuleList
     head: nn.Linear
 
     def _share_slot(self) -> None:
-        self.slot = ProbeSlot()
+        self.slot = TapSlot()
         for block in self.blocks:
             block.slot = self.slot
+        self.head_site = Site(len(self.blocks), "head", "head")
 
-    def measured_layers(self) -> list[tuple[str, str, nn.Module]]:
-        """(name, kind, weight-bearing module) for each row of layers.csv, input side first."""
-        layers = [(f"blocks.{b.index}", "hidden", b.linear) for b in self.blocks]
-        return layers + [("head", "head", self.head)]
+    def measured_layers(self) -> list[Layer]:
+        """One Layer per row of layers.csv, input side first: each block (its linear/conv weight, and
+        every parameter of the block: norm, PReLU slopes), then the head."""
+        layers = [
+            Layer(b.site, b, {"": b.linear.weight}, {"": b.linear.bias}, prefix=b.site.name) for b in self.blocks
+        ]
+        return layers + [Layer(self.head_site, self.head, {"": self.head.weight}, {"": self.head.bias}, prefix="head")]
 
     def initialize(self, cfg: ModelConfig) -> None:
         """Apply the config's weight and bias initializers to every linear/conv layer, head included."""
-        for _, _, module in self.measured_layers():
+        for module in [*(b.linear for b in self.blocks), self.head]:
             apply_init(cfg.init.weight, module.weight, cfg.activation)
             if module.bias is not None:
                 apply_init(cfg.init.bias, module.bias, cfg.activation)
+
+    @classmethod
+    def saved_activation_elements(cls, cfg: ModelConfig, input_shape: tuple[int, ...]) -> int:
+        """Elements per example that autograd keeps for the backward pass: two tensors of a block's
+        size per block (its linear output and its activation), counted at the input's resolution
+        (pooling only shrinks later blocks), and LRN's padded buffer of width + size - 1 channels."""
+        positions = cls._positions(input_shape)
+        blocks = cfg.depth if not cfg.pool_every else min(cfg.depth, cfg.pool_every)  # before the first pooling
+        elements = 2 * cfg.width * positions * blocks
+        if cfg.norm["name"] == "lrn":  # pads the squared input with size - 1 zero channels: at least one such buffer
+            elements += (cfg.width + cfg.norm["size"] - 1) * positions
+        return elements
+
+    @staticmethod
+    def _positions(input_shape: tuple[int, ...]) -> int:
+        return 1
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.head(x)  # (B, classes)
+        tap = self.slot.tap
+        if tap is not None:
+            tap.tensor(self.head_site, "logits", "head output (logits)", logits)
+        return logits
 
 
 class MLP(Stack):
@@ -113,10 +139,14 @@ class MLP(Stack):
         x = x.flatten(1)  # (B, in_features): images are flattened
         for block in self.blocks:
             x = block(x)
-        return self.head(x)  # (B, classes) logits
+        return self._head(x)  # (B, classes) logits
 
 
 class CNN(Stack):
+    @staticmethod
+    def _positions(input_shape: tuple[int, ...]) -> int:
+        return input_shape[1] * input_shape[2]  # per channel, before any pooling
+
     def __init__(self, cfg: ModelConfig, input_shape: tuple[int, ...], classes: int):
         super().__init__()
         channels = [input_shape[0]] + [cfg.width] * cfg.depth
@@ -128,16 +158,22 @@ class CNN(Stack):
         for block in self.blocks:
             x = block(x)  # (B, width, H', W')
         x = x.mean(dim=(2, 3))  # global average pooling -> (B, width)
-        return self.head(x)
+        return self._head(x)
 
 
-def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], classes: int) -> Stack:
-    """The network for `cfg`, initialized. Uses torch's global RNG (seed it first)."""
-    if cfg.kind == "cnn":
-        if len(input_shape) != 3:
-            raise DataError(f"model.kind cnn needs (channels, height, width) inputs; the data has shape {tuple(input_shape)}")
-        model: Stack = CNN(cfg, input_shape, classes)
-    else:
-        model = MLP(cfg, input_shape, classes)
-    model.initialize(cfg)
+MODEL_KINDS: dict[str, type[Stack]] = {"mlp": MLP, "cnn": CNN}
+
+
+def model_class(kind: str) -> type[Stack]:
+    return MODEL_KINDS[kind]
+
+
+def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], classes: int, initialize: bool = True) -> Stack:
+    """The network for `cfg`, initialized (unless `initialize` is false: a model built on the meta
+    device only to be counted). Uses torch's global RNG (seed it first)."""
+    if cfg.kind == "cnn" and len(input_shape) != 3:
+        raise DataError(f"model.kind cnn needs (channels, height, width) inputs; the data has shape {tuple(input_shape)}")
+    model = model_class(cfg.kind)(cfg, input_shape, classes)
+    if initialize:
+        model.initialize(cfg)
     return model

@@ -162,8 +162,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         probe.attach()
         try:
-            logits = model(x)  # (B, classes)
-            probe.watch_logits(logits)
+            logits = model(x)  # (B, classes); the model taps its sites into the probe
             loss = self.loss_fn(logits, y)
             loss.backward()
         finally:

@@ -22,20 +22,18 @@ ROOT = Path(__file__).resolve().parents[1]
     [
         ({"depth": 3, "width": 10}, {}),
         ({"depth": 2, "width": 7, "bias": False}, {"dim": 5}),
-        ({"depth": 3, "width": 4, "norm": "batchnorm"}, {}),  # pre-norm drops the hidden biases: the estimate may only be above
+        ({"depth": 3, "width": 4, "norm": "batchnorm"}, {}),  # pre-norm drops the hidden biases
+        ({"depth": 5, "width": 4, "norm": {"name": "batchnorm", "placement": "post"}, "activation": {"name": "prelu", "shared": False}}, {}),
         ({"kind": "cnn", "depth": 3, "width": 6, "kernel_size": 5}, {"name": "images"}),
+        ({"kind": "cnn", "depth": 4, "width": 4, "norm": {"name": "groupnorm", "groups": 2}, "pool_every": 2}, {"name": "images"}),
     ],
 )
 def test_parameter_count_matches_the_built_model(model, data):
     exp = validate({"model": model, "data": data})
     shape = known_input_shape(exp)
     built = build_model(exp.model, shape, exp.data.classes)
-    linear = sum(p.numel() for _, _, m in built.measured_layers() for p in m.parameters())
-    counted = parameter_count(exp, shape, exp.data.classes)
-    if exp.model.norm["name"] == "batchnorm":
-        assert counted - linear == exp.model.depth * exp.model.width  # the dropped biases
-    else:
-        assert counted == linear
+    # independent: every parameter of the real model, norms and PReLU slopes included
+    assert parameter_count(exp, shape, exp.data.classes) == sum(p.numel() for p in built.parameters())
 
 
 def test_shipped_configs_fit():

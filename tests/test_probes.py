@@ -29,8 +29,7 @@ def measure(model, x, y, groups=("weights", "deltas", "activations", "updates"),
     probe = Probe(model, groups)
     model.zero_grad(set_to_none=True)
     probe.attach()
-    logits = model(x)
-    probe.watch_logits(logits)
+    logits = model(x)  # the model taps its sites, the logits among them
     loss = LOSS(logits, y)
     loss.backward()
     probe.detach()
