@@ -1,8 +1,15 @@
-"""Terminal rendering for `gradlab run` and `gradlab components` (rich; no torch, no computing)."""
+"""Showing results: the number formatter, the comparison table as terminal view, csv, markdown or
+json, the per-layer profile of `gradlab run`, its progress bar, and `gradlab components`.
+
+Rendering only: what is shown is computed in summaries.py and compare.py. rich and pandas; no
+torch (`gradlab components` imports the registries inside its function).
+"""
 
 from __future__ import annotations
 
+import json
 import math
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -10,12 +17,31 @@ from rich.table import Table
 
 from gradlab.registry import param_table
 
+if TYPE_CHECKING:
+    import pandas as pd
 
-def fmt(value: float | None) -> str:
-    """Three significant digits; an empty cell for a value that does not exist."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    from gradlab.compare import Comparison
+    from gradlab.records import Step
+
+
+def format_number(value: Any, integer: bool = False) -> str:
+    """A number as shown to a person: 3 significant digits, an empty cell for a value that does not
+    exist (None, NaN, pandas' NA); text is shown as it is. `integer`: whole numbers without digits
+    after the point. The one formatter of every number gradlab shows (csv and json keep full
+    precision instead)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or _is_na(value):
         return ""
+    if isinstance(value, str):
+        return value
+    value = float(value)
+    if integer and value.is_integer():
+        return str(int(value))
     return f"{value:.3g}"
+
+
+def _is_na(value: Any) -> bool:
+    # pandas' NA (an empty cell of an integer column), without importing pandas to ask
+    return type(value).__name__ == "NAType"
 
 
 class ProgressReporter:
@@ -53,12 +79,14 @@ class ProgressReporter:
 def profile_table(run_dir) -> Table:
     """delta_norm per layer at step 0 and at the last logged step, the gain across the stack and
     its verdict, read back from the run's records (the numbers `gradlab compare` reports)."""
-    from gradlab.analysis import describe_run, load_run, profile_at, run_verdict
+    from gradlab.configdiff import describe_config
+    from gradlab.records import load_run
+    from gradlab.summaries import profile_at, run_verdict
 
     run = load_run(run_dir)
     layers = run.layers
     last_step = run.last_step
-    table = Table(title=f"{describe_run(run.config)}\nback-propagated signal ||dL/dz|| per layer ({run.status})")
+    table = Table(title=f"{describe_config(run.config)}\nback-propagated signal ||dL/dz|| per layer ({run.status})")
     table.add_column("layer", justify="right")
     table.add_column("name")
     table.add_column("delta_norm @ step 0", justify="right")
@@ -68,11 +96,11 @@ def profile_table(run_dir) -> Table:
         return table
     at = {step: layers[layers["step"] == step].set_index("layer")["delta_norm"] for step in (0, last_step)}
     for layer, name in layers[["layer", "name"]].drop_duplicates("layer").itertuples(index=False):
-        table.add_row(str(layer), name, fmt(at[0].get(layer)), fmt(at[last_step].get(layer)))
+        table.add_row(str(layer), name, format_number(at[0].get(layer)), format_number(at[last_step].get(layer)))
     gains = []
     for step in dict.fromkeys((0, last_step)):
         gain = profile_at(run, step)["gain"]
-        gains.append(f"step {step}: {fmt(gain)} ({run_verdict(run, step, gain) or 'no verdict'})")
+        gains.append(f"step {step}: {format_number(gain)} ({run_verdict(run, step, gain) or 'no verdict'})")
     table.caption = "gain across the stack (first / last hidden layer): " + ", ".join(gains)
     return table
 
@@ -92,3 +120,143 @@ def components_tables() -> list[Table]:
             table.add_row(component.name, params, component.doc + aliases)
         tables.append(table)
     return tables
+
+
+# --------------------------------------------------------------------------------------------
+# The comparison table
+# --------------------------------------------------------------------------------------------
+
+
+def display_cells(comparison: Comparison) -> pd.DataFrame:
+    """The table as text cells, `mean ± std` where a row averages seeds."""
+    import pandas as pd
+
+    from gradlab.compare import INTEGER_COLUMNS
+
+    table = comparison.table
+    cells = pd.DataFrame(index=table.index)
+    for column in comparison.value_columns():
+        integer = column in INTEGER_COLUMNS
+        std_column = f"{column}_std"
+        has_std = std_column in table
+        texts = []
+        for i in table.index:
+            text = format_number(table.at[i, column], integer)
+            if has_std and text and table.at[i, "seeds"] > 1:
+                std = format_number(table.at[i, std_column])
+                if std:
+                    text = f"{text} ± {std}"
+            texts.append(text)
+        cells[column] = texts
+    return cells
+
+
+def to_csv(comparison: Comparison) -> str:
+    """Machine-readable: every number at full precision, empty cells empty."""
+    return comparison.table.to_csv(index=False, na_rep="", lineterminator="\n")
+
+
+def _json_value(value: Any) -> Any:
+    import numpy as np
+
+    if value is None or _is_na(value):
+        return None
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"  # JSON has no infinity; a gain can be one
+        return value
+    return value
+
+
+def to_json(comparison: Comparison) -> str:
+    from gradlab.summaries import step_label
+
+    rows = []
+    for i, record in enumerate(comparison.table.to_dict(orient="records")):
+        row = {key: _json_value(value) for key, value in record.items()}
+        row["runs"] = [str(path) for path in comparison.runs[i]]
+        rows.append(row)
+    document = {
+        "steps": [step_label(s) for s in comparison.steps],
+        "thresholds": {"vanish": comparison.thresholds.vanish, "explode": comparison.thresholds.explode},
+        "target_loss": comparison.target_loss,
+        "config_keys": comparison.config_keys,
+        "rows": rows,
+    }
+    return json.dumps(document, indent=2) + "\n"
+
+
+def to_markdown(comparison: Comparison) -> str:
+    cells = display_cells(comparison)
+    escape = lambda text: str(text).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(map(escape, cells.columns)) + " |", "|" + "|".join("---" for _ in cells.columns) + "|"]
+    for _, row in cells.iterrows():
+        lines.append("| " + " | ".join(escape(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+RENDERERS = {"csv": to_csv, "markdown": to_markdown, "json": to_json}
+
+
+def render(comparison: Comparison, fmt: str) -> str:
+    """The comparison as text in one of RENDERERS' formats."""
+    return RENDERERS[fmt](comparison)
+
+
+VERDICT_STYLES = {"vanishing": "bold blue", "stable": "green", "exploding": "bold red", "diverged": "bold magenta"}
+
+
+def rich_view(comparison: Comparison):
+    """The comparison for a terminal, turned: one column per configuration, the quantities down
+    the side in sections (config, step 0, last step, training), then the verdict thresholds.
+    A row per run would be two dozen columns wide; csv, markdown and json keep one row per run."""
+    from rich import box
+    from rich.console import Group
+    from rich.text import Text
+
+    from gradlab.quantities import FINAL_QUANTITIES, PROFILE_QUANTITIES
+    from gradlab.summaries import column_name
+
+    cells = display_cells(comparison)
+    thresholds = comparison.thresholds
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold")
+    table.add_column("", no_wrap=True)
+    for label in cells["label"]:
+        table.add_column(label, overflow="fold")
+
+    def add(name: str, column: str, end_section: bool = False) -> None:
+        texts = []
+        for text in cells[column]:
+            style = VERDICT_STYLES.get(text, "yellow" if text.startswith("mixed") else "") if column.startswith("verdict@") else ""
+            texts.append(Text(text, style=style))
+        table.add_row(name, *texts, end_section=end_section)
+
+    for key in comparison.config_keys:
+        add(key, key)
+    add("status", "status")
+    add("seeds", "seeds")
+    add("last_step", "last_step", end_section=True)
+    for step in comparison.steps:
+        table.add_row(Text(_step_heading(comparison, step), style="bold"))
+        for quantity in PROFILE_QUANTITIES:
+            add(quantity, column_name(quantity, step))
+        add("verdict", column_name("verdict", step), end_section=True)
+    table.add_row(Text("training", style="bold"))
+    for quantity in FINAL_QUANTITIES:
+        if quantity in cells:
+            add(quantity, quantity)
+    return Group(table, Text(f"verdict: vanishing below gain {thresholds.vanish:g}, exploding above {thresholds.explode:g}"))
+
+
+def _step_heading(comparison: Comparison, step: Step) -> str:
+    if step == 0:
+        return "at step 0 (initialization)"
+    if step != "last":
+        return f"at step {step}"
+    last_steps = set(comparison.table["last_step"].dropna().astype(int))
+    return f"at the last step ({last_steps.pop()})" if len(last_steps) == 1 else "at each run's last step"

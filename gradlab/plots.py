@@ -8,7 +8,7 @@ Figures are `matplotlib.figure.Figure` objects drawn on an Agg canvas, never pyp
 backend is needed or touched (a notebook's backend is left alone), and nothing is kept in
 pyplot's global figure list, so drawing many runs does not leak memory.
 
-Runs are labelled by the config values that differ between them (analysis.run_labels), not by
+Runs are labelled by the config values that differ between them (configdiff.labels), not by
 directory names. Runs that differ only by seed share a colour and a legend entry.
 """
 
@@ -23,9 +23,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from gradlab import analysis
-from gradlab.analysis import Run
+from gradlab import configdiff
 from gradlab.errors import RunError
+from gradlab.records import Run, load_runs
 
 FIGURES = {
     "depth_profile_delta_norm": "delta_norm (log scale) against hidden layer, at step 0 and at the last step",
@@ -61,10 +61,11 @@ class _Legend:
     (the figure legend lists each label once)."""
 
     def __init__(self, runs: Sequence[Run]):
-        labels = analysis.run_labels(runs)
+        configs = [run.config for run in runs]
+        labels = configdiff.labels(configs)
         self.color: dict[int, str] = {}
         self.label: dict[int, str] = {}
-        for number, group in enumerate(analysis.group_by_config(runs)):
+        for number, group in enumerate(configdiff.group_by_config(configs)):
             seeds = f" ({len(group)} seeds)" if len(group) > 1 else ""
             for i in group:
                 self.color[i] = f"C{number % 10}"
@@ -72,10 +73,10 @@ class _Legend:
 
 
 def _title(runs: Sequence[Run], what: str) -> str:
-    keys = analysis.differing_keys([run.config for run in runs])
+    keys = configdiff.differing_keys([run.config for run in runs])
     if keys:
         return f"{what}\nruns differ in {', '.join(keys)}"
-    return f"{what}\n{analysis.describe_run(runs[0].config)}"
+    return f"{what}\n{configdiff.describe_config(runs[0].config)}"
 
 
 def _hidden_at(run: Run, step: int, column: str) -> tuple[np.ndarray, np.ndarray]:
@@ -134,7 +135,7 @@ def heatmap(runs: Sequence[Run], column: str = "delta_norm") -> Figure:
     nrows = math.ceil(len(runs) / ncols)
     figure = _figure(4.2 * ncols + 1.2, 3.4 * nrows + 0.8)
     axes_grid = np.atleast_1d(figure.subplots(nrows, ncols, squeeze=False)).ravel()
-    labels = analysis.run_labels(runs)
+    labels = configdiff.labels([run.config for run in runs])
     grids = []
     for run in runs:
         hidden = run.layers[run.layers["kind"] == "hidden"]
@@ -250,7 +251,7 @@ def save_figures(figures: dict[str, Figure], out_dir: str | Path) -> list[Path]:
 def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> list[Path]:
     """Draw the figures of the given runs into `out_dir`. A run that cannot be read is an error
     here (this is called for runs just made); `gradlab plot` reports and skips such runs instead."""
-    loaded = analysis.load_runs(run_dirs)
+    loaded = load_runs(run_dirs)
     if loaded.skipped:
         raise RunError(*loaded.skipped)
     return save_figures(build_figures(loaded.runs), out_dir)

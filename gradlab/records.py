@@ -10,7 +10,13 @@ Writers append rows as they come and flush on every logged step, so a run that i
 every row it logged. meta.json is replaced atomically (write to a temporary file, then rename),
 so it is never seen half written. A value that cannot exist is an empty cell, never a zero.
 
-This module imports no torch: `gradlab compare` and `gradlab plot` read records without it.
+Reading a run back (`load_run`, `load_runs`) lives here too, next to the writers whose output it
+reads: a run cut off while writing leaves a partial last line or a last step with only some of its
+layers, and the reader drops those rows and says so (`Run.notes`).
+
+This module imports no torch, and pandas only where a table is read: the training process writes
+records without loading pandas, and `gradlab compare` and `gradlab plot` read them without torch.
+The column names come from `gradlab.quantities`, the one home of every quantity.
 """
 
 from __future__ import annotations
@@ -22,20 +28,24 @@ import math
 import os
 import secrets
 from datetime import datetime, timezone
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Literal, NamedTuple
 
-from gradlab.errors import RunError
+from gradlab import quantities
+from gradlab.errors import GradlabError, RunError
 
-METRICS_COLUMNS = ["step", "split", "loss", "accuracy", "grad_norm", "lr", "time_s"]
-LAYERS_COLUMNS = [
-    "step", "layer", "name", "kind",
-    "weight_norm", "weight_grad_norm", "bias_grad_norm", "delta_norm",
-    "act_mean", "act_std", "saturated_frac", "dead_frac", "update_ratio",
-]  # fmt: skip
+if TYPE_CHECKING:  # pandas is imported where a table is read, never by a writer
+    import pandas as pd
+
+# The headers of the two tables, from the declarations of their columns.
+METRICS_COLUMNS: list[str] = list(quantities.METRICS_COLUMNS)
+LAYERS_COLUMNS: list[str] = list(quantities.LAYERS_COLUMNS)
 
 STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
 CONFIG_FILE, META_FILE, METRICS_FILE, LAYERS_FILE = "config.yaml", "meta.json", "metrics.csv", "layers.csv"
+# The columns of each table that hold text; every other column holds numbers.
+TEXT_COLUMNS = {METRICS_FILE: ("split",), LAYERS_FILE: ("name", "kind")}
 
 
 def format_cell(value: Any) -> str:
@@ -215,8 +225,9 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     return data
 
 
-def read_table(run_dir: Path, which: str):
-    """`metrics.csv` or `layers.csv` of a run as a pandas DataFrame with the contract's columns."""
+def read_table(run_dir: Path, which: str) -> pd.DataFrame:
+    """`metrics.csv` or `layers.csv` of a run as a pandas DataFrame with the contract's columns,
+    exactly as written (a partial last line included: `read_rows` drops it)."""
     import pandas as pd
 
     columns = {METRICS_FILE: METRICS_COLUMNS, LAYERS_FILE: LAYERS_COLUMNS}[which]
@@ -231,3 +242,188 @@ def read_table(run_dir: Path, which: str):
     if missing:
         raise RunError(f"{run_dir}: {which} lacks columns {', '.join(missing)}")
     return frame
+
+
+def _ends_cleanly(path: Path) -> bool:
+    """Whether a CSV ends with a whole line: a writer killed mid-write leaves a partial one."""
+    with open(path, "rb") as file:
+        file.seek(0, 2)
+        size = file.tell()
+        file.seek(max(size - 1, 0))
+        return size == 0 or file.read(1) == b"\n"
+
+
+def _numeric(frame: pd.DataFrame, text_columns: Iterable[str], where: str) -> pd.DataFrame:
+    """Every column but the text ones as numbers; a cell that is not a number is an error."""
+    import pandas as pd
+
+    text_columns = set(text_columns)
+    converted = {}
+    for column in frame.columns:
+        if column in text_columns or pd.api.types.is_numeric_dtype(frame[column]):
+            continue  # (read_csv already parsed it: converting again would copy it for nothing)
+        try:
+            converted[column] = pd.to_numeric(frame[column])
+        except (ValueError, TypeError):
+            raise RunError(f"{where}: column {column} holds values that are not numbers") from None
+    return frame.assign(**converted) if converted else frame
+
+
+def read_rows(run_dir: Path, which: str, notes: list[str]) -> pd.DataFrame:
+    """One table of a run with its numbers as numbers, a partial last line (the run was killed
+    mid-write) dropped and noted in `notes`."""
+    frame = read_table(run_dir, which)
+    if not _ends_cleanly(Path(run_dir) / which) and len(frame):
+        notes.append(f"{run_dir}: {which} ends in a partial row (the run was cut off while writing it); that row is left out")
+        frame = frame.iloc[:-1]
+    return _numeric(frame, TEXT_COLUMNS[which], f"{run_dir}: {which}")
+
+
+# --------------------------------------------------------------------------------------------
+# A run read back
+# --------------------------------------------------------------------------------------------
+
+Step = int | Literal["last"]
+
+
+def parse_step(text: str | int) -> Step:
+    """'0', 'last' or 'N' (a logged step) -> 0, 'last' or N."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    elif isinstance(text, str) and text.strip().lower() == "last":
+        return "last"
+    else:
+        try:
+            value = int(str(text).strip())
+        except ValueError:
+            raise ValueError(f"got {text!r}; expected 0, last or a step number") from None
+    if value < 0:
+        raise ValueError(f"got {value}; a step is 0 or more")
+    return value
+
+
+def shown_path(path: str | Path) -> Path:
+    """`path` relative to the working directory when it lies below it: shorter messages and labels."""
+    path = Path(path)
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
+
+
+@dataclass
+class Run:
+    """One run directory read back: its resolved config, meta.json and both tables."""
+
+    dir: Path
+    config: dict[str, Any]
+    meta: dict[str, Any]
+    layers: pd.DataFrame
+    metrics: pd.DataFrame
+    notes: list[str] = field(default_factory=list)  # warnings: the run is read, with caveats
+
+    @property
+    def name(self) -> str:
+        return str(self.config.get("name", self.dir.parent.name))
+
+    @property
+    def status(self) -> str:
+        return str(self.meta.get("status", "unknown"))
+
+    @property
+    def short_id(self) -> str:
+        # Run directories are named <YYYYmmdd-HHMMSS>-<hex id>.
+        return self.dir.name.rsplit("-", 1)[-1]
+
+    @property
+    def last_step(self) -> int | None:
+        """None when nothing was logged (a run that diverged at its very first step)."""
+        return None if self.layers.empty else int(self.layers["step"].max())
+
+    def resolve_step(self, step: Step) -> int | None:
+        return self.last_step if step == "last" else int(step)
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Read one run directory. Raises RunError when it cannot be read at all.
+
+    Problems that leave the run usable (still marked running, interrupted, a partial last row, a
+    last step with only some of its layers) are collected in `Run.notes`, one line each, naming
+    the run.
+    """
+    run_dir = shown_path(Path(run_dir))
+    notes: list[str] = []
+    meta = read_meta(run_dir)
+    config = read_config(run_dir)
+    layers = read_rows(run_dir, LAYERS_FILE, notes)
+    metrics = read_rows(run_dir, METRICS_FILE, notes)
+    if layers.empty and meta.get("status") != "diverged":
+        # (a run that diverged at step 0 logged nothing, and is still a result to compare)
+        raise RunError(f"{run_dir}: {LAYERS_FILE} has no rows (the run logged nothing)")
+    if notes:
+        # A cut-off write may have left the last logged step with only some of its layers.
+        complete = layers.groupby("step")["layer"].nunique()
+        last = complete.index.max()
+        if len(complete) > 1 and complete[last] < complete.iloc[0]:
+            notes.append(f"{run_dir}: step {last} of {LAYERS_FILE} has only {complete[last]} of {complete.iloc[0]} layers; that step is left out")
+            layers = layers[layers["step"] != last]
+
+    run = Run(run_dir, config, meta, layers.reset_index(drop=True), metrics.reset_index(drop=True), notes)
+    if run.status == "running":
+        notes.append(f"{run_dir}: still marked running (in progress, or killed before it could finish); compared up to step {run.last_step}")
+    elif run.status == "interrupted":
+        notes.append(f"{run_dir}: was interrupted; compared up to step {run.last_step}")
+    elif run.status == "failed":
+        notes.append(f"{run_dir}: failed; compared up to step {run.last_step}")
+    elif run.status not in STATUSES:
+        notes.append(f"{run_dir}: meta.json has status {run.status!r}, not one of {', '.join(STATUSES)}")
+    return run
+
+
+class Loaded(NamedTuple):
+    runs: list[Run]
+    problems: list[str]  # every line to show the user, in order: missing paths, skipped runs, caveats
+    skipped: list[str]  # the problems that left a path or a run out
+
+
+def discover_runs(paths: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
+    """Run directories named in `paths` or found below them (recursively), and one line per path
+    that does not exist or holds no runs."""
+    missing: list[str] = []
+    run_dirs: dict[Path, None] = {}
+    for path in map(Path, paths):
+        if not path.exists():
+            missing.append(f"{path}: does not exist")
+            continue
+        found = find_run_dirs([path])
+        if not found:
+            missing.append(f"{path}: no runs found (a run directory holds {META_FILE})")
+        for run_dir in found:
+            run_dirs.setdefault(run_dir, None)
+    return list(run_dirs), missing
+
+
+def load_runs(paths: Iterable[str | Path]) -> Loaded:
+    """The runs found under `paths` (run directories or folders holding runs, searched recursively).
+
+    A path without runs and a run that cannot be read are reported and left out; a run that can
+    be read with caveats (still running, cut off) is reported and kept. Raises RunError, with
+    every problem, only when no run at all could be read.
+    """
+    paths = list(paths)
+    run_dirs, skipped = discover_runs(paths)
+    problems = list(skipped)
+    runs: list[Run] = []
+    for run_dir in run_dirs:
+        try:
+            run = load_run(run_dir)
+        except GradlabError as exc:
+            lines = [f"{line}; skipped" for line in exc.lines]
+            skipped.extend(lines)
+            problems.extend(lines)
+            continue
+        problems.extend(run.notes)
+        runs.append(run)
+    if not runs:
+        raise RunError(*(problems or [f"no runs found in {', '.join(map(str, paths)) or 'no paths'}"]), "no run could be read")
+    return Loaded(runs, problems, skipped)

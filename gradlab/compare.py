@@ -1,0 +1,223 @@
+"""The comparison table: one row per configuration, runs that differ only by seed grouped.
+
+    compare_runs(runs, ...)    a `Comparison`: the differing config values, status, the summaries
+                               at each step and the finals; seeds averaged (mean, sample std, count)
+    explain(comparison)        (column, meaning) for every column, from `gradlab.quantities`
+
+Rendering the table (terminal, csv, markdown, json) is display.py's job.
+pandas only: no torch.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from gradlab import configdiff
+from gradlab.errors import RunError
+from gradlab.quantities import FINAL_QUANTITIES, PROFILE_QUANTITIES, SUMMARY_QUANTITIES
+from gradlab.records import STATUSES, Run, Step
+from gradlab.summaries import DEFAULT_THRESHOLDS, Thresholds, missing_step_notes, summarize_run
+
+# Columns that are not summary quantities but appear in every comparison.
+OTHER_COLUMNS: dict[str, str] = {
+    "label": "the run's config name; a directory id is added where two rows would share a name",
+    "status": "from meta.json: running | completed | diverged | interrupted | failed (a row of several seeds counts each status)",
+    "seeds": "number of runs averaged in the row: runs that share every config value but the seed form one row",
+    "last_step": "largest step in layers.csv: where 'last' measurements are taken",
+    "verdict": "vanishing (gain below the vanish threshold) | stable | exploding (gain above the explode threshold) | diverged (a run that diverged, at its last logged step: the last finite measurement before it blew up); 'mixed' lists the verdicts of a row's seeds when they disagree",
+}
+
+INTEGER_COLUMNS = ("seeds", "last_step", "steps_to_target")
+
+
+@dataclass
+class Comparison:
+    """A comparison table and what it was computed with. `table` holds numbers (NaN = empty);
+    `<column>_std` columns exist when some row averages several seeds."""
+
+    table: pd.DataFrame
+    config_keys: list[str]
+    steps: list[Step]
+    thresholds: Thresholds
+    target_loss: float | None
+    runs: list[list[Path]]  # the run directories behind each row
+    notes: list[str]
+
+    @property
+    def grouped(self) -> bool:
+        return bool((self.table["seeds"] > 1).any())
+
+    def value_columns(self) -> list[str]:
+        """The columns a person reads; the `_std` ones are shown inside them as `mean ± std`."""
+        return [c for c in self.table.columns if not c.endswith("_std")]
+
+
+def _group_status(statuses: list[str]) -> str:
+    counts = Counter(statuses)
+    if len(counts) == 1:
+        return statuses[0]
+    order = {status: i for i, status in enumerate(STATUSES)}
+    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda item: order.get(item[0], 99)))
+
+
+def _group_verdict(verdicts: list[str | None]) -> str | None:
+    counts = Counter(v or "n/a" for v in verdicts)
+    if len(counts) == 1:
+        return verdicts[0]
+    return "mixed: " + ", ".join(f"{n} {v}" for v, n in counts.most_common())
+
+
+def _group_id(group: list[Run]) -> str:
+    """The first run's id; a sweep member's id is its values (`activation=relu,seed=1`), and a
+    row averaging several seeds is named without the seed."""
+    run_id = group[0].short_id
+    if len(group) > 1:
+        run_id = re.sub(r"(^|,)seed=[^,]*", "", run_id).strip(",") or run_id
+    return run_id
+
+
+def _unique_labels(groups: list[list[Run]]) -> list[str]:
+    labels = ["+".join(dict.fromkeys(run.name for run in group)) for group in groups]
+    counts = Counter(labels)
+    return [f"{label}#{_group_id(group)}" if counts[label] > 1 else label for label, group in zip(labels, groups)]
+
+
+def compare_runs(
+    runs: Sequence[Run],
+    steps: Sequence[Step] = (0, "last"),
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    target_loss: float | None = None,
+) -> Comparison:
+    """One row per configuration: differing config values, status, the summaries at each step
+    and the finals; runs that differ only by seed are averaged (mean, sample std, count)."""
+    if not runs:
+        raise RunError("no runs to compare")
+    steps = list(dict.fromkeys(steps))
+    summaries = [summarize_run(run, steps, thresholds, target_loss) for run in runs]
+    configs = [run.config for run in runs]
+    columns = configdiff.config_columns(configs)
+    groups = configdiff.group_by_config(configs)
+    averaged = [c for c in summaries[0] if c not in ("status", "last_step") and not c.startswith("verdict@")]
+    grouped = any(len(members) > 1 for members in groups)
+
+    rows, notes = [], missing_step_notes(runs, steps)
+    for label, members in zip(_unique_labels([[runs[i] for i in g] for g in groups]), groups):
+        row: dict[str, Any] = {"label": label}
+        row.update({key: values[members[0]] for key, values in columns.items()})
+        row["status"] = _group_status([summaries[i]["status"] for i in members])
+        row["seeds"] = len(members)
+        for column in summaries[0]:
+            if column == "status":
+                continue
+            values = [summaries[i][column] for i in members]
+            if column.startswith("verdict@"):
+                row[column] = _group_verdict(values)
+                continue
+            if column == "last_step":
+                # Not a measurement to average: seeds that stopped early (diverged) say so.
+                logged = [v for v in values if v is not None]
+                row[column] = max(logged) if logged else None
+                if len(set(values)) > 1:
+                    notes.append(f"{label}: its seeds stopped at different steps ({', '.join(map(str, values))}); 'last' is each seed's own last step")
+                continue
+            mean, std = _mean_std([float(v) for v in values])
+            row[column] = mean
+            if grouped:
+                row[f"{column}_std"] = std
+        rows.append(row)
+
+    order = ["label", *columns, "status", "seeds"]
+    for column in summaries[0]:
+        if column == "status":
+            continue
+        order.append(column)
+        if grouped and column in averaged:
+            order.append(f"{column}_std")
+    table = pd.DataFrame(rows, columns=order)
+    for column in INTEGER_COLUMNS:
+        if column in table and _all_integral(table[column]):
+            table[column] = table[column].astype("Int64")
+    return Comparison(
+        table=table,
+        config_keys=list(columns),
+        steps=steps,
+        thresholds=thresholds,
+        target_loss=target_loss,
+        runs=[[runs[i].dir for i in members] for members in groups],
+        notes=notes,
+    )
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation over seeds, correctly rounded (the statistics module sums
+    exactly: three seeds at 0.8 average to 0.8 with spread 0, not 0.8000000000000002 ± 1e-16).
+    A mean over seeds where one is empty would claim what was not measured: it is empty too."""
+    if any(math.isnan(v) for v in values):
+        return math.nan, math.nan
+    if any(math.isinf(v) for v in values):
+        return statistics.mean(values), math.nan  # inf (or nan for inf - inf); no finite spread
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def _all_integral(series: pd.Series) -> bool:
+    values = series.dropna().astype(float)
+    return bool(np.all(np.isfinite(values)) and np.all(values == np.round(values)))
+
+
+# --------------------------------------------------------------------------------------------
+# What the columns mean: `gradlab compare --explain`
+# --------------------------------------------------------------------------------------------
+
+
+def describe_column(column: str, comparison: Comparison | None = None) -> str:
+    """What a comparison column means, from the declarations in gradlab.quantities."""
+    if column.endswith("_std"):
+        return f"sample standard deviation of {column[:-4]} over the row's seeds (empty for one seed)"
+    base, _, step = column.partition("@")
+    where = ""
+    if step:
+        where = " (at step 0: the network at initialization)" if step == "0" else (
+            " (at each run's last logged step)" if step == "last" else f" (at step {step})"
+        )  # fmt: skip
+    if base == "verdict":
+        thresholds = comparison.thresholds if comparison else DEFAULT_THRESHOLDS
+        return f"{OTHER_COLUMNS['verdict']}; thresholds vanish={thresholds.vanish:g}, explode={thresholds.explode:g}{where}"
+    if base in SUMMARY_QUANTITIES:
+        text = SUMMARY_QUANTITIES[base]
+        if base == "steps_to_target" and comparison and comparison.target_loss is not None:
+            text += f" (target loss {comparison.target_loss:g})"
+        return text + where
+    if base in OTHER_COLUMNS:
+        return OTHER_COLUMNS[base]
+    return "config value that differs between the compared runs"
+
+
+def explain(comparison: Comparison | None = None) -> list[tuple[str, str]]:
+    """(column, meaning) for every column of `comparison`, or for every possible column."""
+    if comparison is not None:
+        rows = [(c, describe_column(c, comparison)) for c in comparison.value_columns()]
+        if comparison.grouped:
+            rows.append(("<column>_std", "sample standard deviation of <column> over the row's seeds (empty for one seed)"))
+        return rows
+    generic = [
+        ("label", OTHER_COLUMNS["label"]),
+        ("<config key>", "a config value that differs between the runs (e.g. model.activation); components show their name and the parameters that differ"),
+        ("status", OTHER_COLUMNS["status"]),
+        ("seeds", OTHER_COLUMNS["seeds"]),
+        ("last_step", OTHER_COLUMNS["last_step"]),
+    ]
+    generic += [(f"{q}@<step>", text) for q, text in PROFILE_QUANTITIES.items()]
+    generic.append(("verdict@<step>", describe_column("verdict")))
+    generic += [(q, text) for q, text in FINAL_QUANTITIES.items()]
+    generic.append(("<column>_std", "sample standard deviation over the row's seeds (present when some row averages several seeds)"))
+    generic.append(("<step>", "0 (initialization), last (each run's last logged step) or a step number; chosen with --step"))
+    return generic

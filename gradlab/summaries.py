@@ -1,0 +1,166 @@
+"""Summaries of one run read back: the gradient profile at a step, the final metrics, the gain
+across the stack and its verdict.
+
+    profile_at(run, step)     PROFILE_QUANTITIES at one logged step
+    final_metrics(run, ...)   FINAL_QUANTITIES: losses, accuracies, steps to a target loss
+    verdict(gain)             vanishing | stable | exploding, against `Thresholds`
+    summarize_run(run, ...)   every summary column of one run (what a comparison row is made of)
+
+What each quantity means is declared once, in `gradlab.quantities`; this module computes them.
+pandas and numpy only: no torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+from gradlab.errors import RunError
+from gradlab.quantities import FINAL_QUANTITIES, PROFILE_QUANTITIES, SUMMARY_QUANTITIES  # noqa: F401 (the names computed here)
+from gradlab.records import Run, Step
+
+Verdict = Literal["vanishing", "stable", "exploding", "diverged"]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Where the gain across the stack stops being 'stable'. The only place the defaults live."""
+
+    vanish: float = 1e-2
+    explode: float = 1e2
+
+    def __post_init__(self):
+        if not (0 < self.vanish < self.explode):
+            raise RunError(f"thresholds: need 0 < vanish < explode, got vanish={self.vanish:g}, explode={self.explode:g}")
+
+
+DEFAULT_THRESHOLDS = Thresholds()
+
+
+def verdict(gain: float, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Verdict | None:
+    """The verdict on a gain across the stack (first/last hidden layer); None when there is no gain.
+
+    Gradients that vanish toward the input make the first layer's delta tiny, so the gain is small.
+    """
+    if gain is None or math.isnan(gain):
+        return None
+    if gain < thresholds.vanish:
+        return "vanishing"
+    if gain > thresholds.explode:
+        return "exploding"
+    return "stable"
+
+
+def hidden_span(layers) -> tuple[int, int, int]:
+    """(first, last, depth) of the hidden layers, taken over the whole table so that a step missing
+    a layer reads as an empty value instead of silently measuring a different layer."""
+    hidden = layers.loc[layers["kind"] == "hidden", "layer"]
+    if hidden.empty:
+        return -1, -1, 0
+    return int(hidden.min()), int(hidden.max()), int(hidden.nunique())
+
+
+def profile_at(run: Run, step: Step) -> dict[str, float]:
+    """PROFILE_QUANTITIES of `run` at one logged step (NaN where the step or a value is missing)."""
+    first, last, depth = hidden_span(run.layers)
+    at = run.layers[(run.layers["step"] == run.resolve_step(step)) & (run.layers["kind"] == "hidden")]
+    at = at.drop_duplicates("layer", keep="last").set_index("layer")
+
+    def value(layer: int, column: str) -> float:
+        return float(at.at[layer, column]) if layer in at.index else math.nan
+
+    def ratio(column: str) -> float:
+        top, bottom = value(first, column), value(last, column)
+        if math.isnan(top) or math.isnan(bottom) or (top == 0 and bottom == 0):
+            return math.nan
+        with np.errstate(divide="ignore"):
+            return float(np.float64(top) / np.float64(bottom))  # x/0 is inf: a real, if extreme, gain
+
+    gain = ratio("delta_norm")
+    return {
+        "first_delta_norm": value(first, "delta_norm"),
+        "last_delta_norm": value(last, "delta_norm"),
+        "gain": gain,
+        "layer_factor": gain ** (1 / (depth - 1)) if depth > 1 and not math.isnan(gain) else math.nan,
+        "weight_grad_gain": ratio("weight_grad_norm"),
+        # max() of an all-empty column is NaN, never 0.
+        "dead_frac": float(at["dead_frac"].max()) if len(at) else math.nan,
+        "saturated_frac": float(at["saturated_frac"].max()) if len(at) else math.nan,
+    }
+
+
+def run_verdict(run: Run, step: Step, gain: float, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Verdict | None:
+    """The verdict at `step`. A diverged run is 'diverged' at its last logged step: the records
+    stop at the last finite measurement, and the story of the run is that it blew up next."""
+    if run.status == "diverged" and run.resolve_step(step) == run.last_step:
+        return "diverged"
+    return verdict(gain, thresholds)
+
+
+def final_metrics(run: Run, target_loss: float | None = None) -> dict[str, float]:
+    """FINAL_QUANTITIES of `run`; steps_to_target is NaN without a target or when never reached."""
+    out: dict[str, float] = {}
+    for split in ("train", "test"):
+        rows = run.metrics[run.metrics["split"] == split].sort_values("step", kind="stable")
+        last = rows.iloc[-1] if len(rows) else None
+        for metric in ("loss", "accuracy"):
+            out[f"final_{split}_{metric}"] = float(last[metric]) if last is not None else math.nan
+    out["steps_to_target"] = math.nan
+    if target_loss is not None:
+        train = run.metrics[run.metrics["split"] == "train"].sort_values("step", kind="stable")
+        reached = train.loc[train["loss"] <= target_loss, "step"]
+        if len(reached):
+            out["steps_to_target"] = float(reached.iloc[0])
+    return out
+
+
+def step_label(step: Step) -> str:
+    return str(step)
+
+
+def column_name(quantity: str, step: Step) -> str:
+    """'gain@0', 'gain@last': a profile quantity at a step."""
+    return f"{quantity}@{step_label(step)}"
+
+
+def summarize_run(
+    run: Run,
+    steps: Sequence[Step] = (0, "last"),
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    target_loss: float | None = None,
+) -> dict[str, Any]:
+    """Every summary column of one run: the profile and verdict at each step, then the finals."""
+    row: dict[str, Any] = {"status": run.status, "last_step": run.last_step}
+    for step in steps:
+        profile = profile_at(run, step)
+        for quantity, number in profile.items():
+            row[column_name(quantity, step)] = number
+        row[column_name("verdict", step)] = run_verdict(run, step, profile["gain"], thresholds)
+    finals = final_metrics(run, target_loss)
+    if target_loss is None:
+        del finals["steps_to_target"]
+    row.update(finals)
+    return row
+
+
+def missing_step_notes(runs: Sequence[Run], steps: Sequence[Step]) -> list[str]:
+    """One line per run and requested step that was not logged (its cells will be empty)."""
+    notes = []
+    for run in runs:
+        logged = set(run.layers["step"].unique())
+        if not logged:
+            notes.append(f"{run.dir}: nothing was logged (the run {run.status} at its first step); its cells are empty")
+            continue
+        for step in steps:
+            if step != "last" and step not in logged:
+                notes.append(f"{run.dir}: step {step} was not logged (logged: {_describe_steps(sorted(logged))}); its cells are empty")
+    return notes
+
+
+def _describe_steps(steps: list[int]) -> str:
+    if len(steps) <= 6:
+        return ", ".join(map(str, steps))
+    return f"{', '.join(map(str, steps[:3]))}, ..., {steps[-1]}"
