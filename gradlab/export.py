@@ -37,6 +37,7 @@ import numpy as np
 from gradlab import quantities
 from gradlab.errors import RunError
 from gradlab.records import Run, load_runs
+from gradlab.summaries import profile_at
 
 if TYPE_CHECKING:
     from tensorboard.compat.proto import summary_pb2
@@ -126,13 +127,6 @@ def _histogram(values: np.ndarray, summary_pb2) -> summary_pb2.HistogramProto | 
     )  # fmt: skip
 
 
-def _profile_at(run: Run, step: int) -> dict[str, float]:
-    # The gradient profile exactly as `gradlab compare` computes it (one definition).
-    from gradlab import analysis
-
-    return analysis.profile_at(run, step)
-
-
 def _run_events(run: Run, summary_pb2) -> tuple[dict[int, list], int, int]:
     """{step: [Summary.Value]} of one run, and the numbers of scalars and histograms in it."""
     values: dict[int, list] = {}
@@ -158,7 +152,7 @@ def _run_events(run: Run, summary_pb2) -> tuple[dict[int, list], int, int]:
     hidden = layers[layers["kind"] == "hidden"]
     for step, at in hidden.groupby("step", sort=True):
         step = int(step)
-        for name, number in _profile_at(run, step).items():
+        for name, number in profile_at(run, step).items():  # as `gradlab compare` computes it
             scalar(step, f"profile/{name}", float(number))
         for name in present:
             column = at[name].to_numpy(dtype=float)
