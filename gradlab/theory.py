@@ -1,0 +1,468 @@
+"""What signal-propagation theory predicts a network's gradients look like at initialization.
+
+Pure functions on numbers (numpy only: no torch, no pandas), so `gradlab theory` and `gradlab
+compare` can predict without building a model. A later step wires them to configs: an activation
+record supplies the numpy forms, the initializers supply σw² and σb².
+
+Conventions used throughout
+---------------------------
+* An *activation* is any object with numpy forms ``f(x)`` (the function) and ``df(x)`` (its
+  derivative), both elementwise on float arrays.
+* ``z ~ N(0, 1)``. ``E[g(√q z)]`` is computed by probabilists' Gauss–Hermite quadrature
+  (`numpy.polynomial.hermite_e.hermegauss`); closed forms are used only in the tests.
+* σw² of a linear layer is ``Var(W_ij) · fan_in`` (so He init for ReLU has σw² = 2 whatever the
+  width), σb² is ``Var(b_i)``.
+* Layers are counted as gradlab counts them: block 0 is the hidden block nearest the input, block
+  ``depth − 1`` the last hidden block. ``q[l]`` is the variance of block l's pre-activation
+  z = W h + b (the quantity whose gradient gradlab records as ``delta_norm``).
+* The input enters through its second moment ``x_second_moment = mean(x²)`` over examples and
+  features (Poole et al.'s q⁰). Block 0's pre-activation variance is then
+  ``q[0] = σw²₀ · mean(x²) + σb²₀`` with block 0's own σw²₀ (its fan_in is the input dimension), and
+  ``q[l] = σw²_l · E[φ(√q[l−1] z)²] + σb²_l`` after that.
+* Gradients flow from the last hidden block toward the first. A *per-layer factor*
+  ``factor[l] = ‖∂L/∂z_l‖ / ‖∂L/∂z_{l+1}‖`` for l = 0 … depth−2 (above 1: the gradient grows toward
+  the input). gradlab's measured ``layer_factor`` is ``(‖∂L/∂z_0‖ / ‖∂L/∂z_{depth−1}‖)^(1/(depth−1))``,
+  so its prediction is the geometric mean of these factors (`geometric_mean_factor`).
+* All predictions are mean-field: infinitely wide layers, weights independent of the back-propagated
+  signal (the gradient-independence assumption of Schoenholz et al. 2017). A prediction that a
+  theory does not make is ``None``, never a guess.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Callable, Literal, Protocol, Sequence
+
+import numpy as np
+from numpy.polynomial.hermite_e import hermegauss
+
+# Enough nodes that smooth activations are exact to ~1e-12 and piecewise-linear ones with the kink at
+# 0 (ReLU, leaky ReLU) are exact by symmetry (an even count has no node on the kink).
+DEFAULT_NODES = 128
+# 2-D integrals use the tensor grid of this many nodes per axis (DEFAULT_NODES² would be 16k points
+# per evaluation; 64² keeps a correlation fixed point under a second and is exact to ~1e-9 for
+# smooth activations).
+DEFAULT_NODES_2D = 64
+
+
+class Activation(Protocol):
+    """The numpy forms an activation record provides."""
+
+    def f(self, x: np.ndarray) -> np.ndarray: ...
+
+    def df(self, x: np.ndarray) -> np.ndarray: ...
+
+
+# ----------------------------------------------------------------------------------------------
+# Gaussian expectations
+# ----------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=16)
+def gauss_hermite(n: int = DEFAULT_NODES) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights for E[g(z)], z ~ N(0, 1): ``E[g(z)] ≈ Σ_i w_i g(x_i)``.
+
+    Probabilists' Gauss–Hermite rule (weight exp(−x²/2)), weights divided by √(2π) so they sum to 1.
+    Exact for polynomials of degree ≤ 2n − 1.
+    """
+    if n < 1:
+        raise ValueError(f"quadrature needs at least one node, got n={n}")
+    nodes, weights = hermegauss(n)
+    weights = weights / math.sqrt(2.0 * math.pi)
+    nodes.setflags(write=False)
+    weights.setflags(write=False)
+    return nodes, weights
+
+
+def gaussian_expectation(fn: Callable[[np.ndarray], np.ndarray], q: float = 1.0, n: int = DEFAULT_NODES) -> float:
+    """E[fn(√q · z)] for z ~ N(0, 1), by Gauss–Hermite quadrature (q ≥ 0 is the variance)."""
+    if q < 0:
+        raise ValueError(f"a variance must be >= 0, got q={q}")
+    nodes, weights = gauss_hermite(n)
+    return float(np.dot(weights, fn(math.sqrt(q) * nodes)))
+
+
+@lru_cache(maxsize=8)
+def _grid_2d(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    nodes, weights = gauss_hermite(n)
+    z1, z2 = np.meshgrid(nodes, nodes, indexing="ij")
+    w = np.outer(weights, weights)
+    return z1.ravel(), z2.ravel(), w.ravel()
+
+
+def gaussian_expectation_2d(
+    fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    q1: float,
+    q2: float,
+    c: float,
+    n: int = DEFAULT_NODES_2D,
+) -> float:
+    """E[fn(u1, u2)] for a centred Gaussian pair with Var u1 = q1, Var u2 = q2, corr(u1, u2) = c.
+
+    Written as Schoenholz et al. 2017 do: u1 = √q1 z1, u2 = √q2 (c z1 + √(1 − c²) z2) with z1, z2
+    independent N(0, 1); the expectation is the tensor-product Gauss–Hermite rule over (z1, z2).
+    """
+    if q1 < 0 or q2 < 0:
+        raise ValueError(f"variances must be >= 0, got q1={q1}, q2={q2}")
+    if not -1.0 <= c <= 1.0:
+        raise ValueError(f"a correlation must lie in [-1, 1], got c={c}")
+    z1, z2, w = _grid_2d(n)
+    u1 = math.sqrt(q1) * z1
+    u2 = math.sqrt(q2) * (c * z1 + math.sqrt(max(0.0, 1.0 - c * c)) * z2)
+    return float(np.dot(w, fn(u1, u2)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Fully connected, no normalization: Poole et al. 2016, Schoenholz et al. 2017
+# ----------------------------------------------------------------------------------------------
+
+
+def length_map(act: Activation, q: float, sigma_w2: float, sigma_b2: float, n: int = DEFAULT_NODES) -> float:
+    """The length map of Poole et al. 2016 (eq. 3): q^l = σw² · E[φ(√q^{l−1} z)²] + σb².
+
+    q is the previous layer's pre-activation variance; returns the next one's.
+    """
+    return sigma_w2 * gaussian_expectation(lambda u: act.f(u) ** 2, q, n) + sigma_b2
+
+
+def first_layer_variance(x_second_moment: float, sigma_w2: float, sigma_b2: float) -> float:
+    """Block 0's pre-activation variance from the input: q[0] = σw² · mean(x²) + σb².
+
+    x_second_moment is mean(x²) over examples and input features (Poole et al.'s q⁰, the input
+    treated as a layer without a nonlinearity); σw², σb² are block 0's own.
+    """
+    if x_second_moment < 0:
+        raise ValueError(f"a second moment must be >= 0, got {x_second_moment}")
+    return sigma_w2 * x_second_moment + sigma_b2
+
+
+def _per_layer(value: float | Sequence[float], depth: int, name: str) -> list[float]:
+    if isinstance(value, (int, float, np.floating, np.integer)):
+        return [float(value)] * depth
+    values = [float(v) for v in value]
+    if len(values) != depth:
+        raise ValueError(f"{name} has {len(values)} entries; it needs one per block ({depth}) or a single number")
+    return values
+
+
+def layer_variances(
+    act: Activation,
+    x_second_moment: float,
+    depth: int,
+    sigma_w2: float | Sequence[float],
+    sigma_b2: float | Sequence[float],
+    n: int = DEFAULT_NODES,
+) -> list[float]:
+    """q[l] for blocks l = 0 … depth−1: the length map iterated from the actual input.
+
+    sigma_w2 / sigma_b2: one number for every block, or one per block (block 0's σw² usually differs
+    when the input dimension differs from the width and the init fixes the std, not the variance).
+    """
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    w2 = _per_layer(sigma_w2, depth, "sigma_w2")
+    b2 = _per_layer(sigma_b2, depth, "sigma_b2")
+    qs = [first_layer_variance(x_second_moment, w2[0], b2[0])]
+    for layer in range(1, depth):
+        qs.append(length_map(act, qs[-1], w2[layer], b2[layer], n))
+    return qs
+
+
+@dataclass(frozen=True)
+class FixedPoint:
+    """The outcome of iterating the length map.
+
+    status: ``converged`` (q_star is the stable fixed point reached from q_init), ``diverged`` (q
+    grows without bound: no fixed point, e.g. ReLU with σw² > 2, or σw² = 2 with σb² > 0), or
+    ``not_converged`` (still moving after the iteration budget; q_star is None).
+    """
+
+    q_star: float | None
+    status: Literal["converged", "diverged", "not_converged"]
+    iterations: int
+    detail: str = ""
+
+
+def fixed_point(
+    act: Activation,
+    sigma_w2: float,
+    sigma_b2: float,
+    q_init: float = 1.0,
+    rtol: float = 1e-10,
+    max_iter: int = 20000,
+    q_max: float = 1e30,
+    n: int = DEFAULT_NODES,
+) -> FixedPoint:
+    """The fixed point q* = σw² E[φ(√q* z)²] + σb² reached by iterating the length map from q_init.
+
+    Iteration finds the *stable* fixed point the network actually approaches (Poole et al. 2016).
+    Convergence is declared when the remaining distance, estimated from the geometric decay of the
+    steps (Aitken: |Δ_k| · r/(1 − r), r = Δ_k/Δ_{k−1}), is below rtol · max(q, 1e-300) — or, for a
+    fixed point at 0 (σb² = 0 in the ordered phase), when q itself falls below rtol · q_init.
+    When the map is monotone but slow (near a neutral fixed point), the iteration's bracket is
+    finished by bisection on q − map(q). Divergence: q exceeds q_max or stops being finite.
+    For a fixed point at 0 the returned q_star is a tiny positive number, not 0: at exactly 0 a kinked
+    activation's derivative is ill-defined, while the limit q → 0 is what the network sees.
+    """
+    if q_init <= 0:
+        raise ValueError(f"q_init must be > 0, got {q_init}")
+    q = float(q_init)
+    previous_step = None
+    zero_floor = rtol * q_init
+    history = [q]
+    for k in range(1, max_iter + 1):
+        q_next = length_map(act, q, sigma_w2, sigma_b2, n)
+        if not math.isfinite(q_next) or q_next > q_max:
+            return FixedPoint(None, "diverged", k, f"q exceeded {q_max:g} after {k} iterations: no fixed point")
+        step = q_next - q
+        q = q_next
+        history.append(q)
+        if step == 0.0:
+            return FixedPoint(q, "converged", k)
+        if q < zero_floor and sigma_b2 == 0.0:
+            return FixedPoint(q, "converged", k, "q -> 0")
+        if previous_step is not None and previous_step != 0.0:
+            r = step / previous_step
+            if 0.0 <= r < 1.0 and abs(step) * r / (1.0 - r) <= rtol * max(abs(q), 1e-300):
+                return FixedPoint(q, "converged", k)
+            if r < 0.0 and abs(step) <= rtol * max(abs(q), 1e-300):
+                return FixedPoint(q, "converged", k)
+        previous_step = step
+    # Slow, monotone approach: finish by bisection on g(q) = map(q) − q inside the bracket the
+    # iteration points into.
+    refined = _bisect_fixed_point(act, sigma_w2, sigma_b2, history, q_max, rtol, n)
+    if refined is not None:
+        return refined
+    return FixedPoint(None, "not_converged", max_iter, f"q still changing after {max_iter} iterations (last {q:.6g})")
+
+
+def _bisect_fixed_point(act, sigma_w2, sigma_b2, history, q_max, rtol, n) -> FixedPoint | None:
+    steps = np.diff(history[-50:])
+    if not (np.all(steps > 0) or np.all(steps < 0)):
+        return None
+
+    def g(x: float) -> float:
+        return length_map(act, x, sigma_w2, sigma_b2, n) - x
+
+    # g must be clearly of the other sign (beyond the rounding of map(q) at large q) to close a
+    # bracket; a map that is q + σb² up to rounding (ReLU at σw² = 2) must read as divergent.
+    noise = 1e-9
+    q = history[-1]
+    if steps[-1] > 0:  # increasing: a root lies above q, unless q grows without bound
+        lo, hi = q, q
+        while g(hi) > -noise * hi:
+            hi *= 2.0
+            if hi > q_max:
+                return FixedPoint(None, "diverged", len(history) - 1, "map(q) > q for all q above the iterate: no fixed point")
+    else:  # decreasing toward a root below q, possibly at 0
+        hi, lo = q, q
+        while g(lo) < noise * lo:
+            lo /= 2.0
+            if lo < 1e-300:
+                return FixedPoint(lo, "converged", len(history) - 1, "q -> 0")
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if g(mid) > 0:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= rtol * hi:
+            break
+    return FixedPoint(0.5 * (lo + hi), "converged", len(history) - 1, "finished by bisection")
+
+
+def chi1(act: Activation, q: float, sigma_w2: float, n: int = DEFAULT_NODES) -> float:
+    """χ₁ = σw² · E[φ'(√q z)²] (Schoenholz et al. 2017, eq. 7; Poole et al. 2016).
+
+    At q = q* it is the slope of the correlation map at c = 1 and the factor by which the mean
+    squared back-propagated gradient changes per layer: E‖δ_l‖² = χ₁ · E‖δ_{l+1}‖².
+    """
+    return sigma_w2 * gaussian_expectation(lambda u: act.df(u) ** 2, q, n)
+
+
+def length_map_slope(act: Activation, q: float, sigma_w2: float, n: int = DEFAULT_NODES) -> float:
+    """χ_q = d(length map)/dq at q = σw² E[φ'(√q z)² + φ(√q z) φ''(√q z)] (Schoenholz 2017, eq. 5).
+
+    Computed without φ'' by Stein's lemma: d/dq E[φ(√q z)²] = E[φ(√q z) φ'(√q z) z] / √q.
+    """
+    if q <= 0:
+        raise ValueError(f"the slope needs q > 0, got {q}")
+    return sigma_w2 * gaussian_expectation(lambda u: act.f(u) * act.df(u) * u, q, n) / q
+
+
+def gradient_factors(
+    act: Activation,
+    variances: Sequence[float],
+    sigma_w2: float | Sequence[float],
+    n: int = DEFAULT_NODES,
+) -> list[float]:
+    """Per-layer factors ‖∂L/∂z_l‖ / ‖∂L/∂z_{l+1}‖ for l = 0 … depth−2 (toward the input).
+
+    δ_l = φ'(z_l) ⊙ W_{l+1}ᵀ δ_{l+1} gives, in mean field (Schoenholz et al. 2017, eq. 12),
+    E‖δ_l‖² = σw²_{l+1} · E[φ'(√q_l z)²] · E‖δ_{l+1}‖², whatever the widths (σw² = Var W · fan_in).
+    So factor[l] = √(σw²_{l+1} · E[φ'(√q[l] z)²]): block l+1's weights, block l's variance.
+    variances: q[l] for every block (`layer_variances`); sigma_w2: one number or one per block.
+    """
+    depth = len(variances)
+    w2 = _per_layer(sigma_w2, depth, "sigma_w2")
+    return [math.sqrt(chi1(act, variances[l], w2[l + 1], n)) for l in range(depth - 1)]
+
+
+def geometric_mean_factor(factors: Sequence[float]) -> float | None:
+    """The predicted ``layer_factor``: (Π factors)^(1/len) = (first/last)^(1/(depth−1)); None if empty."""
+    if len(factors) == 0:
+        return None
+    if any(f <= 0 for f in factors):
+        return 0.0
+    return float(math.exp(sum(math.log(f) for f in factors) / len(factors)))
+
+
+def depth_scale(chi: float) -> float:
+    """ξ = −1/ln χ (Schoenholz et al. 2017, eqs. 9 and 13): the depth over which a ratio that changes
+    by χ per layer changes by a factor e. Signed: positive when χ < 1 (decay over ξ layers), negative
+    when χ > 1 (growth over |ξ| layers), infinite at χ = 1; 0 when χ = 0.
+    Used with χ₁ for gradients (ξ_∇, of the squared gradient norm) and χ_c for correlations (ξ_c).
+    """
+    if chi < 0:
+        raise ValueError(f"chi must be >= 0, got {chi}")
+    if chi == 0.0:
+        return 0.0
+    if chi == 1.0:
+        return math.inf
+    return -1.0 / math.log(chi)
+
+
+Phase = Literal["ordered", "critical", "chaotic"]
+
+
+def phase(chi: float, tol: float = 1e-3) -> Phase:
+    """Schoenholz et al. 2017's phase from χ₁: ordered (χ₁ < 1 − tol), critical (|χ₁ − 1| ≤ tol),
+    chaotic (χ₁ > 1 + tol)."""
+    if abs(chi - 1.0) <= tol:
+        return "critical"
+    return "ordered" if chi < 1.0 else "chaotic"
+
+
+def correlation_map(
+    act: Activation, c: float, q: float, sigma_w2: float, sigma_b2: float, n: int = DEFAULT_NODES_2D
+) -> float:
+    """The correlation map (Poole et al. 2016, eq. 5; Schoenholz et al. 2017, eq. 4), at q = q*:
+
+    c^{l} = (σw² · E[φ(u1) φ(u2)] + σb²) / q*,  u1 = √q* z1, u2 = √q* (c z1 + √(1−c²) z2).
+    Maps the correlation of two inputs' pre-activations at one layer to the next.
+    """
+    return (sigma_w2 * gaussian_expectation_2d(lambda a, b: act.f(a) * act.f(b), q, q, c, n) + sigma_b2) / q
+
+
+def chi_c(act: Activation, c: float, q: float, sigma_w2: float, n: int = DEFAULT_NODES_2D) -> float:
+    """χ_c = ∂c^{l+1}/∂c^l = σw² · E[φ'(u1) φ'(u2)] at correlation c and q = q*
+    (Schoenholz et al. 2017, eq. 9). At c = 1 it equals χ₁."""
+    return sigma_w2 * gaussian_expectation_2d(lambda a, b: act.df(a) * act.df(b), q, q, c, n)
+
+
+def correlation_fixed_point(
+    act: Activation,
+    q_star: float,
+    sigma_w2: float,
+    sigma_b2: float,
+    chi1_value: float | None = None,
+    tol: float = 1e-9,
+    max_iter: int = 5000,
+    n: int = DEFAULT_NODES_2D,
+) -> float:
+    """The stable fixed point c* of the correlation map (Schoenholz et al. 2017, Section 3).
+
+    c = 1 is always a fixed point (at q*); it is the stable one when χ₁ ≤ 1 (ordered phase and the
+    critical line), and then c* = 1. When χ₁ > 1 (chaotic) it is unstable and the map is iterated
+    from c = 0 to the stable c* < 1.
+    """
+    if chi1_value is None:
+        chi1_value = chi1(act, q_star, sigma_w2)
+    if chi1_value <= 1.0:
+        return 1.0
+    c = 0.0
+    for _ in range(max_iter):
+        c_next = min(1.0, max(-1.0, correlation_map(act, c, q_star, sigma_w2, sigma_b2, n)))
+        if abs(c_next - c) <= tol:
+            return c_next
+        c = c_next
+    return c
+
+
+@dataclass(frozen=True)
+class MeanFieldPrediction:
+    """Everything mean-field theory predicts for a fully connected stack without normalization.
+
+    q_star: the length map's fixed point (None when there is none); chi1: σw² E[φ'(√q* z)²];
+    predicted_factor: √χ₁, the per-layer factor of ‖∂L/∂z‖ toward the input once q has reached q*;
+    xi_grad: −1/ln χ₁ (signed, see `depth_scale`); c_star, chi_c, xi_c: the correlation map's stable
+    fixed point, its slope there and −1/ln χ_c; xi_q: −1/ln χ_q, the depth over which q reaches q*;
+    phase: from χ₁. q: each block's pre-activation variance from the actual input; layers: the
+    per-layer factors from it (`gradient_factors`, depth−1 of them, layers[l] between blocks l and
+    l+1); layer_factor: their geometric mean, the prediction of gradlab's measured `layer_factor`.
+    detail: why a fixed-point quantity is missing.
+    """
+
+    q_star: float | None
+    chi1: float | None
+    predicted_factor: float | None
+    xi_grad: float | None
+    xi_q: float | None
+    c_star: float | None
+    chi_c: float | None
+    xi_c: float | None
+    phase: Phase | None
+    q: list[float] = field(default_factory=list)
+    layers: list[float] = field(default_factory=list)
+    layer_factor: float | None = None
+    detail: str = ""
+
+
+def mean_field_prediction(
+    act: Activation,
+    sigma_w2: float,
+    sigma_b2: float,
+    depth: int,
+    x_second_moment: float,
+    first_sigma_w2: float | None = None,
+    first_sigma_b2: float | None = None,
+    phase_tol: float = 1e-3,
+) -> MeanFieldPrediction:
+    """Poole et al. 2016 / Schoenholz et al. 2017 for a stack of `depth` identical hidden blocks
+    (σw², σb²), block 0 possibly with its own (first_sigma_w2, first_sigma_b2).
+
+    The layer-by-layer quantities (q, layers, layer_factor) always exist; the fixed-point ones are
+    None when the length map has no fixed point (detail says why). The fixed point is sought from
+    the variance the stack itself starts at (q[0]), so that it is the one this network approaches.
+    """
+    w2 = [sigma_w2 if first_sigma_w2 is None else first_sigma_w2] + [sigma_w2] * (depth - 1)
+    b2 = [sigma_b2 if first_sigma_b2 is None else first_sigma_b2] + [sigma_b2] * (depth - 1)
+    qs = layer_variances(act, x_second_moment, depth, w2, b2)
+    factors = gradient_factors(act, qs, w2)
+    q_init = qs[0] if qs[0] > 0 else 1.0
+    fp = fixed_point(act, sigma_w2, sigma_b2, q_init=q_init)
+    if fp.q_star is None:
+        return MeanFieldPrediction(
+            None, None, None, None, None, None, None, None, None, qs, factors, geometric_mean_factor(factors), fp.detail
+        )
+    q_star = fp.q_star
+    x1 = chi1(act, q_star, sigma_w2)
+    c_star = correlation_fixed_point(act, q_star, sigma_w2, sigma_b2, chi1_value=x1)
+    xc = x1 if c_star == 1.0 else chi_c(act, c_star, q_star, sigma_w2)
+    return MeanFieldPrediction(
+        q_star=q_star,
+        chi1=x1,
+        predicted_factor=math.sqrt(x1),
+        xi_grad=depth_scale(x1),
+        xi_q=depth_scale(length_map_slope(act, q_star, sigma_w2)) if q_star > 0 else None,
+        c_star=c_star,
+        chi_c=xc,
+        xi_c=depth_scale(xc),
+        phase=phase(x1, phase_tol),
+        q=qs,
+        layers=factors,
+        layer_factor=geometric_mean_factor(factors),
+        detail=fp.detail,
+    )
