@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from gradlab.records import RunRecords
+from gradlab.records import Run, RunRecords, load_run
 
 
 def resolved_config(name: str = "exp", seed: int = 0, *, depth: int = 3, out: str = "results", **sections: Any) -> dict[str, Any]:
@@ -74,6 +74,19 @@ def write_run(out: Path, config: dict[str, Any], layers: list[dict[str, Any]], m
     else:
         records.close(status, steps_done=max((row["step"] for row in layers), default=0))
     return run_dir
+
+
+# metrics.csv of the synthetic runs: train rows at steps 0, 5, 10, test rows at 0 and 10.
+METRICS = metric_rows({0: (2.0, 0.25), 5: (1.5, 0.5), 10: (0.75, 0.625)}, {0: (2.1, 0.2), 10: (0.8, 0.6)})
+
+
+def one_run(out: Path, delta: Sequence[float], *, weight_grad=None, dead=None, saturated=None, last=None,
+            status: str = "completed", name: str = "exp", seed: int = 0, run_id: str = "000000", **config: Any) -> Run:
+    """A run read back, with the profile `delta` (and friends) at step 0 and `last` (default: the
+    same) at step 10, and METRICS; `config` as in resolved_config (model__width=16)."""
+    layers = layer_rows(0, delta, weight_grad, dead, saturated) + layer_rows(10, last or delta, weight_grad, dead, saturated)
+    cfg = resolved_config(name, seed, depth=len(delta), **config)
+    return load_run(write_run(out, cfg, layers, METRICS, status=status, run_id=run_id))
 
 
 TINY_DATA = {"name": "gaussian", "dim": 16, "classes": 4, "n_train": 256, "n_test": 128, "batch_size": 64}

@@ -7,7 +7,7 @@ import math
 import matplotlib.image
 import pytest
 
-from gradlab import analysis, plots
+from gradlab import plots, records
 from gradlab.errors import RunError
 from run_factory import layer_rows, metric_rows, real_run, resolved_config, write_run, STABLE
 
@@ -25,7 +25,7 @@ def make_runs(tmp_path):
         for step in (0, 5, 10):
             layers += layer_rows(step, [0.1 * (seed + 1), 0.2, 0.0, 1.0], weight_grad=[1.0, 2.0, 3.0, 4.0], dead=[0.0, 0.5, 1.0, 0.0])
         runs.append(write_run(tmp_path, config, layers, METRICS, run_id=f"{name}{seed}"))
-    return analysis.load_runs([tmp_path]).runs
+    return records.load_runs([tmp_path]).runs
 
 
 def data_lines(axes):
@@ -100,7 +100,7 @@ def test_plot_runs_writes_valid_pngs_of_sensible_size(tmp_path):
 
 def test_a_single_real_run_is_titled_by_its_config(tmp_path):
     run_dir = real_run(tmp_path, "solo", STABLE, steps=10)
-    figures = plots.build_figures(analysis.load_runs([run_dir]).runs)
+    figures = plots.build_figures(records.load_runs([run_dir]).runs)
     assert set(figures) == set(plots.FIGURES)
     title = figures["depth_profile_delta_norm"].get_suptitle()
     assert title.splitlines()[1].startswith("solo: mlp depth 10 x 32, activation relu, norm none, init kaiming_normal(")
@@ -110,7 +110,7 @@ def test_a_single_real_run_is_titled_by_its_config(tmp_path):
 def test_runs_without_delta_norm_say_so_instead_of_drawing(tmp_path):
     config = resolved_config("nodeltas", depth=3)
     write_run(tmp_path, config, layer_rows(0, [math.nan] * 3) + layer_rows(5, [math.nan] * 3), METRICS)
-    figure = plots.depth_profile(analysis.load_runs([tmp_path]).runs, "delta_norm")
+    figure = plots.depth_profile(records.load_runs([tmp_path]).runs, "delta_norm")
     assert not data_lines(figure.axes[0])
     assert [t.get_text() for t in figure.axes[0].texts] == ["no delta_norm recorded"]
 

@@ -1,0 +1,102 @@
+"""gradlab.configdiff: flattening configs, which keys differ, how values are shown, labels and seed groups."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from gradlab import configdiff
+from run_factory import resolved_config
+
+
+def test_bookkeeping_keys_do_not_differ():
+    a = resolved_config("a", seed=0, out="x")
+    b = resolved_config("b", seed=1, out="y", device="cpu", train__eval_every=7, log__every=3)
+    assert configdiff.differing_keys([a, b]) == []
+    c = resolved_config("c", model__width=16)
+    assert configdiff.differing_keys([a, c]) == ["model.width"]
+
+
+def test_components_show_their_name_and_the_parameters_that_differ():
+    relu = resolved_config(model__activation="relu")
+    leaky = resolved_config(model__activation={"name": "leaky_relu", "negative_slope": 0.2})
+    leakier = resolved_config(model__activation={"name": "leaky_relu", "negative_slope": 0.01})
+    runs = [relu, leaky, leakier]
+    assert configdiff.differing_keys(runs) == ["model.activation"]
+    flat = [configdiff.flatten_config(c)["model.activation"] for c in runs]
+    assert configdiff.display_values("model.activation", flat) == ["relu", "leaky_relu(negative_slope=0.2)", "leaky_relu(negative_slope=0.01)"]
+
+    # one component, several parameter sets: only what differs
+    he = resolved_config(model__init={"weight": "kaiming_normal"})
+    he_out = resolved_config(model__init={"weight": {"name": "kaiming_normal", "mode": "fan_out"}})
+    lecun = resolved_config(model__init={"weight": "lecun_normal"})
+    weights = [configdiff.flatten_config(c)["model.init.weight"] for c in (he, he_out, lecun)]
+    assert configdiff.display_values("model.init.weight", weights) == ["kaiming_normal(mode=fan_in)", "kaiming_normal(mode=fan_out)", "lecun_normal"]
+    # a component used with one parameter set shows all of them
+    assert configdiff.display_values("model.init.weight", [weights[0], weights[2]]) == [
+        "kaiming_normal(a=0, mode=fan_in, nonlinearity=relu)",
+        "lecun_normal",
+    ]
+    norms = [{"name": "batchnorm", "placement": "pre", "momentum": 0.1}, {"name": "batchnorm", "placement": "post", "momentum": 0.1}, {"name": "none"}]
+    assert configdiff.display_values("model.norm", norms) == ["batchnorm(placement=pre)", "batchnorm(placement=post)", "none"]
+
+
+def test_component_keys_are_the_component_fields_of_the_config():
+    config = resolved_config()
+    flat = configdiff.flatten_config(config)
+    for key in configdiff.COMPONENT_KEYS:
+        assert isinstance(flat[key], dict) and "name" in flat[key], key
+
+    def mappings_with_name(node, prefix=""):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                if "name" in value:
+                    yield f"{prefix}{key}"
+                yield from mappings_with_name(value, f"{prefix}{key}.")
+
+    # Every {name: ...} mapping of the resolved config is a component, except the data section.
+    assert set(mappings_with_name(config)) - {"data"} == set(configdiff.COMPONENT_KEYS)
+
+
+def test_one_flattening_with_a_rule_for_what_stays_whole():
+    config = {"name": "x", "model": {"depth": 3, "activation": "relu", "init": {"weight": {"name": "normal", "std": 1.0}, "bias": "zeros"}},
+              "data": {"name": "gaussian", "dim": 4}, "log": {}}  # fmt: skip
+    assert configdiff.flatten(config) == {
+        "name": "x", "model.depth": 3, "model.activation": "relu", "model.init.weight.name": "normal",
+        "model.init.weight.std": 1.0, "model.init.bias": "zeros", "data.name": "gaussian", "data.dim": 4, "log": {},
+    }  # fmt: skip
+    # a run's config: components are one value each, a bare name becomes {name: ...}
+    assert configdiff.flatten_config(config) == {
+        "name": "x", "model.depth": 3, "model.activation": {"name": "relu"},
+        "model.init.weight": {"name": "normal", "std": 1.0}, "model.init.bias": {"name": "zeros"},
+        "data.name": "gaussian", "data.dim": 4, "log": {},
+    }  # fmt: skip
+    # any other rule: every mapping with a name stays whole (what a sweep names its members by)
+    whole = configdiff.flatten(config, whole=lambda key, value: "name" in value)
+    assert whole["data"] == {"name": "gaussian", "dim": 4} and whole["model.init.weight"] == {"name": "normal", "std": 1.0}
+
+
+def test_canonical_values_ignore_key_order_and_tell_missing_from_null():
+    assert configdiff.canonical({"a": 1, "b": [1, 2]}) == configdiff.canonical({"b": [1, 2], "a": 1})
+    assert configdiff.canonical(1) != configdiff.canonical("1")
+    assert configdiff.canonical(configdiff.MISSING) != configdiff.canonical(None)
+    a, b = {"model": {"depth": 3}}, {"model": {"depth": 3, "extra": None}}
+    assert configdiff.differing_keys([a, b]) == ["model.extra"]
+    assert configdiff.config_columns([a, b]) == {"model.extra": ["-", "null"]}
+
+
+def test_labels_and_seed_groups():
+    sig = [resolved_config("sig", seed=s, model__activation="sigmoid") for s in (0, 1)]
+    relu = resolved_config("relu", seed=0)
+    configs = [sig[0], relu, sig[1]]
+    assert configdiff.group_by_config(configs) == [[0, 2], [1]]
+    assert configdiff.labels(configs) == ["model.activation=sigmoid", "model.activation=relu", "model.activation=sigmoid"]
+    # nothing differs: the description of the model
+    assert configdiff.labels([relu]) == [configdiff.describe_config(relu)]
+    assert configdiff.describe_config(relu).startswith("relu: mlp depth 3 x 8, activation relu")
+
+
+def test_config_differences_import_neither_pandas_nor_torch():
+    code = "import sys, gradlab.configdiff; print('pandas' in sys.modules, 'torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False False"

@@ -1,0 +1,151 @@
+"""gradlab.records: the run directory written and read back, torn rows included, and the contract
+that its headers, the declarations of gradlab.quantities and the README's column table agree."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gradlab import quantities, records
+from gradlab.errors import RunError
+from run_factory import METRICS, layer_rows, one_run, resolved_config, write_run
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+# --------------------------------------------------------------------------------------------
+# The columns: one declaration, the same everywhere
+# --------------------------------------------------------------------------------------------
+
+
+def readme_table(heading: str) -> list[tuple[str, str]]:
+    """(column, meaning) rows of the first `| column | meaning |` table after `heading`."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index(heading)
+    lines = text[start:].splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("| column | meaning |"))
+    rows = []
+    for line in lines[first + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip().replace("\\|", "|") for cell in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+        assert len(cells) == 2, line
+        names = re.findall(r"`([^`]+)`", cells[0])
+        assert len(names) == 1, f"one column per row of the README's table: {line}"
+        rows.append((names[0], cells[1]))
+    return rows
+
+
+def test_the_readme_layers_table_is_the_declarations():
+    declared = [*quantities.LAYERS_KEYS.items(), *((q.name, q.meaning) for q in quantities.LAYER_QUANTITIES)]
+    expected = "\n".join(f"| `{name}` | {meaning.replace('|', chr(92) + '|')} |" for name, meaning in declared)
+    assert readme_table("`layers.csv` is tidy long form") == declared, f"the README's table should read:\n{expected}"
+    assert [name for name, _ in declared] == quantities.LAYERS_COLUMNS
+
+
+def test_the_readme_lists_the_metrics_columns():
+    line = next(line for line in README.read_text(encoding="utf-8").splitlines() if line.strip().startswith("metrics.csv "))
+    listed = [re.sub(r"\s*\(.*\)", "", item).strip() for item in line.split("metrics.csv", 1)[1].split(",")]
+    assert listed == list(quantities.METRICS_COLUMNS)
+
+
+def test_the_written_headers_are_the_declared_columns(tmp_path):
+    run_dir = write_run(tmp_path, resolved_config(), layer_rows(0, [1.0, 1.0]), METRICS)
+    assert (run_dir / records.LAYERS_FILE).read_text().splitlines()[0].split(",") == quantities.LAYERS_COLUMNS
+    assert (run_dir / records.METRICS_FILE).read_text().splitlines()[0].split(",") == list(quantities.METRICS_COLUMNS)
+    assert records.LAYERS_COLUMNS == quantities.LAYERS_COLUMNS
+    assert records.METRICS_COLUMNS == list(quantities.METRICS_COLUMNS)
+
+
+def test_writing_a_run_imports_neither_pandas_nor_torch(tmp_path):
+    code = (
+        "import sys; from pathlib import Path; from gradlab.records import RunRecords, new_run_dir\n"
+        f"records = RunRecords(new_run_dir({str(tmp_path)!r}, 'x'), 'name: x\\n', {{'seed': 0}})\n"
+        "records.layers.write([{'step': 0, 'layer': 0, 'delta_norm': 0.5}]); records.close('completed')\n"
+        "print('pandas' in sys.modules, 'torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False False"
+    (run_dir,) = (tmp_path / "x").iterdir()
+    assert records.read_meta(run_dir)["status"] == "completed"
+
+
+# --------------------------------------------------------------------------------------------
+# Reading runs back
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_run_reads_back_as_written(tmp_path):
+    run = one_run(tmp_path, [0.5, 2.0], seed=3, run_id="abcdef")
+    assert run.name == "exp" and run.status == "completed" and run.short_id == "abcdef"
+    assert run.config["seed"] == 3 and run.meta["seed"] == 3
+    assert list(run.layers.columns) == quantities.LAYERS_COLUMNS and list(run.metrics.columns) == list(quantities.METRICS_COLUMNS)
+    assert run.layers["delta_norm"].tolist() == [0.5, 2.0, 99.0] * 2
+    assert run.last_step == 10 and run.resolve_step("last") == 10 and run.resolve_step(0) == 0
+    assert run.notes == []
+
+
+def test_steps_parse(tmp_path):
+    assert [records.parse_step(text) for text in ("0", " last ", "LAST", "25", 7)] == [0, "last", "last", 25, 7]
+    for bad, message in (("-1", "a step is 0 or more"), ("x", "expected 0, last or a step number"), (True, "expected 0, last")):
+        with pytest.raises(ValueError, match=message):
+            records.parse_step(bad)
+
+
+def test_bad_runs_are_named_and_the_rest_read(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    good = one_run(Path("runs"), [1.0, 1.0], run_id="good00").dir
+    no_layers = one_run(Path("runs"), [1.0, 1.0], run_id="nolayr").dir
+    (no_layers / "layers.csv").unlink()
+    header_only = one_run(Path("runs"), [1.0, 1.0], run_id="header").dir
+    (header_only / "layers.csv").write_text(",".join(records.LAYERS_COLUMNS) + "\n")
+    cut = one_run(Path("runs"), [1.0, 2.0], run_id="cutoff").dir
+    text = (cut / "layers.csv").read_text()
+    (cut / "layers.csv").write_text(text[: text.rindex("\n") - 5])  # the head row at step 10, half written
+    running = one_run(Path("runs"), [1.0, 1.0], status="running", run_id="runnin").dir
+    Path("empty").mkdir()
+
+    loaded = records.load_runs(["runs", "empty", "nowhere"])
+    assert [run.dir for run in loaded.runs] == [cut, good, running]
+    assert loaded.problems == [
+        "empty: no runs found (a run directory holds meta.json)",
+        "nowhere: does not exist",
+        f"{cut}: layers.csv ends in a partial row (the run was cut off while writing it); that row is left out",
+        f"{cut}: step 10 of layers.csv has only 2 of 3 layers; that step is left out",
+        f"{header_only}: layers.csv has no rows (the run logged nothing); skipped",
+        f"{no_layers}: no layers.csv; skipped",
+        f"{running}: still marked running (in progress, or killed before it could finish); compared up to step 10",
+    ]
+    assert loaded.skipped == loaded.problems[:2] + loaded.problems[4:6]
+    assert loaded.runs[0].last_step == 0
+
+
+def test_a_partial_last_row_of_metrics_is_left_out(tmp_path):
+    run_dir = one_run(tmp_path, [1.0, 1.0]).dir
+    text = (run_dir / "metrics.csv").read_text()
+    (run_dir / "metrics.csv").write_text(text[:-3])  # the last row (test, step 10) cut mid-number
+    run = records.load_run(run_dir)
+    assert run.notes == [f"{run.dir}: metrics.csv ends in a partial row (the run was cut off while writing it); that row is left out"]
+    assert run.metrics["step"].tolist() == [0, 0, 5, 10] and run.metrics["loss"].dtype == float
+
+
+def test_a_cell_that_is_not_a_number_is_an_error_naming_the_column(tmp_path):
+    run_dir = one_run(tmp_path, [1.0, 1.0]).dir
+    text = (run_dir / "layers.csv").read_text()
+    (run_dir / "layers.csv").write_text(text.replace(",99.0,", ",lots,", 1))
+    with pytest.raises(RunError) as info:
+        records.load_run(run_dir)
+    assert info.value.lines == [f"{records.shown_path(run_dir)}: layers.csv: column delta_norm holds values that are not numbers"]
+
+
+def test_nothing_readable_is_an_error_naming_every_problem(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("empty").mkdir()
+    with pytest.raises(RunError) as info:
+        records.load_runs(["empty"])
+    assert info.value.lines == ["empty: no runs found (a run directory holds meta.json)", "no run could be read"]
+    assert info.value.exit_code == 2

@@ -1,0 +1,104 @@
+"""gradlab.summaries: the profile at a step, final metrics, gains, factors and verdicts.
+
+Synthetic runs (written from chosen numbers) pin the exact arithmetic; test_compare.py checks the
+summaries of real runs against an independent recomputation from their CSV files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+
+import pytest
+
+from gradlab import summaries
+from gradlab.errors import RunError
+from run_factory import one_run
+
+
+def test_profile_matches_the_definitions(tmp_path):
+    run = one_run(tmp_path, [1 / 8, 1 / 4, 1 / 2, 1.0], weight_grad=[2.0, 1.0, 1.0, 0.5],
+                  dead=[0.0, 0.25, 0.5, 0.0], saturated=[0.75, 0.125, 0.0, 0.0])  # fmt: skip
+    assert summaries.profile_at(run, 0) == {
+        "first_delta_norm": 0.125,
+        "last_delta_norm": 1.0,  # the last *hidden* layer; the head's 99.0 is not it
+        "gain": 0.125,
+        "layer_factor": 0.5,  # 0.125 ** (1/3)
+        "weight_grad_gain": 4.0,
+        "dead_frac": 0.5,
+        "saturated_frac": 0.75,
+    }
+
+
+def test_the_profile_computes_every_declared_profile_quantity(tmp_path):
+    from gradlab.quantities import PROFILE_QUANTITIES
+
+    assert list(summaries.profile_at(one_run(tmp_path, [1.0, 2.0]), 0)) == list(PROFILE_QUANTITIES)
+
+
+def test_last_step_is_the_largest_step_in_layers_csv(tmp_path):
+    run = one_run(tmp_path, [1.0, 1.0, 1.0], last=[1.0, 2.0, 4.0])
+    assert run.last_step == 10
+    assert summaries.profile_at(run, "last")["gain"] == 0.25
+    assert summaries.profile_at(run, 10) == summaries.profile_at(run, "last")
+
+
+def test_empty_values_stay_empty_never_zero(tmp_path):
+    from gradlab import compare, display
+
+    run = one_run(tmp_path, [math.nan, 1.0, 2.0], dead=[math.nan] * 3)
+    profile = summaries.profile_at(run, 0)
+    assert math.isnan(profile["first_delta_norm"]) and math.isnan(profile["gain"]) and math.isnan(profile["layer_factor"])
+    assert math.isnan(profile["dead_frac"])
+    assert profile["last_delta_norm"] == 2.0
+    assert summaries.verdict(profile["gain"]) is None
+    row = next(csv.DictReader(io.StringIO(display.to_csv(compare.compare_runs([run], steps=[0])))))
+    assert row["gain@0"] == "" and row["dead_frac@0"] == "" and row["verdict@0"] == ""
+
+
+def test_zero_deltas_are_extreme_gains_not_errors(tmp_path):
+    assert summaries.profile_at(one_run(tmp_path / "a", [0.0, 1.0, 1.0]), 0)["gain"] == 0.0
+    assert summaries.profile_at(one_run(tmp_path / "b", [1.0, 1.0, 0.0]), 0)["gain"] == math.inf
+    assert math.isnan(summaries.profile_at(one_run(tmp_path / "c", [0.0, 1.0, 0.0]), 0)["gain"])
+    assert summaries.verdict(0.0) == "vanishing" and summaries.verdict(math.inf) == "exploding"
+
+
+def test_one_hidden_layer_has_no_per_layer_factor(tmp_path):
+    profile = summaries.profile_at(one_run(tmp_path, [3.0]), 0)
+    assert profile["gain"] == 1.0 and math.isnan(profile["layer_factor"])
+
+
+def test_verdict_thresholds_are_strict_inequalities_with_defaults_in_one_place():
+    assert summaries.DEFAULT_THRESHOLDS == summaries.Thresholds(vanish=1e-2, explode=1e2)
+    assert summaries.verdict(0.0099) == "vanishing"
+    assert summaries.verdict(0.01) == "stable"
+    assert summaries.verdict(100.0) == "stable"
+    assert summaries.verdict(100.1) == "exploding"
+    assert summaries.verdict(0.5, summaries.Thresholds(vanish=0.9, explode=10)) == "vanishing"
+    with pytest.raises(RunError, match="vanish < explode"):
+        summaries.Thresholds(vanish=10, explode=1)
+
+
+def test_a_step_that_was_not_logged_is_empty_and_said(tmp_path):
+    run = one_run(tmp_path, [1.0, 1.0])
+    assert all(math.isnan(v) for v in summaries.profile_at(run, 7).values())
+    assert summaries.missing_step_notes([run], [7]) == [f"{run.dir}: step 7 was not logged (logged: 0, 10); its cells are empty"]
+
+
+def test_final_metrics_and_steps_to_target(tmp_path):
+    from gradlab.quantities import FINAL_QUANTITIES
+
+    run = one_run(tmp_path, [1.0, 1.0])
+    finals = summaries.final_metrics(run, target_loss=1.5)
+    assert finals == {"final_train_loss": 0.75, "final_train_accuracy": 0.625, "final_test_loss": 0.8,
+                      "final_test_accuracy": 0.6, "steps_to_target": 5.0}  # fmt: skip
+    assert list(finals) == list(FINAL_QUANTITIES)
+    assert math.isnan(summaries.final_metrics(run, target_loss=0.1)["steps_to_target"])  # never reached
+    assert math.isnan(summaries.final_metrics(run)["steps_to_target"])
+
+
+def test_a_diverged_run_is_diverged_at_its_last_step_only(tmp_path):
+    run = one_run(tmp_path, [1.0, 1.0], status="diverged")
+    row = summaries.summarize_run(run, steps=[0, "last"])
+    assert row["verdict@0"] == "stable" and row["verdict@last"] == "diverged"
