@@ -8,8 +8,11 @@ Conventions used throughout
 ---------------------------
 * An *activation* is any object with numpy forms ``f(x)`` (the function) and ``df(x)`` (its
   derivative), both elementwise on float arrays.
-* ``z ~ N(0, 1)``. ``E[g(√q z)]`` is computed by probabilists' Gauss–Hermite quadrature
-  (`numpy.polynomial.hermite_e.hermegauss`); closed forms are used only in the tests.
+* ``z ~ N(0, 1)``. ``E[g(√q z)]`` is computed by quadrature: Gauss–Legendre on the pieces of
+  |z| ≤ 12 between the activation's kinks (default), or probabilists' Gauss–Hermite
+  (`numpy.polynomial.hermite_e.hermegauss`, ``method="hermite"``), which is accurate for smooth,
+  moderately scaled integrands but not across a kink (ReLU's mean) or for a steep tanh (large q);
+  closed forms are used only in the tests.
 * σw² of a linear layer is ``Var(W_ij) · fan_in`` (so He init for ReLU has σw² = 2 whatever the
   width), σb² is ``Var(b_i)``.
 * Layers are counted as gradlab counts them: block 0 is the hidden block nearest the input, block
@@ -37,18 +40,28 @@ from typing import Callable, Literal, Protocol, Sequence
 
 import numpy as np
 from numpy.polynomial.hermite_e import hermegauss
+from numpy.polynomial.legendre import leggauss
 
-# Enough nodes that smooth activations are exact to ~1e-12 and piecewise-linear ones with the kink at
-# 0 (ReLU, leaky ReLU) are exact by symmetry (an even count has no node on the kink).
+# Nodes per piece of the real line (Gauss–Legendre) and for the Gauss–Hermite rule. With the line cut
+# at 0 and at an activation's other kinks, 128 Legendre nodes per piece give ~1e-11 for ReLU-type,
+# ELU-type and steep tanh (q = 100) integrands; Gauss–Hermite with 128 nodes is as good for smooth,
+# moderately scaled integrands but off by 3e-3 for E|z| and by 3% for E[tanh(10 z)²] (a kink, or a
+# pole near the real axis), so it is offered, tested, and not the default.
 DEFAULT_NODES = 128
-# 2-D integrals use the tensor grid of this many nodes per axis (DEFAULT_NODES² would be 16k points
-# per evaluation; 64² keeps a correlation fixed point under a second and is exact to ~1e-9 for
-# smooth activations).
+# 2-D integrals: this many nodes per piece on each axis (about 16k evaluations).
 DEFAULT_NODES_2D = 64
+# The Gaussian is truncated to |z| <= Z_MAX: the mass beyond is below 1e-32.
+Z_MAX = 12.0
+
+Method = Literal["legendre", "hermite"]
 
 
 class Activation(Protocol):
-    """The numpy forms an activation record provides."""
+    """The numpy forms an activation record provides.
+
+    An optional attribute ``kinks`` (a tuple of x where φ or φ' is not smooth, e.g. hardtanh's ±1)
+    makes the quadrature cut the line there too; x = 0 is always cut, which covers the ReLU family.
+    """
 
     def f(self, x: np.ndarray) -> np.ndarray: ...
 
@@ -76,20 +89,60 @@ def gauss_hermite(n: int = DEFAULT_NODES) -> tuple[np.ndarray, np.ndarray]:
     return nodes, weights
 
 
-def gaussian_expectation(fn: Callable[[np.ndarray], np.ndarray], q: float = 1.0, n: int = DEFAULT_NODES) -> float:
-    """E[fn(√q · z)] for z ~ N(0, 1), by Gauss–Hermite quadrature (q ≥ 0 is the variance)."""
+@lru_cache(maxsize=16)
+def _gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
+    nodes, weights = leggauss(n)
+    nodes.setflags(write=False)
+    weights.setflags(write=False)
+    return nodes, weights
+
+
+def _pieces(cuts: Sequence[float]) -> np.ndarray:
+    """Sorted piece boundaries of [−Z_MAX, Z_MAX] cut at the given z (those inside)."""
+    inside = sorted({float(z) for z in cuts if -Z_MAX < z < Z_MAX})
+    return np.array([-Z_MAX, *inside, Z_MAX])
+
+
+def _legendre_rule(cuts: Sequence[float], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes z and weights w with Σ w g(z) ≈ E[g(z)], z ~ N(0, 1): Gauss–Legendre on each piece of
+    [−Z_MAX, Z_MAX] between the cuts, the normal density folded into the weights."""
+    x, w = _gauss_legendre(n)
+    bounds = _pieces(cuts)
+    a, b = bounds[:-1, None], bounds[1:, None]
+    z = (0.5 * (a + b) + 0.5 * (b - a) * x).ravel()
+    weights = (0.5 * (b - a) * w).ravel() * np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+    return z, weights
+
+
+def kinks_of(act: Activation) -> tuple[float, ...]:
+    """Where the activation (or its derivative) is not smooth: 0 and whatever it declares in ``kinks``."""
+    return tuple(sorted({0.0, *(float(k) for k in getattr(act, "kinks", ()) or ())}))
+
+
+def gaussian_expectation(
+    fn: Callable[[np.ndarray], np.ndarray],
+    q: float = 1.0,
+    n: int = DEFAULT_NODES,
+    kinks: Sequence[float] = (0.0,),
+    method: Method = "legendre",
+) -> float:
+    """E[fn(√q · z)] for z ~ N(0, 1) (q ≥ 0 is the variance).
+
+    method "legendre" (default): Gauss–Legendre with n nodes on each piece of |z| <= Z_MAX, the line
+    cut where √q z hits a kink of fn (x values in `kinks`), so piecewise-smooth activations are
+    integrated to ~1e-11. method "hermite": the n-node probabilists' Gauss–Hermite rule
+    (`gauss_hermite`), ignoring kinks.
+    """
     if q < 0:
         raise ValueError(f"a variance must be >= 0, got q={q}")
-    nodes, weights = gauss_hermite(n)
-    return float(np.dot(weights, fn(math.sqrt(q) * nodes)))
-
-
-@lru_cache(maxsize=8)
-def _grid_2d(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    nodes, weights = gauss_hermite(n)
-    z1, z2 = np.meshgrid(nodes, nodes, indexing="ij")
-    w = np.outer(weights, weights)
-    return z1.ravel(), z2.ravel(), w.ravel()
+    root = math.sqrt(q)
+    if method == "hermite" or root == 0.0:
+        nodes, weights = gauss_hermite(n)
+    elif method == "legendre":
+        nodes, weights = _legendre_rule([k / root for k in kinks], n)
+    else:
+        raise ValueError(f"unknown quadrature method {method!r}; known: legendre, hermite")
+    return float(np.dot(weights, fn(root * nodes)))
 
 
 def gaussian_expectation_2d(
@@ -98,20 +151,42 @@ def gaussian_expectation_2d(
     q2: float,
     c: float,
     n: int = DEFAULT_NODES_2D,
+    kinks: Sequence[float] = (0.0,),
 ) -> float:
     """E[fn(u1, u2)] for a centred Gaussian pair with Var u1 = q1, Var u2 = q2, corr(u1, u2) = c.
 
     Written as Schoenholz et al. 2017 do: u1 = √q1 z1, u2 = √q2 (c z1 + √(1 − c²) z2) with z1, z2
-    independent N(0, 1); the expectation is the tensor-product Gauss–Hermite rule over (z1, z2).
+    independent N(0, 1). Iterated: the outer rule over z1 is cut at kinks/√q1; for each z1 the inner
+    rule over z2 is cut where u2 hits a kink, z2 = (k/√q2 − c z1)/√(1 − c²), so a kink in either
+    argument falls on a piece boundary.
     """
     if q1 < 0 or q2 < 0:
         raise ValueError(f"variances must be >= 0, got q1={q1}, q2={q2}")
     if not -1.0 <= c <= 1.0:
         raise ValueError(f"a correlation must lie in [-1, 1], got c={c}")
-    z1, z2, w = _grid_2d(n)
-    u1 = math.sqrt(q1) * z1
-    u2 = math.sqrt(q2) * (c * z1 + math.sqrt(max(0.0, 1.0 - c * c)) * z2)
-    return float(np.dot(w, fn(u1, u2)))
+    r1, r2 = math.sqrt(q1), math.sqrt(q2)
+    s = math.sqrt(max(0.0, 1.0 - c * c))
+    z1, w1 = _legendre_rule([k / r1 for k in kinks] if r1 > 0 else [], n)
+    if s < 1e-12 or r2 == 0.0:  # u2 is a deterministic function of z1
+        return float(np.dot(w1, fn(r1 * z1, r2 * c * z1)))
+    x, w = _gauss_legendre(n)
+    cuts = np.sort(np.clip((np.array(kinks)[None, :] / r2 - c * z1[:, None]) / s, -Z_MAX, Z_MAX), axis=1)
+    bounds = np.concatenate([np.full((len(z1), 1), -Z_MAX), cuts, np.full((len(z1), 1), Z_MAX)], axis=1)
+    a, b = bounds[:, :-1, None], bounds[:, 1:, None]  # (outer node, piece, 1)
+    z2 = 0.5 * (a + b) + 0.5 * (b - a) * x  # (outer node, piece, inner node)
+    w2 = 0.5 * (b - a) * w * np.exp(-0.5 * z2 * z2) / math.sqrt(2.0 * math.pi)
+    u1 = np.broadcast_to((r1 * z1)[:, None, None], z2.shape)
+    u2 = r2 * (c * z1[:, None, None] + s * z2)
+    inner = np.sum(w2 * fn(u1, u2), axis=(1, 2))
+    return float(np.dot(w1, inner))
+
+
+def _expect(act: Activation, fn: Callable[[np.ndarray], np.ndarray], q: float, n: int = DEFAULT_NODES) -> float:
+    return gaussian_expectation(fn, q, n, kinks=kinks_of(act))
+
+
+def _expect_2d(act: Activation, fn, q1: float, q2: float, c: float, n: int = DEFAULT_NODES_2D) -> float:
+    return gaussian_expectation_2d(fn, q1, q2, c, n, kinks=kinks_of(act))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -124,7 +199,7 @@ def length_map(act: Activation, q: float, sigma_w2: float, sigma_b2: float, n: i
 
     q is the previous layer's pre-activation variance; returns the next one's.
     """
-    return sigma_w2 * gaussian_expectation(lambda u: act.f(u) ** 2, q, n) + sigma_b2
+    return sigma_w2 * _expect(act, lambda u: act.f(u) ** 2, q, n) + sigma_b2
 
 
 def first_layer_variance(x_second_moment: float, sigma_w2: float, sigma_b2: float) -> float:
@@ -279,7 +354,7 @@ def chi1(act: Activation, q: float, sigma_w2: float, n: int = DEFAULT_NODES) -> 
     At q = q* it is the slope of the correlation map at c = 1 and the factor by which the mean
     squared back-propagated gradient changes per layer: E‖δ_l‖² = χ₁ · E‖δ_{l+1}‖².
     """
-    return sigma_w2 * gaussian_expectation(lambda u: act.df(u) ** 2, q, n)
+    return sigma_w2 * _expect(act, lambda u: act.df(u) ** 2, q, n)
 
 
 def length_map_slope(act: Activation, q: float, sigma_w2: float, n: int = DEFAULT_NODES) -> float:
@@ -289,7 +364,7 @@ def length_map_slope(act: Activation, q: float, sigma_w2: float, n: int = DEFAUL
     """
     if q <= 0:
         raise ValueError(f"the slope needs q > 0, got {q}")
-    return sigma_w2 * gaussian_expectation(lambda u: act.f(u) * act.df(u) * u, q, n) / q
+    return sigma_w2 * _expect(act, lambda u: act.f(u) * act.df(u) * u, q, n) / q
 
 
 def gradient_factors(
@@ -353,13 +428,13 @@ def correlation_map(
     c^{l} = (σw² · E[φ(u1) φ(u2)] + σb²) / q*,  u1 = √q* z1, u2 = √q* (c z1 + √(1−c²) z2).
     Maps the correlation of two inputs' pre-activations at one layer to the next.
     """
-    return (sigma_w2 * gaussian_expectation_2d(lambda a, b: act.f(a) * act.f(b), q, q, c, n) + sigma_b2) / q
+    return (sigma_w2 * _expect_2d(act, lambda a, b: act.f(a) * act.f(b), q, q, c, n) + sigma_b2) / q
 
 
 def chi_c(act: Activation, c: float, q: float, sigma_w2: float, n: int = DEFAULT_NODES_2D) -> float:
     """χ_c = ∂c^{l+1}/∂c^l = σw² · E[φ'(u1) φ'(u2)] at correlation c and q = q*
     (Schoenholz et al. 2017, eq. 9). At c = 1 it equals χ₁."""
-    return sigma_w2 * gaussian_expectation_2d(lambda a, b: act.df(a) * act.df(b), q, q, c, n)
+    return sigma_w2 * _expect_2d(act, lambda a, b: act.df(a) * act.df(b), q, q, c, n)
 
 
 def correlation_fixed_point(
@@ -466,3 +541,276 @@ def mean_field_prediction(
         layer_factor=geometric_mean_factor(factors),
         detail=fp.detail,
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Batch normalization before the nonlinearity: Yang et al. 2019
+# ----------------------------------------------------------------------------------------------
+
+
+def _standard_moments(act: Activation, n: int = DEFAULT_NODES) -> tuple[float, float, float]:
+    """E[φ(z)], E[φ(z)²], E[φ'(z)²] for z ~ N(0, 1)."""
+    mean = _expect(act, act.f, 1.0, n)
+    second = _expect(act, lambda u: act.f(u) ** 2, 1.0, n)
+    slope2 = _expect(act, lambda u: act.df(u) ** 2, 1.0, n)
+    return mean, second, slope2
+
+
+def batchnorm_gradient_factor(
+    act: Activation, norm: str = "batchnorm", placement: str = "pre", n: int = DEFAULT_NODES
+) -> float | None:
+    """Per-layer growth of ‖∂L/∂z‖ toward the input in a deep batch-normalized stack at init.
+
+    Yang et al. 2019 ("A mean field theory of batch normalization", ICLR) show the gradient explodes
+    at a rate set by the nonlinearity alone; in their large-batch limit (and Luther 2020's
+    derivation of the same value) it is
+
+        factor² = E[φ'(z)²] / Var[φ(z)],  z ~ N(0, 1),
+
+    for the block linear → BatchNorm → φ (BN's affine at its init, γ = 1, β = 0). Why: BN feeds φ a
+    unit-variance input whatever the scale of W, and divides the backward signal by the batch std
+    s = √(σw² · Var φ) of its own input, while Wᵀ and φ' multiply the squared gradient by σw² · E[φ'²];
+    σw² cancels. For ReLU: (1/2) / (1/2 − 1/(2π)) = π/(π − 1), a factor √(π/(π−1)) ≈ 1.2112 per layer.
+    Finite batches B change it by O(1/B). Assumes equal σw² in consecutive blocks (else see
+    `batchnorm_gradient_factors`).
+
+    Returns None where the derivation does not apply: any norm other than BatchNorm (LayerNorm and
+    LRN normalize over units, not the batch), post placement (the norm is not between W and φ), or
+    an activation whose output has no variance.
+    """
+    if norm != "batchnorm" or placement != "pre":
+        return None
+    mean, second, slope2 = _standard_moments(act, n)
+    variance = second - mean * mean
+    if not variance > 1e-15:
+        return None
+    return math.sqrt(slope2 / variance)
+
+
+def batchnorm_gradient_factors(
+    act: Activation,
+    sigma_w2: float | Sequence[float],
+    depth: int,
+    input_batch_variance: float,
+    n: int = DEFAULT_NODES,
+) -> list[float]:
+    """The per-layer factors ‖∂L/∂z_l‖ / ‖∂L/∂z_{l+1}‖ (l = 0 … depth−2) of a linear → BN → φ stack.
+
+    Same derivation as `batchnorm_gradient_factor`, keeping each block's σw²:
+    factor[l]² = σw²_{l+1} · E[φ'(z)²] / (σw²_l · v_{l−1}), where v_{l−1} is the per-unit batch
+    variance of block l's input: Var φ(z) for l ≥ 1, and for block 0 the input's per-feature batch
+    variance averaged over features (input_batch_variance; BN removes the input's mean).
+    """
+    w2 = _per_layer(sigma_w2, depth, "sigma_w2")
+    mean, second, slope2 = _standard_moments(act, n)
+    variance = second - mean * mean
+    factors = []
+    for layer in range(depth - 1):
+        v_in = input_batch_variance if layer == 0 else variance
+        factors.append(math.sqrt(w2[layer + 1] * slope2 / (w2[layer] * v_in)))
+    return factors
+
+
+# ----------------------------------------------------------------------------------------------
+# Recurrent networks: Pascanu et al. 2013
+# ----------------------------------------------------------------------------------------------
+
+
+def max_abs_derivative(act: Activation, lo: float = -30.0, hi: float = 30.0, points: int = 600001) -> float:
+    """γ = sup |φ'(x)|, read off a fine grid on [lo, hi] that includes 0 (tanh: 1, sigmoid: 1/4).
+
+    Use an activation record's stated maximum where it has one; this is the fallback and the check.
+    """
+    grid = np.linspace(lo, hi, points)
+    return float(np.max(np.abs(act.df(grid))))
+
+
+def top_singular_value(init: str, n: int, gain: float = 1.0, std: float | None = None) -> float:
+    """λ₁, the largest singular value of an n × n recurrent matrix as initialized.
+
+    orthogonal (scaled by gain): every singular value is the gain, λ₁ = gain. identity (scaled):
+    λ₁ = gain. normal with entry std s: λ₁ → 2 s √n as n grows (the edge of the quarter-circle law,
+    Bai & Yin 1988); a prediction for large n, a few percent off for n ~ 100.
+    """
+    if init in ("orthogonal", "identity", "eye"):
+        return float(abs(gain))
+    if init == "normal":
+        if std is None:
+            raise ValueError("the normal init needs its std")
+        return 2.0 * float(std) * math.sqrt(n)
+    raise ValueError(f"no singular-value prediction for init {init!r}; known: orthogonal, identity, normal")
+
+
+def recurrent_step_bound(gamma: float, lambda1: float) -> float:
+    """Pascanu, Mikolov & Bengio 2013 (eq. 7): ‖∂h_t/∂h_{t−1}‖ ≤ ‖W_recᵀ‖ ‖diag φ'(·)‖ ≤ γ · λ₁.
+
+    An upper bound on the per-step factor of the gradient going back in time: below 1 the gradient
+    must vanish (λ₁ < 1/γ is their sufficient condition); above 1 it may, but need not, explode.
+    """
+    return float(gamma) * float(lambda1)
+
+
+def lstm_cell_factor(forget_bias: float) -> float:
+    """The per-step factor along an LSTM's cell path, ∂c_t/∂c_{t−1} = diag(f_t), with small weights.
+
+    c_t = f_t ⊙ c_{t−1} + i_t ⊙ g_t and f_t = σ(W_f x_t + U_f h_{t−1} + b_f); when the weights are
+    small f_t ≈ σ(b_f), so the cell gradient decays (or is kept) by σ(forget_bias) per step
+    (Gers et al. 2000; Jozefowicz et al. 2015 for the forget-bias-of-1 recommendation).
+    """
+    return 1.0 / (1.0 + math.exp(-float(forget_bias)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Residual networks: x_{l+1} = x_l + α · branch(x_l)
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BranchLayer:
+    """One layer of a residual branch: linear (σw² = Var W · fan_in, σb²), then BatchNorm if
+    `batchnorm` (pre placement; the linear bias is then irrelevant), then `activation` (None: none)."""
+
+    sigma_w2: float
+    sigma_b2: float = 0.0
+    activation: Activation | None = None
+    batchnorm: bool = False
+
+
+@dataclass(frozen=True)
+class StreamMoments:
+    """Moments of the residual stream x_l, pooled over units (and examples).
+
+    second_moment q_l = mean(x²); mean m_l = mean(x); variance v_l = q_l − m_l²; batch_variance: the
+    per-unit variance over the batch averaged over units (what a BatchNorm in the next branch
+    divides by), None when it is not predicted (branches without BatchNorm).
+    """
+
+    second_moment: float
+    mean: float
+    variance: float
+    batch_variance: float | None = None
+
+
+def _branch_output(branch: Sequence[BranchLayer], q_in: float, n: int) -> tuple[float, float]:
+    """Mean and second moment of one unit of branch(x) for a stream of second moment q_in."""
+    q = q_in
+    mean = 0.0
+    for layer in branch:
+        pre = 1.0 if layer.batchnorm else layer.sigma_w2 * q + layer.sigma_b2
+        if layer.activation is None:
+            mean, q = 0.0, pre
+        else:
+            act = layer.activation
+            mean = _expect(act, act.f, pre, n)
+            q = _expect(act, lambda u: act.f(u) ** 2, pre, n)
+    return mean, q
+
+
+def _check_branch(branch: Sequence[BranchLayer]) -> bool:
+    if len(branch) == 0:
+        raise ValueError("a residual branch needs at least one layer")
+    uses_bn = [layer.batchnorm for layer in branch]
+    if any(uses_bn) and not all(uses_bn):
+        raise ValueError("no prediction for a branch that normalizes some layers and not others")
+    return all(uses_bn)
+
+
+def residual_moments(
+    branch: Sequence[BranchLayer],
+    depth: int,
+    alpha: float,
+    x_second_moment: float,
+    x_mean: float = 0.0,
+    x_batch_variance: float | None = None,
+    n: int = DEFAULT_NODES,
+) -> list[StreamMoments]:
+    """The stream's moments before block 0 and after each of `depth` residual blocks (depth+1 entries).
+
+    Mean field, wide layers: the branch's last W is fresh, so each unit of branch(x_l) is
+    independent of the same unit of x_l, with mean μ_l and second moment s_l (`_branch_output`: a
+    layer without BatchNorm sees a pre-activation of variance σw² · (its input's second moment) + σb²;
+    with BatchNorm it sees N(0, 1) whatever the stream's scale). Hence, exactly in that limit,
+
+        m_{l+1} = m_l + α μ_l,   q_{l+1} = q_l + 2 α m_l μ_l + α² s_l,
+        Var(x_{l+1}) = Var(x_l) + α² (s_l − μ_l²).
+
+    Unnormalized ReLU, one-layer branch φ(W x), He init (σw² = 2): s_l = q_l, μ_l = √(q_l/π), so the
+    second moment grows by (1 + α²) plus the cross term 2α m_l μ_l (zero only while the stream is
+    centred: exactly doubling at α = 1 for a branch ending in a linear layer, whose output has mean
+    0, and faster than doubling for a branch ending in ReLU, whose output mean accumulates in the
+    stream); the variance grows by α²(1 − 1/π) q_l. Both grow exponentially in depth.
+    With BatchNorm in the branch (De & Smith 2020), s and μ are constants, so the variance grows
+    linearly: Var(x_l) = Var(x_0) + l α² (s − μ²) (= Var(x_0) + l α² when the branch's output has
+    unit variance, De & Smith's statement), and the second moment quadratically once a nonzero
+    branch mean accumulates.
+    x_batch_variance (the input's per-feature batch variance averaged over features) is needed only
+    for the gradient prediction of BatchNorm branches; it defaults to Var(x_0) = q_0 − m_0².
+    """
+    batchnorm = _check_branch(branch)
+    if depth < 0:
+        raise ValueError(f"depth must be >= 0, got {depth}")
+    q, m = float(x_second_moment), float(x_mean)
+    v_batch = None
+    if batchnorm:
+        v_batch = float(x_batch_variance) if x_batch_variance is not None else q - m * m
+    out = [StreamMoments(q, m, q - m * m, v_batch)]
+    for _ in range(depth):
+        mu, s = _branch_output(branch, q, n)
+        q = q + 2.0 * alpha * m * mu + alpha * alpha * s
+        m = m + alpha * mu
+        if v_batch is not None:
+            v_batch = v_batch + alpha * alpha * (s - mu * mu)
+        out.append(StreamMoments(q, m, q - m * m, v_batch))
+    return out
+
+
+def residual_gradient_factors(
+    branch: Sequence[BranchLayer],
+    alpha: float,
+    moments: Sequence[StreamMoments],
+    n: int = DEFAULT_NODES,
+) -> list[float]:
+    """Per-block factors ‖∂L/∂x_l‖ / ‖∂L/∂x_{l+1}‖ on the residual stream (toward the input), one per
+    block, from `residual_moments` (the factor of block l uses moments[l], the stream entering it).
+
+    ∂L/∂x_l = (I + α J_l)ᵀ ∂L/∂x_{l+1} with J_l the branch's Jacobian; the cross term has mean 0 (the
+    branch's W is independent of the signal), so in mean field
+        factor_l² = 1 + α² · Π_k χ_k,
+    one χ per branch layer k: without BatchNorm χ_k = σw²_k · E[φ'(√pre_k z)²] (1 without an
+    activation), the `chi1` of that layer at its pre-activation variance; with BatchNorm the batch
+    std s_k = √(σw²_k · v_k) divides the signal and σw²_k cancels: χ_k = E[φ'(z)²] / v_k, where v_k is
+    the per-unit batch variance of layer k's input (the stream's `batch_variance` for k = 0, the
+    previous layer's output variance after). For ReLU with He init (no norm, one layer): 1 + α², a
+    factor √2 per block at α = 1 — the same (1 + α²) as the forward variance of a centred stream.
+    With BatchNorm the factor tends to 1 as the stream's variance grows linearly, so the gradient grows
+    toward the input only as a power of depth (De & Smith 2020).
+    """
+    batchnorm = _check_branch(branch)
+    factors = []
+    for moment in moments[:-1]:
+        q_in = moment.second_moment
+        v_in = moment.batch_variance
+        if batchnorm and v_in is None:
+            raise ValueError("a BatchNorm branch needs the stream's batch_variance (see residual_moments)")
+        product = 1.0
+        for layer in branch:
+            act = layer.activation
+            if batchnorm:
+                slope2 = 1.0 if act is None else _expect(act, lambda u: act.df(u) ** 2, 1.0, n)
+                product *= slope2 / v_in
+                if act is None:
+                    q_in, v_in = 1.0, 1.0
+                else:
+                    mean = _expect(act, act.f, 1.0, n)
+                    q_in = _expect(act, lambda u: act.f(u) ** 2, 1.0, n)
+                    v_in = q_in - mean * mean
+            else:
+                pre = layer.sigma_w2 * q_in + layer.sigma_b2
+                if act is None:
+                    product *= layer.sigma_w2
+                    q_in = pre
+                else:
+                    product *= chi1(act, pre, layer.sigma_w2, n)
+                    q_in = _expect(act, lambda u: act.f(u) ** 2, pre, n)
+        factors.append(math.sqrt(1.0 + alpha * alpha * product))
+    return factors
