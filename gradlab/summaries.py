@@ -57,20 +57,26 @@ def verdict(gain: float, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Verdict
 def hidden_span(layers) -> tuple[int, int, int]:
     """(first, last, depth) of the hidden layers, taken over the whole table so that a step missing
     a layer reads as an empty value instead of silently measuring a different layer."""
-    hidden = layers.loc[layers["kind"] == "hidden", "layer"]
-    if hidden.empty:
+    hidden = layers["layer"].to_numpy()[layers["kind"].to_numpy() == "hidden"]
+    if not hidden.size:
         return -1, -1, 0
-    return int(hidden.min()), int(hidden.max()), int(hidden.nunique())
+    return int(hidden.min()), int(hidden.max()), len(np.unique(hidden))
 
 
 def profile_at(run: Run, step: Step) -> dict[str, float]:
-    """PROFILE_QUANTITIES of `run` at one logged step (NaN where the step or a value is missing)."""
-    first, last, depth = hidden_span(run.layers)
-    at = run.layers[(run.layers["step"] == run.resolve_step(step)) & (run.layers["kind"] == "hidden")]
-    at = at.drop_duplicates("layer", keep="last").set_index("layer")
+    """PROFILE_QUANTITIES of `run` at one logged step (NaN where the step or a value is missing).
+
+    Computed on the table's numpy columns (a comparison of a hundred runs would otherwise spend
+    its time selecting rows with pandas); where a layer appears twice at a step, its last row counts.
+    """
+    layers = run.layers
+    first, last, depth = hidden_span(layers)
+    target = run.resolve_step(step)
+    rows = (layers["kind"].to_numpy() == "hidden") & (layers["step"].to_numpy() == target) if target is not None else []
+    row_of = {int(layer): i for layer, i in zip(layers["layer"].to_numpy()[rows], np.flatnonzero(rows))}
 
     def value(layer: int, column: str) -> float:
-        return float(at.at[layer, column]) if layer in at.index else math.nan
+        return float(layers[column].to_numpy()[row_of[layer]]) if layer in row_of else math.nan
 
     def ratio(column: str) -> float:
         top, bottom = value(first, column), value(last, column)
@@ -79,6 +85,11 @@ def profile_at(run: Run, step: Step) -> dict[str, float]:
         with np.errstate(divide="ignore"):
             return float(np.float64(top) / np.float64(bottom))  # x/0 is inf: a real, if extreme, gain
 
+    def largest(column: str) -> float:
+        values = layers[column].to_numpy(dtype=float)[list(row_of.values())]
+        values = values[~np.isnan(values)]
+        return float(values.max()) if values.size else math.nan  # of nothing, or of empty cells: NaN, never 0
+
     gain = ratio("delta_norm")
     return {
         "first_delta_norm": value(first, "delta_norm"),
@@ -86,9 +97,8 @@ def profile_at(run: Run, step: Step) -> dict[str, float]:
         "gain": gain,
         "layer_factor": gain ** (1 / (depth - 1)) if depth > 1 and not math.isnan(gain) else math.nan,
         "weight_grad_gain": ratio("weight_grad_norm"),
-        # max() of an all-empty column is NaN, never 0.
-        "dead_frac": float(at["dead_frac"].max()) if len(at) else math.nan,
-        "saturated_frac": float(at["saturated_frac"].max()) if len(at) else math.nan,
+        "dead_frac": largest("dead_frac"),
+        "saturated_frac": largest("saturated_frac"),
     }
 
 
@@ -101,19 +111,27 @@ def run_verdict(run: Run, step: Step, gain: float, thresholds: Thresholds = DEFA
 
 
 def final_metrics(run: Run, target_loss: float | None = None) -> dict[str, float]:
-    """FINAL_QUANTITIES of `run`; steps_to_target is NaN without a target or when never reached."""
+    """FINAL_QUANTITIES of `run`; steps_to_target is NaN without a target or when never reached.
+
+    "Last" is the row of the largest step (of equal steps, the last written)."""
+    metrics = run.metrics
+    split, steps = metrics["split"].to_numpy(), metrics["step"].to_numpy()
+
+    def in_step_order(which: str) -> np.ndarray:
+        rows = np.flatnonzero(split == which)
+        return rows[np.argsort(steps[rows], kind="stable")]
+
     out: dict[str, float] = {}
-    for split in ("train", "test"):
-        rows = run.metrics[run.metrics["split"] == split].sort_values("step", kind="stable")
-        last = rows.iloc[-1] if len(rows) else None
+    for which in ("train", "test"):
+        rows = in_step_order(which)
         for metric in ("loss", "accuracy"):
-            out[f"final_{split}_{metric}"] = float(last[metric]) if last is not None else math.nan
+            out[f"final_{which}_{metric}"] = float(metrics[metric].to_numpy()[rows[-1]]) if len(rows) else math.nan
     out["steps_to_target"] = math.nan
     if target_loss is not None:
-        train = run.metrics[run.metrics["split"] == "train"].sort_values("step", kind="stable")
-        reached = train.loc[train["loss"] <= target_loss, "step"]
+        train = in_step_order("train")
+        reached = train[metrics["loss"].to_numpy()[train] <= target_loss]
         if len(reached):
-            out["steps_to_target"] = float(reached.iloc[0])
+            out["steps_to_target"] = float(steps[reached[0]])
     return out
 
 
