@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -112,9 +113,8 @@ def fingerprint(root: Path) -> dict[str, str]:
     prints: dict[str, str] = {}
     for meta_path in sorted(root.rglob("meta.json")):
         run_dir = meta_path.parent
-        key = str(run_dir.relative_to(root))
-        if run_dir.parent.name == run_dir.parent.name and run_dir.name[:8].isdigit():
-            key = str(run_dir.parent.relative_to(root))  # timestamped folders: the experiment name identifies the run
+        # timestamped folders (a run's or a sweep's) differ between replays: the other parts identify the run
+        key = "/".join(part for part in run_dir.relative_to(root).parts if not re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]+", part))
         meta = {k: v for k, v in json.loads(meta_path.read_text()).items() if k not in IGNORED_META}
         parts = [json.dumps(meta, sort_keys=True)]
         for table in ("layers.csv", "timesteps.csv"):
