@@ -1,0 +1,251 @@
+"""The probe of a recurrent stack: layers.csv rows per layer and timesteps.csv rows per (layer, t).
+
+It measures what probes.Probe measures, on the same logged steps and with the same single host
+transfer, and adds what only a recurrent layer has:
+
+- a layer has two weights, W_ih and W_hh (and two biases): each gets its own columns (ih_*, hh_*),
+  and the layer's weight_norm, weight_grad_norm, bias_grad_norm and update_ratio are those of all
+  its weights (or biases) together, the Frobenius norm of [W_ih W_hh], the matrix that maps
+  [x_t; h_{t-1}] to a_t;
+- at every time step t (sites Site(layer, name, 'hidden', t), see recurrent.py): delta_norm
+  = ||dL/da_t||, hidden_delta_norm = ||dL/dh_t||, cell_delta_norm = ||dL/dc_t|| (lstm), hidden_norm
+  = ||h_t||, each over the whole batch, and per gate the mean value and the saturated fraction; for
+  rnn the activation's saturated fraction at t;
+- a layer's delta_norm in layers.csv is ||dL/da|| over all its time steps:
+  sqrt(sum_t ||dL/da_t||^2); its saturated_frac the share of (example, t, unit) triples saturated
+  (equal counts per t, so the mean over t), its dead_frac the share of units saturated at every t of
+  every example (rnn; lstm and gru report their gates instead and leave both empty).
+
+A gradient reaches h_t from every tensor that reads it (the next step, the next layer, the head),
+and a tensor hook sees their sum: hidden_delta_norm is the total derivative, as back-propagation
+through time computes it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from gradlab.components import saturation_mask
+from gradlab.probes import SATURATION_THRESHOLD, Column, PendingMeasurement, Probe
+from gradlab.quantities import GROUPS, LAYERS_COLUMNS, Quantity
+from gradlab.recurrent import GATE_ACTIVATION
+from gradlab.sites import Layer, Role, Site
+
+SiteKey = tuple[int, "int | None"]
+
+# -- declarations that move to quantities.py once its owner hands it over (19:10) ---------------
+GATE_NAMES = ("input", "forget", "cell", "output", "reset", "update", "new")
+_FAMILIES = {"ih": "input-to-hidden weight W_ih (bias b_ih)", "hh": "hidden-to-hidden weight W_hh (bias b_hh)"}
+RECURRENT_LAYER_QUANTITIES: tuple[Quantity, ...] = tuple(
+    q
+    for family, what in _FAMILIES.items()
+    for q in (
+        Quantity(f"{family}_weight_norm", "weights", "layer", f"recurrent layers: ||W||, the Frobenius norm of the {what.split(' (')[0]}"),
+        Quantity(f"{family}_weight_grad_norm", "weights", "layer", f"recurrent layers: ||dL/dW|| of the {what.split(' (')[0]}"),
+        Quantity(f"{family}_bias_grad_norm", "weights", "layer", f"recurrent layers: ||dL/db|| of the bias {what.split('(bias ')[1][:-1]} (empty without biases)"),
+        Quantity(f"{family}_update_ratio", "updates", "layer", f"recurrent layers: ||W_after - W_before|| / ||W_before|| of the {what.split(' (')[0]}"),
+    )
+)
+RECURRENT_LAYERS_COLUMNS: list[str] = [*LAYERS_COLUMNS, *(q.name for q in RECURRENT_LAYER_QUANTITIES)]
+TIMESTEP_QUANTITIES: tuple[Quantity, ...] = (
+    Quantity("delta_norm", "deltas", "preactivation", "||dL/da_t|| over the batch, a_t the layer's pre-activation at step t (rnn: the activation's input; lstm: the four gates' pre-activations; gru: the three gates' pre-activations)", "timesteps"),
+    Quantity("hidden_delta_norm", "deltas", "hidden", "||dL/dh_t|| over the batch, h_t the layer's hidden state after step t: the total derivative, through the later steps, the next layer and the head", "timesteps"),
+    Quantity("cell_delta_norm", "deltas", "cell", "lstm: ||dL/dc_t|| over the batch, c_t the cell state after step t (empty for rnn and gru)", "timesteps"),
+    Quantity("hidden_norm", "activations", "hidden", "||h_t|| over the batch", "timesteps"),
+    Quantity("saturated_frac", "activations", "activation", "rnn: share of (example, unit) pairs at step t where |f'(a_t)| is below 5% of its maximum (empty for lstm and gru)", "timesteps"),
+    *(
+        q
+        for gate in GATE_NAMES
+        for q in (
+            Quantity(f"{gate}_mean", "activations", "gate", f"mean of the {gate} gate's value at step t over batch and units", "timesteps"),
+            Quantity(f"{gate}_saturated_frac", "activations", "gate", f"share of (example, unit) pairs where the {gate} gate's derivative is below 5% of its maximum", "timesteps"),
+        )
+    ),
+)  # fmt: skip
+TIMESTEPS_KEYS: dict[str, str] = {
+    "step": "optimizer steps taken before this measurement; step 0 is the network at initialization",
+    "layer": "0 for the recurrent layer nearest the input, counting up",
+    "name": "module name: layers.0",
+    "t": "time step: 0 is the first input",
+}
+TIMESTEPS_COLUMNS: list[str] = [*TIMESTEPS_KEYS, *(q.name for q in TIMESTEP_QUANTITIES)]
+
+
+class RecurrentProbe(Probe):
+    """Measures a recurrent stack's declared layers and their time steps on the steps it is attached to."""
+
+    def __init__(self, model: nn.Module, groups: list[str] | tuple[str, ...] = GROUPS):
+        # Not Probe.__init__: a recurrent layer declares two weights ('ih', 'hh'), the head one ('').
+        unknown = set(groups) - set(GROUPS)
+        assert not unknown, unknown
+        self.model = model
+        self.groups = set(groups)
+        self.layers: list[Layer] = model.measured_layers()
+        self.sites = [layer.site for layer in self.layers]
+        self.parameters = list(model.parameters())
+        position = {id(p): k for k, p in enumerate(self.parameters)}
+        # every weight as (site key, family, parameter); a layer's families are '' or 'ih' and 'hh'
+        self.weight_entries = [(layer.site.key, family, w) for layer in self.layers for family, w in layer.weights.items()]
+        self.weights = [w for _, _, w in self.weight_entries]
+        self.weight_at = [position[id(w)] for w in self.weights]
+        self.bias_entries = [
+            (layer.site.key, family, position[id(b)]) for layer in self.layers for family, b in layer.biases.items() if b is not None
+        ]
+        self._pending = PendingMeasurement()
+        self._weights_before: list[torch.Tensor] | None = None
+        self._snapshot_taken = False
+        self._weight_norms: torch.Tensor | None = None
+        self._reset_step()
+
+    def _reset_step(self) -> None:
+        self._delta_parts: dict[SiteKey, list[torch.Tensor]] = {}  # a_t's gradient norms, by part (gru: two)
+        self._time_sites: dict[SiteKey, Site] = {}  # every (layer, t) tapped this step
+        self._alive: dict[int, torch.Tensor] = {}  # rnn: units active on some (example, t), per layer
+
+    def attach(self) -> None:
+        self._reset_step()
+        super().attach()
+
+    # -- the Tap protocol ---------------------------------------------------------------------
+
+    def tensor(self, site: Site, role: Role, label: str, value: torch.Tensor) -> None:
+        if site.t is None:
+            super().tensor(site, role, label, value)  # a layer's output sequence, the head's logits
+            return
+        self._time_sites.setdefault(site.key, site)
+        pending = self._pending
+        if role == "preactivation":
+            if "deltas" in self.groups and value.requires_grad:
+                parts = self._delta_parts.setdefault(site.key, [])
+                value.register_hook(lambda grad: parts.append(torch.linalg.vector_norm(grad)))
+        elif role in ("hidden", "cell"):
+            if "deltas" in self.groups and value.requires_grad:
+                value.register_hook(self._norm_hook(f"{role}_delta_norm", site))
+            if role == "hidden" and "activations" in self.groups:
+                with torch.no_grad():
+                    pending.add("hidden_norm", site, torch.linalg.vector_norm(value))
+        elif role.endswith("_gate") and "activations" in self.groups:
+            gate = role[: -len("_gate")]
+            with torch.no_grad():
+                saturated = saturation_mask(GATE_ACTIVATION[gate], None, value, value, SATURATION_THRESHOLD)
+                pending.add(f"{gate}_mean", site, value.mean())
+                pending.add(f"{gate}_saturated_frac", site, saturated.sum(), value.numel())
+
+    def activation(self, site: Site, act: nn.Module, activation: str, u: torch.Tensor, y: torch.Tensor) -> None:
+        """An rnn's activation at step t: its saturated fraction at t, and the units alive so far."""
+        if "activations" not in self.groups:
+            return
+        with torch.no_grad():
+            active = ~saturation_mask(activation, act, u, y, SATURATION_THRESHOLD)  # (B, H)
+            self._pending.add("saturated_frac", site, active.sum(), u.numel(), complement=True)
+            alive = active.any(dim=0)
+            seen = self._alive.get(site.layer)
+            self._alive[site.layer] = alive if seen is None else seen | alive
+
+    def _norm_hook(self, quantity: str, site: Site):
+        def hook(grad: torch.Tensor) -> None:
+            self._pending.add(quantity, site, torch.linalg.vector_norm(grad))
+
+        return hook
+
+    # -- after backward -----------------------------------------------------------------------
+
+    def measure(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> PendingMeasurement:
+        pending = self._pending
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.parameters]
+        grad_norms = torch._foreach_norm(grads)
+        self._weight_norms = None
+        if "weights" in self.groups:
+            self._weight_norms = torch.stack(torch._foreach_norm([w.detach() for w in self.weights]))
+            weight_grads = torch.stack([grad_norms[k] for k in self.weight_at])
+            self._by_family(pending, "weight_norm", [key for key, _, _ in self.weight_entries], [f for _, f, _ in self.weight_entries], self._weight_norms)
+            self._by_family(pending, "weight_grad_norm", [key for key, _, _ in self.weight_entries], [f for _, f, _ in self.weight_entries], weight_grads)
+            if self.bias_entries:
+                bias_grads = torch.stack([grad_norms[k] for _, _, k in self.bias_entries])
+                self._by_family(pending, "bias_grad_norm", [key for key, _, _ in self.bias_entries], [f for _, f, _ in self.bias_entries], bias_grads)
+        if self._delta_parts:
+            per_layer: dict[int, list[torch.Tensor]] = {}
+            for key in sorted(self._delta_parts):
+                parts = self._delta_parts[key]
+                norm = parts[0] if len(parts) == 1 else torch.linalg.vector_norm(torch.stack(parts))
+                pending.add("delta_norm", self._time_sites[key], norm)
+                per_layer.setdefault(key[0], []).append(norm)
+            for layer, norms in per_layer.items():
+                pending.add("delta_norm", self.sites[layer], torch.linalg.vector_norm(torch.stack(norms)))
+        saturated = pending.columns.get("saturated_frac")
+        for layer, alive in self._alive.items():  # rnn: over every (example, t, unit) of the layer
+            picks = [k for k, key in enumerate(saturated[0]) if key[0] == layer]
+            active = torch.stack([saturated[1][k] for k in picks]).sum()
+            pending.add("saturated_frac", self.sites[layer], active, sum(saturated[2][k] for k in picks), complement=True)
+            pending.add("dead_frac", self.sites[layer], alive.sum(), alive.numel(), complement=True)
+        pending.extras["loss"] = loss.detach()
+        pending.extras["accuracy"] = (logits.detach().argmax(dim=1) == y).float().mean()
+        pending.extras["grad_norm"] = torch.linalg.vector_norm(torch.stack(grad_norms))
+        return pending
+
+    @staticmethod
+    def _by_family(pending: PendingMeasurement, quantity: str, keys: list[SiteKey], families: list[str], norms: torch.Tensor) -> None:
+        """Per-family columns (ih_<quantity>, hh_<quantity>) and the layer's own: a single weight's
+        norm as it is, several weights' as the norm of their norms (the Frobenius norm of all of them)."""
+        per_site: dict[SiteKey, list[int]] = {}
+        for k, (key, family) in enumerate(zip(keys, families)):
+            per_site.setdefault(key, []).append(k)
+            if family:
+                column = pending.columns.setdefault(f"{family}_{quantity}", ([], [], []))
+                column[0].append(key)
+                column[1].append(norms[k])
+                column[2].append(1.0)
+        sites = list(per_site)
+        combined = [norms[ks[0]] if len(ks) == 1 else torch.linalg.vector_norm(norms[ks]) for ks in per_site.values()]
+        pending.columns[quantity] = (sites, torch.stack(combined), 1.0)
+
+    # -- around the optimizer step ------------------------------------------------------------
+
+    def update_ratios(self) -> dict[str, Column]:
+        """update_ratio per layer (all its weights together) and ih_/hh_update_ratio per family."""
+        if not self._snapshot_taken:
+            return {}
+        self._snapshot_taken = False
+        before = self._weights_before
+        size = self._weight_norms if self._weight_norms is not None else torch.stack(torch._foreach_norm(before))
+        torch._foreach_sub_(before, [w.detach() for w in self.weights])
+        change = torch.stack(torch._foreach_norm(before))
+        size_host, change_host = torch.stack([size, change]).double().cpu().tolist()
+        columns: dict[str, Column] = {"update_ratio": {}}
+        per_site: dict[SiteKey, list[int]] = {}
+        for k, (key, family, _) in enumerate(self.weight_entries):
+            per_site.setdefault(key, []).append(k)
+            if family:
+                columns.setdefault(f"{family}_update_ratio", {})[key] = change_host[k] / size_host[k]
+        for key, ks in per_site.items():
+            if len(ks) == 1:
+                columns["update_ratio"][key] = change_host[ks[0]] / size_host[ks[0]]
+            else:
+                columns["update_ratio"][key] = math.sqrt(sum(change_host[k] ** 2 for k in ks)) / math.sqrt(sum(size_host[k] ** 2 for k in ks))
+        return columns
+
+    # -- rows ---------------------------------------------------------------------------------
+
+    def rows(self, step: int, columns: dict[str, Column]) -> list[dict]:
+        """One layers.csv row per declared layer, with the ih_/hh_ columns of a recurrent run."""
+        rows = []
+        for site in self.sites:
+            row = {"step": step, "layer": site.layer, "name": site.name, "kind": site.kind}
+            for quantity in RECURRENT_LAYERS_COLUMNS[len(row) :]:
+                row[quantity] = columns.get(quantity, {}).get(site.key)
+            rows.append(row)
+        return rows
+
+    def timestep_rows(self, step: int, columns: dict[str, Column]) -> list[dict]:
+        """One timesteps.csv row per (recurrent layer, t) tapped this step, layer then t ascending."""
+        rows = []
+        for key in sorted(self._time_sites):
+            site = self._time_sites[key]
+            row = {"step": step, "layer": site.layer, "name": site.name, "t": site.t}
+            for quantity in TIMESTEPS_COLUMNS[len(row) :]:
+                row[quantity] = columns.get(quantity, {}).get(key)
+            rows.append(row)
+        return rows
