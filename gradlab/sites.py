@@ -12,6 +12,13 @@ through the `Tap` protocol, naming each tensor's role:
     output          what the block passes on (after pooling)      act_mean, act_std
     logits          the head's output                             delta_norm of the head
 
+and, in recurrent layers (recurrent.py), at the site of each time step t:
+    preactivation   a_t (lstm, gru: the gates' pre-activations;   delta_norm = ||dL/da_t|| (gru taps two
+                    see recurrent.py)                              parts; their squared norms add)
+    hidden          h_t, the hidden state after step t            hidden_delta_norm, hidden_norm
+    cell            c_t, the lstm's cell state after step t       cell_delta_norm
+    <gate>_gate     a gate's value (input_gate, forget_gate, ...)  <gate>_mean, <gate>_saturated_frac
+
 A site is tapped at most once per forward pass; the probe refuses a second tap of the same site
 and role instead of letting the last one win, so rows are never merged silently. Recurrent layers
 tap the same roles once per time step, at sites that carry their step `t`.
@@ -28,7 +35,11 @@ from typing import Literal, Protocol
 import torch
 from torch import nn
 
-Role = Literal["preactivation", "normalized", "activation", "output", "logits"]
+Role = Literal[
+    "preactivation", "normalized", "activation", "output", "logits",
+    # recurrent layers, at the sites of their time steps (recurrent.py)
+    "hidden", "cell", "input_gate", "forget_gate", "cell_gate", "output_gate", "reset_gate", "update_gate", "new_gate",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
