@@ -1,19 +1,32 @@
-"""What probing costs: gradlab's training step against a plain PyTorch loop, side by side.
+"""What probing costs: gradlab's training step against a plain PyTorch loop, beside the anchors.
 
 The model is the issue's reference: a 50-layer width-256 ReLU MLP at batch 128 on the CPU.
 The baseline is a plain `nn.Sequential` of Linear+ReLU with the same weights, trained by the
 loop everybody writes (zero_grad, forward, loss, backward, step). Each gradlab variant runs the
-real `train.Trainer` steps, CSV writing included. Variants are interleaved round by round in one
-process so that machine noise hits them alike; each round times `--steps` steps per variant and
-the table reports the median ms/step over rounds and the median of the per-round ratios.
+real `train.Trainer` steps, CSV writing included. The anchors are what people write by hand
+instead, each on its own copy of the plain model, every step:
 
-    python benchmarks/overhead.py [--rounds 15] [--steps 20] [--depth 50] [--width 256]
+    Lightning grad_norm      a norm per parameter gradient, their total, one .item() per value
+                             (lightning.pytorch.utilities.grad_norm, then logged)
+    one _foreach_norm        every parameter gradient's norm in one batched call, one transfer
+    Karpathy retain_grad     retain_grad() on every layer's output; after backward, per layer the
+                             activation's mean, std and saturated share, the output gradient's
+                             norm, the weight gradient's norm and the update-to-data ratio, each
+                             with .item() (makemore part 3's diagnostics, written plainly)
+
+Variants are interleaved round by round in one process so that machine noise hits them alike;
+each round times `--steps` steps per variant and the table reports the median ms/step over
+rounds and the median of the per-round ratios to the plain loop. Ratios are far steadier than
+milliseconds on a loaded machine; the first line says what load the figures were taken under.
+
+    python benchmarks/overhead.py [--rounds 15] [--steps 20] [--depth 50] [--width 256] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import tempfile
 import time
@@ -28,6 +41,7 @@ from gradlab.records import RunRecords
 from gradlab.train import Trainer
 
 TARGETS = {"weights probe every step": 1.05, "all probes every step": 1.25, "all probes every 10 steps": 1.03}
+LR = 1e-3
 
 
 def make_trainer(args, probes: list[str], out: str) -> Trainer:
@@ -35,7 +49,7 @@ def make_trainer(args, probes: list[str], out: str) -> Trainer:
         "name": "overhead", "device": "cpu",
         "data": {"dim": args.width, "classes": 10, "n_train": args.batch, "n_test": args.batch, "batch_size": args.batch},
         "model": {"depth": args.depth, "width": args.width, "activation": "relu", "init": {"weight": "kaiming_normal", "bias": "zeros"}},
-        "optim": {"name": "sgd", "lr": 1e-3},
+        "optim": {"name": "sgd", "lr": LR},
         "log": {"probes": probes, "out": out},
     })  # fmt: skip
     x = torch.randn(args.batch, args.width)
@@ -46,34 +60,96 @@ def make_trainer(args, probes: list[str], out: str) -> Trainer:
     return trainer
 
 
-def plain_twin(trainer: Trainer) -> tuple[nn.Module, torch.optim.Optimizer]:
+def plain_twin(trainer: Trainer) -> nn.Sequential:
     """nn.Sequential with the same weights: what the network is without gradlab around it."""
     layers: list[nn.Module] = []
     for block in trainer.model.blocks:
         layers += [block.linear, nn.ReLU()]
-    model = copy.deepcopy(nn.Sequential(*layers, trainer.model.head))  # its own weights from here on
-    return model, torch.optim.SGD(model.parameters(), lr=1e-3)
+    return copy.deepcopy(nn.Sequential(*layers, trainer.model.head))  # its own weights from here on
 
 
-def time_plain(model, optimizer, x, y, steps: int) -> float:
+class Plain:
+    """The loop everybody writes; the anchors add their measurements to it."""
+
+    def __init__(self, model: nn.Sequential):
+        self.model = model
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+
+    def step(self, x, y) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(self.model(x), y)
+        loss.backward()
+        self.measure()
+        self.optimizer.step()
+
+    def measure(self) -> None:
+        pass
+
+
+class LightningGradNorm(Plain):
+    """lightning.pytorch.utilities.grad_norm, then logged (self.log_dict reads each value)."""
+
+    def measure(self) -> None:
+        norms = {f"grad_2.0_norm/{name}": p.grad.data.norm(2) for name, p in self.model.named_parameters() if p.grad is not None}
+        norms["grad_2.0_norm_total"] = torch.tensor(list(norms.values())).norm(2)
+        self.logged = {key: value.item() for key, value in norms.items()}
+
+
+class ForeachNorm(Plain):
+    """Every gradient's norm in one batched call, moved to the host in one transfer."""
+
+    def measure(self) -> None:
+        grads = [p.grad for p in self.model.parameters()]
+        self.logged = torch.stack(torch._foreach_norm(grads)).cpu().tolist()
+
+
+class KarpathyRetainGrad(Plain):
+    """makemore part 3's diagnostics: keep every layer's output, retain_grad, read stats with .item()."""
+
+    def step(self, x, y) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        outputs = []
+        h = x
+        for layer in self.model:
+            h = layer(h)
+            h.retain_grad()
+            outputs.append((layer, h))
+        loss = nn.functional.cross_entropy(h, y)
+        loss.backward()
+        stats = []
+        for layer, out in outputs:
+            if isinstance(layer, nn.ReLU):
+                stats.append((out.mean().item(), out.std().item(), (out <= 0).float().mean().item()))
+            else:
+                stats.append((out.grad.norm().item(),))
+        for p in self.model.parameters():
+            if p.dim() == 2:
+                stats.append((p.grad.norm().item(), ((LR * p.grad).std() / p.data.std()).log10().item()))
+        self.logged = stats
+        self.optimizer.step()
+
+
+def timed(step, x, y, steps: int) -> float:
     start = time.perf_counter()
     for _ in range(steps):
-        optimizer.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
+        step(x, y)
     return (time.perf_counter() - start) / steps * 1e3
 
 
-def time_gradlab(trainer: Trainer, x, y, steps: int, probe_every: int | None) -> float:
-    """`steps` steps from step 0, the probe attached every `probe_every` steps (None: never)."""
-    start = time.perf_counter()
-    for step in range(steps):
-        if probe_every is not None and step % probe_every == 0:
-            trainer.logged_step(step, x, y, update=True)
+def gradlab_step(trainer: Trainer, probe_every: int | None):
+    """A step function for the trainer that counts its own steps from 0 and attaches the probe
+    every `probe_every` steps (None: never)."""
+    state = {"step": 0}
+
+    def step(x, y) -> None:
+        k = state["step"]
+        state["step"] += 1
+        if probe_every is not None and k % probe_every == 0:
+            trainer.logged_step(k, x, y, update=True)
         else:
             trainer.plain_step(x, y)
-    return (time.perf_counter() - start) / steps * 1e3
+
+    return step
 
 
 def main() -> None:
@@ -83,39 +159,49 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=50)
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: steadiest on a shared machine)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     out = tempfile.mkdtemp(prefix="gradlab-bench-")
     all_probes = ["weights", "deltas", "activations", "updates"]
-    variants = {  # name: (trainer, probe every k steps)
+    trainers = {  # name: (trainer, probe every k steps)
         "gradlab, probes never attached": (make_trainer(args, all_probes, out), None),
         "weights probe every step": (make_trainer(args, ["weights"], out), 1),
         "all probes every step": (make_trainer(args, all_probes, out), 1),
         "all probes every 10 steps": (make_trainer(args, all_probes, out), 10),
     }
-    plain, plain_opt = plain_twin(variants["weights probe every step"][0])
+    twin = plain_twin(trainers["weights probe every step"][0])
+    variants = {"plain PyTorch loop": Plain(twin).step}
+    variants |= {name: gradlab_step(trainer, every) for name, (trainer, every) in trainers.items()}
+    variants |= {
+        "anchor: Lightning grad_norm": LightningGradNorm(copy.deepcopy(twin)).step,
+        "anchor: one _foreach_norm": ForeachNorm(copy.deepcopy(twin)).step,
+        "anchor: Karpathy retain_grad": KarpathyRetainGrad(copy.deepcopy(twin)).step,
+    }
     x = torch.randn(args.batch, args.width)
     y = torch.randint(0, 10, (args.batch,))
 
-    times: dict[str, list[float]] = {"plain PyTorch loop": []} | {name: [] for name in variants}
-    time_plain(plain, plain_opt, x, y, 5)  # warm-up
-    for trainer, every in variants.values():
-        time_gradlab(trainer, x, y, 10, every)
+    load_before = os.getloadavg()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for step in variants.values():
+        timed(step, x, y, 10)  # warm-up
     for _ in range(args.rounds):
-        times["plain PyTorch loop"].append(time_plain(plain, plain_opt, x, y, args.steps))
-        for name, (trainer, every) in variants.items():
-            times[name].append(time_gradlab(trainer, x, y, args.steps, every))
+        for name, step in variants.items():
+            times[name].append(timed(step, x, y, args.steps))
+    load_after = os.getloadavg()
 
     base = times["plain PyTorch loop"]
     print(f"{args.depth}-layer width-{args.width} ReLU MLP, batch {args.batch}, CPU, torch threads {torch.get_num_threads()}; "
-          f"{args.rounds} interleaved rounds of {args.steps} steps")  # fmt: skip
-    print(f"{'variant':34} {'median ms/step':>15} {'ratio':>7} {'target':>7}")
+          f"{args.rounds} interleaved rounds of {args.steps} steps; load average (1 min) {load_before[0]:.2f} before, "
+          f"{load_after[0]:.2f} after, on {os.cpu_count()} cores")  # fmt: skip
+    print(f"{'variant':34} {'median ms/step':>15} {'ratio':>7} {'target':>8}")
     for name, samples in times.items():
         ratio = statistics.median(t / b for t, b in zip(samples, base))
         target = TARGETS.get(name)
         mark = "" if target is None else (" ok" if ratio <= target else " OVER")
         target_text = f"<= {target:.2f}" if target else ""
-        print(f"{name:34} {statistics.median(samples):15.2f} {ratio:7.3f} {target_text:>7}{mark}")
+        print(f"{name:34} {statistics.median(samples):15.2f} {ratio:7.3f} {target_text:>8}{mark}")
 
 
 if __name__ == "__main__":
