@@ -11,8 +11,10 @@ File sets (`mnist`, `npz`, `csv`) are read with the standard library and numpy. 
 a file is a `DataError` whose single line names the file and what is wrong with it; a bad file
 never shows a traceback.
 
-Shapes: x is (N, *input_shape) float32 with input_shape (dim,) for vectors or (C, H, W) for
-images; y is (N,) int64 with values in [0, classes).
+Shapes: x is (N, *input_shape) float32 with input_shape (dim,) for vectors, (C, H, W) for
+images or (T, features) for sequences; y is (N,) int64 with values in [0, classes), except for the
+sequence tasks: `adding` has float32 targets (N,) (a regression, one output: `classes` 1) and
+`copy` a label per step (N, T).
 """
 
 from __future__ import annotations
@@ -38,11 +40,11 @@ from gradlab.errors import DataError
 @dataclass
 class Dataset:
     x_train: torch.Tensor  # (n_train, *input_shape) float32
-    y_train: torch.Tensor  # (n_train,) int64, values in [0, classes)
+    y_train: torch.Tensor  # (n_train,) int64, values in [0, classes) (adding: float32; copy: (n_train, T))
     x_test: torch.Tensor  # (n_test, *input_shape) float32
     y_test: torch.Tensor  # (n_test,) int64
-    input_shape: tuple[int, ...]  # (dim,) for vectors, (C, H, W) for images
-    classes: int
+    input_shape: tuple[int, ...]  # (dim,) for vectors, (C, H, W) for images, (T, features) for sequences
+    classes: int  # outputs of the model's head (adding: 1, a regression)
 
     def to(self, device: torch.device | str) -> Dataset:
         """The same data on `device` (the tensors are moved once, not per batch)."""
@@ -54,7 +56,7 @@ class Dataset:
 
 def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
     """The dataset `cfg.name` with `cfg.n_train` training and `cfg.n_test` test examples."""
-    loader = LOADERS.get(cfg.name)
+    loader = LOADERS.get(cfg.name) or SEQUENCE_LOADERS.get(cfg.name)
     if loader is None:
         raise DataError(f"data.name: unknown dataset {cfg.name!r}; known: {', '.join(LOADERS)}")
     return loader(cfg, seed)
@@ -568,6 +570,90 @@ def _csv(cfg: DataConfig, seed: int) -> Dataset:
 
 
 # Exactly the names of `gradlab.components.datasets` (checked by the tests).
+# --------------------------------------------------------------------------------------------
+# Sequence datasets (recurrent models): x is (N, T, features), T = data.seq_len
+# --------------------------------------------------------------------------------------------
+
+ADDING_BASELINE_MSE = 1 / 6  # always predicting 1: Var(U + U') = 2 * 1/12 for two U[0, 1] values
+COPY_LENGTH = 10  # symbols to remember (Arjovsky et al. 2016)
+COPY_SYMBOLS = 8  # an alphabet of 8 symbols; class 0 is the blank, 9 (input only) the delimiter
+COPY_CLASSES = COPY_SYMBOLS + 1  # what the network predicts per step: blank or a symbol
+MNIST_SIDE = 28
+
+
+def _seq_len(cfg: DataConfig, default: int) -> int:
+    return getattr(cfg, "seq_len", None) or default
+
+
+def _adding(cfg: DataConfig, seed: int) -> Dataset:
+    """The adding problem (Hochreiter & Schmidhuber 1997; Le et al. 2015): two channels per step, a
+    value U[0, 1] and a marker that is 1 at exactly two steps, one in each half of the sequence
+    (first half [0, T//2), second [T//2, T)); the target is the sum of the two marked values, y float32
+    (N,), one output. Always predicting 1 has an MSE of 1/6: a model that does not beat it has not
+    learned to find the marked values."""
+    steps = _seq_len(cfg, 50)
+    if steps < 2:
+        raise DataError(f"data.seq_len: the adding problem needs at least 2 steps, got {steps}")
+    g = _generator(seed, "adding")
+    n = cfg.n_train + cfg.n_test
+    values = torch.rand(n, steps, generator=g)  # (N, T)
+    half = steps // 2
+    first = torch.randint(0, half, (n,), generator=g)
+    second = torch.randint(half, steps, (n,), generator=g)
+    markers = torch.zeros(n, steps)
+    rows = torch.arange(n)
+    markers[rows, first] = 1.0
+    markers[rows, second] = 1.0
+    x = torch.stack([values, markers], dim=2)  # (N, T, 2)
+    y = values[rows, first] + values[rows, second]  # (N,) float32
+    m = cfg.n_train
+    return Dataset(x[:m].contiguous(), y[:m].contiguous(), x[m:].contiguous(), y[m:].contiguous(), (steps, 2), 1)
+
+
+def _copy(cfg: DataConfig, seed: int) -> Dataset:
+    """The copy (memory) task (Hochreiter & Schmidhuber 1997; Arjovsky et al. 2016): T steps of one-hot
+    inputs over 10 classes (0 blank, 1-8 symbols, 9 delimiter): 10 random symbols, blanks, the delimiter
+    at step T-11, then 10 blanks; the target per step is blank (0) except for the last 10 steps, which
+    repeat the 10 symbols: y int64 (N, T), a label per step (readout: every). Predicting blanks and then
+    uniform guesses scores a cross-entropy of 10 ln(8) / T: the memoryless baseline."""
+    steps = _seq_len(cfg, 30)
+    if steps < 2 * COPY_LENGTH + 1:
+        raise DataError(f"data.seq_len: the copy task needs at least {2 * COPY_LENGTH + 1} steps (10 symbols, the delimiter, 10 to recall), got {steps}")
+    g = _generator(seed, "copy")
+    n = cfg.n_train + cfg.n_test
+    symbols = torch.randint(1, COPY_SYMBOLS + 1, (n, COPY_LENGTH), generator=g)  # (N, 10)
+    tokens = torch.zeros(n, steps, dtype=torch.int64)
+    tokens[:, :COPY_LENGTH] = symbols
+    tokens[:, steps - COPY_LENGTH - 1] = COPY_SYMBOLS + 1  # the delimiter: recall now
+    y = torch.zeros(n, steps, dtype=torch.int64)
+    y[:, steps - COPY_LENGTH :] = symbols
+    x = torch.nn.functional.one_hot(tokens, COPY_SYMBOLS + 2).float()  # (N, T, 10)
+    m = cfg.n_train
+    return Dataset(x[:m].contiguous(), y[:m].contiguous(), x[m:].contiguous(), y[m:].contiguous(), (steps, COPY_SYMBOLS + 2), COPY_CLASSES)
+
+
+def _sequential_mnist(cfg: DataConfig, seed: int) -> Dataset:
+    """MNIST read as a sequence (Le et al. 2015): row by row (seq_len 28: 28 steps of 28 pixels) or
+    pixel by pixel (seq_len 784: 784 steps of one pixel), in row-major order, or, with `permute`, in a
+    fixed order drawn once from the seed (the same for training and test)."""
+    steps = _seq_len(cfg, MNIST_SIDE)
+    if steps not in (MNIST_SIDE, MNIST_SIDE * MNIST_SIDE):
+        raise DataError(f"data.seq_len: sequential_mnist reads rows (28) or pixels (784), got {steps}")
+    images = _mnist(cfg, seed)
+    if images.input_shape != (1, MNIST_SIDE, MNIST_SIDE):
+        raise DataError(f"data.path: sequential_mnist needs 28x28 images, got {'x'.join(map(str, images.input_shape[1:]))}")
+    pixels = MNIST_SIDE * MNIST_SIDE
+    order = torch.randperm(pixels, generator=_generator(seed, "sequential_mnist/permutation")) if getattr(cfg, "permute", False) else None
+
+    def as_sequence(x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(len(x), pixels)  # (N, 784), row-major
+        if order is not None:
+            flat = flat[:, order]
+        return flat.reshape(len(x), steps, pixels // steps).contiguous()  # (N, T, features)
+
+    return Dataset(as_sequence(images.x_train), images.y_train, as_sequence(images.x_test), images.y_test, (steps, pixels // steps), 10)
+
+
 LOADERS: dict[str, Callable[[DataConfig, int], Dataset]] = {
     "gaussian": _gaussian,
     "teacher": _teacher,
@@ -576,4 +662,9 @@ LOADERS: dict[str, Callable[[DataConfig, int], Dataset]] = {
     "mnist": _mnist,
     "npz": _npz,
     "csv": _csv,
+}
+SEQUENCE_LOADERS: dict[str, Callable[[DataConfig, int], Dataset]] = {
+    "adding": _adding,
+    "copy": _copy,
+    "sequential_mnist": _sequential_mnist,
 }

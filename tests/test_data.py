@@ -582,3 +582,93 @@ def test_file_vanished_after_validation(tmp_path):
     with pytest.raises(DataError) as excinfo:
         load_dataset(cfg, 0)
     one_line_error(excinfo, "gone.npz", "does not exist")
+
+
+# --------------------------------------------------------------------------------------------
+# Sequence datasets
+# --------------------------------------------------------------------------------------------
+
+from types import SimpleNamespace  # noqa: E402
+
+from gradlab.data import ADDING_BASELINE_MSE, COPY_LENGTH, SEQUENCE_LOADERS  # noqa: E402
+
+
+def seq_cfg(name, **values):
+    base = dict(name=name, n_train=200, n_test=50, batch_size=16, classes=10, seq_len=None, permute=False, path=None)
+    return SimpleNamespace(**{**base, **values})
+
+
+def test_adding_problem_marks_one_value_in_each_half_and_sums_them():
+    ds = SEQUENCE_LOADERS["adding"](seq_cfg("adding", seq_len=12, n_train=3000), 0)
+    assert ds.input_shape == (12, 2) and ds.classes == 1
+    assert ds.x_train.shape == (3000, 12, 2) and ds.y_train.shape == (3000,) and ds.y_train.dtype == torch.float32
+    for x, y in ((ds.x_train, ds.y_train), (ds.x_test, ds.y_test)):
+        markers, values = x[:, :, 1], x[:, :, 0]
+        assert ((markers == 0) | (markers == 1)).all()
+        assert (markers[:, :6].sum(1) == 1).all() and (markers[:, 6:].sum(1) == 1).all()
+        assert ((values >= 0) & (values <= 1)).all()
+        torch.testing.assert_close(y, (values * markers).sum(1))
+    # what "not learning" scores: predicting 1 gives the variance of the sum, 1/6
+    assert ((ds.y_train - 1) ** 2).mean().item() == pytest.approx(ADDING_BASELINE_MSE, abs=0.01)
+
+
+def test_copy_task_recalls_the_first_symbols_after_the_delimiter():
+    ds = SEQUENCE_LOADERS["copy"](seq_cfg("copy", seq_len=30), 0)
+    assert ds.input_shape == (30, 10) and ds.classes == 9
+    assert ds.y_train.shape == (200, 30) and ds.y_train.dtype == torch.int64
+    tokens = ds.x_train.argmax(dim=2)  # (N, T)
+    assert (ds.x_train.sum(dim=2) == 1).all()  # one-hot
+    assert ((tokens[:, :COPY_LENGTH] >= 1) & (tokens[:, :COPY_LENGTH] <= 8)).all()
+    assert (tokens[:, COPY_LENGTH:19] == 0).all() and (tokens[:, 19] == 9).all() and (tokens[:, 20:] == 0).all()
+    assert (ds.y_train[:, :20] == 0).all()
+    assert torch.equal(ds.y_train[:, 20:], tokens[:, :COPY_LENGTH])
+
+
+@pytest.mark.parametrize("name", ["adding", "copy"])
+def test_sequence_tasks_are_deterministic_per_seed(name):
+    a = SEQUENCE_LOADERS[name](seq_cfg(name, seq_len=25), 3)
+    b = SEQUENCE_LOADERS[name](seq_cfg(name, seq_len=25), 3)
+    c = SEQUENCE_LOADERS[name](seq_cfg(name, seq_len=25), 4)
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
+    assert not torch.equal(a.x_train, c.x_train)
+
+
+@pytest.mark.parametrize(
+    "name,seq_len,fragment",
+    [("adding", 1, "data.seq_len: the adding problem needs at least 2 steps, got 1"),
+     ("copy", 20, "data.seq_len: the copy task needs at least 21 steps"),
+     ("sequential_mnist", 100, "data.seq_len: sequential_mnist reads rows (28) or pixels (784), got 100")],
+)  # fmt: skip
+def test_sequence_tasks_refuse_impossible_lengths_in_one_line(name, seq_len, fragment):
+    with pytest.raises(DataError) as info:
+        SEQUENCE_LOADERS[name](seq_cfg(name, seq_len=seq_len, path="."), 0)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_sequential_mnist_rows_pixels_and_a_fixed_permutation():
+    folder = str(real_mnist_dir())
+    images = load_dataset(make_cfg(name="mnist", path=folder, n_train=20, n_test=10), 0)
+    rows = SEQUENCE_LOADERS["sequential_mnist"](seq_cfg("sequential_mnist", path=folder, n_train=20, n_test=10, seq_len=28), 0)
+    assert rows.input_shape == (28, 28) and rows.classes == 10
+    torch.testing.assert_close(rows.x_train, images.x_train[:, 0])  # step t is image row t
+    assert torch.equal(rows.y_test, images.y_test)
+    pixels = SEQUENCE_LOADERS["sequential_mnist"](seq_cfg("sequential_mnist", path=folder, n_train=20, n_test=10, seq_len=784), 0)
+    assert pixels.input_shape == (784, 1)
+    torch.testing.assert_close(pixels.x_test[:, :, 0], images.x_test.reshape(10, 784))
+    permuted = SEQUENCE_LOADERS["sequential_mnist"](
+        seq_cfg("sequential_mnist", path=folder, n_train=20, n_test=10, seq_len=784, permute=True), 0
+    )
+    flat_train, flat_test = images.x_train.reshape(20, 784), images.x_test.reshape(10, 784)
+    # one permutation of the 784 positions, the same for every image of both splits: every step's
+    # column (over all 30 images) is a column of the row-major images
+    original = torch.cat([flat_train, flat_test])  # (30, 784)
+    shuffled = torch.cat([permuted.x_train[:, :, 0], permuted.x_test[:, :, 0]])
+    matches = (shuffled[:, :, None] == original[:, None, :]).all(dim=0)  # (784 steps, 784 positions)
+    assert matches.any(dim=1).all()
+    assert not torch.equal(permuted.x_train[:, :, 0], flat_train)
+    assert torch.equal(permuted.x_train[:, :, 0].sort(dim=1).values, flat_train.sort(dim=1).values)
+    assert torch.equal(permuted.x_test[:, :, 0].sort(dim=1).values, flat_test.sort(dim=1).values)
+    again = SEQUENCE_LOADERS["sequential_mnist"](
+        seq_cfg("sequential_mnist", path=folder, n_train=20, n_test=10, seq_len=784, permute=True), 0
+    )
+    assert torch.equal(again.x_test, permuted.x_test)
