@@ -45,7 +45,8 @@ h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { font-size: 1.25em; margin-to
 .scroll { overflow-x: auto; }
 table { border-collapse: collapse; font-variant-numeric: tabular-nums; }
 th, td { padding: 0.25em 0.7em; text-align: right; border-bottom: 1px solid #eceef1; white-space: nowrap; }
-th { background: #f5f7f9; } th.row { text-align: left; font-weight: normal; color: #3c444c; }
+th { background: #f5f7f9; } thead th { white-space: normal; max-width: 16em; vertical-align: bottom; }
+tr.config td { white-space: normal; max-width: 16em; overflow-wrap: anywhere; } th.row { text-align: left; font-weight: normal; color: #3c444c; }
 tr.section th { text-align: left; background: #e9edf1; font-weight: 600; }
 td.verdict { font-weight: 600; border-radius: 3px; }
 td.vanishing { background: #dbe8ff; color: #0b3d91; } td.stable { background: #def5e3; color: #146c2e; }
@@ -105,10 +106,11 @@ def comparison_table(comparison: Comparison) -> str:
     def section(title: str) -> None:
         lines.append(f"<tr class='section'><th colspan='{span}'>{_e(title)}</th></tr>")
 
-    def row(name: str, column: str) -> None:
+    def row(name: str, column: str, kind: str = "") -> None:
         if column not in cells:
             return
-        lines.append(f"<tr><th class='row' scope='row' title='{_e(meanings.get(column, ''))}'>{_e(name)}</th>")
+        tr = f"<tr class='{kind}'>" if kind else "<tr>"
+        lines.append(f"{tr}<th class='row' scope='row' title='{_e(meanings.get(column, ''))}'>{_e(name)}</th>")
         for text in cells[column]:
             css = _cell_class(column, text)
             lines.append(f"<td class='{css}'>{_e(text)}</td>" if css else f"<td>{_e(text)}</td>")
@@ -117,7 +119,7 @@ def comparison_table(comparison: Comparison) -> str:
     if comparison.config_keys:
         section("configuration")
     for key in comparison.config_keys:
-        row(key, key)
+        row(key, key, "config")
     section("runs")
     for column in ("status", "seeds", "last_step"):
         row(column, column)
