@@ -266,7 +266,7 @@ def fixed_point(
     sigma_b2: float,
     q_init: float = 1.0,
     rtol: float = 1e-10,
-    max_iter: int = 20000,
+    max_iter: int = 1000,
     q_max: float = 1e30,
     n: int = DEFAULT_NODES,
 ) -> FixedPoint:
@@ -443,27 +443,47 @@ def correlation_fixed_point(
     sigma_w2: float,
     sigma_b2: float,
     chi1_value: float | None = None,
-    tol: float = 1e-9,
-    max_iter: int = 5000,
+    tol: float = 1e-10,
     n: int = DEFAULT_NODES_2D,
 ) -> float:
     """The stable fixed point c* of the correlation map (Schoenholz et al. 2017, Section 3).
 
     c = 1 is always a fixed point (at q*); it is the stable one when χ₁ ≤ 1 (ordered phase and the
-    critical line), and then c* = 1. When χ₁ > 1 (chaotic) it is unstable and the map is iterated
-    from c = 0 to the stable c* < 1.
+    critical line), and then c* = 1. When χ₁ > 1 (chaotic) it is unstable and the stable c* < 1 is
+    the root of g(c) = map(c) − c below it, found by bisection: g(−1) ≥ 0 because the map stays in
+    [−1, 1], and g(1 − ε) < 0 for small ε because the map's slope at 1 is χ₁ > 1. (Iterating the map
+    instead crawls near the critical line, where c* → 1.) If no ε ≥ 1e-12 makes g negative, the
+    map is numerically critical and c* = 1.
     """
     if chi1_value is None:
         chi1_value = chi1(act, q_star, sigma_w2)
     if chi1_value <= 1.0:
         return 1.0
-    c = 0.0
-    for _ in range(max_iter):
-        c_next = min(1.0, max(-1.0, correlation_map(act, c, q_star, sigma_w2, sigma_b2, n)))
-        if abs(c_next - c) <= tol:
-            return c_next
-        c = c_next
-    return c
+
+    def g(c: float) -> float:
+        return correlation_map(act, c, q_star, sigma_w2, sigma_b2, n) - c
+
+    eps = 1e-3
+    while g(1.0 - eps) >= 0.0:
+        eps /= 4.0
+        if eps < 1e-12:
+            return 1.0
+    lo, hi = -1.0, 1.0 - eps
+    while hi - lo > tol:
+        mid = 0.5 * (lo + hi)
+        if g(mid) >= 0.0:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def _xi_q(act: Activation, q_star: float, sigma_w2: float) -> float | None:
+    """ξ_q = −1/ln χ_q, Schoenholz 2017 eq. 5; None at q* = 0 or when the map's slope is negative."""
+    if q_star <= 0:
+        return None
+    slope = length_map_slope(act, q_star, sigma_w2)
+    return depth_scale(slope) if slope >= 0 else None
 
 
 @dataclass(frozen=True)
@@ -531,7 +551,7 @@ def mean_field_prediction(
         chi1=x1,
         predicted_factor=math.sqrt(x1),
         xi_grad=depth_scale(x1),
-        xi_q=depth_scale(length_map_slope(act, q_star, sigma_w2)) if q_star > 0 else None,
+        xi_q=_xi_q(act, q_star, sigma_w2),
         c_star=c_star,
         chi_c=xc,
         xi_c=depth_scale(xc),
