@@ -2,6 +2,7 @@
 config files as they are typed.
 
     config_json_schema()   the schema as a dict (JSON Schema draft 2020-12)
+    schema_json()          the same as the text `gradlab schema` prints (and docs/config.schema.json holds)
 
 It starts from the pydantic model that validates configs (`config.Experiment`), so every section,
 key, type, range, default and description is the one the loader enforces, and adds what pydantic
@@ -50,7 +51,7 @@ def _names(component) -> list[str]:
     return [component.name, *component.aliases]
 
 
-def component_schema(registry: Registry, allowed=None, description: str | None = None) -> dict[str, Any]:
+def component_schema(registry: Registry, allowed=None) -> dict[str, Any]:
     """A component field: one of the names, or a mapping with `name` and that component's parameters."""
     components = [c for c in registry if allowed is None or allowed(c)]
     by_name = {
@@ -72,10 +73,8 @@ def component_schema(registry: Registry, allowed=None, description: str | None =
             "required": ["name"],
             "additionalProperties": False,
         })  # fmt: skip
-    schema: dict[str, Any] = {"anyOf": [by_name, *mappings]}
     names = ", ".join(c.name for c in components)
-    schema["description"] = f"{description + '. ' if description else ''}{registry.kind}: {names}"
-    return schema
+    return {"anyOf": [by_name, *mappings], "description": f"{registry.kind}: {names}"}
 
 
 def _resolve(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
@@ -86,6 +85,11 @@ def _resolve(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
         if "$ref" in option:
             return schema["$defs"][option["$ref"].rsplit("/", 1)[-1]]
     return node
+
+
+def _definition(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    """`node`, or the definition its `$ref` names."""
+    return schema["$defs"][node["$ref"].rsplit("/", 1)[-1]] if "$ref" in node else node
 
 
 def _property(schema: dict[str, Any], dotted: str) -> tuple[dict[str, Any], str]:
@@ -109,7 +113,7 @@ def _keys(schema: dict[str, Any], node: dict[str, Any], prefix: str = "") -> Ite
         target = _resolve(schema, value)
         if target.get("properties"):
             yield from _keys(schema, target, f"{dotted}.")
-        for option in value.get("anyOf", ()):  # a component's parameters: model.activation.negative_slope
+        for option in _definition(schema, value).get("anyOf", ()):  # a component's parameters: model.activation.negative_slope
             if option.get("type") == "object" and "properties" in option:
                 for param, param_schema in option["properties"].items():
                     if param != "name":
@@ -143,9 +147,14 @@ def config_json_schema() -> dict[str, Any]:
 
     schema = Experiment.model_json_schema()
     for dotted, (registry, allowed) in COMPONENT_FIELDS.items():
+        # One definition per kind of component, referred to by the field and by sweep: below.
         properties, leaf = _property(schema, dotted)
         old = properties[leaf]
-        new = component_schema(registry, allowed, old.get("description"))
+        definition = f"{leaf}_initializer" if dotted.startswith("model.init.") else registry.kind
+        schema["$defs"][definition] = component_schema(registry, allowed)
+        new = {"$ref": f"#/$defs/{definition}", "description": schema["$defs"][definition]["description"]}
+        if old.get("description"):
+            new["description"] = f"{old['description']}. {new['description']}"
         if "default" in old:
             new["default"] = old["default"]
         properties[leaf] = new
@@ -169,3 +178,10 @@ def config_json_schema() -> dict[str, Any]:
         "description": "A gradlab experiment: gradlab run CONFIG.yaml. Written by gradlab schema; see the README's config reference.",
         **{key: value for key, value in schema.items() if key not in ("title", "description")},
     }
+
+
+def schema_json() -> str:
+    """The schema as JSON text: what `gradlab schema` prints and docs/config.schema.json holds."""
+    import json
+
+    return json.dumps(config_json_schema(), indent=2, ensure_ascii=False) + "\n"

@@ -170,5 +170,19 @@ def test_names_come_from_the_registries():
     assert set(specs.datasets.names()) <= set(data["enum"])
     assert set(specs.losses.names()) <= set(schema["properties"]["loss"]["enum"])
     activation = schema["$defs"]["ModelConfig"]["properties"]["activation"]
-    assert set(activation["anyOf"][0]["enum"]) == {n for c in specs.activations for n in (c.name, *c.aliases)}
-    assert activation["default"] == "relu"
+    assert activation["$ref"] == "#/$defs/activation" and activation["default"] == "relu"
+    names = schema["$defs"]["activation"]["anyOf"][0]["enum"]
+    assert set(names) == {n for c in specs.activations for n in (c.name, *c.aliases)}
+    bias_names = schema["$defs"]["bias_initializer"]["anyOf"][0]["enum"]
+    assert set(bias_names) == {n for c in specs.initializers if c.extra.get("bias_ok") for n in (c.name, *c.aliases)}
+
+
+def test_the_shipped_schema_file_is_current():
+    """docs/config.schema.json is what editors point at from a checkout; it must say what the
+    loader says today."""
+    shipped = Path(__file__).parent.parent / "docs" / "config.schema.json"
+    from gradlab.schema import schema_json
+
+    assert shipped.read_text(encoding="utf-8") == schema_json(), (
+        "docs/config.schema.json is stale; regenerate it: gradlab schema -o docs/config.schema.json"
+    )
