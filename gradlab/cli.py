@@ -3,8 +3,11 @@
 Every command parses its arguments, calls library functions a test or a notebook could call too,
 and prints. `GradlabError`s are caught here, at the boundary, and become one line per problem on
 stderr with their exit code (2 for bad input); nothing below this module prints errors or exits.
-Heavy imports (torch) happen inside the commands that need them, so `gradlab compare` and
-`gradlab plot` start fast and work where torch is not installed.
+
+Every gradlab module is imported inside the command that needs it: `gradlab --help` loads typer
+and rich alone, `validate` and `components` neither torch nor pandas, `compare`, `plot` and
+`check` no torch (they work where torch is not installed). tests/test_cli_startup.py checks what
+each command imports; benchmarks/startup.py times them.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from gradlab import analysis
 from gradlab.errors import ConfigError, ExpectationFailed, GradlabError, RunError
 
 app = typer.Typer(
@@ -121,36 +123,27 @@ def run(
             raise ConfigError(f"{flag}: applies to sweeps; {config} has no sweep: or seeds: (add --sweep key.path=v1,v2)")
     exp = _load(config, overrides)
 
-    from gradlab.train import RunInterrupted, run_experiment
+    from gradlab import runner
+    from gradlab.progress import RunBar
 
-    from gradlab.display import ProgressReporter, profile_table
-
-    reporter = None if quiet else ProgressReporter(err_console)
     try:
-        result = run_experiment(exp, reporter)
-    except RunInterrupted as exc:
+        report = runner.run(exp, None if quiet else RunBar(err_console), profile=not quiet, plot=plot)
+    except runner.RunInterrupted as exc:
         err_console.print(f"interrupted ({exc}); records kept in {exc.run_dir}", markup=False)
         raise typer.Exit(exc.exit_code) from None
-    from gradlab.expectations import check_run
-
-    if plot:
-        from gradlab.plots import plot_runs
-
-        plot_runs([result.run_dir], result.run_dir)
-    outcomes = check_run(result.run_dir)
+    result = report.result
     if quiet:
         print(result.run_dir)
     else:
-        console.print(profile_table(result.run_dir))
+        console.print(report.profile)
         if result.divergence:
             d = result.divergence
             console.print(f"[bold red]diverged[/] at step {d['step']}: first non-finite value in {d['tensor']}")
-        for outcome in outcomes:
+        for outcome in report.outcomes:
             console.print(f"expect {outcome.line()}", markup=False, highlight=False, soft_wrap=True, style=None if outcome.passed else "red")
         console.print(f"run directory: {result.run_dir}", markup=False, highlight=False, soft_wrap=True)
-    failed = [outcome for outcome in outcomes if not outcome.passed]
-    if failed:
-        raise ExpectationFailed(*(f"expectation failed: {outcome.failure()}" for outcome in failed))
+    if report.failed:
+        raise ExpectationFailed(*(f"expectation failed: {outcome.failure()}" for outcome in report.failed))
 
 
 @app.command()
@@ -207,8 +200,11 @@ def _plan_and_run_sweep(config, overrides, axis_items, resume, jobs, threads, ex
             sweeps.check_resources(plan)
         sweep_dir = sweeps.create_sweep_dir(plan)
         index = None
-    threads = threads or sweeps.default_threads()
-    cores = sweeps.available_cores()
+    from gradlab import executors
+    from gradlab.progress import SweepLines
+
+    threads = threads or executors.default_threads()
+    cores = executors.available_cores()
     if executor is ExecutorChoice.local and (jobs or 1) * threads > cores:
         _warn([f"--jobs {jobs or 1} x --threads {threads} is more than the {cores} cores here; the runs will share them"])
     if not quiet:
@@ -216,18 +212,12 @@ def _plan_and_run_sweep(config, overrides, axis_items, resume, jobs, threads, ex
         if index is not None:  # resuming
             runs = f"{sum(row.status not in sweeps.FINISHED for row in index.rows)} of {runs} to run"
         err_console.print(f"sweep {plan.name}: {runs} ({plan.shape()}) in {sweep_dir}", markup=False, highlight=False, soft_wrap=True)
-    display = sweeps.SweepDisplay() if quiet else sweeps.RichSweepDisplay(err_console)
     outcome = sweeps.run_sweep(
         plan, sweep_dir, jobs=jobs if executor is ExecutorChoice.ray else (jobs or 1), threads=threads,
-        executor=executor.value, ray_address=ray_address, display=display, index=index,
+        executor=executor.value, ray_address=ray_address, progress=None if quiet else SweepLines(err_console), index=index,
     )  # fmt: skip
-    finished = [sweep_dir / row.run for row in outcome.rows if row.status in sweeps.FINISHED]
-    if plot and finished:
-        from gradlab import plots
-
-        loaded = analysis.load_runs(finished)
-        _warn(loaded.problems)
-        plots.save_figures(plots.build_figures(loaded.runs), sweep_dir)
+    if plot:
+        _warn(outcome.plot())
     if quiet:
         print(sweep_dir)
     else:
@@ -240,9 +230,7 @@ def _plan_and_run_sweep(config, overrides, axis_items, resume, jobs, threads, ex
         console.print(f"sweep directory: {sweep_dir}", markup=False, highlight=False, soft_wrap=True)
     if outcome.signum is not None:
         raise typer.Exit(outcome.exit_code)
-    from gradlab.expectations import check_run
-
-    failed = [f"expectation failed: {path.name}: {o.failure()}" for path in finished for o in check_run(path) if not o.passed]
+    failed = outcome.failed_expectations()
     if failed:
         raise ExpectationFailed(*failed)
     if outcome.exit_code:
@@ -253,7 +241,7 @@ def _plan_and_run_sweep(config, overrides, axis_items, resume, jobs, threads, ex
 @reports_errors
 def components() -> None:
     """List every activation, initializer, normalization, dataset, loss and optimizer."""
-    from gradlab.display import components_tables
+    from gradlab.display import components_tables  # the names from gradlab.specs: no torch
 
     for table in components_tables():
         console.print(table)
@@ -289,8 +277,10 @@ def _need_paths(paths: list[Path] | None, command: str) -> list[Path]:
 
 
 def _steps(values: list[str] | None) -> list:
+    from gradlab.records import parse_step
+
     try:
-        return [analysis.parse_step(value) for value in values or ["0", "last"]]
+        return [parse_step(value) for value in values or ["0", "last"]]
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--step") from None
 
@@ -305,8 +295,9 @@ def _print_glossary(rows: list[tuple[str, str]], to: Console) -> None:
 def compare(
     paths: RunPathsArg = None,
     step: Annotated[Optional[list[str]], typer.Option("--step", help="0, last or a step number; repeat for several (default: 0 and last)", show_default=False)] = None,
-    vanish: Annotated[float, typer.Option("--vanish", help="gain across the stack below this: vanishing")] = analysis.DEFAULT_THRESHOLDS.vanish,
-    explode: Annotated[float, typer.Option("--explode", help="gain across the stack above this: exploding")] = analysis.DEFAULT_THRESHOLDS.explode,
+    # (the defaults live in summaries.Thresholds, which imports numpy; --explain states them)
+    vanish: Annotated[Optional[float], typer.Option("--vanish", help="gain across the stack below this: vanishing (default: see --explain)", show_default=False)] = None,
+    explode: Annotated[Optional[float], typer.Option("--explode", help="gain across the stack above this: exploding (default: see --explain)", show_default=False)] = None,
     target_loss: Annotated[Optional[float], typer.Option("--target-loss", help="add steps_to_target: the first step with train loss at or below this")] = None,
     format_: Annotated[Format, typer.Option("--format", "-f", help="table (terminal), csv, markdown or json")] = Format.table,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write to this file instead of stdout")] = None,
@@ -317,23 +308,31 @@ def compare(
     One row per configuration, with the config values that differ between the runs; runs that
     differ only by seed form one row (mean ± std).
     """
+    from gradlab import compare as comparing
+    from gradlab import display
+    from gradlab.records import load_runs
+    from gradlab.summaries import DEFAULT_THRESHOLDS, Thresholds
+
     if explain and not paths:
-        _print_glossary(analysis.explain(), console)
+        _print_glossary(comparing.explain(), console)
         return
-    thresholds = analysis.Thresholds(vanish=vanish, explode=explode)
+    thresholds = Thresholds(
+        vanish=DEFAULT_THRESHOLDS.vanish if vanish is None else vanish,
+        explode=DEFAULT_THRESHOLDS.explode if explode is None else explode,
+    )
     steps = _steps(step)
-    loaded = analysis.load_runs(_need_paths(paths, "compare"))
+    loaded = load_runs(_need_paths(paths, "compare"))
     _warn(loaded.problems)
-    comparison = analysis.compare_runs(loaded.runs, steps, thresholds, target_loss)
+    comparison = comparing.compare_runs(loaded.runs, steps, thresholds, target_loss)
     _warn(comparison.notes)
 
     if format_ is Format.table:
         width = 200 if output else None
         with open(output, "w", encoding="utf-8") if output else nullcontext(None) as file:
             screen = Console(file=file, width=width, no_color=True) if file else console
-            screen.print(analysis.rich_view(comparison))
+            screen.print(display.rich_view(comparison))
     else:
-        text = analysis.render(comparison, format_.value)
+        text = display.render(comparison, format_.value)
         if output:
             output.write_text(text, encoding="utf-8")
         else:
@@ -343,7 +342,7 @@ def compare(
     if explain:
         # The glossary never mixes into machine-readable output on stdout.
         machine_stdout = format_ is not Format.table and output is None
-        _print_glossary(analysis.explain(comparison), err_console if machine_stdout else console)
+        _print_glossary(comparing.explain(comparison), err_console if machine_stdout else console)
 
 
 @app.command()
@@ -358,8 +357,9 @@ def plot(
     training curves, and dead/saturated units per layer.
     """
     from gradlab import plots
+    from gradlab.records import load_runs
 
-    loaded = analysis.load_runs(_need_paths(paths, "plot"))
+    loaded = load_runs(_need_paths(paths, "plot"))
     _warn(loaded.problems)
     for path in plots.save_figures(plots.build_figures(loaded.runs), output):
         print(path)

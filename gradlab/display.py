@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from gradlab.compare import Comparison
-    from gradlab.records import Step
+    from gradlab.records import Run, Step
 
 
 def format_number(value: Any, integer: bool = False) -> str:
@@ -76,14 +76,12 @@ class ProgressReporter:
             self.progress = None
 
 
-def profile_table(run_dir) -> Table:
+def profile_table(run: Run) -> Table:
     """delta_norm per layer at step 0 and at the last logged step, the gain across the stack and
-    its verdict, read back from the run's records (the numbers `gradlab compare` reports)."""
+    its verdict, of a run read back from its records (the numbers `gradlab compare` reports)."""
     from gradlab.configdiff import describe_config
-    from gradlab.records import load_run
     from gradlab.summaries import profile_at, run_verdict
 
-    run = load_run(run_dir)
     layers = run.layers
     last_step = run.last_step
     table = Table(title=f"{describe_config(run.config)}\nback-propagated signal ||dL/dz|| per layer ({run.status})")

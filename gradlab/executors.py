@@ -1,23 +1,27 @@
 """Where the runs of a sweep happen: in this process, in a pool of local processes, or on Ray.
 
-    execute(tasks, on_event, executor="local", jobs=1)   runs every MemberTask and reports Events
+    execute(tasks, on_event, executor="local", jobs=1)   runs every MemberTask, reporting progress events
         jobs 1      serial, in this process
         jobs N      N worker processes (ProcessPoolExecutor, "forkserver" or "spawn"), a run each
         "ray"       one Ray task per run on a cluster (or a local instance); each task writes its
                     records in a temporary folder on its machine and sends the files back, so the
                     sweep directory lives on the submitting machine
 
-Every run goes through `run_member`, which never raises: a run that fails is a `failed` result
-(meta.json says why), a diverged run a `diverged` one, and a run stopped by a signal an
-`interrupted` one. Each run computes with `MemberTask.threads` torch threads.
+Every run goes through `run_member`, which never raises: it trains with gradlab.runner, and a run
+that fails is a `failed` result (meta.json says why), a diverged run a `diverged` one, and a run
+stopped by a signal an `interrupted` one; a finished run with an expect: section is read back once
+and checked there. Each run computes with `MemberTask.threads` torch threads. Progress travels as
+the typed events of gradlab.progress, as they are: through a queue from a pool worker, through a
+control actor from a Ray task. What a run directory holds is gradlab.records' business (stubs,
+abandoned runs, packing a run to send it back from Ray).
 
 Stopping. SIGINT/SIGTERM reach this process only: pool workers sit in their own process group,
-so the terminal's Ctrl-C does not hit them behind our back. The first signal stops submitting;
-it is passed on once to every worker, whose run stops at its next step (train.StopRequest) and
-closes its records as interrupted; a worker still setting a run up notes the signal and stops
-the run at step 0. Ray tasks poll a small control actor instead. A second signal is passed on
-too (a run stops at once); with Ray it cancels the tasks outright. Nothing here imports torch
-at module level: the Ray control actor imports this module.
+so the terminal's Ctrl-C does not hit them behind our back. Every process notes signals with
+runner.StopSignals. The first signal stops submitting; it is passed on once to every worker, whose
+run stops at its next step and closes its records as interrupted; a worker still setting a run
+up notes the signal and stops the run at step 0. Ray tasks poll a small control actor instead. A
+second signal is passed on too (a run stops at once); with Ray it cancels the tasks outright.
+Nothing here imports torch at module level: the Ray control actor imports this module.
 """
 
 from __future__ import annotations
@@ -27,20 +31,20 @@ import math
 import os
 import queue as queue_module
 import signal
-import threading
 import time
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from gradlab.errors import RunError
+from gradlab.progress import Event, Progress, RunFinished, RunStarted, RunSubmitted, StepLogged, Throttled, silent
+from gradlab.records import META_FILE
+from gradlab.runner import SIGNALS, RunInterrupted, StopPoll, StopSignals
 
-STEP_EVENTS_EVERY_S = 0.25  # a run reports its step to the display at most this often
 RAY_POLL_EVERY_S = 1.0  # a Ray task asks the control actor whether to stop at most this often
 POLL_S = 0.1  # how often the parent looks at finished runs, progress and signals
-RECORD_FILES = ("config.yaml", "meta.json", "metrics.csv", "layers.csv")
 
 
 @dataclass(frozen=True)
@@ -61,16 +65,21 @@ class MemberResult:
     started: bool = True
     signum: int | None = None  # the signal that interrupted the run
     files: dict[str, bytes] | None = None  # Ray: the records, to be written on this machine
+    outcomes: list | None = None  # expect: checked on the finished run; None when not checked here
 
 
-@dataclass
-class Event:
-    kind: str  # submitted | started | step | finished
-    index: int
-    steps: int = 0  # started: steps planned
-    step: int = 0
-    loss: float = math.nan
-    result: MemberResult | None = None
+def default_threads() -> int:
+    """Torch threads per run of a sweep: 1, whatever --jobs is. PyTorch's CPU kernels split their
+    sums by thread, so the last bits of every measurement depend on the thread count; one fixed
+    count keeps a sweep's records the same serial or parallel."""
+    return 1
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -78,37 +87,8 @@ class Event:
 # --------------------------------------------------------------------------------------------
 
 
-class StopFlag:
-    """Signal handler that only takes note: `signals` in arrival order."""
-
-    def __init__(self):
-        self.signals: list[int] = []
-
-    @property
-    def signum(self) -> int | None:
-        return self.signals[0] if self.signals else None
-
-    def reset(self) -> None:
-        self.signals = []
-
-    def __call__(self, signum, frame) -> None:
-        self.signals.append(signum)
-
-    @contextmanager
-    def installed(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield self  # signals belong to the main thread's owner
-            return
-        previous = {s: signal.signal(s, self) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield self
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-
-
-_STOP = StopFlag()  # this process's: the parent's in a serial sweep, a worker's in a pool
-_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_STOP = StopSignals()  # this process's, noting only: the parent's in a sweep, a worker's in a pool
+_SIGNALS = set(SIGNALS)
 
 
 @contextmanager
@@ -131,71 +111,39 @@ def _signals_held():
 # --------------------------------------------------------------------------------------------
 
 
-class Hooks:
-    """How a run talks to whoever started it. The default: signals noted in this process."""
-
-    def started(self, index: int, steps: int) -> None: ...
-    def step(self, index: int, step: int, loss: float) -> None: ...
-
-    def stop_signal(self) -> int | None:
-        return _STOP.signum
-
-
-class _MemberReporter:
-    """train.Reporter for a sweep member: progress to the hooks, and a stop noted while the run
-    was being set up (before train.StopRequest took over the signals) ends it as interrupted."""
-
-    def __init__(self, index: int, hooks: Hooks):
-        self.index, self.hooks, self.last = index, hooks, 0.0
-
-    def start(self, total_steps: int) -> None:
-        self.hooks.started(self.index, total_steps)
-        self._check()
-
-    def update(self, step: int, loss: float) -> None:
-        now = time.monotonic()
-        if now - self.last >= STEP_EVENTS_EVERY_S:
-            self.last = now
-            self.hooks.step(self.index, step, loss)
-        self._check()
-
-    def finish(self) -> None: ...
-
-    def _check(self) -> None:
-        signum = self.hooks.stop_signal()
-        if signum is not None:
-            from gradlab.train import RunInterrupted
-
-            raise RunInterrupted(signum)
-
-
 def _one_line(text: str, limit: int = 300) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def run_member(task: MemberTask, hooks: Hooks | None = None) -> MemberResult:
-    """Train one combination into `task.run_dir`. Never raises for a run that goes wrong."""
-    hooks = hooks or Hooks()
+def _stop_noted() -> int | None:
+    return _STOP.signum
+
+
+def run_member(task: MemberTask, progress: Progress | None = None, stop_poll: StopPoll | None = None) -> MemberResult:
+    """Train one combination into `task.run_dir`, then check its expect: section on the records.
+    Never raises for a run that goes wrong.
+
+    `progress` gets the run's events (steps at most every progress.STEP_EVENTS_EVERY_S); `stop_poll`
+    (default: a signal this process noted) stops the run, at its start or after a logged step."""
     import torch
 
+    from gradlab import runner
     from gradlab.config import validate
     from gradlab.errors import GradlabError
-    from gradlab.train import RunInterrupted, run_experiment
 
-    if hooks.stop_signal() is not None:
+    stop_poll = stop_poll or _stop_noted
+    if stop_poll() is not None:
         return MemberResult(task.index, "pending", 0.0, started=False)
     begin = time.perf_counter()
     run_dir = Path(task.run_dir)
     threads = torch.get_num_threads()
     torch.set_num_threads(task.threads)
-    error, signum = "", None
+    error, signum, exp, result = "", None, None, None
     try:
-        result = run_experiment(validate(task.config), _MemberReporter(task.index, hooks), run_dir=run_dir)
-        status = result.status
-        if result.divergence:
-            d = result.divergence
-            error = f"diverged at step {d.get('step')}: first non-finite value in {d.get('tensor')}"
+        exp = validate(task.config)
+        result = runner.run_experiment(exp, Throttled(progress or silent), run_dir=run_dir, index=task.index, stop_poll=stop_poll)
+        status, error = result.status, result.divergence_text()
     except RunInterrupted as exc:
         status, signum = "interrupted", exc.signum
     except KeyboardInterrupt:  # Ray's cancel, or a signal where no handler of ours was installed
@@ -206,31 +154,33 @@ def run_member(task: MemberTask, hooks: Hooks | None = None) -> MemberResult:
         status, error = "failed", _one_line(f"{type(exc).__name__}: {exc}")
     finally:
         torch.set_num_threads(threads)
-    if status in ("failed", "interrupted") and not (run_dir / "meta.json").exists():
+    if status in ("failed", "interrupted") and not (run_dir / META_FILE).exists():
         _write_stub(run_dir, task, status, error)
-    return MemberResult(task.index, status, time.perf_counter() - begin, error, signum=signum)
+    member = MemberResult(task.index, status, time.perf_counter() - begin, error, signum=signum)
+    if result is not None and exp.expect is not None:
+        try:
+            member.outcomes = runner.report(exp, result).outcomes
+        except Exception:  # records that cannot be read back: the sweep checks them again and says why
+            member.outcomes = None
+    elif result is not None:
+        member.outcomes = []
+    return member
 
 
 def _write_stub(run_dir: Path, task: MemberTask, status: str, error: str) -> None:
-    """Records for a run that stopped before it could write any (bad data file, memory check):
-    config.yaml, meta.json with the status and error, and CSVs with only their headers."""
-    import platform
-
-    import torch
+    """Records for a run that stopped before it could write any (bad data file, memory check)."""
     import yaml
 
-    import gradlab
-    from gradlab.records import RunRecords, now_iso
+    from gradlab.records import write_stub
+    from gradlab.runner import run_meta
 
+    config = task.config
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config_yaml = yaml.safe_dump(task.config, sort_keys=False, default_flow_style=None, width=100)
-        records = RunRecords(run_dir, config_yaml, {
-            "name": task.config.get("name"), "run_id": run_dir.name, "seed": task.config.get("seed"), "device": None,
-            "versions": {"gradlab": gradlab.__version__, "torch": torch.__version__, "python": platform.python_version()},
-            "started": now_iso(), "ended": None, "steps_planned": task.config.get("train", {}).get("steps"), "steps_done": 0, "divergence": None,
-        })  # fmt: skip
-        records.close(status, error=error or None)
+        write_stub(
+            run_dir, yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=100),
+            run_meta(config.get("name"), run_dir.name, config.get("seed"), None, config.get("train", {}).get("steps")),
+            status, error or None,
+        )  # fmt: skip
     except OSError:
         pass  # the index still says what happened
 
@@ -242,14 +192,15 @@ def _write_stub(run_dir: Path, task: MemberTask, status: str, error: str) -> Non
 
 def execute(
     tasks: list[MemberTask],
-    on_event: Callable[[Event], None],
+    on_event: Progress,
     *,
     executor: str = "local",
     jobs: int | None = 1,
     ray_address: str | None = None,
 ) -> int | None:
-    """Run `tasks`, reporting every Event to `on_event` (in this thread). Returns the signal that
-    stopped the sweep, or None when every task ran."""
+    """Run `tasks`, reporting every progress event to `on_event` (in this thread): the runs' own,
+    RunSubmitted and RunFinished. Returns the signal that stopped the sweep, or None when every
+    task ran."""
     if executor == "ray":
         return _run_ray(tasks, on_event, jobs, ray_address)
     if executor != "local":
@@ -263,40 +214,20 @@ def execute(
     return _STOP.signum
 
 
-class _DirectHooks(Hooks):
-    def __init__(self, on_event):
-        self.on_event = on_event
-
-    def started(self, index, steps):
-        self.on_event(Event("started", index, steps=steps))
-
-    def step(self, index, step, loss):
-        self.on_event(Event("step", index, step=step, loss=loss))
-
-
-def _run_serial(tasks: list[MemberTask], on_event) -> None:
-    hooks = _DirectHooks(on_event)
+def _run_serial(tasks: list[MemberTask], on_event: Progress) -> None:
     for task in tasks:
         if _STOP.signum is not None:
             break
-        on_event(Event("submitted", task.index))
-        result = run_member(task, hooks)
+        on_event(RunSubmitted(task.index))
+        result = run_member(task, on_event)
         if result.signum is not None and not _STOP.signals:
-            _STOP.signals.append(result.signum)  # train.StopRequest took the signal during the run
-        on_event(Event("finished", task.index, result=result))
+            _STOP.signals.append(result.signum)  # the run's own handler took the signal during the run
+        on_event(RunFinished(task.index, result))
 
 
 # The pool's workers -----------------------------------------------------------------------
 
-_QUEUE = None  # a worker's channel to the parent
-
-
-class _QueueHooks(Hooks):
-    def started(self, index, steps):
-        _QUEUE.put(("started", index, steps, 0.0))
-
-    def step(self, index, step, loss):
-        _QUEUE.put(("step", index, step, loss))
+_QUEUE = None  # a worker's channel to the parent: progress events, as they are
 
 
 def _init_worker(channel) -> None:
@@ -343,10 +274,10 @@ def start_workers_early(executor: str = "local", jobs: int | None = 1) -> None:
 
 
 def _pool_member(task: MemberTask) -> MemberResult:
-    return run_member(task, _QueueHooks())
+    return run_member(task, _QUEUE.put)
 
 
-def _run_pool(tasks: list[MemberTask], on_event, jobs: int) -> None:
+def _run_pool(tasks: list[MemberTask], on_event: Progress, jobs: int) -> None:
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
@@ -363,10 +294,10 @@ def _run_pool(tasks: list[MemberTask], on_event, jobs: int) -> None:
     def drain() -> None:
         while True:
             try:
-                kind, index, a, b = channel.get_nowait()
+                event = channel.get_nowait()
             except queue_module.Empty:
                 return
-            on_event(Event(kind, index, steps=a) if kind == "started" else Event(kind, index, step=a, loss=b))
+            on_event(event)
 
     pool = new_pool()
     try:
@@ -375,7 +306,7 @@ def _run_pool(tasks: list[MemberTask], on_event, jobs: int) -> None:
                 task = pending.popleft()
                 with _signals_held():  # submit starts the worker processes
                     running[pool.submit(_pool_member, task)] = task
-                on_event(Event("submitted", task.index))
+                on_event(RunSubmitted(task.index))
             done, _ = wait(list(running), timeout=POLL_S, return_when=FIRST_COMPLETED)
             if len(_STOP.signals) > forwarded:
                 for pid in list(getattr(pool, "_processes", None) or {}):
@@ -396,10 +327,10 @@ def _run_pool(tasks: list[MemberTask], on_event, jobs: int) -> None:
                     result = _died(task, _STOP.signum)
                 except Exception as exc:  # not expected: run_member catches what a run raises
                     result = MemberResult(task.index, "failed", 0.0, _one_line(f"{type(exc).__name__}: {exc}"))
-                on_event(Event("finished", task.index, result=result))
+                on_event(RunFinished(task.index, result))
             if broken:
                 for future, task in list(running.items()):
-                    on_event(Event("finished", task.index, result=_died(task, _STOP.signum)))
+                    on_event(RunFinished(task.index, _died(task, _STOP.signum)))
                 running.clear()
                 pool.shutdown(wait=True, cancel_futures=True)
                 pool = new_pool()
@@ -415,19 +346,12 @@ def _run_pool(tasks: list[MemberTask], on_event, jobs: int) -> None:
 def _died(task: MemberTask, signum: int | None) -> MemberResult:
     """A worker process that died under a run (killed, out of memory, crashed): failed, or
     interrupted when the sweep is being stopped. meta.json, if any, says so too."""
+    from gradlab.records import close_abandoned
+
     status = "failed" if signum is None else "interrupted"
     error = "the worker process died during the run (killed, out of memory or crashed)" if signum is None else ""
-    meta = Path(task.run_dir) / "meta.json"
-    if meta.exists():
-        from gradlab.records import now_iso, read_meta, write_json_atomic
-
-        try:
-            data = read_meta(Path(task.run_dir))
-            if data.get("status") == "running":
-                write_json_atomic(meta, {**data, "status": status, "ended": now_iso(), **({"error": error} if error else {})})
-        except Exception:
-            pass
-    return MemberResult(task.index, status, 0.0, error, started=meta.exists() or signum is None, signum=signum)
+    begun = close_abandoned(Path(task.run_dir), status, error or None)
+    return MemberResult(task.index, status, 0.0, error, started=begun or signum is None, signum=signum)
 
 
 # Ray ---------------------------------------------------------------------------------------
@@ -438,43 +362,44 @@ class RayControl:
 
     def __init__(self):
         self.signum: int | None = None
-        self.events: list[tuple[str, int, float, float]] = []
+        self.events: list[Event] = []
 
-    def report(self, kind: str, index: int, a: float, b: float) -> int | None:
-        if kind != "poll":
-            self.events.append((kind, index, a, b))
+    def report(self, event: Event | None) -> int | None:
+        """A task's progress event (None: only asking), answered with the signal to stop on."""
+        if event is not None:
+            self.events.append(event)
         return self.signum
 
     def stop(self, signum: int) -> None:
         self.signum = signum
 
-    def drain(self) -> list[tuple[str, int, float, float]]:
+    def drain(self) -> list[Event]:
         events, self.events = self.events, []
         return events
 
 
-class _RayHooks(Hooks):
+class _RayLink:
+    """A Ray task's progress and stop poll, both through the control actor: one round trip at most
+    every RAY_POLL_EVERY_S (but the start, which is always reported)."""
+
     def __init__(self, control):
         self.control = control
         self.last = -math.inf
         self.signum: int | None = None
 
-    def _report(self, kind: str, index: int, a: float, b: float) -> None:
+    def _report(self, event: Event | None) -> None:
         import ray
 
-        self.signum = ray.get(self.control.report.remote(kind, index, a, b))
+        self.signum = ray.get(self.control.report.remote(event))
         self.last = time.monotonic()
 
-    def started(self, index, steps):
-        self._report("started", index, steps, 0.0)
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, RunStarted) or (isinstance(event, StepLogged) and time.monotonic() - self.last >= RAY_POLL_EVERY_S):
+            self._report(event)
 
-    def step(self, index, step, loss):
+    def stop_signal(self) -> int | None:
         if time.monotonic() - self.last >= RAY_POLL_EVERY_S:
-            self._report("step", index, step, loss)
-
-    def stop_signal(self):
-        if time.monotonic() - self.last >= RAY_POLL_EVERY_S:
-            self._report("poll", -1, 0.0, 0.0)
+            self._report(None)
         return self.signum
 
 
@@ -483,11 +408,14 @@ def ray_member(task: MemberTask, control) -> MemberResult:
     sent back as file contents."""
     import tempfile
 
+    from gradlab.records import pack_run
+
     with tempfile.TemporaryDirectory(prefix="gradlab-") as tmp:
         local = Path(tmp) / task.name
-        result = run_member(replace(task, run_dir=str(local)), _RayHooks(control))
+        link = _RayLink(control)
+        result = run_member(replace(task, run_dir=str(local)), link, link.stop_signal)
         if local.is_dir():
-            result.files = {name: (local / name).read_bytes() for name in RECORD_FILES if (local / name).is_file()}
+            result.files = pack_run(local)
     return result
 
 
@@ -505,8 +433,6 @@ def connect_ray(address: str | None):
         _check_reachable(address)
     options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR}
     if address is None:
-        from gradlab.sweep import available_cores
-
         options.update(num_cpus=available_cores(), include_dashboard=False)
     try:
         # "local": a new instance even where `ray start` left a cluster behind (ray.init(None) would join it)
@@ -545,7 +471,7 @@ def ray_session(address: str | None):
             ray.shutdown()
 
 
-def _run_ray(tasks: list[MemberTask], on_event, jobs: int | None, address: str | None) -> int | None:
+def _run_ray(tasks: list[MemberTask], on_event: Progress, jobs: int | None, address: str | None) -> int | None:
     ray, connected = connect_ray(address)
     control = None
     try:
@@ -562,7 +488,7 @@ def _run_ray(tasks: list[MemberTask], on_event, jobs: int | None, address: str |
                 while pending and len(running) < capacity and _STOP.signum is None:
                     task = pending.popleft()
                     running[remote.options(num_cpus=task.threads).remote(task, control)] = task
-                    on_event(Event("submitted", task.index))
+                    on_event(RunSubmitted(task.index))
                 ready = []
                 if running:
                     ready, _ = ray.wait(list(running), num_returns=1, timeout=POLL_S * 2)
@@ -573,11 +499,11 @@ def _run_ray(tasks: list[MemberTask], on_event, jobs: int | None, address: str |
                         for ref in running:
                             ray.cancel(ref, force=True)
                     told = len(_STOP.signals)
-                for kind, index, a, b in ray.get(control.drain.remote()):
-                    on_event(Event(kind, index, steps=int(a)) if kind == "started" else Event(kind, index, step=int(a), loss=b))
+                for event in ray.get(control.drain.remote()):
+                    on_event(event)
                 for ref in ready:
                     task = running.pop(ref)
-                    on_event(Event("finished", task.index, result=_gather(ray, ref, task)))
+                    on_event(RunFinished(task.index, _gather(ray, ref, task)))
                 if _STOP.signum is not None and not running:
                     break
         return _STOP.signum
@@ -593,7 +519,7 @@ def _run_ray(tasks: list[MemberTask], on_event, jobs: int | None, address: str |
 
 def _gather(ray, ref, task: MemberTask) -> MemberResult:
     """A Ray task's result, its records written into the sweep directory on this machine."""
-    from gradlab.records import new_named_run_dir
+    from gradlab.records import unpack_run
 
     try:
         result: MemberResult = ray.get(ref)
@@ -603,8 +529,6 @@ def _gather(ray, ref, task: MemberTask) -> MemberResult:
             return MemberResult(task.index, "interrupted", 0.0, "cancelled", signum=_STOP.signum)
         return MemberResult(task.index, "failed", 0.0, _one_line(f"{type(exc).__name__}: {exc}"))
     if result.files:
-        run_dir = new_named_run_dir(Path(task.run_dir).parent, Path(task.run_dir).name)
-        for name, content in result.files.items():
-            (run_dir / name).write_bytes(content)
+        unpack_run(Path(task.run_dir), result.files)
         result.files = None
     return result

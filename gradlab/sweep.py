@@ -17,7 +17,8 @@ and `gradlab run` writes one sweep directory holding a normal run directory per 
     create_sweep_dir(plan)   the folder, sweep.yaml and sweep.csv (every run pending)
     open_sweep(dir)          the plan and index of an existing sweep (for --resume)
     run_sweep(plan, dir)     runs what is not finished with an executor (executors.py), keeping
-                             sweep.csv up to date; returns a SweepOutcome
+                             sweep.csv up to date; returns a SweepOutcome, whose runs'
+                             expect: sections each member checked on its own records
 
 The seed is an axis like any other (`seed`), always the last one, so that `gradlab compare` on the
 sweep directory averages it away: one row per combination of the other axes.
@@ -32,17 +33,17 @@ import io
 import itertools
 import json
 import math
-import os
 import re
 import shutil
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
 
 from gradlab.errors import ConfigError, RunError
+from gradlab.progress import Event, Progress, RunFinished, RunStarted, RunSubmitted, StepLogged, SweepEnded, SweepStarted, silent
 
 SWEEP_KEY, SEEDS_KEY, SEED_AXIS = "sweep", "seeds", "seed"
 SPEC_FILE, INDEX_FILE = "sweep.yaml", "sweep.csv"
@@ -351,7 +352,7 @@ def check_resources(plan: SweepPlan) -> None:
     from gradlab.config import validate
     from gradlab.errors import GradlabError
     from gradlab.memory import check_fits, known_input_shape
-    from gradlab.train import resolve_device
+    from gradlab.runner import resolve_device
 
     errors: list[tuple[dict[str, Any], list[str]]] = []
     for member in plan.members:
@@ -454,15 +455,15 @@ class SweepIndex:
         return index
 
     def write(self) -> None:
+        from gradlab.records import write_text_atomic
+
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow(["run", *self.keys, "status", "duration_s", "error"])
         for row in self.rows:
             duration = "" if row.duration_s is None else f"{row.duration_s:.2f}"
             writer.writerow([row.run, *(flow(row.values[key]) for key in self.keys), row.status, duration, row.error])
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(text.getvalue(), encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, text.getvalue())
 
     def counts(self) -> Counter:
         return Counter(row.status for row in self.rows)
@@ -495,22 +496,13 @@ def open_sweep(sweep_dir: str | Path) -> tuple[SweepPlan, SweepIndex]:
 # --------------------------------------------------------------------------------------------
 
 
-class SweepDisplay:
-    """What a sweep reports as it goes; the silent default. RichSweepDisplay draws it."""
-
-    def begin(self, total: int, todo: int) -> None: ...
-    def started(self, row: IndexRow, steps: int) -> None: ...
-    def step(self, row: IndexRow, step: int, loss: float) -> None: ...
-    def finished(self, row: IndexRow) -> None: ...
-    def end(self) -> None: ...
-
-
 @dataclass
 class SweepOutcome:
     sweep_dir: Path
     rows: list[IndexRow]
     ran: int  # runs started by this command
     signum: int | None = None  # the signal that stopped the sweep
+    checks: dict[str, list] = field(default_factory=dict)  # run -> expect: outcomes, as its member checked them
 
     @property
     def counts(self) -> Counter:
@@ -528,19 +520,36 @@ class SweepOutcome:
         left = counts["pending"] + counts["running"]
         return text + (f", {left} not run" if left else "")
 
+    def finished(self) -> list[Path]:
+        """The run directories of the completed and diverged runs, in plan order."""
+        return [self.sweep_dir / row.run for row in self.rows if row.status in FINISHED]
 
-def default_threads() -> int:
-    """Torch threads per run of a sweep: 1, whatever --jobs is. PyTorch's CPU kernels split their
-    sums by thread, so the last bits of every measurement depend on the thread count; one fixed
-    count keeps a sweep's records the same serial or parallel."""
-    return 1
+    def failed_expectations(self) -> list[str]:
+        """'expectation failed: <run>: <failure>' for every violated expectation of a finished run,
+        in plan order. A run that finished before this command (--resume), or whose member could
+        not read its records back, is checked here."""
+        from gradlab.expectations import check_run
 
+        lines = []
+        for path in self.finished():
+            outcomes = self.checks.get(path.name)
+            if outcomes is None:
+                outcomes = check_run(path)
+            lines.extend(f"expectation failed: {path.name}: {o.failure()}" for o in outcomes if not o.passed)
+        return lines
 
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    def plot(self) -> list[str]:
+        """The figures of every finished run, together, drawn into the sweep directory; returns the
+        warnings of reading them back (runs cut off, skipped)."""
+        from gradlab import plots
+        from gradlab.records import load_runs
+
+        finished = self.finished()
+        if not finished:
+            return []
+        loaded = load_runs(finished)
+        plots.save_figures(plots.build_figures(loaded.runs), self.sweep_dir)
+        return loaded.problems
 
 
 def run_sweep(
@@ -551,7 +560,7 @@ def run_sweep(
     threads: int | None = None,
     executor: str = "local",
     ray_address: str | None = None,
-    display: SweepDisplay | None = None,
+    progress: Progress | None = None,
     index: SweepIndex | None = None,
 ) -> SweepOutcome:
     """Run every combination of `plan` whose status in sweep.csv is not completed or diverged.
@@ -560,13 +569,16 @@ def run_sweep(
     folder removed and runs again in a fresh one. Runs that fail or diverge do not stop the sweep.
     SIGINT/SIGTERM stop it: runs in flight end as interrupted at their next step, runs not started
     stay pending, and the outcome carries the signal.
+
+    `progress` (a view such as progress.SweepLines) gets SweepStarted, the events of the runs in
+    flight, RunFinished of each run that was started, and SweepEnded.
     """
     from gradlab import executors
 
     sweep_dir = Path(sweep_dir)
-    display = display or SweepDisplay()
+    display = progress or silent
     index = index or SweepIndex.read(sweep_dir, plan)
-    threads = threads or default_threads()
+    threads = threads or executors.default_threads()
     members = {member.name: member for member in plan.members}
     todo = [row for row in index.rows if row.status not in FINISHED]
     for row in todo:
@@ -582,112 +594,35 @@ def run_sweep(
         for i, row in enumerate(index.rows) if row.run in todo_names
     ]  # fmt: skip
     rows = index.rows
-    ran = 0
+    outcome = SweepOutcome(sweep_dir, rows, 0)
 
-    def on_event(event: executors.Event) -> None:
-        nonlocal ran
+    def on_event(event: Event) -> None:
         row = rows[event.index]
-        if event.kind == "submitted":
+        if isinstance(event, RunSubmitted):
             row.status = "running"
             index.write()
-        elif event.kind == "started" and row.status == "running":
-            display.started(row, event.steps)
-        elif event.kind == "step" and row.status == "running":
-            display.step(row, event.step, event.loss)
-        elif event.kind == "finished":
+        elif isinstance(event, RunStarted | StepLogged) and row.status == "running":
+            display(event)  # (a late event of a run already finished is dropped)
+        elif isinstance(event, RunFinished):
             result = event.result
             if result.started:
-                ran += 1
+                outcome.ran += 1
             row.status = result.status if result.started else "pending"
             row.duration_s = result.duration_s if result.started else None
             row.error = result.error
+            if result.outcomes is not None:
+                outcome.checks[row.run] = result.outcomes
             index.write()
-            if result.started:
-                display.finished(row)
+            display(event)
 
-    display.begin(len(rows), len(tasks))
+    display(SweepStarted(tuple(row.run for row in rows), len(tasks)))
     try:
-        signum = executors.execute(tasks, on_event, executor=executor, jobs=jobs, ray_address=ray_address)
+        outcome.signum = executors.execute(tasks, on_event, executor=executor, jobs=jobs, ray_address=ray_address)
     finally:
         # whatever happened, no row claims a run is going on when this command is over
         for row in rows:
             if row.status == "running":
                 row.status = "interrupted"
         index.write()
-        display.end()
-    return SweepOutcome(sweep_dir, rows, ran, signum)
-
-
-# --------------------------------------------------------------------------------------------
-# The terminal display
-# --------------------------------------------------------------------------------------------
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, seconds = divmod(round(seconds), 60)
-    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}" if minutes >= 60 else f"{minutes}:{seconds:02d} min"
-
-
-class RichSweepDisplay(SweepDisplay):
-    """Overall progress (runs done / total, elapsed, ETA) and a line per active run (its step and
-    loss), on `console`; a line per finished run stays above them."""
-
-    def __init__(self, console):
-        self.console = console
-        self.progress = None
-        self.tasks: dict[str, Any] = {}
-        self.done = 0
-        self.total = 0
-
-    def begin(self, total: int, todo: int) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.total, self.done, self.counts = todo, 0, Counter()
-        if not self.console.is_terminal:
-            return  # no live display in a log or a pipe: the finished-run lines alone
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(bar_width=24),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=self.console,
-            transient=True,
-        )
-        self.overall = self.progress.add_task("runs", total=todo, info="")
-        self.progress.start()
-
-    def started(self, row: IndexRow, steps: int) -> None:
-        if self.progress is not None:
-            self.tasks[row.run] = self.progress.add_task(f"  {row.run}", total=max(steps, 1), info="loss -")
-
-    def step(self, row: IndexRow, step: int, loss: float) -> None:
-        if self.progress is not None and row.run in self.tasks:
-            self.progress.update(self.tasks[row.run], completed=step, info=f"loss {loss:.4g}")
-
-    def finished(self, row: IndexRow) -> None:
-        self.done += 1
-        width = len(str(self.total))
-        line = f"[{self.done:>{width}}/{self.total}] {row.status:<11} {row.run}  {format_duration(row.duration_s)}"
-        if row.error:
-            line += f"  {row.error}"
-        if self.progress is None:
-            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
-            return
-        self.progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
-        task = self.tasks.pop(row.run, None)
-        if task is not None:
-            self.progress.remove_task(task)
-        self.counts[row.status] += 1
-        info = ", ".join(f"{n} {status}" for status, n in self.counts.items())
-        self.progress.update(self.overall, completed=self.done, info=info)
-
-    def end(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
+        display(SweepEnded())
+    return outcome

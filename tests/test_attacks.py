@@ -26,7 +26,7 @@ from gradlab.cli import app
 from gradlab.config import validate
 from gradlab.errors import RunError
 from gradlab.records import LAYERS_COLUMNS, METRICS_COLUMNS, new_run_dir
-from gradlab.train import run_experiment
+from gradlab.runner import run_experiment
 from test_interrupt import start_long_run, wait_for_rows
 
 # A warning (numpy's 'overflow encountered in cast', say) is one more line on a user's stderr;

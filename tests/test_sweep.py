@@ -24,7 +24,8 @@ from typer.testing import CliRunner
 from gradlab import sweep as sweeps
 from gradlab.cli import app
 from gradlab.errors import ConfigError
-from gradlab.executors import Hooks, MemberTask, run_member
+from gradlab.executors import MemberTask, default_threads, run_member
+from gradlab.progress import RunStarted
 from gradlab.records import LAYERS_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -344,16 +345,16 @@ def test_each_run_computes_with_the_threads_it_is_given(tmp_path):
 
     seen = []
 
-    class Spy(Hooks):
-        def started(self, index, steps):
+    def spy(event):
+        if isinstance(event, RunStarted):
             seen.append(torch.get_num_threads())
 
     before = torch.get_num_threads()
     plan = sweeps.plan_sweep({**BASE, "seeds": [0]})
     task = MemberTask(0, "seed=0", str(tmp_path / "seed=0"), plan.members[0].config, threads=1)
-    assert run_member(task, Spy()).status == "completed"
+    assert run_member(task, spy).status == "completed"
     assert seen == [1] and torch.get_num_threads() == before
-    assert sweeps.default_threads() == 1
+    assert default_threads() == 1
 
 
 def test_resume_runs_only_what_is_not_completed_or_diverged(tmp_path):
