@@ -261,8 +261,8 @@ def _numeric(frame: pd.DataFrame, text_columns: Iterable[str], where: str) -> pd
 
     text_columns = set(text_columns)
     converted = {}
-    for column in frame.columns:
-        if column in text_columns or pd.api.types.is_numeric_dtype(frame[column]):
+    for column, dtype in frame.dtypes.items():
+        if column in text_columns or pd.api.types.is_numeric_dtype(dtype):
             continue  # (read_csv already parsed it: converting again would copy it for nothing)
         try:
             converted[column] = pd.to_numeric(frame[column])

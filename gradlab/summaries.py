@@ -69,14 +69,14 @@ def profile_at(run: Run, step: Step) -> dict[str, float]:
     Computed on the table's numpy columns (a comparison of a hundred runs would otherwise spend
     its time selecting rows with pandas); where a layer appears twice at a step, its last row counts.
     """
-    layers = run.layers
-    first, last, depth = hidden_span(layers)
+    first, last, depth = hidden_span(run.layers)
+    columns = {c: run.layers[c].to_numpy() for c in ("step", "layer", "kind", "delta_norm", "weight_grad_norm", "dead_frac", "saturated_frac")}
     target = run.resolve_step(step)
-    rows = (layers["kind"].to_numpy() == "hidden") & (layers["step"].to_numpy() == target) if target is not None else []
-    row_of = {int(layer): i for layer, i in zip(layers["layer"].to_numpy()[rows], np.flatnonzero(rows))}
+    rows = (columns["kind"] == "hidden") & (columns["step"] == target) if target is not None else []
+    row_of = {int(layer): i for layer, i in zip(columns["layer"][rows], np.flatnonzero(rows))}
 
     def value(layer: int, column: str) -> float:
-        return float(layers[column].to_numpy()[row_of[layer]]) if layer in row_of else math.nan
+        return float(columns[column][row_of[layer]]) if layer in row_of else math.nan
 
     def ratio(column: str) -> float:
         top, bottom = value(first, column), value(last, column)
@@ -86,7 +86,7 @@ def profile_at(run: Run, step: Step) -> dict[str, float]:
             return float(np.float64(top) / np.float64(bottom))  # x/0 is inf: a real, if extreme, gain
 
     def largest(column: str) -> float:
-        values = layers[column].to_numpy(dtype=float)[list(row_of.values())]
+        values = columns[column][list(row_of.values())].astype(float)
         values = values[~np.isnan(values)]
         return float(values.max()) if values.size else math.nan  # of nothing, or of empty cells: NaN, never 0
 
@@ -115,7 +115,7 @@ def final_metrics(run: Run, target_loss: float | None = None) -> dict[str, float
 
     "Last" is the row of the largest step (of equal steps, the last written)."""
     metrics = run.metrics
-    split, steps = metrics["split"].to_numpy(), metrics["step"].to_numpy()
+    split, steps, losses = metrics["split"].to_numpy(), metrics["step"].to_numpy(), metrics["loss"].to_numpy()
 
     def in_step_order(which: str) -> np.ndarray:
         rows = np.flatnonzero(split == which)
@@ -129,7 +129,7 @@ def final_metrics(run: Run, target_loss: float | None = None) -> dict[str, float
     out["steps_to_target"] = math.nan
     if target_loss is not None:
         train = in_step_order("train")
-        reached = train[metrics["loss"].to_numpy()[train] <= target_loss]
+        reached = train[losses[train] <= target_loss]
         if len(reached):
             out["steps_to_target"] = float(steps[reached[0]])
     return out
