@@ -1,7 +1,7 @@
 """The JSON Schema of an experiment config (`gradlab schema`), so that editors complete and check
 config files as they are typed.
 
-    config_json_schema()   the schema as a dict (JSON Schema draft 2020-12)
+    config_json_schema()   the schema as a dict (JSON Schema draft 7)
     schema_json()          the same as the text `gradlab schema` prints (and docs/config.schema.json holds)
 
 It starts from the pydantic model that validates configs (`config.Experiment`), so every section,
@@ -28,7 +28,9 @@ from typing import Any, Iterator
 from gradlab import specs
 from gradlab.registry import Registry
 
-SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+# Draft 7, the newest draft VS Code's YAML extension (yaml-language-server) validates with; pydantic's
+# output uses nothing later (`$defs` is reached by a plain JSON pointer in a `$ref`).
+SCHEMA_DIALECT = "http://json-schema.org/draft-07/schema#"
 
 # Config fields that hold a component: (registry, which of its components are allowed there).
 COMPONENT_FIELDS: dict[str, tuple[Registry, Any]] = {
@@ -142,7 +144,7 @@ def _sweep_schema(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_json_schema() -> dict[str, Any]:
-    """The JSON Schema of an experiment config file (draft 2020-12)."""
+    """The JSON Schema of an experiment config file (draft 7)."""
     from gradlab.config import Experiment  # the model the loader validates with
 
     schema = Experiment.model_json_schema()
