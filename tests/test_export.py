@@ -202,3 +202,59 @@ def test_out_dir_that_is_a_file(tmp_path):
     (tmp_path / "tb").write_text("x")
     with pytest.raises(RunError, match="is a file, not a folder"):
         export.export_tensorboard([synthetic_run(tmp_path)], tmp_path / "tb")
+
+
+@pytest.mark.slow
+def test_tensorboard_itself_serves_them(tmp_path):
+    """TensorBoard's own server (with its default, Rust data loader) reads the export: the scalars,
+    histograms and text it serves over HTTP are the CSV's."""
+    import json
+    import os
+    import signal
+    import socket
+    import subprocess
+    import time
+    import urllib.parse
+    import urllib.request
+
+    run_dir = synthetic_run(tmp_path)
+    (run,) = export.export_tensorboard([run_dir], tmp_path / "tb").runs
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(tmp_path / "tb"), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+
+    def get(path: str, **query):
+        url = f"http://127.0.0.1:{port}{path}" + ("?" + urllib.parse.urlencode(query) if query else "")
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return json.load(response)
+
+    try:
+        label = str(run.log_dir.relative_to(tmp_path / "tb"))
+        deadline = time.monotonic() + 90
+        while True:  # the server starts, then loads the events in the background
+            try:
+                if label in get("/data/runs") and get("/data/plugin/scalars/scalars", run=label, tag="train/loss"):
+                    break
+            except (OSError, ValueError):
+                pass
+            assert server.poll() is None, server.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "TensorBoard did not serve the run within 90 s"
+            time.sleep(1)
+        expected = expected_scalars(run_dir)
+        tags = get("/data/plugin/scalars/tags")[label]
+        assert {tag for tag in tags if not tag.startswith("profile/")} == set(expected)
+        for tag in ("delta_norm/blocks.0", "delta_norm/head", "update_ratio/blocks.2", "train/loss", "test/accuracy"):
+            served = {step: value for _, step, value in get("/data/plugin/scalars/scalars", run=label, tag=tag)}
+            assert served == expected[tag], tag
+        (step0, step10) = get("/data/plugin/histograms/histograms", run=label, tag="hidden_layers/log10_delta_norm")
+        assert [step0[1], step10[1]] == [0, 10]
+        assert sum(count for _, _, count in step0[2]) == 3
+        (text,) = get("/data/plugin/text/text", run=label, tag="config")
+        assert "name: exp" in text["text"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # TensorBoard and its data server, started above
+        server.wait(timeout=30)
