@@ -94,7 +94,7 @@ def main() -> None:
         child(args.child, args.steps, args.out)
         return
 
-    from gradlab.sweep import available_cores
+    from gradlab.executors import available_cores
 
     times: dict[int, dict[str, list[float]]] = {1: {"sweep": [], "command": []}, 2: {"sweep": [], "command": []}}
     with tempfile.TemporaryDirectory(prefix="gradlab-bench-") as out:
