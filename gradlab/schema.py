@@ -15,9 +15,8 @@ list their names; a config may hold a `sweep:` (its keys: every config key that 
 What the schema cannot say, the loader still checks (`gradlab validate`): values that depend on
 each other (batch_size <= n_train, groups divides width, an odd kernel, a data path that exists,
 low <= high), names written in another case or with dashes (the loader accepts `Leaky-ReLU`; the
-schema offers the canonical spelling), and a YAML 1.1 quirk: `1e-3` is text to PyYAML (write
-`1.0e-3`), and a JSON Schema validator working on the YAML parsed by an editor may read it as a
-number.
+schema offers the canonical spelling), and PyYAML's YAML 1.1 reading of `1e-3` as text (write
+`1.0e-3`), which an editor reading YAML 1.2 takes for a number.
 """
 
 from __future__ import annotations
