@@ -1,5 +1,5 @@
 """Showing results: the number formatter, the comparison table as terminal view, csv, markdown or
-json, the per-layer profile of `gradlab run`, its progress bar, and `gradlab components`.
+json, the per-layer profile of `gradlab run`, and `gradlab components` (progress bars: progress.py).
 
 Rendering only: what is shown is computed in summaries.py and compare.py. rich and pandas; no
 torch (`gradlab components` imports the registries inside its function).
@@ -11,8 +11,6 @@ import json
 import math
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from gradlab.registry import param_table
@@ -24,11 +22,11 @@ if TYPE_CHECKING:
     from gradlab.records import Run, Step
 
 
-def format_number(value: Any, integer: bool = False) -> str:
-    """A number as shown to a person: 3 significant digits, an empty cell for a value that does not
-    exist (None, NaN, pandas' NA); text is shown as it is. `integer`: whole numbers without digits
-    after the point. The one formatter of every number gradlab shows (csv and json keep full
-    precision instead)."""
+def format_number(value: Any, integer: bool = False, digits: int = 3) -> str:
+    """A number as shown to a person: `digits` significant digits, an empty cell for a value that
+    does not exist (None, NaN, pandas' NA); text is shown as it is. `integer`: whole numbers without
+    digits after the point. The one formatter of the numbers gradlab shows in tables (csv and json
+    keep full precision instead)."""
     if value is None or (isinstance(value, float) and math.isnan(value)) or _is_na(value):
         return ""
     if isinstance(value, str):
@@ -36,44 +34,12 @@ def format_number(value: Any, integer: bool = False) -> str:
     value = float(value)
     if integer and value.is_integer():
         return str(int(value))
-    return f"{value:.3g}"
+    return f"{value:.{digits}g}"
 
 
 def _is_na(value: Any) -> bool:
     # pandas' NA (an empty cell of an integer column), without importing pandas to ask
     return type(value).__name__ == "NAType"
-
-
-class ProgressReporter:
-    """A rich progress bar: step, loss, elapsed time and ETA (updated on logged steps)."""
-
-    def __init__(self, console: Console):
-        self.console = console
-        self.progress: Progress | None = None
-
-    def start(self, total_steps: int) -> None:
-        self.progress = Progress(
-            TextColumn("step"),
-            MofNCompleteColumn(),
-            BarColumn(),
-            TextColumn("loss {task.fields[loss]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=self.console,
-            transient=True,
-        )
-        self.task = self.progress.add_task("train", total=total_steps, loss="-")
-        self.progress.start()
-
-    def update(self, step: int, loss: float) -> None:
-        if self.progress is not None:
-            self.progress.update(self.task, completed=step, loss=f"{loss:.4g}")
-
-    def finish(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
 
 
 def profile_table(run: Run) -> Table:
