@@ -20,6 +20,7 @@ def test_one_number_formatter():
         assert display.format_number(empty) == ""
     assert display.format_number("relu") == "relu"
     assert display.format_number(12345.0, integer=True) == "12345" and display.format_number(12345.5, integer=True) == "1.23e+04"
+    assert display.format_number(0.123456, digits=4) == "0.1235" and display.format_number(math.nan, digits=4) == ""
 
 
 def test_csv_and_json_keep_full_precision_and_empty_cells(tmp_path):
