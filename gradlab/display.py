@@ -13,8 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
-from gradlab.registry import param_table
-
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -71,6 +69,7 @@ def profile_table(run: Run) -> Table:
 
 def components_tables() -> list[Table]:
     from gradlab.components import REGISTRIES
+    from gradlab.registry import param_table  # (pydantic: not for the comparison's import time)
 
     tables = []
     for title, registry in REGISTRIES.items():
