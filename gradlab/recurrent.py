@@ -100,15 +100,21 @@ class RecurrentLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, T, input_size) -> hidden states (B, T, width)."""
-        batch, steps = x.shape[0], x.shape[1]
+        batch = x.shape[0]
         projected = F.linear(x, self.weight_ih, self.bias_ih)  # (B, T, blocks * H): W_ih x_t + b_ih for every t
+        if self.bias_hh is not None and self.kind != "gru":
+            # b_hh is added once for all t (rnn and lstm only add it to W_ih x_t + b_ih + W_hh h_{t-1});
+            # each step is then one addmm
+            projected = projected + self.bias_hh
         h = x.new_zeros(batch, self.width)
         tap = self.slot.tap
         step = {"rnn": self._rnn_step, "lstm": self._lstm_step, "gru": self._gru_step}[self.kind]
         c = x.new_zeros(batch, self.width) if self.kind == "lstm" else None
         hiddens = []
-        for t in range(steps):
-            h, c = step(projected[:, t], h, c, tap, t)
+        # unbind, not projected[:, t]: the backward of T slices would build T zero tensors of the
+        # whole sequence's size; unbind's backward is one stack
+        for t, gi in enumerate(projected.unbind(1)):
+            h, c = step(gi, h, c, tap, t)
             hiddens.append(h)
         out = torch.stack(hiddens, dim=1)  # (B, T, H)
         if tap is not None:
@@ -116,7 +122,7 @@ class RecurrentLayer(nn.Module):
         return out
 
     def _rnn_step(self, gi, h, c, tap, t):
-        a = gi + F.linear(h, self.weight_hh, self.bias_hh)  # (B, H)
+        a = torch.addmm(gi, h, self.weight_hh.t())  # (B, H); gi holds both biases
         h = self.act(a)
         if tap is not None:
             site, name = self.time_site(t), self.site.name
@@ -126,10 +132,10 @@ class RecurrentLayer(nn.Module):
         return h, None
 
     def _lstm_step(self, gi, h, c, tap, t):
-        a = gi + F.linear(h, self.weight_hh, self.bias_hh)  # (B, 4H): i, f, g, o
+        a = torch.addmm(gi, h, self.weight_hh.t())  # (B, 4H): i, f, g, o; gi holds both biases
         i, f, g, o = a.chunk(4, dim=1)
         i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
-        c = f * c + i * g
+        c = torch.addcmul(f * c, i, g)  # f * c + i * g
         h = o * torch.tanh(c)
         if tap is not None:
             site, name = self.time_site(t), self.site.name
