@@ -5,26 +5,42 @@ is strict about types, so a typo or a quoted number is an error that names the k
 silently ignored setting. Components (activation, norm, init, optim) are validated by their
 registries and come out fully resolved: `{name: leaky_relu, negative_slope: 0.01}`, never `relu`
 with hidden defaults. `Experiment.to_yaml()` is what a run directory stores as `config.yaml`.
+
+The `expect:` section's schema (`Bound`, `Expectations`) is here too; checking it against a finished
+run is expectations.py. This module imports neither torch nor pandas (a test checks it): the
+component names come from specs.py, the quantity names from quantities.py.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator,
+    model_serializer, model_validator,
+)  # fmt: skip
 from pydantic_core import PydanticCustomError
 
-from gradlab import components
+from gradlab import specs
 from gradlab.errors import ConfigError
-from gradlab.expectations import Expectations
+from gradlab.quantities import FINAL_QUANTITIES, GROUPS, PROFILE_QUANTITIES, SUMMARY_QUANTITIES
 from gradlab.registry import Registry, SpecError, describe_value, did_you_mean, pydantic_message, with_article
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, validate_default=True)
+
+
+@dataclass(frozen=True)
+class ComponentField:
+    """Marks a field that holds a component spec (see `component_keys`)."""
+
+    registry: Registry
 
 
 def _component(registry: Registry, resolve=None):
@@ -37,14 +53,14 @@ def _component(registry: Registry, resolve=None):
         except SpecError as exc:
             raise PydanticCustomError("component", "{message}", {"message": exc.message, "subpath": exc.subpath}) from None
 
-    return Annotated[dict[str, Any], BeforeValidator(validate)]
+    return Annotated[dict[str, Any], BeforeValidator(validate), ComponentField(registry)]
 
 
-ActivationSpec = _component(components.activations)
-NormSpec = _component(components.norms)
-WeightInitSpec = _component(components.initializers)
-BiasInitSpec = _component(components.initializers, components.resolve_bias_init)
-OptimSpec = _component(components.optimizers)
+ActivationSpec = _component(specs.activations)
+NormSpec = _component(specs.norms)
+WeightInitSpec = _component(specs.initializers)
+BiasInitSpec = _component(specs.initializers, specs.resolve_bias_init)
+OptimSpec = _component(specs.optimizers)
 
 
 def _name_in(registry: Registry, value: str) -> str:
@@ -54,7 +70,7 @@ def _name_in(registry: Registry, value: str) -> str:
         raise PydanticCustomError("component", "{message}", {"message": exc.message, "subpath": ""}) from None
 
 
-PROBES = ("weights", "deltas", "activations", "updates")
+PROBES = GROUPS  # the `log.probes` choices: the probe groups of quantities.py
 FILE_DATASETS = ("mnist", "npz", "csv")
 IMAGE_DATASETS = ("images", "mnist", "npz")
 
@@ -73,7 +89,7 @@ class DataConfig(Section):
     @field_validator("name", mode="before")
     @classmethod
     def _known(cls, value: Any) -> Any:
-        return _name_in(components.datasets, value) if isinstance(value, str) else value
+        return _name_in(specs.datasets, value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -132,8 +148,168 @@ class TrainConfig(Section):
 
 class LogConfig(Section):
     every: int = Field(10, ge=1, description="probe every k steps (and at step 0 and the last step)")
-    probes: list[Literal["weights", "deltas", "activations", "updates"]] = Field(list(PROBES))
+    probes: list[Literal[GROUPS]] = Field(list(PROBES))
     out: str = Field("results", min_length=1, description="folder that run directories are created in")
+
+
+# --------------------------------------------------------------------------------------------
+# The `expect:` section: what must hold when a run ends (a CI smoke test)
+# --------------------------------------------------------------------------------------------
+#
+#     expect:
+#       status: completed                           # or a list: [completed, diverged]
+#       gain: {step: 0, between: [0.01, 100]}       # any summary quantity of `gradlab compare`
+#       final_test_accuracy: {min: 0.9}
+#       dead_frac: {max: 0.5}                       # step defaults to last
+#       steps_to_target: {target_loss: 0.5, max: 200}
+#
+# The quantity names are quantities.SUMMARY_QUANTITIES: the schema below is built from them, so a
+# quantity declared there can be bounded here with no other change. Checking a run against the
+# section is expectations.py. Errors are PydanticCustomErrors of kind "experiment" carrying the
+# offending key in ctx['key']: one line naming the dotted key (`expect.gain.betwen: ...`).
+
+# The error kind _format_error prints as '<dotted key>: <message>'.
+_ERROR_KIND = "experiment"
+
+
+def _expect_error(message: str, key: str = "") -> PydanticCustomError:
+    return PydanticCustomError(_ERROR_KIND, "{message}", {"message": message, "key": key})
+
+
+def _check_keys(data: Any, allowed: list[str], what: str) -> None:
+    if not isinstance(data, dict):
+        return
+    for key in data:
+        if key not in allowed:
+            raise _expect_error(f"unknown {what}{did_you_mean(str(key), allowed)}; allowed: {', '.join(allowed)}", str(key))
+
+
+def _exact(number: float) -> str:
+    """'100' for 100.0, '0.6000001' for 0.6000001: short, but never a rounded bound."""
+    short = f"{number:g}"
+    return short if float(short) == number else repr(number)
+
+
+class Bound(BaseModel):
+    """Bounds on one quantity: `min`, `max` (either or both) or `between: [low, high]`, inclusive."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+    min: Optional[float] = None
+    max: Optional[float] = None
+    between: Optional[list[float]] = None
+    step: int | Literal["last"] = Field("last", description="0, last or a logged step (gradient-profile quantities only)")
+    target_loss: Optional[float] = Field(None, description="steps_to_target only: the train loss to reach")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise _expect_error(f"got {describe_value(data)}; expected a mapping such as {{min: 0.9}} or {{step: 0, between: [0.01, 100]}}")
+        _check_keys(data, list(cls.model_fields), "key")
+        return data
+
+    @field_validator("step", mode="before")
+    @classmethod
+    def _step(cls, value: Any) -> Any:
+        if value == "last" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            return value
+        raise _expect_error(f"got {describe_value(value)}; expected 0, last or a step number")
+
+    @field_validator("between")
+    @classmethod
+    def _pair(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and (len(value) != 2 or value[0] > value[1]):
+            raise _expect_error(f"got {describe_value(value)}; expected [low, high] with low <= high")
+        return value
+
+    @model_validator(mode="after")
+    def _one_bound(self):
+        if self.between is not None and (self.min is not None or self.max is not None):
+            raise _expect_error("give either between or min/max, not both", "between")
+        if self.between is None and self.min is None and self.max is None:
+            raise _expect_error("needs a bound: min, max or between")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise _expect_error(f"min {self.min:g} is above max {self.max:g}", "min")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_nulls(self, handler):
+        # The resolved config.yaml stays as short as what the user wrote (plus the step).
+        return {key: value for key, value in handler(self).items() if value is not None}
+
+    @property
+    def low(self) -> float:
+        return self.between[0] if self.between is not None else (self.min if self.min is not None else -math.inf)
+
+    @property
+    def high(self) -> float:
+        return self.between[1] if self.between is not None else (self.max if self.max is not None else math.inf)
+
+    def holds(self, value: float) -> bool:
+        return not math.isnan(value) and self.low <= value <= self.high
+
+    def describe(self) -> str:
+        if self.between is not None:
+            return f"between [{_exact(self.between[0])}, {_exact(self.between[1])}]"
+        parts = [f"min {_exact(self.min)}" if self.min is not None else "", f"max {_exact(self.max)}" if self.max is not None else ""]
+        return " and ".join(p for p in parts if p)
+
+
+class _ExpectationsBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    status: Optional[list[str]] = Field(None, description="the run's status must be one of these")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise _expect_error(f"got {describe_value(data)}; expected a mapping of quantity: bound, such as {{gain: {{step: 0, between: [0.01, 100]}}}}")
+        _check_keys(data, list(cls.model_fields), "expectation")
+        return data
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _statuses(cls, value: Any) -> Any:
+        values = [value] if isinstance(value, str) else value
+        if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
+            raise _expect_error(f"got {describe_value(value)}; expected a status or a list of them: {', '.join(specs.RUN_STATUSES)}")
+        for status in values:
+            if status not in specs.RUN_STATUSES:
+                raise _expect_error(f"unknown status {status!r}{did_you_mean(status, list(specs.RUN_STATUSES))}; allowed: {', '.join(specs.RUN_STATUSES)}")
+        return values
+
+    @field_validator(*SUMMARY_QUANTITIES, check_fields=False)
+    @classmethod
+    def _fits_quantity(cls, bound: Bound | None, info: ValidationInfo) -> Bound | None:
+        if bound is None:
+            return bound
+        quantity = info.field_name
+        if quantity in FINAL_QUANTITIES and bound.step != "last":
+            raise _expect_error(f"{quantity} is measured over the whole run; only the gradient-profile quantities ({', '.join(PROFILE_QUANTITIES)}) take a step", "step")
+        if quantity == "steps_to_target" and bound.target_loss is None:
+            raise _expect_error("steps_to_target needs target_loss: the train loss to reach", "target_loss")
+        if quantity != "steps_to_target" and bound.target_loss is not None:
+            raise _expect_error("target_loss belongs to steps_to_target only", "target_loss")
+        return bound
+
+    @model_serializer(mode="wrap")
+    def _without_nulls(self, handler):
+        return {key: value for key, value in handler(self).items() if value is not None}
+
+    def bounds(self) -> dict[str, Bound]:
+        """{quantity: bound} for the quantities that are bounded, in SUMMARY_QUANTITIES order."""
+        return {name: getattr(self, name) for name in SUMMARY_QUANTITIES if getattr(self, name) is not None}
+
+
+# One optional Bound per summary quantity, named as in `gradlab compare`.
+Expectations = create_model(
+    "Expectations",
+    __base__=_ExpectationsBase,
+    __doc__="The `expect:` section: `status` and a Bound for any summary quantity.",
+    **{name: (Optional[Bound], Field(None, description=text)) for name, text in SUMMARY_QUANTITIES.items()},
+)
 
 
 class Experiment(Section):
@@ -165,7 +341,7 @@ class Experiment(Section):
     @field_validator("loss", mode="before")
     @classmethod
     def _loss(cls, value: Any) -> Any:
-        return _name_in(components.losses, value) if isinstance(value, str) else value
+        return _name_in(specs.losses, value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _data_fits_model(self):
@@ -291,9 +467,9 @@ def set_dotted(data: dict[str, Any], key: str, value: Any, where: str | None = N
     node[parts[-1]] = value
 
 
-def _allowed_keys(loc: tuple) -> list[str]:
-    """The field names of the section at `loc` (for 'unknown key' errors)."""
-    model: type[BaseModel] = Experiment
+def _allowed_keys(loc: tuple, root: type[BaseModel]) -> list[str]:
+    """The field names of the section at `loc` under `root` (for 'unknown key' errors)."""
+    model: type[BaseModel] = root
     for part in loc:
         field = model.model_fields.get(str(part))
         annotation = getattr(field, "annotation", None)
@@ -304,17 +480,19 @@ def _allowed_keys(loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-def _format_error(error: dict[str, Any]) -> str:
+def _format_error(error: dict[str, Any], where: str = "", root: type[BaseModel] | None = None) -> str:
+    """One line for one pydantic error: '<dotted key>: <what is wrong>'. `where` prefixes the key
+    (a section validated on its own); `root` is the model the error's loc starts from."""
     loc = tuple(error["loc"])
     ctx = error.get("ctx") or {}
-    key = ".".join(str(part) for part in loc)
+    key = ".".join([*([where] if where else []), *(str(part) for part in loc)])
     extra_key = ctx.get("key") or ctx.get("subpath")
     if extra_key:
         key = f"{key}.{extra_key}" if key else extra_key
     key = key or "config"
     kind = error["type"]
     if kind == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
+        allowed = _allowed_keys(loc[:-1], root or Experiment)
         return f"{key}: unknown key{did_you_mean(str(loc[-1]), allowed)}; allowed here: {', '.join(allowed)}"
     if kind in ("component", "data", "model", "experiment", "name", "device"):
         return f"{key}: {ctx['message']}"
@@ -339,3 +517,24 @@ def validate(data: dict[str, Any]) -> Experiment:
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Experiment:
     return validate(apply_overrides(read_yaml(path), overrides or []))
+
+
+def parse_expectations(section: Any, where: str = "expect") -> Expectations:
+    """Validate an `expect:` mapping outside a full config (`gradlab check` reads it from a run's
+    config.yaml); the error lines are those of a full config, with keys under `where`."""
+    try:
+        return Expectations.model_validate(section)
+    except ValidationError as exc:
+        raise ConfigError(*dict.fromkeys(_format_error(error, where, Expectations) for error in exc.errors())) from None
+
+
+def component_keys(model: type[BaseModel] | None = None, prefix: str = "") -> tuple[str, ...]:
+    """The dotted config keys that hold a component spec ({name: ..., params...}), found in the
+    schema itself: ('model.activation', 'model.norm', 'model.init.weight', 'model.init.bias', 'optim')."""
+    keys: list[str] = []
+    for name, field in (model or Experiment).model_fields.items():
+        if any(isinstance(meta, ComponentField) for meta in field.metadata):
+            keys.append(prefix + name)
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            keys.extend(component_keys(field.annotation, f"{prefix}{name}."))
+    return tuple(keys)

@@ -6,6 +6,9 @@ into a canonical, fully filled mapping, so the resolved config written next to a
 what ran. Each component's parameters are a small pydantic model: types, ranges and defaults are
 declared once and `gradlab components` prints them from the same place.
 
+A registry holds words only (specs.py declares them); what a name builds is a table of functions
+on the floor that imports torch, checked against the registry by `implementations`.
+
 This module imports no torch: config validation and `gradlab components` stay light.
 """
 
@@ -14,9 +17,12 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+T = TypeVar("T")
 
 
 class Params(BaseModel):
@@ -40,10 +46,11 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class Component:
+    """One name a config may use: its one-line description, its parameters, its other spellings."""
+
     name: str
     doc: str
-    params: type[Params]
-    build: Callable[..., Any] | None = None
+    params: type[Params] = NoParams
     aliases: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -123,15 +130,6 @@ class Registry:
             self._aliases[_normalize(alias)] = component.name
         return component
 
-    def register(self, name: str, doc: str, params: type[Params] = NoParams, aliases: tuple[str, ...] = (), **extra):
-        """Decorator form of `add` for a builder function."""
-
-        def wrap(build: Callable[..., Any]) -> Callable[..., Any]:
-            self.add(Component(name, doc, params, build, aliases, extra))
-            return build
-
-        return wrap
-
     def names(self) -> list[str]:
         return list(self._items)
 
@@ -204,6 +202,15 @@ class Registry:
         """The typed parameters of a resolved spec."""
         component = self.get(spec["name"])
         return component.params(**{k: v for k, v in spec.items() if k != "name"})
+
+
+def implementations(registry: Registry, table: dict[str, T]) -> dict[str, T]:
+    """`table` ({name: function or record}), checked to hold exactly one function per name of `registry`:
+    a name added to the vocabulary without its implementation fails at import, not mid-run."""
+    if set(table) != set(registry.names()):
+        missing, extra = set(registry.names()) - set(table), set(table) - set(registry.names())
+        raise RuntimeError(f"{registry.kind} implementations: missing {sorted(missing)}, not in the vocabulary {sorted(extra)}")
+    return table
 
 
 def param_table(params: type[Params]) -> list[tuple[str, str, str]]:
