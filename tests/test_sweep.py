@@ -320,6 +320,24 @@ def test_a_failing_or_diverging_run_does_not_stop_the_sweep(tmp_path):
     assert "Traceback" not in result.output
 
 
+def test_each_run_of_a_sweep_is_checked_against_expect_and_again_on_resume(tmp_path):
+    config = write_config(tmp_path / "grid.yaml", tmp_path / "out", seeds=None, sweep={"optim.lr": [0.05, 1.0e6]},
+                          expect={"status": "completed", "gain": {"step": 0, "between": [0.01, 100]}})  # fmt: skip
+    result = invoke("run", config, "--quiet")
+    assert result.exit_code == 1, result.output
+    sweep_dir = Path(result.stdout.strip())
+    assert statuses(sweep_dir) == {"lr=0.05": "completed", "lr=1000000.0": "diverged"}
+    # the runs checked themselves (one reading each); the lines are those of gradlab check on the records
+    check = invoke("check", sweep_dir / "lr=1000000.0")
+    [failure] = [line.split("FAIL", 1)[1].strip() for line in check.stdout.splitlines() if "FAIL" in line]
+    name, _, rest = failure.partition(" = ")
+    measured, _, bound = rest.partition("  (")
+    assert result.stderr == f"error: expectation failed: lr=1000000.0: {name} = {measured}, expected {bound.rstrip(')')}\n"
+    # --resume runs nothing here (both runs finished) and checks them from their records
+    again = invoke("run", "--resume", sweep_dir, "--quiet")
+    assert (again.exit_code, again.stdout, again.stderr) == (1, f"{sweep_dir}\n", result.stderr)
+
+
 # --------------------------------------------------------------------------------------------
 # Parallel runs, resume
 # --------------------------------------------------------------------------------------------
