@@ -68,7 +68,7 @@ def profile_table(run: Run) -> Table:
 
 
 def components_tables() -> list[Table]:
-    from gradlab.components import REGISTRIES
+    from gradlab.specs import REGISTRIES
     from gradlab.registry import param_table  # (pydantic: not for the comparison's import time)
 
     tables = []
