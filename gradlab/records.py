@@ -362,8 +362,10 @@ def load_run(run_dir: str | Path) -> Run:
     if layers.empty and meta.get("status") != "diverged":
         # (a run that diverged at step 0 logged nothing, and is still a result to compare)
         raise RunError(f"{run_dir}: {LAYERS_FILE} has no rows (the run logged nothing)")
-    if notes:
-        # A cut-off write may have left the last logged step with only some of its layers.
+    if notes or meta.get("status") == "running":
+        # A cut-off write (a partial line, or a process killed while it wrote, or still writing, a
+        # step) may have left the last logged step with only some of its layers. A run that closed
+        # its records wrote whole steps: a layer missing there is an empty value, not a torn step.
         complete = layers.groupby("step")["layer"].nunique()
         last = complete.index.max()
         if len(complete) > 1 and complete[last] < complete.iloc[0]:
