@@ -9,7 +9,7 @@ between configs, how their values are shown, and the labels and seed groups buil
     labels(configs)               a legend label per config
     group_by_config(configs)      configs that differ only by seed, grouped
 
-Plain Python: no pandas, no torch (a sweep can plan its members with it).
+Plain Python and the config schema: no pandas, no torch (a sweep can plan its members with it).
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Sequence
 
+from gradlab.config import component_keys
+
 # Config fields that hold a component ({name: ..., params...}): one value, shown as name(params).
-# These are the component fields of config.Experiment (tests/test_configdiff.py keeps the two in
-# step); config.py is not imported here because it pulls in torch through the component registries.
-COMPONENT_KEYS = ("model.activation", "model.norm", "model.init.weight", "model.init.bias", "optim")
+# Read off the config schema (which imports neither torch nor pandas), so a new component field is
+# compared as one without a change here.
+COMPONENT_KEYS: tuple[str, ...] = component_keys()
 
 # Keys that do not change the experiment, only its bookkeeping; `seed` is what groups runs.
 NOT_EXPERIMENTAL = ("name", "seed", "device", "log", "train.eval_every", "expect")
