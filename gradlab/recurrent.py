@@ -50,7 +50,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gradlab.components import apply_init, build_activation
+from gradlab.activations import build as build_activation
+from gradlab.components import apply_init
 from gradlab.sites import Layer, Site, TapSlot
 
 # The gates of each kind in PyTorch's order (the row blocks of weight_ih / weight_hh), and the

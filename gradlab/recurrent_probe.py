@@ -28,7 +28,7 @@ import math
 import torch
 from torch import nn
 
-from gradlab.components import saturation_mask
+from gradlab.activations import saturation_mask
 from gradlab.probes import SATURATION_THRESHOLD, Column, PendingMeasurement, Probe
 from gradlab.quantities import GROUPS, LAYERS_COLUMNS, Quantity
 from gradlab.recurrent import GATE_ACTIVATION
