@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 
 def _torch():
-    import torch
+    import torch  # a dictionary lookup once torch is loaded
 
     return torch
 
@@ -54,6 +54,9 @@ def _nn():
 
 @dataclass(frozen=True)
 class Activation:
+    """Everything about one activation (the module docstring says what each field is). `p` is the
+    activation's typed parameters (specs.py); the public functions below take a spec instead."""
+
     name: str
     module: Callable[[Any, int], "nn.Module"]
     derivative: Callable[["nn.Module", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]

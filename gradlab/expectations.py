@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gradlab import records, summaries
-from gradlab.config import Bound, Expectations, parse_expectations  # noqa: F401 (Bound: the schema's bounds, checked here)
+from gradlab.config import Expectations, parse_expectations
 from gradlab.errors import GradlabError, RunError
 from gradlab.quantities import PROFILE_QUANTITIES
 

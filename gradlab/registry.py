@@ -28,7 +28,7 @@ T = TypeVar("T")
 class Params(BaseModel):
     """Base for every component's parameters: unknown parameters are errors, not silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False, defer_build=True)
 
 
 class NoParams(Params):
