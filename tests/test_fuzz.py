@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 from typer.testing import CliRunner
 
-from gradlab import components
+from gradlab import specs
 from gradlab.cli import app
 from gradlab.config import Experiment, read_yaml, validate
 from gradlab.registry import Registry
@@ -77,11 +77,11 @@ BASES = {
 # --------------------------------------------------------------------------------------------
 
 COMPONENTS: dict[tuple[str, ...], Registry] = {
-    ("model", "activation"): components.activations,
-    ("model", "norm"): components.norms,
-    ("model", "init", "weight"): components.initializers,
-    ("model", "init", "bias"): components.initializers,
-    ("optim",): components.optimizers,
+    ("model", "activation"): specs.activations,
+    ("model", "norm"): specs.norms,
+    ("model", "init", "weight"): specs.initializers,
+    ("model", "init", "bias"): specs.initializers,
+    ("optim",): specs.optimizers,
 }
 # Accepted beyond the declared type by a field's own validator.
 EXTRA_KINDS = {("expect", "status"): {"str"}}  # a single status stands for a list of one
@@ -481,6 +481,6 @@ def test_impossible_sizes_are_refused_before_anything_is_written(data, base, siz
         config.write_text(yaml.safe_dump(BASES[base]), encoding="utf-8")
         out = Path(tmp) / "out"
         [line] = refused(invoke("run", config, *sets, "--out", out))
-        assert line.startswith("error: model: this experiment needs at least "), line
-        assert line.endswith("data.batch_size or data.n_train"), line
+        assert line.startswith("error: model: this experiment needs "), line
+        assert line.endswith("data.batch_size, data.classes or data.n_train"), line
         assert not out.exists()
