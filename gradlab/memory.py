@@ -1,16 +1,29 @@
-"""Will this experiment fit in memory? An estimate made before anything is allocated.
+"""Will this experiment fit in memory? An upper bound on its peak, made before anything is allocated.
 
 A config such as depth 10000 x width 100000 would otherwise allocate until the operating system
-kills the process, with no message and a half-written run. The estimate counts what training
-cannot do without: the dataset held in memory, parameters, their gradients, the optimizer's state,
-the probe's weight snapshot, and the activations autograd keeps for the backward pass. It
-deliberately leaves out allocator slack and temporaries, so it stays below the true peak: a config
-that fits is never refused, one that is refused cannot fit.
+kills the process, with no message and a half-written run. The estimate is the largest of three
+moments of a run:
+
+    generating the data   the generator's temporaries (per dataset, below) plus the dataset
+    a training step       dataset + parameters + gradients + optimizer state + the probe's weight
+                          snapshot + what autograd keeps for the backward pass + backward's
+                          transients (6 tensors the size of the largest kept one: LRN's chain
+                          of square, pool, power and division needs about five) + the loss's
+                          tensors of logits size (3 for cross-entropy; 7 for bce/mse, whose
+                          one-hot targets are int64 before they become float)
+    an evaluation         the same resident state + one test chunk's forward without a graph
+                          (4 tensors the size of the largest activation, at the chunk's size) and
+                          its logits
+
+It is an upper bound on the tensors a run allocates, and tight within a factor of about 2 where
+tensors dominate (tests/test_memory.py measures the real peak of a grid of shapes against it);
+allocator slack and the interpreter's own memory are not counted.
 
 Nothing here re-derives an architecture: parameters are counted on the model itself, built on
-PyTorch's `meta` device (shapes without storage), and each model class reports the activation
-elements it keeps per example (`saved_activation_elements`), so a new architecture is covered by
-its own code.
+PyTorch's `meta` device (shapes without storage), and what autograd keeps is measured by running
+that model's forward pass on a meta batch with a saved-tensors hook, so any model kind is covered
+by its own code. Deeper than `EXACT_DEPTH`, both are extrapolated linearly from depths 2 and 3:
+exact for stacks of identical blocks, an overestimate where pooling shrinks the later blocks.
 """
 
 from __future__ import annotations
@@ -23,21 +36,51 @@ from gradlab.config import Experiment
 from gradlab.errors import ConfigError
 
 BYTES = 4  # float32 everywhere
+EVAL_CHUNK = 1024  # test examples per forward pass in evaluation (train.evaluate uses it)
+EXACT_DEPTH = 64  # models up to this depth are built whole on the meta device
+BACKWARD_TRANSIENTS = 6  # tensors of the largest kept size alive at once in a backward pass (see above)
 
 # optimizer state in copies of the parameters
 _STATE = {"sgd": lambda o: 1 if o.get("momentum") else 0, "adam": lambda o: 2, "adamw": lambda o: 2, "rmsprop": lambda o: 2 if o.get("momentum") else 1}
+# tensors of logits size alive around the loss: logits, the saved softmax and the gradient; bce and
+# mse first build int64 one-hot targets (two floats' worth), then float targets and per-unit terms
+_LOSS_TENSORS = {"cross_entropy": 3, "bce": 7, "mse": 7}
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What one forward pass of the model on a training batch leaves for the backward pass."""
+
+    parameters: int  # elements
+    saved: int  # bytes autograd keeps (parameters excluded), the batch itself included
+    largest: int  # bytes of the largest of those tensors
 
 
 @dataclass(frozen=True)
 class Estimate:
-    data: int
+    data: int  # the dataset held in memory
+    generation: int  # the data generator's temporaries on top of the dataset
     parameters: int  # bytes of the parameters themselves
     training: int  # gradients, optimizer state, probe snapshot
-    activations: int
+    activations: int  # kept for the backward pass, plus backward's transients
+    logits: int  # the loss's tensors of logits size, at the training batch
+    evaluation: int  # one test chunk's forward without a graph, and its logits
+
+    @property
+    def resident(self) -> int:
+        return self.data + self.parameters + self.training
+
+    @property
+    def peak_training(self) -> int:
+        return self.resident + self.activations + self.logits
+
+    @property
+    def peak_evaluation(self) -> int:
+        return self.resident + self.evaluation
 
     @property
     def total(self) -> int:
-        return self.data + self.parameters + self.training + self.activations
+        return max(self.data + self.generation, self.peak_training, self.peak_evaluation)
 
 
 def known_input_shape(exp: Experiment) -> tuple[int, ...] | None:
@@ -50,39 +93,99 @@ def known_input_shape(exp: Experiment) -> tuple[int, ...] | None:
     return None  # npz / csv: known once the file is read
 
 
-def parameter_count(exp: Experiment, input_shape: tuple[int, ...], classes: int) -> int:
-    """The model's parameters, counted on the model built on the meta device.
+def _advice(exp: Experiment) -> str:
+    lrn = "model.norm.size, " if exp.model.norm["name"] == "lrn" else ""
+    return f"reduce model.depth, model.width, {lrn}data.batch_size, data.classes or data.n_train"
 
-    A stack's blocks after the first are alike (the first one alone reads the input), so the count
-    is linear in depth: models of depth 1 and 2 give it for any depth, 10**30 included, without
-    building a module per block.
-    """
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def generation_bytes(exp: Experiment, input_shape: tuple[int, ...]) -> int:
+    """Bytes the data generator holds on top of the finished dataset while it runs (data.py)."""
+    d = exp.data
+    n, classes, features = d.n_train + d.n_test, d.classes, math.prod(input_shape)
+    if d.name == "gaussian":  # class means; labels; N(0, 1), its scaled copy and the gathered means
+        return classes * features * 4 + n * 8 + 3 * n * features * 4 + n * features
+    if d.name == "teacher":  # x in float64, hidden layer and its tanh, logits, noise and their sum (float64)
+        return n * features * 8 + 2 * n * 64 * 8 + 3 * n * classes * 8 + (features + classes) * 64 * 8
+    if d.name == "spirals":  # 2-D points and their parts, then the float64 embedding
+        return 8 * n * 2 * 4 + n * features * 8 + n * 2 * 8
+    if d.name == "images":  # templates; labels and shifts; the gathered window, noise, sum, clamp
+        return classes * 2 * 32 * 32 * 4 + n * 24 + 4 * n * features * 4
+    if d.name == "mnist":  # the decompressed file and its pixels as float32
+        return n * features * (1 + 1 + 4)
+    return 0  # npz / csv: read before the estimate is made
+
+
+def _footprint(exp: Experiment, input_shape: tuple[int, ...], classes: int, depth: int) -> Footprint:
+    """Build the model of `depth` on the meta device and run a training batch through it."""
     import torch
 
     from gradlab.models import build_model
 
-    def count(depth: int) -> int:
+    try:
         with torch.device("meta"):
             model = build_model(exp.model.model_copy(update={"depth": depth}), input_shape, classes, initialize=False)
-        return sum(p.numel() for p in model.parameters())
+            x = torch.empty(exp.data.batch_size, *input_shape)
+    except (RuntimeError, TypeError, OverflowError) as exc:  # a size beyond int64: PyTorch cannot even describe it
+        raise ConfigError(f"model: this experiment needs tensors larger than PyTorch can address ({_first_line(exc)}); {_advice(exp)}") from None
+    weights = {p.untyped_storage()._cdata for p in model.parameters()}
+    kept: dict[int, int] = {}
+    alive = []  # keeps the saved tensors (and so their storage addresses) alive until counted
 
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage._cdata not in weights:
+            kept[storage._cdata] = storage.nbytes()
+            alive.append(tensor)
+        return tensor
+
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            model(x)
+    except (RuntimeError, TypeError, OverflowError) as exc:
+        raise ConfigError(f"model: this experiment needs tensors larger than PyTorch can address ({_first_line(exc)}); {_advice(exp)}") from None
+    parameters = sum(p.numel() for p in model.parameters())
+    return Footprint(parameters, sum(kept.values()), max(kept.values(), default=0))
+
+
+def footprint(exp: Experiment, input_shape: tuple[int, ...], classes: int) -> Footprint:
+    """The model's Footprint at the config's depth (extrapolated linearly beyond EXACT_DEPTH, so that
+    a depth of 10**30 is counted, not built)."""
     depth = exp.model.depth
-    if depth <= 2:
-        return count(depth)
-    one, two = count(1), count(2)
-    return one + (depth - 1) * (two - one)
+    if depth <= EXACT_DEPTH:
+        return _footprint(exp, input_shape, classes, depth)
+    two, three = _footprint(exp, input_shape, classes, 2), _footprint(exp, input_shape, classes, 3)
+    return Footprint(
+        two.parameters + (depth - 2) * (three.parameters - two.parameters),
+        two.saved + (depth - 2) * (three.saved - two.saved),
+        max(two.largest, three.largest),
+    )
+
+
+def parameter_count(exp: Experiment, input_shape: tuple[int, ...], classes: int) -> int:
+    """The model's parameters, counted on the model built on the meta device."""
+    return footprint(exp, input_shape, classes).parameters
 
 
 def estimate(exp: Experiment, input_shape: tuple[int, ...], classes: int, with_data: bool = True) -> Estimate:
-    from gradlab.models import model_class
-
-    params = parameter_count(exp, input_shape, classes) * BYTES
+    batch = exp.data.batch_size
+    chunk = min(EVAL_CHUNK, exp.data.n_test)
+    model = footprint(exp, input_shape, classes)
+    params = model.parameters * BYTES
     copies = 1 + _STATE[exp.optim["name"]](exp.optim) + ("updates" in exp.log.probes)
-    elements = model_class(exp.model.kind).saved_activation_elements(exp.model, input_shape)
-    activations = exp.data.batch_size * elements * BYTES
+    loss_tensors = _LOSS_TENSORS.get(exp.loss, 7)
+    logits = loss_tensors * batch * classes * BYTES
+    # without a graph, a forward holds a block's input, its output and two temporaries at a time
+    evaluation = math.ceil(4 * model.largest * chunk / batch) + loss_tensors * chunk * classes * BYTES
     examples = exp.data.n_train + exp.data.n_test
-    data = examples * math.prod(input_shape) * BYTES if with_data else 0
-    return Estimate(data=data, parameters=params, training=params * copies, activations=activations)
+    data = examples * math.prod(input_shape) * BYTES + examples * 8 if with_data else 0
+    return Estimate(
+        data=data, generation=generation_bytes(exp, input_shape) if with_data else 0, parameters=params,
+        training=params * copies, activations=model.saved + BACKWARD_TRANSIENTS * model.largest, logits=logits, evaluation=evaluation,
+    )  # fmt: skip
 
 
 def available_bytes(device_type: str = "cpu") -> int | None:
@@ -143,16 +246,21 @@ def check_fits(exp: Experiment, input_shape: tuple[int, ...], classes: int, devi
     """
     check_shapes(exp, input_shape)
     need = estimate(exp, input_shape, classes, with_data)
-    model_bytes = need.parameters + need.training + need.activations
-    demands = {"cpu": need.data} if device_type != "cpu" else {}
-    demands[device_type] = demands.get(device_type, 0) + model_bytes + (need.data if device_type == "cpu" else 0)
+    on_device = max(need.peak_training, need.peak_evaluation) - need.data
+    if device_type == "cpu":
+        demands = {"cpu": max(need.total, on_device + need.data)}
+    else:  # the dataset stays in host memory; batches move to the device one at a time
+        demands = {"cpu": need.data + need.generation, device_type: on_device}
     for device, bytes_needed in demands.items():
         free = available_bytes(device)
         if free is not None and bytes_needed > free:
+            parts = [f"data {human(need.data)}", f"parameters {human(need.parameters)}",
+                     f"gradients and optimizer state {human(need.training)}", f"activations {human(need.activations)}",
+                     f"logits {human(need.logits)}", f"evaluation {human(need.evaluation)}"]  # fmt: skip
+            if device != "cpu":
+                parts = parts[1:]
             raise ConfigError(
-                f"model: this experiment needs at least {human(bytes_needed)} of {device} memory (data {human(need.data)}, "
-                f"parameters {human(need.parameters)}, gradients and optimizer state {human(need.training)}, "
-                f"activations {human(need.activations)}) but {human(free)} is available; "
-                f"reduce model.depth, model.width, {'model.norm.size, ' if exp.model.norm['name'] == 'lrn' else ''}data.batch_size or data.n_train"
+                f"model: this experiment needs up to {human(bytes_needed)} of {device} memory at its peak ({', '.join(parts)}) "
+                f"but {human(free)} is available; {_advice(exp)}"
             )
     return need

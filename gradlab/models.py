@@ -102,22 +102,6 @@ class Stack(nn.Module):
             if module.bias is not None:
                 apply_init(cfg.init.bias, module.bias, cfg.activation)
 
-    @classmethod
-    def saved_activation_elements(cls, cfg: ModelConfig, input_shape: tuple[int, ...]) -> int:
-        """Elements per example that autograd keeps for the backward pass: two tensors of a block's
-        size per block (its linear output and its activation), counted at the input's resolution
-        (pooling only shrinks later blocks), and LRN's padded buffer of width + size - 1 channels."""
-        positions = cls._positions(input_shape)
-        blocks = cfg.depth if not cfg.pool_every else min(cfg.depth, cfg.pool_every)  # before the first pooling
-        elements = 2 * cfg.width * positions * blocks
-        if cfg.norm["name"] == "lrn":  # pads the squared input with size - 1 zero channels: at least one such buffer
-            elements += (cfg.width + cfg.norm["size"] - 1) * positions
-        return elements
-
-    @staticmethod
-    def _positions(input_shape: tuple[int, ...]) -> int:
-        return 1
-
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.head(x)  # (B, classes)
         tap = self.slot.tap
@@ -143,10 +127,6 @@ class MLP(Stack):
 
 
 class CNN(Stack):
-    @staticmethod
-    def _positions(input_shape: tuple[int, ...]) -> int:
-        return input_shape[1] * input_shape[2]  # per channel, before any pooling
-
     def __init__(self, cfg: ModelConfig, input_shape: tuple[int, ...], classes: int):
         super().__init__()
         channels = [input_shape[0]] + [cfg.width] * cfg.depth
@@ -164,16 +144,12 @@ class CNN(Stack):
 MODEL_KINDS: dict[str, type[Stack]] = {"mlp": MLP, "cnn": CNN}
 
 
-def model_class(kind: str) -> type[Stack]:
-    return MODEL_KINDS[kind]
-
-
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], classes: int, initialize: bool = True) -> Stack:
     """The network for `cfg`, initialized (unless `initialize` is false: a model built on the meta
     device only to be counted). Uses torch's global RNG (seed it first)."""
     if cfg.kind == "cnn" and len(input_shape) != 3:
         raise DataError(f"model.kind cnn needs (channels, height, width) inputs; the data has shape {tuple(input_shape)}")
-    model = model_class(cfg.kind)(cfg, input_shape, classes)
+    model = MODEL_KINDS[cfg.kind](cfg, input_shape, classes)
     if initialize:
         model.initialize(cfg)
     return model

@@ -311,8 +311,8 @@ def test_a_huge_lrn_window_is_refused_by_the_memory_estimate(tmp_path):
     before = tree(tmp_path)
     for size in (10**9, 10**27):
         result = invoke("run", config, "--out", tmp_path / "out", "--set", f"model.norm={{name: lrn, size: {size}}}")
-        line = assert_bad_input(result, "error: model: this experiment needs at least ")
-        assert line.endswith("reduce model.depth, model.width, model.norm.size, data.batch_size or data.n_train"), line
+        line = assert_bad_input(result, "error: model: this experiment needs ")
+        assert line.endswith("reduce model.depth, model.width, model.norm.size, data.batch_size, data.classes or data.n_train"), line
     assert tree(tmp_path) == before
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from gradlab.cli import app
@@ -44,14 +48,64 @@ def test_shipped_configs_fit():
             check_fits(exp, known_input_shape(exp), exp.data.classes)
 
 
-def test_estimate_counts_optimizer_state_and_activations():
+def test_estimate_counts_by_hand():
     exp = validate({"model": {"depth": 2, "width": 8}, "data": {"dim": 4, "classes": 3, "batch_size": 16}, "optim": {"name": "adam"}})
     need = estimate(exp, (4,), 3)
     params = 4 * 8 + 8 * 8 + 8 * 3 + (8 + 8 + 3)  # weights, then biases
     assert need.parameters == params * 4
     assert need.training == params * 4 * (1 + 2 + 1)  # gradients, Adam's two moments, the update snapshot
-    assert need.activations == 2 * 16 * 8 * 4 * 2
-    assert need.data == (4096 + 1024) * 4 * 4
+    # autograd keeps the batch (16 x 4) and each ReLU's output (16 x 8, which the next linear map
+    # keeps too: counted once); backward's transients are 6 tensors of the largest of those
+    kept = (16 * 4 + 2 * 16 * 8) * 4
+    assert need.activations == kept + 6 * 16 * 8 * 4
+    assert need.logits == 3 * 16 * 3 * 4  # cross-entropy: logits, softmax, gradient
+    n = 4096 + 1024
+    assert need.data == n * 4 * 4 + n * 8  # features and int64 labels
+    assert need.generation == 3 * 4 * 4 + n * 8 + 3 * n * 4 * 4 + n * 4  # gaussian: means, labels, three (N, dim) floats, a mask
+    chunk = 1024  # evaluation: 4 activations of the largest size at the chunk's size, and its logits
+    assert need.evaluation == 4 * 8 * 4 * chunk + 3 * chunk * 3 * 4
+    assert need.total == max(need.data + need.generation, need.resident + need.activations + need.logits, need.resident + need.evaluation)
+
+
+# Shapes where tensors dominate the process's memory, each stressing one term of the estimate.
+PEAK_GRID = {
+    "mlp, large batch": {"data": {"dim": 256, "n_train": 8192, "n_test": 1024, "batch_size": 8192}, "model": {"depth": 20, "width": 256}},
+    "cnn, evaluation chunks": {"data": {"name": "images", "n_train": 256, "n_test": 2048, "batch_size": 64}, "model": {"kind": "cnn", "depth": 2, "width": 64}},
+    "20000 classes, bce": {"data": {"dim": 32, "classes": 20000, "n_train": 2048, "n_test": 1024, "batch_size": 1024}, "model": {"depth": 2, "width": 64}, "loss": "bce"},
+    "cnn with lrn": {"data": {"name": "images", "n_train": 512, "n_test": 256, "batch_size": 256}, "model": {"kind": "cnn", "depth": 3, "width": 32, "norm": "lrn"}},
+    "teacher data generation": {"data": {"name": "teacher", "dim": 256, "n_train": 200000, "n_test": 1024, "batch_size": 128}, "model": {"depth": 2, "width": 32}},
+}  # fmt: skip
+TINY_RUN = {"data": {"dim": 4, "n_train": 64, "n_test": 32, "batch_size": 16, "classes": 3}, "model": {"depth": 1, "width": 4}}
+
+
+def _peak_rss(config: dict, tmp_path: Path) -> int:
+    """Peak resident memory of a `gradlab run` process, in bytes.
+
+    glibc's malloc serves large blocks from its heap once a large block has been freed (its mmap
+    threshold rises) and keeps freed heap memory, so without a fixed threshold the peak mixes the
+    run's tensors with the allocator's retention; a fixed threshold makes it follow the tensors.
+    """
+    path = tmp_path / "peak.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "peak", "device": "cpu", "train": {"steps": 2, "eval_every": 1},
+        "log": {"every": 1, "out": str(tmp_path / "out")}, **config,
+    }))  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "131072"}
+    proc = subprocess.Popen([sys.executable, "-m", "gradlab", "run", str(path), "--quiet"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert status == 0, proc.stderr.read().decode()
+    return usage.ru_maxrss * 1024
+
+
+@pytest.mark.slow
+def test_the_estimate_bounds_the_real_peak_within_a_factor_of_2(tmp_path):
+    baseline = _peak_rss(TINY_RUN, tmp_path)  # the interpreter, torch and gradlab themselves
+    for label, config in PEAK_GRID.items():
+        exp = validate({"device": "cpu", **config})
+        need = estimate(exp, known_input_shape(exp), exp.data.classes).total
+        real = _peak_rss(config, tmp_path) - baseline
+        assert real <= need <= 2 * real, f"{label}: real peak {real / 1e6:.0f} MB, estimate {need / 1e6:.0f} MB"
 
 
 def test_an_impossible_size_fails_fast_with_the_estimate(tmp_path):
@@ -60,6 +114,6 @@ def test_an_impossible_size_fails_fast_with_the_estimate(tmp_path):
                                       "--set", "model.depth=10000", "--set", "model.width=100000"])  # fmt: skip
     assert time.perf_counter() - start < 10
     assert result.exit_code == 2
-    assert result.stderr.startswith("error: model: this experiment needs at least 1.6 PB of cpu memory (data 49.2 KB, parameters 400 TB")
-    assert "reduce model.depth, model.width, data.batch_size or data.n_train" in result.stderr
+    assert result.stderr.startswith("error: model: this experiment needs up to 1.6 PB of cpu memory at its peak (data 55.3 KB, parameters 400 TB")
+    assert "reduce model.depth, model.width, data.batch_size, data.classes or data.n_train" in result.stderr
     assert list(tmp_path.rglob("meta.json")) == []
