@@ -182,7 +182,10 @@ class RecurrentProbe(Probe):
             pending.add("saturated_frac", self.sites[layer], active, sum(saturated[2][k] for k in picks), complement=True)
             pending.add("dead_frac", self.sites[layer], alive.sum(), alive.numel(), complement=True)
         pending.extras["loss"] = loss.detach()
-        pending.extras["accuracy"] = (logits.detach().argmax(dim=1) == y).float().mean()
+        if y.is_floating_point():  # a regression (adding): accuracy does not exist, an empty cell
+            pending.extras["accuracy"] = torch.full((), math.nan, device=loss.device)
+        else:  # a label per example, or per step (B, T) with logits (B, classes, T)
+            pending.extras["accuracy"] = (logits.detach().argmax(dim=1) == y).float().mean()
         pending.extras["grad_norm"] = torch.linalg.vector_norm(torch.stack(grad_norms))
         return pending
 

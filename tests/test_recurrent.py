@@ -296,3 +296,23 @@ def test_linear_rnn_with_scaled_orthogonal_recurrence_shrinks_the_delta_by_exact
     deltas = [r["delta_norm"] for r in probe.timestep_rows(0, columns)]
     for t in range(11):
         assert deltas[t] / deltas[t + 1] == pytest.approx(lam, rel=1e-6)  # W_hh made in float32, then cast
+
+
+def test_accuracy_is_empty_for_a_regression_and_per_step_for_labels_per_step():
+    model = build(model_cfg("rnn", depth=1, width=4), classes=1)
+    x = torch.randn(6, 5, 3, dtype=torch.float64)
+    target = torch.rand(6, dtype=torch.float64)
+    probe = RecurrentProbe(model)
+    probe.attach()
+    out = model(x)
+    loss = ((out[:, 0] - target) ** 2).mean()
+    loss.backward()
+    probe.detach()
+    _, extras = probe.measure(loss, out, target).fetch()
+    assert extras["accuracy"] != extras["accuracy"]  # NaN: written as an empty cell
+
+    model = build(model_cfg("gru", depth=1, width=4, readout="every"))
+    labels = torch.randint(0, 4, (6, 5))
+    probe, _, extras = probe_step(model, x, labels)
+    logits = model(x)
+    assert extras["accuracy"] == pytest.approx((logits.argmax(dim=1) == labels).double().mean().item())
