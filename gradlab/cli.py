@@ -402,5 +402,78 @@ def check(
     if failed:
         raise ExpectationFailed(*(f"{item.run}: {o.failure()}" for item in checks for o in item.failed))
 
+@app.command("export")
+@reports_errors
+def export_runs(
+    paths: RunPathsArg = None,
+    tensorboard: Annotated[Optional[Path], typer.Option("--tensorboard", help="folder for TensorBoard event files, one subfolder per run (needs: pip install 'gradlab\\[tensorboard]')", show_default=False)] = None,
+) -> None:
+    """Export runs for other tools: TensorBoard event files (--tensorboard DIR).
+
+    Per-layer scalars as <quantity>/<layer> (delta_norm/blocks.3), train/ and test/ metrics, the
+    gradient profile of compare (profile/gain, ...), histograms over the hidden layers, and the
+    config as text. View them with: tensorboard --logdir DIR
+    """
+    from gradlab import export as exporting
+
+    if tensorboard is None:
+        raise RunError("export: say where to: --tensorboard DIR")
+    summary = exporting.export_tensorboard(_need_paths(paths, "export"), tensorboard)
+    _warn(summary.problems)
+    for run in summary.runs:
+        console.print(f"{run.log_dir}: {run.steps} steps, {run.scalars} scalars, {run.histograms} histograms (from {run.run_dir})", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"exported {len(summary.runs)} runs; view them with: tensorboard --logdir {summary.out_dir}", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command("schema")
+@reports_errors
+def schema_command(
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write the schema to this file instead of stdout")] = None,
+) -> None:
+    """Print the JSON Schema of a config file, so that editors complete and check configs.
+
+    VS Code with the YAML extension: gradlab schema -o gradlab.schema.json, then start a config
+    with the line  # yaml-language-server: $schema=gradlab.schema.json
+    """
+    from gradlab.schema import schema_json
+
+    text = schema_json()
+    if output is None:
+        sys.stdout.write(text)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise RunError(f"--output: cannot write {str(output)!r}: {exc.strerror}") from None
+    console.print(f"JSON Schema of a gradlab config: {output}", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command("report")
+@reports_errors
+def report_command(
+    paths: RunPathsArg = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="the HTML file to write", show_default=False)] = ...,
+    step: Annotated[Optional[list[str]], typer.Option("--step", help="0, last or a step number; repeat for several (default: 0 and last)", show_default=False)] = None,
+    vanish: Annotated[Optional[float], typer.Option("--vanish", help="gain across the stack below this: vanishing (default: see compare --explain)", show_default=False)] = None,
+    explode: Annotated[Optional[float], typer.Option("--explode", help="gain across the stack above this: exploding (default: see compare --explain)", show_default=False)] = None,
+    target_loss: Annotated[Optional[float], typer.Option("--target-loss", help="add steps_to_target: the first step with train loss at or below this")] = None,
+) -> None:
+    """Write one self-contained HTML page for a sweep or a set of runs.
+
+    The comparison table (as compare) with verdicts in colour, every figure of plot inline, what
+    each row means and notes on damaged or partial runs; it loads nothing from the network.
+    """
+    from gradlab import report as reporting
+    from gradlab.summaries import DEFAULT_THRESHOLDS, Thresholds
+
+    thresholds = Thresholds(
+        vanish=DEFAULT_THRESHOLDS.vanish if vanish is None else vanish,
+        explode=DEFAULT_THRESHOLDS.explode if explode is None else explode,
+    )
+    result = reporting.write_report(_need_paths(paths, "report"), output, steps=_steps(step), thresholds=thresholds, target_loss=target_loss)
+    _warn(result.problems)
+    console.print(f"report of {result.runs} runs in {result.rows} configurations: {output}", markup=False, highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     app()
