@@ -422,7 +422,7 @@ def export_runs(
     _warn(summary.problems)
     for run in summary.runs:
         console.print(f"{run.log_dir}: {run.steps} steps, {run.scalars} scalars, {run.histograms} histograms (from {run.run_dir})", markup=False, highlight=False, soft_wrap=True)
-    console.print(f"exported {len(summary.runs)} runs; view them with: tensorboard --logdir {summary.out_dir}", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"exported {len(summary.runs)} {'run' if len(summary.runs) == 1 else 'runs'}; view them with: tensorboard --logdir {summary.out_dir}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("schema")
@@ -472,7 +472,9 @@ def report_command(
     )
     result = reporting.write_report(_need_paths(paths, "report"), output, steps=_steps(step), thresholds=thresholds, target_loss=target_loss)
     _warn(result.problems)
-    console.print(f"report of {result.runs} runs in {result.rows} configurations: {output}", markup=False, highlight=False, soft_wrap=True)
+    runs_word = "run" if result.runs == 1 else "runs"
+    rows_word = "configuration" if result.rows == 1 else "configurations"
+    console.print(f"report of {result.runs} {runs_word} in {result.rows} {rows_word}: {output}", markup=False, highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -1,0 +1,187 @@
+"""`gradlab export`, `gradlab schema` and `gradlab report` through the Typer app: exact lines and
+exit codes, errors as one `error:` line each (exit 2, no traceback), and nothing already there lost.
+What the files hold is tested in test_export.py, test_schema.py and test_report.py; here, that the
+commands say what they did, and that what they wrote is what the library functions write."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from gradlab.cli import app
+from run_factory import layer_rows, metric_rows, resolved_config, write_run
+
+METRICS = metric_rows({0: (2.0, 0.25), 5: (1.5, 0.5), 10: (0.75, 0.625)}, {0: (2.1, 0.2), 10: (0.8, 0.6)})
+RELU_DIR = "runs/relu/20240101-000000-rel000"
+SIGMOID_DIR = "runs/sigmoid/20240101-000000-sig000"
+
+
+def add_run(name: str, delta: list[float]) -> Path:
+    config = resolved_config(name, 0, depth=3, model__activation=name)
+    return write_run(Path("runs"), config, layer_rows(0, delta) + layer_rows(10, delta), METRICS, run_id=f"{name[:3]}000")
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch):
+    """`runs/relu/...` (stable) and `runs/sigmoid/...` (vanishing), the working directory at tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    return [add_run("relu", [1.0, 1.0, 1.0]), add_run("sigmoid", [1 / 1024, 1 / 32, 1.0])]
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def assert_error(result, *lines: str) -> None:
+    """Exit 2, the given `error:` lines on stderr and nothing else: no traceback, no stdout."""
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == [f"error: {line}" for line in lines]
+    assert result.stdout == ""
+    assert result.exception is None or isinstance(result.exception, SystemExit)  # an exit, not a traceback
+
+
+# --------------------------------------------------------------------------------------------
+# export
+# --------------------------------------------------------------------------------------------
+
+# Each run has 3 logged steps in its events (0, 5 from metrics, 10): 91 scalars, 17 histograms.
+EXPORTED_RELU = f"tb/relu/20240101-000000-rel000: 3 steps, 91 scalars, 17 histograms (from {RELU_DIR})"
+EXPORTED_SIGMOID = f"tb/sigmoid/20240101-000000-sig000: 3 steps, 91 scalars, 17 histograms (from {SIGMOID_DIR})"
+
+
+@pytest.fixture
+def tensorboard():
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed (pip install 'gradlab[tensorboard]')")
+
+
+def test_export_exact_lines(runs, tensorboard):
+    result = invoke("export", "runs", "--tensorboard", "tb")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [EXPORTED_RELU, EXPORTED_SIGMOID, "exported 2 runs; view them with: tensorboard --logdir tb"]
+    assert result.stderr == ""
+    # the counts printed are those of the files: one event file per run, in the folders named
+    for label in ("relu/20240101-000000-rel000", "sigmoid/20240101-000000-sig000"):
+        assert len(list((Path("tb") / label).glob("events.out.tfevents.*"))) == 1
+
+
+def test_export_one_run_says_run(runs, tensorboard):
+    result = invoke("export", RELU_DIR, "--tensorboard", "tb")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == "exported 1 run; view them with: tensorboard --logdir tb"
+
+
+def test_export_warns_about_a_path_without_runs(runs, tensorboard):
+    result = invoke("export", "runs/relu", "nothing-here", "--tensorboard", "tb")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == ["warning: nothing-here: does not exist"]
+    assert result.stdout.splitlines() == [EXPORTED_RELU, "exported 1 run; view them with: tensorboard --logdir tb"]
+
+
+def test_export_twice_into_one_folder_is_refused_and_keeps_the_first(runs, tensorboard):
+    assert invoke("export", "runs", "--tensorboard", "tb").exit_code == 0
+    before = sorted(p.read_bytes() for p in Path("tb").rglob("events.out.tfevents.*"))
+    result = invoke("export", "runs", "--tensorboard", "tb")
+    assert_error(
+        result,
+        "--tensorboard: tb/relu/20240101-000000-rel000 already holds TensorBoard events; export into a new folder or delete it",
+        "--tensorboard: tb/sigmoid/20240101-000000-sig000 already holds TensorBoard events; export into a new folder or delete it",
+    )
+    assert sorted(p.read_bytes() for p in Path("tb").rglob("events.out.tfevents.*")) == before
+
+
+def test_export_errors(runs, tensorboard):
+    assert_error(invoke("export", "runs"), "export: say where to: --tensorboard DIR")
+    assert_error(invoke("export", "--tensorboard", "tb"), "export: give at least one PATH (a run directory or a folder holding runs)")
+    assert_error(invoke("export", "nothing-here", "--tensorboard", "tb"), "nothing-here: does not exist", "no run could be read")
+    Path("afile").write_text("kept")
+    assert_error(invoke("export", "runs", "--tensorboard", "afile"), "--tensorboard: 'afile' is a file, not a folder")
+    assert Path("afile").read_text() == "kept"
+    assert not Path("tb").exists()
+
+
+def test_export_without_tensorboard_says_how_to_install(runs, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard.summary.writer.event_file_writer", None)
+    assert_error(
+        invoke("export", "runs", "--tensorboard", "tb"),
+        "--tensorboard: the tensorboard package is not installed; pip install 'gradlab[tensorboard]'",
+    )
+    assert not Path("tb").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# schema
+# --------------------------------------------------------------------------------------------
+
+
+def test_schema_to_stdout_is_the_schema(tmp_path):
+    from gradlab.schema import schema_json
+
+    result = invoke("schema")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == schema_json()
+    assert json.loads(result.stdout)["$schema"] == "http://json-schema.org/draft-07/schema#"
+    assert result.stderr == ""
+
+
+def test_schema_to_a_file(tmp_path, monkeypatch):
+    from gradlab.schema import schema_json
+
+    monkeypatch.chdir(tmp_path)
+    result = invoke("schema", "-o", "gradlab.schema.json")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == ["JSON Schema of a gradlab config: gradlab.schema.json"]
+    assert Path("gradlab.schema.json").read_text(encoding="utf-8") == schema_json()
+
+
+def test_schema_to_a_folder_that_does_not_exist(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert_error(invoke("schema", "-o", "nodir/s.json"), "--output: cannot write 'nodir/s.json': No such file or directory")
+    assert not Path("nodir").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# report
+# --------------------------------------------------------------------------------------------
+
+
+def test_report_exact_line_and_the_page_is_the_librarys(runs):
+    from gradlab.report import build_report
+
+    result = invoke("report", "runs", "-o", "report.html")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == ["report of 2 runs in 2 configurations: report.html"]
+    assert result.stderr == ""
+    page = Path("report.html").read_text(encoding="utf-8")
+    expected = build_report(["runs"]).html
+    # the same page but for the minute it was written in
+    def strip(text):
+        return [line for line in text.splitlines() if "written " not in line]
+
+    assert strip(page) == strip(expected)
+
+
+def test_report_one_run_says_run(runs):
+    result = invoke("report", RELU_DIR, "-o", "report.html")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == ["report of 1 run in 1 configuration: report.html"]
+
+
+def test_report_errors_keep_what_was_there(runs):
+    Path("report.html").write_text("the old report")
+    assert_error(invoke("report", "-o", "report.html"), "report: give at least one PATH (a run directory or a folder holding runs)")
+    assert_error(invoke("report", "nothing-here", "-o", "report.html"), "nothing-here: does not exist", "no run could be read")
+    assert_error(invoke("report", "runs", "-o", "nodir/report.html"), "--output: the folder 'nodir' does not exist")
+    assert_error(invoke("report", "runs", "-o", "runs"), "--output: 'runs' is a folder; give the HTML file to write, e.g. report.html")
+    assert Path("report.html").read_text() == "the old report"
+    assert not Path("nodir").exists()
+
+
+def test_report_without_output_is_a_usage_error(runs):
+    result = invoke("report", "runs")
+    assert result.exit_code == 2
+    assert "Missing option '--output' / '-o'." in result.stderr
+    assert "Traceback" not in result.output
