@@ -12,6 +12,7 @@
     gain(p)                 PyTorch's `calculate_gain` where it has one; otherwise None and the
                             gain is `variance_preserving_gain`
     kinks(p)                the x where f or f' is not smooth (where quadrature must split)
+    scale(p)                the width in x over which f bends (1; softplus 1/beta)
 
 and, built on those, `gaussian_moments(spec, q)`: E[f(sqrt(q) z)^2] and E[f'(sqrt(q) z)^2] for
 z ~ N(0, 1), what the mean-field theory of signal propagation needs (issue 10).
@@ -66,6 +67,7 @@ class Activation:
     max_derivative: Callable[[Any], float]
     gain: Callable[[Any], float] | None = None
     kinks: Callable[[Any], tuple[float, ...]] = lambda p: ()
+    scale: Callable[[Any], float] = lambda p: 1.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,7 +293,7 @@ ACTIVATIONS: dict[str, Activation] = implementations(specs.activations, {
         lambda a, u, y: _torch().where(u * a.beta > a.threshold, _torch().ones_like(u), _torch().sigmoid(a.beta * u)),
         lambda a: 1.0,
         _softplus_f, _softplus_df, lambda p: 1.0,
-        kinks=lambda p: (p.threshold / p.beta,),  # where PyTorch switches to the identity
+        kinks=lambda p: (p.threshold / p.beta,), scale=lambda p: 1 / p.beta,  # kink: where PyTorch switches to the identity
     ),
     "hardtanh": Activation(
         "hardtanh", lambda p, w: _nn().Hardtanh(p.min_val, p.max_val),
@@ -423,39 +425,47 @@ class GaussianMoments(NamedTuple):
 # choice and is exact for polynomials, but measured against mpmath it is not good enough here:
 # at a kink it converges only algebraically (ELU's E[f'^2] off by 2e-3 with 200 nodes, hardtanh's
 # by 10%), smooth functions at large q need ever more nodes (tanh at q = 4: 1e-6 off with 200), and
-# hermegauss overflows beyond ~350 nodes. So: composite Gauss-Legendre in z on [-12, 12] (the
-# Gaussian mass beyond is 2e-33, and no f^2 here grows faster than x^2), split at the activation's
-# kinks (x / sqrt(q)) so every panel is smooth, with panels no wider than min(1, 1/sqrt(q)) so that
-# both the Gaussian and f's own unit scale are resolved, and 20 nodes per panel. On a smooth panel
-# that width the rule is exact to double precision (tested against mpmath to 1e-12).
+# hermegauss overflows beyond ~350 nodes. So: composite Gauss-Legendre with 20 nodes per panel, in
+# z on [-12, 12] (the Gaussian mass beyond is 2e-33, and no f^2 here grows faster than x^2). The
+# panels are cut at the activation's kinks (x / sqrt(q)), so every panel is smooth; at every unit of
+# z, so the Gaussian is resolved; and at every unit of x (times the activation's feature scale, 1/beta
+# for softplus) for |x| < 64 units, where f bends, so f is resolved however large q is. Beyond that
+# every f here is constant or linear up to e^-64. At most ~160 panels for any q (an exploding
+# network's q may reach 1e30); on such panels the rule is exact to double precision (tested against
+# mpmath to 1e-10, and against the asymptotic forms at q = 1e12).
 _Z_MAX = 12.0
+_X_UNITS = 64
 _NODES_PER_PANEL = 20
 _LEGENDRE = np.polynomial.legendre.leggauss(_NODES_PER_PANEL)
 
 
-def gaussian_expectation(g: Callable[[np.ndarray], np.ndarray], q: float, kinks: tuple[float, ...] = ()) -> float:
-    """E[g(sqrt(q) z)] for z ~ N(0, 1), g smooth apart from `kinks` (in x = sqrt(q) z)."""
+def gaussian_expectation(g: Callable[[np.ndarray], np.ndarray], q: float, kinks: tuple[float, ...] = (), scale: float = 1.0) -> float:
+    """E[g(sqrt(q) z)] for z ~ N(0, 1), g smooth apart from `kinks` (in x = sqrt(q) z) and bending
+    only within |x| < 64 * `scale`."""
     if not (q >= 0 and math.isfinite(q)):
         raise ValueError(f"q must be a finite variance >= 0, got {q!r}")
     if q == 0:
         return float(g(np.zeros(1))[0])
-    scale = math.sqrt(q)
-    cuts = sorted({-_Z_MAX, _Z_MAX, *(k / scale for k in kinks if abs(k / scale) < _Z_MAX)})
-    width = min(1.0, 1.0 / scale)
-    edges = np.concatenate([np.linspace(a, b, max(1, math.ceil((b - a) / width)) + 1)[:-1] for a, b in zip(cuts, cuts[1:])] + [[_Z_MAX]])
+    root = math.sqrt(q)
+    cuts = np.concatenate([
+        np.arange(-_Z_MAX, _Z_MAX + 1),  # every unit of z, the ends included
+        scale * np.arange(-_X_UNITS, _X_UNITS + 1) / root,  # every unit of x where f bends
+        np.asarray(kinks, dtype=float) / root,
+    ])  # fmt: skip
+    edges = np.unique(cuts[np.abs(cuts) <= _Z_MAX])
     left, right = edges[:-1, None], edges[1:, None]
     nodes, weights = _LEGENDRE
     z = (left + right) / 2 + (right - left) / 2 * nodes  # (panels, nodes)
     w = (right - left) / 2 * weights * np.exp(-0.5 * z * z) * _INV_SQRT2PI
-    return float(np.sum(w * g(scale * z)))
+    return float(np.sum(w * g(root * z)))
 
 
 def gaussian_moments(spec: Any, q: float) -> GaussianMoments:
     """E[f(sqrt(q) z)^2] and E[f'(sqrt(q) z)^2], z ~ N(0, 1): a layer's output second moment and
     its squared slope, averaged over pre-activations of variance q (evaluation-mode f)."""
     record, p = _record(spec)
-    kinks = record.kinks(p)
+    kinks, scale = record.kinks(p), record.scale(p)
     return GaussianMoments(
-        gaussian_expectation(lambda x: record.f(p, x) ** 2, q, kinks),
-        gaussian_expectation(lambda x: record.df(p, x) ** 2, q, kinks),
+        gaussian_expectation(lambda x: record.f(p, x) ** 2, q, kinks, scale),
+        gaussian_expectation(lambda x: record.df(p, x) ** 2, q, kinks, scale),
     )

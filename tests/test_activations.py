@@ -226,3 +226,31 @@ def test_moments_at_zero_variance_are_the_values_at_zero():
     assert gaussian_moments("sigmoid", 0.0) == (0.25, 0.0625)
     with pytest.raises(ValueError):
         gaussian_moments("tanh", -1.0)
+
+
+@pytest.mark.parametrize("q", [1e6, 1e12, 1e30])
+def test_moments_at_exploding_variances_against_their_asymptotic_forms(q):
+    """For integrable g, E[g(sqrt(q) z)] = (1 / sqrt(2 pi q)) (integral of g) (1 + O(1/q)): what the
+    quadrature must still resolve when f's bends occupy a sliver of the Gaussian."""
+    density = 1 / math.sqrt(2 * math.pi * q)
+    rel = max(1e-9, 10 / q)  # the O(1/q) term of the asymptotic form
+    m2, d2 = gaussian_moments("tanh", q)  # 1 - tanh^2 integrates to 2, sech^4 to 4/3
+    assert (1 - m2, d2) == pytest.approx((2 * density, 4 / 3 * density), rel=rel)
+    m2, d2 = gaussian_moments("sigmoid", q)  # s^2 - step integrates to -1, s'^2 to 1/6
+    assert (0.5 - m2, d2) == pytest.approx((density, density / 6), rel=rel)
+    assert gaussian_moments("relu", q) == pytest.approx((q / 2, 0.5), rel=1e-13)
+    if q >= 1e12:  # softplus bends over 1/beta = 100: a ReLU once sqrt(q) is far beyond that
+        m2, d2 = gaussian_moments({"name": "softplus", "beta": 0.01}, q)
+        assert (m2 / q, d2) == pytest.approx((0.5, 0.5), rel=1e-4)
+
+
+@pytest.mark.parametrize("spec", [{"name": "softplus", "beta": 0.01}, "gelu", "elu", {"name": "hardtanh", "min_val": -30.0, "max_val": 5.0}], ids=str)
+def test_moments_at_a_large_variance_against_mpmath(spec):
+    assert gaussian_moments(spec, 1e6) == pytest.approx(_mpmath_moments(spec, 1e6), rel=1e-10)
+
+
+def test_the_quadrature_stays_small_for_any_variance():
+    calls = []
+    gaussian_moments("gelu", 1e30)
+    activations.gaussian_expectation(lambda x: calls.append(x.size) or np.ones_like(x), 1e30, (0.0,))
+    assert calls[0] <= 200 * 20
