@@ -1,0 +1,392 @@
+"""Predictions from a config alone: what signal-propagation theory says a run's gradient profile is
+at initialization, or why it says nothing.
+
+    predict(exp) -> Prediction          (numpy only: no torch, no pandas)
+
+theory.py holds the math on plain numbers (length map, χ₁, BatchNorm's factor, residual moments);
+this module reads a config and hands the math its numbers, so the two can be tested apart: theory
+against closed forms and published values, this mapping against the networks gradlab builds
+(tests/test_predict.py measures wide networks at step 0).
+
+What a config supplies
+----------------------
+* **σw², σb²** of each block, from the initializers' stated variances (initializers.py) with the
+  layer's actual fans: σw² = Var(W) · fan_in, σb² = Var(b) (0 without a bias, or with BatchNorm
+  before the activation, which drops the bias). Block 0's fan-in is the input's size, so its σw²
+  differs from the others' whenever the initializer fixes a std rather than a variance.
+* **q⁰**, the input's second moment mean(x²) over examples and features (Poole et al. 2016), and
+  for BatchNorm the per-feature variance over examples averaged over features: known in
+  expectation over the data's draw for the synthetic vector datasets (`input_moments`):
+      gaussian   x = m_y + noise·ε with m ~ N(0, I): mean(x²) = 1 + noise², per-feature variance
+                 1 − 1/classes + noise² (labels uniform: the class means' spread, plus the noise)
+      teacher    x ~ N(0, I): 1 and 1
+      spirals    points of the unit disc, r ~ U(0, 1), jitter 0.1·noise per coordinate, embedded
+                 isometrically: mean(x²) = (1/3 + 2 (0.1 noise)²) / dim, the same variance (the
+                 arms are spread evenly around the centre, so the mean is 0)
+  For file datasets (mnist, npz, csv) and images, q⁰ is not known from the config: pass
+  `input_moments` measured on the data, or get no prediction.
+* The activation's numpy forms and kinks (activations.py).
+
+Which theory applies
+--------------------
+    model                                   prediction                         paper
+    mlp, norm none                          mean-field length map, χ₁, ξ, phase  Poole 2016, Schoenholz 2017
+    mlp, batchnorm placement pre            √(E[φ'(z)²] / Var φ(z)) per layer   Yang et al. 2019
+    mlp, residual (norm none or bn pre)     stream moments and gradient growth  De & Smith 2020, Brock 2021
+    rnn / lstm / gru (when they exist)      per-step bound γ·λ₁; σ(forget bias) Pascanu 2013; Gers 2000
+and no prediction — `Prediction.reason` says why — for LayerNorm, GroupNorm and LRN (they
+normalize over units, not the batch: no derivation here), any norm after the activation, CNNs
+(zero padding, pooling and global average pooling break the fully connected mean field; Xiao et al.
+2018's delta-orthogonal analysis covers none of gradlab's CNNs), rrelu (random slopes in training),
+an initializer with a nonzero mean, and inputs whose second moment is unknown.
+
+The predicted `layer_factor` is what gradlab measures: (first/last delta_norm)^(1/(depth−1)), the
+geometric mean of the layer-by-layer factors from the actual input.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from gradlab import activations, initializers, specs, theory
+
+# How far a measured layer_factor may be from the predicted one, relative to the prediction, before
+# `gradlab compare` flags the run as departing from theory (its `departs` column). The measured
+# factor of a width-256 stack of depth 20 at step 0 scatters by about 1-2% around mean field
+# (finite width and batch); 5% leaves room for that and still catches a wrong init or a broken
+# network. `expect: {layer_factor: {within_theory: x}}` sets its own.
+DEPARTS_TOLERANCE = 0.05
+
+SYNTHETIC_VECTORS = ("gaussian", "teacher", "spirals")
+SPIRAL_JITTER = 0.1  # data.py's SPIRAL_JITTER (tests/test_predict.py checks they agree)
+
+SOURCES = {
+    "mean_field": "Poole et al. 2016 (eq. 3), Schoenholz et al. 2017 (eqs. 5-13)",
+    "batchnorm": "Yang et al. 2019, A mean field theory of batch normalization (ICLR)",
+    "residual": "De & Smith 2020 (Batch normalization biases residual blocks towards the identity); Brock, De & Smith 2021",
+    "recurrent": "Pascanu, Mikolov & Bengio 2013 (eq. 7); Gers et al. 2000 for the LSTM cell path",
+    "none": "",
+}
+
+
+@dataclass(frozen=True)
+class InputMoments:
+    """The input's moments that theory starts from: mean(x²) over examples and features, mean(x),
+    and the per-feature variance over examples averaged over features; `how` says where they came from."""
+
+    second_moment: float
+    mean: float
+    batch_variance: float
+    how: str
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What theory predicts for a config at initialization (None where it predicts nothing).
+
+    theory: mean_field | batchnorm | residual | recurrent | none. reason: why there is no
+    prediction ('' when there is one). The fields are those of `gradlab theory --format json`
+    (README, "Theory beside measurement"): q_star, chi1, predicted_factor (√χ₁, the per-layer
+    factor at the fixed point; BatchNorm: its per-layer factor), xi_grad, xi_c, phase, layers
+    (the layer-by-layer factors ‖∂L/∂z_l‖ / ‖∂L/∂z_{l+1}‖ from the actual input, l = 0 … depth−2),
+    layer_factor (their geometric mean: the prediction of the measured layer_factor), q (each
+    block's pre-activation variance; residual: the stream's second moment after each block),
+    inputs (σw², σb², q⁰ and how each was found) and extra (per theory: the residual stream's
+    variance and gradient factors, the recurrent step bound).
+    """
+
+    theory: str
+    reason: str = ""
+    q_star: float | None = None
+    chi1: float | None = None
+    predicted_factor: float | None = None
+    xi_grad: float | None = None
+    xi_c: float | None = None
+    phase: str | None = None
+    layers: tuple[float, ...] = ()
+    layer_factor: float | None = None
+    q: tuple[float, ...] = ()
+    inputs: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def source(self) -> str:
+        return SOURCES[self.theory]
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready mapping; an infinite depth scale (exactly critical) is the string 'inf'."""
+        out: dict[str, Any] = {"theory": self.theory, "source": self.source, "reason": self.reason}
+        for key in ("q_star", "chi1", "predicted_factor", "xi_grad", "xi_c", "phase", "layer_factor"):
+            out[key] = _json_number(getattr(self, key))
+        out["layers"] = [_json_number(v) for v in self.layers]
+        out["q"] = [_json_number(v) for v in self.q]
+        out["inputs"] = {k: _json_number(v) for k, v in self.inputs.items()}
+        out["extra"] = {k: [_json_number(x) for x in v] if isinstance(v, (list, tuple)) else _json_number(v) for k, v in self.extra.items()}
+        out["notes"] = list(self.notes)
+        return out
+
+
+def _json_number(value: Any) -> Any:
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return value
+
+
+def depth_scale(chi: float) -> float:
+    """theory.depth_scale, with χ within 1e-12 of 1 taken as exactly 1 (infinite ξ): the stated
+    variances carry rounding (He init's σw² reads 2.0000000000000004), which must not turn an
+    exactly critical network into one with a depth scale of 4e15."""
+    return math.inf if abs(chi - 1.0) <= 1e-12 else theory.depth_scale(chi)
+
+
+def none(reason: str, **inputs: Any) -> Prediction:
+    """No prediction, and why."""
+    return Prediction("none", reason=reason, inputs=inputs)
+
+
+# --------------------------------------------------------------------------------------------
+# What the config supplies
+# --------------------------------------------------------------------------------------------
+
+
+class NumpyActivation:
+    """An activation spec's numpy forms, resolved once (theory.Activation's protocol)."""
+
+    def __init__(self, spec: Any):
+        resolved = specs.activations.resolve(spec)
+        self._record = activations.get(resolved["name"])
+        self._params = specs.activations.params_of(resolved)
+        self.kinks = tuple(self._record.kinks(self._params))
+        self.name = resolved["name"]
+
+    def f(self, x):
+        return self._record.f(self._params, x)
+
+    def df(self, x):
+        return self._record.df(self._params, x)
+
+
+def input_moments(data: Any) -> InputMoments | None:
+    """The input's moments from the data section alone (see the module docstring), or None when
+    they are not known without reading the data."""
+    name, noise, dim = data.name, data.noise, data.dim
+    if name == "gaussian":
+        return InputMoments(1.0 + noise**2, 0.0, 1.0 - 1.0 / data.classes + noise**2,
+                            f"gaussian: E[x²] = 1 + noise² = {1 + noise**2:g} (class means ~ N(0, 1) plus noise)")  # fmt: skip
+    if name == "teacher":
+        return InputMoments(1.0, 0.0, 1.0, "teacher: x ~ N(0, I), E[x²] = 1")
+    if name == "spirals":
+        second = (1.0 / 3.0 + 2.0 * (SPIRAL_JITTER * noise) ** 2) / dim
+        return InputMoments(second, 0.0, second, f"spirals: E[x²] = (1/3 + 2 (0.1 noise)²) / dim = {second:.6g}")
+    return None
+
+
+def _fans(exp: Any, block: int) -> tuple[int, int]:
+    """(fan_in, fan_out) of block `block`'s first linear map (an MLP: block 0 reads the input)."""
+    return (exp.data.dim if block == 0 else exp.model.width), exp.model.width
+
+
+def _init_variances(exp: Any, fan_in: int, fan_out: int, has_bias: bool) -> tuple[float, float]:
+    """(σw², σb²) of a linear layer with these fans under the config's initializers."""
+    model = exp.model
+    var_w = initializers.variance(model.init.weight, fan_in, fan_out, model.activation)
+    var_b = initializers.variance(model.init.bias, fan_in, fan_out, model.activation) if has_bias else 0.0
+    return var_w * fan_in, var_b
+
+
+def _nonzero_mean(exp: Any) -> str:
+    """Why the initializers break mean field's zero-mean assumption ('' when they don't)."""
+    init = exp.model.init
+    if initializers.mean(init.weight) != 0:
+        return f"model.init.weight {init.weight['name']} has mean {initializers.mean(init.weight):g}; mean-field theory assumes zero-mean weights"
+    if exp.model.bias and initializers.mean(init.bias) != 0:
+        return f"model.init.bias {init.bias['name']} has mean {initializers.mean(init.bias):g}; mean-field theory assumes zero-mean biases"
+    return ""
+
+
+# --------------------------------------------------------------------------------------------
+# The predictions
+# --------------------------------------------------------------------------------------------
+
+
+def predict(exp: Any, moments: InputMoments | None = None, correlations: bool = True) -> Prediction:
+    """The prediction for `exp` (an Experiment) at initialization, or `none` with the reason.
+
+    moments: the input's moments when the config does not determine them (file data); by default
+    `input_moments(exp.data)`. correlations: compute the correlation map's c*, χ_c and ξ_c (the
+    slowest part, ~0.1 s; `gradlab compare` does not need them).
+    """
+    model = exp.model
+    kind = model.kind
+    if kind in ("rnn", "lstm", "gru"):
+        return _recurrent(exp)
+    if kind != "mlp":
+        return none(f"no prediction for model.kind {kind}: zero padding, pooling and global average pooling break the fully connected mean field")
+    activation = model.activation
+    if activation["name"] == "rrelu":
+        return none("no prediction for rrelu: its negative slopes are random in training, so E[φ²] is not that of one function")
+    problem = _nonzero_mean(exp)
+    if problem:
+        return none(problem)
+    norm = model.norm
+    placement = norm.get("placement")
+    if norm["name"] not in ("none", "batchnorm"):
+        return none(f"no prediction with model.norm {norm['name']}: it normalizes each example over its units, not each unit over the batch; no mean-field derivation applies")
+    if norm["name"] == "batchnorm" and placement != "pre":
+        return none("no prediction with batchnorm placement post: Yang et al. 2019 derive the factor for BatchNorm between the linear map and the nonlinearity")
+    moments = moments or input_moments(exp.data)
+    if moments is None:
+        return none(f"no prediction for data.name {exp.data.name}: the input's second moment q⁰ is not known from the config (predict it with measured input moments)")
+    act = NumpyActivation(activation)
+    if getattr(model, "residual", False):
+        return _residual(exp, act, moments)
+    if norm["name"] == "batchnorm":
+        return _batchnorm(exp, act, moments)
+    return _mean_field(exp, act, moments, correlations)
+
+
+def _mean_field(exp: Any, act: NumpyActivation, moments: InputMoments, correlations: bool) -> Prediction:
+    model = exp.model
+    first_w2, first_b2 = _init_variances(exp, *_fans(exp, 0), model.bias)
+    w2, b2 = _init_variances(exp, *_fans(exp, 1), model.bias)
+    depth = model.depth
+    qs = theory.layer_variances(act, moments.second_moment, depth, [first_w2] + [w2] * (depth - 1), [first_b2] + [b2] * (depth - 1))
+    factors = theory.gradient_factors(act, qs, [first_w2] + [w2] * (depth - 1))
+    inputs = {"sigma_w2": w2, "sigma_b2": b2, "first_sigma_w2": first_w2, "first_sigma_b2": first_b2, "q0": moments.second_moment}
+    notes = [moments.how]
+    fp = theory.fixed_point(act, w2, b2, q_init=qs[0] if qs[0] > 0 else 1.0)
+    base = dict(layers=tuple(factors), layer_factor=theory.geometric_mean_factor(factors), q=tuple(qs), inputs=inputs)
+    if fp.q_star is None:
+        notes.append(f"no fixed point of the length map: {fp.detail}")
+        return Prediction("mean_field", notes=tuple(notes), **base)
+    x1 = theory.chi1(act, fp.q_star, w2)
+    xi_c = None
+    if correlations:
+        c_star = theory.correlation_fixed_point(act, fp.q_star, w2, b2, chi1_value=x1)
+        chi_c = x1 if c_star == 1.0 else theory.chi_c(act, c_star, fp.q_star, w2)
+        xi_c = depth_scale(chi_c)
+    return Prediction(
+        "mean_field", q_star=fp.q_star, chi1=x1, predicted_factor=math.sqrt(x1), xi_grad=depth_scale(x1),
+        xi_c=xi_c, phase=theory.phase(x1), notes=tuple(notes), **base,
+    )  # fmt: skip
+
+
+def _batchnorm(exp: Any, act: NumpyActivation, moments: InputMoments) -> Prediction:
+    model = exp.model
+    first_w2, _ = _init_variances(exp, *_fans(exp, 0), False)
+    w2, _ = _init_variances(exp, *_fans(exp, 1), False)
+    steady = theory.batchnorm_gradient_factor(act, "batchnorm", "pre")
+    if steady is None:
+        return none(f"no prediction: {act.name}'s output has no variance under N(0, 1), so BatchNorm's factor is undefined")
+    factors = theory.batchnorm_gradient_factors(act, [first_w2] + [w2] * (model.depth - 1), model.depth, moments.batch_variance)
+    inputs = {"sigma_w2": w2, "first_sigma_w2": first_w2, "input_batch_variance": moments.batch_variance}
+    return Prediction(
+        "batchnorm", predicted_factor=steady, xi_grad=depth_scale(steady**2), layers=tuple(factors),
+        layer_factor=theory.geometric_mean_factor(factors), inputs=inputs,
+        notes=(moments.how, "σw² cancels between blocks of equal σw²; the first factor uses block 0's σw² and the input's batch variance"),
+    )  # fmt: skip
+
+
+def _branch(exp: Any, act: NumpyActivation, fan_in: int, batchnorm: bool) -> list[theory.BranchLayer]:
+    """The branch of one residual block as theory sees it: `branch_depth` layers linear → [BN] → φ,
+    the first reading `fan_in` features, the others `width`."""
+    model = exp.model
+    layers = []
+    for k in range(getattr(model, "branch_depth", 1)):
+        w2, b2 = _init_variances(exp, fan_in if k == 0 else model.width, model.width, model.bias and not batchnorm)
+        layers.append(theory.BranchLayer(w2, b2, act, batchnorm))
+    return layers
+
+
+def branch_delta_gain(branch: list[theory.BranchLayer], moment: theory.StreamMoments) -> float:
+    """‖∂L/∂z‖² / ‖∂L/∂(α·branch(x))‖² for one block, z its branch's first linear output: how much of
+    the stream's gradient reaches the branch's first layer, in mean field.
+
+    Going back from the branch's output: through each layer's φ a factor E[φ'(u)²] (u its input:
+    N(0, pre) without BatchNorm, N(0, 1) with it), through BatchNorm 1/(σw²_k · v_k) (it divides by
+    the batch std of its input, whose variance is σw²_k times the per-unit batch variance v_k of the
+    layer's input), and through the weights of every layer but the first σw²_k (‖Wᵀg‖² = σw² ‖g‖²).
+    """
+    q_in, v_in = moment.second_moment, moment.batch_variance
+    gain = 1.0
+    for k, layer in enumerate(branch):
+        act = layer.activation
+        if layer.batchnorm:
+            slope2 = theory.gaussian_expectation(lambda u: act.df(u) ** 2, 1.0, kinks=theory.kinks_of(act))
+            gain *= slope2 / (layer.sigma_w2 * v_in)
+            mean = theory.gaussian_expectation(act.f, 1.0, kinks=theory.kinks_of(act))
+            q_in = theory.gaussian_expectation(lambda u: act.f(u) ** 2, 1.0, kinks=theory.kinks_of(act))
+            v_in = q_in - mean * mean
+        else:
+            pre = layer.sigma_w2 * q_in + layer.sigma_b2
+            gain *= theory.gaussian_expectation(lambda u: act.df(u) ** 2, pre, kinks=theory.kinks_of(act))
+            q_in = theory.gaussian_expectation(lambda u: act.f(u) ** 2, pre, kinks=theory.kinks_of(act))
+        if k > 0:
+            gain *= layer.sigma_w2
+    return gain
+
+
+def _residual(exp: Any, act: NumpyActivation, moments: InputMoments) -> Prediction:
+    """x_{l+1} = x_l + α·branch(x_l); block 0 reads the input through a projection onto the width
+    (LeCun normal, so the stream starts with the input's second moment and mean 0) when the input's
+    size differs from the width."""
+    model = exp.model
+    alpha = float(getattr(model, "residual_scale", 1.0))
+    batchnorm = model.norm["name"] == "batchnorm"
+    depth = model.depth
+    if getattr(model.init.weight, "get", lambda _: None)("name") == "fixup":
+        return none("fixup zero-initializes each branch's last layer: every branch's gradient at z is exactly zero at initialization, so the gain is undefined")
+    first = _branch(exp, act, _fans(exp, 0)[0], batchnorm)
+    rest = _branch(exp, act, model.width, batchnorm)
+    stream = theory.residual_moments(first, 1, alpha, moments.second_moment, 0.0, moments.batch_variance)
+    if depth > 1:
+        last = stream[-1]
+        stream += theory.residual_moments(rest, depth - 1, alpha, last.second_moment, last.mean, last.batch_variance)[1:]
+    # stream[l] enters block l; stream[depth] feeds the head
+    stream_factors = theory.residual_gradient_factors(rest, alpha, stream[1:]) if depth > 1 else []
+    inputs = {"alpha": alpha, "sigma_w2": rest[0].sigma_w2, "sigma_b2": rest[0].sigma_b2, "first_sigma_w2": first[0].sigma_w2,
+              "q0": moments.second_moment, "branch_depth": len(rest)}  # fmt: skip
+    extra = {
+        "stream_second_moment": [m.second_moment for m in stream],
+        "stream_variance": [m.variance for m in stream],
+        "stream_factors": stream_factors,
+    }
+    base = dict(q=tuple(m.second_moment for m in stream[1:]), inputs=inputs, extra=extra, notes=(moments.how,))
+    if alpha == 0.0:
+        return Prediction("residual", reason="residual_scale 0 (SkipInit): every branch's gradient is exactly zero at initialization, so delta_norm is 0 and the gain undefined", **base)
+    gains = [branch_delta_gain(first, stream[0])] + [branch_delta_gain(rest, m) for m in stream[1:depth]]
+    # ‖δ_l‖ = α √gains[l] ‖g_{l+1}‖, g_l = ∂L/∂x_l, ‖g_l‖ / ‖g_{l+1}‖ = stream_factors[l − 1]
+    layers = [math.sqrt(gains[l] / gains[l + 1]) * stream_factors[l] for l in range(depth - 1)]
+    return Prediction("residual", layers=tuple(layers), layer_factor=theory.geometric_mean_factor(layers), **base)
+
+
+def _recurrent(exp: Any) -> Prediction:
+    """Pascanu et al. 2013's bound on the per-step factor, γ·λ₁, for an rnn whose recurrent
+    initializer states its top singular value; for an lstm, the cell path's σ(forget bias)."""
+    model = exp.model
+    recurrent = getattr(model.init, "recurrent", None)
+    if model.kind == "lstm":
+        forget_bias = getattr(model, "forget_bias", None)
+        if forget_bias is None:
+            return none("no prediction for this lstm: the config has no forget_bias")
+        factor = theory.lstm_cell_factor(forget_bias)
+        return Prediction("recurrent", predicted_factor=factor, xi_grad=depth_scale(factor**2), inputs={"forget_bias": forget_bias},
+                          extra={"cell_step_factor": factor},
+                          notes=("the cell path's per-step factor diag(f_t) ≈ σ(forget bias) while the weights are small",))  # fmt: skip
+    if model.kind != "rnn" or recurrent is None:
+        return none(f"no prediction for model.kind {model.kind}: no per-step factor is derived here")
+    name = recurrent["name"]
+    gain = recurrent.get("gain", 1.0)
+    if gain == "auto":
+        gain = activations.gain(model.activation)
+    try:
+        lambda1 = theory.top_singular_value(name, model.width, float(gain), recurrent.get("std"))
+    except ValueError as exc:
+        return none(str(exc))
+    gamma = activations.max_derivative(model.activation)
+    bound = theory.recurrent_step_bound(gamma, lambda1)
+    return Prediction("recurrent", predicted_factor=None, inputs={"gamma": gamma, "lambda1": lambda1}, extra={"step_bound": bound},
+                      notes=("an upper bound on ‖∂h_t/∂h_{t−1}‖, not an estimate: below 1 the gradient must vanish in time",))  # fmt: skip
