@@ -781,9 +781,10 @@ def residual_moments(
 
     Unnormalized ReLU, one-layer branch φ(W x), He init (σw² = 2): s_l = q_l, μ_l = √(q_l/π), so the
     second moment grows by (1 + α²) plus the cross term 2α m_l μ_l (zero only while the stream is
-    centred: exactly doubling at α = 1 for a branch ending in a linear layer, whose output has mean
-    0, and faster than doubling for a branch ending in ReLU, whose output mean accumulates in the
-    stream); the variance grows by α²(1 − 1/π) q_l. Both grow exponentially in depth.
+    centred: exactly doubling at α = 1 for the branch relu(W₁ ·) then a linear W₂ with σw² = 1,
+    whose output has mean 0 and second moment q_l; faster than doubling for a branch ending in ReLU,
+    whose output mean accumulates in the stream); the variance grows by α²(1 − 1/π) q_l. Both grow
+    exponentially in depth.
     With BatchNorm in the branch (De & Smith 2020), s and μ are constants, so the variance grows
     linearly: Var(x_l) = Var(x_0) + l α² (s − μ²) (= Var(x_0) + l α² when the branch's output has
     unit variance, De & Smith's statement), and the second moment quadratically once a nonzero
