@@ -477,5 +477,35 @@ def report_command(
     console.print(f"report of {result.runs} {runs_word} in {result.rows} {rows_word}: {output}", markup=False, highlight=False, soft_wrap=True)
 
 
+class TheoryFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+@app.command("theory")
+@reports_errors
+def theory_command(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    format_: Annotated[TheoryFormat, typer.Option("--format", "-f", help="table (for people) or json")] = TheoryFormat.table,
+) -> None:
+    """What theory predicts for CONFIG at initialization, without training (no torch).
+
+    Mean field (Poole 2016, Schoenholz 2017) for MLPs without normalization, Yang 2019 for
+    BatchNorm before the activation, the residual stream (De & Smith 2020); where no theory applies
+    it says why. The 'factor' column is ||dL/dz|| of a layer over that of the next one up.
+    """
+    import json
+
+    from gradlab.predict import predict, table_lines
+
+    prediction = predict(_load(config, _overrides(set_)))
+    if format_ is TheoryFormat.json:
+        print(json.dumps(prediction.to_json(), indent=2, ensure_ascii=False))
+        return
+    for line in table_lines(prediction):
+        print(line)
+
+
 def main() -> None:
     app()

@@ -390,3 +390,45 @@ def _recurrent(exp: Any) -> Prediction:
     bound = theory.recurrent_step_bound(gamma, lambda1)
     return Prediction("recurrent", predicted_factor=None, inputs={"gamma": gamma, "lambda1": lambda1}, extra={"step_bound": bound},
                       notes=("an upper bound on ‖∂h_t/∂h_{t−1}‖, not an estimate: below 1 the gradient must vanish in time",))  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# The table `gradlab theory` prints
+# --------------------------------------------------------------------------------------------
+
+TABLE_KEYS = ("q_star", "chi1", "predicted_factor", "xi_grad", "xi_c", "phase", "layer_factor")
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "inf" if value == math.inf else f"{value:.6g}"
+    return str(value)
+
+
+def table_lines(prediction: Prediction) -> list[str]:
+    """What `gradlab theory CONFIG` prints: the theory and its source, the numbers it started from,
+    the predictions ('-' where the theory makes none), then one line per block."""
+    p = prediction
+    if p.theory == "none":
+        return [f"no prediction: {p.reason}"]
+    lines = [f"theory: {p.theory} ({p.source})"]
+    if p.inputs:
+        lines.append("from: " + ", ".join(f"{key} = {_text(value)}" for key, value in p.inputs.items()))
+    lines += [f"note: {note}" for note in p.notes]
+    if p.reason:
+        lines.append(f"no gradient prediction: {p.reason}")
+    width = max(len(key) for key in TABLE_KEYS)
+    lines += [f"{key:<{width}}  {_text(getattr(p, key))}" for key in TABLE_KEYS]
+    for key, value in p.extra.items():
+        if not isinstance(value, (list, tuple)):
+            lines.append(f"{key:<{width}}  {_text(value)}")
+    if p.q or p.layers:
+        q_name = "stream_q" if p.theory == "residual" else "q"
+        lines.append(f"{'layer':>5}  {q_name:>12}  {'factor':>12}")
+        for layer in range(max(len(p.q), len(p.layers) + 1)):
+            q = _text(p.q[layer]) if layer < len(p.q) else "-"
+            factor = _text(p.layers[layer]) if layer < len(p.layers) else "-"
+            lines.append(f"{layer:>5}  {q:>12}  {factor:>12}")
+    return lines

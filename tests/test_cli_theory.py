@@ -1,0 +1,112 @@
+"""`gradlab theory CONFIG`: the prediction for a config without training, as a table and as JSON,
+exact output; bad input is one line and exit code 2; no torch is loaded (fresh interpreter)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from gradlab.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+RELU_HE = {
+    "name": "relu-he",
+    "data": {"name": "gaussian", "dim": 32},
+    "model": {"depth": 4, "width": 64, "activation": "relu", "init": {"weight": "kaiming_normal", "bias": "zeros"}},
+}
+
+
+def config(tmp_path, data=RELU_HE) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_table_for_relu_with_he_init(tmp_path):
+    result = invoke("theory", config(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert result.output == """\
+theory: mean_field (Poole et al. 2016 (eq. 3), Schoenholz et al. 2017 (eqs. 5-13))
+from: sigma_w2 = 2, sigma_b2 = 0, first_sigma_w2 = 2, first_sigma_b2 = 0, q0 = 2
+note: gaussian: E[x²] = 1 + noise² = 2 (class means ~ N(0, 1) plus noise)
+q_star            4
+chi1              1
+predicted_factor  1
+xi_grad           inf
+xi_c              inf
+phase             critical
+layer_factor      1
+layer             q        factor
+    0             4             1
+    1             4             1
+    2             4             1
+    3             4             -
+"""
+
+
+def test_set_overrides_and_batchnorm(tmp_path):
+    result = invoke("theory", config(tmp_path), "--set", "model.norm=batchnorm", "--set", "model.depth=3")
+    assert result.exit_code == 0, result.output
+    assert result.output == """\
+theory: batchnorm (Yang et al. 2019, A mean field theory of batch normalization (ICLR))
+from: sigma_w2 = 2, first_sigma_w2 = 2, input_batch_variance = 1.9
+note: gaussian: E[x²] = 1 + noise² = 2 (class means ~ N(0, 1) plus noise)
+note: σw² cancels between blocks of equal σw²; the first factor uses block 0's σw² and the input's batch variance
+q_star            -
+chi1              -
+predicted_factor  1.21117
+xi_grad           -2.60974
+xi_c              -
+phase             -
+layer_factor      0.788238
+layer             q        factor
+    0             -      0.512989
+    1             -       1.21117
+    2             -             -
+"""
+
+
+def test_json_has_the_documented_keys(tmp_path):
+    result = invoke("theory", config(tmp_path), "--format", "json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["theory"] == "mean_field" and data["phase"] == "critical" and data["xi_grad"] == "inf"
+    assert data["chi1"] == 1.0000000000000002 and data["layers"] == [1.0] * 3
+    assert set(data) >= {"q_star", "chi1", "predicted_factor", "xi_grad", "xi_c", "phase", "layers", "layer_factor", "reason"}
+
+
+def test_no_prediction_is_said_plainly(tmp_path):
+    result = invoke("theory", config(tmp_path), "--set", "model.norm=layernorm")
+    assert result.exit_code == 0
+    assert result.output == (
+        "no prediction: no prediction with model.norm layernorm: it normalizes each example over its units, "
+        "not each unit over the batch; no mean-field derivation applies\n"
+    )
+    data = json.loads(invoke("theory", config(tmp_path), "--set", "model.norm=layernorm", "-f", "json").output)
+    assert data["theory"] == "none" and data["layer_factor"] is None and data["layers"] == []
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path):
+    result = invoke("theory", config(tmp_path), "--set", "model.depth=zero")
+    assert result.exit_code == 2
+    assert result.output == "error: model.depth: got 'zero'; expected an integer\n"
+
+
+def test_theory_loads_no_torch_in_a_fresh_interpreter(tmp_path):
+    probe = (
+        "import sys\nfrom gradlab.cli import app\n"
+        "try:\n    app(sys.argv[1:], prog_name='gradlab')\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+        "print([m for m in ('torch', 'pandas', 'matplotlib') if m in sys.modules])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe, "theory", str(config(tmp_path))], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
