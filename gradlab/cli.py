@@ -302,6 +302,8 @@ def compare(
     format_: Annotated[Format, typer.Option("--format", "-f", help="table (terminal), csv, markdown or json")] = Format.table,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write to this file instead of stdout")] = None,
     explain: Annotated[bool, typer.Option("--explain", help="say what every column means (with no PATH: every possible column)")] = False,
+    theory: Annotated[bool, typer.Option("--theory", help="add predicted_factor (theory's layer_factor at initialization, from the config) and departs")] = False,
+    tolerance: Annotated[Optional[float], typer.Option("--tolerance", help="with --theory: departs when |measured - predicted| > tolerance * predicted (default: see --explain)", show_default=False)] = None,
 ) -> None:
     """Put runs side by side: gradient profile, verdict and final metrics per configuration.
 
@@ -323,7 +325,9 @@ def compare(
     steps = _steps(step)
     loaded = load_runs(_need_paths(paths, "compare"))
     _warn(loaded.problems)
-    comparison = comparing.compare_runs(loaded.runs, steps, thresholds, target_loss)
+    if tolerance is not None and not (tolerance > 0):
+        raise ConfigError(f"--tolerance: got {tolerance:g}; expected a number > 0")
+    comparison = comparing.compare_runs(loaded.runs, steps, thresholds, target_loss, theory=theory, tolerance=tolerance)
     _warn(comparison.notes)
 
     if format_ is Format.table:

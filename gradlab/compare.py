@@ -23,9 +23,9 @@ import pandas as pd
 
 from gradlab import configdiff
 from gradlab.errors import RunError
-from gradlab.quantities import FINAL_QUANTITIES, PROFILE_QUANTITIES, SUMMARY_QUANTITIES
+from gradlab.quantities import FINAL_QUANTITIES, PROFILE_QUANTITIES, SUMMARY_QUANTITIES, THEORY_QUANTITIES
 from gradlab.records import STATUSES, Run, Step
-from gradlab.summaries import DEFAULT_THRESHOLDS, Thresholds, missing_step_notes, summarize_run
+from gradlab.summaries import DEFAULT_THRESHOLDS, Thresholds, missing_step_notes, profile_at, summarize_run
 
 # Columns that are not summary quantities but appear in every comparison.
 OTHER_COLUMNS: dict[str, str] = {
@@ -51,6 +51,7 @@ class Comparison:
     target_loss: float | None
     runs: list[list[Path]]  # the run directories behind each row
     notes: list[str]
+    tolerance: float | None = None  # relative tolerance of `departs`; None: theory columns not requested
 
     @property
     def grouped(self) -> bool:
@@ -96,9 +97,16 @@ def compare_runs(
     steps: Sequence[Step] = (0, "last"),
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
     target_loss: float | None = None,
+    theory: bool = False,
+    tolerance: float | None = None,
 ) -> Comparison:
     """One row per configuration: differing config values, status, the summaries at each step
-    and the finals; runs that differ only by seed are averaged (mean, sample std, count)."""
+    and the finals; runs that differ only by seed are averaged (mean, sample std, count).
+
+    theory: add `predicted_factor` (theory's layer_factor at initialization, from the config) and
+    `departs` (the measured layer_factor at step 0, averaged over seeds, off by more than
+    `tolerance` relative to it; default predict.DEPARTS_TOLERANCE), with a note per row that has
+    no prediction saying why."""
     if not runs:
         raise RunError("no runs to compare")
     steps = list(dict.fromkeys(steps))
@@ -142,6 +150,21 @@ def compare_runs(
         order.append(column)
         if grouped and column in averaged:
             order.append(f"{column}_std")
+    if theory:
+        from gradlab import predict
+
+        tolerance = predict.DEPARTS_TOLERANCE if tolerance is None else tolerance
+        for row, members in zip(rows, groups):
+            prediction = predict.for_config(configs[members[0]])
+            measured, _ = _mean_std([profile_at(runs[i], 0)["layer_factor"] for i in members])
+            row["predicted_factor"] = math.nan if prediction.layer_factor is None else prediction.layer_factor
+            flag = predict.departs(measured, prediction.layer_factor, tolerance)
+            row["departs"] = None if flag is None else ("yes" if flag else "no")
+            if prediction.layer_factor is None:
+                notes.append(f"{row['label']}: no predicted_factor: {prediction.reason}")
+        order += list(THEORY_QUANTITIES)
+    else:
+        tolerance = None
     table = pd.DataFrame(rows, columns=order)
     for column in INTEGER_COLUMNS:
         if column in table and _all_integral(table[column]):
@@ -154,6 +177,7 @@ def compare_runs(
         target_loss=target_loss,
         runs=[[runs[i].dir for i in members] for members in groups],
         notes=notes,
+        tolerance=tolerance,
     )
 
 
@@ -198,6 +222,11 @@ def describe_column(column: str, comparison: Comparison | None = None) -> str:
         return text + where
     if base in OTHER_COLUMNS:
         return OTHER_COLUMNS[base]
+    if base in THEORY_QUANTITIES:
+        text = THEORY_QUANTITIES[base]
+        if base == "departs" and comparison is not None and comparison.tolerance is not None:
+            text += f" (tolerance {comparison.tolerance:g})"
+        return text
     return "config value that differs between the compared runs"
 
 
@@ -218,6 +247,7 @@ def explain(comparison: Comparison | None = None) -> list[tuple[str, str]]:
     generic += [(f"{q}@<step>", text) for q, text in PROFILE_QUANTITIES.items()]
     generic.append(("verdict@<step>", describe_column("verdict")))
     generic += [(q, text) for q, text in FINAL_QUANTITIES.items()]
+    generic += [(q, f"{text} (with --theory)") for q, text in THEORY_QUANTITIES.items()]
     generic.append(("<column>_std", "sample standard deviation over the row's seeds (present when some row averages several seeds)"))
     generic.append(("<step>", "0 (initialization), last (each run's last logged step) or a step number; chosen with --step"))
     return generic

@@ -432,3 +432,51 @@ def table_lines(prediction: Prediction) -> list[str]:
             factor = _text(p.layers[layer]) if layer < len(p.layers) else "-"
             lines.append(f"{layer:>5}  {q:>12}  {factor:>12}")
     return lines
+
+
+# --------------------------------------------------------------------------------------------
+# Predictions for runs read back (compare, plots, expect:)
+# --------------------------------------------------------------------------------------------
+
+_BY_CONFIG: dict[str, Prediction] = {}
+
+
+def for_config(config: dict[str, Any]) -> Prediction:
+    """The prediction for a run's resolved config.yaml (a mapping), without the correlation map;
+    `none` with the reason when the config no longer validates (a moved data path, an older
+    gradlab). Cached by the config's content: seeds and sweep members of one configuration share it."""
+    import json
+
+    from gradlab.config import validate
+    from gradlab.errors import ConfigError
+
+    body = {key: value for key, value in config.items() if key not in ("name", "seed", "expect", "log", "train", "optim", "loss", "device")}
+    key = json.dumps(body, sort_keys=True, default=str)
+    if key not in _BY_CONFIG:
+        try:
+            exp = validate(config)
+        except ConfigError as exc:
+            _BY_CONFIG[key] = none(f"the run's config does not validate here ({exc.lines[0]})")
+        else:
+            _BY_CONFIG[key] = predict(exp, correlations=False)
+    return _BY_CONFIG[key]
+
+
+def departs(measured: float, predicted: float | None, tolerance: float = DEPARTS_TOLERANCE) -> bool | None:
+    """Whether a measured layer_factor differs from the predicted one by more than `tolerance`,
+    relative to the prediction: |measured − predicted| > tolerance · predicted. None when either
+    is missing (no prediction, nothing measured)."""
+    if predicted is None or measured is None or math.isnan(measured) or math.isnan(predicted) or predicted <= 0:
+        return None
+    return abs(measured - predicted) > tolerance * predicted
+
+
+def predicted_profile(prediction: Prediction, last_value: float) -> list[float]:
+    """The predicted delta_norm of every hidden layer, anchored at the measured last hidden layer:
+    delta[l] = last_value · Π_{k=l}^{depth−2} layers[k] (layer 0 first); [] without a prediction."""
+    if not prediction.layers:
+        return []
+    values = [float(last_value)]
+    for factor in reversed(prediction.layers):
+        values.append(values[-1] * factor)
+    return values[::-1]

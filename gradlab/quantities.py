@@ -105,3 +105,16 @@ FINAL_QUANTITIES: dict[str, str] = {
 }
 
 SUMMARY_QUANTITIES: dict[str, str] = {**PROFILE_QUANTITIES, **FINAL_QUANTITIES}
+
+
+# Theory beside measurement: what `gradlab compare --theory` puts beside the measured layer_factor
+# (predict.py computes the prediction from the run's config; `expect: {layer_factor: {within_theory: x}}`
+# bounds the same relative difference).
+THEORY_QUANTITIES: dict[str, str] = {
+    "predicted_factor": "the per-layer factor theory predicts at initialization from the config alone: the geometric mean of "
+                        "the layer-by-layer factors ||dL/dz_l|| / ||dL/dz_(l+1)|| from the actual input (mean field: Poole et al. 2016, "
+                        "Schoenholz et al. 2017; BatchNorm before the activation: Yang et al. 2019; residual stream: De & Smith 2020), "
+                        "to set beside layer_factor@0; empty where no theory applies (gradlab theory says why)",
+    "departs": "yes when the measured layer_factor at step 0 differs from predicted_factor by more than the tolerance, relative to "
+               "the prediction (|measured - predicted| > tolerance * predicted), no when it does not; empty without a prediction or a step 0",
+}
