@@ -183,23 +183,34 @@ def _run_sweep(config, overrides, axis_items, resume, jobs, threads, executor, r
 
 
 def _plan_and_run_sweep(config, overrides, axis_items, resume, jobs, threads, executor, ray_address, quiet, plot) -> None:
+    from contextlib import ExitStack
+
     from gradlab import sweep as sweeps
 
-    if resume is not None:
-        if config is not None:
-            raise ConfigError("--resume: give the sweep directory alone; it runs the sweep as planned in its sweep.yaml (CONFIG starts a new sweep)")
-        if overrides or axis_items:
-            raise ConfigError("--resume: --set, --sweep, --out, --device, --seed and --steps cannot change a planned sweep; start a new one instead")
-        plan, index = sweeps.open_sweep(resume)
-        sweep_dir = resume
-    else:
-        from gradlab.config import read_yaml
+    with ExitStack() as held:  # the sweep directory has one owner at a time: this command, from here on
+        if resume is not None:
+            if config is not None:
+                raise ConfigError("--resume: give the sweep directory alone; it runs the sweep as planned in its sweep.yaml (CONFIG starts a new sweep)")
+            if overrides or axis_items:
+                raise ConfigError("--resume: --set, --sweep, --out, --device, --seed and --steps cannot change a planned sweep; start a new one instead")
+            if resume.is_dir() and (resume / sweeps.SPEC_FILE).is_file():
+                held.enter_context(sweeps.sweep_lock(resume))
+            plan, index = sweeps.open_sweep(resume)
+            sweep_dir = resume
+        else:
+            from gradlab.config import read_yaml
 
-        plan = sweeps.plan_sweep(read_yaml(config), overrides, [sweeps.parse_axis(item) for item in axis_items or []])
-        if executor is ExecutorChoice.local:
-            sweeps.check_resources(plan)
-        sweep_dir = sweeps.create_sweep_dir(plan)
-        index = None
+            plan = sweeps.plan_sweep(read_yaml(config), overrides, [sweeps.parse_axis(item) for item in axis_items or []])
+            if executor is ExecutorChoice.local:
+                sweeps.check_resources(plan, jobs or 1)
+            sweep_dir = sweeps.create_sweep_dir(plan)
+            held.enter_context(sweeps.sweep_lock(sweep_dir))
+            index = None
+        _run_planned_sweep(plan, index, sweep_dir, jobs, threads, executor, ray_address, quiet, plot)
+
+
+def _run_planned_sweep(plan, index, sweep_dir, jobs, threads, executor, ray_address, quiet, plot) -> None:
+    from gradlab import sweep as sweeps
     from gradlab import executors
     from gradlab.progress import SweepLines
 

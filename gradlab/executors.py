@@ -15,8 +15,10 @@ the typed events of gradlab.progress, as they are: through a queue from a pool w
 control actor from a Ray task. What a run directory holds is gradlab.records' business (stubs,
 abandoned runs, packing a run to send it back from Ray).
 
-Stopping. SIGINT/SIGTERM reach this process only: pool workers sit in their own process group,
-so the terminal's Ctrl-C does not hit them behind our back. Every process notes signals with
+Stopping. SIGINT/SIGTERM/SIGHUP reach this process only: pool workers sit in their own process
+group, so the terminal's Ctrl-C does not hit them behind our back. Workers die with this process:
+a worker whose parent is gone (SIGKILL, a crash) stops its run as on SIGTERM and exits (Linux's
+parent-death signal, and a thread that watches the parent's pid everywhere). Every process notes signals with
 runner.StopSignals. The first signal stops submitting; it is passed on once to every worker, whose
 run stops at its next step and closes its records as interrupted; a worker still setting a run
 up notes the signal and stops the run at step 0. Ray tasks poll a small control actor instead. A
@@ -38,7 +40,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gradlab.errors import RunError
+from gradlab.errors import GradlabError, RunError
 from gradlab.progress import Event, Progress, RunFinished, RunStarted, RunSubmitted, StepLogged, Throttled, silent
 from gradlab.records import META_FILE
 from gradlab.runner import SIGNALS, RunInterrupted, StopPoll, StopSignals
@@ -181,8 +183,8 @@ def _write_stub(run_dir: Path, task: MemberTask, status: str, error: str) -> Non
             run_meta(config.get("name"), run_dir.name, config.get("seed"), None, config.get("train", {}).get("steps")),
             status, error or None,
         )  # fmt: skip
-    except OSError:
-        pass  # the index still says what happened
+    except (OSError, GradlabError):
+        pass  # (a full disk) the index still says what happened
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,18 +232,70 @@ def _run_serial(tasks: list[MemberTask], on_event: Progress) -> None:
 _QUEUE = None  # a worker's channel to the parent: progress events, as they are
 
 
-def _init_worker(channel) -> None:
+PARENT_POLL_S = 0.5  # how often a worker checks that the sweep's process is still alive
+ORPHAN_GRACE_S = 5.0  # an orphaned worker's run gets this long to close its records, twice
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel sends this process SIGTERM when its parent (the forkserver, which itself
+    ends with the sweep's process) dies."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the watcher thread alone
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _watch_parent(parent: int) -> None:
+    """A worker whose sweep process died (SIGKILL, a closed terminal, a crash) must not train on
+    behind its back: its run is stopped as on SIGTERM (records closed as interrupted at the next
+    logged step), insisted on after ORPHAN_GRACE_S, and the process exits after twice that, even
+    if a result or an event it cannot deliver any more holds it up."""
+    while _alive(parent):
+        time.sleep(PARENT_POLL_S)
+    if _QUEUE is not None:
+        try:
+            _QUEUE.cancel_join_thread()  # nobody reads the queue any more: do not wait for it at exit
+        except Exception:
+            pass
+    for _ in range(2):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(ORPHAN_GRACE_S)
+    os._exit(128 + int(signal.SIGTERM))
+
+
+def _init_worker(channel, parent: int | None = None) -> None:
     global _QUEUE
     _QUEUE = channel
     try:
         os.setpgrp()  # the terminal's Ctrl-C goes to the parent only; it passes it on once
     except (AttributeError, OSError):
         pass
+    _die_with_parent()
     _STOP.reset()
     for s in _SIGNALS:
         signal.signal(s, _STOP)
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)  # held back since the parent started us
+    if parent is not None:
+        import threading
+
+        threading.Thread(target=_watch_parent, args=(parent,), name="gradlab-parent-watch", daemon=True).start()
+        if not _alive(parent):  # it died while this worker started
+            os.kill(os.getpid(), signal.SIGTERM)
     import gradlab.train  # noqa: F401  (torch: paid once per worker, not by its first run)
 
 
@@ -289,7 +343,7 @@ def _run_pool(tasks: list[MemberTask], on_event: Progress, jobs: int) -> None:
 
     def new_pool() -> ProcessPoolExecutor:
         with _signals_held():
-            return ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker, initargs=(channel,))
+            return ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker, initargs=(channel, os.getpid()))
 
     def drain() -> None:
         while True:

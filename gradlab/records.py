@@ -22,6 +22,7 @@ The column names come from `gradlab.quantities`, the one home of every quantity.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
@@ -59,17 +60,47 @@ def format_cell(value: Any) -> str:
     return str(value)
 
 
+# Exit code of a full disk (or an exhausted quota): sysexits.h's EX_IOERR. Documented in the README.
+DISK_FULL_EXIT = 74
+_DISK_FULL_ERRNOS = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+class DiskFull(GradlabError):
+    """No space left (or the quota exhausted) while writing records: one line naming the file and
+    what was being written; every whole step written before is kept."""
+
+    exit_code = DISK_FULL_EXIT
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS
+
+
+def disk_full(path: Path | str, what: str) -> DiskFull:
+    return DiskFull(f"{path}: no space left on the device while writing {what}; free some space (whole steps written so far are kept)")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
 class CsvLog:
     """An append-only CSV table with a fixed header.
 
-    Each `write` formats its rows into one string and hands it to the operating system in one
-    write: a process killed at any moment leaves whole steps behind, never half a row.
+    Each `write` formats its rows into one string and hands it to the operating system at once
+    (unbuffered): a process killed at any moment leaves whole steps behind, never half a row. A
+    write the disk cannot take whole (full) is taken back: the file is cut to its last whole step
+    and DiskFull raised.
     """
 
     def __init__(self, path: Path, columns: list[str]):
         self.path = path
         self.columns = columns
-        self._file = open(path, "w", newline="", encoding="utf-8")
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._size = 0
         self.write([dict(zip(columns, columns))])  # the header
 
     def write(self, rows: Iterable[dict[str, Any]]) -> None:
@@ -77,14 +108,26 @@ class CsvLog:
         writer = csv.writer(text, lineterminator="\n")
         for row in rows:
             writer.writerow([format_cell(row.get(column)) for column in self.columns])
-        self._file.write(text.getvalue())
+        data = text.getvalue().encode("utf-8")
         # to the operating system now: rows survive the process being killed (an fsync would also
         # survive a power cut, at a cost of milliseconds per logged step)
-        self._file.flush()
+        try:
+            _write_all(self._fd, data)
+        except OSError as exc:
+            try:
+                os.ftruncate(self._fd, self._size)  # no half step left behind
+                os.lseek(self._fd, self._size, os.SEEK_SET)
+            except OSError:
+                pass
+            if is_disk_full(exc):
+                raise disk_full(self.path, "a step's rows" if self._size else "the header") from None
+            raise
+        self._size += len(data)
 
     def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
 
 
 def now_iso() -> str:
@@ -92,9 +135,7 @@ def now_iso() -> str:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def prepare_out_dir(out: str | Path) -> Path:
@@ -160,11 +201,26 @@ class RunRecords:
 
     def __init__(self, run_dir: Path, config_yaml: str, meta: dict[str, Any]):
         self.dir = run_dir
-        (run_dir / CONFIG_FILE).write_text(config_yaml, encoding="utf-8")
         self.meta = {"status": "running", **meta}
-        self.write_meta()
-        self.metrics = CsvLog(run_dir / METRICS_FILE, METRICS_COLUMNS)
-        self.layers = CsvLog(run_dir / LAYERS_FILE, LAYERS_COLUMNS)
+        opened: list[CsvLog] = []
+        try:
+            (run_dir / CONFIG_FILE).write_text(config_yaml, encoding="utf-8")
+            self.write_meta()
+            self.metrics = CsvLog(run_dir / METRICS_FILE, METRICS_COLUMNS)
+            opened.append(self.metrics)
+            self.layers = CsvLog(run_dir / LAYERS_FILE, LAYERS_COLUMNS)
+        except (OSError, DiskFull) as exc:
+            # nothing was recorded yet: no half-made run directory (a 0-byte config.yaml, no meta.json)
+            for log in opened:
+                log.close()
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)
+            if is_disk_full(exc):
+                raise disk_full(run_dir, "the run's first records (config.yaml, meta.json)") from None
+            if isinstance(exc, DiskFull):
+                raise DiskFull(f"{run_dir}: no space left on the device while writing the run's first records; free some space") from None
+            raise
 
     def write_meta(self, **updates: Any) -> None:
         self.meta.update(updates)
@@ -362,15 +418,22 @@ def load_run(run_dir: str | Path) -> Run:
     if layers.empty and meta.get("status") != "diverged":
         # (a run that diverged at step 0 logged nothing, and is still a result to compare)
         raise RunError(f"{run_dir}: {LAYERS_FILE} has no rows (the run logged nothing)")
-    if notes or meta.get("status") == "running":
-        # A cut-off write (a partial line, or a process killed while it wrote, or still writing, a
-        # step) may have left the last logged step with only some of its layers. A run that closed
-        # its records wrote whole steps: a layer missing there is an empty value, not a torn step.
-        complete = layers.groupby("step")["layer"].nunique()
-        last = complete.index.max()
-        if len(complete) > 1 and complete[last] < complete.iloc[0]:
-            notes.append(f"{run_dir}: step {last} of {LAYERS_FILE} has only {complete[last]} of {complete.iloc[0]} layers; that step is left out")
-            layers = layers[layers["step"] != last]
+    layers = _checked_keys(layers, run_dir, notes)
+    # A step with fewer rows than the run has layers is incomplete, wherever the cut fell: a
+    # partial line, a process killed between two rows of a step, or a file cut at a line boundary
+    # (a run closed as completed included). Its layers would be summarized as if they were the
+    # whole network, so the step is left out and said so. The run's layer count is that of its
+    # first logged step (step 0 is whole unless the file was cut within it), or the most any step has.
+    if not layers.empty:
+        counts = layers.groupby("step")["layer"].nunique()
+        expected = int(max(counts.iloc[0], counts.max()))
+        torn = [int(step) for step, n in counts.items() if n < expected]
+        for step in torn[:3]:
+            notes.append(f"{run_dir}: step {step} of {LAYERS_FILE} has only {counts[step]} of {expected} layers; that step is left out")
+        if len(torn) > 3:
+            notes.append(f"{run_dir}: {len(torn) - 3} more steps of {LAYERS_FILE} lack layers; they are left out")
+        if torn:
+            layers = layers[~layers["step"].isin(torn)]
 
     run = Run(run_dir, config, meta, layers.reset_index(drop=True), metrics.reset_index(drop=True), notes)
     if run.status == "running":
@@ -382,6 +445,34 @@ def load_run(run_dir: str | Path) -> Run:
     elif run.status not in STATUSES:
         notes.append(f"{run_dir}: meta.json has status {run.status!r}, not one of {', '.join(STATUSES)}")
     return run
+
+
+KNOWN_KINDS = ("hidden", "head")  # what the writers put in layers.csv's kind column
+
+
+def _checked_keys(layers: pd.DataFrame, run_dir: Path, notes: list[str]) -> pd.DataFrame:
+    """layers.csv's keys as the writers wrote them: an empty or fractional `step` or `layer` makes
+    rows that belong to no step or layer (RunError for steps: nothing can be placed; rows with a
+    fractional layer are left out and said); a `kind` in another case (HIDDEN) is said, since
+    such rows count as no hidden layer."""
+    import numpy as np
+
+    if layers.empty:
+        return layers
+    steps = layers["step"].to_numpy(dtype=float)
+    if not np.isfinite(steps).all() or (steps != np.round(steps)).any() or (steps < 0).any():
+        raise RunError(f"{run_dir}: {LAYERS_FILE}: column step holds empty or non-integer values; the rows cannot be placed in steps")
+    numbers = layers["layer"].to_numpy(dtype=float)
+    bad = ~np.isfinite(numbers) | (numbers != np.round(numbers))
+    if bad.any():
+        example = layers["layer"][bad].iloc[0]
+        notes.append(f"{run_dir}: {LAYERS_FILE}: {int(bad.sum())} rows have a layer that is not a whole number (e.g. {str(example)[:20]}); they are left out")
+        layers = layers[~bad]
+    kinds = layers["kind"].astype(str)
+    odd = kinds[~kinds.isin(KNOWN_KINDS) & kinds.str.lower().isin(KNOWN_KINDS)]
+    if len(odd):
+        notes.append(f"{run_dir}: {LAYERS_FILE}: kind {odd.iloc[0][:20]!r} in {len(odd)} rows is not one gradlab writes ({', '.join(KNOWN_KINDS)}); those rows count as neither")
+    return layers
 
 
 class Loaded(NamedTuple):
@@ -440,11 +531,36 @@ def load_runs(paths: Iterable[str | Path]) -> Loaded:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Replace `path` by `text` at once (a temporary file beside it, then a rename): a reader sees
-    the old content or the new, never half of it (sweep.csv is written so)."""
+    the old content or the new, never half of it (meta.json and sweep.csv are written so).
+
+    On a full disk the temporary file is removed and the file is rewritten in place instead (the
+    space its old content frees is usually enough for the new: a status changing from running to
+    failed); when even that fails, DiskFull."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    data = text.encode("utf-8")
+    try:
+        with open(tmp, "wb") as file:
+            file.write(data)
+        os.replace(tmp, path)
+        return
+    except OSError as exc:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        if not is_disk_full(exc) or not path.exists():
+            if is_disk_full(exc):
+                raise disk_full(path, path.name) from None
+            raise
+    try:
+        with open(path, "r+b") as file:
+            file.truncate(0)
+            file.write(data)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(path, path.name) from None
+        raise
 
 
 def write_stub(run_dir: Path, config_yaml: str, meta: dict[str, Any], status: str, error: str | None = None) -> None:

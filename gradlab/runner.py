@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from gradlab.errors import ConfigError
+from gradlab.errors import ConfigError, GradlabError
 from gradlab.progress import Progress, RunEnded, RunStarted, StepLogged, silent
-from gradlab.records import RunRecords, new_named_run_dir, new_run_dir, now_iso, prepare_out_dir
+from gradlab.records import RunRecords, disk_full, is_disk_full, new_named_run_dir, new_run_dir, now_iso, prepare_out_dir
 
 if TYPE_CHECKING:
     import torch
@@ -42,7 +42,8 @@ if TYPE_CHECKING:
     from gradlab.expectations import Outcome
 
 META_EVERY_S = 1.0  # meta.json's steps_done of a running run is refreshed at most this often
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP (the terminal closed) is a stop like SIGTERM: the records are closed, not left running
+SIGNALS = (signal.SIGINT, signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()))
 
 StopPoll = Callable[[], "int | None"]  # asked at the start and after every logged step: a signal to stop on
 
@@ -59,7 +60,7 @@ class RunInterrupted(Exception):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
         self.run_dir = run_dir
-        self.exit_code = 128 + signum  # 130 for SIGINT, 143 for SIGTERM, as shells report them
+        self.exit_code = 128 + signum  # 130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP, as shells report them
 
 
 class StopSignals:
@@ -235,7 +236,13 @@ def run_experiment(
         raise
     except BaseException as exc:
         emit(RunEnded(index, "failed"))
-        records.close("failed", steps_done=result.steps_done, error=f"{type(exc).__name__}: {exc}")
+        error = "; ".join(exc.lines) if isinstance(exc, GradlabError) else f"{type(exc).__name__}: {exc}"
+        try:
+            records.close("failed", steps_done=result.steps_done, error=error)
+        except GradlabError:
+            pass  # a full disk that cannot take even the closing meta.json: the error says so
+        if is_disk_full(exc):
+            raise disk_full(run_dir, "the run's records") from None
         raise
     if result.status == "running":
         result.status = "completed"

@@ -33,10 +33,14 @@ import io
 import itertools
 import json
 import math
+import os
 import re
 import shutil
+import socket
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -161,6 +165,20 @@ def _overlaps(a: str, b: str) -> bool:
     return a == b or a.startswith(f"{b}.") or b.startswith(f"{a}.")
 
 
+def check_disjoint(axes: Sequence[Axis]) -> None:
+    """Two axes that set the same key (one a prefix of the other: `model.depth` and `model`) are a
+    config error: the later one would overwrite what the earlier one set, and runs named after the
+    overwritten values would silently be the same experiment."""
+    for i, a in enumerate(axes):
+        for b in axes[i + 1 :]:
+            if a.key != SEED_AXIS and b.key != SEED_AXIS and _overlaps(a.key, b.key):
+                inner, outer = (a, b) if len(a.key) > len(b.key) else (b, a)
+                raise ConfigError(
+                    f"sweep: the axes {outer.key} and {inner.key} overlap ({outer.key} sets {inner.key} too); "
+                    f"sweep each key once, e.g. {inner.key} alone or a list of whole {outer.key} values"
+                )
+
+
 # --------------------------------------------------------------------------------------------
 # Names
 # --------------------------------------------------------------------------------------------
@@ -280,6 +298,7 @@ def plan_sweep(raw: dict[str, Any], overrides: Sequence[str] = (), axes: Sequenc
     all_axes = merge_axes(config_axes, axes)
     if not all_axes:
         raise ConfigError("sweep: no axes; give sweep: {key.path: [values]}, seeds: [0, 1, 2] or --sweep key.path=v1,v2")
+    check_disjoint(all_axes)
     for item in overrides:
         key = item.partition("=")[0].strip()
         for axis in all_axes:
@@ -346,26 +365,48 @@ def _error_lines(errors: list[tuple[dict[str, Any], list[str]]], axes: list[Axis
     return out
 
 
-def check_resources(plan: SweepPlan) -> None:
+def check_resources(plan: SweepPlan, jobs: int = 1) -> None:
     """The checks a run makes before it starts (the device exists, the run fits in memory), for
-    every combination up front; ConfigError with every problem, naming the combinations."""
+    every combination up front; ConfigError with every problem, naming the combinations. With
+    `jobs` runs at once, the `jobs` largest of them must also fit together, in host memory (and
+    on each device they share)."""
     from gradlab.config import validate
     from gradlab.errors import GradlabError
-    from gradlab.memory import check_fits, known_input_shape
+    from gradlab.memory import available_bytes, check_fits, human, known_input_shape
     from gradlab.runner import resolve_device
 
     errors: list[tuple[dict[str, Any], list[str]]] = []
+    needs: dict[str, list[tuple[int, Member]]] = {}  # device type -> (bytes at the peak, member)
     for member in plan.members:
         exp = validate(member.config)
         try:
             device = resolve_device(exp.device)
             shape = known_input_shape(exp)
             if shape is not None:
-                check_fits(exp, shape, exp.data.classes, device.type)
+                need = check_fits(exp, shape, exp.data.classes, device.type)
+                on_device = max(need.peak_training, need.peak_evaluation) - need.data
+                if device.type == "cpu":
+                    needs.setdefault("cpu", []).append((max(need.total, on_device + need.data), member))
+                else:
+                    needs.setdefault("cpu", []).append((need.data + need.generation, member))
+                    needs.setdefault(device.type, []).append((on_device, member))
         except GradlabError as exc:
             errors.append((member.values, exc.lines))
     if errors:
         raise ConfigError(*_error_lines(errors, plan.axes))
+    if jobs <= 1:
+        return
+    for device_type, sizes in needs.items():
+        largest = sorted(sizes, key=lambda item: item[0], reverse=True)[:jobs]
+        together = sum(size for size, _ in largest)
+        free = available_bytes(device_type)
+        if len(largest) > 1 and free is not None and together > free:
+            fits = max(1, sum(1 for _ in itertools.takewhile(lambda n: sum(s for s, _ in largest[:n]) <= free, range(1, len(largest) + 1))))
+            raise ConfigError(
+                f"--jobs {jobs}: {len(largest)} runs at once need up to {human(together)} of {device_type} memory together "
+                f"(the largest: {describe_values(largest[0][1].values)} needs {human(largest[0][0])}) but {human(free)} is available; "
+                f"use --jobs {fits} or fewer"
+            )
 
 
 def load_plan(path: str | Path, overrides: Sequence[str] = (), axes: Sequence[Axis] = ()) -> SweepPlan:
@@ -418,6 +459,15 @@ class IndexRow:
     error: str = ""
 
 
+def _float_or_none(text: Any) -> float | None:
+    """A duration as sweep.csv stores it; anything else (edited by hand, damaged) is unknown."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
 class SweepIndex:
     """sweep.csv: one row per combination in plan order. Rewritten whole (a temporary file,
     then a rename) on every change, so it is never seen half written."""
@@ -450,7 +500,7 @@ class SweepIndex:
             if row.run in stored:
                 old = stored[row.run]
                 row.status = old.get("status") if old.get("status") in INDEX_STATUSES else "pending"
-                row.duration_s = float(old["duration_s"]) if old.get("duration_s") else None
+                row.duration_s = _float_or_none(old.get("duration_s"))
                 row.error = old.get("error") or ""
         return index
 
@@ -473,10 +523,18 @@ def create_sweep_dir(plan: SweepPlan) -> Path:
     """`log.out/<name>/<timestamp>-<id>/` with sweep.yaml and sweep.csv (every run pending)."""
     from gradlab.records import new_run_dir
 
+    from gradlab.records import DiskFull, disk_full, is_disk_full
+
     sweep_dir = new_run_dir(plan.out, plan.name)
     header = "# The sweep as planned by gradlab run (overrides applied); gradlab run --resume on this folder reads it.\n"
-    (sweep_dir / SPEC_FILE).write_text(header + yaml.safe_dump(plan.spec(), sort_keys=False, default_flow_style=None, width=100), encoding="utf-8")
-    SweepIndex.fresh(sweep_dir, plan).write()
+    try:
+        (sweep_dir / SPEC_FILE).write_text(header + yaml.safe_dump(plan.spec(), sort_keys=False, default_flow_style=None, width=100), encoding="utf-8")
+        SweepIndex.fresh(sweep_dir, plan).write()
+    except (OSError, DiskFull) as exc:
+        shutil.rmtree(sweep_dir, ignore_errors=True)  # a sweep directory without its plan is no sweep
+        if is_disk_full(exc) or isinstance(exc, DiskFull):
+            raise disk_full(sweep_dir, f"{SPEC_FILE} and {INDEX_FILE}") from None
+        raise
     return sweep_dir
 
 
@@ -489,6 +547,95 @@ def open_sweep(sweep_dir: str | Path) -> tuple[SweepPlan, SweepIndex]:
         raise RunError(f"--resume: {str(sweep_dir)!r} has no {SPEC_FILE}; give a sweep directory (results/<name>/<timestamp>-<id>)")
     plan = load_plan(sweep_dir / SPEC_FILE)
     return plan, SweepIndex.read(sweep_dir, plan)
+
+
+# --------------------------------------------------------------------------------------------
+# One owner per sweep directory
+# --------------------------------------------------------------------------------------------
+
+LOCK_FILE = ".gradlab.lock"  # flock()ed by the command that runs the sweep; says who that is
+_HELD: dict[Path, int] = {}  # sweep directories this process holds: the lock file's descriptor
+
+
+class SweepLocked(RunError):
+    """Another command holds the sweep directory (exit 2: nothing was touched)."""
+
+
+def _lock_holder(path: Path) -> str:
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8")[:1000])
+        return f"pid {int(holder['pid'])} on host {str(holder['host'])[:100]} since {str(holder['since'])[:40]}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that has not said who it is yet"
+
+
+@contextmanager
+def sweep_lock(sweep_dir: str | Path):
+    """The sweep directory held by this process for the block: an OS lock (flock) on its lock file,
+    which the kernel releases when the process ends however it ends (SIGKILL, a crash, a closed
+    terminal), so a lock never outlives its owner. A second command gets SweepLocked naming the
+    holder (pid, host, since). Re-entrant within one process. Where flock does not exist (not a
+    POSIX system) nothing is locked."""
+    key = Path(sweep_dir).resolve()
+    if key in _HELD:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = key / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise RunError(f"{sweep_dir}: cannot create its lock file {LOCK_FILE}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise SweepLocked(
+            f"{sweep_dir}: in use by another gradlab command ({_lock_holder(path)}); "
+            "wait for it to end or stop it, then run gradlab run --resume again"
+        ) from None
+    try:
+        holder = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode() + b"\n", 0)
+    except OSError:
+        pass  # a full disk: the lock holds all the same; the second command cannot say who
+    _HELD[key] = fd
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        os.close(fd)  # releases the lock; the file stays (removing it would race a waiting command)
+
+
+def _recorded_status(run_dir: Path) -> str | None:
+    """The status a run directory's own meta.json records (None: no readable meta.json). A run's
+    own records outrank sweep.csv, which a killed command may have left behind them."""
+    from gradlab.records import LAYERS_FILE, META_FILE, METRICS_FILE
+
+    try:
+        meta = json.loads((run_dir / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not ((run_dir / LAYERS_FILE).is_file() and (run_dir / METRICS_FILE).is_file()):
+        return None  # records that lost a table are no finished run, whatever meta.json says
+    status = meta.get("status") if isinstance(meta, dict) else None
+    return status if isinstance(status, str) else None
+
+
+def _recorded_duration(run_dir: Path) -> float | None:
+    from gradlab.records import META_FILE
+
+    try:
+        meta = json.loads((run_dir / META_FILE).read_text(encoding="utf-8"))
+        start, end = datetime.fromisoformat(meta["started"]), datetime.fromisoformat(meta["ended"])
+        return max((end - start).total_seconds(), 0.0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -565,27 +712,40 @@ def run_sweep(
 ) -> SweepOutcome:
     """Run every combination of `plan` whose status in sweep.csv is not completed or diverged.
 
-    A run that is not finished and left a folder behind (interrupted, failed, killed) has that
-    folder removed and runs again in a fresh one. Runs that fail or diverge do not stop the sweep.
+    The sweep directory is held for the whole call (sweep_lock): a second command on it is refused.
+    A run whose own meta.json says completed or diverged is kept, whatever sweep.csv says. A run
+    that is not finished and left a folder behind (interrupted, failed, killed) has that folder
+    removed and runs again in a fresh one. Runs that fail or diverge do not stop the sweep.
     SIGINT/SIGTERM stop it: runs in flight end as interrupted at their next step, runs not started
     stay pending, and the outcome carries the signal.
 
     `progress` (a view such as progress.SweepLines) gets SweepStarted, the events of the runs in
     flight, RunFinished of each run that was started, and SweepEnded.
     """
+    with sweep_lock(sweep_dir):
+        return _run_sweep_locked(plan, Path(sweep_dir), jobs, threads, executor, ray_address, progress, index)
+
+
+def _run_sweep_locked(plan, sweep_dir: Path, jobs, threads, executor, ray_address, progress, index) -> SweepOutcome:
     from gradlab import executors
 
-    sweep_dir = Path(sweep_dir)
     display = progress or silent
     index = index or SweepIndex.read(sweep_dir, plan)
     threads = threads or executors.default_threads()
     members = {member.name: member for member in plan.members}
-    todo = [row for row in index.rows if row.status not in FINISHED]
-    for row in todo:
+    todo = []
+    for row in index.rows:
+        if row.status in FINISHED:
+            continue
         folder = sweep_dir / row.run
+        recorded = _recorded_status(folder) if folder.exists() else None
+        if recorded in FINISHED:  # the run finished; only the index (its command killed) did not hear of it
+            row.status, row.duration_s, row.error = recorded, _recorded_duration(folder), ""
+            continue
         if folder.exists():
             shutil.rmtree(folder)  # an incomplete attempt: the combination runs again from scratch
         row.status, row.duration_s, row.error = "pending", None, ""
+        todo.append(row)
     index.write()
 
     todo_names = {row.run for row in todo}
@@ -619,10 +779,12 @@ def run_sweep(
     try:
         outcome.signum = executors.execute(tasks, on_event, executor=executor, jobs=jobs, ray_address=ray_address)
     finally:
-        # whatever happened, no row claims a run is going on when this command is over
+        # whatever happened, no row claims a run is going on when this command is over; a run
+        # whose own records say it finished (its result lost on the way here) is what they say
         for row in rows:
             if row.status == "running":
-                row.status = "interrupted"
+                recorded = _recorded_status(sweep_dir / row.run)
+                row.status = recorded if recorded in FINISHED else "interrupted"
         index.write()
         display(SweepEnded())
     return outcome

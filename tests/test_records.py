@@ -143,10 +143,11 @@ def test_a_step_torn_at_a_line_boundary_is_left_out_of_a_run_still_marked_runnin
         f"{run.dir}: still marked running (in progress, or killed before it could finish); compared up to step 0",
     ]
     assert run.last_step == 0
-    # a run that closed its records wrote whole steps: a layer missing there is an empty value
+    # a run closed as completed whose file was cut at a line boundary (issue 14): the same
     closed = one_run(tmp_path / "closed", [1.0, 2.0, 4.0])
     (closed.dir / "layers.csv").write_text("".join((closed.dir / "layers.csv").read_text().splitlines(keepends=True)[:-2]))
-    assert records.load_run(closed.dir).notes == [] and records.load_run(closed.dir).last_step == 10
+    run = records.load_run(closed.dir)
+    assert run.notes == [f"{run.dir}: step 10 of layers.csv has only 2 of 4 layers; that step is left out"] and run.last_step == 0
 
 
 def test_a_cell_that_is_not_a_number_is_an_error_naming_the_column(tmp_path):

@@ -1,0 +1,338 @@
+"""Attacks, round two (issue 14): concurrent commands on one sweep, orphaned workers, full disks,
+hostile files and silently wrong numbers. Each test reproduces what broke: bad input is one
+`error: ` line and exit 2, nothing already written is lost, and no number is made up.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from gradlab import sweep as sweeps
+from gradlab.cli import app
+from gradlab.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BASE = {
+    "name": "grid",
+    "device": "cpu",
+    "data": {"name": "gaussian", "dim": 16, "classes": 4, "n_train": 256, "n_test": 128, "batch_size": 64},
+    "model": {"depth": 4, "width": 16, "activation": "relu", "init": {"weight": "kaiming_normal", "bias": "zeros"}},
+    "optim": {"name": "sgd", "lr": 0.05},
+    "train": {"steps": 20, "eval_every": 10},
+    "log": {"every": 5},
+}
+
+
+def invoke(*args, env=None):
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "250", **(env or {})})
+
+
+def write(path: Path, data) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def sweep_config(tmp_path: Path, **changes) -> Path:
+    data = {**BASE, "log": {**BASE["log"], "out": str(tmp_path / "out")}, "sweep": {"model.activation": ["relu", "tanh"]}, "seeds": [0], **changes}
+    return write(tmp_path / "grid.yaml", data)
+
+
+def read_index(sweep_dir: Path) -> dict[str, dict[str, str]]:
+    with open(sweep_dir / sweeps.INDEX_FILE, newline="") as file:
+        return {row["run"]: row for row in csv.DictReader(file)}
+
+
+def assert_one_error(result, *fragments: str, code: int = 2) -> str:
+    assert result.exit_code == code, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def python(*args: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "gradlab", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kwargs)
+
+
+def wait_until(condition, timeout: float = 60, what: str = "the condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"{what} did not happen within {timeout} s")
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid` (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+# --------------------------------------------------------------------------------------------
+# 1. One owner per sweep directory
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_second_command_on_a_running_sweep_is_refused_naming_the_holder(tmp_path):
+    config = sweep_config(tmp_path, train={"steps": 1_000_000, "eval_every": 100_000})
+    first = python("run", str(config), "--quiet")
+    try:
+        layers = wait_until(lambda: [p for p in (tmp_path / "out").rglob("layers.csv") if p.read_text().count(",head,") >= 2], what="the first run logging")
+        sweep_dir = layers[0].parent.parent
+        before = {p.name: p.stat().st_ino for p in sweep_dir.iterdir()}
+        result = invoke("run", "--resume", sweep_dir)
+        assert_one_error(result, str(sweep_dir), f"in use by another gradlab command (pid {first.pid} on host ", " since ")
+        assert result.stdout == ""
+        assert {p.name: p.stat().st_ino for p in sweep_dir.iterdir()} == before  # nothing deleted or replaced
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=60)
+    finally:
+        first.kill()
+    assert first.returncode == 130
+    assert "running" not in {row["status"] for row in read_index(sweep_dir).values()}
+
+
+def test_the_lock_dies_with_a_killed_owner_and_resume_keeps_completed_runs(tmp_path):
+    config = sweep_config(tmp_path)
+    sweep_dir = Path(invoke("run", config, "--quiet").stdout.strip())
+    # what a killed command leaves: the index says running, the runs' own records say completed
+    rows = read_index(sweep_dir)
+    for row in rows.values():
+        row["status"], row["duration_s"] = "running", "not a number"
+    with open(sweep_dir / sweeps.INDEX_FILE, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(next(iter(rows.values()))), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows.values())
+    meta_before = {name: (sweep_dir / name / "meta.json").read_text() for name in rows}
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(sweep_dir / sweeps.LOCK_FILE)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert_one_error(invoke("run", "--resume", sweep_dir), "in use by another gradlab command")
+    finally:
+        holder.kill()
+        holder.wait()
+    result = invoke("run", "--resume", sweep_dir)
+    assert result.exit_code == 0, result.output
+    assert {name: row["status"] for name, row in read_index(sweep_dir).items()} == {name: "completed" for name in rows}
+    assert {name: (sweep_dir / name / "meta.json").read_text() for name in rows} == meta_before  # trusted, not run again
+
+
+# --------------------------------------------------------------------------------------------
+# 2. Workers die with their parent; SIGHUP is SIGTERM
+# --------------------------------------------------------------------------------------------
+
+
+def test_workers_of_a_killed_parallel_sweep_stop_and_close_their_records(tmp_path):
+    config = sweep_config(tmp_path, train={"steps": 1_000_000, "eval_every": 100_000})
+    parent = python("run", str(config), "--jobs", "2", "--quiet")
+    try:
+        wait_until(lambda: len([p for p in (tmp_path / "out").rglob("layers.csv") if p.read_text().count(",head,") >= 2]) == 2, what="both runs logging")
+        below = descendants(parent.pid)
+        assert below
+        parent.kill()
+        parent.wait()
+        wait_until(lambda: not any(alive(pid) for pid in below), timeout=30, what="the workers ending")
+    finally:
+        parent.kill()
+    sweep_dir = next((tmp_path / "out").rglob(sweeps.INDEX_FILE)).parent
+    for run in sweep_dir.iterdir():
+        if run.is_dir():
+            assert json.loads((run / "meta.json").read_text())["status"] == "interrupted"
+
+
+def test_sighup_closes_a_run_as_interrupted(tmp_path):
+    from test_interrupt import start_long_run, wait_for_rows
+
+    process = start_long_run(tmp_path)
+    try:
+        run = wait_for_rows(tmp_path, 3)
+        process.send_signal(signal.SIGHUP)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 129, stderr
+    assert "Traceback" not in stderr
+    assert json.loads((run / "meta.json").read_text())["status"] == "interrupted"
+
+
+# --------------------------------------------------------------------------------------------
+# 4. Overlapping sweep axes
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "axes, line",
+    [
+        ({"model.depth": [1, 2], "model": [{"width": 4}]}, "sweep: the axes model and model.depth overlap (model sets model.depth too); sweep each key once, e.g. model.depth alone or a list of whole model values"),
+        ({"model.norm": ["none", "batchnorm"], "model.norm.placement": ["pre", "post"]}, "sweep: the axes model.norm and model.norm.placement overlap (model.norm sets model.norm.placement too); sweep each key once, e.g. model.norm.placement alone or a list of whole model.norm values"),
+    ],
+)
+def test_overlapping_sweep_axes_are_a_config_error(tmp_path, axes, line):
+    with pytest.raises(ConfigError) as error:
+        sweeps.plan_sweep({**BASE, "sweep": axes})
+    assert error.value.lines == [line]
+    config = write(tmp_path / "c.yaml", {**BASE, "sweep": {"model.depth": [1, 2]}})
+    assert_one_error(invoke("validate", config, "--sweep", "model={width: 4}"), "sweep: the axes model and model.depth overlap")
+
+
+# --------------------------------------------------------------------------------------------
+# 3. A full disk
+# --------------------------------------------------------------------------------------------
+
+TINY = {**BASE, "name": "tiny", "train": {"steps": 100_000, "eval_every": 1000}, "log": {"every": 1}}
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 96 KB tmpfs (root only); skipped with the reason where mounting is not allowed."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.strip() or 'mount failed'}); the full-disk tests need root")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def fill(disk: Path, leave: int = 0) -> None:
+    """Fill `disk` up to `leave` bytes."""
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    if leave:
+        size = (disk / "filler").stat().st_size
+        os.truncate(disk / "filler", max(size - leave, 0))
+
+
+def leftovers(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob(".*.tmp"))
+
+
+def assert_whole_steps(run: Path, layers_per_step: int = 5) -> int:
+    text = (run / "layers.csv").read_text()
+    assert text.endswith("\n")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    steps: dict[str, int] = {}
+    for row in rows:
+        steps[row["step"]] = steps.get(row["step"], 0) + 1
+    assert set(steps.values()) <= {layers_per_step}, steps
+    return len(steps)
+
+
+def test_a_disk_that_fills_during_a_run_is_one_line_and_a_failed_run_with_whole_steps(tmp_path, small_disk):
+    config = write(tmp_path / "tiny.yaml", TINY)
+    result = invoke("run", config, "--out", small_disk / "out", "--quiet")
+    line = assert_one_error(result, "no space left on the device while writing", code=74)
+    [run] = [p.parent for p in (small_disk / "out").rglob("meta.json")]
+    assert str(run) in line
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["status"] == "failed" and "no space left" in meta["error"]
+    assert assert_whole_steps(run) > 1
+    assert leftovers(small_disk) == []
+
+
+def test_a_full_disk_at_the_start_leaves_no_half_made_run_directory(tmp_path, small_disk):
+    config = write(tmp_path / "tiny.yaml", TINY)
+    (small_disk / "out").mkdir()
+    fill(small_disk)
+    result = invoke("run", config, "--out", small_disk / "out", "--quiet")
+    assert_one_error(result, "no space left on the device while writing", code=74)
+    assert not [p for p in (small_disk / "out").rglob("*") if p.is_file()]
+    assert leftovers(small_disk) == []
+
+
+def test_a_sweep_on_a_disk_that_fills_leaves_no_running_row_and_no_temporary_file(tmp_path, small_disk):
+    config = sweep_config(tmp_path, train={"steps": 100_000, "eval_every": 1000}, log={"every": 1, "out": str(small_disk / "out")})
+    result = invoke("run", config, "--quiet")
+    assert result.exit_code in (1, 74), result.output
+    assert "Traceback" not in result.output
+    sweep_dir = next((small_disk / "out").rglob(sweeps.SPEC_FILE)).parent
+    assert "running" not in {row["status"] for row in read_index(sweep_dir).values()}
+    for run in sweep_dir.iterdir():
+        if (run / "layers.csv").exists():
+            assert_whole_steps(run)
+    assert leftovers(small_disk) == []
+
+
+# --------------------------------------------------------------------------------------------
+# 5. A step with fewer rows than the run's layers
+# --------------------------------------------------------------------------------------------
+
+
+def finished_run(tmp_path: Path, **changes) -> Path:
+    from gradlab.config import validate
+    from gradlab.runner import run_experiment
+
+    config = {**BASE, "name": "cut", "model": {**BASE["model"], "depth": 5}, "log": {"every": 5, "out": str(tmp_path / "runs")}, **changes}
+    return run_experiment(validate(config)).run_dir
+
+
+@pytest.mark.parametrize("keep", [1, 2, 5])
+def test_a_completed_run_cut_at_a_row_boundary_inside_its_last_step_says_so_and_excludes_it(tmp_path, keep):
+    run = finished_run(tmp_path, expect={"dead_frac": {"max": 1.0}})
+    assert json.loads((run / "meta.json").read_text())["status"] == "completed"
+    lines = (run / "layers.csv").read_text().splitlines(keepends=True)
+    whole = tmp_path / "whole"
+    (whole / "runs").mkdir(parents=True)
+    reference = whole / "runs" / run.name
+    import shutil
+
+    shutil.copytree(run, reference)
+    (reference / "layers.csv").write_text("".join(lines[:-6]))  # the last step never written
+    (run / "layers.csv").write_text("".join(lines[: -6 + keep]))  # cut after `keep` of its 6 rows
+    cut = invoke("compare", run, "--format", "csv")
+    assert cut.exit_code == 0, cut.output
+    assert f"warning: {run}: step 20 of layers.csv has only {keep} of 6 layers; that step is left out" in cut.stderr.splitlines()
+    expected = invoke("compare", reference, "--format", "csv")
+    assert cut.stdout == expected.stdout  # the numbers of the whole steps, not of a third of a network
+    check = invoke("check", run)
+    assert "step 20 of layers.csv has only" in check.stderr
