@@ -28,7 +28,7 @@ from gradlab.errors import RunError
 from gradlab.records import Run, load_runs
 
 FIGURES = {
-    "depth_profile_delta_norm": "delta_norm (log scale) against hidden layer, at step 0 and at the last step",
+    "depth_profile_delta_norm": "delta_norm (log scale) against hidden layer, at step 0 and at the last step; at step 0 theory's prediction dashed, where one exists",
     "depth_profile_weight_grad_norm": "weight_grad_norm (log scale) against hidden layer, at step 0 and at the last step",
     "heatmap_delta_norm": "log10 delta_norm over hidden layer x step, one panel per run",
     "training_curves": "loss and accuracy against step, train (solid) and test (dashed)",
@@ -122,10 +122,37 @@ def _profile_panels(figure: Figure, runs: Sequence[Run], legend: _Legend, column
 def depth_profile(runs: Sequence[Run], column: str) -> Figure:
     figure = _figure(11, 4.8)
     legend = _Legend(runs)
-    _profile_panels(figure, runs, legend, column, log=True, ylabel=f"{column} (log scale)")
+    axes_pair = _profile_panels(figure, runs, legend, column, log=True, ylabel=f"{column} (log scale)")
+    if column == "delta_norm":
+        _theory_lines(axes_pair[0], runs, legend)
     _legend(figure)
     figure.suptitle(_title(runs, f"{column} by layer"))
     return figure
+
+
+THEORY_GID = "theory"  # the gid of a predicted curve (tests tell them from measured lines by it)
+
+
+def _theory_lines(axes, runs: Sequence[Run], legend: _Legend) -> None:
+    """Theory's delta_norm profile at initialization as a dashed line in each configuration's colour
+    (once per configuration), anchored at the measured last hidden layer: delta[l] = last ·
+    Π_{k>=l} predicted factor[k] (predict.predicted_profile). Configurations without a prediction
+    get none."""
+    from gradlab import predict
+
+    drawn: set[str] = set()
+    for i, run in enumerate(runs):
+        if legend.color[i] in drawn:
+            continue
+        layers, values = _hidden_at(run, 0, "delta_norm")
+        if not len(values) or not np.isfinite(values[-1]) or values[-1] <= 0:
+            continue
+        profile = predict.predicted_profile(predict.for_config(run.config), values[-1])
+        if len(profile) != len(layers):
+            continue
+        drawn.add(legend.color[i])
+        axes.plot(layers, _positive(np.array(profile)), linestyle="--", linewidth=1, color=legend.color[i], gid=THEORY_GID,
+                  label="theory at initialization (dashed)")  # fmt: skip
 
 
 def heatmap(runs: Sequence[Run], column: str = "delta_norm") -> Figure:

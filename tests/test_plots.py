@@ -29,7 +29,8 @@ def make_runs(tmp_path):
 
 
 def data_lines(axes):
-    return [line for line in axes.get_lines() if len(line.get_xdata())]
+    """The measured lines (theory's dashed predictions aside: see test_theory_is_drawn_dashed...)."""
+    return [line for line in axes.get_lines() if len(line.get_xdata()) and line.get_gid() != plots.THEORY_GID]
 
 
 def test_depth_profiles_have_one_line_per_run_at_step_0_and_the_last_step(tmp_path):
@@ -45,7 +46,8 @@ def test_depth_profiles_have_one_line_per_run_at_step_0_and_the_last_step(tmp_pa
         # seeds of one configuration share a colour and a legend entry
         (legend,) = figure.legends
         legend = [t.get_text() for t in legend.get_texts()]
-        assert legend == ["model.activation=relu", "model.activation=sigmoid (2 seeds)"]
+        theory = ["theory at initialization (dashed)"] if column == "delta_norm" else []  # both configs have a prediction
+        assert legend == ["model.activation=relu", "model.activation=sigmoid (2 seeds)", *theory]
         title = figure.get_suptitle()
         assert title == f"{column} by layer\nruns differ in model.activation"
         assert "20240101" not in title  # labelled by config, not by directory
@@ -121,3 +123,18 @@ def test_plot_runs_refuses_unreadable_runs(tmp_path):
     (run_dir / "metrics.csv").unlink()
     with pytest.raises(RunError, match="no metrics.csv"):
         plots.plot_runs([run_dir], tmp_path / "figures")
+
+
+def test_theory_is_drawn_dashed_at_step_0_anchored_at_the_last_hidden_layer(tmp_path):
+    from run_factory import one_run
+
+    he = {"model__activation": "relu", "model__init": {"weight": "kaiming_normal", "bias": "zeros"}}
+    run = one_run(tmp_path / "he", [4.0, 2.0, 1.0], **he)  # predicted factor 1: a flat line at the last value
+    bn = one_run(tmp_path / "bn", [1.0, 1.0, 1.0], name="bn", model__norm="layernorm")  # no prediction
+    figure = plots.depth_profile([run, bn], "delta_norm")
+    step0, last = figure.axes[0], figure.axes[1]
+    theory = [line for line in step0.get_lines() if line.get_gid() == plots.THEORY_GID]
+    assert len(theory) == 1 and theory[0].get_linestyle() == "--"
+    assert list(theory[0].get_xdata()) == [0, 1, 2]
+    assert list(theory[0].get_ydata()) == pytest.approx([1.0, 1.0, 1.0])
+    assert not [line for line in last.get_lines() if line.get_gid() == plots.THEORY_GID]
