@@ -1,0 +1,137 @@
+"""The Python API (`import gradlab`): light to import, and the same numbers as the CLI, because it
+calls the same functions."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+import gradlab
+from gradlab.cli import app
+from gradlab.errors import ConfigError, RunError
+from run_factory import TINY_DATA, layer_rows, metric_rows, resolved_config, write_run
+
+
+def tiny(name: str, out: Path, **model) -> dict:
+    return {
+        "name": name, "seed": 0, "device": "cpu", "data": TINY_DATA,
+        "model": {"depth": 4, "width": 16, **model}, "train": {"steps": 6, "eval_every": 3},
+        "log": {"every": 3, "out": str(out)},
+    }  # fmt: skip
+
+
+def test_import_gradlab_loads_neither_torch_nor_pandas():
+    code = (
+        "import sys, gradlab\n"
+        "names = [gradlab.run, gradlab.load, gradlab.comparison, gradlab.plot, gradlab.check]\n"  # the API resolves lazily too
+        "print(sorted(m for m in ('torch', 'pandas', 'matplotlib') if m in sys.modules))\n"
+        "import gradlab.watcher\n"  # the watcher imports torch (it needs it)
+        "print(gradlab.watch is gradlab.watcher.watch, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == ["[]", "True True"]
+
+
+def test_the_api_names():
+    assert {"run", "load", "load_runs", "comparison", "render", "figures", "plot", "check", "watch", "Watch", "Run", "Experiment"} <= set(dir(gradlab))
+    with pytest.raises(AttributeError, match="module 'gradlab' has no attribute 'nope'"):
+        gradlab.nope  # noqa: B018
+
+
+def test_run_from_a_dict_a_path_and_an_experiment_agree(tmp_path):
+    config = tiny("api", tmp_path / "a")
+    from_dict = gradlab.run(config)
+    path = tmp_path / "api.yaml"
+    path.write_text(yaml.safe_dump(tiny("api", tmp_path / "b")))
+    from_path = gradlab.run(path)
+    from_experiment = gradlab.run(gradlab.experiment(config), {"log.out": str(tmp_path / "c")})
+    for run in (from_dict, from_path, from_experiment):
+        assert isinstance(run, gradlab.Run) and run.status == "completed"
+        assert sorted(run.layers["step"].unique()) == [0, 3, 6]
+    # the same experiment, the same numbers (the records differ only in time columns)
+    for other in (from_path, from_experiment):
+        assert from_dict.layers.equals(other.layers)
+        assert from_dict.metrics.drop(columns="time_s").equals(other.metrics.drop(columns="time_s"))
+    # what run returns is what load reads
+    again = gradlab.load(from_dict.dir)
+    assert again.layers.equals(from_dict.layers) and again.config == from_dict.config and again.meta == from_dict.meta
+
+
+def test_overrides_as_strings_or_a_mapping(tmp_path):
+    config = tiny("api", tmp_path)
+    assert gradlab.experiment(config, ["model.depth=7", "train.steps=3"]).train.steps == 3
+    exp = gradlab.experiment(config, {"model.depth": 7, "model.activation": "tanh"})
+    assert exp.model.depth == 7 and exp.model.activation["name"] == "tanh"
+    assert config["model"]["depth"] == 4  # the caller's mapping is left as it was
+    with pytest.raises(ConfigError) as caught:
+        gradlab.run(config, {"model.activaton": "tanh"})
+    assert len(caught.value.lines) == 1 and caught.value.lines[0].startswith("model.activaton: unknown key (did you mean 'activation'?)")
+    assert not (tmp_path / "api").exists()  # nothing written
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    metrics = metric_rows({0: (2.0, 0.25), 10: (0.75, 0.625)}, {10: (0.8, 0.6)})
+    made = []
+    for name, delta in (("relu", [1.0, 1.0, 1.0]), ("sigmoid", [1 / 1024, 1 / 32, 1.0])):
+        config = resolved_config(name, 0, depth=3, model__activation=name)
+        config["expect"] = {"gain": {"step": 0, "min": 0.01}}
+        made.append(write_run(Path("runs"), config, layer_rows(0, delta) + layer_rows(10, delta), metrics, run_id=f"{name[:3]}000"))
+    return made
+
+
+def test_comparison_and_render_are_the_clis(runs):
+    comparison = gradlab.comparison(["runs"], steps=[0])
+    assert list(comparison.table["label"]) == ["relu", "sigmoid"]
+    assert list(comparison.table["gain@0"]) == [1.0, 1 / 1024]
+    cli = CliRunner().invoke(app, ["compare", "runs", "--step", "0", "--format", "csv"])
+    assert gradlab.render(comparison, "csv") == cli.stdout
+    # runs already loaded, and a mix of both
+    loaded = [gradlab.load(path) for path in runs]
+    assert gradlab.comparison(loaded, steps=[0]).table.equals(comparison.table)
+    assert gradlab.comparison([loaded[0], runs[1]], steps=[0]).table.equals(comparison.table)
+    assert list(gradlab.comparison(["runs"], steps=[0], vanish=1e-4).table["verdict@0"]) == ["stable", "stable"]
+
+
+def test_figures_and_plot(runs, tmp_path):
+    figures = gradlab.figures(["runs"])
+    assert list(figures) == ["depth_profile_delta_norm", "depth_profile_weight_grad_norm", "heatmap_delta_norm", "training_curves", "saturation"]
+    paths = gradlab.plot(["runs"], "figures")
+    assert [p.name for p in paths] == [f"{name}.png" for name in figures]
+    assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_check_a_run_or_a_path(runs):
+    relu, sigmoid = runs
+    assert [o.passed for o in gradlab.check(relu)] == [True]
+    assert [o.passed for o in gradlab.check(gradlab.load(sigmoid))] == [False]
+    assert gradlab.check(sigmoid)[0].line() == gradlab.check(gradlab.load(sigmoid))[0].line()
+
+
+def test_load_runs_warns_and_raises(runs):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = gradlab.load_runs(["runs", "nothing-here"])
+    assert len(loaded) == 2
+    assert [str(w.message) for w in caught] == ["nothing-here: does not exist"]
+    with pytest.raises(RunError) as error:
+        gradlab.load("nothing-here")
+    assert error.value.lines == ["nothing-here: no meta.json"]
+
+
+def test_report_and_export_are_reexported(runs):
+    report = gradlab.write_report(["runs"], "report.html")
+    assert (report.runs, report.rows) == (2, 2)
+    assert Path("report.html").read_text().startswith("<!DOCTYPE html>")
+    pytest.importorskip("tensorboard")
+    summary = gradlab.export_tensorboard(["runs"], "tb")
+    assert [str(r.log_dir) for r in summary.runs] == ["tb/relu/20240101-000000-rel000", "tb/sigmoid/20240101-000000-sig000"]
+    json.dumps([r.scalars for r in summary.runs])
