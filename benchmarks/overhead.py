@@ -103,6 +103,23 @@ class ForeachNorm(Plain):
         self.logged = torch.stack(torch._foreach_norm(grads)).cpu().tolist()
 
 
+class WatchedLoop(Plain):
+    """The plain loop under gradlab.watch (a model gradlab did not build), measured every `every` steps."""
+
+    def __init__(self, model: nn.Sequential, out: str, every: int):
+        super().__init__(model)
+        from gradlab.watcher import watch
+
+        self.watch = watch(model, out=out, every=every, name="overhead-watch", optimizer=self.optimizer)
+
+    def step(self, x, y) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(self.model(x), y)
+        loss.backward()
+        self.optimizer.step()
+        self.watch.step(loss=loss)
+
+
 class KarpathyRetainGrad(Plain):
     """makemore part 3's diagnostics: keep every layer's output, retain_grad, read stats with .item()."""
 
@@ -178,6 +195,10 @@ def main() -> None:
         "anchor: Lightning grad_norm": LightningGradNorm(copy.deepcopy(twin)).step,
         "anchor: one _foreach_norm": ForeachNorm(copy.deepcopy(twin)).step,
         "anchor: Karpathy retain_grad": KarpathyRetainGrad(copy.deepcopy(twin)).step,
+    }
+    variants |= {  # gradlab.watch on the plain loop (issue 13)
+        "watch every step": WatchedLoop(copy.deepcopy(twin), out, 1).step,
+        "watch every 10 steps": WatchedLoop(copy.deepcopy(twin), out, 10).step,
     }
     x = torch.randn(args.batch, args.width)
     y = torch.randint(0, 10, (args.batch,))
