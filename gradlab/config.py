@@ -200,6 +200,9 @@ class Bound(BaseModel):
     between: Optional[list[float]] = None
     step: int | Literal["last"] = Field("last", description="0, last or a logged step (gradient-profile quantities only)")
     target_loss: Optional[float] = Field(None, description="steps_to_target only: the train loss to reach")
+    within_theory: Optional[float] = Field(
+        None, gt=0, description="layer_factor only: at most this far from theory's prediction at initialization, relative to it (step 0)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -207,6 +210,8 @@ class Bound(BaseModel):
         if not isinstance(data, dict):
             raise _expect_error(f"got {describe_value(data)}; expected a mapping such as {{min: 0.9}} or {{step: 0, between: [0.01, 100]}}")
         _check_keys(data, list(cls.model_fields), "key")
+        if "within_theory" in data and "step" not in data:
+            data = {**data, "step": 0}  # theory predicts the network at initialization
         return data
 
     @field_validator("step", mode="before")
@@ -225,6 +230,12 @@ class Bound(BaseModel):
 
     @model_validator(mode="after")
     def _one_bound(self):
+        if self.within_theory is not None:
+            if self.between is not None or self.min is not None or self.max is not None:
+                raise _expect_error("give within_theory alone, without min, max or between", "within_theory")
+            if self.step != 0:
+                raise _expect_error("within_theory compares with theory's prediction at initialization: step must be 0", "step")
+            return self
         if self.between is not None and (self.min is not None or self.max is not None):
             raise _expect_error("give either between or min/max, not both", "between")
         if self.between is None and self.min is None and self.max is None:
@@ -250,6 +261,8 @@ class Bound(BaseModel):
         return not math.isnan(value) and self.low <= value <= self.high
 
     def describe(self) -> str:
+        if self.within_theory is not None:
+            return f"within {_exact(self.within_theory)} of theory, relative"
         if self.between is not None:
             return f"between [{_exact(self.between[0])}, {_exact(self.between[1])}]"
         parts = [f"min {_exact(self.min)}" if self.min is not None else "", f"max {_exact(self.max)}" if self.max is not None else ""]
@@ -292,6 +305,8 @@ class _ExpectationsBase(BaseModel):
             raise _expect_error("steps_to_target needs target_loss: the train loss to reach", "target_loss")
         if quantity != "steps_to_target" and bound.target_loss is not None:
             raise _expect_error("target_loss belongs to steps_to_target only", "target_loss")
+        if quantity != "layer_factor" and bound.within_theory is not None:
+            raise _expect_error("within_theory belongs to layer_factor only (theory predicts the per-layer factor)", "within_theory")
         return bound
 
     @model_serializer(mode="wrap")

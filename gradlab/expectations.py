@@ -61,6 +61,9 @@ def check(run: records.Run, expectations: Expectations) -> list[Outcome]:
     if expectations.status is not None:
         outcomes.append(Outcome("status", run.status, f"one of {', '.join(expectations.status)}", run.status in expectations.status))
     for quantity, bound in expectations.bounds().items():
+        if bound.within_theory is not None:
+            outcomes.append(_within_theory(run, quantity, bound))
+            continue
         if quantity in PROFILE_QUANTITIES:
             name = summaries.column_name(quantity, bound.step)
             measured = summaries.profile_at(run, bound.step)[quantity]
@@ -70,6 +73,21 @@ def check(run: records.Run, expectations: Expectations) -> list[Outcome]:
         edges = tuple(edge for edge in (bound.low, bound.high) if math.isfinite(edge))
         outcomes.append(Outcome(name, measured, bound.describe(), bound.holds(measured), edges))
     return outcomes
+
+
+def _within_theory(run: records.Run, quantity: str, bound) -> Outcome:
+    """`layer_factor: {within_theory: x}`: the measured layer_factor at step 0 within x of theory's
+    prediction from the run's config, relative to the prediction (predict.departs). A config theory
+    has no prediction for fails, saying why: the expectation cannot hold."""
+    from gradlab import predict
+
+    prediction = predict.for_config(run.config)
+    measured = summaries.profile_at(run, 0)[quantity]
+    name = summaries.column_name(quantity, 0)
+    if prediction.layer_factor is None:
+        return Outcome(name, measured, f"within {bound.within_theory:g} of theory, which has no prediction: {prediction.reason}", False)
+    departs = predict.departs(measured, prediction.layer_factor, bound.within_theory)
+    return Outcome(name, measured, f"within {bound.within_theory:g} of theory's {prediction.layer_factor:.4g}, relative", departs is False)
 
 
 def parse(section: Any, where: str = "expect") -> Expectations:

@@ -243,7 +243,7 @@ def test_check_exits_2_when_a_run_cannot_be_checked(tmp_path, monkeypatch):
     result = invoke("check", "runs")
     assert result.exit_code == 2
     assert lines(result.stderr) == [
-        f"error: {bad}/config.yaml: expect.gain.betwen: unknown key (did you mean 'between'?); allowed: min, max, between, step, target_loss"
+        f"error: {bad}/config.yaml: expect.gain.betwen: unknown key (did you mean 'between'?); allowed: min, max, between, step, target_loss, within_theory"
     ]
 
 

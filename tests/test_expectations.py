@@ -62,7 +62,7 @@ def test_every_summary_quantity_can_be_bounded():
 @pytest.mark.parametrize(
     "expect, line",
     [
-        ({"gain": {"betwen": [1, 2]}}, "expect.gain.betwen: unknown key (did you mean 'between'?); allowed: min, max, between, step, target_loss"),
+        ({"gain": {"betwen": [1, 2]}}, "expect.gain.betwen: unknown key (did you mean 'between'?); allowed: min, max, between, step, target_loss, within_theory"),
         ({"gian": {"min": 1}}, "expect.gian: unknown expectation (did you mean 'gain'?); allowed: status, " + ", ".join(quantities.SUMMARY_QUANTITIES)),
         ({"gain": {"between": [2, 1]}}, "expect.gain.between: got [2.0, 1.0]; expected [low, high] with low <= high"),
         ({"gain": {"min": "a"}}, "expect.gain.min: got 'a'; expected a number"),
