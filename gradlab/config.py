@@ -30,6 +30,7 @@ from gradlab import specs
 from gradlab.errors import ConfigError
 from gradlab.quantities import FINAL_QUANTITIES, GROUPS, PROFILE_QUANTITIES, SUMMARY_QUANTITIES
 from gradlab.registry import Registry, SpecError, describe_value, did_you_mean, pydantic_message, with_article
+from gradlab.yamlio import TooLarge, load_guarded, read_capped
 
 
 class Section(BaseModel):
@@ -99,11 +100,11 @@ class DataConfig(Section):
             path = Path(self.path).expanduser()
             want_dir = self.name == "mnist"
             if not path.exists():
-                raise PydanticCustomError("data", "{message}", {"message": f"{self.path!r} does not exist", "key": "path"})
+                raise PydanticCustomError("data", "{message}", {"message": f"{describe_value(self.path, 200)} does not exist", "key": "path"})
             if want_dir and not path.is_dir():
-                raise PydanticCustomError("data", "{message}", {"message": f"{self.path!r} is not a folder (mnist needs the folder holding the IDX files)", "key": "path"})
+                raise PydanticCustomError("data", "{message}", {"message": f"{describe_value(self.path, 200)} is not a folder (mnist needs the folder holding the IDX files)", "key": "path"})
             if not want_dir and not path.is_file():
-                raise PydanticCustomError("data", "{message}", {"message": f"{self.path!r} is not a file", "key": "path"})
+                raise PydanticCustomError("data", "{message}", {"message": f"{describe_value(self.path, 200)} is not a file", "key": "path"})
         if self.batch_size > self.n_train:
             raise PydanticCustomError(
                 "data", "{message}", {"message": f"batch_size {self.batch_size} is larger than n_train {self.n_train}", "key": "batch_size"}
@@ -290,7 +291,7 @@ class _ExpectationsBase(BaseModel):
             raise _expect_error(f"got {describe_value(value)}; expected a status or a list of them: {', '.join(specs.RUN_STATUSES)}")
         for status in values:
             if status not in specs.RUN_STATUSES:
-                raise _expect_error(f"unknown status {status!r}{did_you_mean(status, list(specs.RUN_STATUSES))}; allowed: {', '.join(specs.RUN_STATUSES)}")
+                raise _expect_error(f"unknown status {describe_value(status)}{did_you_mean(status, list(specs.RUN_STATUSES))}; allowed: {', '.join(specs.RUN_STATUSES)}")
         return values
 
     @field_validator(*SUMMARY_QUANTITIES, check_fields=False)
@@ -343,14 +344,14 @@ class Experiment(Section):
     @classmethod
     def _safe_name(cls, value: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", value):
-            raise PydanticCustomError("name", "{message}", {"message": f"got {value!r}; use letters, digits, '.', '_' and '-' (a folder name)"})
+            raise PydanticCustomError("name", "{message}", {"message": f"got {describe_value(value)}; use letters, digits, '.', '_' and '-' (a folder name)"})
         return value
 
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
         if not re.fullmatch(r"auto|cpu|cuda|cuda:\d+|mps", value):
-            raise PydanticCustomError("device", "{message}", {"message": f"got {value!r}; allowed: auto, cpu, cuda, cuda:N, mps"})
+            raise PydanticCustomError("device", "{message}", {"message": f"got {describe_value(value)}; allowed: auto, cpu, cuda, cuda:N, mps"})
         return value
 
     @field_validator("loss", mode="before")
@@ -394,21 +395,30 @@ class _Loader(yaml.SafeLoader):
                     continue
                 key = self.construct_object(key_node, deep=True)
                 try:
-                    first = seen.setdefault(key, key_node.start_mark)
+                    first = seen.setdefault(key, key_node)
                 except TypeError:  # an unhashable key: the base class reports it
                     continue
-                if first is not key_node.start_mark:
+                if first is not key_node:
+                    # named as written: `1:` and `true:` are one key to Python (1 == True), not "True" twice
+                    written, before = _key_text(key_node), _key_text(first)
+                    same = f"duplicate key {written}" if written == before else f"key {written}, the same key as {before}"
                     raise yaml.constructor.ConstructorError(
                         "while constructing a mapping", node.start_mark,
-                        f"found duplicate key {key!r} (first given at line {first.line + 1})", key_node.start_mark,
+                        f"found {same} (first given at line {first.start_mark.line + 1})", key_node.start_mark,
                     )
         return super().construct_mapping(node, deep)
 
 
+def _key_text(node: Any) -> str:
+    text = node.value if isinstance(node, yaml.ScalarNode) else f"a {node.id}"
+    return repr(text) if len(text) <= 40 else repr(text[:37] + "...")
+
+
 def _load_yaml(text: str) -> Any:
-    """The YAML document in `text`; yaml.YAMLError for anything that stops it being read."""
+    """The YAML document in `text`; yaml.YAMLError for anything that stops it being read (an alias
+    bomb, a reference cycle: yamlio.load_guarded)."""
     try:
-        return yaml.load(text, Loader=_Loader)
+        return load_guarded(text, _Loader)
     except RecursionError:
         raise yaml.YAMLError("nested too deeply") from None
     except ValueError as exc:  # e.g. an integer beyond Python's 4300-digit conversion limit
@@ -424,13 +434,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         raise ConfigError(f"config: {str(path)!r} is a folder; give a YAML file")
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"config: {str(path)!r} is not a UTF-8 text file") from None
+        text = read_capped(path)  # a regular file of sane size only: never a FIFO or /dev/zero
+    except ValueError as exc:
+        raise ConfigError(f"config: {str(path)!r} {exc}") from None
     except OSError as exc:
         raise ConfigError(f"config: cannot read {str(path)!r}: {exc.strerror}") from None
     try:
         data = _load_yaml(text)
+    except TooLarge as exc:
+        raise ConfigError(f"config: {str(path)!r} {exc.problem}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -450,9 +462,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. model.depth=30")
+            raise ConfigError(f"--set {describe_value(item)}: expected key.path=value, e.g. model.depth=30")
         try:
             value = _load_yaml(raw) if raw.strip() else None
+        except TooLarge as exc:
+            raise ConfigError(f"--set {key}: the value {exc.problem}") from None
         except yaml.YAMLError:
             raise ConfigError(f"--set {key}: {describe_value(raw)} is not a valid YAML value") from None
         set_dotted(data, key, value, where=f"--set {key}")

@@ -256,30 +256,61 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
     return list(unique)
 
 
+MAX_META_BYTES = 1_000_000  # a meta.json is under a kilobyte
+
+
 def read_meta(run_dir: Path) -> dict[str, Any]:
+    from gradlab.yamlio import read_capped
+
     path = Path(run_dir) / META_FILE
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        meta = json.loads(read_capped(path, MAX_META_BYTES))
     except FileNotFoundError:
         raise RunError(f"{run_dir}: no {META_FILE}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise RunError(f"{run_dir}: {META_FILE} is not valid JSON") from None
+    except OSError as exc:
+        raise RunError(f"{run_dir}: {META_FILE} cannot be read ({exc.strerror})") from None
+    except ValueError as exc:  # (json's errors are ValueErrors too)
+        problem = str(exc) if not isinstance(exc, json.JSONDecodeError) else "is not valid JSON"
+        raise RunError(f"{run_dir}: {META_FILE} {problem}" if problem.startswith("is ") else f"{run_dir}: {META_FILE} is not valid JSON") from None
+    except RecursionError:
+        raise RunError(f"{run_dir}: {META_FILE} is nested too deeply") from None
+    if not isinstance(meta, dict):
+        raise RunError(f"{run_dir}: {META_FILE} holds {type(meta).__name__ if meta is not None else 'null'}, not an object of run facts")
+    return meta
+
+
+# The sections of config.yaml that are mappings in every config gradlab writes: a run whose
+# config has `model: 5` cannot be labelled or grouped, and is skipped with a line saying why.
+MAPPING_SECTIONS = ("data", "model", "train", "log")
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
     import yaml
 
+    from gradlab.yamlio import TooLarge, load_guarded, read_capped
+
     path = Path(run_dir) / CONFIG_FILE
     try:
         # libyaml's parser where PyYAML has it: the same safe constructor, 3x faster (a hundred
-        # configs are most of `gradlab compare`'s reading time with the pure-Python one)
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        # configs are most of `gradlab compare`'s reading time with the pure-Python one); the
+        # document's expanded size is checked before it is built (one hostile run must not hang
+        # compare on a shared folder)
+        data = load_guarded(read_capped(path), getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except FileNotFoundError:
         raise RunError(f"{run_dir}: no {CONFIG_FILE}") from None
-    except yaml.YAMLError:
+    except TooLarge as exc:
+        raise RunError(f"{run_dir}: {CONFIG_FILE} {exc.problem}") from None
+    except ValueError as exc:
+        raise RunError(f"{run_dir}: {CONFIG_FILE} {exc}") from None
+    except OSError as exc:
+        raise RunError(f"{run_dir}: {CONFIG_FILE} cannot be read ({exc.strerror})") from None
+    except (yaml.YAMLError, RecursionError):
         raise RunError(f"{run_dir}: {CONFIG_FILE} is not valid YAML") from None
     if not isinstance(data, dict):
         raise RunError(f"{run_dir}: {CONFIG_FILE} is not a mapping")
+    for section in MAPPING_SECTIONS:
+        if section in data and not isinstance(data[section], dict):
+            raise RunError(f"{run_dir}: {CONFIG_FILE}: {section} is {type(data[section]).__name__}, not a mapping (not a config gradlab wrote)")
     return data
 
 

@@ -111,9 +111,23 @@ def _float_hint(value: Any) -> str:
     return "expected a number"
 
 
-def describe_value(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+def describe_value(value: Any, limit: int = 60) -> str:
+    """repr(value) cut to `limit` characters, never formatting more than it shows: a huge or
+    deeply nested value (a YAML alias bomb) costs what is printed, not what it holds."""
+    import reprlib
+
+    brief = reprlib.Repr()
+    brief.maxlevel, brief.maxstring, brief.maxother, brief.maxlong = 4, limit, limit, limit
+    brief.maxlist = brief.maxtuple = brief.maxdict = brief.maxset = brief.maxfrozenset = 8
+    if isinstance(value, str):
+        text = repr(value[: limit + 1])
+    elif isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4 * limit:
+        text = f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    elif isinstance(value, (list, tuple, dict, set, frozenset)):
+        text = brief.repr(value)
+    else:
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class Registry:
@@ -143,7 +157,7 @@ class Registry:
         key = _normalize(name)
         if key not in self._aliases:
             raise SpecError(
-                f"unknown {self.kind} {name!r}{did_you_mean(name, list(self._aliases))}; "
+                f"unknown {self.kind} {describe_value(name)}{did_you_mean(name, list(self._aliases))}; "
                 f"allowed: {', '.join(self.names())}"
             )
         return self._items[self._aliases[key]]

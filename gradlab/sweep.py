@@ -76,13 +76,30 @@ def flow(value: Any) -> str:
     return text
 
 
+def _brief(value: Any) -> str:
+    """A value for an error line: its YAML flow when short, else a cut repr; never formats more
+    than it shows (a value from an alias bomb must not be dumped whole to be cut)."""
+    from gradlab.registry import describe_value
+
+    short = describe_value(value, 80)
+    if short.endswith("...") or isinstance(value, str) and len(value) > 80:
+        return short
+    return flow(value)
+
+
+def _describe(value: Any) -> str:
+    from gradlab.registry import describe_value
+
+    return describe_value(value, 80)
+
+
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
 def _check_key(key: Any, where: str) -> str:
     if not isinstance(key, str) or not key.strip() or any(not part for part in key.strip().split(".")):
-        raise ConfigError(f"{where}: {key!r} is not a dotted config key such as model.depth")
+        raise ConfigError(f"{where}: {_describe(key)} is not a dotted config key such as model.depth")
     key = key.strip()
     if key in (SEED_AXIS, SEEDS_KEY):
         return SEED_AXIS
@@ -95,18 +112,18 @@ def _check_key(key: Any, where: str) -> str:
 
 def _axis(key: str, values: Any, where: str) -> Axis:
     if not isinstance(values, list):
-        raise ConfigError(f"{where}: expected a list of values, e.g. [10, 30], got {flow(values)}")
+        raise ConfigError(f"{where}: expected a list of values, e.g. [10, 30], got {_brief(values)}")
     if not values:
         raise ConfigError(f"{where}: the list of values is empty")
     seen: dict[str, None] = {}
     for value in values:
         if _canonical(value) in seen:
-            raise ConfigError(f"{where}: {flow(value)} is listed twice")
+            raise ConfigError(f"{where}: {_brief(value)} is listed twice")
         seen[_canonical(value)] = None
     if key == SEED_AXIS:
         bad = [v for v in values if not isinstance(v, int) or isinstance(v, bool)]
         if bad:
-            raise ConfigError(f"{where}: got {flow(bad[0])}; seeds are integers, e.g. [0, 1, 2]")
+            raise ConfigError(f"{where}: got {_brief(bad[0])}; seeds are integers, e.g. [0, 1, 2]")
     return Axis(key, tuple(values))
 
 
@@ -118,7 +135,7 @@ def split_sweep(raw: dict[str, Any]) -> tuple[dict[str, Any], list[Axis]]:
     axes: list[Axis] = []
     if SWEEP_KEY in raw:
         if not isinstance(spec, dict) or not spec:
-            raise ConfigError(f"sweep: expected a mapping of dotted keys to lists of values, e.g. {{model.depth: [10, 30]}}, got {flow(spec)}")
+            raise ConfigError(f"sweep: expected a mapping of dotted keys to lists of values, e.g. {{model.depth: [10, 30]}}, got {_brief(spec)}")
         for key, values in spec.items():
             key = _check_key(key, "sweep")
             if any(axis.key == key for axis in axes):
@@ -136,12 +153,19 @@ def parse_axis(item: str) -> Axis:
     `model.norm=none,{name: batchnorm, placement: post}` is two values."""
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--sweep {item!r}: expected key.path=v1,v2,..., e.g. model.depth=10,30")
+        raise ConfigError(f"--sweep {_describe(item)}: expected key.path=v1,v2,..., e.g. model.depth=10,30")
     key = _check_key(key, f"--sweep {key.strip()}")
+    from gradlab.config import _load_yaml  # duplicate keys refused, nesting and expanded size bounded, as for --set
+    from gradlab.yamlio import TooLarge
+
     try:
-        values = yaml.safe_load(f"[{raw}]")
-    except yaml.YAMLError:
-        raise ConfigError(f"--sweep {key}: {raw!r} is not a comma-separated list of YAML values") from None
+        values = _load_yaml(f"[{raw}]")
+    except TooLarge as exc:
+        raise ConfigError(f"--sweep {key}: the values {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None)
+        why = f" ({problem})" if problem and ("duplicate" in problem or "same key" in problem or "nested" in problem) else ""
+        raise ConfigError(f"--sweep {key}: {_brief(raw)} is not a comma-separated list of YAML values{why}") from None
     return _axis(key, values, f"--sweep {key}")
 
 

@@ -336,3 +336,137 @@ def test_a_completed_run_cut_at_a_row_boundary_inside_its_last_step_says_so_and_
     assert cut.stdout == expected.stdout  # the numbers of the whole steps, not of a third of a network
     check = invoke("check", run)
     assert "step 20 of layers.csv has only" in check.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# 6. Alias bombs, huge files, FIFOs and devices
+# --------------------------------------------------------------------------------------------
+
+# nine levels of ten: 10^9 values from 300 bytes
+BOMB_ANCHORS = "".join(
+    f"x{level}: &l{level} [{', '.join([f'*l{level - 1}' if level else 'x'] * 10)}]\n" for level in range(9)
+)
+FLOW_BOMB = "[" + ", ".join(
+    f"&f{level} [{', '.join([f'*f{level - 1}' if level else 'x'] * 10)}]" for level in range(9)
+) + "]"
+TOO_LARGE = "expands to more than 100,000 values (YAML aliases repeat anchors); gradlab refuses documents that large"
+
+
+def bomb_config(tmp_path: Path, where: str) -> Path:
+    """The tiny config with the bomb's last level at `where` (a dotted key); the anchors ride along
+    under a key the config forbids, so the bomb is built before any validation."""
+    lines = [f"{line}" for line in BOMB_ANCHORS.splitlines()]
+    data = {**BASE, "log": {**BASE["log"], "out": str(tmp_path / "out")}}
+    text = yaml.safe_dump(data, sort_keys=False)
+    parts = where.split(".")
+    value = "*l8"
+    for part in reversed(parts[1:]):
+        value = f"{{{part}: {value}}}"
+    text = "\n".join(line for line in text.splitlines() if not line.startswith(f"{parts[0]}:")) + f"\n{parts[0]}: {value}\n"
+    path = tmp_path / f"bomb-{where}.yaml"
+    path.write_text("\n".join(lines) + "\n" + text)
+    return path
+
+
+@pytest.mark.parametrize("where", ["name", "log.probes", "model.activation", "expect.status", "seeds", "sweep.model.depth"])
+def test_an_alias_bomb_anywhere_in_a_config_is_refused_at_once(tmp_path, where):
+    config = bomb_config(tmp_path, where)
+    for command in ("validate", "run"):
+        began = time.perf_counter()
+        result = invoke(command, config)
+        assert_one_error(result, f"config: {str(config)!r} {TOO_LARGE}")
+        assert time.perf_counter() - began < 5
+    assert not (tmp_path / "out").exists()
+
+
+def test_alias_bombs_in_set_and_sweep_values_are_refused(tmp_path):
+    config = write(tmp_path / "c.yaml", {**BASE, "log": {**BASE["log"], "out": str(tmp_path / "out")}})
+    assert_one_error(invoke("validate", config, "--set", f"name={FLOW_BOMB}"), f"--set name: the value {TOO_LARGE}")
+    assert_one_error(invoke("validate", config, "--sweep", f"model.depth={FLOW_BOMB}"), f"--sweep model.depth: the values {TOO_LARGE}")
+    assert_one_error(invoke("validate", config, "--set", "name=&a [*a]"), "--set name")
+
+
+def test_a_huge_value_is_never_formatted_whole_in_an_error(tmp_path):
+    config = write(tmp_path / "c.yaml", {**BASE, "name": "n" * 500_000, "device": "d" * 500_000})
+    began = time.perf_counter()
+    result = invoke("validate", config)
+    assert time.perf_counter() - began < 5
+    assert result.exit_code == 2
+    assert max(len(line) for line in result.stderr.splitlines()) < 300, result.stderr[:500]
+
+
+def test_a_config_that_is_too_large_a_fifo_or_a_device_is_one_line(tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_text("name: x\n" + "# padding\n" * 250_000)
+    assert_one_error(invoke("validate", big), f"config: {str(big)!r} is 2.5 MB; gradlab reads YAML files of at most 1 MB")
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    began = time.perf_counter()
+    assert_one_error(invoke("validate", fifo), f"config: {str(fifo)!r} is a FIFO, not a regular file")
+    assert time.perf_counter() - began < 5
+    assert_one_error(invoke("validate", "/dev/zero"), "config: '/dev/zero' is a device, not a regular file")
+
+
+def test_keys_1_and_true_are_named_as_written(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("data:\n  1: a\n  true: b\n")
+    assert_one_error(invoke("validate", config), "found key 'true', the same key as '1' (first given at line 2)")
+    config.write_text("name: a\nname: b\n")
+    assert_one_error(invoke("validate", config), "found duplicate key 'name' (first given at line 1)")
+
+
+def test_a_hostile_run_config_does_not_block_compare_of_the_others(tmp_path):
+    good = finished_run(tmp_path)
+    hostile = good.parent / "20990101-000000-bomb00"
+    import shutil
+
+    shutil.copytree(good, hostile)
+    (hostile / "config.yaml").write_text(BOMB_ANCHORS)
+    began = time.perf_counter()
+    result = invoke("compare", tmp_path / "runs", "--format", "csv")
+    assert time.perf_counter() - began < 10
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [f"warning: {hostile}: config.yaml {TOO_LARGE}; skipped"]
+    assert len(list(csv.DictReader(io.StringIO(result.stdout)))) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# 9. One damaged run among good ones
+# --------------------------------------------------------------------------------------------
+
+
+def damage(run: Path, how: str) -> str:
+    if how == "meta_list":
+        (run / "meta.json").write_text("[1, 2, 3]")
+        return f"{run}: meta.json holds list, not an object of run facts; skipped"
+    if how == "empty_step":
+        lines = (run / "layers.csv").read_text().splitlines(keepends=True)
+        (run / "layers.csv").write_text(lines[0] + "".join("," + line.split(",", 1)[1] for line in lines[1:]))
+        return f"{run}: layers.csv: column step holds empty or non-integer values; the rows cannot be placed in steps; skipped"
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("model:\n", "model: 5\nmodel_was:\n", 1))
+    return f"{run}: config.yaml: model is int, not a mapping (not a config gradlab wrote); skipped"
+
+
+@pytest.mark.parametrize("how", ["meta_list", "empty_step", "model_5"])
+def test_one_damaged_run_is_skipped_with_one_line_by_compare_check_and_plot(tmp_path, how):
+    import shutil
+
+    good = finished_run(tmp_path, expect={"status": "completed"})
+    other = good.parent / "20990101-000000-other0"
+    shutil.copytree(good, other)
+    bad = good.parent / "20990101-000000-broken"
+    shutil.copytree(good, bad)
+    line = damage(bad, how)
+    compared = invoke("compare", tmp_path / "runs", "--format", "csv")
+    assert compared.exit_code == 0, compared.output
+    assert compared.stderr.splitlines() == [f"warning: {line}"]
+    [row] = list(csv.DictReader(io.StringIO(compared.stdout)))  # the two good runs, one configuration
+    assert row["seeds"] == "2"
+    plotted = invoke("plot", tmp_path / "runs", "--output", tmp_path / "figures")
+    assert plotted.exit_code == 0, plotted.output
+    assert plotted.stderr.splitlines() == [f"warning: {line}"]
+    checked = invoke("check", tmp_path / "runs")
+    assert "Traceback" not in checked.output
+    assert checked.exit_code == 2  # a run that cannot be checked is said, the others checked
+    assert f"  ERROR  {line.removesuffix('; skipped')}" in checked.stdout.splitlines()
+    assert checked.stdout.splitlines()[-1] == "2 expectations on 3 runs: 2 passed, 0 failed"
