@@ -63,7 +63,7 @@ from gradlab.errors import ConfigError
 from gradlab.probes import PendingMeasurement
 from gradlab.quantities import QUANTITIES
 from gradlab.records import RunRecords, new_run_dir, prepare_out_dir
-from gradlab.sites import Site
+from gradlab.sites import Role, Site
 
 WATCHED_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd, nn.RNNBase)
 META_EVERY_S = 1.0  # meta.json's steps_done is refreshed at most this often (as runner.py does)
@@ -232,10 +232,21 @@ class Watch:
                     norm = self._weight_norms[watched.name] = _norm_of([torch.linalg.vector_norm(w.detach()) for w in watched.weights])
                 if "weights" in self.groups:
                     self._pending.add("weight_norm", site, norm)
-            if "deltas" in self.groups and not watched.recurrent and isinstance(output, torch.Tensor) and output.requires_grad:
-                output.register_hook(self._delta_hook(site))
+            if not watched.recurrent and isinstance(output, torch.Tensor):
+                self.tensor(site, "preactivation", f"{site.name} output", output)
 
         return hook
+
+    # -- the Tap protocol (sites.py): what a forward hook hands over, as gradlab's models do --
+
+    def tensor(self, site: Site, role: Role, label: str, value: torch.Tensor) -> None:
+        """A module's output z at `site`: its delta ||dL/dz|| is taken by a tensor hook (which,
+        registered before an in-place op overwrites z, receives the gradient of z as it was)."""
+        if role == "preactivation" and "deltas" in self.groups and value.requires_grad:
+            value.register_hook(self._delta_hook(site))
+
+    def activation(self, site: Site, act: nn.Module, activation: str, u: torch.Tensor, y: torch.Tensor) -> None:
+        """Not tapped: an arbitrary model declares no activation of its own (see the module docstring)."""
 
     def _delta_hook(self, site: Site):
         def hook(grad: torch.Tensor) -> None:

@@ -337,6 +337,51 @@ def test_records_are_read_by_compare_plot_and_check(tmp_path):
     result = CliRunner().invoke(app, ["check", str(w.run_dir)])
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[-1] == "2 expectations on 1 run: 2 passed, 0 failed"
+    result = CliRunner().invoke(app, ["compare", str(w.run_dir), "--format", "csv", "--step", "0"])
+    assert result.exit_code == 0, result.output
+    header, row = result.stdout.splitlines()
+    assert dict(zip(header.split(","), row.split(",")))["verdict@0"] in ("vanishing", "stable", "exploding")
+    result = CliRunner().invoke(app, ["plot", str(w.run_dir), "-o", str(tmp_path / "cli-figures")])
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 5
+
+
+def test_one_host_transfer_per_measured_step_and_no_item(tmp_path, monkeypatch):
+    """Every value of a measured step (the loss and accuracy tensors too) reaches the host in one
+    .cpu() call at w.step(); nothing calls .item(). Steps that are not measured transfer nothing."""
+    torch.manual_seed(0)
+    model = TinyResNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    data = batches(5, (3, 6, 6))
+    transfers = []
+    cpu = torch.Tensor.cpu
+
+    def counted_cpu(self, *args, **kwargs):
+        transfers.append(self.numel())
+        return cpu(self, *args, **kwargs)
+
+    def no_item(self):
+        raise AssertionError(".item() called while watching")
+
+    with gradlab.watch(model, out=tmp_path, every=2, name="transfers", optimizer=opt) as w:
+        per_step = []
+        for x, y in data:
+            opt.zero_grad()
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            loss.backward()
+            opt.step()
+            accuracy = (logits.argmax(1) == y).float().mean()
+            with monkeypatch.context() as patch:
+                patch.setattr(torch.Tensor, "cpu", counted_cpu)
+                patch.setattr(torch.Tensor, "item", no_item)
+                before = len(transfers)
+                w.step(loss=loss, accuracy=accuracy)
+                per_step.append(len(transfers) - before)
+    assert per_step == [1, 0, 1, 0, 1]
+    # 7 sites: weight_norm 7, weight_grad_norm 7, bias_grad_norm 3 (stem, fc, head), delta_norm 7,
+    # update_ratio 7 (steps 0, 2 and 4 are followed by an update), + grad_norm, loss, accuracy
+    assert transfers == [7 + 7 + 3 + 7 + 7 + 3] * 3
 
 
 def test_a_failing_loop_closes_the_records_as_failed(tmp_path):
