@@ -78,6 +78,24 @@ PEAK_GRID = {
 TINY_RUN = {"data": {"dim": 4, "n_train": 64, "n_test": 32, "batch_size": 16, "classes": 3}, "model": {"depth": 1, "width": 4}}
 
 
+# Runs `gradlab run` and writes the process's own peak resident memory (VmHWM, of its address space
+# after exec) when it exits. ru_maxrss of a child would not do: Linux starts it at the RSS of the
+# process that forked it, here the whole test session.
+_PEAK_CHILD = """
+import atexit, sys
+out = sys.argv.pop(1)
+def write_peak():
+    with open("/proc/self/status") as status:
+        kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    with open(out, "w") as file:
+        file.write(str(kb * 1024))
+atexit.register(write_peak)
+from gradlab.cli import main
+sys.argv[0] = "gradlab"
+main()
+"""
+
+
 def _peak_rss(config: dict, tmp_path: Path) -> int:
     """Peak resident memory of a `gradlab run` process, in bytes.
 
@@ -85,17 +103,16 @@ def _peak_rss(config: dict, tmp_path: Path) -> int:
     threshold rises) and keeps freed heap memory, so without a fixed threshold the peak mixes the
     run's tensors with the allocator's retention; a fixed threshold makes it follow the tensors.
     """
-    path = tmp_path / "peak.yaml"
+    path, peak = tmp_path / "peak.yaml", tmp_path / "peak.bytes"
     path.write_text(yaml.safe_dump({
         "name": "peak", "device": "cpu", "train": {"steps": 2, "eval_every": 1},
         "log": {"every": 1, "out": str(tmp_path / "out")}, **config,
     }))  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "131072"}
-    proc = subprocess.Popen([sys.executable, "-m", "gradlab", "run", str(path), "--quiet"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    _, status, usage = os.wait4(proc.pid, 0)
-    assert status == 0, proc.stderr.read().decode()
-    return usage.ru_maxrss * 1024
+    proc = subprocess.run([sys.executable, "-c", _PEAK_CHILD, str(peak), "run", str(path), "--quiet"], cwd=ROOT, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return int(peak.read_text())
 
 
 @pytest.mark.slow
