@@ -19,16 +19,28 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 
 T = TypeVar("T")
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # the largest float32: the models and optimizers compute in float32
+
+
 class Params(BaseModel):
-    """Base for every component's parameters: unknown parameters are errors, not silently ignored."""
+    """Base for every component's parameters: unknown parameters are errors, not silently ignored,
+    and every number must be one float32 can hold (the range it is used in: torch turns a larger
+    one into an overflow error mid-run, after the run directory was made)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False, defer_build=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _in_float32_range(cls, value: Any) -> Any:
+        if isinstance(value, float) and abs(value) > FLOAT32_MAX:
+            raise ValueError("beyond float32's range: the value must be at most 3.4e+38 in magnitude (the network computes in float32)")
+        return value
 
 
 class NoParams(Params):

@@ -17,10 +17,9 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from gradlab.registry import Component, NoParams, Params, Registry, SpecError
+from gradlab.registry import FLOAT32_MAX, Component, NoParams, Params, Registry, SpecError
 
 # The statuses a run can end in (meta.json's `status`; an `expect: status` may name them).
-RUN_STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
 
 # --------------------------------------------------------------------------------------------
 # Activations
@@ -112,6 +111,8 @@ class UniformParams(Params):
     def _ordered(self):
         if self.a > self.b:
             raise ValueError(f"a ({self.a}) must be <= b ({self.b})")
+        if self.b - self.a > FLOAT32_MAX:  # torch draws a + (b - a) * u in float32
+            raise ValueError(f"b - a ({self.b - self.a:g}) must be at most 3.4e+38, float32's largest number")
         return self
 
 

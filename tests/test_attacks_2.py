@@ -470,3 +470,48 @@ def test_one_damaged_run_is_skipped_with_one_line_by_compare_check_and_plot(tmp_
     assert checked.exit_code == 2  # a run that cannot be checked is said, the others checked
     assert f"  ERROR  {line.removesuffix('; skipped')}" in checked.stdout.splitlines()
     assert checked.stdout.splitlines()[-1] == "2 expectations on 3 runs: 2 passed, 0 failed"
+
+
+# --------------------------------------------------------------------------------------------
+# 7. Numbers beyond float32, a CNN on vectors
+# --------------------------------------------------------------------------------------------
+
+BEYOND = "beyond float32's range: the value must be at most 3.4e+38 in magnitude (the network computes in float32)"
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"optim": {"name": "sgd", "lr": 1e300}}, "optim.lr: got 1e+300"),
+        ({"optim": {"name": "adam", "weight_decay": 1e39}}, "optim.weight_decay: got 1e+39"),
+        ({"model": {"activation": {"name": "leaky_relu", "negative_slope": 1e300}}}, "model.activation.negative_slope: got 1e+300"),
+        ({"model": {"activation": {"name": "elu", "alpha": 1e300}}}, "model.activation.alpha: got 1e+300"),
+        ({"model": {"activation": {"name": "hardtanh", "min_val": -1e300}}}, "model.activation.min_val: got -1e+300"),
+        ({"model": {"activation": {"name": "rrelu", "upper": 1e300}}}, "model.activation.upper: got 1e+300"),
+        ({"model": {"activation": {"name": "prelu", "init": -1e300}}}, "model.activation.init: got -1e+300"),
+        ({"model": {"init": {"weight": {"name": "constant", "value": 1e300}}}}, "model.init.weight.value: got 1e+300"),
+        ({"model": {"init": {"weight": {"name": "uniform", "a": -1e300}}}}, "model.init.weight.a: got -1e+300"),
+        ({"model": {"init": {"weight": {"name": "kaiming_normal", "a": 1e300}}}}, "model.init.weight.a: got 1e+300"),
+    ],
+)
+def test_a_float_parameter_beyond_float32_is_refused_at_validation(tmp_path, change, key):
+    config = {**BASE, "log": {**BASE["log"], "out": str(tmp_path / "out")}, **change}
+    if "model" in change:
+        config["model"] = {**BASE["model"], **change["model"]}
+    path = write(tmp_path / "c.yaml", config)
+    assert_one_error(invoke("validate", path), f"{key}; {BEYOND}")
+    assert_one_error(invoke("run", path), f"{key}; {BEYOND}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_uniform_interval_wider_than_float32_is_refused(tmp_path):
+    config = {**BASE, "model": {**BASE["model"], "init": {"weight": {"name": "uniform", "a": -3e38, "b": 3e38}}}}
+    assert_one_error(invoke("validate", write(tmp_path / "c.yaml", config)), "b - a (6e+38) must be at most 3.4e+38, float32's largest number")
+
+
+def test_a_cnn_on_vectors_from_an_npz_is_the_shape_error(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "v.npz", x_train=rng.random((64, 10), dtype=np.float32), y_train=np.arange(64) % 3, x_test=rng.random((32, 10), dtype=np.float32), y_test=np.arange(32) % 3)
+    config = {**BASE, "data": {"name": "npz", "path": str(tmp_path / "v.npz"), "classes": 3, "n_train": 64, "n_test": 32, "batch_size": 32},
+              "model": {"kind": "cnn", "depth": 2, "width": 4}, "log": {"every": 5, "out": str(tmp_path / "out")}}  # fmt: skip
+    assert_one_error(invoke("run", write(tmp_path / "c.yaml", config)), "model.kind cnn needs (channels, height, width) inputs; the data has shape (10,)")
