@@ -24,14 +24,16 @@ moved to the host together: once before the optimizer step, and once after it fo
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 from torch import nn
 
-from gradlab.components import activity_counts
-from gradlab.quantities import GROUPS, QUANTITIES
+from gradlab.activations import activity_counts
+from gradlab.quantities import GROUPS, QUANTITIES, RESIDUAL
 from gradlab.sites import Layer, Role, Site
 
 SATURATION_THRESHOLD = 0.05  # "derivative below 5% of its maximum"
@@ -54,6 +56,7 @@ class PendingMeasurement:
 
     columns: dict[str, tuple[list[SiteKey], torch.Tensor | list[torch.Tensor], list[float] | float]] = field(default_factory=dict)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    positives: dict[str, tuple[list[SiteKey], list[torch.Tensor], list[float]]] = field(default_factory=dict)
     complements: set[str] = field(default_factory=set)  # columns stored as (divisor - value)
     _seen: set[tuple[str, SiteKey]] = field(default_factory=set)
 
@@ -70,27 +73,90 @@ class PendingMeasurement:
         if complement:
             self.complements.add(quantity)
 
+    def add_positives(self, quantity: str, site: Site, value: torch.Tensor, divisor: float, complement: bool = False) -> None:
+        """One site's value of a column that counts the positive entries of `value` (a vector): the
+        counting is done at `fetch`, for every such vector of the step in three operations."""
+        if (quantity, site.key) in self._seen:
+            raise RuntimeError(f"{site.name} (t={site.t}) measured twice for {quantity} in one step")
+        self._seen.add((quantity, site.key))
+        keys, values, divisors = self.positives.setdefault(quantity, ([], [], []))
+        keys.append(site.key)
+        values.append(value.reshape(-1))
+        divisors.append(divisor)
+        if complement:
+            self.complements.add(quantity)
+
     def fetch(self) -> tuple[dict[str, Column], dict[str, float]]:
-        names, parts = [], []
+        """Every column and extra on the host, in one transfer.
+
+        Each value is converted to float64 as it is (an exact conversion), so how values are
+        grouped into device operations here changes no number: the 0-d values gathered site by
+        site are stacked once per dtype (one stack for a few hundred small tensors, instead of one
+        per column), and the positives of every vector are counted together."""
+        names: list[tuple[str, str]] = []  # ('columns' | 'positives', quantity)
+        parts: list[torch.Tensor] = []  # float64 pieces, concatenated for the one transfer
+        order: list[int] = []  # where each piece's first value belongs in `flat` (below)
+        scalars: dict[torch.dtype, list[torch.Tensor]] = {}  # 0-d values by dtype, in column order
+        scalar_slots: dict[torch.dtype, list[int]] = {}
+        size = 0
         for quantity, (keys, values, _) in self.columns.items():
-            names.append(quantity)
-            parts.append((torch.stack(values) if isinstance(values, list) else values).double())
-        parts += [t.reshape(1).double() for t in self.extras.values()]
+            names.append(("columns", quantity))
+            if isinstance(values, list):
+                for k, value in enumerate(values):
+                    scalars.setdefault(value.dtype, []).append(value)
+                    scalar_slots.setdefault(value.dtype, []).append(size + k)
+            else:
+                parts.append(values.double())
+                order.append(size)
+            size += len(keys)
+        for quantity, (keys, values, _) in self.positives.items():
+            names.append(("positives", quantity))
+            counts = _count_positives(values)
+            parts.append(counts)
+            order.append(size)
+            size += len(keys)
+        for value in self.extras.values():
+            parts.append(value.reshape(1).double())
+            order.append(size)
+            size += 1
+        slots: list[int] = []
+        for dtype, values in scalars.items():
+            parts.append(torch.stack(values).double())
+            slots += scalar_slots[dtype]
         if not parts:
             return {}, {}
         host = torch.cat(parts).cpu().tolist()  # the one device -> host transfer
+        # put the host values in column order: the vector pieces first, then the stacked scalars
+        flat: list[float] = [0.0] * size
+        at = 0
+        for start, piece in zip(order, parts[: len(order)]):
+            n = piece.numel()
+            flat[start : start + n] = host[at : at + n]
+            at += n
+        for slot, value in zip(slots, host[at:]):
+            flat[slot] = value
         columns: dict[str, Column] = {}
         at = 0
-        for quantity in names:
-            keys, _, divisors = self.columns[quantity]
+        for kind, quantity in names:
+            keys, _, divisors = getattr(self, kind)[quantity]
             divisors = divisors if isinstance(divisors, list) else [divisors] * len(keys)
+            column = columns.setdefault(quantity, {})  # a column may hold both kinds of values
             if quantity in self.complements:
-                columns[quantity] = {key: (divisors[k] - host[at + k]) / divisors[k] for k, key in enumerate(keys)}
+                column.update({key: (divisors[k] - flat[at + k]) / divisors[k] for k, key in enumerate(keys)})
             else:
-                columns[quantity] = {key: host[at + k] / divisors[k] for k, key in enumerate(keys)}
+                column.update({key: flat[at + k] / divisors[k] for k, key in enumerate(keys)})
             at += len(keys)
-        extras = dict(zip(self.extras, host[at:]))
+        extras = dict(zip(self.extras, flat[at:]))
         return columns, extras
+
+
+def _count_positives(vectors: list[torch.Tensor]) -> torch.Tensor:
+    """How many entries of each vector are > 0, as float64: one comparison and one cumulative sum
+    over all of them (integers, so exact), instead of a comparison and a sum per vector."""
+    ends = torch.tensor(list(itertools.accumulate(v.numel() for v in vectors)), device=vectors[0].device)
+    running = torch.cat(vectors).gt(0).cumsum(0)  # int64
+    totals = running[ends - 1]
+    return torch.cat([totals[:1], totals[1:] - totals[:-1]]).double()
 
 
 class Probe:
@@ -118,17 +184,68 @@ class Probe:
 
     def attach(self) -> None:
         self._pending = PendingMeasurement()
-        if self.groups & {"deltas", "activations"}:  # the weights and updates groups need no forward capture
+        # On the CPU, norms are taken while their tensor is still in cache: a weight's as the
+        # model taps the layer's output (the forward has just read the weight), a gradient's as
+        # autograd stores it. Cold, the 50 x 256 x 256 reference model's weights and gradients take
+        # ~1.4 ms each to read back; hot, ~0.2 ms. The numbers are those of `_foreach_norm`, which
+        # on the CPU is this same per-tensor norm (on a GPU it is one fused kernel: used there).
+        # A subclass with its own `measure` does not read these, so they are not taken for it.
+        in_passing = self.parameters[0].device.type == "cpu" if self.parameters else False
+        in_passing = in_passing and type(self).measure is Probe.measure
+        self._early_weight_norms = [None] * len(self.layers) if in_passing and "weights" in self.groups else None
+        self._early_grad_norms = [None] * len(self.parameters) if in_passing else None
+        # the update's snapshot of a weight is taken as its gradient arrives too (backward has
+        # just read the weight); `snapshot_weights` copies only what was not taken then
+        self._snapped = [False] * len(self.weights) if in_passing and "updates" in self.groups else None
+        if self._snapped is not None and self._weights_before is None:
+            self._weights_before = [torch.empty_like(w) for w in self.weights]
+        if in_passing:
+            self._grad_hook_handles = [p.register_post_accumulate_grad_hook(hook) for p, hook in zip(self.parameters, self._grad_hooks)]
+        if self.groups & {"deltas", "activations"} or self._early_weight_norms is not None:
             self.model.slot.tap = self
 
     def detach(self) -> None:
         self.model.slot.tap = None
+        for handle in getattr(self, "_grad_hook_handles", ()):
+            handle.remove()
+        self._grad_hook_handles = []
+
+    @cached_property
+    def _grad_hooks(self) -> list:
+        """One post-accumulate-grad hook per parameter, made once: each keeps its gradient's norm."""
+
+        weight_of = {k: j for j, k in enumerate(self.weight_at)}
+
+        def hook_for(k: int):
+            j = weight_of.get(k)
+
+            def hook(param: torch.Tensor) -> None:
+                self._early_grad_norms[k] = torch.linalg.vector_norm(param.grad)
+                if j is not None and self._snapped is not None:
+                    self._weights_before[j].copy_(param.detach())
+                    self._snapped[j] = True
+
+            return hook
+
+        return [hook_for(k) for k in range(len(self.parameters))]
+
+    @cached_property
+    def _layer_at_site(self) -> dict[SiteKey, int]:
+        """Site key -> index in `layers` (and `weights`)."""
+        return {layer.site.key: k for k, layer in enumerate(self.layers)}
 
     def tensor(self, site: Site, role: Role, label: str, value: torch.Tensor) -> None:
         if role in ("preactivation", "logits"):
+            early = getattr(self, "_early_weight_norms", None)
+            if early is not None:
+                k = self._layer_at_site.get(site.key)
+                if k is not None and early[k] is None:
+                    early[k] = torch.linalg.vector_norm(self.weights[k].detach())
             # the head's delta is the gradient of the loss with respect to the logits
             if "deltas" in self.groups and value.requires_grad:
                 value.register_hook(self._delta_hook(site))
+        elif role in ("stream", "branch"):
+            self._residual(site, role, value)
         elif role == "output" and "activations" in self.groups:
             with torch.no_grad():
                 # two passes (mean, then the norm of the deviations): population std, as stable as
@@ -141,10 +258,43 @@ class Probe:
     def activation(self, site: Site, act: nn.Module, activation: str, u: torch.Tensor, y: torch.Tensor) -> None:
         if "activations" not in self.groups:
             return
+        pending = self._pending
         with torch.no_grad():
+            if activation == "relu":
+                # relu' is 1 exactly where y > 0. Count those as the sum of sign(y) (0 or 1; a float
+                # sum of ones is exact below 2^24): 4x cheaper than (y > 0).sum(), which converts
+                # the mask to int64 first. A unit is alive where its largest y is > 0; those maxima
+                # are counted for all layers at once when the step is fetched.
+                active = y.sign().sum() if y.numel() < 2**24 else (y > 0).sum()
+                pending.add("saturated_frac", site, active, u.numel(), complement=True)
+                unit_maxima = y.amax(dim=(0, *range(2, y.dim())))  # (C,): a unit is a channel in a CNN
+                pending.add_positives("dead_frac", site, unit_maxima, u.shape[1], complement=True)
+                return
             active, alive = activity_counts(activation, act, u, y, SATURATION_THRESHOLD)
-            self._pending.add("saturated_frac", site, active, u.numel(), complement=True)
-            self._pending.add("dead_frac", site, alive, u.shape[1], complement=True)  # a unit is a channel in a CNN
+            pending.add("saturated_frac", site, active, u.numel(), complement=True)
+            pending.add("dead_frac", site, alive, u.shape[1], complement=True)  # a unit is a channel in a CNN
+
+    def _residual(self, site: Site, role: Role, value: torch.Tensor) -> None:
+        """A residual block's stream x_(l+1) and branch output r_l (quantities.RESIDUAL): the stream's
+        gradient norm, and per-channel mean and population variance over the batch (and positions),
+        averaged over channels: the Signal Propagation Plot statistics of Brock, De & Smith 2021."""
+        if role == "stream" and "deltas" in self.groups and value.requires_grad:
+            value.register_hook(self._stream_delta_hook(site))
+        if "activations" not in self.groups:
+            return
+        with torch.no_grad():
+            var, mean = torch.var_mean(value, dim=(0, *range(2, value.dim())), correction=0)  # (channels,)
+            if role == "stream":
+                self._pending.add("spp_sq_mean", site, (mean * mean).mean())
+                self._pending.add("spp_var", site, var.mean())
+            else:
+                self._pending.add("spp_branch_var", site, var.mean())
+
+    def _stream_delta_hook(self, site: Site):
+        def hook(grad: torch.Tensor) -> None:
+            self._pending.add("stream_delta_norm", site, torch.linalg.vector_norm(grad))
+
+        return hook
 
     def _delta_hook(self, site: Site):
         def hook(grad: torch.Tensor) -> None:
@@ -157,12 +307,11 @@ class Probe:
     def measure(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> PendingMeasurement:
         """Everything measurable before the optimizer step, still on the device."""
         pending = self._pending
-        # one batched norm over every parameter gradient serves the global norm and the layers'
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.parameters]
-        grad_norms = torch._foreach_norm(grads)
+        # one norm per parameter gradient serves the global norm and the layers'
+        grad_norms = _fill(getattr(self, "_early_grad_norms", None), self.parameters, lambda p: p.grad)
         self._weight_norms = None
         if "weights" in self.groups:
-            self._weight_norms = torch.stack(torch._foreach_norm([w.detach() for w in self.weights]))
+            self._weight_norms = torch.stack(_fill(getattr(self, "_early_weight_norms", None), self.weights, lambda w: w.detach()))
             every_site = [site.key for site in self.sites]
             pending.columns["weight_norm"] = (every_site, self._weight_norms, 1.0)
             pending.columns["weight_grad_norm"] = (every_site, torch.stack([grad_norms[k] for k in self.weight_at]), 1.0)
@@ -181,10 +330,12 @@ class Probe:
         allocating fresh copies every time costs ten times more than copying)."""
         if "updates" not in self.groups:
             return
-        weights = [w.detach() for w in self.weights]
-        if self._weights_before is None:
-            self._weights_before = [torch.empty_like(w) for w in weights]
-        torch._foreach_copy_(self._weights_before, weights)
+        snapped = getattr(self, "_snapped", None) or [False] * len(self.weights)
+        missing = [j for j, done in enumerate(snapped) if not done]
+        if missing:
+            if self._weights_before is None:
+                self._weights_before = [torch.empty_like(w) for w in self.weights]
+            torch._foreach_copy_([self._weights_before[j] for j in missing], [self.weights[j].detach() for j in missing])
         self._snapshot_taken = True
 
     def update_ratios(self) -> dict[str, Column]:
@@ -196,8 +347,14 @@ class Probe:
         before = self._weights_before
         # ||W_before|| is this step's weight_norm when the weights group measured it
         size = self._weight_norms if self._weight_norms is not None else torch.stack(torch._foreach_norm(before))
-        torch._foreach_sub_(before, [w.detach() for w in self.weights])  # now W_before - W_after
-        change = torch.stack(torch._foreach_norm(before))
+        after = [w.detach() for w in self.weights]
+        if before[0].device.type == "cpu":
+            # per tensor, so the norm reads the difference while it is in cache (the numbers are
+            # those of the batched calls, which on the CPU run these same per-tensor kernels)
+            change = torch.stack([torch.linalg.vector_norm(b.sub_(a)) for b, a in zip(before, after)])
+        else:
+            torch._foreach_sub_(before, after)  # now W_before - W_after
+            change = torch.stack(torch._foreach_norm(before))
         keys = [site.key for site in self.sites]
         return {"update_ratio": dict(zip(keys, (change / size).cpu().tolist()))}
 
@@ -206,6 +363,7 @@ class Probe:
     def rows(self, step: int, columns: dict[str, Column]) -> list[dict]:
         """One layers.csv row per declared layer; a quantity not measured (or not existing) stays None."""
         measured = [(quantity, columns.get(quantity, {})) for quantity in QUANTITIES]
+        measured += [(quantity, columns[quantity]) for quantity in RESIDUAL if quantity in columns]  # residual models only
         rows = []
         for site in self.sites:
             row = {"step": step, "layer": site.layer, "name": site.name, "kind": site.kind}
@@ -213,6 +371,19 @@ class Probe:
                 row[quantity] = column.get(site.key)
             rows.append(row)
         return rows
+
+
+def _fill(early: list[torch.Tensor | None] | None, owners: list, tensor_of) -> list[torch.Tensor]:
+    """The norms taken in passing (`early`), and the rest in one batched `_foreach_norm` call (a
+    missing gradient counts as zeros, norm 0)."""
+    norms = list(early) if early is not None else [None] * len(owners)
+    missing = [k for k, norm in enumerate(norms) if norm is None]
+    if missing:
+        tensors = [tensor_of(owners[k]) for k in missing]
+        tensors = [t if t is not None else torch.zeros_like(owners[k]) for k, t in zip(missing, tensors)]
+        for k, norm in zip(missing, torch._foreach_norm(tensors)):
+            norms[k] = norm
+    return norms
 
 
 class _Locator:
