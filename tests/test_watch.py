@@ -164,17 +164,18 @@ def close(a: float | None, b: float | None) -> bool:
     return math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-9)
 
 
-def train_both(make, shape, steps, every, tmp_path, name, lr=0.1):
+def train_both(make, shape, steps, every, tmp_path, name, lr=0.1, device="cpu"):
     """Train the model from `make()` under watch and its in-place-free twin by hand, step for step;
     returns the run directory and the twin's measurements of the measured steps."""
     torch.manual_seed(0)
-    model = make()
+    model = make().to(device)
     twin = without_inplace(model)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=0.9)
     twin_opt = torch.optim.SGD([p for p in twin.parameters() if p.requires_grad], lr=lr, momentum=0.9)
     expected = {}
     with gradlab.watch(model, out=tmp_path, every=every, name=name, optimizer=opt) as w:
         for step, (x, y) in enumerate(batches(steps, shape)):
+            x, y = x.to(device), y.to(device)
             opt.zero_grad()
             logits = model(x)
             loss = F.cross_entropy(logits, y)
@@ -204,8 +205,19 @@ def assert_matches(recorded, expected):
 RESNET_SITES = ["stem", "layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1", "layer1.1.conv2", "fc", "head"]
 
 
-def test_resnet_with_inplace_relus_against_retain_grad(tmp_path):
-    run_dir, expected = train_both(TinyResNet, (3, 6, 6), steps=5, every=2, tmp_path=tmp_path, name="resnet")
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request, monkeypatch):
+    """The CPU, and a CUDA GPU where there is one (convolutions made deterministic, so that the
+    watched model and its twin compute the same numbers)."""
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU here")
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    return request.param
+
+
+def test_resnet_with_inplace_relus_against_retain_grad(tmp_path, device):
+    run_dir, expected = train_both(TinyResNet, (3, 6, 6), steps=5, every=2, tmp_path=tmp_path, name="resnet", device=device)
     recorded = read_layers(run_dir)
     assert sorted(recorded) == [0, 2, 4]
     assert list(recorded[0]) == RESNET_SITES
@@ -241,8 +253,8 @@ def test_inplace_relu_after_a_linear_is_what_retain_grad_sees_without_it():
     assert expected["0"]["delta_norm"] > 0
 
 
-def test_shared_frozen_and_unused_layers(tmp_path):
-    run_dir, expected = train_both(SharedNet, (6,), steps=3, every=1, tmp_path=tmp_path, name="shared")
+def test_shared_frozen_and_unused_layers(tmp_path, device):
+    run_dir, expected = train_both(SharedNet, (6,), steps=3, every=1, tmp_path=tmp_path, name="shared", device=device)
     recorded = read_layers(run_dir)
     assert list(recorded[0]) == ["inp", "shared", "frozen", "shared#1", "unused", "head"]
     assert_matches(recorded, expected)
@@ -346,11 +358,11 @@ def test_records_are_read_by_compare_plot_and_check(tmp_path):
     assert len(result.stdout.splitlines()) == 5
 
 
-def test_one_host_transfer_per_measured_step_and_no_item(tmp_path, monkeypatch):
+def test_one_host_transfer_per_measured_step_and_no_item(tmp_path, monkeypatch, device):
     """Every value of a measured step (the loss and accuracy tensors too) reaches the host in one
     .cpu() call at w.step(); nothing calls .item(). Steps that are not measured transfer nothing."""
     torch.manual_seed(0)
-    model = TinyResNet()
+    model = TinyResNet().to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     data = batches(5, (3, 6, 6))
     transfers = []
@@ -366,6 +378,7 @@ def test_one_host_transfer_per_measured_step_and_no_item(tmp_path, monkeypatch):
     with gradlab.watch(model, out=tmp_path, every=2, name="transfers", optimizer=opt) as w:
         per_step = []
         for x, y in data:
+            x, y = x.to(device), y.to(device)
             opt.zero_grad()
             logits = model(x)
             loss = F.cross_entropy(logits, y)
