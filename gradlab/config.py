@@ -128,9 +128,26 @@ class ModelConfig(Section):
     kernel_size: int = Field(3, ge=1, description="cnn: odd kernel size, 'same' padding")
     pool_every: int = Field(0, ge=0, description="cnn: 2x2 pooling after every k-th block (0: none)")
     pool: Literal["max", "avg"] = "max"
+    # Residual networks (models.ResidualBlock): x_{l+1} = x_l + residual_scale * branch(x_l). Written to
+    # a run's config.yaml only when residual is true, so every other run's resolved config is unchanged.
+    residual: bool = Field(False, description="x_(l+1) = x_l + residual_scale * branch(x_l), the branch being the block")
+    branch_depth: int = Field(1, ge=1, description="residual: layers (linear/conv, norm, activation) per branch")
+    residual_scale: float = Field(1.0, ge=0, description="residual: the branch's multiplier alpha (0 or small: SkipInit, De & Smith 2020)")
+
+    @model_serializer(mode="wrap")
+    def _residual_keys_only_when_residual(self, handler):
+        data = handler(self)
+        if not self.residual:
+            for key in ("residual", "branch_depth", "residual_scale"):
+                data.pop(key, None)
+        return data
 
     @model_validator(mode="after")
     def _consistent(self):
+        if not self.residual:
+            for key, default in (("branch_depth", 1), ("residual_scale", 1.0)):
+                if getattr(self, key) != default:
+                    raise PydanticCustomError("model", "{message}", {"message": f"{key} applies to residual: true only", "key": key})
         if self.kind == "cnn" and self.kernel_size % 2 == 0:
             raise PydanticCustomError("model", "{message}", {"message": f"kernel_size must be odd for 'same' padding, got {self.kernel_size}", "key": "kernel_size"})
         if self.kind == "mlp" and self.pool_every:

@@ -75,6 +75,102 @@ class Block(nn.Module):
         return out
 
 
+class ResidualBlock(nn.Module):
+    """x -> skip(x) + alpha * branch(x), then pooling (cnn), for `model.residual: true`.
+
+    The branch is the plain block's layers, `branch_depth` times: linear/conv -> [norm] -> activation
+    (norm placement pre or post as configured). Its first layer keeps the plain block's names
+    (`blocks.3.linear`, `blocks.3.norm`, `blocks.3.act`) and is the block's measured layer (its weight,
+    and `delta_norm` of its output z); further layers are `blocks.3.inner.<k-1>.linear` and so on
+    (their parameters belong to the block: in `grad_norm`, not in the block's `weight_norm`).
+    `skip` is the identity, except where the block's input size differs from the width (block 0 of
+    an MLP reads the input's features, of a CNN the input's channels): there a bias-free linear map
+    (MLP) or 1x1 convolution (CNN), initialized LeCun normal (variance 1/fan_in) whatever model.init
+    says, so that it carries the input's second moment onto the stream unchanged in mean field.
+
+    Taps (sites.py): the plain block's (`preactivation` z, `normalized`, the first layer's
+    `activation`), then `branch` r = branch(x) before alpha, `stream` skip(x) + alpha r before pooling,
+    and `output` what the block passes on (after pooling; act_mean and act_std are the stream's).
+    """
+
+    def __init__(self, index: int, in_size: int, cfg: ModelConfig, conv: bool):
+        super().__init__()
+        from gradlab.activations import build as build_act
+
+        self.index = index
+        width = cfg.width
+        norm_spec = cfg.norm
+        self.norm_first = norm_spec.get("placement", "pre") == "pre"
+        bias = cfg.bias and not (norm_spec["name"] == "batchnorm" and self.norm_first)
+
+        def linear(size: int) -> nn.Module:
+            if conv:
+                return nn.Conv2d(size, width, cfg.kernel_size, padding=cfg.kernel_size // 2, bias=bias)
+            return nn.Linear(size, width, bias=bias)
+
+        self.linear = linear(in_size)
+        self.norm = build_norm(norm_spec, width, conv)
+        self.act = build_act(cfg.activation, width)
+        self.activation = cfg.activation["name"]
+        self.inner = nn.ModuleList(
+            _BranchLayer(linear(width), build_norm(norm_spec, width, conv), build_act(cfg.activation, width), self.norm_first)
+            for _ in range(cfg.branch_depth - 1)
+        )
+        if in_size == width:
+            self.skip = None
+        else:
+            self.skip = nn.Conv2d(in_size, width, 1, bias=False) if conv else nn.Linear(in_size, width, bias=False)
+        self.scale = float(cfg.residual_scale)
+        pooled = conv and cfg.pool_every and (index + 1) % cfg.pool_every == 0
+        self.pool = (nn.MaxPool2d(2) if cfg.pool == "max" else nn.AvgPool2d(2)) if pooled else None
+        self.site = Site(index, f"blocks.{index}", "hidden")
+        self.slot = TapSlot()
+
+    def linears(self) -> list[nn.Module]:
+        """The branch's linear/conv layers, input side first: what model.init initializes."""
+        return [self.linear, *(layer.linear for layer in self.inner)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.linear(x)
+        u = self.norm(z) if self.norm is not None and self.norm_first else z
+        y = self.act(u)
+        normed = self.norm(y) if self.norm is not None and not self.norm_first else None
+        r = y if normed is None else normed
+        for layer in self.inner:
+            r = layer(r)
+        skip = x if self.skip is None else self.skip(x)
+        stream = skip + r if self.scale == 1.0 else skip + self.scale * r
+        out = stream if self.pool is None else self.pool(stream)
+        tap = self.slot.tap
+        if tap is not None:
+            site, name = self.site, self.site.name
+            tap.tensor(site, "preactivation", f"{name}.linear output", z)
+            if u is not z:
+                tap.tensor(site, "normalized", f"{name}.norm output", u)
+            tap.activation(site, self.act, self.activation, u, y)
+            tap.tensor(site, "activation", f"{name}.act output", y)
+            if normed is not None:
+                tap.tensor(site, "normalized", f"{name}.norm output", normed)
+            tap.tensor(site, "branch", f"{name} branch output", r)
+            tap.tensor(site, "stream", f"{name} residual stream", stream)
+            tap.tensor(site, "output", f"{name} output", out)
+        return out
+
+
+class _BranchLayer(nn.Module):
+    """A residual branch's second and later layers: linear/conv -> [norm] -> activation (or norm after)."""
+
+    def __init__(self, linear: nn.Module, norm: nn.Module | None, act: nn.Module, norm_first: bool):
+        super().__init__()
+        self.linear, self.norm, self.act, self.norm_first = linear, norm, act, norm_first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.linear(x)
+        u = self.norm(z) if self.norm is not None and self.norm_first else z
+        y = self.act(u)
+        return self.norm(y) if self.norm is not None and not self.norm_first else y
+
+
 class Stack(nn.Module):
     """What MLP and CNN share: blocks, a head, the tap slot, and the declared measured layers."""
 
@@ -97,10 +193,17 @@ class Stack(nn.Module):
 
     def initialize(self, cfg: ModelConfig) -> None:
         """Apply the config's weight and bias initializers to every linear/conv layer, head included."""
-        for module in [*(b.linear for b in self.blocks), self.head]:
+        # (a residual block's further branch layers follow its first; plain blocks draw as they always have)
+        linears = [m for b in self.blocks for m in (b.linears() if isinstance(b, ResidualBlock) else [b.linear])]
+        for module in [*linears, self.head]:
             apply_init(cfg.init.weight, module.weight, cfg.activation)
             if module.bias is not None:
                 apply_init(cfg.init.bias, module.bias, cfg.activation)
+        for block in self.blocks:
+            skip = getattr(block, "skip", None)
+            if skip is not None:  # LeCun normal: the stream starts with the input's second moment
+                with torch.no_grad():
+                    skip.weight.normal_(0.0, 1.0 / math.sqrt(skip.weight[0].numel()))
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.head(x)  # (B, classes)
@@ -115,7 +218,8 @@ class MLP(Stack):
         super().__init__()
         in_features = math.prod(input_shape)
         sizes = [in_features] + [cfg.width] * cfg.depth
-        self.blocks = nn.ModuleList(Block(i, sizes[i], cfg, conv=False) for i in range(cfg.depth))
+        block = ResidualBlock if cfg.residual else Block
+        self.blocks = nn.ModuleList(block(i, sizes[i], cfg, conv=False) for i in range(cfg.depth))
         self.head = nn.Linear(cfg.width, classes, bias=cfg.bias)
         self._share_slot()
 
@@ -130,7 +234,8 @@ class CNN(Stack):
     def __init__(self, cfg: ModelConfig, input_shape: tuple[int, ...], classes: int):
         super().__init__()
         channels = [input_shape[0]] + [cfg.width] * cfg.depth
-        self.blocks = nn.ModuleList(Block(i, channels[i], cfg, conv=True) for i in range(cfg.depth))
+        block = ResidualBlock if cfg.residual else Block
+        self.blocks = nn.ModuleList(block(i, channels[i], cfg, conv=True) for i in range(cfg.depth))
         self.head = nn.Linear(cfg.width, classes, bias=cfg.bias)
         self._share_slot()
 

@@ -21,7 +21,7 @@ Group = Literal["weights", "deltas", "activations", "updates"]
 # Where a measured quantity is taken: a site of the model (see sites.py). A feed-forward block's
 # sites are its weight-bearing module (`layer`), the output z of that module before normalization and
 # activation (`preactivation`), and what the block passes on (`output`).
-Site = Literal["layer", "preactivation", "activation", "output", "logits"]
+Site = Literal["layer", "preactivation", "activation", "output", "logits", "stream", "branch"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,20 @@ LAYER_QUANTITIES: tuple[Quantity, ...] = (
 
 QUANTITIES: dict[str, Quantity] = {q.name: q for q in LAYER_QUANTITIES}
 
+# Residual blocks (model.residual: true) add these columns to layers.csv, after the others; every
+# other run's layers.csv keeps exactly LAYERS_COLUMNS. x_l is the residual stream entering block l,
+# x_(l+1) = x_l + alpha * r_l the stream it passes on (before pooling), r_l = branch(x_l) the branch's
+# output before the scale alpha. A "channel" is a unit of an MLP or a channel of a CNN; its mean and
+# variance are over the batch (and positions). The last three are the Signal Propagation Plot
+# statistics of Brock, De & Smith 2021.
+RESIDUAL_QUANTITIES: tuple[Quantity, ...] = (
+    Quantity("stream_delta_norm", "deltas", "stream", "||dL/dx_(l+1)|| over the whole batch: the back-propagated signal on the residual stream as it leaves block l"),
+    Quantity("spp_sq_mean", "activations", "stream", "average channel squared mean of the stream x_(l+1): the mean over channels of (the channel's mean over batch and positions)^2"),
+    Quantity("spp_var", "activations", "stream", "average channel variance of the stream x_(l+1): the mean over channels of the channel's population variance over batch and positions"),
+    Quantity("spp_branch_var", "activations", "branch", "average channel variance of the residual branch's output r_l = branch(x_l), before the scale alpha"),
+)  # fmt: skip
+RESIDUAL: dict[str, Quantity] = {q.name: q for q in RESIDUAL_QUANTITIES}
+
 # The columns that identify a row of `layers.csv`, then the measured quantities.
 LAYERS_KEYS: dict[str, str] = {
     "step": "optimizer steps taken before this measurement; step 0 is the network at initialization",
@@ -63,6 +77,12 @@ LAYERS_KEYS: dict[str, str] = {
     "kind": "hidden or head",
 }
 LAYERS_COLUMNS: list[str] = [*LAYERS_KEYS, *QUANTITIES]
+
+
+def layers_columns(residual: bool = False) -> list[str]:
+    """The header of a run's layers.csv: LAYERS_COLUMNS, and the residual quantities after them for
+    a residual model."""
+    return [*LAYERS_COLUMNS, *RESIDUAL] if residual else list(LAYERS_COLUMNS)
 
 METRICS_COLUMNS: dict[str, str] = {
     "step": "optimizer steps taken before this measurement",

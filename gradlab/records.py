@@ -199,7 +199,8 @@ def new_named_run_dir(parent: str | Path, name: str) -> Path:
 class RunRecords:
     """The writers of one run directory."""
 
-    def __init__(self, run_dir: Path, config_yaml: str, meta: dict[str, Any]):
+    def __init__(self, run_dir: Path, config_yaml: str, meta: dict[str, Any], layer_columns: list[str] | None = None):
+        # layer_columns: layers.csv's header, LAYERS_COLUMNS unless the model adds some (quantities.layers_columns)
         self.dir = run_dir
         self.meta = {"status": "running", **meta}
         opened: list[CsvLog] = []
@@ -208,7 +209,7 @@ class RunRecords:
             self.write_meta()
             self.metrics = CsvLog(run_dir / METRICS_FILE, METRICS_COLUMNS)
             opened.append(self.metrics)
-            self.layers = CsvLog(run_dir / LAYERS_FILE, LAYERS_COLUMNS)
+            self.layers = CsvLog(run_dir / LAYERS_FILE, layer_columns or LAYERS_COLUMNS)
         except (OSError, DiskFull) as exc:
             # nothing was recorded yet: no half-made run directory (a 0-byte config.yaml, no meta.json)
             for log in opened:

@@ -193,7 +193,10 @@ def run_experiment(
     steps, every, eval_every = exp.train.steps, exp.log.every, exp.train.eval_every
 
     run_dir = new_run_dir(exp.log.out, exp.name) if run_dir is None else new_named_run_dir(Path(run_dir).parent, Path(run_dir).name)
-    records = RunRecords(run_dir, exp.to_yaml(), run_meta(exp.name, run_dir.name, exp.seed, str(device), steps))
+    from gradlab.quantities import layers_columns  # residual models add columns; every other header is unchanged
+
+    layer_columns = layers_columns(getattr(exp.model, "residual", False))
+    records = RunRecords(run_dir, exp.to_yaml(), run_meta(exp.name, run_dir.name, exp.seed, str(device), steps), layer_columns)
     result = RunResult(run_dir, "running", 0, None)
 
     def poll() -> None:

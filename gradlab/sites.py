@@ -11,6 +11,9 @@ through the `Tap` protocol, naming each tensor's role:
     activation      y = act(u), with u the activation's input     saturated / dead counts (see `activation`)
     output          what the block passes on (after pooling)      act_mean, act_std
     logits          the head's output                             delta_norm of the head
+    branch          a residual block's branch output r (before α)  spp_branch_var
+    stream          a residual block's stream x + α r (before      stream_delta_norm (a gradient hook),
+                    pooling)                                       spp_sq_mean, spp_var
 
 and, in recurrent layers (recurrent.py), at the site of each time step t:
     preactivation   a_t (lstm, gru: the gates' pre-activations;   delta_norm = ||dL/da_t|| (gru taps two
@@ -37,6 +40,8 @@ from torch import nn
 
 Role = Literal[
     "preactivation", "normalized", "activation", "output", "logits",
+    # residual blocks (models.ResidualBlock)
+    "branch", "stream",
     # recurrent layers, at the sites of their time steps (recurrent.py)
     "hidden", "cell", "input_gate", "forget_gate", "cell_gate", "output_gate", "reset_gate", "update_gate", "new_gate",
 ]  # fmt: skip
