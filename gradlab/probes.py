@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from gradlab.activations import activity_counts
-from gradlab.quantities import GROUPS, QUANTITIES
+from gradlab.quantities import GROUPS, QUANTITIES, RESIDUAL
 from gradlab.sites import Layer, Role, Site
 
 SATURATION_THRESHOLD = 0.05  # "derivative below 5% of its maximum"
@@ -244,6 +244,8 @@ class Probe:
             # the head's delta is the gradient of the loss with respect to the logits
             if "deltas" in self.groups and value.requires_grad:
                 value.register_hook(self._delta_hook(site))
+        elif role in ("stream", "branch"):
+            self._residual(site, role, value)
         elif role == "output" and "activations" in self.groups:
             with torch.no_grad():
                 # two passes (mean, then the norm of the deviations): population std, as stable as
@@ -271,6 +273,28 @@ class Probe:
             active, alive = activity_counts(activation, act, u, y, SATURATION_THRESHOLD)
             pending.add("saturated_frac", site, active, u.numel(), complement=True)
             pending.add("dead_frac", site, alive, u.shape[1], complement=True)  # a unit is a channel in a CNN
+
+    def _residual(self, site: Site, role: Role, value: torch.Tensor) -> None:
+        """A residual block's stream x_(l+1) and branch output r_l (quantities.RESIDUAL): the stream's
+        gradient norm, and per-channel mean and population variance over the batch (and positions),
+        averaged over channels: the Signal Propagation Plot statistics of Brock, De & Smith 2021."""
+        if role == "stream" and "deltas" in self.groups and value.requires_grad:
+            value.register_hook(self._stream_delta_hook(site))
+        if "activations" not in self.groups:
+            return
+        with torch.no_grad():
+            var, mean = torch.var_mean(value, dim=(0, *range(2, value.dim())), correction=0)  # (channels,)
+            if role == "stream":
+                self._pending.add("spp_sq_mean", site, (mean * mean).mean())
+                self._pending.add("spp_var", site, var.mean())
+            else:
+                self._pending.add("spp_branch_var", site, var.mean())
+
+    def _stream_delta_hook(self, site: Site):
+        def hook(grad: torch.Tensor) -> None:
+            self._pending.add("stream_delta_norm", site, torch.linalg.vector_norm(grad))
+
+        return hook
 
     def _delta_hook(self, site: Site):
         def hook(grad: torch.Tensor) -> None:
@@ -339,6 +363,7 @@ class Probe:
     def rows(self, step: int, columns: dict[str, Column]) -> list[dict]:
         """One layers.csv row per declared layer; a quantity not measured (or not existing) stays None."""
         measured = [(quantity, columns.get(quantity, {})) for quantity in QUANTITIES]
+        measured += [(quantity, columns[quantity]) for quantity in RESIDUAL if quantity in columns]  # residual models only
         rows = []
         for site in self.sites:
             row = {"step": step, "layer": site.layer, "name": site.name, "kind": site.kind}
