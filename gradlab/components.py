@@ -23,12 +23,6 @@ from gradlab.specs import (
     LRNParams, NormalParams, RMSpropParams, SGDParams, UniformParams, VarianceScalingParams,
 )  # fmt: skip
 
-# moved: re-export until integration (the vocabulary is gradlab.specs, activation records gradlab.activations)
-from gradlab.specs import REGISTRIES, activations, datasets, initializers, losses, norms, optimizers, resolve_bias_init  # noqa: F401  # moved: re-export until integration
-from gradlab.activations import activity_counts, saturation_mask, variance_preserving_gain  # noqa: F401  # moved: re-export until integration
-from gradlab.activations import build as build_activation  # noqa: F401  # moved: re-export until integration
-from gradlab.activations import gain as activation_gain  # noqa: F401  # moved: re-export until integration
-from gradlab.activations import ACTIVATIONS as CALCULUS  # noqa: F401  # moved: re-export until integration (record.derivative, record.maximum)
 
 # --------------------------------------------------------------------------------------------
 # Initializers
@@ -141,7 +135,7 @@ INITIALIZERS = implementations(specs.initializers, {
 
 def apply_init(spec: dict[str, Any], tensor: torch.Tensor, activation: dict[str, Any]) -> None:
     with torch.no_grad():
-        INITIALIZERS[initializers.get(spec["name"]).name](initializers.params_of(spec), tensor, activation)
+        INITIALIZERS[specs.initializers.get(spec["name"]).name](specs.initializers.params_of(spec), tensor, activation)
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,7 +193,7 @@ NORMS = implementations(specs.norms, {
 
 
 def build_norm(spec: dict[str, Any], width: int, conv: bool) -> nn.Module | None:
-    return NORMS[norms.get(spec["name"]).name](norms.params_of(spec), width, conv)
+    return NORMS[specs.norms.get(spec["name"]).name](specs.norms.params_of(spec), width, conv)
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,7 +231,7 @@ LOSSES = implementations(specs.losses, {
 
 
 def get_loss(name: str):
-    return LOSSES[losses.get(name).name]
+    return LOSSES[specs.losses.get(name).name]
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,4 +264,4 @@ OPTIMIZERS = implementations(specs.optimizers, {
 
 
 def build_optimizer(spec: dict[str, Any], params) -> torch.optim.Optimizer:
-    return OPTIMIZERS[optimizers.get(spec["name"]).name](optimizers.params_of(spec), params)
+    return OPTIMIZERS[specs.optimizers.get(spec["name"]).name](specs.optimizers.params_of(spec), params)

@@ -28,7 +28,7 @@ from pydantic_core import PydanticCustomError
 
 from gradlab import specs
 from gradlab.errors import ConfigError
-from gradlab.quantities import FINAL_QUANTITIES, GROUPS, PROFILE_QUANTITIES, SUMMARY_QUANTITIES
+from gradlab.quantities import FINAL_QUANTITIES, GROUPS, PROFILE_QUANTITIES, STATUSES, SUMMARY_QUANTITIES
 from gradlab.registry import Registry, SpecError, describe_value, did_you_mean, pydantic_message, with_article
 from gradlab.yamlio import TooLarge, load_guarded, read_capped
 
@@ -305,10 +305,10 @@ class _ExpectationsBase(BaseModel):
     def _statuses(cls, value: Any) -> Any:
         values = [value] if isinstance(value, str) else value
         if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
-            raise _expect_error(f"got {describe_value(value)}; expected a status or a list of them: {', '.join(specs.RUN_STATUSES)}")
+            raise _expect_error(f"got {describe_value(value)}; expected a status or a list of them: {', '.join(STATUSES)}")
         for status in values:
-            if status not in specs.RUN_STATUSES:
-                raise _expect_error(f"unknown status {describe_value(status)}{did_you_mean(status, list(specs.RUN_STATUSES))}; allowed: {', '.join(specs.RUN_STATUSES)}")
+            if status not in STATUSES:
+                raise _expect_error(f"unknown status {describe_value(status)}{did_you_mean(status, list(STATUSES))}; allowed: {', '.join(STATUSES)}")
         return values
 
     @field_validator(*SUMMARY_QUANTITIES, check_fields=False)

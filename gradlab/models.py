@@ -21,7 +21,8 @@ import math
 import torch
 from torch import nn
 
-from gradlab.components import apply_init, build_activation, build_norm
+from gradlab import activations
+from gradlab.components import apply_init, build_norm
 from gradlab.config import ModelConfig
 from gradlab.errors import DataError
 from gradlab.sites import Layer, Site, TapSlot
@@ -43,7 +44,7 @@ class Block(nn.Module):
         else:
             self.linear = nn.Linear(in_size, width, bias=bias)
         self.norm = build_norm(norm_spec, width, conv)  # None for norm: none
-        self.act = build_activation(cfg.activation, width)
+        self.act = activations.build(cfg.activation, width)
         self.activation = cfg.activation["name"]  # the probes look up its derivative by name
         pooled = conv and cfg.pool_every and (index + 1) % cfg.pool_every == 0
         if pooled:

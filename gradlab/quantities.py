@@ -84,6 +84,9 @@ def layers_columns(residual: bool = False) -> list[str]:
     a residual model."""
     return [*LAYERS_COLUMNS, *RESIDUAL] if residual else list(LAYERS_COLUMNS)
 
+# What meta.json's `status` may say (the records' contract; an `expect: {status: ...}` names these).
+STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
+
 METRICS_COLUMNS: dict[str, str] = {
     "step": "optimizer steps taken before this measurement",
     "split": "train (this step's training batch, in training mode) or test (the whole test set, in evaluation mode)",

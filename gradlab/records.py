@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Literal, NamedTuple
 
 from gradlab import quantities
 from gradlab.errors import GradlabError, RunError
+from gradlab.quantities import STATUSES
 
 if TYPE_CHECKING:  # pandas is imported where a table is read, never by a writer
     import pandas as pd
@@ -43,7 +44,6 @@ if TYPE_CHECKING:  # pandas is imported where a table is read, never by a writer
 METRICS_COLUMNS: list[str] = list(quantities.METRICS_COLUMNS)
 LAYERS_COLUMNS: list[str] = list(quantities.LAYERS_COLUMNS)
 
-STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
 CONFIG_FILE, META_FILE, METRICS_FILE, LAYERS_FILE = "config.yaml", "meta.json", "metrics.csv", "layers.csv"
 # The columns of each table that hold text; every other column holds numbers.
 TEXT_COLUMNS = {METRICS_FILE: ("split",), LAYERS_FILE: ("name", "kind")}

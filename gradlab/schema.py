@@ -25,6 +25,7 @@ import copy
 from typing import Any, Iterator
 
 from gradlab import specs
+from gradlab.quantities import STATUSES
 from gradlab.registry import Registry
 
 # Draft 7, the newest draft VS Code's YAML extension (yaml-language-server) validates with; pydantic's
@@ -162,7 +163,7 @@ def config_json_schema() -> dict[str, Any]:
     for dotted, registry in NAME_FIELDS.items():
         properties, leaf = _property(schema, dotted)
         properties[leaf]["enum"] = [name for c in registry for name in _names(c)]
-    statuses = {"enum": list(specs.RUN_STATUSES)}
+    statuses = {"enum": list(STATUSES)}
     expectations = _resolve(schema, schema["properties"]["expect"])
     expectations["properties"]["status"] = {
         "anyOf": [statuses, {"type": "array", "items": statuses, "minItems": 1}, {"type": "null"}],

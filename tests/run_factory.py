@@ -95,7 +95,7 @@ TINY_DATA = {"name": "gaussian", "dim": 16, "classes": 4, "n_train": 256, "n_tes
 def real_run(out: Path, name: str, model: dict[str, Any], seed: int = 0, steps: int = 20, **extra: Any) -> Path:
     """Train a tiny experiment on the CPU with the real loop; returns its run directory."""
     from gradlab.config import validate
-    from gradlab.train import run_experiment
+    from gradlab.runner import run_experiment
 
     exp = validate({
         "name": name, "seed": seed, "device": "cpu", "data": TINY_DATA, "model": {"width": 32, **model},

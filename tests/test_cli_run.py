@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gradlab.cli import app
-from gradlab.components import REGISTRIES
+from gradlab.specs import REGISTRIES
 from gradlab.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -194,14 +194,7 @@ def test_verdicts_of_the_three_regimes_at_initialization(real_runs):
 
 
 def test_reading_and_showing_records_never_imports_torch():
-    modules = "gradlab.records, gradlab.summaries, gradlab.configdiff, gradlab.compare, gradlab.display, gradlab.analysis, gradlab.expectations, gradlab.plots, gradlab.cli"
+    modules = "gradlab.records, gradlab.summaries, gradlab.configdiff, gradlab.compare, gradlab.display, gradlab.expectations, gradlab.plots, gradlab.cli"
     code = f"import sys, {modules}; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
-
-
-def test_the_analysis_shim_resolves_every_name():  # moved: re-export until integration
-    from gradlab import analysis
-
-    for name in dir(analysis):
-        assert getattr(analysis, name) is not None, name

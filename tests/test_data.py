@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from gradlab import components
+from gradlab import specs
 from gradlab.config import DataConfig
 from gradlab.data import LOADERS, Batches, Dataset, load_dataset
 from gradlab.errors import DataError
@@ -47,7 +47,7 @@ def one_line_error(excinfo, *fragments: str) -> str:
 
 
 def test_loaders_cover_exactly_the_registered_datasets():
-    assert set(LOADERS) == set(components.datasets.names())
+    assert set(LOADERS) == set(specs.datasets.names())
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gradlab.components import CALCULUS, activations, build_activation
+from gradlab import activations
 from gradlab.config import validate
 from gradlab.models import build_model
 from gradlab.probes import Probe
@@ -179,29 +179,6 @@ def test_update_ratio_against_weights_saved_before_and_after(optim):
         assert row["update_ratio"] == pytest.approx(expected, rel=1e-5)
 
 
-@pytest.mark.parametrize("name", activations.names())
-def test_closed_form_derivatives_match_autograd(name):
-    spec = activations.resolve(name)
-    act = build_activation(spec, 5).double().eval()  # eval: rrelu uses its fixed mean slope
-    u = torch.linspace(-8, 8, 2000, dtype=torch.float64).reshape(-1, 5)  # an even count skips the kink at 0
-    leaf = u.clone().requires_grad_(True)
-    (expected,) = torch.autograd.grad(act(leaf).sum(), leaf)
-    calculus = CALCULUS[name]
-    with torch.no_grad():
-        got = calculus.derivative(act, u, act(u))
-    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-9)
-    # the stated maximum is attained (up to the grid) and never exceeded
-    dense = torch.linspace(-8, 8, 160001, dtype=torch.float64).reshape(-1, 1).requires_grad_(True)
-    (grad,) = torch.autograd.grad(act(dense.expand(-1, 5)).sum(), dense)
-    maximum = calculus.maximum(act)
-    maximum = float(maximum.max()) if isinstance(maximum, torch.Tensor) else maximum
-    assert float(grad.abs().max()) / 5 == pytest.approx(maximum, rel=1e-3)
-
-
-def test_every_activation_has_its_calculus():
-    assert set(CALCULUS) == set(activations.names())
-
-
 @pytest.mark.parametrize("shared", [True, False])
 def test_prelu_saturation_uses_each_units_learned_slope(shared):
     model = identity_relu_model({"name": "prelu", "init": 0.25, "shared": shared})
@@ -213,16 +190,6 @@ def test_prelu_saturation_uses_each_units_learned_slope(shared):
     expected = 0.0 if shared else 2 / 4  # units with a < 5% of max(1, |a|): 0.01 and 0.02
     assert rows[0]["saturated_frac"] == pytest.approx(expected)
     assert rows[0]["dead_frac"] == pytest.approx(expected)
-
-
-def test_rrelu_training_derivative_is_the_drawn_slope():
-    act = build_activation(activations.resolve("rrelu"), 4).train()
-    u = -torch.rand(64, 4) - 0.1
-    leaf = u.clone().requires_grad_(True)
-    torch.manual_seed(3)
-    y = act(leaf)
-    (expected,) = torch.autograd.grad(y.sum(), leaf)
-    torch.testing.assert_close(CALCULUS["rrelu"].derivative(act, u, y.detach()), expected)
 
 
 def profile_at_init(depth, activation, weight_init, width=256, seed=0, n=128):
@@ -252,62 +219,13 @@ def test_sigmoid_with_lecun_init_loses_more_than_3x_per_layer():
     assert factor < 1 / 3
 
 
-@pytest.mark.parametrize("shape", [(64, 32), (8, 6, 5, 5)])
-def test_relu_counting_shortcut_agrees_with_the_derivative_mask(shape):
-    """The shortcut counts on y; the general path builds the mask from the derivative."""
-    from gradlab.components import activity_counts, saturation_mask
-
-    torch.manual_seed(0)
-    u = torch.randn(shape) - 1.5  # mostly negative: many saturated pairs, some dead units
-    u[:, 0] = -1.0  # unit 0 dead for sure
-    act = torch.nn.ReLU()
-    y = act(u)
-    active, alive = activity_counts("relu", act, u, y, 0.05)
-    mask = saturation_mask("relu", act, u, y, 0.05)
-    per_unit = mask.transpose(0, 1).reshape(shape[1], -1).all(dim=1)
-    assert mask.numel() - active.item() == mask.sum().item()
-    assert shape[1] - alive.item() == per_unit.sum().item() >= 1
-
-
-# -- gain: auto -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "spec, torch_name, param",
-    [("relu", "relu", None), ("tanh", "tanh", None), ("selu", "selu", None), ("sigmoid", "sigmoid", None),
-     ("identity", "linear", None), ({"name": "leaky_relu", "negative_slope": 0.2}, "leaky_relu", 0.2),
-     ({"name": "prelu", "init": 0.1}, "leaky_relu", 0.1)],  # fmt: skip
-    ids=str,
-)
-def test_auto_gain_is_pytorchs_where_it_has_one(spec, torch_name, param):
-    from gradlab.components import activation_gain
-
-    expected = torch.nn.init.calculate_gain(torch_name, param)
-    assert activation_gain(activations.resolve(spec)) == pytest.approx(expected, rel=1e-12)
-
-
-@pytest.mark.parametrize("name", ["elu", "gelu", "silu", "softplus", "hardtanh", "relu", "tanh"])
-def test_variance_preserving_gain_against_monte_carlo(name):
-    from gradlab.components import variance_preserving_gain
-
-    spec = activations.resolve(name)
-    z = torch.randn(4_000_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    act = build_activation(spec, 1).double()
-    expected = 1 / act(z).pow(2).mean().sqrt().item()
-    assert variance_preserving_gain(spec) == pytest.approx(expected, rel=2e-3)
-    if name == "relu":
-        assert variance_preserving_gain(spec) == pytest.approx(math.sqrt(2), rel=1e-6)
-
-
 @pytest.mark.parametrize("activation", ["relu", "elu", "tanh"])
 def test_orthogonal_and_xavier_with_auto_gain_build(activation):
-    from gradlab.components import activation_gain
-
     cfg = validate({"model": {"depth": 3, "width": 64, "activation": activation,
                               "init": {"weight": {"name": "orthogonal", "gain": "auto"}}}})  # fmt: skip
     torch.manual_seed(0)
     model = build_model(cfg.model, (64,), 10)
-    gain = activation_gain(cfg.model.activation)
+    gain = activations.gain(cfg.model.activation)
     w = model.blocks[1].linear.weight.detach().double()
     torch.testing.assert_close(w @ w.T, gain**2 * torch.eye(64, dtype=torch.float64), atol=1e-5, rtol=0)
     cfg = validate({"model": {"depth": 3, "width": 512, "activation": activation,

@@ -29,7 +29,7 @@ def variance_scaling(scale):
 
 
 def measure(tmp_path, model, probes=("deltas",)):
-    from gradlab.train import run_experiment
+    from gradlab.runner import run_experiment
 
     exp = validate({
         "name": "chain", "seed": 0, "device": "cpu",

@@ -16,7 +16,8 @@ from gradlab.config import validate
 from gradlab.data import Batches, load_dataset
 from gradlab.models import build_model
 from gradlab.records import LAYERS_COLUMNS, METRICS_COLUMNS
-from gradlab.train import Trainer, resolve_device, run_experiment
+from gradlab.runner import resolve_device, run_experiment
+from gradlab.train import Trainer
 
 
 def small(tmp_path, **sections):

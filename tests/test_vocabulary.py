@@ -86,9 +86,3 @@ def test_every_name_of_the_vocabulary_is_implemented():
     assert set(components.NORMS) == set(specs.norms.names())
     assert set(components.LOSSES) == set(specs.losses.names())
     assert set(components.OPTIMIZERS) == set(specs.optimizers.names())
-
-
-def test_run_statuses_are_the_records():
-    from gradlab import records
-
-    assert tuple(records.STATUSES) == specs.RUN_STATUSES
