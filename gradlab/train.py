@@ -11,7 +11,10 @@ divergence. A logged step attaches the probe for that step only (see probes.py).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
+import os
 import time
 
 import torch
@@ -45,13 +48,80 @@ def evaluate(model: Stack, data: Dataset, loss_fn, device: torch.device) -> tupl
     return loss / n, right / n
 
 
+# -- threads ---------------------------------------------------------------------------------
+# Intra-op threads pay only when each operation is big enough to split: a thread wakes, takes its
+# share and joins, which costs more than it saves on small matrices, and with more threads than
+# free cores (two runs side by side, a run beside the test suite) every join waits for a thread
+# that is not running: a 6 x 32 MLP step went from 1.4 ms alone to 24 ms with two 2-thread runs
+# on 2 cores. So `threads: auto` is one thread unless the largest layer's matrix product on one
+# batch has at least PARALLEL_MIN_MACS multiply-adds; then one per core, at most AUTO_MAX_THREADS.
+# How the line was drawn, and how to redraw it for a machine: README, "Threads", and
+# `python benchmarks/threads.py --calibrate`.
+PARALLEL_MIN_MACS = 2**25  # 33.5 M: e.g. batch 128 through a 512 x 512 layer
+AUTO_MAX_THREADS = 4
+
+
+def largest_layer_macs(exp: Experiment, input_shape: tuple[int, ...]) -> int:
+    """Multiply-adds of the model's largest linear or convolution on one training batch (an upper
+    bound for a CNN: every convolution counted at the input's resolution, before any pooling)."""
+    m, batch = exp.model, exp.data.batch_size
+    if m.kind == "cnn":
+        channels, positions = input_shape[0], math.prod(input_shape[1:])
+        return batch * positions * m.width * max(channels, m.width) * m.kernel_size**2
+    features = math.prod(input_shape)
+    return batch * m.width * max(features, m.width, exp.data.classes)
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def resolve_threads(setting: int | str, exp: Experiment, input_shape: tuple[int, ...], share: int = 1) -> int:
+    """The torch thread count for a run: `setting` if it is a number, else (`auto`) from the model's
+    size, out of the cores left to each of `share` runs working side by side (a sweep's --jobs)."""
+    if setting != "auto":
+        return int(setting)
+    if largest_layer_macs(exp, input_shape) < PARALLEL_MIN_MACS:
+        return 1
+    return max(1, min(AUTO_MAX_THREADS, available_cores() // max(1, share)))
+
+
+def defers_loss_reads(device: torch.device) -> bool:
+    """Whether plain steps leave their loss on the device for `Trainer.check`: on a GPU, where
+    reading it is a host sync per step. On the CPU a read costs nothing and the loss is read at once."""
+    return device.type == "cuda"
+
+
+# -- where the data lives ---------------------------------------------------------------------
+DEVICE_DATA_SHARE = 0.25  # the dataset moves to the GPU when it takes at most this share of its free memory
+
+
+def place_dataset(data: Dataset, device: torch.device) -> Dataset:
+    """The dataset where batches are best drawn from. On a GPU: on the device when it fits in
+    DEVICE_DATA_SHARE of the free memory (moved once; every batch is then gathered there), else in
+    pinned host memory, so that the `non_blocking` copy of each batch overlaps the GPU's work (on
+    pageable memory `non_blocking` does nothing). Elsewhere, as it is."""
+    if device.type != "cuda":
+        return data
+    tensors = (data.x_train, data.y_train, data.x_test, data.y_test)
+    size = sum(t.numel() * t.element_size() for t in tensors)
+    free, _ = torch.cuda.mem_get_info(device)
+    moved = [t.to(device) for t in tensors] if size <= DEVICE_DATA_SHARE * free else [t.pin_memory() for t in tensors]
+    return dataclasses.replace(data, x_train=moved[0], y_train=moved[1], x_test=moved[2], y_test=moved[3])
+
+
 class Trainer:
     """One run's state and its two kinds of step. `gradlab.runner.run_experiment` drives it."""
 
     records: RunRecords  # set once the run directory exists
 
     def __init__(self, exp: Experiment, device: torch.device, data: Dataset):
-        self.exp, self.device, self.data = exp, device, data
+        self.exp, self.device = exp, device
+        self.data = place_dataset(data, device)
         torch.manual_seed(exp.seed)  # the model's initialization and rrelu's slopes draw from it
         self.model = build_model(exp.model, data.input_shape, data.classes).to(device)
         self.optimizer = build_optimizer(exp.optim, self.model.parameters())
@@ -59,12 +129,32 @@ class Trainer:
         self.grad_clip = exp.optim.get("grad_clip")
         self.probe = Probe(self.model, exp.log.probes)
         self.started = time.perf_counter()
+        # On a GPU a plain step does not read its loss (a host sync per step): `check` reads the
+        # losses of the steps since the last check at once, at the next logged or evaluated step.
+        self.deferred = defers_loss_reads(device)
+        self._unchecked: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (step, x, y, loss)
+        self._checkpoint: dict | None = None
 
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
-    def plain_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        """forward, backward, update; returns the loss (read before updating, to catch divergence)."""
+    def plain_step(self, x: torch.Tensor, y: torch.Tensor, step: int | None = None) -> float | None:
+        """forward, backward, update; returns the loss (read before updating, to catch divergence).
+
+        Deferred (a GPU, and `step` given): the loss stays on the device and None is returned; the
+        update is applied without looking, and `check` finds a non-finite loss later, exactly."""
+        if self.deferred and step is not None:
+            if not self._unchecked:
+                self._save_checkpoint()  # the state the first unchecked step starts from
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.loss_fn(self.model(x), y)
+            loss.backward()
+            self._unchecked.append((step, x, y, loss.detach()))
+            self._update()
+            return None
+        return self._read_step(x, y)
+
+    def _read_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.loss_fn(self.model(x), y)
         loss.backward()
@@ -72,6 +162,43 @@ class Trainer:
         if math.isfinite(value):
             self._update()
         return value
+
+    def check(self) -> tuple[int, torch.Tensor, torch.Tensor] | None:
+        """The first unchecked step whose loss was not finite, as (step, x, y), with the model,
+        optimizer and random state put back to just before that step: exactly where a run that
+        read every loss would have stopped (its step not updated), ready for locate_non_finite.
+        None when every loss was finite. One host read, of all the unchecked losses together.
+
+        When one was not finite, the steps since the last check point are replayed from it one by
+        one, reading each loss, up to the first non-finite one, whose forward and backward run as
+        in a step-by-step run (the random state after it is the same too: rrelu's slopes)."""
+        unchecked, self._unchecked = self._unchecked, []
+        if not unchecked:
+            return None
+        finite = torch.isfinite(torch.stack([loss for *_, loss in unchecked])).tolist()  # the one host read
+        if all(finite):
+            return None
+        self._restore_checkpoint()
+        for step, x, y, _ in unchecked:
+            if not math.isfinite(self._read_step(x, y)):  # replayed reading every loss, as on the CPU
+                return step, x, y
+        return None  # every loss was finite on replay (a nondeterministic kernel): the replayed run goes on
+
+    def _save_checkpoint(self) -> None:
+        self._checkpoint = {
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            # rrelu draws its slopes in training: the replay must draw the same ones
+            "rng": (torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None),
+        }
+
+    def _restore_checkpoint(self) -> None:
+        saved = self._checkpoint
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["rng"][0])
+        if saved["rng"][1] is not None:
+            torch.cuda.set_rng_state(saved["rng"][1], self.device)
 
     def logged_step(self, step: int, x: torch.Tensor, y: torch.Tensor, update: bool) -> float:
         """The plain step with the probe attached; writes this step's rows. Returns the loss."""

@@ -1,0 +1,192 @@
+"""The performance work keeps every number: measurements taken in passing (weight norms in the
+forward, gradient norms and the update's snapshot as autograd stores each gradient, ReLU counts
+as sign sums, the whole step fetched in a few stacks) against the plain per-tensor computations;
+the thread count chosen for a run; the GPU path's deferred loss reads, driven on the CPU."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gradlab.config import validate
+from gradlab.data import Batches, load_dataset
+from gradlab.models import build_model
+from gradlab.probes import PendingMeasurement, Probe, _count_positives
+from gradlab.sites import Site
+from gradlab import train
+from gradlab.train import PARALLEL_MIN_MACS, Trainer, largest_layer_macs, resolve_threads
+
+LOSS = torch.nn.functional.cross_entropy
+
+
+def reference_step(model, x, y, optimizer):
+    """What the probe measures, computed the plain way: torch._foreach_norm over cold tensors, a
+    snapshot copied before the step, (y > 0) counts, each value converted on its own."""
+    layers = model.measured_layers()
+    weights = [layer.weight.detach().clone() for layer in layers]
+    model.zero_grad(set_to_none=True)
+    outs = []
+    hooks = [b.act.register_forward_hook(lambda m, i, o: outs.append(o.detach())) for b in model.blocks]
+    loss = LOSS(model(x), y)
+    loss.backward()
+    for h in hooks:
+        h.remove()
+    grads = [p.grad for p in model.parameters()]
+    grad_norms = torch._foreach_norm(grads)
+    expected = {
+        "weight_norm": [float(n) for n in torch._foreach_norm(weights)],
+        "grad_norm": float(torch.linalg.vector_norm(torch.stack(grad_norms))),
+        "saturated_frac": [(o.numel() - float((o > 0).sum())) / o.numel() for o in outs],
+        "dead_frac": [(o.shape[1] - float((o.amax(dim=(0, *range(2, o.dim()))) > 0).sum())) / o.shape[1] for o in outs],
+    }
+    optimizer.step()
+    after = [layer.weight.detach() for layer in layers]
+    sizes = torch.stack(torch._foreach_norm(weights))
+    torch._foreach_sub_(weights, after)
+    expected["update_ratio"] = (torch.stack(torch._foreach_norm(weights)) / sizes).tolist()
+    return expected
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_measurements_in_passing_are_bit_identical_to_the_plain_computation(kind):
+    data = {"name": "images"} if kind == "cnn" else {}
+    pooling = {"pool_every": 2} if kind == "cnn" else {}
+    cfg = validate({"model": {"kind": kind, "depth": 3, "width": 8, "activation": "relu", **pooling}, "data": data})
+    shape = (1, 8, 8) if kind == "cnn" else (6,)
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(16, *shape, generator=g), torch.randint(0, 3, (16,), generator=g)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, shape, 3)
+    twin = build_model(cfg.model, shape, 3)
+    twin.load_state_dict(model.state_dict())
+    expected = reference_step(twin, x, y, torch.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9))
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    probe = Probe(model)
+    model.zero_grad(set_to_none=True)
+    probe.attach()
+    logits = model(x)
+    loss = LOSS(logits, y)
+    loss.backward()
+    probe.detach()
+    columns, extras = probe.measure(loss, logits, y).fetch()
+    probe.snapshot_weights()
+    optimizer.step()
+    columns.update(probe.update_ratios())
+    rows = probe.rows(0, columns)
+    assert [r["weight_norm"] for r in rows] == expected["weight_norm"]  # ==: the same bits
+    assert extras["grad_norm"] == expected["grad_norm"]
+    assert [r["update_ratio"] for r in rows] == expected["update_ratio"]
+    assert [r["saturated_frac"] for r in rows[:-1]] == expected["saturated_frac"]
+    assert [r["dead_frac"] for r in rows[:-1]] == expected["dead_frac"]
+    assert not probe._grad_hook_handles  # every hook is removed with the probe
+    assert all(not p._post_accumulate_grad_hooks for p in model.parameters() if hasattr(p, "_post_accumulate_grad_hooks"))
+
+
+def test_positive_counts_by_segment():
+    vectors = [torch.tensor([1.0, -1.0, 0.0, 2.0]), torch.tensor([-3.0]), torch.tensor([0.5, 0.5, float("nan")])]
+    assert _count_positives(vectors).tolist() == [2.0, 0.0, 2.0]
+
+
+def test_fetch_groups_scalars_by_dtype_and_keeps_every_site():
+    pending = PendingMeasurement()
+    sites = [Site(k, f"blocks.{k}", "hidden") for k in range(3)]
+    for k, site in enumerate(sites):
+        pending.add("act_mean", site, torch.tensor(k + 0.25))
+        pending.add("saturated_frac", site, torch.tensor(k, dtype=torch.int64), 4.0, complement=True)
+        pending.add_positives("dead_frac", site, torch.tensor([1.0, -1.0, 0.0, float(k)]), 4.0, complement=True)
+    pending.columns["weight_norm"] = ([s.key for s in sites], torch.tensor([1.0, 2.0, 3.0]), 1.0)
+    pending.extras["loss"] = torch.tensor(0.5)
+    columns, extras = pending.fetch()
+    keys = [s.key for s in sites]
+    assert [columns["act_mean"][k] for k in keys] == [0.25, 1.25, 2.25]
+    assert [columns["saturated_frac"][k] for k in keys] == [1.0, 0.75, 0.5]
+    assert [columns["dead_frac"][k] for k in keys] == [0.75, 0.5, 0.5]
+    assert [columns["weight_norm"][k] for k in keys] == [1.0, 2.0, 3.0]
+    assert extras == {"loss": 0.5}
+    with pytest.raises(RuntimeError, match="measured twice"):
+        pending.add_positives("dead_frac", sites[0], torch.ones(2), 2.0)
+
+
+# -- threads ---------------------------------------------------------------------------------
+
+
+def test_auto_threads_is_one_for_small_layers_and_a_fixed_count_is_kept(monkeypatch):
+    small = validate({"model": {"depth": 6, "width": 32}, "data": {"dim": 32, "batch_size": 128}})
+    assert largest_layer_macs(small, (32,)) == 128 * 32 * 32  # by hand: batch x width x width
+    assert resolve_threads("auto", small, (32,)) == 1
+    assert resolve_threads(3, small, (32,)) == 3
+    big = validate({"model": {"depth": 2, "width": 1024}, "data": {"dim": 64, "batch_size": 128}})
+    assert largest_layer_macs(big, (64,)) == 128 * 1024 * 1024 >= PARALLEL_MIN_MACS
+    monkeypatch.setattr(train, "available_cores", lambda: 8)
+    assert resolve_threads("auto", big, (64,)) == train.AUTO_MAX_THREADS
+    assert resolve_threads("auto", big, (64,), share=4) == 2  # a sweep's --jobs 4 on 8 cores
+    cnn = validate({"model": {"kind": "cnn", "depth": 2, "width": 16, "kernel_size": 3}, "data": {"name": "images", "batch_size": 32}})
+    assert largest_layer_macs(cnn, (1, 28, 28)) == 32 * 28 * 28 * 16 * 16 * 9
+
+
+# -- the GPU path, driven on the CPU ----------------------------------------------------------
+
+
+def drive(trainer: Trainer, exp, data, every: int):
+    """The run loop's use of the trainer: check before every logged step, plain steps deferred."""
+    batches = Batches(trainer.data.x_train, trainer.data.y_train, exp.data.batch_size, exp.seed)
+    for step in range(exp.train.steps + 1):
+        x, y = next(batches)
+        logged = step % every == 0 or step == exp.train.steps
+        if logged:
+            bad = trainer.check()
+            if bad is not None:
+                return bad[0], bad[1]
+            loss = trainer.logged_step(step, x, y, step < exp.train.steps)
+        else:
+            loss = trainer.plain_step(x, y, step)
+        if loss is not None and not math.isfinite(loss):
+            return step, x
+    return None, None
+
+
+@pytest.mark.parametrize("every", [7, 50])
+def test_deferred_loss_reads_stop_at_the_same_step_with_the_same_state(tmp_path, every):
+    from gradlab.records import RunRecords
+
+    exp = validate({
+        "data": {"name": "gaussian", "dim": 12, "classes": 4, "n_train": 256, "n_test": 32, "batch_size": 32},
+        "model": {"depth": 6, "width": 16, "activation": "rrelu", "norm": "batchnorm", "init": {"weight": {"name": "normal", "std": 3.0}}},
+        "optim": {"name": "sgd", "lr": 10.0, "momentum": 0.9}, "train": {"steps": 60}, "log": {"every": every},
+    })  # fmt: skip
+    data = load_dataset(exp.data, exp.seed)
+    results = []
+    for deferred in (False, True):
+        trainer = Trainer(exp, torch.device("cpu"), data)
+        trainer.deferred = deferred
+        (tmp_path / f"run-{deferred}").mkdir()
+        trainer.records = RunRecords(tmp_path / f"run-{deferred}", exp.to_yaml(), {})
+        step, x = drive(trainer, exp, data, every)
+        state = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        results.append((step, x, state, torch.get_rng_state()))
+    (step_a, x_a, state_a, rng_a), (step_b, x_b, state_b, rng_b) = results
+    assert step_a is not None and 0 < step_a < 60 and step_a % every != 0  # found between logged steps
+    assert step_a == step_b and torch.equal(x_a, x_b) and torch.equal(rng_a, rng_b)
+    assert state_a.keys() == state_b.keys()
+    assert all(torch.equal(state_a[k], state_b[k]) or (state_a[k].isnan() == state_b[k].isnan()).all() for k in state_a)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible to torch here)")
+def test_on_a_gpu_the_dataset_is_placed_and_plain_steps_do_not_sync(tmp_path):
+    exp = validate({"data": {"name": "gaussian", "dim": 12, "n_train": 256, "n_test": 32, "batch_size": 32},
+                    "model": {"depth": 3, "width": 16}, "device": "cuda"})  # fmt: skip
+    data = load_dataset(exp.data, exp.seed)
+    trainer = Trainer(exp, torch.device("cuda"), data)
+    assert trainer.deferred and trainer.data.x_train.is_cuda
+    batches = Batches(trainer.data.x_train, trainer.data.y_train, exp.data.batch_size, exp.seed)
+    trainer.plain_step(*next(batches), step=1)  # warm-up: first-use allocations may sync
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(2, 6):
+            assert trainer.plain_step(*next(batches), step=step) is None
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert trainer.check() is None
