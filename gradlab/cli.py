@@ -281,6 +281,43 @@ def _warn(lines: list[str]) -> None:
         err_console.print(f"warning: {line}", markup=False)
 
 
+def _writable_file(path: Path | None, option: str) -> None:
+    """Refuse, before any work, an output file that cannot be written: a folder, below a missing
+    folder or below a file, or not writable (one line, exit 2)."""
+    import os
+
+    if path is None:
+        return
+    shown = str(path)
+    if path.is_dir():
+        raise RunError(f"{option}: {shown!r} is a folder; give the file to write")
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise RunError(f"{option}: cannot write {shown!r}: {str(parent)!r} is a file, not a folder")
+    if not parent.exists():
+        above = next((p for p in parent.parents if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise RunError(f"{option}: cannot write {shown!r}: {str(above)!r} is a file, not a folder")
+        raise RunError(f"{option}: cannot write {shown!r}: the folder {str(parent)!r} does not exist")
+    if (path.exists() and not os.access(path, os.W_OK)) or not os.access(parent, os.W_OK | os.X_OK):
+        raise RunError(f"{option}: cannot write {shown!r}: permission denied")
+
+
+def _writable_folder(path: Path, option: str) -> None:
+    """Refuse, before any work, an output folder that cannot be made or written: a file, or below one."""
+    import os
+
+    shown = str(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = f"{shown!r} is a file, not a folder" if existing == path else f"cannot create {shown!r}: {str(existing)!r} is a file, not a folder"
+        raise RunError(f"{option}: {what}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunError(f"{option}: cannot write into {str(existing)!r}: permission denied")
+
+
 def _need_paths(paths: list[Path] | None, command: str) -> list[Path]:
     if not paths:
         raise RunError(f"{command}: give at least one PATH (a run directory or a folder holding runs)")
@@ -334,6 +371,7 @@ def compare(
         explode=DEFAULT_THRESHOLDS.explode if explode is None else explode,
     )
     steps = _steps(step)
+    _writable_file(output, "--output")
     loaded = load_runs(_need_paths(paths, "compare"))
     _warn(loaded.problems)
     if tolerance is not None and not (tolerance > 0):
@@ -374,6 +412,7 @@ def plot(
     from gradlab import plots
     from gradlab.records import load_runs
 
+    _writable_folder(output, "--output")
     loaded = load_runs(_need_paths(paths, "plot"))
     _warn(loaded.problems)
     for path in plots.save_figures(plots.build_figures(loaded.runs), output):
@@ -392,6 +431,7 @@ def check(
     """
     from gradlab import expectations
 
+    _writable_file(junit, "--junit")
     checks, problems = expectations.check_paths(_need_paths(paths, "check"))
     _warn(problems)
     for item in checks:

@@ -330,51 +330,91 @@ IDX_LABELS = 2049  # 0x00000801: unsigned bytes, 1 dimension (count)
 
 def _read_maybe_gzip(path: Path, kind: str) -> bytes:
     """The file's bytes, decompressed when it is gzip (recognised by its magic bytes, not its name)."""
+    with _open_maybe_gzip(path, kind) as file:
+        return _guarded_read(file, path, kind, -1)
+
+
+class _open_maybe_gzip:
+    """The file opened for reading, through gzip when it is gzip (its magic bytes, not its name)."""
+
+    def __init__(self, path: Path, kind: str):
+        self.path, self.where = path, f"{kind} file {str(path)!r}"
+
+    def __enter__(self):
+        try:
+            self.raw = open(self.path, "rb")
+        except FileNotFoundError:
+            raise DataError(f"{self.where} does not exist") from None
+        except OSError as exc:
+            raise DataError(f"{self.where}: cannot read ({_first_line(exc)})") from None
+        self.gzipped = self.raw.read(2) == b"\x1f\x8b"
+        self.raw.seek(0)
+        if not self.gzipped and self.path.name.endswith(".gz"):
+            self.raw.close()
+            raise DataError(f"{self.where}: named .gz but not gzip-compressed")
+        return gzip.GzipFile(fileobj=self.raw, mode="rb") if self.gzipped else self.raw
+
+    def __exit__(self, *exc_info):
+        self.raw.close()
+        return False
+
+
+def _guarded_read(file, path: Path, kind: str, size: int) -> bytes:
+    """file.read(size), a gzip stream's errors as DataErrors. Reading past a gzip member's end
+    checks its CRC: a truncated stream (EOFError) or a bad CRC is found here rather than passing
+    as a shorter dataset."""
     where = f"{kind} file {str(path)!r}"
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{where} does not exist") from None
-    except OSError as exc:
-        raise DataError(f"{where}: cannot read ({_first_line(exc)})") from None
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            # Reads the whole stream: a truncated file (EOFError) or a bad CRC (BadGzipFile)
-            # is found here rather than passing as a shorter dataset.
-            return gzip.decompress(raw)
-        except EOFError:
-            raise DataError(f"{where}: truncated gzip data (the compressed stream ends early)") from None
-        except (OSError, zlib.error) as exc:
-            raise DataError(f"{where}: corrupt gzip data ({_first_line(exc)})") from None
-    if path.name.endswith(".gz"):
-        raise DataError(f"{where}: named .gz but not gzip-compressed")
-    return raw
+        return file.read(size)
+    except EOFError:
+        raise DataError(f"{where}: truncated gzip data (the compressed stream ends early)") from None
+    except (OSError, zlib.error) as exc:
+        raise DataError(f"{where}: corrupt gzip data ({_first_line(exc)})") from None
 
 
 def read_idx(path: str | Path, magic: int) -> tuple[tuple[int, ...], np.ndarray]:
     """The dims and the uint8 payload (flat, read-only) of an IDX file, gzipped or not.
 
-    Checks the magic number, and that the payload has exactly the bytes the header's dims say.
+    Checks the magic number, that the payload the header declares fits in memory before reading
+    it (a few MB of gzip can decompress to gigabytes), and that the file holds exactly those bytes:
+    it is decompressed as it is read, never more than one byte past what the header declares.
     """
     path = Path(path)
     where = f"mnist file {str(path)!r}"
-    data = _read_maybe_gzip(path, "mnist")
     ndim = magic & 0xFF  # the IDX magic's last byte is the number of dimensions
     header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(f"{where}: only {len(data)} bytes, too short for an IDX header ({header} bytes)")
-    (found,) = struct.unpack(">I", data[:4])
-    if found != magic:
-        what = {IDX_IMAGES: "an image", IDX_LABELS: "a label"}
-        hint = f"; it looks like {what[found]} file" if found in what else ""
-        raise DataError(f"{where}: bad magic number {found} (0x{found:08x}), expected {magic} for {what[magic]} file{hint}")
-    dims = struct.unpack(f">{ndim}I", data[4:header])
-    need = math.prod(dims)
-    have = len(data) - header
+    with _open_maybe_gzip(path, "mnist") as file:
+        head = _guarded_read(file, path, "mnist", header)
+        if len(head) < header:
+            raise DataError(f"{where}: only {len(head)} bytes, too short for an IDX header ({header} bytes)")
+        (found,) = struct.unpack(">I", head[:4])
+        if found != magic:
+            what = {IDX_IMAGES: "an image", IDX_LABELS: "a label"}
+            hint = f"; it looks like {what[found]} file" if found in what else ""
+            raise DataError(f"{where}: bad magic number {found} (0x{found:08x}), expected {magic} for {what[magic]} file{hint}")
+        dims = struct.unpack(f">{ndim}I", head[4:header])
+        need = math.prod(dims)
+        _check_payload_fits(where, dims, need)
+        data = _guarded_read(file, path, "mnist", need + 1)
+        have = len(data)
+        if have > need:  # count what trails, a chunk at a time (never all of a gzip bomb at once)
+            while True:
+                chunk = _guarded_read(file, path, "mnist", 1 << 20)
+                if not chunk or have > 2 * need + (1 << 20):
+                    break
+                have += len(chunk)
     if have != need:
         problem = "truncated" if have < need else "has trailing bytes"
         raise DataError(f"{where}: {problem}: header says {'x'.join(map(str, dims))} = {need} payload bytes, found {have}")
-    return dims, np.frombuffer(data, dtype=np.uint8, offset=header)
+    return dims, np.frombuffer(data, dtype=np.uint8)
+
+
+def _check_payload_fits(where: str, dims: tuple[int, ...], need: int) -> None:
+    from gradlab.memory import available_bytes, human
+
+    free = available_bytes("cpu")
+    if free is not None and need * 5 > free:  # the bytes, and the float32 copy of what is used
+        raise DataError(f"{where}: its header declares {'x'.join(map(str, dims))} = {human(need)} of data, more than fits in the {human(free)} of memory available")
 
 
 def _find_mnist_file(folder: Path, prefix: str, kind: str) -> Path:
@@ -433,6 +473,55 @@ def _as_examples(x: np.ndarray, where: str, name: str) -> np.ndarray:
     return x
 
 
+def _npy_header(file) -> tuple[tuple[int, ...], bool, np.dtype]:
+    version = np.lib.format.read_magic(file)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(file)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(file)
+    raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+
+
+def _npy_declared(archive: zipfile.ZipFile, member: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran order, dtype) of an .npy member, from its header alone."""
+    with archive.open(member) as file:
+        shape, fortran, dtype = _npy_header(file)
+    if dtype.hasobject:
+        raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+    return shape, fortran, dtype
+
+
+def _check_rows_fit(where: str, key: str, shape: tuple[int, ...], dtype: np.dtype, rows: int) -> None:
+    """DataError when the rows that would be read (and their float32 copy) exceed free memory."""
+    from gradlab.memory import available_bytes, human
+
+    per_row = math.prod(shape[1:])
+    need = rows * per_row * (dtype.itemsize + 4)
+    free = available_bytes("cpu")
+    if free is not None and need > free:
+        raise DataError(f"{where}: {key} declares shape {shape} of {dtype}; its first {rows} rows need {human(need)} of memory but {human(free)} is available; lower data.n_train/n_test or use smaller examples")
+
+
+def _npy_first_rows(archive: zipfile.ZipFile, member: str, rows: int) -> np.ndarray:
+    """The first `rows` rows of an .npy member (all of them when it has fewer), read from its
+    stream without reading the rest; a Fortran-ordered array is read whole (its rows are not
+    contiguous)."""
+    with archive.open(member) as file:
+        shape, fortran, dtype = _npy_header(file)
+        if not shape or fortran:
+            count = math.prod(shape)
+            data = file.read(count * dtype.itemsize)
+            if len(data) < count * dtype.itemsize:
+                raise EOFError("the array's data ends early")
+            return np.frombuffer(bytearray(data), dtype=dtype).reshape(shape, order="F" if fortran else "C")
+        take = min(rows, shape[0])
+        count = take * math.prod(shape[1:])
+        data = file.read(count * dtype.itemsize)
+        if len(data) < count * dtype.itemsize:
+            raise EOFError("the array's data ends early")
+        return np.frombuffer(bytearray(data), dtype=dtype).reshape((take, *shape[1:]))
+
+
 def _npz(cfg: DataConfig, seed: int) -> Dataset:
     """x_train, y_train, x_test, y_test from a .npz (first n_train / n_test rows of each), or x and y
     split into the first n_train rows and the next n_test. Features are converted to float32 as they
@@ -450,20 +539,32 @@ def _npz(cfg: DataConfig, seed: int) -> Dataset:
             raise DataError(f"{where}: is a single .npy array, not an .npz archive of named arrays")
         if not start.startswith(b"PK"):
             raise DataError(f"{where}: not an .npz archive (no zip signature at the start of the file)")
-        archive = np.load(path, allow_pickle=False)
-        with archive:
-            keys = list(archive.keys())
+        with zipfile.ZipFile(path) as archive:
+            members = {(name[:-4] if name.endswith(".npy") else name): name for name in archive.namelist()}
+            keys = list(members)
             if set(NPZ_SPLIT_KEYS) <= set(keys):
-                arrays = {key: archive[key] for key in NPZ_SPLIT_KEYS}
+                wanted = {"x_train": cfg.n_train, "y_train": cfg.n_train, "x_test": cfg.n_test, "y_test": cfg.n_test}
             elif {"x", "y"} <= set(keys):
-                arrays = {"x": archive["x"], "y": archive["y"]}
+                wanted = {"x": cfg.n_train + cfg.n_test, "y": cfg.n_train + cfg.n_test}
             else:
                 raise DataError(
                     f"{where}: missing keys; expected {', '.join(NPZ_SPLIT_KEYS)} (or x, y), found {', '.join(keys) or 'no arrays'}"
                 )
-            for key, array in arrays.items():
-                if not isinstance(array, np.ndarray):  # a zip member that is not a .npy comes back as bytes
+            for key in wanted:
+                if not members[key].endswith(".npy"):  # np.load would hand such a member back as bytes
                     raise DataError(f"{where}: {key} is not a NumPy array")
+            # the declared shapes first: the first n rows alone are read, and only once they fit
+            # (a small file may declare an array of gigabytes: compressed zeros)
+            declared = {key: _npy_declared(archive, members[key]) for key in wanted}
+            for x_key, y_key in (("x", "y"), ("x_train", "y_train"), ("x_test", "y_test")):
+                if x_key in declared and declared[x_key][0] and declared[y_key][0] and declared[x_key][0][0] != declared[y_key][0][0]:
+                    raise DataError(f"{where}: {x_key} has {declared[x_key][0][0]} rows but {y_key} has {declared[y_key][0][0]}")
+            for key, (shape, _, dtype) in declared.items():
+                if key.startswith("x") and shape and len(shape) not in (2, 3, 4):
+                    raise DataError(f"{where}: {key} has shape {shape}; expected (N, features), (N, H, W) or (N, C, H, W)")
+                if shape:
+                    _check_rows_fit(where, key, shape, dtype, min(wanted[key], shape[0]))
+            arrays = {key: _npy_first_rows(archive, members[key], wanted[key]) for key in wanted}
     except FileNotFoundError:
         raise DataError(f"{where} does not exist") from None
     except (*_READ_ERRORS, RuntimeError) as exc:  # RuntimeError: encrypted or unsupported zip members

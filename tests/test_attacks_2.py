@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -515,3 +516,113 @@ def test_a_cnn_on_vectors_from_an_npz_is_the_shape_error(tmp_path):
     config = {**BASE, "data": {"name": "npz", "path": str(tmp_path / "v.npz"), "classes": 3, "n_train": 64, "n_test": 32, "batch_size": 32},
               "model": {"kind": "cnn", "depth": 2, "width": 4}, "log": {"every": 5, "out": str(tmp_path / "out")}}  # fmt: skip
     assert_one_error(invoke("run", write(tmp_path / "c.yaml", config)), "model.kind cnn needs (channels, height, width) inputs; the data has shape (10,)")
+
+
+# --------------------------------------------------------------------------------------------
+# 10. Output paths that cannot be written
+# --------------------------------------------------------------------------------------------
+
+
+def test_bad_output_paths_are_one_line_before_any_work(tmp_path):
+    run = finished_run(tmp_path, expect={"status": "completed"})
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    cases = [
+        (("compare", run, "--output", folder), f"--output: {str(folder)!r} is a folder; give the file to write"),
+        (("compare", run, "--output", tmp_path / "missing" / "t.txt"), f"--output: cannot write {str(tmp_path / 'missing' / 't.txt')!r}: the folder {str(tmp_path / 'missing')!r} does not exist"),
+        (("compare", run, "--output", a_file / "t.txt"), f"--output: cannot write {str(a_file / 't.txt')!r}: {str(a_file)!r} is a file, not a folder"),
+        (("check", run, "--junit", folder), f"--junit: {str(folder)!r} is a folder; give the file to write"),
+        (("check", run, "--junit", a_file / "j.xml"), f"--junit: cannot write {str(a_file / 'j.xml')!r}: {str(a_file)!r} is a file, not a folder"),
+        (("plot", run, "--output", a_file / "figs"), f"--output: cannot create {str(a_file / 'figs')!r}: {str(a_file)!r} is a file, not a folder"),
+        (("plot", run, "--output", a_file), f"--output: {str(a_file)!r} is a file, not a folder"),
+    ]
+    for args, line in cases:
+        result = invoke(*args)
+        assert result.exit_code == 2, (args, result.output)
+        assert result.stderr == f"error: {line}\n", args
+        assert result.stdout == "", args  # checked before any work: nothing compared, checked or drawn
+    assert sorted(p.name for p in folder.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------
+# 8. Data files whose declared shapes are huge; N runs at once
+# --------------------------------------------------------------------------------------------
+
+
+def npy_header(shape: tuple[int, ...], dtype: str) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": dtype, "fortran_order": False, "shape": shape})  # magic included
+    return buffer.getvalue()
+
+
+def lying_npz(path: Path, rows_declared: int, features: int, rows_present: int) -> Path:
+    """An .npz whose x and y declare `rows_declared` rows but hold only the first `rows_present`."""
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("x.npy", npy_header((rows_declared, features), "<f4") + rng.random((rows_present, features), dtype=np.float32).tobytes())
+        archive.writestr("y.npy", npy_header((rows_declared,), "<i8") + (np.arange(rows_present) % 4).astype("<i8").tobytes())
+    return path
+
+
+def npz_config(tmp_path: Path, path: Path, **data) -> Path:
+    return write(tmp_path / "c.yaml", {**BASE, "data": {"name": "npz", "path": str(path), "classes": 4, "n_train": 256, "n_test": 64, "batch_size": 64, **data}, "log": {"every": 5, "out": str(tmp_path / "out")}})
+
+
+def test_an_npz_declaring_gigabytes_is_read_only_as_far_as_the_examples_used(tmp_path):
+    path = lying_npz(tmp_path / "big.npz", rows_declared=1_000_000, features=1000, rows_present=400)  # declares 4 GB
+    assert path.stat().st_size < 2_000_000
+    result = invoke("run", npz_config(tmp_path, path, dim=1000), "--quiet")
+    assert result.exit_code == 0, result.output  # 320 rows read; the 4 GB never allocated
+
+
+def test_an_npz_whose_used_rows_cannot_fit_is_refused_from_its_declared_shape(tmp_path):
+    path = lying_npz(tmp_path / "huge.npz", rows_declared=10**7, features=10**8, rows_present=1)  # 4 PB declared
+    result = invoke("run", npz_config(tmp_path, path), "--quiet")
+    assert_one_error(result, "npz file", "x declares shape (10000000, 100000000) of float32; its first 320 rows need", "lower data.n_train/n_test")
+    assert not (tmp_path / "out").exists()
+
+
+def idx_header(magic: int, *dims: int) -> bytes:
+    return struct.pack(f">I{len(dims)}I", magic, *dims)
+
+
+def test_an_idx_file_declaring_or_inflating_to_gigabytes_is_refused_without_decompressing_it(tmp_path):
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for prefix, n in (("train", 256), ("t10k", 64)):
+        (folder / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_header(2051, n, 28, 28) + bytes(n * 784)))
+        (folder / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_header(2049, n) + bytes(np.arange(n) % 10)))
+    config = write(tmp_path / "c.yaml", {**BASE, "data": {"name": "mnist", "path": str(folder), "classes": 10, "n_train": 256, "n_test": 64, "batch_size": 64}, "log": {"every": 5, "out": str(tmp_path / "out")}})
+    images = folder / "train-images-idx3-ubyte.gz"
+    images.write_bytes(gzip.compress(idx_header(2051, 4_000_000_000, 28, 28)))  # declares 3 TB
+    assert_one_error(invoke("run", config), f"mnist file {str(images)!r}: its header declares 4000000000x28x28 = ", "more than fits in the")
+    # an honest header, then a stream that inflates on and on: stopped one chunk past the payload
+    stream = zlib.compressobj(9, zlib.DEFLATED, 31)
+    body = stream.compress(idx_header(2051, 256, 28, 28) + bytes(256 * 784)) + b"".join(stream.compress(bytes(1 << 20)) for _ in range(256)) + stream.flush()
+    images.write_bytes(body)  # 256 MB of zeros past the payload, in a quarter of a megabyte
+    began = time.perf_counter()
+    assert_one_error(invoke("run", config), f"mnist file {str(images)!r}: has trailing bytes: header says 256x28x28 = 200704 payload bytes, found ")
+    assert time.perf_counter() - began < 10
+
+
+def test_jobs_n_checks_that_n_runs_fit_in_memory_together(tmp_path, monkeypatch):
+    from gradlab import memory
+
+    plan = sweeps.plan_sweep({**BASE, "sweep": {"model.width": [16, 32, 64]}})
+    sizes = []
+    for member in plan.members:
+        from gradlab.config import validate
+
+        exp = validate(member.config)
+        need = memory.estimate(exp, memory.known_input_shape(exp), exp.data.classes)
+        sizes.append(max(need.total, max(need.peak_training, need.peak_evaluation)))
+    free = sorted(sizes)[-1] + sorted(sizes)[-2] - 1  # the two largest do not fit together; each alone does
+    monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": free)
+    sweeps.check_resources(plan, 1)
+    with pytest.raises(ConfigError) as error:
+        sweeps.check_resources(plan, 2)
+    [line] = error.value.lines
+    assert line.startswith("--jobs 2: 2 runs at once need up to ") and line.endswith("; use --jobs 1 or fewer"), line
+    assert "model.width=64" in line
