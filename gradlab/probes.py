@@ -27,6 +27,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
+import functools
 from functools import cached_property
 
 import torch
@@ -150,10 +151,17 @@ class PendingMeasurement:
         return columns, extras
 
 
+@functools.lru_cache(maxsize=64)
+def _segment_ends(sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Where each segment of `sizes` ends, on `device`: made once per model (on a GPU, copying a
+    fresh index to the device every step would be a copy the host waits for)."""
+    return torch.tensor(list(itertools.accumulate(sizes)), device=device)
+
+
 def _count_positives(vectors: list[torch.Tensor]) -> torch.Tensor:
     """How many entries of each vector are > 0, as float64: one comparison and one cumulative sum
     over all of them (integers, so exact), instead of a comparison and a sum per vector."""
-    ends = torch.tensor(list(itertools.accumulate(v.numel() for v in vectors)), device=vectors[0].device)
+    ends = _segment_ends(tuple(v.numel() for v in vectors), vectors[0].device)
     running = torch.cat(vectors).gt(0).cumsum(0)  # int64
     totals = running[ends - 1]
     return torch.cat([totals[:1], totals[1:] - totals[:-1]]).double()
