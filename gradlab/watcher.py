@@ -162,6 +162,7 @@ class Watch:
         self.sites: list[Site] = []  # every site seen, in layer order
         self._site_module: dict[Site, Watched] = {}
         self._handles: list = []
+        self._buffers: dict[int, torch.Tensor] = {}  # id(weight) -> its copy before the update
         self._closed = False
         self._started = time.perf_counter()
         self._meta_written = self._started
@@ -181,7 +182,7 @@ class Watch:
         self._calls: dict[str, int] = {}
         self._touched: list[Site] = []
         self._deltas: set[Site] = set()  # sites whose delta this step has
-        self._weight_norms: dict[str, torch.Tensor] = {}  # module name -> ||W|| at its first call
+        self._weight_norms: dict[str, torch.Tensor] = {}  # module name -> ||W|| in the measured forward pass
         self._grad_norms: dict[int, torch.Tensor] = {}  # id(param) -> ||grad||, as it accumulates
         self._changes: dict[int, torch.Tensor] = {}  # id(weight) -> ||W_after - W_before||
         handles = [self.model.register_forward_pre_hook(self._forward_starts)]
@@ -206,8 +207,20 @@ class Watch:
         self._tapping = True
 
     def _forward_ends(self, module, args, output) -> None:
-        if self._tapping:
-            self._tapping, self._tapped = False, True
+        if not self._tapping:
+            return
+        self._tapping, self._tapped = False, True
+        if "weights" in self.groups or "updates" in self.groups:
+            # every weight called in this forward pass, normed in one batched call (on a GPU one
+            # kernel instead of one per layer; on the CPU the same per-tensor norm)
+            called = list({self._site_module[site].name: self._site_module[site] for site in self._touched}.values())
+            weights = [w.detach() for watched in called for w in watched.weights]
+            norms = iter(torch._foreach_norm(weights)) if weights else iter(())
+            for watched in called:
+                self._weight_norms[watched.name] = _norm_of([next(norms) for _ in watched.weights])
+            if "weights" in self.groups:
+                for site in self._touched:
+                    self._pending.add("weight_norm", site, self._weight_norms[self._site_module[site].name])
 
     def _site(self, watched: Watched, call: int) -> Site:
         if call < len(watched.sites):
@@ -226,12 +239,6 @@ class Watch:
             self._calls[watched.name] = call + 1
             site = self._site(watched, call)
             self._touched.append(site)
-            if "weights" in self.groups or "updates" in self.groups:
-                norm = self._weight_norms.get(watched.name)
-                if norm is None:
-                    norm = self._weight_norms[watched.name] = _norm_of([torch.linalg.vector_norm(w.detach()) for w in watched.weights])
-                if "weights" in self.groups:
-                    self._pending.add("weight_norm", site, norm)
             if not watched.recurrent and isinstance(output, torch.Tensor):
                 self.tensor(site, "preactivation", f"{site.name} output", output)
 
@@ -273,15 +280,24 @@ class Watch:
         if not self._tapped:
             return
         weights = self._updated_weights()
-        self._before = (weights, [w.detach().clone() for w in weights])
+        # copies into buffers kept between measured steps (allocating them anew costs more than copying)
+        buffers = [self._buffers.get(id(w)) for w in weights]
+        for k, (w, buffer) in enumerate(zip(weights, buffers)):
+            if buffer is None or buffer.shape != w.shape or buffer.device != w.device or buffer.dtype != w.dtype:
+                buffers[k] = self._buffers[id(w)] = torch.empty_like(w.detach())
+        if weights:
+            torch._foreach_copy_(buffers, [w.detach() for w in weights])
+        self._before = (weights, buffers)
 
     def _after_update(self, optimizer, args, kwargs) -> None:
         before = getattr(self, "_before", None)
         if before is None:
             return
-        weights, copies = before
-        for w, copy in zip(weights, copies):
-            self._changes[id(w)] = torch.linalg.vector_norm(copy.sub_(w.detach()))
+        weights, buffers = before
+        if weights:
+            torch._foreach_sub_(buffers, [w.detach() for w in weights])  # now W_before - W_after
+            for w, change in zip(weights, torch._foreach_norm(buffers)):
+                self._changes[id(w)] = change
         self._before = None
 
     # -- the loop's side ----------------------------------------------------------------------
