@@ -27,8 +27,10 @@ every, 2*every, ... are measured; on the other steps no hook is attached at all.
 What a row holds (quantities.py has the exact meanings):
     weight_norm, bias_grad_norm, weight_grad_norm   of the module's parameters (a recurrent layer's
                                      weights together); the same on every site of a reused module,
-                                     whose gradient is the sum over its calls. Empty for a frozen
-                                     parameter (requires_grad False) and for one that got no gradient.
+                                     whose gradient is the sum over its calls. The weight norm is
+                                     taken in the measured forward pass, a gradient's as autograd
+                                     accumulates it (before any clipping the loop does). Empty for a
+                                     frozen parameter (requires_grad False) and one that got no gradient.
     delta_norm                       ||dL/dz|| over the batch, z this call's output, by a tensor hook
                                      on z (empty for a recurrent layer, whose pre-activations torch's
                                      fused kernels never form; gradlab's own recurrent models have them)
