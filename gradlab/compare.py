@@ -11,7 +11,6 @@ pandas only: no torch.
 from __future__ import annotations
 
 import math
-import re
 import statistics
 from collections import Counter
 from dataclasses import dataclass
@@ -77,19 +76,10 @@ def _group_verdict(verdicts: list[str | None]) -> str | None:
     return "mixed: " + ", ".join(f"{n} {v}" for v, n in counts.most_common())
 
 
-def _group_id(group: list[Run]) -> str:
-    """The first run's id; a sweep member's id is its values (`activation=relu,seed=1`), and a
-    row averaging several seeds is named without the seed."""
-    run_id = group[0].short_id
-    if len(group) > 1:
-        run_id = re.sub(r"(^|,)seed=[^,]*", "", run_id).strip(",") or run_id
-    return run_id
-
-
 def _unique_labels(groups: list[list[Run]]) -> list[str]:
-    labels = ["+".join(dict.fromkeys(run.name for run in group)) for group in groups]
-    counts = Counter(labels)
-    return [f"{label}#{_group_id(group)}" if counts[label] > 1 else label for label, group in zip(labels, groups)]
+    # (configdiff.row_labels: the values that tell rows of one name apart, from their configs)
+    names = ["+".join(dict.fromkeys(run.name for run in group)) for group in groups]
+    return configdiff.row_labels(names, [group[0].config for group in groups])
 
 
 def compare_runs(

@@ -7,7 +7,9 @@ between configs, how their values are shown, and the labels and seed groups buil
     differing_keys(configs)       the experimental keys whose values are not the same everywhere
     config_columns(configs)       {differing key: each config's value as shown}
     labels(configs)               a legend label per config
-    group_by_config(configs)      configs that differ only by seed, grouped
+    group_by_config(configs)      configs that differ only by seed, grouped; numbers in numeric order
+    short_keys(keys)              the shortest trailing part of each dotted key that tells them apart
+    row_labels(names, configs)    unique row labels from run names and config values
 
 Plain Python and the config schema: no pandas, no torch (a sweep can plan its members with it).
 """
@@ -15,6 +17,7 @@ Plain Python and the config schema: no pandas, no torch (a sweep can plan its me
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any, Callable, Sequence
 
 from gradlab.config import component_keys
@@ -153,14 +156,77 @@ def describe_config(config: dict[str, Any]) -> str:
     return f"{config.get('name', 'run')}: " + ", ".join(parts)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def group_by_config(configs: Sequence[dict[str, Any]]) -> list[list[int]]:
-    """Indices of configs that share every experimental value but the seed, in first-seen order."""
+    """Indices of configs that share every experimental value but the seed. The groups are ordered
+    by their differing values, key by key: numbers numerically (width 1, 16, 128, 1024, never the
+    text order 1, 1024, 128, 16 of folder names), other values in first-seen order."""
     flats = [flatten_config(config) for config in configs]
     keys = _differing(flats)
     groups: dict[tuple[str, ...], list[int]] = {}
     for index, flat in enumerate(flats):
         groups.setdefault(tuple(canonical(flat.get(key, MISSING)) for key in keys), []).append(index)
-    return list(groups.values())
+    first_seen: dict[str, dict[str, int]] = {key: {} for key in keys}
+    for flat in flats:
+        for key in keys:
+            first_seen[key].setdefault(canonical(flat.get(key, MISSING)), len(first_seen[key]))
+
+    def order(group: list[int]) -> tuple:
+        flat = flats[group[0]]
+        return tuple(
+            (0, float(flat[key]), 0) if _is_number(flat.get(key, MISSING)) else (1, 0.0, first_seen[key][canonical(flat.get(key, MISSING))])
+            for key in keys
+        )  # fmt: skip
+
+    return sorted(groups.values(), key=order)
+
+
+def short_keys(keys: Sequence[str]) -> dict[str, str]:
+    """The shortest trailing part of each dotted key that tells the keys apart, a component's
+    `.name` left out: model.activation -> activation, data.name -> data, model.norm.name -> norm;
+    model.init.weight and optim.weight_decay stay apart, model.depth and data.depth -> model.depth, data.depth."""
+
+    def trimmed(key: str) -> list[str]:
+        parts = key.split(".")
+        return parts[:-1] if len(parts) > 1 and parts[-1] == "name" else parts
+
+    shown: dict[str, str] = {}
+    for key in keys:
+        parts = trimmed(key)
+        for n in range(1, len(parts) + 1):
+            label = ".".join(parts[-n:])
+            others = [".".join(trimmed(k)) for k in keys if k != key]
+            if not any(other == label or other.endswith(f".{label}") for other in others):
+                break
+        shown[key] = label
+    counts = Counter(shown.values())
+    return {key: key if counts[label] > 1 else label for key, label in shown.items()}
+
+
+def row_labels(names: Sequence[str], configs: Sequence[dict[str, Any]]) -> list[str]:
+    """A unique label per row (a group of runs): its run name, and where rows share a name, the
+    config values that tell them apart (`sweep#path=data/set-a.csv`, `exp#width=16`), built from
+    the configs themselves, never parsed back out of folder names (which a value containing '-',
+    '/' or brackets would garble). Rows that share name and config get `#2`, `#3`, ... in order."""
+    counts = Counter(names)
+    labels = list(names)
+    for name in [n for n in counts if counts[n] > 1]:
+        rows = [i for i, n in enumerate(names) if n == name]
+        columns = config_columns([configs[i] for i in rows])
+        keys = short_keys(list(columns))
+        for position, i in enumerate(rows):
+            values = ",".join(f"{keys[key]}={shown[position]}" for key, shown in columns.items())
+            labels[i] = f"{name}#{values}" if values else name
+    seen: Counter = Counter()
+    totals = Counter(labels)
+    for i, label in enumerate(list(labels)):
+        if totals[label] > 1:
+            seen[label] += 1
+            labels[i] = f"{label}#{seen[label]}"
+    return labels
 
 
 def labels(configs: Sequence[dict[str, Any]]) -> list[str]:

@@ -55,7 +55,8 @@ def test_seeds_with_different_verdicts_are_mixed(tmp_path):
 
 def test_labels_stay_unique(tmp_path):
     runs = [one_run(tmp_path, [1.0, 1.0], run_id="aaaaaa"), one_run(tmp_path, [1.0, 1.0], run_id="bbbbbb", model__width=16)]
-    assert list(compare.compare_runs(runs).table["label"]) == ["exp#aaaaaa", "exp#bbbbbb"]
+    # built from the config values that tell the rows apart, not from folder names (issue 11)
+    assert list(compare.compare_runs(runs).table["label"]) == ["exp#width=8", "exp#width=16"]
 
 
 def test_a_step_that_was_not_logged_is_empty_and_said(tmp_path):

@@ -100,3 +100,27 @@ def test_config_differences_import_neither_pandas_nor_torch():
     code = "import sys, gradlab.configdiff; print('pandas' in sys.modules, 'torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False False"
+
+
+def test_row_labels_come_from_config_values_not_folder_names():
+    # issue 11: `--sweep data.path=data/set-a.csv,data/run-a.csv` labelled both rows `...#a.csv`
+    # (folder names split on their last '-'); values with brackets gave `#1.0))`.
+    a = {"name": "sweep", "data": {"path": "data/set-a.csv"}}
+    b = {"name": "sweep", "data": {"path": "data/run-a.csv"}}
+    assert configdiff.row_labels(["sweep", "sweep"], [a, b]) == ["sweep#path=data/set-a.csv", "sweep#path=data/run-a.csv"]
+    c = {"name": "s", "model": {"norm": {"name": "batchnorm", "momentum": 0.1}}}
+    d = {"name": "s", "model": {"norm": {"name": "batchnorm", "momentum": 0.5}}}
+    assert configdiff.row_labels(["s", "s"], [c, d]) == ["s#norm=batchnorm(momentum=0.1)", "s#norm=batchnorm(momentum=0.5)"]
+    # distinct names stay as they are; rows of one name and one config are numbered
+    assert configdiff.row_labels(["x", "y"], [a, b]) == ["x", "y"]
+    assert configdiff.row_labels(["x", "x"], [a, a]) == ["x#1", "x#2"]
+
+
+def test_numbers_sort_numerically_strings_keep_first_seen_order():
+    # issue 11: widths came out 1, 1024, 128, 16 (the text order of folder names)
+    configs = [{"model": {"width": w, "activation": act}} for act in ("tanh", "relu") for w in (1, 1024, 128, 16)]
+    order = [(configs[g[0]]["model"]["width"], configs[g[0]]["model"]["activation"]) for g in configdiff.group_by_config(configs)]
+    assert order == [(1, "tanh"), (1, "relu"), (16, "tanh"), (16, "relu"), (128, "tanh"), (128, "relu"), (1024, "tanh"), (1024, "relu")]
+    # the legend of plots follows the same order
+    labels = configdiff.labels([configs[g[0]] for g in configdiff.group_by_config(configs)])
+    assert labels[:3] == ["model.width=1, model.activation=tanh", "model.width=1, model.activation=relu", "model.width=16, model.activation=tanh"]
