@@ -116,6 +116,14 @@ def _init_default(p: NoParams, t: torch.Tensor, act: dict) -> None:
     pass
 
 
+def _init_fixup(p: NoParams, t: torch.Tensor, act: dict) -> None:
+    # Fixup's "standard initialization" (He normal with the activation's gain); the model then
+    # scales each branch's layers and zeroes their last and the head (models.Stack.initialize)
+    _needs_matrix("fixup")(t)
+    fan_in, _ = _fans(t)
+    nn.init.normal_(t, 0.0, _activations.gain(act) / math.sqrt(fan_in))
+
+
 # An initializer is `init(params, tensor, activation_spec)`: it fills `tensor` in place.
 INITIALIZERS = implementations(specs.initializers, {
     "normal": _init_normal,
@@ -130,6 +138,7 @@ INITIALIZERS = implementations(specs.initializers, {
     "constant": _init_constant,
     "zeros": _init_zeros,
     "default": _init_default,
+    "fixup": _init_fixup,
 })
 
 

@@ -144,6 +144,11 @@ class ModelConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self):
+        if self.init.weight["name"] == "fixup" and not (self.residual and self.branch_depth >= 2):
+            raise PydanticCustomError(
+                "model", "{message}",
+                {"message": "fixup initializes residual branches of two or more layers: set residual: true and branch_depth >= 2", "key": "init.weight"},
+            )  # fmt: skip
         if not self.residual:
             for key, default in (("branch_depth", 1), ("residual_scale", 1.0)):
                 if getattr(self, key) != default:

@@ -24,6 +24,8 @@ Per initializer (g the gain: a number, or for `gain: auto` activations.gain of t
     variance_scaling    scale / n, n = fan_in, fan_out or their mean; exact for every distribution
                         (the truncated normal's std is divided by the truncation's 0.8796...)
     constant, zeros     0                                  mean: value, 0
+    fixup               g^2 / fan_in, g = activations.gain of the activation: the draw before the
+                        model rescales it (Zhang et al. 2019; models.Stack.initialize)
     default             PyTorch's own Linear/Conv init: the weight kaiming_uniform with a = sqrt(5),
                         i.e. U(+-1/sqrt(fan_in)), variance 1 / (3 fan_in); the bias
                         U(+-1/sqrt(fan_in)) with the weight's fan_in: also 1 / (3 fan_in).
@@ -80,6 +82,9 @@ _VARIANCES = implementations(specs.initializers, {
     "constant": lambda p, fi, fo, act, rf: 0.0,
     "zeros": lambda p, fi, fo, act, rf: 0.0,
     "default": lambda p, fi, fo, act, rf: 1 / (3 * fi),
+    # the tensor-wise draw only (He normal with the activation's gain); models.Stack.initialize then
+    # scales or zeroes each layer by its place in the network, which a tensor's fans do not say
+    "fixup": lambda p, fi, fo, act, rf: activations.gain(act) ** 2 / fi,
 })  # fmt: skip
 
 _MEANS = {"normal": lambda p: p.mean, "uniform": lambda p: (p.a + p.b) / 2, "constant": lambda p: p.value}

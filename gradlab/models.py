@@ -205,6 +205,27 @@ class Stack(nn.Module):
             if skip is not None:  # LeCun normal: the stream starts with the input's second moment
                 with torch.no_grad():
                     skip.weight.normal_(0.0, 1.0 / math.sqrt(skip.weight[0].numel()))
+        if cfg.init.weight["name"] == "fixup":
+            self._fixup(cfg)
+
+    def _fixup(self, cfg: ModelConfig) -> None:
+        """Fixup (Zhang et al. 2019, rules 1 and 2): with L branches of m layers, every branch layer
+        but the last keeps its He draw scaled by L^(-1/(2m-2)); each branch's last layer and the head
+        are zero, and so is every bias. (Rule 3's learned scalar multipliers and biases are not added:
+        the branch's scale is model.residual_scale.)"""
+        scale = len(self.blocks) ** (-1.0 / (2 * cfg.branch_depth - 2))
+        with torch.no_grad():
+            for block in self.blocks:
+                *inner, last = block.linears()
+                for module in inner:
+                    module.weight.mul_(scale)
+                last.weight.zero_()
+                for module in block.linears():
+                    if module.bias is not None:
+                        module.bias.zero_()
+            self.head.weight.zero_()
+            if self.head.bias is not None:
+                self.head.bias.zero_()
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.head(x)  # (B, classes)

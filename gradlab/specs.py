@@ -152,6 +152,7 @@ for _component in [
     Component("constant", "every entry = value", ConstantParams, (), {"bias_ok": True}),
     Component("zeros", "every entry 0", NoParams, ("zero",), {"bias_ok": True}),
     Component("default", "leave PyTorch's own layer initialization", NoParams, (), {"bias_ok": True}),
+    Component("fixup", "Zhang et al. 2019, residual models with branch_depth >= 2: He normal, scaled by L^(-1/(2m-2)) inside branches; each branch's last layer, the head and every bias zero", NoParams),
 ]:
     initializers.add(_component)
 

@@ -141,3 +141,31 @@ def test_layers_csv_gains_the_residual_columns_only_for_residual_runs(tmp_path):
 
     assert header({}) == LAYERS_COLUMNS
     assert header({"residual": True}) == [*LAYERS_COLUMNS, *RESIDUAL] == layers_columns(True)
+
+
+def test_fixup_zeroes_each_branchs_last_layer_and_the_head_and_scales_the_rest():
+    # Zhang et al. 2019: L = 4 branches of m = 2 layers -> scale L^(-1/(2m-2)) = 4^(-1/2) = 0.5
+    wide = make((300,), depth=4, width=300, branch_depth=2, activation="relu", init={"weight": "fixup"})
+    for block in wide.blocks:
+        first, last = block.linears()
+        assert torch.count_nonzero(last.weight) == 0 and torch.count_nonzero(last.bias) == 0 and torch.count_nonzero(first.bias) == 0
+    assert torch.count_nonzero(wide.head.weight) == 0 and torch.count_nonzero(wide.head.bias) == 0
+    # He normal for ReLU (variance 2/fan_in) times 0.5² on the branch's first layer
+    first = wide.blocks[2].linear.weight.detach()
+    assert float(first.var()) == pytest.approx(2 / 300 * 0.25, rel=0.03)
+    x, y = batch((300,))
+    assert torch.count_nonzero(wide(x)) == 0  # the network starts as zero logits
+
+
+@pytest.mark.parametrize("model", [{"residual": False}, {"branch_depth": 1}])
+def test_fixup_needs_residual_branches_of_two_layers(model):
+    with pytest.raises(ConfigError) as caught:
+        validate({"model": {"residual": True, "init": {"weight": "fixup"}, **model}})
+    assert caught.value.lines == ["model.init.weight: fixup initializes residual branches of two or more layers: set residual: true and branch_depth >= 2"]
+
+
+def test_fixup_has_no_gradient_prediction():
+    from gradlab.predict import predict
+
+    p = predict(validate({"model": {"residual": True, "branch_depth": 2, "init": {"weight": "fixup"}}}))
+    assert p.theory == "none" and "fixup" in p.reason

@@ -140,6 +140,8 @@ def test_every_component_by_name_and_resolved(validator, dotted):
             accepted = loader_accepts(config)
             if dotted == "model.norm" and component.name == "groupnorm":
                 accepted = loader_accepts(set_key(config, "model.width", 32))  # groups must divide width
+            if dotted == "model.init.weight" and component.name == "fixup":  # residual branches of 2+ layers only
+                accepted = loader_accepts(set_key(set_key(config, "model.residual", True), "model.branch_depth", 2))
             assert accepted == (allowed is None or allowed(component)), (dotted, spec)
             assert (schema_errors(validator, config) == []) == accepted, (dotted, spec)
             checked += 1
