@@ -356,6 +356,11 @@ def test_records_are_read_by_compare_plot_and_check(tmp_path):
     result = CliRunner().invoke(app, ["plot", str(w.run_dir), "-o", str(tmp_path / "cli-figures")])
     assert result.exit_code == 0, result.output
     assert len(result.stdout.splitlines()) == 5
+    report = gradlab.write_report([w.run_dir], tmp_path / "report.html")
+    assert (report.runs, report.rows, len(report.figures)) == (1, 1, 5)
+    pytest.importorskip("tensorboard")
+    (exported,) = gradlab.export_tensorboard([w.run_dir], tmp_path / "tb").runs
+    assert exported.steps == 3 and exported.scalars > 0
 
 
 def test_one_host_transfer_per_measured_step_and_no_item(tmp_path, monkeypatch, device):
