@@ -24,11 +24,10 @@ moved to the host together: once before the optimizer step, and once after it fo
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass, field
-import functools
-from functools import cached_property
 
 import torch
 from torch import nn
@@ -192,63 +191,14 @@ class Probe:
 
     def attach(self) -> None:
         self._pending = PendingMeasurement()
-        # On the CPU, norms are taken while their tensor is still in cache: a weight's as the
-        # model taps the layer's output (the forward has just read the weight), a gradient's as
-        # autograd stores it. Cold, the 50 x 256 x 256 reference model's weights and gradients take
-        # ~1.4 ms each to read back; hot, ~0.2 ms. The numbers are those of `_foreach_norm`, which
-        # on the CPU is this same per-tensor norm (on a GPU it is one fused kernel: used there).
-        # A subclass with its own `measure` does not read these, so they are not taken for it.
-        in_passing = self.parameters[0].device.type == "cpu" if self.parameters else False
-        in_passing = in_passing and type(self).measure is Probe.measure
-        self._early_weight_norms = [None] * len(self.layers) if in_passing and "weights" in self.groups else None
-        self._early_grad_norms = [None] * len(self.parameters) if in_passing else None
-        # the update's snapshot of a weight is taken as its gradient arrives too (backward has
-        # just read the weight); `snapshot_weights` copies only what was not taken then
-        self._snapped = [False] * len(self.weights) if in_passing and "updates" in self.groups else None
-        if self._snapped is not None and self._weights_before is None:
-            self._weights_before = [torch.empty_like(w) for w in self.weights]
-        if in_passing:
-            self._grad_hook_handles = [p.register_post_accumulate_grad_hook(hook) for p, hook in zip(self.parameters, self._grad_hooks)]
-        if self.groups & {"deltas", "activations"} or self._early_weight_norms is not None:
+        if self.groups & {"deltas", "activations"}:  # the weights and updates groups need no forward capture
             self.model.slot.tap = self
 
     def detach(self) -> None:
         self.model.slot.tap = None
-        for handle in getattr(self, "_grad_hook_handles", ()):
-            handle.remove()
-        self._grad_hook_handles = []
-
-    @cached_property
-    def _grad_hooks(self) -> list:
-        """One post-accumulate-grad hook per parameter, made once: each keeps its gradient's norm."""
-
-        weight_of = {k: j for j, k in enumerate(self.weight_at)}
-
-        def hook_for(k: int):
-            j = weight_of.get(k)
-
-            def hook(param: torch.Tensor) -> None:
-                self._early_grad_norms[k] = torch.linalg.vector_norm(param.grad)
-                if j is not None and self._snapped is not None:
-                    self._weights_before[j].copy_(param.detach())
-                    self._snapped[j] = True
-
-            return hook
-
-        return [hook_for(k) for k in range(len(self.parameters))]
-
-    @cached_property
-    def _layer_at_site(self) -> dict[SiteKey, int]:
-        """Site key -> index in `layers` (and `weights`)."""
-        return {layer.site.key: k for k, layer in enumerate(self.layers)}
 
     def tensor(self, site: Site, role: Role, label: str, value: torch.Tensor) -> None:
         if role in ("preactivation", "logits"):
-            early = getattr(self, "_early_weight_norms", None)
-            if early is not None:
-                k = self._layer_at_site.get(site.key)
-                if k is not None and early[k] is None:
-                    early[k] = torch.linalg.vector_norm(self.weights[k].detach())
             # the head's delta is the gradient of the loss with respect to the logits
             if "deltas" in self.groups and value.requires_grad:
                 value.register_hook(self._delta_hook(site))
@@ -315,11 +265,12 @@ class Probe:
     def measure(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> PendingMeasurement:
         """Everything measurable before the optimizer step, still on the device."""
         pending = self._pending
-        # one norm per parameter gradient serves the global norm and the layers'
-        grad_norms = _fill(getattr(self, "_early_grad_norms", None), self.parameters, lambda p: p.grad)
+        # one batched norm over every parameter gradient serves the global norm and the layers'
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.parameters]
+        grad_norms = torch._foreach_norm(grads)
         self._weight_norms = None
         if "weights" in self.groups:
-            self._weight_norms = torch.stack(_fill(getattr(self, "_early_weight_norms", None), self.weights, lambda w: w.detach()))
+            self._weight_norms = torch.stack(torch._foreach_norm([w.detach() for w in self.weights]))
             every_site = [site.key for site in self.sites]
             pending.columns["weight_norm"] = (every_site, self._weight_norms, 1.0)
             pending.columns["weight_grad_norm"] = (every_site, torch.stack([grad_norms[k] for k in self.weight_at]), 1.0)
@@ -338,12 +289,10 @@ class Probe:
         allocating fresh copies every time costs ten times more than copying)."""
         if "updates" not in self.groups:
             return
-        snapped = getattr(self, "_snapped", None) or [False] * len(self.weights)
-        missing = [j for j, done in enumerate(snapped) if not done]
-        if missing:
-            if self._weights_before is None:
-                self._weights_before = [torch.empty_like(w) for w in self.weights]
-            torch._foreach_copy_([self._weights_before[j] for j in missing], [self.weights[j].detach() for j in missing])
+        weights = [w.detach() for w in self.weights]
+        if self._weights_before is None:
+            self._weights_before = [torch.empty_like(w) for w in weights]
+        torch._foreach_copy_(self._weights_before, weights)
         self._snapshot_taken = True
 
     def update_ratios(self) -> dict[str, Column]:
@@ -355,14 +304,8 @@ class Probe:
         before = self._weights_before
         # ||W_before|| is this step's weight_norm when the weights group measured it
         size = self._weight_norms if self._weight_norms is not None else torch.stack(torch._foreach_norm(before))
-        after = [w.detach() for w in self.weights]
-        if before[0].device.type == "cpu":
-            # per tensor, so the norm reads the difference while it is in cache (the numbers are
-            # those of the batched calls, which on the CPU run these same per-tensor kernels)
-            change = torch.stack([torch.linalg.vector_norm(b.sub_(a)) for b, a in zip(before, after)])
-        else:
-            torch._foreach_sub_(before, after)  # now W_before - W_after
-            change = torch.stack(torch._foreach_norm(before))
+        torch._foreach_sub_(before, [w.detach() for w in self.weights])  # now W_before - W_after
+        change = torch.stack(torch._foreach_norm(before))
         keys = [site.key for site in self.sites]
         return {"update_ratio": dict(zip(keys, (change / size).cpu().tolist()))}
 
@@ -379,19 +322,6 @@ class Probe:
                 row[quantity] = column.get(site.key)
             rows.append(row)
         return rows
-
-
-def _fill(early: list[torch.Tensor | None] | None, owners: list, tensor_of) -> list[torch.Tensor]:
-    """The norms taken in passing (`early`), and the rest in one batched `_foreach_norm` call (a
-    missing gradient counts as zeros, norm 0)."""
-    norms = list(early) if early is not None else [None] * len(owners)
-    missing = [k for k, norm in enumerate(norms) if norm is None]
-    if missing:
-        tensors = [tensor_of(owners[k]) for k in missing]
-        tensors = [t if t is not None else torch.zeros_like(owners[k]) for k, t in zip(missing, tensors)]
-        for k, norm in zip(missing, torch._foreach_norm(tensors)):
-            norms[k] = norm
-    return norms
 
 
 class _Locator:

@@ -1,7 +1,6 @@
-"""The performance work keeps every number: measurements taken in passing (weight norms in the
-forward, gradient norms and the update's snapshot as autograd stores each gradient, ReLU counts
-as sign sums, the whole step fetched in a few stacks) against the plain per-tensor computations;
-the thread count chosen for a run; the GPU path's deferred loss reads, driven on the CPU."""
+"""The performance work keeps every number: ReLU's counts as sign sums and batched unit maxima,
+the whole step fetched in one stack per dtype, against the plain per-tensor computations (bit for
+bit); the thread count chosen for a run; the GPU path's deferred loss reads, driven on the CPU."""
 
 from __future__ import annotations
 
@@ -50,7 +49,7 @@ def reference_step(model, x, y, optimizer):
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
-def test_measurements_in_passing_are_bit_identical_to_the_plain_computation(kind):
+def test_fast_counts_and_batched_fetch_are_bit_identical_to_the_plain_computation(kind):
     data = {"name": "images"} if kind == "cnn" else {}
     pooling = {"pool_every": 2} if kind == "cnn" else {}
     cfg = validate({"model": {"kind": kind, "depth": 3, "width": 8, "activation": "relu", **pooling}, "data": data})
@@ -81,8 +80,6 @@ def test_measurements_in_passing_are_bit_identical_to_the_plain_computation(kind
     assert [r["update_ratio"] for r in rows] == expected["update_ratio"]
     assert [r["saturated_frac"] for r in rows[:-1]] == expected["saturated_frac"]
     assert [r["dead_frac"] for r in rows[:-1]] == expected["dead_frac"]
-    assert not probe._grad_hook_handles  # every hook is removed with the probe
-    assert all(not p._post_accumulate_grad_hooks for p in model.parameters() if hasattr(p, "_post_accumulate_grad_hooks"))
 
 
 def test_positive_counts_by_segment():
