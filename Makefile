@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench papers install clean
 
 $(BIN)/gradlab: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/overhead.py
+
+# every configs/papers/ result: paper, quantity, published, predicted, measured, held (exit 1 if one fails)
+papers: install
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python tools/papers.py
 
 clean:
 	rm -rf $(VENV) results/*/ .pytest_cache

@@ -1,0 +1,52 @@
+"""configs/papers/: every config states its paper, figure or equation, quantity and published number,
+validates (MNIST ones when the data is there), and carries an expect: section; tools/papers.py reads
+them and one of them runs end to end here (`make papers` runs them all)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPERS = sorted((ROOT / "configs" / "papers").glob("*.yaml"))
+
+
+def papers_tool():
+    spec = importlib.util.spec_from_file_location("papers_tool", ROOT / "tools" / "papers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("path", PAPERS, ids=[p.stem for p in PAPERS])
+def test_each_paper_config_states_its_result_and_validates(path, monkeypatch):
+    from gradlab import sweep
+    from gradlab.config import read_yaml
+
+    meta = papers_tool().metadata(path)
+    assert set(meta) >= {"paper", "where", "quantity", "published", "measured here"}, meta
+    assert meta["quantity"] in ("layer_factor", "bias_speeds", "stream_variance_growth")
+    raw = read_yaml(path)
+    assert "expect" in raw
+    data_path = raw.get("data", {}).get("path")
+    monkeypatch.chdir(ROOT)
+    if data_path and not (ROOT / data_path).exists():
+        pytest.skip(f"no {data_path}")
+    for exp in sweep.load_experiments(path):
+        assert exp.train.steps <= 10 and exp.device == "cpu"  # a result at initialization: seconds on a CPU
+
+
+def test_a_paper_runs_end_to_end(tmp_path):
+    from gradlab.expectations import check
+    from gradlab.records import load_run
+    from gradlab.runner import run_experiment
+
+    tool = papers_tool()
+    (label, exp), (label2, exp2) = tool.experiments(ROOT / "configs" / "papers" / "he2015-relu-init.yaml", str(tmp_path))
+    assert label == "model.init.weight=kaiming_normal" and label2 == "model.init.weight=xavier_normal"
+    run = load_run(run_experiment(exp).run_dir)
+    assert all(outcome.passed for outcome in check(run, exp.expect))
+    predicted, measured = tool.measure("layer_factor", exp, run)
+    assert predicted == "1 (chi1 1)" and abs(float(measured) - 1) < 0.02

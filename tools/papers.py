@@ -1,0 +1,135 @@
+"""`make papers`: run every config in configs/papers/ (each a published result about gradients at
+initialization) and print one table: paper, quantity, published, predicted, measured, held.
+
+Each config states in its header comment `# paper:`, `# where:` (figure or equation), `# quantity:`
+(what the table shows, below), `# published:` and what gradlab measured; its `expect:` section is
+what must hold, and `held` says whether it did (exit code 1 when one did not). A config whose data
+is missing (MNIST under ../shared/data/mnist) is skipped with a line saying so. Sweep configs give
+one row per member. Runs go to a temporary folder and are deleted.
+
+    quantity                 predicted (gradlab.predict)         measured (the run's records at step 0)
+    layer_factor             layer_factor of the prediction      layer_factor@0 = (first/last delta_norm)^(1/(depth-1))
+    bias_speeds              (none: file data)                   bias_grad_norm of each hidden layer, input side first
+    stream_variance_growth   stream variance last/first block    act_std^2 of the last block / of the first
+
+Run with one thread per process: OMP_NUM_THREADS=1 python tools/papers.py
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PAPERS = ROOT / "configs" / "papers"
+KEYS = ("paper", "where", "quantity", "published")
+
+
+def metadata(path: Path) -> dict[str, str]:
+    """The `# key: value` lines of a config's header (a value may continue on lines '#   ...')."""
+    meta: dict[str, str] = {}
+    key = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        match = re.match(r"#\s*(paper|where|quantity|published|measured here)\s*(\([^)]*\))?:\s*(.*)", line)
+        if match:  # 'measured here (width 512, step 0): ...' keeps its parenthesis in the value
+            key = match.group(1)
+            meta[key] = " ".join(part for part in (match.group(2), match.group(3).strip()) if part)
+        elif key and line.startswith("#   "):
+            meta[key] += " " + line[1:].strip()
+        else:
+            key = None
+    return meta
+
+
+def _hidden(run, column):
+    layers = run.layers[(run.layers["step"] == 0) & (run.layers["kind"] == "hidden")].sort_values("layer")
+    return layers[column].to_numpy(dtype=float)
+
+
+def _number(value) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def measure(quantity: str, exp, run) -> tuple[str, str]:
+    """(predicted, measured) as text, for the table."""
+    from gradlab.predict import predict
+    from gradlab.summaries import profile_at
+
+    prediction = predict(exp, correlations=False)
+    if quantity == "layer_factor":
+        predicted = _number(prediction.layer_factor) if prediction.layer_factor is not None else f"none ({prediction.reason[:40]}...)"
+        if prediction.chi1 is not None:
+            predicted += f" (chi1 {prediction.chi1:.4g})"
+        return predicted, _number(profile_at(run, 0)["layer_factor"])
+    if quantity == "bias_speeds":
+        speeds = _hidden(run, "bias_grad_norm")
+        ratios = ", ".join(f"{a / b:.2g}" for a, b in zip(speeds[:-1], speeds[1:]))
+        return "none (file data)", ", ".join(f"{v:.3g}" for v in speeds) + f" (ratios {ratios})"
+    if quantity == "stream_variance_growth":
+        variance = _hidden(run, "act_std") ** 2
+        blocks = len(variance) - 1
+        measured = variance[-1] / variance[0]
+        predicted_variance = prediction.extra.get("stream_variance", [])
+        if len(predicted_variance) < 2:
+            return "-", f"{measured:.4g}"
+        predicted = predicted_variance[-1] / predicted_variance[1]
+        return f"{predicted:.4g} (x{predicted ** (1 / blocks):.3g}/block)", f"{measured:.4g} (x{measured ** (1 / blocks):.3g}/block)"
+    raise ValueError(f"{quantity}: unknown quantity in a paper config; known: layer_factor, bias_speeds, stream_variance_growth")
+
+
+def experiments(path: Path, out: str) -> list[tuple[str, object]]:
+    """(member label, Experiment) for a config, its sweep expanded; runs written under `out`."""
+    from gradlab import sweep
+    from gradlab.config import read_yaml, validate
+
+    raw = read_yaml(path)
+    raw.setdefault("log", {})["out"] = out
+    if not sweep.has_sweep(raw):
+        return [("", validate(raw))]
+    plan = sweep.plan_sweep(raw)
+    return [(", ".join(f"{key}={sweep.flow(value)}" for key, value in m.values.items() if key != "seed"), validate(m.config))
+            for m in plan.members]  # fmt: skip
+
+
+def main() -> int:
+    os.chdir(ROOT)  # data paths in the configs are relative to the repository root
+    from gradlab.config import read_yaml
+    from gradlab.expectations import check
+    from gradlab.records import load_run
+    from gradlab.runner import run_experiment
+
+    rows = [("paper", "quantity", "published", "predicted", "measured", "held")]
+    failed = 0
+    with tempfile.TemporaryDirectory() as out:
+        for path in sorted(PAPERS.glob("*.yaml")):
+            meta = metadata(path)
+            match = re.match(r"(.*?\d{4})", meta.get("paper", ""))
+            paper = match.group(1) if match else path.stem
+            data_path = read_yaml(path).get("data", {}).get("path")
+            if data_path and not (ROOT / data_path).exists():
+                rows.append((paper, meta.get("quantity", ""), meta.get("published", ""), "-", "-", f"skipped: no {data_path}"))
+                continue
+            for label, exp in experiments(path, out):
+                run = load_run(run_experiment(exp).run_dir)
+                outcomes = check(run, exp.expect) if exp.expect is not None else []
+                held = all(o.passed for o in outcomes)
+                failed += not held
+                predicted, measured = measure(meta["quantity"], exp, run)
+                quantity = meta["quantity"] + (f" ({label})" if label else "")
+                note = "yes" if held else "NO: " + "; ".join(o.failure() for o in outcomes if not o.passed)
+                rows.append((paper, quantity, meta.get("published", ""), predicted, measured, note))
+    # a markdown table: readable in a terminal, pasteable into a README
+    print("| " + " | ".join(rows[0]) + " |")
+    print("|" + "|".join("---" for _ in rows[0]) + "|")
+    for row in rows[1:]:
+        print("| " + " | ".join(cell.replace("|", "/") for cell in row) + " |")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
