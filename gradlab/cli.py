@@ -30,6 +30,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Help text is plain text: with rich markup, "pip install 'gradlab[ray]'" lost its "[ray]" and
+    # any "[low, high]" in a help line vanished; no help text here uses markup on purpose.
+    rich_markup_mode=None,
 )
 console = Console()
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -383,7 +386,7 @@ def compare(
         width = 200 if output else None
         with open(output, "w", encoding="utf-8") if output else nullcontext(None) as file:
             screen = Console(file=file, width=width, no_color=True) if file else console
-            screen.print(display.rich_view(comparison))
+            screen.print(display.rich_view(comparison, screen.width))
     else:
         text = display.render(comparison, format_.value)
         if output:
@@ -461,7 +464,7 @@ def check(
 @reports_errors
 def export_runs(
     paths: RunPathsArg = None,
-    tensorboard: Annotated[Optional[Path], typer.Option("--tensorboard", help="folder for TensorBoard event files, one subfolder per run (needs: pip install 'gradlab\\[tensorboard]')", show_default=False)] = None,
+    tensorboard: Annotated[Optional[Path], typer.Option("--tensorboard", help="folder for TensorBoard event files, one subfolder per run (needs: pip install 'gradlab[tensorboard]')", show_default=False)] = None,
 ) -> None:
     """Export runs for other tools: TensorBoard event files (--tensorboard DIR).
 

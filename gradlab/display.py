@@ -11,6 +11,7 @@ import json
 import math
 from typing import TYPE_CHECKING, Any
 
+from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -48,7 +49,8 @@ def profile_table(run: Run) -> Table:
 
     layers = run.layers
     last_step = run.last_step
-    table = Table(title=f"{describe_config(run.config)}\nback-propagated signal ||dL/dz|| per layer ({run.status})")
+    # (escaped: a config value written as a list, [a, b], would otherwise be read as rich markup)
+    table = Table(title=escape(f"{describe_config(run.config)}\nback-propagated signal ||dL/dz|| per layer ({run.status})"))
     table.add_column("layer", justify="right")
     table.add_column("name")
     table.add_column("delta_norm @ step 0", justify="right")
@@ -58,13 +60,28 @@ def profile_table(run: Run) -> Table:
         return table
     at = {step: layers[layers["step"] == step].set_index("layer")["delta_norm"] for step in (0, last_step)}
     for layer, name in layers[["layer", "name"]].drop_duplicates("layer").itertuples(index=False):
-        table.add_row(str(layer), name, format_number(at[0].get(layer)), format_number(at[last_step].get(layer)))
+        table.add_row(str(layer), escape(str(name)), format_number(at[0].get(layer)), format_number(at[last_step].get(layer)))
     gains = []
     for step in dict.fromkeys((0, last_step)):
         gain = profile_at(run, step)["gain"]
         gains.append(f"step {step}: {format_number(gain)} ({run_verdict(run, step, gain) or 'no verdict'})")
-    table.caption = "gain across the stack (first / last hidden layer): " + ", ".join(gains)
+    table.caption = escape("gain across the stack (first / last hidden layer): " + ", ".join(gains) + "\n" + final_line(run))
     return table
+
+
+def final_line(run: Run) -> str:
+    """'final: train loss 0.123, accuracy 0.96; test loss 0.2, accuracy 0.94' (the last logged
+    values, as compare's final_* columns; of a diverged run the last finite ones, said so)."""
+    from gradlab.summaries import final_metrics
+
+    finals = final_metrics(run)
+    parts = []
+    for split in ("train", "test"):
+        loss, accuracy = finals.get(f"final_{split}_loss"), finals.get(f"final_{split}_accuracy")
+        if format_number(loss) or format_number(accuracy):
+            parts.append(f"{split} loss {format_number(loss) or 'n/a'}, accuracy {format_number(accuracy) or 'n/a'}")
+    prefix = "last values before it diverged" if run.status == "diverged" else "final"
+    return f"{prefix}: " + ("; ".join(parts) if parts else "no metrics recorded")
 
 
 def components_tables() -> list[Table]:
@@ -80,7 +97,8 @@ def components_tables() -> list[Table]:
         for component in registry:
             params = ", ".join(f"{name}={default}" for name, _, default in param_table(component.params))
             aliases = f" (also: {', '.join(component.aliases)})" if component.aliases else ""
-            table.add_row(component.name, params, component.doc + aliases)
+            # escaped: "[lower, upper]" in a description is text, not rich markup
+            table.add_row(escape(component.name), escape(params), escape(component.doc + aliases))
         tables.append(table)
     return tables
 
@@ -174,46 +192,94 @@ def render(comparison: Comparison, fmt: str) -> str:
 VERDICT_STYLES = {"vanishing": "bold blue", "stable": "green", "exploding": "bold red", "diverged": "bold magenta"}
 
 
-def rich_view(comparison: Comparison):
+def header_text(label: str) -> str:
+    """A column heading that wraps only between whole parts: `name`, then one `key=value` per line
+    (a narrow terminal broke labels mid-word)."""
+    name, sep, values = label.partition("#")
+    return "\n".join([name + ("#" if sep else ""), *(values.split(",") if values else [])])
+
+
+def rich_view(comparison: Comparison, width: int | None = None):
     """The comparison for a terminal, turned: one column per configuration, the quantities down
     the side in sections (config, step 0, last step, training), then the verdict thresholds.
-    A row per run would be two dozen columns wide; csv, markdown and json keep one row per run."""
-    from rich import box
+    A row per run would be two dozen columns wide; csv, markdown and json keep one row per run.
+
+    `width` (the terminal's): where the configurations do not fit side by side, the table is cut
+    into several, each with the quantity names, every column at its full width, instead of
+    squeezing columns until labels break mid-word and "mean ± std" is split across lines."""
     from rich.console import Group
     from rich.text import Text
 
+    cells = display_cells(comparison)
+    thresholds = comparison.thresholds
+    rows = _view_rows(comparison, cells)
+    chunks: list[list[int]] = [[]]
+    for i in range(len(cells)):
+        if width is not None and chunks[-1] and _natural_width(_view_table(comparison, rows, cells, [*chunks[-1], i])) > width:
+            chunks.append([])
+        chunks[-1].append(i)
+    tables = [_view_table(comparison, rows, cells, chunk) for chunk in chunks]
+    return Group(*tables, Text(f"verdict: vanishing below gain {thresholds.vanish:g}, exploding above {thresholds.explode:g}"))
+
+
+def _natural_width(table: Table) -> int:
+    """The width rich gives `table` when nothing limits it: every cell on one line."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    console = Console(width=10_000)
+    return Measurement.get(console, console.options, table).maximum
+
+
+def _view_rows(comparison: Comparison, cells) -> list[tuple[str, list[str] | None]]:
+    """(row name, a text per configuration) in display order; None: a section heading."""
     from gradlab.quantities import FINAL_QUANTITIES, PROFILE_QUANTITIES
     from gradlab.summaries import column_name
 
-    cells = display_cells(comparison)
-    thresholds = comparison.thresholds
-    table = Table(box=box.SIMPLE_HEAD, header_style="bold")
-    table.add_column("", no_wrap=True)
-    for label in cells["label"]:
-        table.add_column(label, overflow="fold")
-
-    def add(name: str, column: str, end_section: bool = False) -> None:
-        texts = []
-        for text in cells[column]:
-            style = VERDICT_STYLES.get(text, "yellow" if text.startswith("mixed") else "") if column.startswith("verdict@") else ""
-            texts.append(Text(text, style=style))
-        table.add_row(name, *texts, end_section=end_section)
-
+    rows: list[tuple[str, list[str] | None]] = []
     for key in comparison.config_keys:
-        add(key, key)
-    add("status", "status")
-    add("seeds", "seeds")
-    add("last_step", "last_step", end_section=True)
+        rows.append((key, list(cells[key])))
+    for column in ("status", "seeds", "last_step"):
+        rows.append((column, list(cells[column])))
+    rows.append(("", None))
     for step in comparison.steps:
-        table.add_row(Text(_step_heading(comparison, step), style="bold"))
+        rows.append((_step_heading(comparison, step), None))
         for quantity in PROFILE_QUANTITIES:
-            add(quantity, column_name(quantity, step))
-        add("verdict", column_name("verdict", step), end_section=True)
-    table.add_row(Text("training", style="bold"))
+            if column_name(quantity, step) in cells:
+                rows.append((quantity, list(cells[column_name(quantity, step)])))
+        rows.append(("verdict", list(cells[column_name("verdict", step)])))
+        rows.append(("", None))
+    rows.append(("training", None))
     for quantity in FINAL_QUANTITIES:
         if quantity in cells:
-            add(quantity, quantity)
-    return Group(table, Text(f"verdict: vanishing below gain {thresholds.vanish:g}, exploding above {thresholds.explode:g}"))
+            rows.append((quantity, list(cells[quantity])))
+    return rows
+
+
+def _view_table(comparison: Comparison, rows, cells, chunk: list[int]) -> Table:
+    from rich import box
+    from rich.text import Text
+
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold")
+    table.add_column("", no_wrap=True)
+    for i in chunk:
+        table.add_column(Text(header_text(cells["label"].iloc[i]), style="bold"), overflow="fold")
+    verdict_rows = {"verdict"}
+    for name, values in rows:
+        if values is None:
+            if name == "":  # the previous row ends a section
+                if table.rows:
+                    table.rows[-1].end_section = True
+                continue
+            table.add_row(Text(name, style="bold"))
+            continue
+        texts = []
+        for i in chunk:
+            text = values[i]
+            style = VERDICT_STYLES.get(text, "yellow" if text.startswith("mixed") else "") if name in verdict_rows else ""
+            texts.append(Text(text, style=style))
+        table.add_row(Text(name), *texts)
+    return table
 
 
 def _step_heading(comparison: Comparison, step: Step) -> str:

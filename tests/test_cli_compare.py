@@ -252,3 +252,25 @@ def test_check_without_expectations_warns_and_passes(runs):
     assert result.exit_code == 0
     assert lines(result.stderr) == [f"warning: {run}: its config has no expect section; nothing to check" for run in runs]
     assert lines(result.stdout) == ["0 expectations on 2 runs: 0 passed, 0 failed"]
+
+
+def test_compare_table_at_80_columns_breaks_no_label_and_keeps_mean_and_std_together(tmp_path, monkeypatch):
+    # issue 11: at 80 columns labels broke mid-word and "± std" was split across lines
+    monkeypatch.chdir(tmp_path)
+    for width in (16, 1024, 128, 1):
+        for seed in (0, 1):
+            config = resolved_config("widths", seed, depth=3, model__width=width)
+            profile = dict(delta=[0.5 + seed / 8, 1.0, 1.0])
+            metrics = metric_rows({0: (2.0, 0.25), 10: (0.75 + seed / 8, 0.625)}, {0: (2.1, 0.2), 10: (0.8, 0.6)})
+            write_run(Path("runs"), config, layer_rows(0, **profile) + layer_rows(10, **profile), metrics, run_id=f"w{width}s{seed}")
+    result = CliRunner().invoke(app, ["compare", "runs"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    out = lines(result.stdout)
+    assert max(len(line) for line in out) <= 80
+    # the headings: each label whole, one key=value a line, widths in numeric order across the chunks
+    headings = [line.split() for line in out if "width=" in line]
+    assert [word for line in headings for word in line] == ["width=1", "width=16", "width=128", "width=1024"]
+    assert sum(line.split() == ["model.width", *line.split()[1:]] for line in out) == len(headings)
+    final_loss = [line.split(maxsplit=1)[1].split("   ") for line in out if line.strip().startswith("final_train_loss")]
+    assert [cell.strip() for row in final_loss for cell in row if cell.strip()] == ["0.812 ± 0.0884"] * 4
+    assert not any(line.rstrip().endswith(("±", "×/÷")) for line in out)

@@ -145,3 +145,41 @@ def test_run_plot_draws_the_figures_into_the_run_directory(tmp_path):
     pngs = sorted(p.name for p in run.glob("*.png"))
     assert len(pngs) == 5
     assert all((run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in pngs)
+
+
+def test_components_show_bracketed_text():
+    # issue 11: rich markup swallowed "[lower, upper]" (RReLU) and "[min_val, max_val]" (hardtanh)
+    result = runner.invoke(app, ["components"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0
+    assert "random slope in [lower, upper] while training" in result.stdout
+    assert "x clipped to [min_val, max_val]" in result.stdout
+
+
+def test_help_shows_bracketed_text_as_written():
+    # issue 11: `run --help` said pip install 'gradlab' where the source says 'gradlab[ray]'
+    result = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0
+    assert "pip install 'gradlab[ray]'" in " ".join(result.stdout.split())
+    result = runner.invoke(app, ["export", "--help"], env={"COLUMNS": "250"})
+    assert "pip install 'gradlab[tensorboard]'" in " ".join(result.stdout.split()) and "\\[" not in result.stdout
+    # every option's help, as written in the source, appears in the rendered help (one line each at 250 columns)
+    import typer.main
+
+    command = typer.main.get_command(app)
+    for name, sub in command.commands.items():
+        rendered = " ".join(runner.invoke(app, [name, "--help"], env={"COLUMNS": "250"}).stdout.split())
+        for param in sub.params:
+            if getattr(param, "help", None) and "[" in param.help:
+                assert " ".join(param.help.split()) in rendered, (name, param.help)
+
+
+def test_run_summary_shows_the_final_loss_and_accuracy(tmp_path):
+    # issue 11: the end-of-run summary never showed the final loss or accuracy
+    result = runner.invoke(app, ["run", SMOKE, "--out", str(tmp_path), "--steps", "20", "--set", "expect=null"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    [run] = run_dirs(tmp_path)
+    metrics = pd.read_csv(run / "metrics.csv")
+    last = {split: metrics[metrics["split"] == split].iloc[-1] for split in ("train", "test")}
+    expected = (f"final: train loss {last['train']['loss']:.3g}, accuracy {last['train']['accuracy']:.3g}; "
+                f"test loss {last['test']['loss']:.3g}, accuracy {last['test']['accuracy']:.3g}")
+    assert expected in " ".join(result.stdout.split())

@@ -24,7 +24,7 @@ def test_one_number_formatter():
 
 
 def test_csv_and_json_keep_full_precision_and_empty_cells(tmp_path):
-    runs = [one_run(tmp_path, [1 / 3, 1.0, 3.0], run_id="a"), one_run(tmp_path, [1.0, 1.0, 0.0], run_id="b", model__width=4)]
+    runs = [one_run(tmp_path, [1 / 3, 1.0, 3.0], run_id="a"), one_run(tmp_path, [1.0, 1.0, 0.0], run_id="b", model__width=16)]  # rows in numeric order of width: 8, 16
     comparison = compare.compare_runs(runs, steps=[0], target_loss=1.0)
     rows = list(csv.DictReader(io.StringIO(display.to_csv(comparison))))
     assert float(rows[0]["gain@0"]) == (1 / 3) / 3.0
