@@ -261,13 +261,13 @@ class Watch:
         def hook(grad: torch.Tensor) -> None:
             if site not in self._deltas:  # a second backward through the same graph: the first counts
                 self._deltas.add(site)
-                self._pending.add("delta_norm", site, torch.linalg.vector_norm(grad))
+                self._pending.add("delta_norm", site, _norm(grad))
 
         return hook
 
     def _keep_grad_norm(self, param: torch.Tensor) -> None:
         # the norm of the accumulated gradient (the last call wins: several backward passes add up)
-        self._grad_norms[id(param)] = torch.linalg.vector_norm(param.grad)
+        self._grad_norms[id(param)] = _norm(param.grad)
 
     def _updated_weights(self) -> list[nn.Parameter]:
         seen, weights = set(), []
@@ -412,6 +412,14 @@ def watch(
     Returns a `Watch`: call `w.step(loss=..., accuracy=...)` after each optimizer step, and
     `w.close()` at the end, or use it as a context manager."""
     return Watch(model, out, every, name, optimizer=optimizer, groups=groups, seed=seed, expect=expect)
+
+
+def _norm(tensor: torch.Tensor) -> torch.Tensor:
+    """||tensor||, in float32 at least: a half-precision gradient's norm can pass float16's largest
+    value (65504) when its entries do not, e.g. under a GradScaler's loss scale."""
+    if tensor.dtype in (torch.float16, torch.bfloat16):
+        return torch.linalg.vector_norm(tensor, dtype=torch.float32)
+    return torch.linalg.vector_norm(tensor)
 
 
 def _norm_of(norms: list[torch.Tensor]) -> torch.Tensor:

@@ -454,3 +454,22 @@ def test_recurrent_layers_get_their_weight_rows(tmp_path):
     assert close(row["weight_grad_norm"], torch.cat([p.grad.flatten() for p in weights]).norm().item())
     assert close(row["bias_grad_norm"], torch.cat([model.lstm.bias_ih_l0.grad, model.lstm.bias_hh_l0.grad]).norm().item())
     assert row["delta_norm"] is None  # torch's fused LSTM never forms the pre-activations
+
+
+def test_half_precision_norms_do_not_overflow(tmp_path):
+    """A float16 model whose gradients' entries fit float16 but whose norms do not (a loss scaled
+    by 2^22, as a GradScaler may): the norms are taken in float32, checked against float32 math."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 4)).half()
+    x, y = torch.randn(256, 64).half(), torch.randint(0, 4, (256,))
+    outputs = []
+    model[0].register_forward_hook(lambda module, args, output: output.retain_grad() or outputs.append(output))
+    with gradlab.watch(model, out=tmp_path, every=1, name="half") as w:
+        loss = F.cross_entropy(model(x).float(), y) * 2.0**22
+        loss.backward()
+        w.step()
+    row = read_layers(w.run_dir)[0]["0"]
+    delta = outputs[0].grad.float().norm().item()
+    assert delta > 65504 and torch.isfinite(outputs[0].grad).all()  # the case: fine entries, a norm beyond float16
+    assert math.isclose(row["delta_norm"], delta, rel_tol=1e-5)
+    assert math.isclose(row["weight_grad_norm"], model[0].weight.grad.float().norm().item(), rel_tol=1e-5)
