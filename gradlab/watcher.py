@@ -37,7 +37,7 @@ What a row holds (quantities.py has the exact meanings):
     update_ratio                     ||dW|| / ||W|| of the optimizer's step, when `optimizer` is given
     act_mean ... dead_frac           empty: an arbitrary model has no declared block output or
                                      activation to measure (gradlab's own models do)
-L is what the loop back-propagates. metrics.csv gets one train row per measured step (`loss` and
+L is what the loop back-propagates (under a GradScaler: the scaled loss). metrics.csv gets one train row per measured step (`loss` and
 `accuracy` as the loop reports them, `grad_norm` of every parameter's gradient, `lr` of the
 optimizer's first group) and a test row per `w.test(...)`.
 
