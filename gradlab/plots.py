@@ -248,10 +248,147 @@ def saturation(runs: Sequence[Run]) -> Figure:
     return figure
 
 
+# --------------------------------------------------------------------------------------------
+# Many runs: the distribution over runs instead of a line (or a panel) per run
+# --------------------------------------------------------------------------------------------
+
+MAX_RUNS_DRAWN = 40  # more runs than this: each figure draws their median and 10-90% band
+
+
+def _aggregate_note(runs: Sequence[Run]) -> str:
+    return f"{len(runs)} runs, too many to draw one by one: the median over the runs (line) and 10-90% of them (band)"
+
+
+STACKED = ("delta_norm", "weight_grad_norm", "dead_frac", "saturated_frac")
+
+
+def _stacked(runs: Sequence[Run]) -> "pd.DataFrame":
+    """The hidden layers' rows of every run in one table (step, layer, the plotted columns, and
+    `last`: the run's last step), built column by column: filtering a thousand small tables one
+    by one costs seconds each time."""
+    import pandas as pd
+
+    parts = [run.layers for run in runs]
+    lengths = [len(part) for part in parts]
+    data = {column: np.concatenate([part[column].to_numpy() for part in parts]) if parts else np.array([]) for column in ("step", "layer", "kind", *STACKED)}
+    data["last"] = np.repeat([-1 if run.last_step is None else run.last_step for run in runs], lengths)
+    table = pd.DataFrame(data)
+    return table[table["kind"] == "hidden"]
+
+
+def _hidden_rows(stack: "pd.DataFrame", step=None) -> "pd.DataFrame":
+    """The stacked rows at each run's `step` (0 or 'last'; every step when None)."""
+    if step is None:
+        return stack
+    return stack[stack["step"] == (stack["last"] if step == "last" else step)]
+
+
+def _band(axes, grouped, x_label: str, color: str = "C0", label: str = "median of the runs", **style) -> bool:
+    """Median line and 10-90% band of `grouped` (a pandas SeriesGroupBy keyed by x); whether drawn."""
+    quantiles = grouped.quantile([0.1, 0.5, 0.9]).unstack()
+    quantiles = quantiles.dropna(how="all")
+    if quantiles.empty:
+        return False
+    x = quantiles.index.to_numpy(dtype=float)
+    axes.fill_between(x, quantiles[0.1].to_numpy(dtype=float), quantiles[0.9].to_numpy(dtype=float), color=color, alpha=0.25, linewidth=0, label=f"10-90% of the runs{'' if label == 'median of the runs' else ' (' + label + ')'}")
+    axes.plot(x, quantiles[0.5].to_numpy(dtype=float), color=color, label=label, **style)
+    axes.set_xlabel(x_label)
+    return True
+
+
+def _aggregated_profile_panels(stack, column: str, log: bool, ylabel: str, axes_pair) -> None:
+    for axes, which in zip(axes_pair, (0, "last")):
+        rows = _hidden_rows(stack, which)
+        values = rows[column].to_numpy(dtype=float)
+        rows = rows.assign(**{column: _positive(values) if log else values})
+        drawn = _band(axes, rows.groupby("layer")[column], "hidden layer (0 = nearest the input)", marker="o", markersize=3)
+        if log and drawn:
+            axes.set_yscale("log")
+        if not drawn:
+            axes.text(0.5, 0.5, f"no {column} recorded", ha="center", va="center", transform=axes.transAxes)
+        axes.set_title("step 0 (initialization)" if which == 0 else "each run's last step")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.grid(True, which="both", alpha=0.3)
+    axes_pair[0].set_ylabel(ylabel)
+
+
+def aggregated_depth_profile(runs: Sequence[Run], column: str, stack=None) -> Figure:
+    figure = _figure(11, 4.8)
+    _aggregated_profile_panels(_stacked(runs) if stack is None else stack, column, True, f"{column} (log scale)", figure.subplots(1, 2, sharey=True))
+    _legend(figure)
+    figure.suptitle(f"{column} by layer\n{_aggregate_note(runs)}")
+    return figure
+
+
+def aggregated_heatmap(runs: Sequence[Run], column: str = "delta_norm", stack=None) -> Figure:
+    """The median over runs of log10 `column` on (hidden layer, step): one panel instead of one per run."""
+    figure = _figure(7, 4.6)
+    axes = figure.subplots()
+    rows = _stacked(runs) if stack is None else stack
+    rows = rows.assign(value=np.log10(_positive(rows[column].to_numpy(dtype=float))))
+    table = rows.pivot_table(index="layer", columns="step", values="value", aggfunc="median", dropna=False)
+    if table.size:
+        mesh = axes.pcolormesh(_edges(table.columns.to_numpy(dtype=float)), _edges(table.index.to_numpy(dtype=float)), np.ma.masked_invalid(table.to_numpy(dtype=float)), cmap="viridis", shading="flat")
+        figure.colorbar(mesh, ax=axes, label=f"median over runs of log10 {column}")
+    axes.set_xlabel("step")
+    axes.set_ylabel("hidden layer")
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_facecolor("0.85")
+    figure.suptitle(f"log10 {column} by layer and step\n{len(runs)} runs, too many for a panel each: the median over the runs")
+    return figure
+
+
+def aggregated_training_curves(runs: Sequence[Run]) -> Figure:
+    import pandas as pd
+
+    figure = _figure(11, 4.8)
+    loss_axes, accuracy_axes = figure.subplots(1, 2, sharex=True)
+    metrics = pd.concat([run.metrics for run in runs], ignore_index=True)
+    for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+        for split, color, style in (("train", "C0", {"linestyle": "-"}), ("test", "C1", {"linestyle": "--"})):
+            rows = metrics[metrics["split"] == split]
+            _band(axes, rows.groupby("step")[metric], "step", color=color, label=f"{split}: median of the runs", **style)
+        axes.set_ylabel(metric)
+        axes.grid(True, alpha=0.3)
+    losses = metrics["loss"].to_numpy(dtype=float)
+    losses = losses[np.isfinite(losses)]
+    if losses.size and (losses > 0).all():
+        loss_axes.set_yscale("log")
+        loss_axes.set_ylabel("loss (log scale)")
+    loss_axes.set_title("loss: train solid, test dashed")
+    accuracy_axes.set_title("accuracy: train solid, test dashed")
+    _legend(figure)
+    figure.suptitle(f"training curves\n{_aggregate_note(runs)}")
+    return figure
+
+
+def aggregated_saturation(runs: Sequence[Run], stack=None) -> Figure:
+    figure = _figure(11, 8)
+    grid = figure.subplots(2, 2, sharex=True, sharey=True)
+    stack = _stacked(runs) if stack is None else stack
+    for row, column in zip(grid, ("dead_frac", "saturated_frac")):
+        _aggregated_profile_panels(stack, column, False, column, row)
+    grid[0][0].set_ylim(-0.03, 1.03)
+    _legend(figure)
+    figure.suptitle(f"dead and saturated units by layer\n{_aggregate_note(runs)}")
+    return figure
+
+
 def build_figures(runs: Sequence[Run]) -> dict[str, Figure]:
-    """Every figure of FIGURES for `runs` (drawn, not written)."""
+    """Every figure of FIGURES for `runs` (drawn, not written). More than MAX_RUNS_DRAWN runs are
+    drawn as their distribution (median and 10-90% band, one median heatmap), as each figure says:
+    a thousand lines (or panels) show nothing and take minutes to draw."""
     if not runs:
         raise RunError("no runs to plot")
+    if len(runs) > MAX_RUNS_DRAWN:
+        stack = _stacked(runs)
+        return {
+            "depth_profile_delta_norm": aggregated_depth_profile(runs, "delta_norm", stack),
+            "depth_profile_weight_grad_norm": aggregated_depth_profile(runs, "weight_grad_norm", stack),
+            "heatmap_delta_norm": aggregated_heatmap(runs, "delta_norm", stack),
+            "training_curves": aggregated_training_curves(runs),
+            "saturation": aggregated_saturation(runs, stack),
+        }
     return {
         "depth_profile_delta_norm": depth_profile(runs, "delta_norm"),
         "depth_profile_weight_grad_norm": depth_profile(runs, "weight_grad_norm"),

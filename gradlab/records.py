@@ -328,9 +328,12 @@ def read_table(run_dir: Path, which: str) -> pd.DataFrame:
         frame = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise RunError(f"{run_dir}: {which} cannot be parsed ({str(exc).splitlines()[0]})") from None
-    missing = [c for c in columns if c not in frame.columns]
+    missing = [c for c in columns if c not in frame.columns and c not in quantities.ADDED_COLUMNS]
     if missing:
         raise RunError(f"{run_dir}: {which} lacks columns {', '.join(missing)}")
+    for column in quantities.ADDED_COLUMNS:  # a run recorded before these existed: empty cells
+        if which == LAYERS_FILE and column not in frame.columns:
+            frame[column] = float("nan")
     return frame
 
 
@@ -457,11 +460,13 @@ def load_run(run_dir: str | Path) -> Run:
     # whole network, so the step is left out and said so. The run's layer count is that of its
     # first logged step (step 0 is whole unless the file was cut within it), or the most any step has.
     if not layers.empty:
-        counts = layers.groupby("step")["layer"].nunique()
-        expected = int(max(counts.iloc[0], counts.max()))
-        torn = [int(step) for step, n in counts.items() if n < expected]
+        import numpy as np
+
+        steps, counts = np.unique(layers["step"].to_numpy(), return_counts=True)  # rows per step: one per layer
+        expected = int(counts.max())
+        torn = [int(step) for step, n in zip(steps, counts) if n < expected]
         for step in torn[:3]:
-            notes.append(f"{run_dir}: step {step} of {LAYERS_FILE} has only {counts[step]} of {expected} layers; that step is left out")
+            notes.append(f"{run_dir}: step {step} of {LAYERS_FILE} has only {counts[steps == step][0]} of {expected} layers; that step is left out")
         if len(torn) > 3:
             notes.append(f"{run_dir}: {len(torn) - 3} more steps of {LAYERS_FILE} lack layers; they are left out")
         if torn:
@@ -486,24 +491,28 @@ def _checked_keys(layers: pd.DataFrame, run_dir: Path, notes: list[str]) -> pd.D
     """layers.csv's keys as the writers wrote them: an empty or fractional `step` or `layer` makes
     rows that belong to no step or layer (RunError for steps: nothing can be placed; rows with a
     fractional layer are left out and said); a `kind` in another case (HIDDEN) is said, since
-    such rows count as no hidden layer."""
+    such rows count as no hidden layer. Integer columns (what the writers write) cost nothing."""
     import numpy as np
 
     if layers.empty:
         return layers
-    steps = layers["step"].to_numpy(dtype=float)
-    if not np.isfinite(steps).all() or (steps != np.round(steps)).any() or (steps < 0).any():
-        raise RunError(f"{run_dir}: {LAYERS_FILE}: column step holds empty or non-integer values; the rows cannot be placed in steps")
-    numbers = layers["layer"].to_numpy(dtype=float)
-    bad = ~np.isfinite(numbers) | (numbers != np.round(numbers))
-    if bad.any():
-        example = layers["layer"][bad].iloc[0]
-        notes.append(f"{run_dir}: {LAYERS_FILE}: {int(bad.sum())} rows have a layer that is not a whole number (e.g. {str(example)[:20]}); they are left out")
-        layers = layers[~bad]
-    kinds = layers["kind"].astype(str)
-    odd = kinds[~kinds.isin(KNOWN_KINDS) & kinds.str.lower().isin(KNOWN_KINDS)]
-    if len(odd):
-        notes.append(f"{run_dir}: {LAYERS_FILE}: kind {odd.iloc[0][:20]!r} in {len(odd)} rows is not one gradlab writes ({', '.join(KNOWN_KINDS)}); those rows count as neither")
+    step = layers["step"]
+    if step.dtype.kind != "i":
+        steps = step.to_numpy(dtype=float)
+        if not np.isfinite(steps).all() or (steps != np.round(steps)).any() or (steps < 0).any():
+            raise RunError(f"{run_dir}: {LAYERS_FILE}: column step holds empty or non-integer values; the rows cannot be placed in steps")
+    layer = layers["layer"]
+    if layer.dtype.kind != "i":
+        numbers = layer.to_numpy(dtype=float)
+        bad = ~np.isfinite(numbers) | (numbers != np.round(numbers))
+        if bad.any():
+            example = layer[bad].iloc[0]
+            notes.append(f"{run_dir}: {LAYERS_FILE}: {int(bad.sum())} rows have a layer that is not a whole number (e.g. {str(example)[:20]}); they are left out")
+            layers = layers[~bad]
+    odd = [kind for kind in layers["kind"].unique() if kind not in KNOWN_KINDS and str(kind).lower() in KNOWN_KINDS]
+    if odd:
+        count = int(layers["kind"].isin(odd).sum())
+        notes.append(f"{run_dir}: {LAYERS_FILE}: kind {str(odd[0])[:20]!r} in {count} rows is not one gradlab writes ({', '.join(KNOWN_KINDS)}); those rows count as neither")
     return layers
 
 

@@ -626,3 +626,29 @@ def test_jobs_n_checks_that_n_runs_fit_in_memory_together(tmp_path, monkeypatch)
     [line] = error.value.lines
     assert line.startswith("--jobs 2: 2 runs at once need up to ") and line.endswith("; use --jobs 1 or fewer"), line
     assert "model.width=64" in line
+
+
+# --------------------------------------------------------------------------------------------
+# 12. Scale: many runs are drawn as their distribution
+# --------------------------------------------------------------------------------------------
+
+
+def test_plot_of_many_runs_draws_their_median_and_band_and_says_so(tmp_path):
+    from run_factory import one_run
+
+    from gradlab import plots
+
+    count = plots.MAX_RUNS_DRAWN + 1
+    runs = [one_run(tmp_path, [2.0 ** (k + i % 5) for k in range(3)], run_id=f"{i:06d}", seed=i) for i in range(count)]
+    figures = plots.build_figures(runs)
+    assert set(figures) == set(plots.FIGURES)
+    for stem, figure in figures.items():
+        assert f"{count} runs, too many" in figure._suptitle.get_text(), stem
+    step0 = figures["depth_profile_delta_norm"].axes[0]
+    [median] = [line for line in step0.get_lines() if line.get_label() == "median of the runs"]
+    expected = [float(np.median([2.0 ** (k + i % 5) for i in range(count)])) for k in range(3)]
+    assert median.get_ydata().tolist() == expected  # the median over the runs, layer by layer
+    assert len(step0.get_lines()) == 1  # not a line per run
+    assert len(figures["heatmap_delta_norm"].axes) == 2  # one panel and its colour bar, not one per run
+    paths = plots.save_figures(figures, tmp_path / "figures")
+    assert [p.name for p in paths] == [f"{stem}.png" for stem in figures]
