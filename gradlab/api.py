@@ -68,17 +68,25 @@ def run(
     config: str | Path | Mapping[str, Any] | Experiment,
     overrides: Sequence[str] | Mapping[str, Any] | None = None,
     *,
-    progress: Progress | None = None,
+    progress: Progress | bool | None = None,
     plot: bool = False,
 ) -> Run:
     """Train `config` (see `experiment`) into a new run directory under its `log.out`, exactly as
-    `gradlab run` does, and return the run read back. `plot` draws the figures of `gradlab plot`
-    into the run directory. A run that diverges is returned too (`run.status == "diverged"`,
+    `gradlab run` does, and return the run read back. `progress`: True shows the progress bar of
+    `gradlab run` (on stderr), a callable gets the run's events (gradlab.progress: RunStarted,
+    StepLogged per logged step, RunEnded). `plot` draws the figures of `gradlab plot` into the run
+    directory. A run that diverges is returned too (`run.status == "diverged"`,
     `run.meta["divergence"]` says where); its expect: section is checked by `check(run)`."""
     from gradlab import runner
     from gradlab.records import load_run
 
-    result = runner.run(experiment(config, overrides), progress, plot=plot).result
+    if progress is True:
+        from rich.console import Console
+
+        from gradlab.progress import RunBar
+
+        progress = RunBar(Console(stderr=True))
+    result = runner.run(experiment(config, overrides), progress or None, plot=plot).result
     return load_run(result.run_dir)
 
 

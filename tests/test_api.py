@@ -135,3 +135,15 @@ def test_report_and_export_are_reexported(runs):
     summary = gradlab.export_tensorboard(["runs"], "tb")
     assert [str(r.log_dir) for r in summary.runs] == ["tb/relu/20240101-000000-rel000", "tb/sigmoid/20240101-000000-sig000"]
     json.dumps([r.scalars for r in summary.runs])
+
+
+def test_run_reports_progress_events_and_draws_figures(tmp_path):
+    from gradlab.progress import RunEnded, RunStarted, StepLogged
+
+    events = []
+    run = gradlab.run(tiny("api", tmp_path), progress=events.append, plot=True)
+    assert [type(e) for e in events] == [RunStarted, StepLogged, StepLogged, StepLogged, RunEnded]
+    assert [e.step for e in events if isinstance(e, StepLogged)] == [0, 3, 6]
+    assert [e.loss for e in events if isinstance(e, StepLogged)] == list(run.metrics.query("split == 'train'")["loss"])
+    assert sorted(p.name for p in run.dir.glob("*.png")) == sorted(f"{name}.png" for name in gradlab.figures([run]))
+    assert gradlab.run(tiny("bar", tmp_path), progress=True).status == "completed"
