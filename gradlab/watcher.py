@@ -178,7 +178,9 @@ class Watch:
         return bool(self._handles)
 
     def _arm(self) -> None:
-        """Attach the hooks for this step; they measure the first forward pass with gradients."""
+        """Measure the step now being taken: fresh state, and the hooks attached (they measure the
+        first forward pass with gradients; while consecutive steps are measured, every=1, they
+        stay attached)."""
         self._pending = PendingMeasurement()
         self._tapping = self._tapped = False
         self._calls: dict[str, int] = {}
@@ -187,6 +189,8 @@ class Watch:
         self._weight_norms: dict[str, torch.Tensor] = {}  # module name -> ||W|| in the measured forward pass
         self._grad_norms: dict[int, torch.Tensor] = {}  # id(param) -> ||grad||, as it accumulates
         self._changes: dict[int, torch.Tensor] = {}  # id(weight) -> ||W_after - W_before||
+        if self._handles:
+            return
         handles = [self.model.register_forward_pre_hook(self._forward_starts)]
         handles += [w.module.register_forward_hook(self._tap(w)) for w in self.watched]
         handles.append(self.model.register_forward_hook(self._forward_ends))  # after the taps: the model may be watched itself
@@ -311,10 +315,11 @@ class Watch:
         self._check_open()
         if self.measuring:
             self._write_step(loss, accuracy)
-            self._disarm()
         self.steps += 1
         if self.steps % self.every == 0:
             self._arm()
+        else:
+            self._disarm()
 
     def test(self, loss: Number = None, accuracy: Number = None) -> None:
         """A metrics.csv test row at the current step (the network after `steps` updates): the
