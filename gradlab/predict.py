@@ -301,34 +301,6 @@ def _branch(exp: Any, act: NumpyActivation, fan_in: int, batchnorm: bool) -> lis
     return layers
 
 
-def branch_delta_gain(branch: list[theory.BranchLayer], moment: theory.StreamMoments) -> float:
-    """‖∂L/∂z‖² / ‖∂L/∂(α·branch(x))‖² for one block, z its branch's first linear output: how much of
-    the stream's gradient reaches the branch's first layer, in mean field.
-
-    Going back from the branch's output: through each layer's φ a factor E[φ'(u)²] (u its input:
-    N(0, pre) without BatchNorm, N(0, 1) with it), through BatchNorm 1/(σw²_k · v_k) (it divides by
-    the batch std of its input, whose variance is σw²_k times the per-unit batch variance v_k of the
-    layer's input), and through the weights of every layer but the first σw²_k (‖Wᵀg‖² = σw² ‖g‖²).
-    """
-    q_in, v_in = moment.second_moment, moment.batch_variance
-    gain = 1.0
-    for k, layer in enumerate(branch):
-        act = layer.activation
-        if layer.batchnorm:
-            slope2 = theory.gaussian_expectation(lambda u: act.df(u) ** 2, 1.0, kinks=theory.kinks_of(act))
-            gain *= slope2 / (layer.sigma_w2 * v_in)
-            mean = theory.gaussian_expectation(act.f, 1.0, kinks=theory.kinks_of(act))
-            q_in = theory.gaussian_expectation(lambda u: act.f(u) ** 2, 1.0, kinks=theory.kinks_of(act))
-            v_in = q_in - mean * mean
-        else:
-            pre = layer.sigma_w2 * q_in + layer.sigma_b2
-            gain *= theory.gaussian_expectation(lambda u: act.df(u) ** 2, pre, kinks=theory.kinks_of(act))
-            q_in = theory.gaussian_expectation(lambda u: act.f(u) ** 2, pre, kinks=theory.kinks_of(act))
-        if k > 0:
-            gain *= layer.sigma_w2
-    return gain
-
-
 def _residual(exp: Any, act: NumpyActivation, moments: InputMoments) -> Prediction:
     """x_{l+1} = x_l + α·branch(x_l); block 0 reads the input through a projection onto the width
     (LeCun normal, so the stream starts with the input's second moment and mean 0) when the input's
@@ -357,7 +329,7 @@ def _residual(exp: Any, act: NumpyActivation, moments: InputMoments) -> Predicti
     base = dict(q=tuple(m.second_moment for m in stream[1:]), inputs=inputs, extra=extra, notes=(moments.how,))
     if alpha == 0.0:
         return Prediction("residual", reason="residual_scale 0 (SkipInit): every branch's gradient is exactly zero at initialization, so delta_norm is 0 and the gain undefined", **base)
-    gains = [branch_delta_gain(first, stream[0])] + [branch_delta_gain(rest, m) for m in stream[1:depth]]
+    gains = [theory.branch_delta_gain(first, stream[0])] + [theory.branch_delta_gain(rest, m) for m in stream[1:depth]]
     # ‖δ_l‖ = α √gains[l] ‖g_{l+1}‖, g_l = ∂L/∂x_l, ‖g_l‖ / ‖g_{l+1}‖ = stream_factors[l − 1]
     layers = [math.sqrt(gains[l] / gains[l + 1]) * stream_factors[l] for l in range(depth - 1)]
     return Prediction("residual", layers=tuple(layers), layer_factor=theory.geometric_mean_factor(layers), **base)

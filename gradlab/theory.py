@@ -860,3 +860,39 @@ def residual_gradient_factors(
                     q_in = _expect(act, lambda u: act.f(u) ** 2, pre, n)
         factors.append(math.sqrt(1.0 + alpha * alpha * product))
     return factors
+
+
+def branch_delta_gain(branch: Sequence[BranchLayer], moment: StreamMoments) -> float:
+    """‖∂L/∂z‖² / ‖∂L/∂(α·branch(x))‖² for one block, z its branch's first linear output: how much of
+    the stream's gradient reaches the branch's first layer, in mean field.
+
+    Going back from the branch's output: through each layer's φ a factor E[φ'(u)²] (u its input:
+    N(0, pre) without BatchNorm, N(0, 1) with it), through BatchNorm 1/(σw²_k · v_k) (it divides by
+    the batch std of its input, whose variance is σw²_k times the per-unit batch variance v_k of the
+    layer's input), and through the weights of every layer but the first σw²_k (‖Wᵀg‖² = σw² ‖g‖²).
+    A layer without an activation contributes its BatchNorm and weights only. gradlab's
+    `layer_factor` of a residual stack follows: ‖δ_l‖ = α √gain_l ‖∂L/∂x_{l+1}‖ (predict.py).
+    """
+    batchnorm = _check_branch(branch)
+    if batchnorm and moment.batch_variance is None:
+        raise ValueError("a BatchNorm branch needs the stream's batch_variance (see residual_moments)")
+    q_in, v_in = moment.second_moment, moment.batch_variance
+    gain = 1.0
+    for k, layer in enumerate(branch):
+        act = layer.activation
+        if act is None:
+            gain /= layer.sigma_w2 * v_in if layer.batchnorm else 1.0
+            q_in, v_in = (1.0, 1.0) if layer.batchnorm else (layer.sigma_w2 * q_in + layer.sigma_b2, v_in)
+        elif layer.batchnorm:
+            slope2 = gaussian_expectation(lambda u: act.df(u) ** 2, 1.0, kinks=kinks_of(act))
+            gain *= slope2 / (layer.sigma_w2 * v_in)
+            mean = gaussian_expectation(act.f, 1.0, kinks=kinks_of(act))
+            q_in = gaussian_expectation(lambda u: act.f(u) ** 2, 1.0, kinks=kinks_of(act))
+            v_in = q_in - mean * mean
+        else:
+            pre = layer.sigma_w2 * q_in + layer.sigma_b2
+            gain *= gaussian_expectation(lambda u: act.df(u) ** 2, pre, kinks=kinks_of(act))
+            q_in = gaussian_expectation(lambda u: act.f(u) ** 2, pre, kinks=kinks_of(act))
+        if k > 0:
+            gain *= layer.sigma_w2
+    return gain

@@ -509,3 +509,54 @@ def test_wide_residual_batchnorm_variance_grows_linearly():
     factors = T.residual_gradient_factors(branch, alpha, moments)
     predicted_profile = np.cumprod(factors[::-1])[::-1]
     np.testing.assert_allclose(np.array(norms[:-1]) / norms[-1], predicted_profile, rtol=0.05)
+
+
+# --- branch_delta_gain: how much of the stream's gradient reaches a residual branch's first layer ---
+
+
+class _Relu:
+    kinks = (0.0,)
+
+    @staticmethod
+    def f(x):
+        return np.maximum(x, 0.0)
+
+    @staticmethod
+    def df(x):
+        return (x > 0).astype(float)
+
+
+def test_branch_delta_gain_closed_forms():
+    relu = _Relu()
+    stream = T.StreamMoments(second_moment=3.0, mean=0.0, variance=3.0, batch_variance=2.5)
+    # one ReLU layer, no norm: E[relu'(u)^2] = 1/2 whatever the pre-activation variance
+    assert T.branch_delta_gain([T.BranchLayer(2.0, 0.0, relu)], stream) == pytest.approx(0.5)
+    # two: 1/2 * sigma_w2 of the second layer * 1/2
+    two = [T.BranchLayer(2.0, 0.0, relu), T.BranchLayer(1.5, 0.0, relu)]
+    assert T.branch_delta_gain(two, stream) == pytest.approx(0.25 * 1.5)
+    # BatchNorm: divided by the batch std^2 of z = sigma_w2 * the stream's batch variance
+    assert T.branch_delta_gain([T.BranchLayer(2.0, 0.0, relu, batchnorm=True)], stream) == pytest.approx(0.5 / (2.0 * 2.5))
+    # two BN layers: the second divides by sigma_w2 * Var relu(z) = sigma_w2 (1/2 - 1/(2 pi)), then sigma_w2 comes back
+    bn2 = [T.BranchLayer(2.0, 0.0, relu, batchnorm=True), T.BranchLayer(3.0, 0.0, relu, batchnorm=True)]
+    expected = 0.5 / (2.0 * 2.5) * 0.5 / (3.0 * (0.5 - 1 / (2 * math.pi))) * 3.0
+    assert T.branch_delta_gain(bn2, stream) == pytest.approx(expected)
+    # a linear layer (no activation) without norm: only its sigma_w2 when it is not the first
+    assert T.branch_delta_gain([T.BranchLayer(2.0, 0.0, relu), T.BranchLayer(4.0, 0.0, None)], stream) == pytest.approx(0.5 * 4.0)
+
+
+def test_branch_delta_gain_against_a_wide_numpy_branch():
+    # ||dL/dz|| / ||g|| for z = W1 x, r = relu(W2 relu(z)), g the gradient arriving at r: one draw, width 2000
+    rng = np.random.default_rng(0)
+    n, batch = 2000, 64
+    x = rng.normal(0, math.sqrt(3.0), (batch, n))
+    w1 = rng.normal(0, math.sqrt(2.0 / n), (n, n))
+    w2 = rng.normal(0, math.sqrt(1.5 / n), (n, n))
+    z1 = x @ w1.T
+    z2 = np.maximum(z1, 0) @ w2.T
+    g = rng.normal(0, 1, (batch, n))
+    dz2 = g * (z2 > 0)
+    dz1 = (dz2 @ w2) * (z1 > 0)
+    measured = (np.linalg.norm(dz1) / np.linalg.norm(g)) ** 2
+    stream = T.StreamMoments(3.0, 0.0, 3.0)
+    predicted = T.branch_delta_gain([T.BranchLayer(2.0, 0.0, _Relu()), T.BranchLayer(1.5, 0.0, _Relu())], stream)
+    assert measured == pytest.approx(predicted, rel=0.03)
