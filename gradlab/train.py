@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import math
 import os
+import sys
 import time
 
 import torch
@@ -114,6 +116,58 @@ def place_dataset(data: Dataset, device: torch.device) -> Dataset:
     return dataclasses.replace(data, x_train=moved[0], y_train=moved[1], x_test=moved[2], y_test=moved[3])
 
 
+# -- the optimizer without torch._dynamo ---------------------------------------------------------
+# torch.optim imports torch._dynamo (about 1.2 s on an idle 2-core machine, more than the whole
+# training of a smoke run) the first time an optimizer adds its parameters, zeroes its gradients or
+# steps: those methods are wrapped to keep torch.compile from tracing into them, and the wrapper
+# imports dynamo to say so. gradlab never compiles, so where dynamo is not loaded yet each wrapped
+# function is marked as its own "dynamo-disabled" version (the cache the wrapper looks up first),
+# and the step is called unwrapped under no_grad, as the wrapper itself would call it. The numbers
+# are the same: the same function runs. A process that has already imported dynamo is left alone.
+_DYNAMO_WRAPPED = (("torch.optim.optimizer", "Optimizer.add_param_group"), ("torch.optim.optimizer", "Optimizer.zero_grad"),
+                   ("torch.optim.optimizer", "Optimizer.state_dict"), ("torch.optim.optimizer", "Optimizer.load_state_dict"),
+                   ("torch.optim.sgd", "sgd"), ("torch.optim.adam", "adam"), ("torch.optim.adamw", "adamw"),
+                   ("torch.optim.rmsprop", "rmsprop"))  # fmt: skip
+
+
+def keep_dynamo_unloaded() -> bool:
+    """Mark the optimizer functions gradlab calls so that calling them does not import
+    torch._dynamo; False (nothing done) when dynamo is loaded already."""
+    if "torch._dynamo" in sys.modules:
+        return False
+    for module_name, path in _DYNAMO_WRAPPED:
+        try:
+            target = importlib.import_module(module_name)
+            for part in path.split("."):
+                target = getattr(target, part)
+        except (ImportError, AttributeError):
+            continue  # another torch version: that function is not there, or not wrapped
+        raw = getattr(target, "__wrapped__", None)
+        if raw is not None and getattr(raw, "__dynamo_disable", None) is None:
+            raw.__dynamo_disable = raw
+    return True
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer):
+    """`optimizer.step` as a function of no arguments: unwrapped (its profiling and hook wrapper
+    and its grad-mode wrapper, which imports dynamo) when nothing needs the wrappers, else as is."""
+    step = type(optimizer).step
+    module = importlib.import_module("torch.optim.optimizer")
+    hooked = optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks
+    hooked = hooked or module._global_optimizer_pre_hooks or module._global_optimizer_post_hooks
+    if "torch._dynamo" in sys.modules or optimizer.defaults.get("differentiable") or hooked:
+        return optimizer.step
+    raw = step
+    while hasattr(raw, "__wrapped__"):
+        raw = raw.__wrapped__
+
+    def unwrapped() -> None:
+        with torch.no_grad():
+            raw(optimizer)
+
+    return unwrapped
+
+
 class Trainer:
     """One run's state and its two kinds of step. `gradlab.runner.run_experiment` drives it."""
 
@@ -124,7 +178,9 @@ class Trainer:
         self.data = place_dataset(data, device)
         torch.manual_seed(exp.seed)  # the model's initialization and rrelu's slopes draw from it
         self.model = build_model(exp.model, data.input_shape, data.classes).to(device)
+        keep_dynamo_unloaded()
         self.optimizer = build_optimizer(exp.optim, self.model.parameters())
+        self._step = optimizer_step(self.optimizer)
         self.loss_fn = get_loss(exp.loss)
         self.grad_clip = exp.optim.get("grad_clip")
         self.probe = Probe(self.model, exp.log.probes)
@@ -230,7 +286,7 @@ class Trainer:
         if self.grad_clip is not None:
             # clips the global norm; the measured gradient norms are those before clipping
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.optimizer.step()
+        self._step()
 
     def evaluate(self, step: int) -> None:
         loss, accuracy = evaluate(self.model, self.data, self.loss_fn, self.device)

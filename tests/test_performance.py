@@ -187,3 +187,49 @@ def test_on_a_gpu_the_dataset_is_placed_and_plain_steps_do_not_sync(tmp_path):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert trainer.check() is None
+
+
+# -- start-up: the optimizer without torch._dynamo -------------------------------------------
+
+
+def test_a_run_does_not_import_torch_dynamo(tmp_path):
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch\n"
+        "from gradlab.config import validate\n"
+        "from gradlab.data import load_dataset\n"
+        "from gradlab.train import Trainer\n"
+        "for name in ('sgd', 'adam', 'adamw', 'rmsprop'):\n"
+        "    exp = validate({'optim': {'name': name, 'lr': 0.01, 'grad_clip': 1.0}, 'model': {'depth': 2, 'width': 4},"
+        " 'data': {'n_train': 32, 'n_test': 16, 'batch_size': 16}})\n"
+        "    data = load_dataset(exp.data, 0)\n"
+        "    trainer = Trainer(exp, torch.device('cpu'), data)\n"
+        "    trainer.plain_step(data.x_train[:16], data.y_train[:16])\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("spec", [{"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3}, {"name": "adam", "lr": 0.01}, {"name": "rmsprop", "lr": 0.01}])
+def test_the_unwrapped_step_is_the_optimizers_step(spec):
+    from gradlab.components import build_optimizer
+
+    cfg = validate({"model": {"depth": 2, "width": 8}, "optim": spec})
+    torch.manual_seed(0)
+    a = build_model(cfg.model, (6,), 3)
+    b = build_model(cfg.model, (6,), 3)
+    b.load_state_dict(a.state_dict())
+    opt_a, opt_b = build_optimizer(cfg.optim, a.parameters()), build_optimizer(cfg.optim, b.parameters())
+    step_a = train.optimizer_step(opt_a)
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    for _ in range(3):
+        for model, step in ((a, step_a), (b, opt_b.step)):
+            model.zero_grad(set_to_none=True)
+            LOSS(model(x), y).backward()
+            step()
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert opt_a.state_dict()["state"].keys() == opt_b.state_dict()["state"].keys()
