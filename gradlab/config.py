@@ -100,7 +100,9 @@ class DataConfig(Section):
             path = Path(self.path).expanduser()
             want_dir = self.name == "mnist"
             if not path.exists():
-                raise PydanticCustomError("data", "{message}", {"message": f"{describe_value(self.path, 200)} does not exist", "key": "path"})
+                # a relative path is read from the working directory (not the config file's folder): say which that was
+                where = "" if path.is_absolute() else f" (relative to the working directory {describe_value(str(Path.cwd()), 200)})"
+                raise PydanticCustomError("data", "{message}", {"message": f"{describe_value(self.path, 200)} does not exist{where}", "key": "path"})
             if want_dir and not path.is_dir():
                 raise PydanticCustomError("data", "{message}", {"message": f"{describe_value(self.path, 200)} is not a folder (mnist needs the folder holding the IDX files)", "key": "path"})
             if not want_dir and not path.is_file():
@@ -396,6 +398,24 @@ class Experiment(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _expected_steps_are_logged(self):
+        # A bound at a step that is never measured could only fail after training: refuse it up front.
+        if self.expect is None:
+            return self
+        steps, every = self.train.steps, self.log.every
+        for quantity, bound in self.expect.bounds().items():
+            step = bound.step
+            if step == "last" or step == 0 or step == steps or (step % every == 0 and step < steps):
+                continue
+            logged = f"0, {every}, {2 * every}, ..." if every < steps else "0"
+            raise PydanticCustomError(
+                "experiment", "{message}",
+                {"message": f"step {step} is never logged (log.every {every}, train.steps {steps}: logged are {logged} and {steps}); "
+                            f"give a multiple of log.every up to {steps}, or last", "key": f"expect.{quantity}.step"},
+            )  # fmt: skip
+        return self
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, default_flow_style=None, width=100)
 
@@ -491,6 +511,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(f"--set {key}: the value {exc.problem}") from None
         except yaml.YAMLError:
             raise ConfigError(f"--set {key}: {describe_value(raw)} is not a valid YAML value") from None
+        if key.split(".")[0] in ("seeds", "sweep"):
+            # a sweep is not a config value: say where it is given instead of "unknown key (did you mean 'seed'?)"
+            raise ConfigError(
+                f"--set {key}: {key.split('.')[0]} makes a sweep, not a config value; sweep from the command line with "
+                f"--sweep (e.g. --sweep seed=0,1,2 or --sweep model.depth=10,30), or write {key.split('.')[0]}: in the config file"
+            )
         set_dotted(data, key, value, where=f"--set {key}")
     return data
 

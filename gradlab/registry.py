@@ -72,8 +72,19 @@ def _normalize(name: str) -> str:
 
 
 def did_you_mean(word: str, choices: list[str]) -> str:
-    """' (did you mean 'relu'?)' or '' when nothing is close."""
-    close = difflib.get_close_matches(_normalize(word), choices, n=1, cutoff=0.7)
+    """' (did you mean 'relu'?)' or '' when nothing is close.
+
+    A word that starts a name is a name cut short, the common way of writing it: `kaiming`,
+    `xavier`, `glorot`, `he` are the beginnings of kaiming_normal, xavier_normal, glorot_normal,
+    he_normal (a string distance finds none of them); up to two such names are offered."""
+    key = _normalize(word)
+    if len(key) >= 2:
+        starting = [c for c in dict.fromkeys(choices) if c.startswith(key) and c != key]
+        # a whole first part (he -> he_normal) before a bare prefix (he -> hello)
+        starting.sort(key=lambda c: not c[len(key) :].startswith("_"))
+        if starting:
+            return " (did you mean " + " or ".join(f"'{c}'" for c in starting[:2]) + "?)"
+    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.7)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 

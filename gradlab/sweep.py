@@ -163,14 +163,23 @@ def parse_axis(item: str) -> Axis:
     except TooLarge as exc:
         raise ConfigError(f"--sweep {key}: the values {exc.problem}") from None
     except yaml.YAMLError as exc:
-        problem = getattr(exc, "problem", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         why = f" ({problem})" if problem and ("duplicate" in problem or "same key" in problem or "nested" in problem) else ""
         raise ConfigError(f"--sweep {key}: {_brief(raw)} is not a comma-separated list of YAML values{why}") from None
     return _axis(key, values, f"--sweep {key}")
 
 
 def merge_axes(axes: list[Axis], extra: Sequence[Axis]) -> list[Axis]:
-    """Command-line axes replace the config's axis of the same key, or are added."""
+    """Command-line axes replace the config's axis of the same key, or are added. One key given
+    twice on the command line (`--sweep k=a --sweep k=b`) is refused, not merged: whether the
+    second meant to add values or to correct the first cannot be told, and keeping the last
+    silently dropped values."""
+    given: dict[str, Axis] = {}
+    for axis in extra:
+        if axis.key in given:
+            values = ",".join(flow(v) for v in (*given[axis.key].values, *axis.values))
+            raise ConfigError(f"--sweep {axis.key}: given twice; give all its values in one, e.g. --sweep {axis.key}={values}")
+        given[axis.key] = axis
     axes = list(axes)
     for axis in extra:
         keys = [a.key for a in axes]

@@ -56,7 +56,7 @@ def test_run_prints_the_profile_table_and_the_path(tmp_path):
                                              "sigmoid, tanh, relu, leaky_relu, prelu, rrelu, elu, selu, gelu, silu, softplus, hardtanh, identity"),
         (["--steps", "-1"], "error: train.steps: got -1; must be >= 0"),
         (["--device", "tpu"], "error: device: got 'tpu'; allowed: auto, cpu, cuda, cuda:N, mps"),
-        (["--set", "data.name=npz", "--set", "data.path=missing.npz"], "error: data.path: 'missing.npz' does not exist"),
+        (["--set", "data.name=npz", "--set", "data.path=/no/such/missing.npz"], "error: data.path: '/no/such/missing.npz' does not exist"),
         (["--set", "optim.lr"], "error: --set 'optim.lr': expected key.path=value, e.g. model.depth=30"),
     ],
 )
@@ -183,3 +183,46 @@ def test_run_summary_shows_the_final_loss_and_accuracy(tmp_path):
     expected = (f"final: train loss {last['train']['loss']:.3g}, accuracy {last['train']['accuracy']:.3g}; "
                 f"test loss {last['test']['loss']:.3g}, accuracy {last['test']['accuracy']:.3g}")
     assert expected in " ".join(result.stdout.split())
+
+
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        # issue 11: these answered "unknown key (did you mean 'seed'?)"
+        (["--set", "seeds=3"], "error: --set seeds: seeds makes a sweep, not a config value; sweep from the command line with "
+                               "--sweep (e.g. --sweep seed=0,1,2 or --sweep model.depth=10,30), or write seeds: in the config file"),
+        (["--set", "sweep={model.depth: [2, 3]}"], "error: --set sweep: sweep makes a sweep, not a config value; sweep from the command line with "
+                                                  "--sweep (e.g. --sweep seed=0,1,2 or --sweep model.depth=10,30), or write sweep: in the config file"),
+        # issue 11: the second --sweep of a key silently replaced the first
+        (["--sweep", "model.depth=2,3", "--sweep", "model.depth=4"], "error: --sweep model.depth: given twice; give all its values in one, e.g. --sweep model.depth=2,3,4"),
+        # issue 11: did-you-mean missed prefixes and the common names
+        (["--set", "model.init.weight=he"], "error: model.init.weight: unknown initializer 'he' (did you mean 'he_normal' or 'he_uniform'?); allowed: "
+                                            "normal, uniform, xavier_normal, xavier_uniform, kaiming_normal, kaiming_uniform, lecun_normal, orthogonal, "
+                                            "variance_scaling, constant, zeros, default, fixup"),
+        # issue 11: an expectation at a step never logged failed only after training
+        (["--set", "expect={gain: {step: 7, min: 0.1}}"], "error: expect.gain.step: step 7 is never logged (log.every 5, train.steps 60: "
+                                                          "logged are 0, 5, 10, ... and 60); give a multiple of log.every up to 60, or last"),
+        (["--set", "log.every=10", "--set", "expect={gain: {step: 15, min: 0.1}}"], "error: expect.gain.step: step 15 is never logged (log.every 10, "
+                                                          "train.steps 60: logged are 0, 10, 20, ... and 60); give a multiple of log.every up to 60, or last"),
+        (["--steps", "40", "--set", "expect={gain: {step: 50, min: 0.1}}"], "error: expect.gain.step: step 50 is never logged (log.every 5, "
+                                                          "train.steps 40: logged are 0, 5, 10, ... and 40); give a multiple of log.every up to 40, or last"),
+    ],
+)
+def test_rough_edges_are_one_line_exit_2(tmp_path, args, line):
+    out = tmp_path / "out"
+    result = invoke("run", SMOKE, "--out", out, *args)
+    assert (result.exit_code, result.stderr) == (2, line + "\n")
+    assert not out.exists() or run_dirs(out) == []
+
+
+def test_validate_accepts_an_expectation_at_a_logged_step():
+    for step in ("0", "30", "60", "last"):
+        assert invoke("validate", SMOKE, "--set", f"expect={{gain: {{step: {step}, min: 0.1}}}}").exit_code == 0, step
+
+
+def test_a_relative_data_path_that_does_not_exist_names_the_directory_it_was_read_from(tmp_path, monkeypatch):
+    # issue 11: a relative data.path that does not exist did not say where it was looked for
+    monkeypatch.chdir(tmp_path)
+    result = invoke("validate", SMOKE, "--set", "data.name=npz", "--set", "data.path=data/missing.npz")
+    assert result.exit_code == 2
+    assert result.stderr == f"error: data.path: 'data/missing.npz' does not exist (relative to the working directory {str(tmp_path)!r})\n"

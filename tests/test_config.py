@@ -80,7 +80,7 @@ def test_initializer_aliases(alias, name):
         ),
         ({"loss": "hinge"}, "loss: unknown loss 'hinge'; allowed: cross_entropy, bce, mse"),
         ({"data": {"name": "mnist"}}, "data.path: data.name mnist needs data.path"),
-        ({"data": {"name": "npz", "path": "no/such/file.npz"}}, "data.path: 'no/such/file.npz' does not exist"),
+        ({"data": {"name": "npz", "path": "/no/such/file.npz"}}, "data.path: '/no/such/file.npz' does not exist"),
         ({"data": {"batch_size": 512, "n_train": 100}}, "data.batch_size: batch_size 512 is larger than n_train 100"),
         ({"model": {"kind": "cnn"}}, "data.name: model.kind cnn needs image data (images, mnist, npz), got gaussian"),
         ({"model": {"width": 30, "norm": {"name": "groupnorm", "groups": 4}}}, "model.norm.groups: groups=4 does not divide width=30"),
