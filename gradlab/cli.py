@@ -188,8 +188,12 @@ def _run_sweep(config, overrides, axis_items, resume, jobs, threads, executor, r
 def _plan_and_run_sweep(config, overrides, axis_items, resume, jobs, threads, executor, ray_address, quiet, plot) -> None:
     from contextlib import ExitStack
 
+    from gradlab import executors
     from gradlab import sweep as sweeps
 
+    cores = executors.available_cores()
+    if threads is not None and threads > 4 * cores:  # (100000 threads per run: every run fails allocating them)
+        raise ConfigError(f"--threads: {threads} is more than 4 x the {cores} cores here; give at most {4 * cores}")
     with ExitStack() as held:  # the sweep directory has one owner at a time: this command, from here on
         if resume is not None:
             if config is not None:

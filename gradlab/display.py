@@ -54,13 +54,15 @@ def profile_table(run: Run) -> Table:
     table.add_column("layer", justify="right")
     table.add_column("name")
     table.add_column("delta_norm @ step 0", justify="right")
-    table.add_column(f"delta_norm @ step {last_step if last_step is not None else 'last'}", justify="right")
+    if last_step != 0:  # (a run of 0 steps has one step to show, not the same column twice)
+        table.add_column(f"delta_norm @ step {last_step if last_step is not None else 'last'}", justify="right")
     if last_step is None:
         table.caption = "nothing was logged: the run diverged at its first step"
         return table
-    at = {step: layers[layers["step"] == step].set_index("layer")["delta_norm"] for step in (0, last_step)}
+    steps = list(dict.fromkeys((0, last_step)))
+    at = {step: layers[layers["step"] == step].set_index("layer")["delta_norm"] for step in steps}
     for layer, name in layers[["layer", "name"]].drop_duplicates("layer").itertuples(index=False):
-        table.add_row(str(layer), escape(str(name)), format_number(at[0].get(layer)), format_number(at[last_step].get(layer)))
+        table.add_row(str(layer), escape(str(name)), *(format_number(at[step].get(layer)) for step in steps))
     gains = []
     for step in dict.fromkeys((0, last_step)):
         gain = profile_at(run, step)["gain"]

@@ -144,6 +144,8 @@ def prepare_out_dir(out: str | Path) -> Path:
     existing folder above it is one, so that `out` can be created with the run directory."""
     out = Path(out).expanduser()
     try:
+        if out.is_symlink() and not out.exists():
+            raise RunError(f"log.out: {str(out)!r} is a symbolic link to {os.readlink(out)!r}, which does not exist")
         if out.exists() and not out.is_dir():
             raise RunError(f"log.out: {str(out)!r} is a file, not a folder")
         existing = out
@@ -161,8 +163,13 @@ def prepare_out_dir(out: str | Path) -> Path:
 
 
 def new_run_dir(out: str | Path, name: str) -> Path:
-    """Create `out/name/<timestamp>-<id>/`; never reuses an existing directory."""
+    """Create `out/name/<timestamp>-<id>/`; never reuses an existing directory. A symbolic link
+    at `out/name` is followed and the real path returned (what is printed is where the run is)."""
     parent = prepare_out_dir(out) / name
+    if parent.is_symlink():
+        if not parent.exists():
+            raise RunError(f"log.out: {str(parent)!r} is a symbolic link to {os.readlink(parent)!r}, which does not exist")
+        parent = parent.resolve()
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except FileExistsError:

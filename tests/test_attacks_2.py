@@ -652,3 +652,62 @@ def test_plot_of_many_runs_draws_their_median_and_band_and_says_so(tmp_path):
     assert len(figures["heatmap_delta_norm"].axes) == 2  # one panel and its colour bar, not one per run
     paths = plots.save_figures(figures, tmp_path / "figures")
     assert [p.name for p in paths] == [f"{stem}.png" for stem in figures]
+
+
+# --------------------------------------------------------------------------------------------
+# 11. The smaller ones
+# --------------------------------------------------------------------------------------------
+
+
+def test_sweep_values_nested_thousands_deep_or_with_duplicate_keys_are_one_line(tmp_path):
+    config = write(tmp_path / "c.yaml", BASE)
+    deep = "[" * 3000 + "]" * 3000
+    assert_one_error(invoke("validate", config, "--sweep", f"model.depth={deep}"), "--sweep model.depth: ", "is not a comma-separated list of YAML values (nested too deeply)")
+    line = assert_one_error(invoke("validate", config, "--sweep", "model.activation={name: elu, alpha: 1, alpha: 2}"), "--sweep model.activation: ")
+    assert "duplicate key 'alpha'" in line
+
+
+def test_odd_layer_and_kind_values_in_layers_csv_are_said(tmp_path):
+    run = finished_run(tmp_path)
+    text = (run / "layers.csv").read_text()
+    lines = text.splitlines(keepends=True)
+    fields = lines[1].split(",")
+    fields[1] = "1.5"
+    lines[1] = ",".join(fields)
+    lines[-2] = lines[-2].replace(",hidden,", ",HIDDEN,")  # (another row: the last step's last hidden layer)
+    (run / "layers.csv").write_text("".join(lines))
+    result = invoke("compare", run, "--format", "csv")
+    assert result.exit_code == 0, result.output
+    warnings = result.stderr.splitlines()
+    assert f"warning: {run}: layers.csv: 1 rows have a layer that is not a whole number (e.g. 1.5); they are left out" in warnings
+    assert any(line.startswith(f"warning: {run}: layers.csv: kind 'HIDDEN' in 1 rows is not one gradlab writes") for line in warnings), warnings
+
+
+def test_a_dangling_symlink_as_log_out_is_called_a_link(tmp_path):
+    (tmp_path / "out").symlink_to(tmp_path / "nowhere")
+    config = write(tmp_path / "c.yaml", {**BASE, "log": {**BASE["log"], "out": str(tmp_path / "out")}})
+    assert_one_error(invoke("run", config), f"log.out: {str(tmp_path / 'out')!r} is a symbolic link to {str(tmp_path / 'nowhere')!r}, which does not exist")
+
+
+def test_a_planted_symlink_at_out_name_is_followed_and_the_real_path_printed(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "out" / "tiny").symlink_to(tmp_path / "elsewhere")
+    config = write(tmp_path / "c.yaml", {**BASE, "name": "tiny", "log": {**BASE["log"], "out": str(tmp_path / "out")}})
+    result = invoke("run", config, "--quiet")
+    assert result.exit_code == 0, result.output
+    printed = Path(result.stdout.strip())
+    assert printed.parent == (tmp_path / "elsewhere").resolve() and (printed / "meta.json").is_file()
+
+
+def test_absurd_threads_are_refused_before_anything_is_written(tmp_path):
+    config = sweep_config(tmp_path)
+    assert_one_error(invoke("run", config, "--threads", "100000"), "--threads: 100000 is more than 4 x the ")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_run_of_zero_steps_shows_step_0_once(tmp_path):
+    config = write(tmp_path / "c.yaml", {**BASE, "train": {"steps": 0, "eval_every": 10}, "log": {**BASE["log"], "out": str(tmp_path / "out")}})
+    result = invoke("run", config)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("delta_norm @ step 0") == 1, result.stdout
