@@ -396,9 +396,17 @@ def table_lines(prediction: Prediction) -> list[str]:
     for key, value in p.extra.items():
         if not isinstance(value, (list, tuple)):
             lines.append(f"{key:<{width}}  {_text(value)}")
-    if p.q or p.layers:
-        q_name = "stream_q" if p.theory == "residual" else "q"
-        lines.append(f"{'layer':>5}  {q_name:>12}  {'factor':>12}")
+    if p.theory == "residual":
+        # per block: the stream after it (second moment, variance), the stream gradient's factor
+        # ||dL/dx_l|| / ||dL/dx_(l+1)|| into it (blocks 1 and up), and delta_norm's factor
+        second, variance = p.extra["stream_second_moment"][1:], p.extra["stream_variance"][1:]
+        stream_factors = [None, *p.extra["stream_factors"]]
+        lines.append(f"{'layer':>5}  {'stream_q':>12}  {'stream_var':>12}  {'stream_factor':>13}  {'factor':>12}")
+        for layer in range(len(second)):
+            factor = _text(p.layers[layer]) if layer < len(p.layers) else "-"
+            lines.append(f"{layer:>5}  {_text(second[layer]):>12}  {_text(variance[layer]):>12}  {_text(stream_factors[layer]):>13}  {factor:>12}")
+    elif p.q or p.layers:
+        lines.append(f"{'layer':>5}  {'q':>12}  {'factor':>12}")
         for layer in range(max(len(p.q), len(p.layers) + 1)):
             q = _text(p.q[layer]) if layer < len(p.q) else "-"
             factor = _text(p.layers[layer]) if layer < len(p.layers) else "-"

@@ -110,3 +110,24 @@ def test_theory_loads_no_torch_in_a_fresh_interpreter(tmp_path):
     proc = subprocess.run([sys.executable, "-c", probe, "theory", str(config(tmp_path))], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_table_for_a_residual_stack_with_batchnorm(tmp_path):
+    result = invoke("theory", config(tmp_path), "--set", "model.residual=true", "--set", "model.norm=batchnorm", "--set", "model.depth=3")
+    assert result.exit_code == 0, result.output
+    assert result.output == """\
+theory: residual (De & Smith 2020 (Batch normalization biases residual blocks towards the identity); Brock, De & Smith 2021)
+from: alpha = 1, sigma_w2 = 2, sigma_b2 = 0, first_sigma_w2 = 2, q0 = 2, branch_depth = 1
+note: gaussian: E[x²] = 1 + noise² = 2 (class means ~ N(0, 1) plus noise)
+q_star            -
+chi1              -
+predicted_factor  -
+xi_grad           -
+xi_c              -
+phase             -
+layer_factor      1.1868
+layer      stream_q    stream_var  stream_factor        factor
+    0           2.5       2.34085              -       1.20106
+    1       3.31831       2.68169        1.10595        1.1727
+    2       4.45493       3.02254        1.09255             -
+"""
