@@ -117,11 +117,12 @@ class RunCheck:
 
 def _check_run_dir(run_dir: Path) -> RunCheck:
     run_dir = records.shown_path(run_dir)
-    section = records.read_config(run_dir).get("expect")
+    config = records.read_config(run_dir)
+    section = config.get("expect")
     if section is None:
         return RunCheck(run_dir, [], notes=(f"{run_dir}: its config has no expect section; nothing to check",))
     expectations = parse(section, where=f"{run_dir / records.CONFIG_FILE}: expect")
-    run = records.load_run(run_dir)
+    run = records.load_run(run_dir, config)  # (config.yaml read once: a thousand runs pay it a thousand times)
     return RunCheck(run_dir, check(run, expectations), notes=tuple(run.notes))
 
 

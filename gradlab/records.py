@@ -444,7 +444,7 @@ class Run:
         return self.last_step if step == "last" else int(step)
 
 
-def load_run(run_dir: str | Path) -> Run:
+def load_run(run_dir: str | Path, config: dict[str, Any] | None = None) -> Run:
     """Read one run directory. Raises RunError when it cannot be read at all.
 
     Problems that leave the run usable (still marked running, interrupted, a partial last row, a
@@ -454,7 +454,7 @@ def load_run(run_dir: str | Path) -> Run:
     run_dir = shown_path(Path(run_dir))
     notes: list[str] = []
     meta = read_meta(run_dir)
-    config = read_config(run_dir)
+    config = read_config(run_dir) if config is None else config  # (a caller that read it already)
     layers = read_rows(run_dir, LAYERS_FILE, notes)
     metrics = read_rows(run_dir, METRICS_FILE, notes)
     if layers.empty and meta.get("status") != "diverged":
