@@ -119,3 +119,20 @@ def test_the_json_form_has_the_documented_keys():
     relu = predict(exp(activation="relu", init={"weight": "kaiming_normal", "bias": "zeros"})).to_json()
     assert relu["xi_grad"] == "inf"  # exactly critical: an infinite depth scale
     assert 0 < DEPARTS_TOLERANCE < 1
+
+
+def test_recurrent_predictions_once_the_config_has_the_kinds():
+    # the recurrent kinds' config keys are another issue's; predict reads them by name when they exist
+    from types import SimpleNamespace as NS
+
+    def rnn(kind, recurrent=None, forget_bias=None, activation="tanh"):
+        model = NS(kind=kind, width=128, activation={"name": activation}, init=NS(recurrent=recurrent), forget_bias=forget_bias)
+        return NS(model=model, data=NS(name="adding"))
+
+    p = predict(rnn("rnn", {"name": "orthogonal", "gain": 0.9}))
+    assert p.theory == "recurrent" and p.extra["step_bound"] == pytest.approx(0.9)  # tanh: gamma = 1
+    assert predict(rnn("rnn", {"name": "orthogonal", "gain": 2.0}, activation="sigmoid")).extra["step_bound"] == pytest.approx(0.5)
+    lstm = predict(rnn("lstm", forget_bias=1.0))
+    assert lstm.predicted_factor == pytest.approx(1 / (1 + math.exp(-1.0)))
+    assert "forget_bias" in predict(rnn("lstm")).reason
+    assert predict(rnn("gru")).theory == "none"
