@@ -237,7 +237,9 @@ def explain(comparison: Comparison | None = None) -> list[tuple[str, str]]:
     generic += [(f"{q}@<step>", text) for q, text in PROFILE_QUANTITIES.items()]
     generic.append(("verdict@<step>", describe_column("verdict")))
     generic += [(q, text) for q, text in FINAL_QUANTITIES.items()]
-    generic += [(q, f"{text} (with --theory)") for q, text in THEORY_QUANTITIES.items()]
+    from gradlab.predict import DEPARTS_TOLERANCE
+
+    generic += [(q, f"{text} (with --theory{f'; default tolerance {DEPARTS_TOLERANCE:g}' if q == 'departs' else ''})") for q, text in THEORY_QUANTITIES.items()]
     generic.append(("<column>_std", "sample standard deviation over the row's seeds (present when some row averages several seeds)"))
     generic.append(("<step>", "0 (initialization), last (each run's last logged step) or a step number; chosen with --step"))
     return generic
