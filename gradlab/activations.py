@@ -26,6 +26,7 @@ import torch when first called, which only a training process does.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -68,6 +69,37 @@ class Activation:
     gain: Callable[[Any], float] | None = None
     kinks: Callable[[Any], tuple[float, ...]] = lambda p: ()
     scale: Callable[[Any], float] = lambda p: 1.0
+    regions: "Regions | None" = None  # where a unit is inactive, saturated, dead (set below)
+
+
+@dataclass(frozen=True)
+class Regions:
+    """What inactive, saturated and dead mean for one activation family (the probes'
+    inactive_frac, saturated_frac, dead_frac; t is `log.saturation_threshold`, default 0.05).
+
+    inactive   u <= 0, whatever the slope there: the ReLU family's off side, and the negative side
+               of the functions that are the identity for large u (ELU, SELU, GELU, SiLU, softplus).
+               Empty for functions without such a side (sigmoid, tanh, hardtanh, identity).
+    saturated  u in a flat tail of a saturating function, where |f'(u)| < t * sup |f'|:
+               `tail` "both" (sigmoid, tanh, hardtanh: either tail), "negative" (the negative tail
+               only: u < `tail_start` as well, the bottom of f''s negative lobe for GELU and SiLU,
+               so the band around f''s zero crossing, GELU's u ~ -0.75, is not a tail), or None
+               (the ReLU family, identity: no saturating tail; the column is empty).
+    dead       (every family) f'(u) = 0 exactly, as autograd computes it, on every example of the
+               batch (and every position of a CNN channel): no gradient at all passes the unit.
+               A Leaky ReLU unit (slope > 0) is never dead; a ReLU unit that is off on the whole
+               batch is.
+    """
+
+    family: str  # rectifier | saturating | negative tail | linear
+    inactive: bool
+    tail: str | None  # both | negative | None
+    saturated: str  # the exact rule, for the README and --explain ('' when the column is empty)
+    tail_start: Callable[[Any], float] = lambda p: 0.0  # negative tails: u below this (p: typed params)
+
+    @property
+    def inactive_rule(self) -> str:
+        return "u <= 0" if self.inactive else ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,6 +343,44 @@ ACTIVATIONS: dict[str, Activation] = implementations(specs.activations, {
 })  # fmt: skip
 
 
+@functools.lru_cache(maxsize=16)
+def _lobe_bottom(name: str, items: tuple) -> float:
+    """Where f' is smallest on the negative side (GELU, SiLU dip below 0 there and then rise back to
+    0): the u below which |f'| falls monotonically to 0, the start of the flat negative tail. Found
+    on a grid of step 1e-5 (exact GELU: -sqrt 2, where GELU'' = phi(u)(2 - u^2) = 0; SiLU: minus
+    the argmax of SiLU', as SiLU'(u) + SiLU'(-u) = 1)."""
+    record, p = _record(dict(items))
+    if name == "gelu" and p.approximate == "none":
+        return -math.sqrt(2.0)
+    u = np.linspace(-10, 0, 1000001)
+    return float(u[np.argmin(record.df(p, u))])
+
+
+def _tail_start(name: str):
+    return lambda p: _lobe_bottom(name, tuple(p.model_dump().items()) + (("name", name),))
+
+
+_RECTIFIER = Regions("rectifier", inactive=True, tail=None, saturated="")
+_REGIONS: dict[str, Regions] = {
+    "sigmoid": Regions("saturating", False, "both", "sigmoid'(u) = y(1 - y) < t / 4, on either tail (t = 0.05: |u| > 4.36)"),
+    "tanh": Regions("saturating", False, "both", "tanh'(u) = 1 - y^2 < t, on either tail (t = 0.05: |u| > 2.18)"),
+    "hardtanh": Regions("saturating", False, "both", "u <= min_val or u >= max_val (f' = 0 there; below t * 1 nowhere else)"),
+    "relu": _RECTIFIER,
+    "leaky_relu": _RECTIFIER,
+    "prelu": _RECTIFIER,
+    "rrelu": _RECTIFIER,
+    "softplus": Regions("negative tail", True, "negative", "u < 0 and sigmoid(beta u) < t (t = 0.05: u < -2.94 / beta)"),
+    "elu": Regions("negative tail", True, "negative", "u < 0 and alpha e^u < t * max(1, alpha)"),
+    "selu": Regions("negative tail", True, "negative", "u < 0 and e^u < t (scale * alpha * e^u below t of its sup scale * alpha; t = 0.05: u < -3.00)"),
+    "gelu": Regions("negative tail", True, "negative", "u < -sqrt(2) (the bottom of GELU''s negative lobe) and |GELU'(u)| < t * sup GELU' (t = 0.05: u < -2.28); the band around GELU''s zero crossing at u = -0.75 passes gradient and is not a tail", _tail_start("gelu")),
+    "silu": Regions("negative tail", True, "negative", "u < -2.3994 (the bottom of SiLU''s negative lobe) and |SiLU'(u)| < t * sup SiLU' (t = 0.05: u < -3.93)", _tail_start("silu")),
+    "identity": Regions("linear", False, None, ""),
+}  # fmt: skip
+ACTIVATIONS = {name: dataclasses.replace(record, regions=_REGIONS[name]) for name, record in ACTIVATIONS.items()}
+
+DEAD_RULE = "f'(u) = 0 exactly (as autograd computes it) on every example of the batch, and every position of a CNN channel"
+
+
 def get(name: str) -> Activation:
     """The record of an activation by name or alias (did-you-mean error otherwise)."""
     return ACTIVATIONS[specs.activations.get(name).name]
@@ -359,6 +429,52 @@ def activity_counts(name: str, act: "nn.Module", u: "torch.Tensor", y: "torch.Te
     if alive.dim() > 1:
         alive = alive.flatten(1).any(dim=1)  # (C,): ... at some position
     return active.sum(), alive.sum()
+
+
+def region_counts(name: str, act: "nn.Module", u: "torch.Tensor", y: "torch.Tensor", threshold: float) -> dict[str, "torch.Tensor"]:
+    """This activation's counts on one forward pass, as 0-d tensors still on the device (u, y of
+    shape (B, C[, H, W]); a unit is dim 1, a channel of a CNN):
+
+        inactive  (example, unit[, position]) entries with u <= 0      (absent: no such side)
+        saturated entries in a flat tail (`Regions`, threshold t)      (absent: no tail)
+        alive     units whose f'(u) is nonzero somewhere in the batch  (dead = C - alive)
+        dact      sum of |f'(u)| over all entries                      (dact_mean = dact / u.numel())
+
+    ReLU's are read off y (relu' is 1 exactly where y > 0, else 0): its inactive count is the
+    complement of a sign sum, and |f'| sums to the active count."""
+    torch = _torch()
+    record = ACTIVATIONS[name]
+    regions = record.regions
+    unit_dims = (0, *range(2, u.dim()))
+    counts: dict[str, torch.Tensor] = {}
+    if name == "relu":
+        active = y.sign().sum() if y.numel() < 2**24 else (y > 0).sum()  # exact: a float sum of ones below 2^24
+        counts["inactive"] = u.numel() - active
+        counts["alive"] = (y.amax(dim=unit_dims) > 0).sum()
+        counts["dact"] = active
+        return counts
+    slope = record.derivative(act, u, y)
+    magnitude = slope.abs()
+    counts["dact"] = magnitude.sum()
+    counts["alive"] = (magnitude.amax(dim=unit_dims) > 0).sum()
+    if regions.inactive:
+        counts["inactive"] = (u <= 0).sum()
+    if regions.tail is not None:
+        maximum = record.maximum(act)
+        if not isinstance(maximum, float) and maximum.numel() > 1:
+            maximum = maximum.reshape(1, -1, *([1] * (u.dim() - 2)))
+        flat = magnitude < threshold * maximum
+        if regions.tail == "negative":
+            flat &= u < _module_tail_start(name, getattr(act, "approximate", None))
+        counts["saturated"] = flat.sum()
+    return counts
+
+
+@functools.lru_cache(maxsize=16)
+def _module_tail_start(name: str, approximate: str | None) -> float:
+    """The start of a built module's negative tail (it depends on GELU's approximation only)."""
+    spec = {"name": name} if approximate is None else {"name": name, "approximate": approximate}
+    return ACTIVATIONS[name].regions.tail_start(specs.activations.params_of(specs.activations.resolve(spec)))
 
 
 # --------------------------------------------------------------------------------------------

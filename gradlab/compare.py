@@ -24,7 +24,7 @@ from gradlab import configdiff
 from gradlab.errors import RunError
 from gradlab.quantities import FINAL_QUANTITIES, PROFILE_QUANTITIES, SUMMARY_QUANTITIES, THEORY_QUANTITIES
 from gradlab.records import STATUSES, Run, Step
-from gradlab.summaries import DEFAULT_THRESHOLDS, Thresholds, missing_step_notes, profile_at, summarize_run
+from gradlab.summaries import DEFAULT_THRESHOLDS, Thresholds, column_name, missing_step_notes, profile_at, summarize_run, verdict
 
 # Columns that are not summary quantities but appear in every comparison.
 OTHER_COLUMNS: dict[str, str] = {
@@ -32,8 +32,15 @@ OTHER_COLUMNS: dict[str, str] = {
     "status": "from meta.json: running | completed | diverged | interrupted | failed (a row of several seeds counts each status)",
     "seeds": "number of runs averaged in the row: runs that share every config value but the seed form one row",
     "last_step": "largest step in layers.csv: where 'last' measurements are taken",
-    "verdict": "vanishing (gain below the vanish threshold) | stable | exploding (gain above the explode threshold) | diverged (a run that diverged, at its last logged step: the last finite measurement before it blew up); 'mixed' lists the verdicts of a row's seeds when they disagree",
+    "verdict": "vanishing (gain below the vanish threshold) | stable | exploding (gain above the explode threshold), on the gain measured at that step "
+               "(a run that diverged later is judged on its gain at the step; its fate is its status); a row of several seeds is judged on "
+               "the geometric mean of its gains",
 }
+
+# Gains and ratios are averaged over seeds geometrically: the mean of their logarithms, and as spread
+# the geometric standard deviation exp(sd(ln x)) (the `_std` column of these quantities; the table
+# shows it as `mean ×/÷ spread`). A linear mean of 1e-9 and 5e-8 says nothing about either.
+GEOMETRIC = ("gain", "layer_factor", "weight_grad_gain", "first_delta_norm", "last_delta_norm")
 
 INTEGER_COLUMNS = ("seeds", "last_step", "steps_to_target")
 
@@ -67,13 +74,6 @@ def _group_status(statuses: list[str]) -> str:
         return statuses[0]
     order = {status: i for i, status in enumerate(STATUSES)}
     return ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda item: order.get(item[0], 99)))
-
-
-def _group_verdict(verdicts: list[str | None]) -> str | None:
-    counts = Counter(v or "n/a" for v in verdicts)
-    if len(counts) == 1:
-        return verdicts[0]
-    return "mixed: " + ", ".join(f"{n} {v}" for v, n in counts.most_common())
 
 
 def _unique_labels(groups: list[list[Run]]) -> list[str]:
@@ -118,8 +118,7 @@ def compare_runs(
                 continue
             values = [summaries[i][column] for i in members]
             if column.startswith("verdict@"):
-                row[column] = _group_verdict(values)
-                continue
+                continue  # judged below, on the row's (geometric) mean gain
             if column == "last_step":
                 # Not a measurement to average: seeds that stopped early (diverged) say so.
                 logged = [v for v in values if v is not None]
@@ -127,10 +126,18 @@ def compare_runs(
                 if len(set(values)) > 1:
                     notes.append(f"{label}: its seeds stopped at different steps ({', '.join(map(str, values))}); 'last' is each seed's own last step")
                 continue
-            mean, std = _mean_std([float(v) for v in values])
+            geometric = column.partition("@")[0] in GEOMETRIC
+            mean, std = (_geometric_mean_spread if geometric else _mean_std)([float(v) for v in values])
             row[column] = mean
             if grouped:
                 row[f"{column}_std"] = std
+        for step in steps:
+            gain = row.get(column_name("gain", step), math.nan)
+            row[column_name("verdict", step)] = verdict(gain, thresholds) if len(members) > 1 else summaries[members[0]][column_name("verdict", step)]
+        diverged = [runs[i] for i in members if runs[i].status == "diverged"]
+        if diverged:
+            steps_before = ", ".join(str(run.last_step) for run in diverged)
+            notes.append(f"{label}: diverged; its final_* values are the last ones logged before it diverged (step {steps_before})")
         rows.append(row)
 
     order = ["label", *columns, "status", "seeds"]
@@ -146,7 +153,7 @@ def compare_runs(
         tolerance = predict.DEPARTS_TOLERANCE if tolerance is None else tolerance
         for row, members in zip(rows, groups):
             prediction = predict.for_config(configs[members[0]])
-            measured, _ = _mean_std([profile_at(runs[i], 0)["layer_factor"] for i in members])
+            measured, _ = _geometric_mean_spread([profile_at(runs[i], 0)["layer_factor"] for i in members])
             row["predicted_factor"] = math.nan if prediction.layer_factor is None else prediction.layer_factor
             flag = predict.departs(measured, prediction.layer_factor, tolerance)
             row["departs"] = None if flag is None else ("yes" if flag else "no")
@@ -182,6 +189,19 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
 
+def _geometric_mean_spread(values: list[float]) -> tuple[float, float]:
+    """exp(mean(ln x)) and exp(sample sd(ln x)) over seeds (GEOMETRIC): empty where a value is empty,
+    not positive or infinite (a gain of 0 or inf has no logarithm to average)."""
+    if any(math.isnan(v) or v <= 0 or math.isinf(v) for v in values):
+        if any(math.isnan(v) for v in values) or len(values) > 1:
+            return math.nan, math.nan
+        return values[0], math.nan
+    logs = [math.log(v) for v in values]
+    if len(values) == 1:
+        return values[0], math.nan
+    return math.exp(statistics.mean(logs)), math.exp(statistics.stdev(logs))
+
+
 def _all_integral(series: pd.Series) -> bool:
     values = series.dropna().astype(float)
     return bool(np.all(np.isfinite(values)) and np.all(values == np.round(values)))
@@ -195,6 +215,8 @@ def _all_integral(series: pd.Series) -> bool:
 def describe_column(column: str, comparison: Comparison | None = None) -> str:
     """What a comparison column means, from the declarations in gradlab.quantities."""
     if column.endswith("_std"):
+        if column[:-4].partition("@")[0] in GEOMETRIC:
+            return f"geometric standard deviation exp(sd(ln x)) of {column[:-4]} over the row's seeds, a factor: shown as mean ×/÷ it (empty for one seed)"
         return f"sample standard deviation of {column[:-4]} over the row's seeds (empty for one seed)"
     base, _, step = column.partition("@")
     where = ""

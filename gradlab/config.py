@@ -175,6 +175,18 @@ class LogConfig(Section):
     every: int = Field(10, ge=1, description="probe every k steps (and at step 0 and the last step)")
     probes: list[Literal[GROUPS]] = Field(list(PROBES))
     out: str = Field("results", min_length=1, description="folder that run directories are created in")
+    saturation_threshold: float = Field(
+        0.05, gt=0, lt=1, description="saturated_frac counts |f'(u)| < this times sup |f'| in a flat tail (activations.Regions)"
+    )
+
+    @model_serializer(mode="wrap")
+    def _threshold_only_when_set(self, handler):
+        # written to config.yaml only when it is not the default, so runs recorded before it existed
+        # and runs at the default compare as equal
+        data = handler(self)
+        if self.saturation_threshold == 0.05:
+            data.pop("saturation_threshold", None)
+        return data
 
 
 # --------------------------------------------------------------------------------------------

@@ -114,7 +114,7 @@ def display_cells(comparison: Comparison) -> pd.DataFrame:
     """The table as text cells, `mean ± std` where a row averages seeds."""
     import pandas as pd
 
-    from gradlab.compare import INTEGER_COLUMNS
+    from gradlab.compare import GEOMETRIC, INTEGER_COLUMNS
 
     table = comparison.table
     cells = pd.DataFrame(index=table.index)
@@ -127,8 +127,8 @@ def display_cells(comparison: Comparison) -> pd.DataFrame:
             text = format_number(table.at[i, column], integer)
             if has_std and text and table.at[i, "seeds"] > 1:
                 std = format_number(table.at[i, std_column])
-                if std:
-                    text = f"{text} ± {std}"
+                if std:  # gains and ratios: a geometric mean and its multiplicative spread (compare.GEOMETRIC)
+                    text = f"{text} ×/÷ {std}" if column.partition("@")[0] in GEOMETRIC else f"{text} ± {std}"
             texts.append(text)
         cells[column] = texts
     return cells

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 # The layers.csv quantities whose per-layer values span orders of magnitude (vanishing and
 # exploding gradients): their histograms bin log10 of the value. The others (means, spreads,
 # shares of units) are binned as they are.
-LOG_HISTOGRAMS = ("weight_norm", "weight_grad_norm", "bias_grad_norm", "delta_norm", "update_ratio")
+LOG_HISTOGRAMS = ("weight_norm", "weight_grad_norm", "bias_grad_norm", "delta_norm", "delta_rms", "update_ratio")
 METRICS = ("loss", "accuracy", "grad_norm", "lr")
 HISTOGRAM_BINS = 30  # at most; fewer when there are fewer hidden layers
 CONFIG_TAG = "config"

@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from gradlab.activations import activity_counts
+from gradlab.activations import region_counts
 from gradlab.quantities import GROUPS, QUANTITIES, RESIDUAL
 from gradlab.sites import Layer, Role, Site
 
-SATURATION_THRESHOLD = 0.05  # "derivative below 5% of its maximum"
+SATURATION_THRESHOLD = 0.05  # "derivative below 5% of its maximum": log.saturation_threshold's default
 
 SiteKey = tuple[int, "int | None"]  # Site.key: (layer, t)
 Column = dict[SiteKey, float]  # site -> value, for one quantity
@@ -169,10 +169,11 @@ def _count_positives(vectors: list[torch.Tensor]) -> torch.Tensor:
 class Probe:
     """Measures one model's declared layers on the steps it is attached to."""
 
-    def __init__(self, model: nn.Module, groups: list[str] | tuple[str, ...] = GROUPS):
+    def __init__(self, model: nn.Module, groups: list[str] | tuple[str, ...] = GROUPS, saturation_threshold: float = SATURATION_THRESHOLD):
         unknown = set(groups) - set(GROUPS)
         assert not unknown, unknown
         self.model = model
+        self.saturation_threshold = saturation_threshold  # t of saturated_frac (activations.Regions)
         self.groups = set(groups)
         self.layers: list[Layer] = model.measured_layers()  # input side first
         self.sites = [layer.site for layer in self.layers]
@@ -217,20 +218,30 @@ class Probe:
         if "activations" not in self.groups:
             return
         pending = self._pending
+        n = u.numel()
         with torch.no_grad():
+            # u's statistics: two passes (mean, then the norm of the deviations), as for act_std
+            mean = u.mean()
+            pending.add("preact_mean", site, mean)
+            pending.add("preact_std", site, torch.linalg.vector_norm(u - mean), math.sqrt(n))
             if activation == "relu":
-                # relu' is 1 exactly where y > 0. Count those as the sum of sign(y) (0 or 1; a float
-                # sum of ones is exact below 2^24): 4x cheaper than (y > 0).sum(), which converts
-                # the mask to int64 first. A unit is alive where its largest y is > 0; those maxima
-                # are counted for all layers at once when the step is fetched.
+                # relu' is 1 exactly where y > 0, else 0. Count those as the sum of sign(y) (0 or 1; a
+                # float sum of ones is exact below 2^24): 4x cheaper than (y > 0).sum(), which converts
+                # the mask to int64 first; it is also the sum of |relu'|. A unit is alive where its
+                # largest y is > 0; those maxima are counted for all layers at once when the step is fetched.
                 active = y.sign().sum() if y.numel() < 2**24 else (y > 0).sum()
-                pending.add("saturated_frac", site, active, u.numel(), complement=True)
+                pending.add("inactive_frac", site, active, n, complement=True)
+                pending.add("dact_mean", site, active, n)
                 unit_maxima = y.amax(dim=(0, *range(2, y.dim())))  # (C,): a unit is a channel in a CNN
                 pending.add_positives("dead_frac", site, unit_maxima, u.shape[1], complement=True)
                 return
-            active, alive = activity_counts(activation, act, u, y, SATURATION_THRESHOLD)
-            pending.add("saturated_frac", site, active, u.numel(), complement=True)
-            pending.add("dead_frac", site, alive, u.shape[1], complement=True)  # a unit is a channel in a CNN
+            counts = region_counts(activation, act, u, y, self.saturation_threshold)
+            pending.add("dact_mean", site, counts["dact"], n)
+            if "inactive" in counts:
+                pending.add("inactive_frac", site, counts["inactive"], n)
+            if "saturated" in counts:
+                pending.add("saturated_frac", site, counts["saturated"], n)
+            pending.add("dead_frac", site, counts["alive"], u.shape[1], complement=True)  # a unit is a channel in a CNN
 
     def _residual(self, site: Site, role: Role, value: torch.Tensor) -> None:
         """A residual block's stream x_(l+1) and branch output r_l (quantities.RESIDUAL): the stream's
@@ -256,7 +267,14 @@ class Probe:
 
     def _delta_hook(self, site: Site):
         def hook(grad: torch.Tensor) -> None:
-            self._pending.add("delta_norm", site, torch.linalg.vector_norm(grad))
+            norm = torch.linalg.vector_norm(grad)
+            self._pending.add("delta_norm", site, norm)
+            # delta_rms (quantities.py) = sqrt(B) * || sum over positions of |grad| ||; with one
+            # position (an MLP, the logits) that is sqrt(B) * delta_norm, from the same norm
+            per_example = 1 / math.sqrt(grad.shape[0])  # the divisor: value / divisor = value * sqrt(B)
+            if grad.dim() > 2:
+                norm = torch.linalg.vector_norm(grad.abs().sum(dim=tuple(range(2, grad.dim()))))
+            self._pending.add("delta_rms", site, norm, per_example)
 
         return hook
 
@@ -277,6 +295,11 @@ class Probe:
             if self.bias_at:
                 keys = [key for key, _ in self.bias_at]
                 pending.columns["bias_grad_norm"] = (keys, torch.stack([grad_norms[k] for _, k in self.bias_at]), 1.0)
+        if "activations" in self.groups and "dact_mean" in pending.columns:
+            # mean |w| of each layer's weight, for dact_factor (computed from the host values in `rows`)
+            every_site = [site.key for site in self.sites]
+            l1 = torch.stack(torch._foreach_norm([w.detach() for w in self.weights], 1))
+            pending.columns[_WEIGHT_ABS_MEAN] = (every_site, l1, [float(w.numel()) for w in self.weights])
         pending.extras["loss"] = loss.detach()
         pending.extras["accuracy"] = (logits.detach().argmax(dim=1) == y).float().mean()
         pending.extras["grad_norm"] = torch.linalg.vector_norm(torch.stack(grad_norms))
@@ -311,8 +334,18 @@ class Probe:
 
     # -- rows -------------------------------------------------------------------------------
 
+    def _dact_factors(self, columns: dict[str, Column]) -> Column:
+        """dact_factor of each hidden layer: its dact_mean times the next layer's mean |w|."""
+        dact, weight_abs = columns.get("dact_mean", {}), columns.get(_WEIGHT_ABS_MEAN, {})
+        factors: Column = {}
+        for site, following in zip(self.sites, self.sites[1:]):
+            if site.key in dact and following.key in weight_abs:
+                factors[site.key] = dact[site.key] * weight_abs[following.key]
+        return factors
+
     def rows(self, step: int, columns: dict[str, Column]) -> list[dict]:
         """One layers.csv row per declared layer; a quantity not measured (or not existing) stays None."""
+        columns = {**columns, "dact_factor": self._dact_factors(columns)}
         measured = [(quantity, columns.get(quantity, {})) for quantity in QUANTITIES]
         measured += [(quantity, columns[quantity]) for quantity in RESIDUAL if quantity in columns]  # residual models only
         rows = []
@@ -322,6 +355,9 @@ class Probe:
                 row[quantity] = column.get(site.key)
             rows.append(row)
         return rows
+
+
+_WEIGHT_ABS_MEAN = "weight_abs_mean"  # not a column: what dact_factor multiplies dact_mean by
 
 
 class _Locator:

@@ -42,15 +42,39 @@ LAYER_QUANTITIES: tuple[Quantity, ...] = (
     Quantity("bias_grad_norm", "weights", "layer", "||dL/db||, the norm of the gradient of L with respect to the layer's bias (empty when the layer has no bias)"),
     Quantity("delta_norm", "deltas", "preactivation",
              "||dL/dz|| over the whole batch, z the layer's linear/conv output before normalization and activation "
-             "(for the head: the logits): the back-propagated signal that vanishes or explodes"),
+             "(for the head: the logits): the back-propagated signal that vanishes or explodes; it scales as 1/sqrt(B) "
+             "with the batch size B and sums over positions, so it compares runs of one batch size and one architecture only"),
+    Quantity("delta_rms", "deltas", "preactivation",
+             "sqrt((1/B) sum_b sum_c g_bc^2) with g_bc = sum over the positions p of channel c of |dl_b/dz_bcp|, l_b = B * L's "
+             "share of example b (its own loss) and B the batch size; in an MLP (one position) it is delta_norm * sqrt(B): "
+             "the root mean square over examples of the per-example gradient's norm, invariant to the batch size, to the "
+             "image size under global average pooling, and to 2x2 average and max pooling (each sends a position's gradient "
+             "to its inputs with the same absolute sum); the gain and the verdicts use it"),
     Quantity("act_mean", "activations", "output", "mean of the block's output activations over batch and units (and positions in a CNN)"),
     Quantity("act_std", "activations", "output", "population standard deviation (ddof 0) of the block's output activations over batch and units (and positions)"),
-    Quantity("saturated_frac", "activations", "activation",
-             "share of (example, unit) pairs where |act'(u)| is below 5% of its maximum, u the activation's input "
+    Quantity("preact_mean", "activations", "activation",
+             "mean of u, the activation's input (z, or norm(z) with the norm before the activation), over batch and units (and positions): what decides saturation"),
+    Quantity("preact_std", "activations", "activation", "population standard deviation (ddof 0) of u, the activation's input, over batch and units (and positions)"),
+    Quantity("dact_mean", "activations", "activation",
+             "mean of |f'(u)| over batch and units (and positions), f the activation and u its input: sigmoid's is at most 1/4"),
+    Quantity("dact_factor", "activations", "activation",
+             "dact_mean of this layer times the mean |w| over the entries of the next layer's weight (the head's for the last "
+             "hidden layer): the lecture's |w| |f'| factor by which the back-propagated signal changes per layer (empty for the head)"),
+    Quantity("inactive_frac", "activations", "activation",
+             "share of (example, unit) pairs with u <= 0, u the activation's input, whatever the slope there: the ReLU family's off side, "
+             "the negative side of ELU, SELU, GELU, SiLU, softplus; empty for sigmoid, tanh, hardtanh, identity "
              "(in a CNN a unit is a channel, and every position of it counts as a pair)"),
+    Quantity("saturated_frac", "activations", "activation",
+             "share of (example, unit) pairs in a flat tail of a saturating activation, where |f'(u)| < t * sup |f'| with t = "
+             "log.saturation_threshold (default 0.05): either tail of sigmoid, tanh, hardtanh; only the negative tail of softplus, "
+             "ELU, SELU (u < 0), GELU (u < -sqrt 2) and SiLU (u < -2.3994), beyond the bottom of f''s negative lobe, so GELU's "
+             "zero crossing at u = -0.75 is not a tail; empty for the ReLU family and identity, which have no saturating tail "
+             "(see inactive_frac). The rule of each activation: gradlab components"),
     Quantity("dead_frac", "activations", "activation",
-             "share of units saturated (as in saturated_frac) on every example of the batch, and every position in a CNN: a dead ReLU is one"),
-    Quantity("update_ratio", "updates", "layer", "||W_after - W_before|| / ||W_before|| of the optimizer step taken at this step"),
+             "share of units through which no gradient passes at all on this batch: f'(u) = 0 exactly (as autograd computes it) on "
+             "every example of the batch, and every position in a CNN: a ReLU unit off on the whole batch; a Leaky ReLU unit "
+             "(slope > 0) is never dead; measured per batch, so a unit dead on this batch may be alive on another"),
+    Quantity("update_ratio", "updates", "layer", "||W_after - W_before|| / ||W_before|| of the optimizer step taken at this step, ||W_before|| the weight's norm before the step"),
 )  # fmt: skip
 
 QUANTITIES: dict[str, Quantity] = {q.name: q for q in LAYER_QUANTITIES}
@@ -77,6 +101,10 @@ LAYERS_KEYS: dict[str, str] = {
     "kind": "hidden or head",
 }
 LAYERS_COLUMNS: list[str] = [*LAYERS_KEYS, *QUANTITIES]
+
+# Columns added after runs had been recorded without them (issue 11): a run that lacks them is read
+# with them empty (records.read_table), never refused.
+ADDED_COLUMNS: tuple[str, ...] = ("delta_rms", "preact_mean", "preact_std", "dact_mean", "dact_factor", "inactive_frac")
 
 
 def layers_columns(residual: bool = False) -> list[str]:
@@ -111,11 +139,13 @@ def in_group(group: str) -> list[str]:
 PROFILE_QUANTITIES: dict[str, str] = {
     "first_delta_norm": "delta_norm of the first hidden layer (layer 0): the back-propagated signal where it reaches the input end of the stack",
     "last_delta_norm": "delta_norm of the last hidden layer: the signal as it enters the stack from the head",
-    "gain": "gain across the stack = first_delta_norm / last_delta_norm; below 1 the signal shrinks on its way down to the input, above 1 it grows",
-    "layer_factor": "per-layer factor = gain ** (1 / (depth - 1)): the average change of the signal from one layer to the next; empty when depth is 1",
-    "weight_grad_gain": "weight-gradient gain = weight_grad_norm of the first hidden layer / that of the last hidden layer",
-    "dead_frac": "largest dead_frac over the hidden layers: share of a layer's units whose activation derivative is below 5% of its maximum on every example of the batch",
-    "saturated_frac": "largest saturated_frac over the hidden layers: share of a layer's (example, unit) pairs whose activation derivative is below 5% of its maximum",
+    "gain": "gain across the stack = delta_rms of the first hidden layer / delta_rms of the last (first_delta_norm / last_delta_norm "
+            "for runs recorded before delta_rms: the same ratio in an MLP, while in a CNN only delta_rms is blind to pooling and image size); below 1 the signal shrinks on its "
+            "way down to the input, above 1 it grows; over several seeds the geometric mean",
+    "layer_factor": "per-layer factor = gain ** (1 / (depth - 1)): the average change of the signal from one layer to the next; empty when depth is 1; over several seeds the geometric mean",
+    "weight_grad_gain": "weight-gradient gain = weight_grad_norm of the first hidden layer / that of the last hidden layer; over several seeds the geometric mean",
+    "dead_frac": "largest dead_frac over the hidden layers: share of a layer's units through which no gradient passes on this batch (f'(u) = 0 on every example: a dead ReLU; a Leaky ReLU unit never is)",
+    "saturated_frac": "largest saturated_frac over the hidden layers: share of a layer's (example, unit) pairs in a flat tail of a saturating activation (empty for the ReLU family: see inactive_frac)",
 }
 
 # Measured over the whole run.

@@ -22,7 +22,7 @@ from gradlab.errors import RunError
 from gradlab.quantities import FINAL_QUANTITIES, PROFILE_QUANTITIES, SUMMARY_QUANTITIES  # noqa: F401 (the names computed here)
 from gradlab.records import Run, Step
 
-Verdict = Literal["vanishing", "stable", "exploding", "diverged"]
+Verdict = Literal["vanishing", "stable", "exploding"]
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,14 @@ def profile_at(run: Run, step: Step) -> dict[str, float]:
     its time selecting rows with pandas); where a layer appears twice at a step, its last row counts.
     """
     first, last, depth = hidden_span(run.layers)
-    columns = {c: run.layers[c].to_numpy() for c in ("step", "layer", "kind", "delta_norm", "weight_grad_norm", "dead_frac", "saturated_frac")}
+    layers = run.layers
+    columns = {
+        c: layers[c].to_numpy() if c in layers else np.full(len(layers), np.nan)
+        for c in ("step", "layer", "kind", "delta_norm", "delta_rms", "weight_grad_norm", "dead_frac", "saturated_frac")
+    }
+    # the gain compares like with like on delta_rms (invariant to batch size and pooling); a run
+    # recorded before delta_rms existed has only delta_norm (the same gain in an MLP)
+    signal = "delta_rms" if not np.all(np.isnan(columns["delta_rms"].astype(float))) else "delta_norm"
     target = run.resolve_step(step)
     rows = (columns["kind"] == "hidden") & (columns["step"] == target) if target is not None else []
     row_of = {int(layer): i for layer, i in zip(columns["layer"][rows], np.flatnonzero(rows))}
@@ -90,7 +97,7 @@ def profile_at(run: Run, step: Step) -> dict[str, float]:
         values = values[~np.isnan(values)]
         return float(values.max()) if values.size else math.nan  # of nothing, or of empty cells: NaN, never 0
 
-    gain = ratio("delta_norm")
+    gain = ratio(signal)
     return {
         "first_delta_norm": value(first, "delta_norm"),
         "last_delta_norm": value(last, "delta_norm"),
@@ -103,10 +110,9 @@ def profile_at(run: Run, step: Step) -> dict[str, float]:
 
 
 def run_verdict(run: Run, step: Step, gain: float, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Verdict | None:
-    """The verdict at `step`. A diverged run is 'diverged' at its last logged step: the records
-    stop at the last finite measurement, and the story of the run is that it blew up next."""
-    if run.status == "diverged" and run.resolve_step(step) == run.last_step:
-        return "diverged"
+    """The verdict at `step`: what the gain measured at that step says, whatever happened later (a
+    network healthy at initialization that diverged at step 300 is 'stable' at step 0, an exploding
+    one 'exploding'); the run's fate is its status."""
     return verdict(gain, thresholds)
 
 

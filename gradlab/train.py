@@ -183,7 +183,7 @@ class Trainer:
         self._step = optimizer_step(self.optimizer)
         self.loss_fn = get_loss(exp.loss)
         self.grad_clip = exp.optim.get("grad_clip")
-        self.probe = Probe(self.model, exp.log.probes)
+        self.probe = Probe(self.model, exp.log.probes, exp.log.saturation_threshold)
         self.started = time.perf_counter()
         # On a GPU a plain step does not read its loss (a host sync per step): `check` reads the
         # losses of the steps since the last check at once, at the next logged or evaluated step.

@@ -89,11 +89,12 @@ def test_compare_averages_seeds_in_one_row(runs):
     result = invoke("compare", "runs", "-f", "csv", "--step", "0")
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert [(r["label"], r["seeds"]) for r in rows] == [("relu", "2"), ("sigmoid", "1")]
-    assert rows[0]["first_delta_norm@0"] == "0.75" and rows[0]["gain@0"] == "0.75"
-    assert float(rows[0]["gain@0_std"]) == pytest.approx(0.5 / 2**0.5, rel=1e-15)  # stdev of (1, 0.5)
+    # gains and norms: the geometric mean of (1, 0.5) and its spread exp(sd(ln x)) (issue 11)
+    assert float(rows[0]["first_delta_norm@0"]) == pytest.approx(0.5**0.5, rel=1e-15) and float(rows[0]["gain@0"]) == pytest.approx(0.5**0.5, rel=1e-15)
+    assert float(rows[0]["gain@0_std"]) == pytest.approx(2 ** (0.5**0.5 / 1), rel=1e-15)  # exp(ln 2 / sqrt 2)
     assert rows[1]["gain@0_std"] == ""
     markdown = invoke("compare", "runs", "-f", "markdown", "--step", "0").stdout
-    assert lines(markdown)[2].startswith("| relu | relu | completed | 2 | 10 | 0.75 ± 0.354 | 1 ± 0 | 0.75 ± 0.354 |")
+    assert lines(markdown)[2].startswith("| relu | relu | completed | 2 | 10 | 0.707 ×/÷ 1.63 | 1 ×/÷ 1 | 0.707 ×/÷ 1.63 |")
 
 
 def test_compare_markdown_and_json(runs):
@@ -133,7 +134,8 @@ def test_compare_output_file(runs):
 def test_compare_explain(runs):
     alone = invoke("compare", "--explain")
     assert alone.exit_code == 0
-    assert "gain@<step>: gain across the stack = first_delta_norm / last_delta_norm" in alone.stdout
+    assert "gain@<step>: gain across the stack = delta_rms of the first hidden layer / delta_rms of the last" in alone.stdout
+    assert "dead_frac@<step>: largest dead_frac over the hidden layers" in alone.stdout and "a Leaky ReLU unit never is" in alone.stdout
     # with a machine format on stdout, the glossary goes to stderr and the CSV stays parseable
     result = invoke("compare", "runs", "-f", "csv", "--step", "0", "--explain")
     assert lines(result.stdout) == [HEADER_AT_0, RELU_AT_0, SIGMOID_AT_0]

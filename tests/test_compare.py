@@ -37,20 +37,33 @@ def test_runs_that_differ_only_by_seed_form_one_row(tmp_path):
     assert list(table["label"]) == ["sig", "relu"]
     assert list(table["model.activation"]) == ["sigmoid", "relu"]
     assert list(table["seeds"]) == [3, 1]
-    gains = [f / 2.0 for f in firsts]
-    assert table.at[0, "gain@0"] == statistics.mean(gains) == 0.875 / 6
-    assert table.at[0, "gain@0_std"] == pytest.approx(math.sqrt(sum((g - 0.875 / 6) ** 2 for g in gains) / 2), rel=1e-15)
+    gains = [f / 2.0 for f in firsts]  # 1/16, 1/8, 1/4: geometric mean 1/8, spread a factor of 2 (issue 11)
+    assert table.at[0, "gain@0"] == pytest.approx(0.125, rel=1e-15)
+    assert table.at[0, "gain@0_std"] == pytest.approx(2.0, rel=1e-15)
+    assert table.at[0, "first_delta_norm@0"] == pytest.approx(0.25, rel=1e-15)  # geometric too
     assert table.at[0, "final_test_loss"] == 0.8 and table.at[0, "final_test_loss_std"] == 0.0
     assert math.isnan(table.at[1, "gain@0_std"])  # one seed: no spread to speak of
     assert table.at[0, "status"] == "2 completed, 1 diverged"
     assert comparison.runs[0] == [r.dir for r in runs[:3]]
-    # markdown shows mean ± std at 3 digits
-    assert "| sig | sigmoid | 2 completed, 1 diverged | 3 | 10 | 0.292 ± 0.191 | 2 ± 0 | 0.146 ± 0.0955 |" in display.to_markdown(comparison)
+    # markdown shows a geometric mean ×/÷ its spread for gains and norms, mean ± std otherwise, at 3 digits
+    assert "| sig | sigmoid | 2 completed, 1 diverged | 3 | 10 | 0.25 ×/÷ 2 | 2 ×/÷ 1 | 0.125 ×/÷ 2 |" in display.to_markdown(comparison)
 
 
-def test_seeds_with_different_verdicts_are_mixed(tmp_path):
+def test_a_row_of_seeds_is_judged_on_its_geometric_mean_gain(tmp_path):
+    # gains 1 and 1e-4: geometric mean 1e-2 (stable at the vanish threshold 1e-2); the linear mean 0.5 hid 1e-4
     runs = [one_run(tmp_path, [1.0, 1.0], seed=0, run_id="a"), one_run(tmp_path, [1e-4, 1.0], seed=1, run_id="b")]
-    assert compare.compare_runs(runs, steps=[0]).table.at[0, "verdict@0"] == "mixed: 1 stable, 1 vanishing"
+    table = compare.compare_runs(runs, steps=[0]).table
+    assert table.at[0, "gain@0"] == pytest.approx(1e-2, rel=1e-12) and table.at[0, "verdict@0"] == "stable"
+    runs.append(one_run(tmp_path, [1e-6, 1.0], seed=2, run_id="c"))  # geometric mean 1e-10 ** (1/3)
+    table = compare.compare_runs(runs, steps=[0]).table
+    assert table.at[0, "gain@0"] == pytest.approx(10 ** (-10 / 3), rel=1e-12) and table.at[0, "verdict@0"] == "vanishing"
+
+
+def test_a_diverged_row_says_its_finals_are_from_before_it_diverged(tmp_path):
+    run = one_run(tmp_path, [1.0, 1.0], run_id="a")
+    run.meta["status"] = "diverged"
+    notes = compare.compare_runs([run], steps=[0]).notes
+    assert any("final_* values are the last ones logged before it diverged (step 10)" in note for note in notes)
 
 
 def test_labels_stay_unique(tmp_path):
@@ -141,15 +154,20 @@ def recompute(run_dir: Path, step) -> dict[str, float]:
     depth = len({r["layer"] for r in hidden})
     at = {int(r["layer"]): r for r in hidden if int(r["step"]) == step}
     first, last = at[0], at[depth - 1]
-    gain = float(first["delta_norm"]) / float(last["delta_norm"])
+    gain = float(first["delta_rms"]) / float(last["delta_rms"])  # issue 11: the gain is on delta_rms
+
+    def largest(column):
+        values = [float(r[column]) for r in at.values() if r[column] != ""]
+        return max(values) if values else math.nan
+
     return {
         "first_delta_norm": float(first["delta_norm"]),
         "last_delta_norm": float(last["delta_norm"]),
         "gain": gain,
         "layer_factor": gain ** (1 / (depth - 1)),
         "weight_grad_gain": float(first["weight_grad_norm"]) / float(last["weight_grad_norm"]),
-        "dead_frac": max(float(r["dead_frac"]) for r in at.values()),
-        "saturated_frac": max(float(r["saturated_frac"]) for r in at.values()),
+        "dead_frac": largest("dead_frac"),
+        "saturated_frac": largest("saturated_frac"),  # empty for the ReLU family
     }
 
 
@@ -176,9 +194,16 @@ def test_compare_on_real_runs_matches_a_recomputation_from_the_csvs(real_runs):
             for quantity in quantities.PROFILE_QUANTITIES:
                 values = [seed[quantity] for seed in per_seed]
                 column = summaries.column_name(quantity, step)
-                assert table.at[label, column] == pytest.approx(statistics.mean(values), rel=1e-12, abs=1e-300), (label, column)
+                if any(math.isnan(v) for v in values):
+                    assert math.isnan(table.at[label, column]), (label, column)
+                    continue
+                geometric = quantity in compare.GEOMETRIC  # gains and ratios: mean and spread of the log
+                logs = [math.log(v) for v in values] if geometric else values
+                mean = math.exp(statistics.mean(logs)) if geometric else statistics.mean(values)
+                assert table.at[label, column] == pytest.approx(mean, rel=1e-12, abs=1e-300), (label, column)
                 if len(values) > 1:
-                    assert table.at[label, f"{column}_std"] == pytest.approx(statistics.stdev(values), rel=1e-9, abs=1e-300)
+                    spread = math.exp(statistics.stdev(logs)) if geometric else statistics.stdev(values)
+                    assert table.at[label, f"{column}_std"] == pytest.approx(spread, rel=1e-9, abs=1e-300)
         finals = [recompute_finals(d) for d in run_dirs]
         for quantity in ("final_train_loss", "final_train_accuracy", "final_test_loss", "final_test_accuracy"):
             assert table.at[label, quantity] == pytest.approx(statistics.mean(f[quantity] for f in finals), rel=1e-12)

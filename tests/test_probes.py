@@ -121,10 +121,12 @@ def test_saturated_and_dead_fractions_by_hand_count_relu():
     model = identity_relu_model("relu")
     x = torch.tensor([[1.0, -1.0, 2.0, -3.0], [2.0, -1.0, -1.0, -0.5], [0.5, -2.0, 3.0, -1.0]])
     rows, _ = measure(model, x, torch.tensor([0, 1, 2]), groups=("activations",))
-    # relu' = 0 for u <= 0: saturated pairs are the non-positive entries: 2 + 3 + 2 = 7 of 12;
-    # units 1 and 3 are non-positive on every example: 2 of 4 units dead
-    assert rows[0]["saturated_frac"] == pytest.approx(7 / 12)
+    # relu' = 0 for u <= 0: inactive pairs are the non-positive entries: 2 + 3 + 2 = 7 of 12;
+    # units 1 and 3 are non-positive on every example: 2 of 4 units dead; ReLU has no saturating tail
+    assert rows[0]["inactive_frac"] == pytest.approx(7 / 12)
+    assert rows[0]["saturated_frac"] is None
     assert rows[0]["dead_frac"] == pytest.approx(2 / 4)
+    assert rows[0]["dact_mean"] == pytest.approx(5 / 12)
     out = x.clamp(min=0).numpy()
     assert rows[0]["act_mean"] == pytest.approx(float(np.mean(out)), rel=1e-6)
     assert rows[0]["act_std"] == pytest.approx(float(np.std(out)), rel=1e-6)
@@ -137,14 +139,16 @@ def test_saturated_fraction_by_hand_count_sigmoid():
     x = torch.tensor([[5.0, 0.0, -4.0, -6.0], [4.5, 1.0, -4.5, 10.0]])
     rows, _ = measure(model, x, torch.tensor([0, 1]), groups=("activations",))
     assert rows[0]["saturated_frac"] == pytest.approx(5 / 8)  # 5, -6, 4.5, -4.5, 10
-    assert rows[0]["dead_frac"] == pytest.approx(2 / 4)  # units 0 and 3
+    assert rows[0]["inactive_frac"] is None  # sigmoid has no off side
+    # dead: sigmoid' = y(1 - y) is exactly 0 in float32 only where y rounds to 1 (u = 10 does not: no unit dead)
+    assert rows[0]["dead_frac"] == 0.0
 
 
 def test_leaky_relu_with_large_slope_never_saturates():
     model = identity_relu_model({"name": "leaky_relu", "negative_slope": 0.2})
     x = -torch.ones(3, 4)
     rows, _ = measure(model, x, torch.tensor([0, 1, 2]), groups=("activations",))
-    assert rows[0]["saturated_frac"] == 0.0 and rows[0]["dead_frac"] == 0.0
+    assert rows[0]["inactive_frac"] == 1.0 and rows[0]["saturated_frac"] is None and rows[0]["dead_frac"] == 0.0
 
 
 def test_dead_channels_in_a_cnn_by_hand_count():
@@ -156,7 +160,7 @@ def test_dead_channels_in_a_cnn_by_hand_count():
     x = torch.rand(5, 1, 8, 8) + 0.1  # positive: channel 0 alive everywhere, channel 1 dead everywhere
     x[0, 0, 0, 0] = -1.0  # one position where channel 0 is saturated and channel 1 is not
     rows, _ = measure(model, x, torch.zeros(5, dtype=torch.long), groups=("activations",))
-    assert rows[0]["saturated_frac"] == pytest.approx((5 * 64 - 1 + 1) / (2 * 5 * 64))
+    assert rows[0]["inactive_frac"] == pytest.approx((5 * 64 - 1 + 1) / (2 * 5 * 64))
     assert rows[0]["dead_frac"] == pytest.approx(0.0)  # channel 1 is alive at one position
     x[0, 0, 0, 0] = 1.0
     rows, _ = measure(model, x, torch.zeros(5, dtype=torch.long), groups=("activations",))
@@ -180,16 +184,17 @@ def test_update_ratio_against_weights_saved_before_and_after(optim):
 
 
 @pytest.mark.parametrize("shared", [True, False])
-def test_prelu_saturation_uses_each_units_learned_slope(shared):
+def test_prelu_is_dead_only_where_its_learned_slope_is_zero(shared):
     model = identity_relu_model({"name": "prelu", "init": 0.25, "shared": shared})
-    if not shared:
-        with torch.no_grad():
-            model.blocks[0].act.weight.copy_(torch.tensor([0.01, 0.5, 0.02, 3.0]))
-    x = -torch.ones(2, 4)  # every pair on the negative side: act' = the unit's slope a, max(1, |a|)
+    with torch.no_grad():
+        model.blocks[0].act.weight.copy_(torch.tensor([0.01, 0.0, 0.02, 3.0]) if not shared else torch.tensor([0.25]))
+    x = -torch.ones(2, 4)  # every pair on the negative side: act' = the unit's slope a
     rows, _ = measure(model, x, torch.tensor([0, 1]), groups=("activations",))
-    expected = 0.0 if shared else 2 / 4  # units with a < 5% of max(1, |a|): 0.01 and 0.02
-    assert rows[0]["saturated_frac"] == pytest.approx(expected)
-    assert rows[0]["dead_frac"] == pytest.approx(expected)
+    # inactive whatever the slope; dead only where the slope is exactly 0 (unit 1, per-unit slopes)
+    assert rows[0]["inactive_frac"] == 1.0 and rows[0]["saturated_frac"] is None
+    assert rows[0]["dead_frac"] == pytest.approx(0.0 if shared else 1 / 4)
+    slopes = [0.25] * 4 if shared else [0.01, 0.0, 0.02, 3.0]
+    assert rows[0]["dact_mean"] == pytest.approx(sum(slopes) / 4, rel=1e-6)
 
 
 def profile_at_init(depth, activation, weight_init, width=256, seed=0, n=128):

@@ -98,7 +98,23 @@ def test_final_metrics_and_steps_to_target(tmp_path):
     assert math.isnan(summaries.final_metrics(run)["steps_to_target"])
 
 
-def test_a_diverged_run_is_diverged_at_its_last_step_only(tmp_path):
+def test_a_diverged_run_is_judged_on_its_gain_at_each_step(tmp_path):
+    # issue 11: verdict@0 describes step 0; the run's fate is its status
     run = one_run(tmp_path, [1.0, 1.0], status="diverged")
     row = summaries.summarize_run(run, steps=[0, "last"])
-    assert row["verdict@0"] == "stable" and row["verdict@last"] == "diverged"
+    assert row["verdict@0"] == "stable" and row["verdict@last"] == "stable" and row["status"] == "diverged"
+    exploding = one_run(tmp_path / "x", [1e6, 1.0], status="diverged")
+    assert summaries.summarize_run(exploding, steps=[0])["verdict@0"] == "exploding"
+
+
+def test_the_gain_is_taken_on_delta_rms_when_recorded(tmp_path):
+    import pandas as pd
+
+    run = one_run(tmp_path, [1.0, 1.0, 1.0])
+    layers = run.layers.copy()
+    hidden = layers["kind"] == "hidden"
+    layers["delta_rms"] = float("nan")
+    layers.loc[hidden, "delta_rms"] = layers.loc[hidden, "layer"].map({0: 0.5, 1: 1.0, 2: 2.0})
+    run.layers = pd.DataFrame(layers)
+    profile = summaries.profile_at(run, 0)
+    assert profile["gain"] == 0.25 and profile["first_delta_norm"] == 1.0  # delta_norm's ratio would be 1

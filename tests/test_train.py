@@ -102,8 +102,10 @@ def test_step_zero_matches_an_independent_replay(tmp_path):
             assert r.act_mean == pytest.approx(out.mean(), rel=1e-5)
             assert r.act_std == pytest.approx(out.std(), rel=1e-5)
             z = zs[i].detach().numpy()
-            assert r.saturated_frac == pytest.approx(np.mean(z <= 0))
+            assert r.inactive_frac == pytest.approx(np.mean(z <= 0)) and math.isnan(r.saturated_frac)  # relu: no tail
             assert r.dead_frac == pytest.approx(np.mean((z <= 0).all(axis=0)))
+            assert r.preact_mean == pytest.approx(z.mean(), rel=1e-5) and r.dact_mean == pytest.approx(np.mean(z > 0))
+            assert r.delta_rms == pytest.approx(r.delta_norm * math.sqrt(x.shape[0]), rel=1e-12)
         else:
             assert math.isnan(r.act_mean) and math.isnan(r.dead_frac)
 
@@ -209,7 +211,7 @@ def test_an_exploding_run_is_recorded_as_diverged(tmp_path):
     layers, metrics = tables(result.run_dir)
     # every logged row before the divergence is there, whole and finite
     assert sorted(layers.step.unique()) == list(range(d["step"]))
-    hidden = layers[layers.kind == "hidden"].drop(columns=["name", "kind"])
+    hidden = layers[layers.kind == "hidden"].drop(columns=["name", "kind", "saturated_frac"])  # relu: no saturating tail, empty
     assert np.isfinite(hidden.to_numpy(dtype=float)).all()
     assert np.isfinite(metrics.drop(columns=["split", "grad_norm"]).to_numpy(dtype=float)).all()
 
