@@ -151,8 +151,9 @@ def _theory_lines(axes, runs: Sequence[Run], legend: _Legend) -> None:
         if len(profile) != len(layers):
             continue
         drawn.add(legend.color[i])
-        axes.plot(layers, _positive(np.array(profile)), linestyle="--", linewidth=1, color=legend.color[i], gid=THEORY_GID,
-                  label="theory at initialization (dashed)")  # fmt: skip
+        axes.plot(layers, _positive(np.array(profile)), linestyle="--", linewidth=1, color=legend.color[i], gid=THEORY_GID)
+    if drawn:  # one grey legend entry for every configuration's dashed line (an empty line: no data)
+        axes.plot([], [], linestyle="--", linewidth=1, color="0.4", label="theory at initialization (dashed, in each run's colour)")
 
 
 def heatmap(runs: Sequence[Run], column: str = "delta_norm") -> Figure:

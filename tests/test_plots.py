@@ -46,7 +46,7 @@ def test_depth_profiles_have_one_line_per_run_at_step_0_and_the_last_step(tmp_pa
         # seeds of one configuration share a colour and a legend entry
         (legend,) = figure.legends
         legend = [t.get_text() for t in legend.get_texts()]
-        theory = ["theory at initialization (dashed)"] if column == "delta_norm" else []  # both configs have a prediction
+        theory = ["theory at initialization (dashed, in each run's colour)"] if column == "delta_norm" else []  # both configs have a prediction
         assert legend == ["model.activation=relu", "model.activation=sigmoid (2 seeds)", *theory]
         title = figure.get_suptitle()
         assert title == f"{column} by layer\nruns differ in model.activation"
