@@ -12,9 +12,12 @@ transfer, and adds what only a recurrent layer has:
   = ||h_t||, each over the whole batch, and per gate the mean value and the saturated fraction; for
   rnn the activation's saturated fraction at t;
 - a layer's delta_norm in layers.csv is ||dL/da|| over all its time steps:
-  sqrt(sum_t ||dL/da_t||^2); its saturated_frac the share of (example, t, unit) triples saturated
-  (equal counts per t, so the mean over t), its dead_frac the share of units saturated at every t of
-  every example (rnn; lstm and gru report their gates instead and leave both empty).
+  sqrt(sum_t ||dL/da_t||^2); for rnn its saturated_frac is the share of (example, t, unit) triples in
+  a flat tail of the activation (equal counts per t, so the mean over t; empty for activations
+  without a saturating tail, as in feed-forward layers), its dead_frac the share of units whose
+  f'(a_t) is 0 at every t of every example (lstm and gru report their gates instead and leave both
+  empty). The other activation statistics of feed-forward layers (inactive_frac, dact_mean,
+  preact_mean, ...) are not measured on recurrent layers: empty cells.
 
 A gradient reaches h_t from every tensor that reads it (the next step, the next layer, the head),
 and a tensor hook sees their sum: hidden_delta_norm is the total derivative, as back-propagation
@@ -28,7 +31,7 @@ import math
 import torch
 from torch import nn
 
-from gradlab.activations import saturation_mask
+from gradlab.activations import ACTIVATIONS, region_counts, saturation_mask
 from gradlab.probes import SATURATION_THRESHOLD, Column, PendingMeasurement, Probe
 from gradlab.quantities import GROUPS, LAYERS_COLUMNS, Quantity
 from gradlab.recurrent import GATE_ACTIVATION
@@ -77,12 +80,13 @@ TIMESTEPS_COLUMNS: list[str] = [*TIMESTEPS_KEYS, *(q.name for q in TIMESTEP_QUAN
 class RecurrentProbe(Probe):
     """Measures a recurrent stack's declared layers and their time steps on the steps it is attached to."""
 
-    def __init__(self, model: nn.Module, groups: list[str] | tuple[str, ...] = GROUPS):
+    def __init__(self, model: nn.Module, groups: list[str] | tuple[str, ...] = GROUPS, saturation_threshold: float = SATURATION_THRESHOLD):
         # Not Probe.__init__: a recurrent layer declares two weights ('ih', 'hh'), the head one ('').
         unknown = set(groups) - set(GROUPS)
         assert not unknown, unknown
         self.model = model
         self.groups = set(groups)
+        self.saturation_threshold = saturation_threshold  # t: |f'| < t * sup |f'| (log.saturation_threshold)
         self.layers: list[Layer] = model.measured_layers()
         self.sites = [layer.site for layer in self.layers]
         self.parameters = list(model.parameters())
@@ -130,18 +134,24 @@ class RecurrentProbe(Probe):
         elif role.endswith("_gate") and "activations" in self.groups:
             gate = role[: -len("_gate")]
             with torch.no_grad():
-                saturated = saturation_mask(GATE_ACTIVATION[gate], None, value, value, SATURATION_THRESHOLD)
+                saturated = saturation_mask(GATE_ACTIVATION[gate], None, value, value, self.saturation_threshold)
                 pending.add(f"{gate}_mean", site, value.mean())
                 pending.add(f"{gate}_saturated_frac", site, saturated.sum(), value.numel())
 
     def activation(self, site: Site, act: nn.Module, activation: str, u: torch.Tensor, y: torch.Tensor) -> None:
-        """An rnn's activation at step t: its saturated fraction at t, and the units alive so far."""
+        """An rnn's activation at step t: the share of (example, unit) pairs in a flat tail at t (as
+        saturated_frac of layers.csv: only activations with a saturating tail have one), and which
+        units passed a gradient somewhere so far (for the layer's dead_frac)."""
         if "activations" not in self.groups:
             return
         with torch.no_grad():
-            active = ~saturation_mask(activation, act, u, y, SATURATION_THRESHOLD)  # (B, H)
-            self._pending.add("saturated_frac", site, active.sum(), u.numel(), complement=True)
-            alive = active.any(dim=0)
+            counts = region_counts(activation, act, u, y, self.saturation_threshold)
+            if "saturated" in counts:
+                self._pending.add("saturated_frac", site, counts["saturated"], u.numel())
+            if activation == "relu":
+                alive = y.amax(dim=0) > 0  # (H,): relu' is nonzero exactly where y > 0
+            else:
+                alive = ACTIVATIONS[activation].derivative(act, u, y).abs().amax(dim=0) > 0
             seen = self._alive.get(site.layer)
             self._alive[site.layer] = alive if seen is None else seen | alive
 
@@ -177,9 +187,10 @@ class RecurrentProbe(Probe):
                 pending.add("delta_norm", self.sites[layer], torch.linalg.vector_norm(torch.stack(norms)))
         saturated = pending.columns.get("saturated_frac")
         for layer, alive in self._alive.items():  # rnn: over every (example, t, unit) of the layer
-            picks = [k for k, key in enumerate(saturated[0]) if key[0] == layer]
-            active = torch.stack([saturated[1][k] for k in picks]).sum()
-            pending.add("saturated_frac", self.sites[layer], active, sum(saturated[2][k] for k in picks), complement=True)
+            picks = [k for k, key in enumerate(saturated[0]) if key[0] == layer] if saturated else []
+            if picks:  # equal counts per t: the share over all triples
+                count = torch.stack([saturated[1][k] for k in picks]).sum()
+                pending.add("saturated_frac", self.sites[layer], count, sum(saturated[2][k] for k in picks))
             pending.add("dead_frac", self.sites[layer], alive.sum(), alive.numel(), complement=True)
         pending.extras["loss"] = loss.detach()
         if y.is_floating_point():  # a regression (adding): accuracy does not exist, an empty cell

@@ -270,18 +270,26 @@ def test_layer_rows_carry_both_weight_families_and_their_combination(kind):
     assert extras["grad_norm"] == pytest.approx(torch.sqrt(sum(p.grad.pow(2).sum() for p in model.parameters())).item(), rel=1e-10)
 
 
-def test_rnn_layer_saturation_and_dead_units_over_every_step():
-    cfg = model_cfg("rnn", depth=1, width=8, activation="relu", weight={"name": "normal", "std": 1.0}, bias_init={"name": "normal", "std": 1.0})
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_rnn_layer_saturation_and_dead_units_over_every_step(activation):
+    cfg = model_cfg("rnn", depth=1, width=8, activation=activation, weight={"name": "normal", "std": 1.5}, bias_init={"name": "normal", "std": 1.5})
     model = build(cfg)
     x = torch.randn(5, 6, 3, dtype=torch.float64)
     y = torch.randint(0, 4, (5,))
     probe, columns, _ = probe_step(model, x, y)
     kept, _, _ = reference_forward(model, x)
     a = torch.stack([kept[(0, t)]["a"][0].detach() for t in range(6)])  # (T, B, H)
-    inactive = a <= 0  # relu's derivative is 0 there
     row = probe.rows(0, columns)[0]
-    assert row["saturated_frac"] == pytest.approx(inactive.double().mean().item(), abs=1e-12)
-    assert row["dead_frac"] == pytest.approx(inactive.all(dim=0).all(dim=0).double().mean().item(), abs=1e-12)
+    steps = probe.timestep_rows(0, columns)
+    if activation == "relu":  # no saturating tail: no saturated_frac; dead where a <= 0 at every (t, example)
+        assert row["saturated_frac"] is None and all(r["saturated_frac"] is None for r in steps)
+        assert row["dead_frac"] == pytest.approx((a <= 0).all(dim=0).all(dim=0).double().mean().item(), abs=1e-12)
+    else:  # tanh: both tails, 1 - tanh^2 < 0.05
+        flat = 1 - torch.tanh(a) ** 2 < 0.05
+        assert row["saturated_frac"] == pytest.approx(flat.double().mean().item(), abs=1e-12)
+        assert [r["saturated_frac"] for r in steps] == pytest.approx(flat.double().mean(dim=(1, 2)).tolist(), abs=1e-12)
+        assert 0 < row["saturated_frac"] < 1
+        assert row["dead_frac"] == 0.0
 
 
 @pytest.mark.parametrize("lam", [0.8, 1.0, 1.25])
