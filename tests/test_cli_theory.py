@@ -131,3 +131,19 @@ layer      stream_q    stream_var  stream_factor        factor
     1       3.31831       2.68169        1.10595        1.1727
     2       4.45493       3.02254        1.09255             -
 """
+
+
+def test_compare_with_theory_loads_no_torch(tmp_path):
+    from run_factory import one_run
+
+    one_run(tmp_path, [4.0, 2.0, 1.0], model__activation="relu", model__init={"weight": "kaiming_normal", "bias": "zeros"})
+    probe = (
+        "import sys\nfrom gradlab.cli import app\n"
+        "try:\n    app(sys.argv[1:], prog_name='gradlab')\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+        "print([m for m in ('torch', 'pandas') if m in sys.modules])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe, "compare", "--theory", str(tmp_path), "-f", "csv"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].endswith(",predicted_factor,departs") and lines[1].endswith(",yes")
+    assert lines[-1] == "['pandas']"
