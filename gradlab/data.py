@@ -670,7 +670,6 @@ def _csv(cfg: DataConfig, seed: int) -> Dataset:
     )
 
 
-# Exactly the names of `gradlab.components.datasets` (checked by the tests).
 # --------------------------------------------------------------------------------------------
 # Sequence datasets (recurrent models): x is (N, T, features), T = data.seq_len
 # --------------------------------------------------------------------------------------------
@@ -755,6 +754,7 @@ def _sequential_mnist(cfg: DataConfig, seed: int) -> Dataset:
     return Dataset(as_sequence(images.x_train), images.y_train, as_sequence(images.x_test), images.y_test, (steps, pixels // steps), 10)
 
 
+# Exactly the names of `gradlab.specs.datasets` (checked by the tests).
 LOADERS: dict[str, Callable[[DataConfig, int], Dataset]] = {
     "gaussian": _gaussian,
     "teacher": _teacher,
@@ -764,7 +764,8 @@ LOADERS: dict[str, Callable[[DataConfig, int], Dataset]] = {
     "npz": _npz,
     "csv": _csv,
 }
-SEQUENCE_LOADERS: dict[str, Callable[[DataConfig, int], Dataset]] = {
+SEQUENCE_# Exactly the names of `gradlab.specs.datasets` (checked by the tests).
+LOADERS: dict[str, Callable[[DataConfig, int], Dataset]] = {
     "adding": _adding,
     "copy": _copy,
     "sequential_mnist": _sequential_mnist,
