@@ -162,6 +162,8 @@ def validate(config: ConfigArg, set_: SetOpt = None, sweep: SweepOpt = None) -> 
 
         plan = sweeps.load_plan(config, _overrides(set_), [sweeps.parse_axis(item) for item in sweep or []])
         print(f"{len(plan.members)} combinations ({plan.shape()}), all valid")
+        if plan.claims is not None:
+            print(f"{len(plan.claims)} {'claim' if len(plan.claims) == 1 else 'claims'} over them, all valid")
         for member, values in zip(plan.members, sweeps.differing_values(plan)):
             print(f"{member.name}: {', '.join(f'{key}={sweeps.flow(value)}' for key, value in values.items())}")
         return
@@ -249,6 +251,14 @@ def _run_planned_sweep(plan, index, sweep_dir, jobs, threads, executor, ray_addr
     if outcome.signum is not None:
         raise typer.Exit(outcome.exit_code)
     failed = outcome.failed_expectations()
+    if plan.claims is not None and not any(row.status not in sweeps.FINISHED for row in outcome.rows):
+        from gradlab.expectations import check_sweep
+
+        for claim in check_sweep(sweep_dir) or []:  # the claims: between the configurations, once all ran
+            if not quiet:
+                console.print(f"claim {claim.line()}", markup=False, highlight=False, soft_wrap=True, style=None if claim.passed else "red")
+            if not claim.passed:
+                failed.append(f"claim failed: {claim.failure()}")
     if failed:
         raise ExpectationFailed(*failed)
     if outcome.exit_code:

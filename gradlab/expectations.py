@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gradlab import records, summaries
-from gradlab.config import Expectations, parse_expectations
+from gradlab.config import Bound, Expectations, parse_expectations
 from gradlab.errors import GradlabError, RunError
 from gradlab.quantities import PROFILE_QUANTITIES
 
@@ -127,19 +127,166 @@ def _check_run_dir(run_dir: Path) -> RunCheck:
 
 
 def check_paths(paths: list[str | Path]) -> tuple[list[RunCheck], list[str]]:
-    """Check every run under `paths`. A run that cannot be checked (unreadable, invalid expect
-    section) is a RunCheck with an `error`; paths without runs are the returned problem lines.
-    Raises RunError when no run is found at all."""
+    """Check every run under `paths`, and the claims of every sweep directory among them (after
+    its runs). A run or sweep that cannot be checked (unreadable, invalid section) is a RunCheck
+    with an `error`; paths without runs are the returned problem lines. Raises RunError when no
+    run is found at all."""
     run_dirs, problems = records.discover_runs(paths)
     if not run_dirs:
         raise RunError(*problems, "no runs to check")
     checks = []
+    sweeps = dict.fromkeys(d.parent for d in run_dirs if (d.parent / SWEEP_SPEC).is_file() and (d.parent / SWEEP_INDEX).is_file())
     for run_dir in run_dirs:
         try:
             checks.append(_check_run_dir(run_dir))
         except GradlabError as exc:
             checks.append(RunCheck(records.shown_path(run_dir), [], error="; ".join(exc.lines)))
+    for sweep_dir in sweeps:
+        try:
+            outcomes = check_sweep(sweep_dir)
+        except GradlabError as exc:
+            checks.append(RunCheck(records.shown_path(sweep_dir), [], error="; ".join(exc.lines)))
+            continue
+        if outcomes is not None:
+            checks.append(RunCheck(records.shown_path(sweep_dir), outcomes))
     return checks, problems
+
+
+# --------------------------------------------------------------------------------------------
+# Claims over a sweep: comparisons between its configurations (claims.py)
+# --------------------------------------------------------------------------------------------
+
+SWEEP_SPEC, SWEEP_INDEX = "sweep.yaml", "sweep.csv"  # (as sweep.py writes them; this floor does not import it)
+SWEEP_COLUMNS_AFTER = ("status", "duration_s", "error")
+
+
+def _sweep_members(sweep_dir: Path) -> tuple[dict[str, list[Any]], list[tuple[str, dict[str, Any], str]]]:
+    """From sweep.csv: the axes ({key: values in first-seen order}) and per run (name, values as
+    written, status)."""
+    import csv
+
+    import yaml
+
+    path = sweep_dir / SWEEP_INDEX
+    try:
+        with open(path, newline="", encoding="utf-8") as file:
+            reader = csv.reader(file)
+            header = next(reader)
+            rows = list(reader)
+    except (OSError, StopIteration, csv.Error, UnicodeDecodeError) as exc:
+        raise RunError(f"{path}: cannot be read ({exc or 'empty'})") from None
+    keys = [k for k in header[1:] if k not in SWEEP_COLUMNS_AFTER]
+    axes: dict[str, list[Any]] = {key: [] for key in keys}
+    members = []
+    for row in rows:
+        cells = dict(zip(header, row))
+        try:
+            values = {key: yaml.safe_load(cells.get(key, "")) for key in keys}
+        except yaml.YAMLError:
+            raise RunError(f"{path}: run {cells.get('run')!r} has a value that is not YAML") from None
+        for key, value in values.items():
+            if all(_same(value, v) is False for v in axes[key]):
+                axes[key].append(value)
+        members.append((cells.get("run", ""), values, cells.get("status", "")))
+    return axes, members
+
+
+def _same(a: Any, b: Any) -> bool:
+    from gradlab.claims import canonical
+
+    return canonical(a) == canonical(b)
+
+
+def _run_value(run: records.Run, claim) -> float:
+    if claim.quantity in PROFILE_QUANTITIES:
+        value = summaries.profile_at(run, claim.step)[claim.quantity]
+    else:
+        value = summaries.final_metrics(run, claim.target_loss)[claim.quantity]
+    value = math.nan if value is None else float(value)
+    if claim.quantity == "steps_to_target" and math.isnan(value):
+        return math.inf  # never reached the target: slower than any run that did
+    return value
+
+
+def check_sweep(sweep_dir: str | Path) -> list[Outcome] | None:
+    """The `claims:` of a sweep directory's sweep.yaml checked against its runs; None when it
+    states none. Raises ConfigError for an invalid section, RunError when the sweep cannot be read."""
+    from gradlab.claims import CLAIMS_KEY, SEED, describe_selection, parse_claims
+    from gradlab.config import read_yaml
+
+    sweep_dir = Path(sweep_dir)
+    spec = read_yaml(sweep_dir / SWEEP_SPEC)
+    if CLAIMS_KEY not in spec:
+        return None
+    axes, members = _sweep_members(sweep_dir)
+    claims = parse_claims(spec[CLAIMS_KEY], axes)
+    config_keys = [k for k in axes if k != SEED]
+    configs: dict[str, dict[str, Any]] = {}  # one per configuration: its values and runs
+    for name, values, status in members:
+        config_values = {k: values[k] for k in config_keys}
+        entry = configs.setdefault(_canonical_values(config_values), {"values": config_values, "runs": []})
+        entry["runs"].append((name, status))
+    loaded: dict[str, records.Run | None] = {}
+
+    def run_of(name: str) -> records.Run | None:
+        if name not in loaded:
+            try:
+                loaded[name] = records.load_run(sweep_dir / name)
+            except GradlabError:
+                loaded[name] = None
+        return loaded[name]
+
+    def value_of(entry: dict[str, Any], claim) -> tuple[float, int]:
+        runs = [run_of(name) for name, status in entry["runs"]]
+        if any(run is None for run in runs):
+            return math.nan, len(runs)
+        values = [_run_value(run, claim) for run in runs]
+        return (math.nan if any(math.isnan(v) for v in values) else sum(values) / len(values)), len(values)
+
+    outcomes: list[Outcome] = []
+    for claim in claims:
+        chosen = [e for e in configs.values() if all(_same(e["values"][k], v) for k, v in claim.of.items())]
+        if not chosen:
+            outcomes.append(Outcome(claim.name, None, f"no configuration with {describe_selection(claim.of)} in this sweep", False))
+            continue
+        for entry in chosen:
+            free = {k: v for k, v in entry["values"].items() if k not in claim.of and len(axes[k]) > 1}
+            name = claim.name + (f" [{describe_selection(free)}]" if free else "")
+            if claim.quantity is None:
+                runs = [(run_name, (run_of(run_name).status if run_of(run_name) is not None else status)) for run_name, status in entry["runs"]]
+                statuses = [status for _, status in runs]
+                shown = statuses[0] if len(set(statuses)) == 1 else ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses))
+                outcomes.append(Outcome(name, shown, f"one of {', '.join(claim.status)}, every seed", all(s in claim.status for s in statuses)))
+                continue
+            measured, seeds = value_of(entry, claim)
+            per = f"mean of {seeds} seeds" if seeds > 1 else "one seed"
+            if claim.partner is None:
+                bound = Bound.model_validate({k: v for k, v in (("min", claim.low), ("max", claim.high)) if math.isfinite(v)})
+                edges = tuple(e for e in (claim.low, claim.high) if math.isfinite(e))
+                outcomes.append(Outcome(name, measured, f"{bound.describe()}; {per}", bound.holds(measured), edges))
+                continue
+            partner_values = {**entry["values"], **claim.partner}
+            partner = configs.get(_canonical_values(partner_values))
+            word = "above" if claim.above is not None else "below"
+            if partner is None:
+                outcomes.append(Outcome(name, measured, f"{word} {describe_selection(claim.partner)}, which this sweep does not have with the other values", False))
+                continue
+            other, _ = value_of(partner, claim)
+            margin = f" by more than {claim.margin:g}" if claim.margin else ""
+            holds = (measured > other + claim.margin) if word == "above" else (measured < other - claim.margin)
+            bound = f"{word} {describe_selection(claim.partner)}'s {_short(other)}{margin}; {per}"
+            outcomes.append(Outcome(name, measured, bound, bool(holds) and not math.isnan(other)))
+    return outcomes
+
+
+def _canonical_values(values: dict[str, Any]) -> str:
+    from gradlab.claims import canonical
+
+    return canonical(values)
+
+
+def _short(value: float) -> str:
+    return "empty" if math.isnan(value) else f"{value:.4g}"
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,6 +5,15 @@ A config (or the command line, `--sweep model.depth=10,30`) names the axes:
     sweep: {model.activation: [sigmoid, tanh, relu, elu], model.norm: [none, batchnorm]}
     seeds: [0, 1, 2]
 
+Values that vary together rather than in a grid (a weight std with its bias mean) are zipped:
+
+    sweep: {model.norm: [none, batchnorm], zip: {model.init.weight.std: [0.1, 1.0, 10.0], model.init.bias.mean: [0.0, 0.1, 1.0]}}
+
+is 2 x 3 runs (std 0.1 with mean 0.0, 1.0 with 0.1, 10.0 with 1.0), not 2 x 3 x 3; the lists of a
+zip have one length; several zip groups: a list of such mappings. `claims:` beside `sweep:` states
+what must hold between the configurations (claims.py), checked at the sweep's end and by
+`gradlab check SWEEP_DIR`.
+
 and `gradlab run` writes one sweep directory holding a normal run directory per combination:
 
     results/<name>/<YYYYmmdd-HHMMSS>-<id>/
@@ -50,6 +59,8 @@ from gradlab.errors import ConfigError, RunError
 from gradlab.progress import Event, Progress, RunFinished, RunStarted, RunSubmitted, StepLogged, SweepEnded, SweepStarted, silent
 
 SWEEP_KEY, SEEDS_KEY, SEED_AXIS = "sweep", "seeds", "seed"
+ZIP_KEY = "zip"  # sweep: {zip: {a: [...], b: [...]}}: keys whose values vary together
+CLAIMS_KEY = "claims"  # what must hold between the configurations of the sweep (claims.py)
 SPEC_FILE, INDEX_FILE = "sweep.yaml", "sweep.csv"
 INDEX_STATUSES = ("pending", "running", "completed", "diverged", "interrupted", "failed")
 FINISHED = ("completed", "diverged")  # a diverged run is a result: --resume keeps it
@@ -66,6 +77,7 @@ MAX_NAME = 200  # characters of a run directory's name (file systems allow 255 b
 class Axis:
     key: str  # dotted config key; "seed" for the seeds
     values: tuple[Any, ...]
+    zipped: int | None = None  # axes of one `zip:` group (the same number) advance together, not in a grid
 
 
 def flow(value: Any) -> str:
@@ -132,11 +144,15 @@ def split_sweep(raw: dict[str, Any]) -> tuple[dict[str, Any], list[Axis]]:
     base = dict(raw)
     spec = base.pop(SWEEP_KEY, None)
     seeds = base.pop(SEEDS_KEY, None)
+    base.pop(CLAIMS_KEY, None)  # claims compare the members, they configure none of them (plan_sweep checks them)
     axes: list[Axis] = []
     if SWEEP_KEY in raw:
         if not isinstance(spec, dict) or not spec:
             raise ConfigError(f"sweep: expected a mapping of dotted keys to lists of values, e.g. {{model.depth: [10, 30]}}, got {_brief(spec)}")
         for key, values in spec.items():
+            if key == ZIP_KEY:
+                axes.extend(_zip_axes(values, axes))
+                continue
             key = _check_key(key, "sweep")
             if any(axis.key == key for axis in axes):
                 raise ConfigError(f"sweep: {key} is given twice")
@@ -146,6 +162,54 @@ def split_sweep(raw: dict[str, Any]) -> tuple[dict[str, Any], list[Axis]]:
             raise ConfigError("seeds: the seeds are given twice (seeds: and sweep: {seed: ...}); keep one")
         axes.append(_axis(SEED_AXIS, seeds, "seeds"))
     return base, _seed_last(axes)
+
+
+def _zip_axes(spec: Any, before: list[Axis]) -> list[Axis]:
+    """`zip: {a: [1, 2, 3], b: [x, y, z]}`: keys whose values vary together (a with b: 1 with x, 2
+    with y, ...), one dimension of the grid instead of a product. Several groups: a list of such
+    mappings. Every list of a group has the same length; the seed is never zipped."""
+    groups = spec if isinstance(spec, list) else [spec]
+    if not groups:
+        raise ConfigError(f"sweep.{ZIP_KEY}: the list of zipped groups is empty")
+    taken = {axis.zipped for axis in before if axis.zipped is not None}
+    out: list[Axis] = []
+    for n, group in enumerate(groups):
+        where = f"sweep.{ZIP_KEY}" if not isinstance(spec, list) else f"sweep.{ZIP_KEY}[{n}]"
+        if not isinstance(group, dict) or len(group) < 2:
+            raise ConfigError(f"{where}: expected a mapping of two or more dotted keys to lists of equal length, e.g. "
+                              f"{{model.init.weight.std: [0.1, 1.0], model.init.bias.mean: [0.0, 0.5]}}, got {_brief(group)}")  # fmt: skip
+        number = max(taken | {a.zipped for a in out if a.zipped is not None}, default=-1) + 1
+        lengths: dict[str, int] = {}
+        for key, values in group.items():
+            key = _check_key(key, where)
+            if key == SEED_AXIS:
+                raise ConfigError(f"{where}: seed cannot be zipped; the seeds are their own axis (seeds: [0, 1, 2])")
+            if any(axis.key == key for axis in [*before, *out]):
+                raise ConfigError(f"sweep: {key} is given twice")
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"{where}.{key}: expected a non-empty list of values, got {_brief(values)}")
+            lengths[key] = len(values)
+            out.append(Axis(key, tuple(values), number))
+        if len(set(lengths.values())) > 1:
+            raise ConfigError(f"{where}: zipped lists must have the same length; got " + ", ".join(f"{k} {n}" for k, n in lengths.items()))
+        rows = [tuple(_canonical(a.values[i]) for a in out if a.zipped == number) for i in range(next(iter(lengths.values())))]
+        if len(set(rows)) < len(rows):
+            raise ConfigError(f"{where}: a combination of values is listed twice")
+    return out
+
+
+def _dimensions(axes: Sequence[Axis]) -> list[list[dict[str, Any]]]:
+    """The grid's dimensions: one per plain axis (its values) and one per zip group (its rows)."""
+    dimensions: list[list[dict[str, Any]]] = []
+    seen: set[int] = set()
+    for axis in axes:
+        if axis.zipped is None:
+            dimensions.append([{axis.key: value} for value in axis.values])
+        elif axis.zipped not in seen:
+            seen.add(axis.zipped)
+            group = [a for a in axes if a.zipped == axis.zipped]
+            dimensions.append([{a.key: a.values[i] for a in group} for i in range(len(axis.values))])
+    return dimensions
 
 
 def parse_axis(item: str) -> Axis:
@@ -183,6 +247,9 @@ def merge_axes(axes: list[Axis], extra: Sequence[Axis]) -> list[Axis]:
     axes = list(axes)
     for axis in extra:
         keys = [a.key for a in axes]
+        if axis.key in keys and axes[keys.index(axis.key)].zipped is not None:
+            partners = [a.key for a in axes if a.zipped == axes[keys.index(axis.key)].zipped and a.key != axis.key]
+            raise ConfigError(f"--sweep {axis.key}: zipped with {', '.join(partners)} in the config's sweep.zip; change the zip in the config file")
         if axis.key in keys:
             axes[keys.index(axis.key)] = axis
         else:
@@ -306,17 +373,36 @@ class SweepPlan:
     def out(self) -> str:
         return str(self.members[0].config["log"]["out"])
 
+    claims: Any = None  # the `claims:` section as written (claims.py), None without one
+
     def spec(self) -> dict[str, Any]:
         """The plan as a config mapping (what sweep.yaml holds; `gradlab run` on it plans it again)."""
-        return {**self.base, SWEEP_KEY: {axis.key: list(axis.values) for axis in self.axes}}
+        sweep: dict[str, Any] = {axis.key: list(axis.values) for axis in self.axes if axis.zipped is None}
+        groups = [{a.key: list(a.values) for a in self.axes if a.zipped == n} for n in dict.fromkeys(a.zipped for a in self.axes if a.zipped is not None)]
+        if groups:
+            sweep[ZIP_KEY] = groups[0] if len(groups) == 1 else groups
+        spec = {**self.base, SWEEP_KEY: sweep}
+        if self.claims is not None:
+            spec[CLAIMS_KEY] = self.claims
+        return spec
 
     def shape(self) -> str:
-        """`model.activation (4) x model.norm (2) x seed (3)`."""
-        return " x ".join(f"{axis.key} ({len(axis.values)})" for axis in self.axes)
+        """`model.activation (4) x model.norm (2) x seed (3)`; a zip group `zip(a, b) (3)`."""
+        parts, seen = [], set()
+        for axis in self.axes:
+            if axis.zipped is None:
+                parts.append(f"{axis.key} ({len(axis.values)})")
+            elif axis.zipped not in seen:
+                seen.add(axis.zipped)
+                parts.append(f"zip({', '.join(a.key for a in self.axes if a.zipped == axis.zipped)}) ({len(axis.values)})")
+        return " x ".join(parts)
+
+    def axis_values(self) -> dict[str, list[Any]]:
+        return {axis.key: list(axis.values) for axis in self.axes}
 
 
 def has_sweep(raw: dict[str, Any]) -> bool:
-    return SWEEP_KEY in raw or SEEDS_KEY in raw
+    return SWEEP_KEY in raw or SEEDS_KEY in raw or CLAIMS_KEY in raw  # (claims without a sweep: planning says so)
 
 
 def plan_sweep(raw: dict[str, Any], overrides: Sequence[str] = (), axes: Sequence[Axis] = ()) -> SweepPlan:
@@ -330,8 +416,14 @@ def plan_sweep(raw: dict[str, Any], overrides: Sequence[str] = (), axes: Sequenc
     base, config_axes = split_sweep(raw)
     all_axes = merge_axes(config_axes, axes)
     if not all_axes:
-        raise ConfigError("sweep: no axes; give sweep: {key.path: [values]}, seeds: [0, 1, 2] or --sweep key.path=v1,v2")
+        what = "claims: compare the configurations of a sweep; " if CLAIMS_KEY in raw else ""
+        raise ConfigError(f"{what}sweep: no axes; give sweep: {{key.path: [values]}}, seeds: [0, 1, 2] or --sweep key.path=v1,v2")
     check_disjoint(all_axes)
+    claims_raw = raw.get(CLAIMS_KEY)
+    if CLAIMS_KEY in raw:
+        from gradlab.claims import parse_claims
+
+        parse_claims(claims_raw, {axis.key: list(axis.values) for axis in all_axes})  # every claim checked before anything runs
     for item in overrides:
         key = item.partition("=")[0].strip()
         for axis in all_axes:
@@ -342,8 +434,8 @@ def plan_sweep(raw: dict[str, Any], overrides: Sequence[str] = (), axes: Sequenc
 
     members: list[Member] = []
     errors: list[tuple[dict[str, Any], list[str]]] = []
-    for combination in itertools.product(*(axis.values for axis in all_axes)):
-        values = dict(zip((axis.key for axis in all_axes), combination))
+    for combination in itertools.product(*_dimensions(all_axes)):
+        values = {axis.key: next(part[axis.key] for part in combination if axis.key in part) for axis in all_axes}
         data = copy.deepcopy(base)
         try:
             for key, value in values.items():
@@ -361,7 +453,7 @@ def plan_sweep(raw: dict[str, Any], overrides: Sequence[str] = (), axes: Sequenc
             other = names[member.name]
             raise ConfigError(f"sweep: {describe_values(other.values)} and {describe_values(member.values)} would share the run directory {member.name!r}; make the values tell apart")
         names[member.name] = member
-    return SweepPlan(base, all_axes, members)
+    return SweepPlan(base, all_axes, members, claims_raw)
 
 
 def _error_lines(errors: list[tuple[dict[str, Any], list[str]]], axes: list[Axis]) -> list[str]:
