@@ -764,8 +764,7 @@ LOADERS: dict[str, Callable[[DataConfig, int], Dataset]] = {
     "npz": _npz,
     "csv": _csv,
 }
-SEQUENCE_# Exactly the names of `gradlab.specs.datasets` (checked by the tests).
-LOADERS: dict[str, Callable[[DataConfig, int], Dataset]] = {
+SEQUENCE_LOADERS: dict[str, Callable[[DataConfig, int], Dataset]] = {
     "adding": _adding,
     "copy": _copy,
     "sequential_mnist": _sequential_mnist,
