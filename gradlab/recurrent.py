@@ -215,7 +215,8 @@ class Recurrent(nn.Module):
         return layers + [Layer(self.head_site, self.head, {"": self.head.weight}, {"": self.head.bias}, prefix="head")]
 
     def initialize(self, cfg) -> None:
-        """init.weight: input-to-hidden and head weights; init.recurrent: hidden-to-hidden weights;
+        """init.weight: input-to-hidden and head weights (init.head, where set, the head's);
+        init.recurrent: hidden-to-hidden weights;
         init.bias: every bias; each applied per gate block. Then lstm's forget_bias, if set."""
         init = cfg.init
         recurrent = getattr(init, "recurrent", {"name": DEFAULT_INIT})
@@ -234,7 +235,7 @@ class Recurrent(nn.Module):
                 with torch.no_grad():
                     layer.bias_ih[H : 2 * H] = forget_bias
                     layer.bias_hh[H : 2 * H] = 0.0
-        apply_init(init.weight, self.head.weight, activation)
+        apply_init(getattr(init, "head", None) or init.weight, self.head.weight, activation)  # init.head, where set
         if self.head.bias is not None:
             apply_init(init.bias, self.head.bias, activation)
 
