@@ -31,11 +31,13 @@ What a row holds (quantities.py has the exact meanings):
                                      taken in the measured forward pass, a gradient's as autograd
                                      accumulates it (before any clipping the loop does). Empty for a
                                      frozen parameter (requires_grad False) and one that got no gradient.
-    delta_norm                       ||dL/dz|| over the batch, z this call's output, by a tensor hook
-                                     on z (empty for a recurrent layer, whose pre-activations torch's
-                                     fused kernels never form; gradlab's own recurrent models have them)
+    delta_norm, delta_rms            ||dL/dz|| over the batch, z this call's output, by a tensor hook
+                                     on z, and its per-example root mean square (B the first dimension;
+                                     a Linear's middle dimensions, a sequence's, count as positions);
+                                     empty for a recurrent layer, whose pre-activations torch's fused
+                                     kernels never form (gradlab's own recurrent models have them)
     update_ratio                     ||dW|| / ||W|| of the optimizer's step, when `optimizer` is given
-    act_mean ... dead_frac           empty: an arbitrary model has no declared block output or
+    the activation columns           empty: an arbitrary model has no declared block output or
                                      activation to measure (gradlab's own models do)
 L is what the loop back-propagates (under a GradScaler: the scaled loss). metrics.csv gets one train row per measured step (`loss` and
 `accuracy` as the loop reports them, `grad_norm` of every parameter's gradient, `lr` of the
@@ -52,6 +54,7 @@ a probes.PendingMeasurement and fetched at `w.step()`; `loss` and `accuracy` may
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,10 +265,23 @@ class Watch:
         """Not tapped: an arbitrary model declares no activation of its own (see the module docstring)."""
 
     def _delta_hook(self, site: Site):
+        conv = isinstance(self._site_module[site].module, nn.modules.conv._ConvNd)
+
         def hook(grad: torch.Tensor) -> None:
-            if site not in self._deltas:  # a second backward through the same graph: the first counts
-                self._deltas.add(site)
-                self._pending.add("delta_norm", site, _norm(grad))
+            if site in self._deltas:  # a second backward through the same graph: the first counts
+                return
+            self._deltas.add(site)
+            norm = _norm(grad)
+            self._pending.add("delta_norm", site, norm)
+            if "delta_rms" in QUANTITIES and grad.dim() >= 2:
+                # delta_rms (quantities.py) = sqrt(B) * || sum over positions of |dL/dz| ||, B the
+                # first dimension; a channel is dim 1 of a convolution's output, the last dim of
+                # a Linear's (whose middle dims, a sequence's, are positions)
+                if conv and grad.dim() > 2:
+                    norm = _norm(grad.abs().sum(dim=tuple(range(2, grad.dim()))))
+                elif not conv and grad.dim() > 2:
+                    norm = _norm(grad.abs().sum(dim=tuple(range(1, grad.dim() - 1))))
+                self._pending.add("delta_rms", site, norm, 1 / math.sqrt(grad.shape[0]))
 
         return hook
 

@@ -132,14 +132,25 @@ def reference_step(model: nn.Module, optimizer, x, y) -> tuple[dict[str, dict[st
     for name, output in outputs:
         module = modules[name.split("#")[0]]
         w, b = module.weight, module.bias
+        g = output.grad
         measured[name] = {
-            "delta_norm": output.grad.norm().item() if output.grad is not None else None,
+            "delta_norm": g.norm().item() if g is not None else None,
+            "delta_rms": delta_rms(g, conv=isinstance(module, nn.modules.conv._ConvNd)) if g is not None else None,
             "weight_norm": before[name].norm().item(),
             "weight_grad_norm": w.grad.norm().item() if w.grad is not None else None,
             "bias_grad_norm": b.grad.norm().item() if b is not None and b.grad is not None else None,
             "update_ratio": (module.weight.detach() - before[name]).norm().item() / before[name].norm().item() if w.requires_grad else None,
         }
     return measured, loss.item()
+
+
+def delta_rms(grad: torch.Tensor, conv: bool) -> float:
+    """From its definition (quantities.py): sqrt((1/B) sum_b sum_c g_bc^2), g_bc the sum over the
+    positions of channel c of |dl_b/dz|, l_b = B * L's share of example b, so dl_b/dz = B dL/dz."""
+    B = grad.shape[0]
+    per_example = B * grad.abs()
+    g = per_example.flatten(2).sum(2) if conv and grad.dim() > 2 else per_example
+    return math.sqrt(sum((g[b] ** 2).sum().item() for b in range(B)) / B)
 
 
 def read_layers(run_dir: Path) -> dict[int, dict[str, dict[str, float | None]]]:
@@ -334,8 +345,8 @@ def test_records_are_read_by_compare_plot_and_check(tmp_path):
     assert list(run.layers["name"][run.layers["step"] == 0]) == RESNET_SITES
     comparison = gradlab.comparison([w.run_dir])
     recorded = read_layers(w.run_dir)[0]
-    # gain = first over last hidden delta_norm (the stem over fc), by hand from the CSV
-    assert math.isclose(comparison.table["gain@0"][0], recorded["stem"]["delta_norm"] / recorded["fc"]["delta_norm"], rel_tol=1e-12)
+    # gain = first over last hidden delta_rms (the stem over fc), by hand from the CSV
+    assert math.isclose(comparison.table["gain@0"][0], recorded["stem"]["delta_rms"] / recorded["fc"]["delta_rms"], rel_tol=1e-12)
     outcomes = gradlab.check(w.run_dir)
     assert [o.passed for o in outcomes] == [True, True]
     assert [p.name for p in gradlab.plot([w.run_dir], tmp_path / "figures")] == [
@@ -397,9 +408,9 @@ def test_one_host_transfer_per_measured_step_and_no_item(tmp_path, monkeypatch, 
                 w.step(loss=loss, accuracy=accuracy)
                 per_step.append(len(transfers) - before)
     assert per_step == [1, 0, 1, 0, 1]
-    # 7 sites: weight_norm 7, weight_grad_norm 7, bias_grad_norm 3 (stem, fc, head), delta_norm 7,
+    # 7 sites: weight_norm 7, weight_grad_norm 7, bias_grad_norm 3 (stem, fc, head), delta_norm and delta_rms 7 each,
     # update_ratio 7 (steps 0, 2 and 4 are followed by an update), + grad_norm, loss, accuracy
-    assert transfers == [7 + 7 + 3 + 7 + 7 + 3] * 3
+    assert transfers == [7 + 7 + 3 + 7 + 7 + 7 + 3] * 3
 
 
 def test_a_failing_loop_closes_the_records_as_failed(tmp_path):
@@ -473,3 +484,31 @@ def test_half_precision_norms_do_not_overflow(tmp_path):
     assert delta > 65504 and torch.isfinite(outputs[0].grad).all()  # the case: fine entries, a norm beyond float16
     assert math.isclose(row["delta_norm"], delta, rel_tol=1e-5)
     assert math.isclose(row["weight_grad_norm"], model[0].weight.grad.float().norm().item(), rel_tol=1e-5)
+
+
+def test_delta_rms_of_a_linear_over_a_sequence(tmp_path):
+    """A Linear applied to (B, T, F): its middle dimension is positions, its last the channels."""
+    torch.manual_seed(0)
+
+    class Pooled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(4, 6)
+            self.head = nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.head(torch.tanh(self.proj(x)).mean(dim=1))
+
+    model = Pooled()
+    x, y = torch.randn(5, 7, 4), torch.randint(0, 3, (5,))
+    outputs = []
+    model.proj.register_forward_hook(lambda module, args, output: output.retain_grad() or outputs.append(output))
+    with gradlab.watch(model, out=tmp_path, every=1, name="seq") as w:
+        F.cross_entropy(model(x), y).backward()
+        w.step()
+    row = read_layers(w.run_dir)[0]["proj"]
+    grad = outputs[0].grad  # (B, T, C)
+    B = grad.shape[0]
+    by_hand = math.sqrt(sum(((B * grad[b].abs()).sum(0) ** 2).sum().item() for b in range(B)) / B)
+    assert math.isclose(row["delta_rms"], by_hand, rel_tol=1e-5)
+    assert math.isclose(row["delta_norm"], grad.norm().item(), rel_tol=1e-5)
