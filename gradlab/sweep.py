@@ -46,6 +46,7 @@ import os
 import re
 import shutil
 import socket
+import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -752,6 +753,28 @@ def _recorded_status(run_dir: Path) -> str | None:
     return status if isinstance(status, str) else None
 
 
+ORPHANS_SETTLE_S = 12.0  # > 2 x executors.ORPHAN_GRACE_S: how long a killed sweep's workers may still write
+
+
+def _let_orphans_finish(sweep_dir: Path, names: list[str]) -> None:
+    """Wait, when a folder about to be removed was written in the last ORPHANS_SETTLE_S seconds,
+    until that long has passed: the workers of a sweep killed a moment ago stop on their own
+    (executors: parent-death signal) and close their records; removing the folders under them
+    would have them re-create the folder as a stub."""
+    newest = 0.0
+    for name in names:
+        folder = sweep_dir / name
+        if _recorded_status(folder) != "running" and (folder / "meta.json").exists():
+            continue  # closed (interrupted, failed): nobody writes there any more
+        try:
+            newest = max([newest, *(path.stat().st_mtime for path in folder.iterdir())])
+        except OSError:
+            continue
+    wait = newest + ORPHANS_SETTLE_S - time.time()
+    if wait > 0:
+        time.sleep(min(wait, ORPHANS_SETTLE_S))
+
+
 def _recorded_duration(run_dir: Path) -> float | None:
     from gradlab.records import META_FILE
 
@@ -858,6 +881,7 @@ def _run_sweep_locked(plan, sweep_dir: Path, jobs, threads, executor, ray_addres
     index = index or SweepIndex.read(sweep_dir, plan)
     threads = threads or executors.default_threads()
     members = {member.name: member for member in plan.members}
+    _let_orphans_finish(sweep_dir, [row.run for row in index.rows if row.status not in FINISHED])
     todo = []
     for row in index.rows:
         if row.status in FINISHED:

@@ -711,3 +711,20 @@ def test_a_run_of_zero_steps_shows_step_0_once(tmp_path):
     result = invoke("run", config)
     assert result.exit_code == 0, result.output
     assert result.stdout.count("delta_norm @ step 0") == 1, result.stdout
+
+
+def test_resume_right_after_a_kill_lets_the_dying_workers_close_their_records_first(tmp_path, monkeypatch):
+    """A run still marked running and written a moment ago may belong to a worker of a sweep killed
+    a moment ago (it stops within executors.ORPHAN_GRACE_S x 2): --resume waits before removing it."""
+    run = tmp_path / "sweep" / "activation=relu,seed=0"
+    run.mkdir(parents=True)
+    for name in ("layers.csv", "metrics.csv"):
+        (run / name).write_text("step\n")
+    (run / "meta.json").write_text(json.dumps({"status": "running"}))
+    slept = []
+    monkeypatch.setattr(sweeps.time, "sleep", slept.append)
+    sweeps._let_orphans_finish(tmp_path / "sweep", [run.name])
+    assert len(slept) == 1 and 0 < slept[0] <= sweeps.ORPHANS_SETTLE_S
+    (run / "meta.json").write_text(json.dumps({"status": "interrupted"}))  # closed: nobody writes there
+    sweeps._let_orphans_finish(tmp_path / "sweep", [run.name])
+    assert len(slept) == 1

@@ -375,7 +375,8 @@ def test_each_run_computes_with_the_threads_it_is_given(tmp_path):
     assert default_threads() == 1
 
 
-def test_resume_runs_only_what_is_not_completed_or_diverged(tmp_path):
+def test_resume_runs_only_what_is_not_completed_or_diverged(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweeps, "ORPHANS_SETTLE_S", 0.0)  # (the run marked running here has no worker left)
     config = write_config(tmp_path / "grid.yaml", tmp_path / "out")
     sweep_dir = Path(invoke("run", config, "--quiet").stdout.strip())
     rows = read_index(sweep_dir)
