@@ -274,3 +274,41 @@ OPTIMIZERS = implementations(specs.optimizers, {
 
 def build_optimizer(spec: dict[str, Any], params) -> torch.optim.Optimizer:
     return OPTIMIZERS[specs.optimizers.get(spec["name"]).name](specs.optimizers.params_of(spec), params)
+
+
+# --------------------------------------------------------------------------------------------
+# Learning-rate schedules (optim.schedule)
+# --------------------------------------------------------------------------------------------
+
+
+def _schedule_step(p, k: int, total: int) -> float:
+    return p.gamma ** (k // p.step_size)
+
+
+def _schedule_exponential(p, k: int, total: int) -> float:
+    return p.gamma**k
+
+
+def _schedule_cosine(p, k: int, total: int) -> float:
+    steps = p.steps or max(total, 1)
+    return p.min_factor + (1 - p.min_factor) * (1 + math.cos(math.pi * min(k, steps) / steps)) / 2
+
+
+def _schedule_warmup(p, k: int, total: int) -> float:
+    return min(1.0, (k + 1) / p.warmup_steps)
+
+
+# A schedule is `factor(params, k, total_steps)`: the lr of update k (0 for the first) over the configured lr.
+SCHEDULES = implementations(specs.schedules, {
+    "step": _schedule_step,
+    "exponential": _schedule_exponential,
+    "cosine": _schedule_cosine,
+    "warmup": _schedule_warmup,
+})
+
+
+def schedule_factor(spec: dict[str, Any] | None, k: int, total_steps: int) -> float:
+    """The factor the configured lr is multiplied by for update k (0-based); 1 without a schedule."""
+    if spec is None:
+        return 1.0
+    return SCHEDULES[specs.schedules.get(spec["name"]).name](specs.schedules.params_of(spec), k, total_steps)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
@@ -61,7 +62,7 @@ ActivationSpec = _component(specs.activations)
 NormSpec = _component(specs.norms)
 WeightInitSpec = _component(specs.initializers)
 BiasInitSpec = _component(specs.initializers, specs.resolve_bias_init)
-OptimSpec = _component(specs.optimizers)
+OptimSpec = _component(specs.optimizers, specs.resolve_optim)
 
 
 def _name_in(registry: Registry, value: str) -> str:
@@ -115,8 +116,18 @@ class DataConfig(Section):
 
 
 class InitConfig(Section):
-    weight: WeightInitSpec = Field("default", description="initializer of every linear/conv weight, head included")
+    weight: WeightInitSpec = Field("default", description="initializer of every linear/conv weight, head included unless head is set")
     bias: BiasInitSpec = Field("default", description="initializer of every linear/conv bias")
+    head: Optional[WeightInitSpec] = Field(
+        None, description="initializer of the head's weight (null: weight's); a constant weight makes the head symmetric and its gradients equal"
+    )
+
+    @model_serializer(mode="wrap")
+    def _head_only_when_set(self, handler):
+        data = handler(self)  # written only when set: every other run's config.yaml is unchanged
+        if self.head is None:
+            data.pop("head", None)
+        return data
 
 
 class ModelConfig(Section):
@@ -135,10 +146,13 @@ class ModelConfig(Section):
     residual: bool = Field(False, description="x_(l+1) = x_l + residual_scale * branch(x_l), the branch being the block")
     branch_depth: int = Field(1, ge=1, description="residual: layers (linear/conv, norm, activation) per branch")
     residual_scale: float = Field(1.0, ge=0, description="residual: the branch's multiplier alpha (0 or small: SkipInit, De & Smith 2020)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout rate after each block's activation (and its post norm), before pooling; 0: none")
 
     @model_serializer(mode="wrap")
     def _residual_keys_only_when_residual(self, handler):
         data = handler(self)
+        if self.dropout == 0:
+            data.pop("dropout", None)  # written only when set: every other run's config.yaml is unchanged
         if not self.residual:
             for key in ("residual", "branch_depth", "residual_scale"):
                 data.pop(key, None)
@@ -622,7 +636,9 @@ def component_keys(model: type[BaseModel] | None = None, prefix: str = "") -> tu
     schema itself: ('model.activation', 'model.norm', 'model.init.weight', 'model.init.bias', 'optim')."""
     keys: list[str] = []
     for name, field in (model or Experiment).model_fields.items():
-        if any(isinstance(meta, ComponentField) for meta in field.metadata):
+        # an optional component (model.init.head) is Optional[Annotated[..., ComponentField]]
+        nested = [meta for arg in typing.get_args(field.annotation) for meta in getattr(arg, "__metadata__", ())]
+        if any(isinstance(meta, ComponentField) for meta in [*field.metadata, *nested]):
             keys.append(prefix + name)
         elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
             keys.extend(component_keys(field.annotation, f"{prefix}{name}."))

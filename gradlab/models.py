@@ -46,6 +46,9 @@ class Block(nn.Module):
         self.norm = build_norm(norm_spec, width, conv)  # None for norm: none
         self.act = activations.build(cfg.activation, width)
         self.activation = cfg.activation["name"]  # the probes look up its derivative by name
+        # model.dropout: after the activation (and a post norm), before pooling; no module at rate 0,
+        # so a run without dropout draws and names exactly what it did before dropout existed
+        self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else None
         pooled = conv and cfg.pool_every and (index + 1) % cfg.pool_every == 0
         if pooled:
             self.pool = nn.MaxPool2d(2) if cfg.pool == "max" else nn.AvgPool2d(2)
@@ -60,6 +63,8 @@ class Block(nn.Module):
         y = self.act(u)
         normed = self.norm(y) if self.norm is not None and not self.norm_first else None
         out = y if normed is None else normed
+        if self.drop is not None:
+            out = self.drop(out)
         if self.pool is not None:
             out = self.pool(out)  # (B, width, H/2, W/2)
         tap = self.slot.tap
@@ -113,6 +118,7 @@ class ResidualBlock(nn.Module):
         self.norm = build_norm(norm_spec, width, conv)
         self.act = build_act(cfg.activation, width)
         self.activation = cfg.activation["name"]
+        self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else None  # on the branch, before alpha
         self.inner = nn.ModuleList(
             _BranchLayer(linear(width), build_norm(norm_spec, width, conv), build_act(cfg.activation, width), self.norm_first)
             for _ in range(cfg.branch_depth - 1)
@@ -139,6 +145,8 @@ class ResidualBlock(nn.Module):
         r = y if normed is None else normed
         for layer in self.inner:
             r = layer(r)
+        if self.drop is not None:
+            r = self.drop(r)
         skip = x if self.skip is None else self.skip(x)
         stream = skip + r if self.scale == 1.0 else skip + self.scale * r
         out = stream if self.pool is None else self.pool(stream)
@@ -197,7 +205,10 @@ class Stack(nn.Module):
         # (a residual block's further branch layers follow its first; plain blocks draw as they always have)
         linears = [m for b in self.blocks for m in (b.linears() if isinstance(b, ResidualBlock) else [b.linear])]
         for module in [*linears, self.head]:
-            apply_init(cfg.init.weight, module.weight, cfg.activation)
+            # model.init.head: the head's own weight initializer (a constant weight init makes the head
+            # symmetric: every hidden unit then gets the same gradient)
+            weight_init = cfg.init.head if module is self.head and cfg.init.head is not None else cfg.init.weight
+            apply_init(weight_init, module.weight, cfg.activation)
             if module.bias is not None:
                 apply_init(cfg.init.bias, module.bias, cfg.activation)
         for block in self.blocks:

@@ -104,7 +104,7 @@ LAYERS_COLUMNS: list[str] = [*LAYERS_KEYS, *QUANTITIES]
 
 # Columns added after runs had been recorded without them (issue 11): a run that lacks them is read
 # with them empty (records.read_table), never refused.
-ADDED_COLUMNS: tuple[str, ...] = ("delta_rms", "preact_mean", "preact_std", "dact_mean", "dact_factor", "inactive_frac")
+ADDED_COLUMNS: tuple[str, ...] = ("delta_rms", "preact_mean", "preact_std", "dact_mean", "dact_factor", "inactive_frac", "clipped_grad_norm")
 
 
 def layers_columns(residual: bool = False) -> list[str]:
@@ -121,7 +121,9 @@ METRICS_COLUMNS: dict[str, str] = {
     "loss": "the loss L, averaged over the batch (train) or the test set (test)",
     "accuracy": "share of examples whose largest output is the label",
     "grad_norm": "||dL/dtheta|| over every parameter of the model, before clipping (train rows only)",
-    "lr": "the learning rate of the optimizer's first parameter group",
+    "clipped_grad_norm": "the global gradient norm after optim.grad_clip: grad_norm * min(1, grad_clip / (grad_norm + 1e-6)), "
+                         "PyTorch's clip_grad_norm_ rule; clip factor = clipped_grad_norm / grad_norm (train rows of runs with grad_clip only)",
+    "lr": "the learning rate of the optimizer's first parameter group for this step's update (train rows) or the next update (test rows): with optim.schedule, lr * schedule factor",
     "time_s": "seconds since training started",
 }
 

@@ -339,7 +339,7 @@ def read_table(run_dir: Path, which: str) -> pd.DataFrame:
     if missing:
         raise RunError(f"{run_dir}: {which} lacks columns {', '.join(missing)}")
     for column in quantities.ADDED_COLUMNS:  # a run recorded before these existed: empty cells
-        if which == LAYERS_FILE and column not in frame.columns:
+        if column in columns and column not in frame.columns:
             frame[column] = float("nan")
     return frame
 

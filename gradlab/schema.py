@@ -38,6 +38,7 @@ COMPONENT_FIELDS: dict[str, tuple[Registry, Any]] = {
     "model.norm": (specs.norms, None),
     "model.init.weight": (specs.initializers, None),
     "model.init.bias": (specs.initializers, lambda component: component.extra.get("bias_ok", False)),
+    "model.init.head": (specs.initializers, None),
     "optim": (specs.optimizers, None),
 }
 # Config fields that hold a bare name from a registry.
@@ -66,6 +67,8 @@ def component_schema(registry: Registry, allowed=None) -> dict[str, Any]:
         params = component.params.model_json_schema()
         properties = {"name": {"enum": _names(component), "description": component.doc}}
         for key, value in params.get("properties", {}).items():
+            if registry is specs.optimizers and key == "schedule":  # a component inside a component
+                value = {"anyOf": [component_schema(specs.schedules), {"type": "null"}], "description": value.get("description", "")}
             properties[key] = value
         mappings.append({
             "type": "object",
@@ -159,6 +162,8 @@ def config_json_schema() -> dict[str, Any]:
             new["description"] = f"{old['description']}. {new['description']}"
         if "default" in old:
             new["default"] = old["default"]
+        if {"type": "null"} in old.get("anyOf", []):  # an optional component (model.init.head): null allowed
+            new = {"anyOf": [{"$ref": new.pop("$ref")}, {"type": "null"}], **new}
         properties[leaf] = new
     for dotted, registry in NAME_FIELDS.items():
         properties, leaf = _property(schema, dotted)

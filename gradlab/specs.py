@@ -177,7 +177,7 @@ Placement = Literal["pre", "post"]
 
 class BatchNormParams(Params):
     placement: Placement = Field("pre", description="pre: between linear map and nonlinearity; post: after it")
-    momentum: float = Field(0.1, ge=0, le=1, description="weight of the new batch in the running statistics")
+    momentum: float = Field(0.1, ge=0, le=1, description="PyTorch's: the weight of the new batch, running = (1 - momentum) running + momentum batch (TensorFlow's decay is 1 - momentum)")
     eps: float = Field(1e-5, gt=0)
     affine: bool = True
 
@@ -198,17 +198,17 @@ class GroupNormParams(Params):
 class LRNParams(Params):
     placement: Placement = Field("post", description="AlexNet normalizes after the ReLU")
     size: int = Field(5, ge=1, description="neighbouring channels (units in an MLP) summed over")
-    alpha: float = Field(1e-4, ge=0)
+    alpha: float = Field(1e-4, ge=0, description="PyTorch's convention, divided by size: AlexNet's alpha 1e-4 (n = 5) is 5e-4 here; the default is PyTorch's")
     beta: float = Field(0.75, ge=0)
     k: float = Field(2.0, ge=0, description="AlexNet's k=2 (PyTorch's default is 1)")
 
 
 for _component in [
     Component("none", "no normalization", NoParams, ("identity",)),
-    Component("batchnorm", "Ioffe & Szegedy: per unit (MLP) or per channel over batch x h x w (CNN)", BatchNormParams, ("bn", "batch_norm")),
+    Component("batchnorm", "Ioffe & Szegedy: per unit (MLP) or per channel over batch x h x w (CNN); momentum is PyTorch's, the weight of the new batch (TensorFlow's decay = 1 - momentum)", BatchNormParams, ("bn", "batch_norm")),
     Component("layernorm", "per example over all units (MLP) or channels x h x w (CNN)", LayerNormParams, ("ln", "layer_norm")),
     Component("groupnorm", "Wu & He: per example over groups of units/channels", GroupNormParams, ("gn", "group_norm")),
-    Component("lrn", "Local Response Normalization (AlexNet) across channels (CNN) or units (MLP)", LRNParams, ("local_response_norm",)),
+    Component("lrn", "Local Response Normalization across channels (CNN) or units (MLP), PyTorch's: a / (k + alpha/size * sum a^2)^beta, so AlexNet's alpha 1e-4 is alpha 5e-4 here", LRNParams, ("local_response_norm",)),
 ]:
     norms.add(_component)
 
@@ -220,7 +220,7 @@ losses = Registry("loss")
 for _component in [
     Component("cross_entropy", "softmax cross-entropy, PyTorch's, averaged over the batch", NoParams, ("ce", "xent")),
     Component("bce", "sigmoid outputs vs one-hot targets; summed over units, averaged over the batch", NoParams),
-    Component("mse", "squared error of raw outputs vs one-hot targets; summed over units, averaged over the batch", NoParams, ("l2",)),
+    Component("mse", "squared error of raw outputs vs one-hot targets, without a 1/2; summed over units, averaged over the batch", NoParams, ("l2",)),
 ]:
     losses.add(_component)
 
@@ -231,10 +231,67 @@ for _component in [
 optimizers = Registry("optimizer")
 
 
+# Learning-rate schedules (optim.schedule): the factor the optimizer's lr is multiplied by before
+# update k (k = 0 for the first update); components.schedule_factor computes it.
+schedules = Registry("schedule")
+
+
+class StepScheduleParams(Params):
+    step_size: int = Field(100, ge=1, description="updates between decays")
+    gamma: float = Field(0.1, gt=0, le=1, description="factor per decay: lr * gamma^floor(k / step_size)")
+
+
+class ExponentialScheduleParams(Params):
+    gamma: float = Field(0.99, gt=0, le=1, description="factor per update: lr * gamma^k")
+
+
+class CosineScheduleParams(Params):
+    steps: int | None = Field(None, ge=1, description="updates of the half cosine (null: train.steps)")
+    min_factor: float = Field(0.0, ge=0, le=1, description="the factor it ends at")
+
+
+class WarmupScheduleParams(Params):
+    warmup_steps: int = Field(100, ge=1, description="updates of the linear ramp: lr * min(1, (k + 1) / warmup_steps)")
+
+
+for _component in [
+    Component("step", "lr * gamma^floor(k / step_size), k the updates before this one (PyTorch's StepLR)", StepScheduleParams),
+    Component("exponential", "lr * gamma^k (PyTorch's ExponentialLR)", ExponentialScheduleParams),
+    Component("cosine", "lr * (min_factor + (1 - min_factor)(1 + cos(pi min(k, steps) / steps)) / 2) (PyTorch's CosineAnnealingLR)", CosineScheduleParams),
+    Component("warmup", "lr * min(1, (k + 1) / warmup_steps): a linear ramp, then the lr", WarmupScheduleParams),
+]:
+    schedules.add(_component)
+
+
 class OptimParams(Params):
     lr: float = Field(0.1, ge=0, description="learning rate")
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm to this value")
+    schedule: dict | None = Field(None, description="learning-rate schedule: step, exponential, cosine or warmup (null: constant)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_schedule(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("schedule") is not None:
+            try:
+                data = {**data, "schedule": schedules.resolve(data["schedule"])}
+            except SpecError as exc:
+                raise ValueError(f"schedule: {exc.message}") from None
+        return data
+
+
+def resolve_optim(spec: Any) -> dict[str, Any]:
+    """An optimizer spec, resolved; `schedule` is written only when set, so the resolved optim of a
+    run without a schedule is what it was before schedules existed."""
+    if isinstance(spec, dict) and spec.get("schedule") is not None:
+        try:
+            spec = {**spec, "schedule": schedules.resolve(spec["schedule"])}
+        except SpecError as exc:  # named where it is: optim.schedule.<key>
+            raise SpecError(exc.message, "schedule" + (f".{exc.subpath}" if exc.subpath else "")) from None
+    resolved = optimizers.resolve(spec)
+    if resolved.get("schedule") is None:
+        resolved.pop("schedule", None)
+    return resolved
 
 
 class SGDParams(OptimParams):

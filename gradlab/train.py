@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from gradlab.components import build_optimizer, get_loss
+from gradlab.components import build_optimizer, get_loss, schedule_factor
 from gradlab.config import Experiment
 from gradlab.data import Dataset
 from gradlab.models import Stack, build_model
@@ -183,6 +183,12 @@ class Trainer:
         self._step = optimizer_step(self.optimizer)
         self.loss_fn = get_loss(exp.loss)
         self.grad_clip = exp.optim.get("grad_clip")
+        # optim.schedule: update k uses the configured lr times schedule_factor(k); the optimizer's lr
+        # is always the next update's (what metrics.csv's lr column shows, train and test rows alike)
+        self.schedule = exp.optim.get("schedule")
+        self._base_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self._updates = 0  # updates applied: k of the next one
+        self._apply_schedule()
         self.probe = Probe(self.model, exp.log.probes, exp.log.saturation_threshold)
         self.started = time.perf_counter()
         # On a GPU a plain step does not read its loss (a host sync per step): `check` reads the
@@ -244,6 +250,7 @@ class Trainer:
         self._checkpoint = {
             "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "updates": self._updates,  # the schedule's position
             # rrelu draws its slopes in training: the replay must draw the same ones
             "rng": (torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None),
         }
@@ -252,6 +259,7 @@ class Trainer:
         saved = self._checkpoint
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
+        self._updates = saved["updates"]
         torch.set_rng_state(saved["rng"][0])
         if saved["rng"][1] is not None:
             torch.cuda.set_rng_state(saved["rng"][1], self.device)
@@ -271,6 +279,7 @@ class Trainer:
         values = [extras["loss"], extras["grad_norm"], *(v for column in columns.values() for v in column.values())]
         if not all(map(math.isfinite, values)):
             return math.nan  # not a row: the run stops here and the records say where
+        lr = self.lr()  # the lr of this step's update (a schedule moves it on in _update)
         if update:
             probe.snapshot_weights()
             self._update()
@@ -278,15 +287,31 @@ class Trainer:
         self.records.layers.write(probe.rows(step, columns))
         self.records.metrics.write([{
             "step": step, "split": "train", "loss": extras["loss"], "accuracy": extras["accuracy"],
-            "grad_norm": extras["grad_norm"], "lr": self.lr(), "time_s": round(time.perf_counter() - self.started, 4),
+            "grad_norm": extras["grad_norm"], "clipped_grad_norm": self._clipped(extras["grad_norm"]),
+            "lr": lr, "time_s": round(time.perf_counter() - self.started, 4),
         }])  # fmt: skip
         return extras["loss"]
+
+    def _clipped(self, norm: float) -> float | None:
+        """The global gradient norm after optim.grad_clip, by clip_grad_norm_'s own rule (the
+        gradient is scaled by min(1, max_norm / (norm + 1e-6))); None without a grad_clip."""
+        if self.grad_clip is None:
+            return None
+        return norm * min(1.0, self.grad_clip / (norm + 1e-6))
+
+    def _apply_schedule(self) -> None:
+        if self.schedule is not None:
+            factor = schedule_factor(self.schedule, self._updates, self.exp.train.steps)
+            for group, base in zip(self.optimizer.param_groups, self._base_lrs):
+                group["lr"] = base * factor
 
     def _update(self) -> None:
         if self.grad_clip is not None:
             # clips the global norm; the measured gradient norms are those before clipping
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self._step()
+        self._updates += 1
+        self._apply_schedule()
 
     def evaluate(self, step: int) -> None:
         loss, accuracy = evaluate(self.model, self.data, self.loss_fn, self.device)

@@ -53,7 +53,7 @@ def test_initializer_aliases(alias, name):
         (
             {"model": {"widht": 3}},
             "model.widht: unknown key (did you mean 'width'?); allowed here: kind, depth, width, activation, norm, "
-            "bias, init, kernel_size, pool_every, pool, residual, branch_depth, residual_scale",
+            "bias, init, kernel_size, pool_every, pool, residual, branch_depth, residual_scale, dropout",
         ),
         (
             {"modle": {}},
