@@ -372,11 +372,21 @@ _REGIONS: dict[str, Regions] = {
     "softplus": Regions("negative tail", True, "negative", "u < 0 and sigmoid(beta u) < t (t = 0.05: u < -2.94 / beta)"),
     "elu": Regions("negative tail", True, "negative", "u < 0 and alpha e^u < t * max(1, alpha)"),
     "selu": Regions("negative tail", True, "negative", "u < 0 and e^u < t (scale * alpha * e^u below t of its sup scale * alpha; t = 0.05: u < -3.00)"),
-    "gelu": Regions("negative tail", True, "negative", "u < -sqrt(2) (the bottom of GELU''s negative lobe) and |GELU'(u)| < t * sup GELU' (t = 0.05: u < -2.28); the band around GELU''s zero crossing at u = -0.75 passes gradient and is not a tail", _tail_start("gelu")),
-    "silu": Regions("negative tail", True, "negative", "u < -2.3994 (the bottom of SiLU''s negative lobe) and |SiLU'(u)| < t * sup SiLU' (t = 0.05: u < -3.93)", _tail_start("silu")),
+    "gelu": Regions("negative tail", True, "negative", "u < -sqrt(2) (the bottom of the negative lobe of GELU') and |GELU'(u)| < t * sup GELU' (t = 0.05: u < -2.28); the band around the zero crossing of GELU' at u = -0.75 passes gradient and is not a tail", _tail_start("gelu")),
+    "silu": Regions("negative tail", True, "negative", "u < -2.3994 (the bottom of the negative lobe of SiLU') and |SiLU'(u)| < t * sup SiLU' (t = 0.05: u < -3.93)", _tail_start("silu")),
     "identity": Regions("linear", False, None, ""),
 }  # fmt: skip
 ACTIVATIONS = {name: dataclasses.replace(record, regions=_REGIONS[name]) for name, record in ACTIVATIONS.items()}
+
+def regions_table() -> str:
+    """The README's table of what inactive_frac and saturated_frac count, per activation."""
+    lines = ["| activation | family | inactive_frac counts | saturated_frac counts (t = log.saturation_threshold) |", "| --- | --- | --- | --- |"]
+    for name, record in ACTIVATIONS.items():
+        r = record.regions
+        cells = [f"`{name}`", r.family, r.inactive_rule or "(empty)", r.saturated or "(empty: no saturating tail)"]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines)
+
 
 DEAD_RULE = "f'(u) = 0 exactly (as autograd computes it) on every example of the batch, and every position of a CNN channel"
 

@@ -204,3 +204,11 @@ def test_delta_rms_is_unchanged_by_2x2_pooling(pool):
     assert rows[0]["delta_rms"] == pytest.approx(expected, rel=1e-5)
     if pool == "avg":  # while delta_norm halves
         assert rows[0]["delta_norm"] == pytest.approx(g.norm().item() / 2, rel=1e-5)
+
+
+def test_the_readme_states_each_activations_rule():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert activations.regions_table() in readme
+    assert activations.DEAD_RULE in readme
