@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from gradlab import configdiff
@@ -36,18 +37,49 @@ FIGURES = {
 }
 
 HEATMAP_COLUMNS = 3
+GAP_GREY = "0.85"  # a heatmap cell with no log10 value: zero, negative or non-finite
+GAP_LABEL = "grey: zero or non-finite (no log10), or not measured"
+DIVERGED_GID = "diverged"  # the marker at the end of a diverged run's curves (tests find it by gid)
 
 
-def _legend(figure: Figure) -> None:
+LEGEND_CHARS_PER_INCH = 15  # characters of legend text (fontsize small) per inch of figure width
+TITLE_CHARS_PER_INCH = 11  # characters of a suptitle line (fontsize large) per inch of figure width
+LEGEND_ROW_INCHES = 0.22
+
+
+def _legend(figure: Figure, extra: Sequence[tuple[object, str]] = ()) -> None:
     """One legend for the figure, below the panels: config labels are long, and inside a panel
-    they would hide the lines or squeeze the axes."""
+    they would hide the lines or squeeze the axes. As many columns as the figure's width holds,
+    labels wrapped to it, and the figure made taller by the legend's rows, so that ten runs do not
+    squash the panels and no label runs off the canvas."""
+    import textwrap
+
     entries: dict[str, object] = {}
     for axes in figure.axes:
         for handle, label in zip(*axes.get_legend_handles_labels()):
             entries.setdefault(label, handle)
-    if entries:
-        side_by_side = len(entries) <= 4 and all(len(label) < 40 for label in entries)
-        figure.legend(list(entries.values()), list(entries), loc="outside lower center", fontsize="small", ncols=len(entries) if side_by_side else 1)
+    for handle, label in extra:
+        entries.setdefault(label, handle)
+    if not entries:
+        return
+    chars = int(figure.get_figwidth() * LEGEND_CHARS_PER_INCH)
+    widest = max(len(label) for label in entries)
+    ncols = max(1, min(len(entries), chars // (min(widest, chars) + 6)))
+    width = max(20, chars // ncols - 6)
+    labels = [textwrap.fill(label, width, break_on_hyphens=False) for label in entries]
+    rows = math.ceil(len(labels) / ncols)
+    lines = sum(max(label.count("\n") + 1 for label in labels[r::rows]) for r in range(rows)) if rows else 0
+    figure.set_figheight(figure.get_figheight() + LEGEND_ROW_INCHES * lines)
+    figure.legend(list(entries.values()), labels, loc="outside lower center", fontsize="small", ncols=ncols)
+
+
+def _suptitle(figure: Figure, text: str) -> None:
+    """The figure's title, each line wrapped to the figure's width (a single run's description
+    is one long line that ran off both edges)."""
+    import textwrap
+
+    chars = int(figure.get_figwidth() * TITLE_CHARS_PER_INCH)
+    figure.suptitle("\n".join(textwrap.fill(line, chars, break_on_hyphens=False) for line in text.split("\n")))
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -126,7 +158,7 @@ def depth_profile(runs: Sequence[Run], column: str) -> Figure:
     if column == "delta_norm":
         _theory_lines(axes_pair[0], runs, legend)
     _legend(figure)
-    figure.suptitle(_title(runs, f"{column} by layer"))
+    _suptitle(figure, _title(runs, f"{column} by layer"))
     return figure
 
 
@@ -180,12 +212,13 @@ def heatmap(runs: Sequence[Run], column: str = "delta_norm") -> Figure:
         axes.set_xlabel("step")
         axes.set_ylabel("hidden layer")
         axes.yaxis.set_major_locator(MaxNLocator(integer=True))
-        axes.set_facecolor("0.85")  # gaps (zero or non-finite values) show grey
+        axes.set_facecolor(GAP_GREY)  # gaps (zero or non-finite values) show grey, as the legend says
     for axes in axes_grid[len(runs) :]:
         axes.remove()
     if mesh is not None:
         figure.colorbar(mesh, ax=axes_grid[: len(runs)].tolist(), label=f"log10 {column}")
-    figure.suptitle(_title(runs, f"log10 {column} by layer and step"))
+    _legend(figure, [(Patch(facecolor=GAP_GREY, edgecolor="0.5"), GAP_LABEL)])
+    _suptitle(figure, _title(runs, f"log10 {column} by layer and step"))
     return figure
 
 
@@ -221,6 +254,8 @@ def training_curves(runs: Sequence[Run]) -> Figure:
                     continue
                 label = legend.label[i] if split == "train" else "_"  # the dashes say test
                 axes.plot(rows["step"], rows[metric], color=legend.color[i], label=label, **style)
+                if run.status == "diverged" and split == "train":
+                    _mark_divergence(axes, rows, metric, legend.color[i])
         axes.set_xlabel("step")
         axes.set_ylabel(metric)
         axes.grid(True, alpha=0.3)
@@ -232,8 +267,18 @@ def training_curves(runs: Sequence[Run]) -> Figure:
     loss_axes.set_title("loss: train solid, test dashed")
     accuracy_axes.set_title("accuracy: train solid, test dashed")
     _legend(figure)
-    figure.suptitle(_title(runs, "training curves"))
+    _suptitle(figure, _title(runs, "training curves"))
     return figure
+
+
+def _mark_divergence(axes, rows, metric: str, color: str) -> None:
+    """A cross where a diverged run's curve ends (its last finite value): the line does not just stop."""
+    finite = rows[np.isfinite(rows[metric].to_numpy(dtype=float))]
+    if finite.empty:
+        return
+    last = finite.iloc[-1]
+    axes.plot([last["step"]], [last[metric]], marker="X", markersize=10, markeredgecolor="black", color=color, linestyle="none",
+              gid=DIVERGED_GID, label="X: diverged (its last finite value)")  # fmt: skip
 
 
 def saturation(runs: Sequence[Run]) -> Figure:
@@ -245,7 +290,7 @@ def saturation(runs: Sequence[Run]) -> Figure:
         _profile_panels(figure, runs, legend, column, log=False, ylabel=column, row=row)
     grid[0][0].set_ylim(-0.03, 1.03)
     _legend(figure)
-    figure.suptitle(_title(runs, "dead and saturated units by layer"))
+    _suptitle(figure, _title(runs, "dead and saturated units by layer"))
     return figure
 
 
@@ -390,6 +435,8 @@ def build_figures(runs: Sequence[Run]) -> dict[str, Figure]:
             "training_curves": aggregated_training_curves(runs),
             "saturation": aggregated_saturation(runs, stack),
         }
+    # configurations in the order of their values (numbers numerically): the legends follow it
+    runs = [runs[i] for group in configdiff.group_by_config([run.config for run in runs]) for i in group]
     return {
         "depth_profile_delta_norm": depth_profile(runs, "delta_norm"),
         "depth_profile_weight_grad_norm": depth_profile(runs, "weight_grad_norm"),

@@ -138,3 +138,61 @@ def test_theory_is_drawn_dashed_at_step_0_anchored_at_the_last_hidden_layer(tmp_
     assert list(theory[0].get_xdata()) == [0, 1, 2]
     assert list(theory[0].get_ydata()) == pytest.approx([1.0, 1.0, 1.0])
     assert not [line for line in last.get_lines() if line.get_gid() == plots.THEORY_GID]
+
+
+def _inside_canvas(figure) -> list[str]:
+    """The texts of the figure (suptitle, legend) that reach beyond the canvas once drawn."""
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    canvas = figure.bbox
+    outside = []
+    items = [figure._suptitle] + list(figure.legends)
+    for item in items:
+        box = item.get_window_extent(renderer)
+        if box.x0 < canvas.x0 - 1 or box.x1 > canvas.x1 + 1 or box.y0 < canvas.y0 - 1 or box.y1 > canvas.y1 + 1:
+            outside.append(item.get_text() if hasattr(item, "get_text") else "legend")
+    return outside
+
+
+def test_a_single_run_figure_keeps_title_and_legend_on_the_canvas(tmp_path):
+    # issue 11: `gradlab run --plot` cut off the subtitle and the legend at both edges
+    config = resolved_config("a-long-experiment-name-for-a-single-run", 0, depth=4, model__activation={"name": "leaky_relu", "negative_slope": 0.2},
+                             model__norm={"name": "batchnorm", "placement": "post", "momentum": 0.3},
+                             model__init={"weight": {"name": "kaiming_normal", "nonlinearity": "leaky_relu", "a": 0.2, "mode": "fan_out"}, "bias": "zeros"})
+    write_run(tmp_path, config, layer_rows(0, [1.0, 1.0, 1.0, 1.0]) + layer_rows(10, [1.0, 1.0, 1.0, 1.0]), METRICS)
+    for name, figure in plots.build_figures(records.load_runs([tmp_path]).runs).items():
+        assert _inside_canvas(figure) == [], name
+
+
+def test_ten_runs_do_not_squash_the_panels(tmp_path):
+    # issue 11: a legend of 10 runs (one entry per line) left the panels a sliver
+    for width in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512):
+        config = resolved_config("widths", 0, depth=4, model__width=width)
+        write_run(tmp_path, config, layer_rows(0, [1.0, 1.0, 1.0, 1.0]) + layer_rows(10, [1.0, 1.0, 1.0, 1.0]), METRICS, run_id=f"w{width}")
+    figures = plots.build_figures(records.load_runs([tmp_path]).runs)
+    for name in ("depth_profile_delta_norm", "training_curves"):
+        figure = figures[name]
+        assert _inside_canvas(figure) == [], name
+        figure.canvas.draw()
+        panel = figure.axes[0].get_window_extent(figure.canvas.get_renderer())
+        assert panel.height >= 0.4 * 4.8 * figure.dpi, (name, panel.height)  # at least 40% of the figure's original height
+        # the legend lists the widths in numeric order
+        legend_texts = [text.get_text() for text in figure.legends[0].get_texts()]
+        widths = [int(text.split("=")[1]) for text in legend_texts if text.startswith("model.width=")]
+        assert widths == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512], name
+
+
+def test_a_diverged_run_ends_with_a_marker_and_the_heatmap_names_its_grey(tmp_path):
+    # issue 11: diverged runs just stopped; the heatmap's grey for zero/non-finite was in no legend
+    config = resolved_config("blowup", 0, depth=4)
+    metrics = metric_rows({0: (2.0, 0.25), 5: (1.5, 0.5), 10: (math.nan, 0.1)}, {0: (2.1, 0.2)})
+    write_run(tmp_path, config, layer_rows(0, [1.0, 0.0, 1.0, 1.0]) + layer_rows(5, [1.0, 1.0, 1.0, 1.0]), metrics, status="diverged")
+    figures = plots.build_figures(records.load_runs([tmp_path]).runs)
+    loss_axes = figures["training_curves"].axes[0]
+    [marker] = [line for line in loss_axes.get_lines() if line.get_gid() == plots.DIVERGED_GID]
+    assert ([float(x) for x in marker.get_xdata()], [float(y) for y in marker.get_ydata()]) == ([5.0], [1.5])  # the last finite train loss
+    legend = [text.get_text() for text in figures["training_curves"].legends[0].get_texts()]
+    assert "X: diverged (its last finite value)" in legend
+    heatmap_legend = [text.get_text() for text in figures["heatmap_delta_norm"].legends[0].get_texts()]
+    assert heatmap_legend == [plots.GAP_LABEL]
+    assert figures["heatmap_delta_norm"].axes[0].get_facecolor()[:3] == pytest.approx((0.85, 0.85, 0.85))
