@@ -298,9 +298,10 @@ def _warn(lines: list[str]) -> None:
         err_console.print(f"warning: {line}", markup=False)
 
 
-def _writable_file(path: Path | None, option: str) -> None:
-    """Refuse, before any work, an output file that cannot be written: a folder, below a missing
-    folder or below a file, or not writable (one line, exit 2)."""
+def _writable_file(path: Path | None, option: str, make_folders: bool = False) -> None:
+    """Refuse, before any work, an output file that cannot be written: a folder, below a file,
+    below a missing folder (unless `make_folders`: the command creates them), or not writable
+    (one line, exit 2)."""
     import os
 
     if path is None:
@@ -315,7 +316,11 @@ def _writable_file(path: Path | None, option: str) -> None:
         above = next((p for p in parent.parents if p.exists()), None)
         if above is not None and not above.is_dir():
             raise RunError(f"{option}: cannot write {shown!r}: {str(above)!r} is a file, not a folder")
-        raise RunError(f"{option}: cannot write {shown!r}: the folder {str(parent)!r} does not exist")
+        if not make_folders:
+            raise RunError(f"{option}: cannot write {shown!r}: the folder {str(parent)!r} does not exist")
+        if above is not None and not os.access(above, os.W_OK | os.X_OK):
+            raise RunError(f"{option}: cannot create {str(parent)!r}: {str(above)!r} is not writable")
+        return
     if (path.exists() and not os.access(path, os.W_OK)) or not os.access(parent, os.W_OK | os.X_OK):
         raise RunError(f"{option}: cannot write {shown!r}: permission denied")
 
@@ -448,7 +453,7 @@ def check(
     """
     from gradlab import expectations
 
-    _writable_file(junit, "--junit")
+    _writable_file(junit, "--junit", make_folders=True)  # (write_junit creates its folders)
     checks, problems = expectations.check_paths(_need_paths(paths, "check"))
     _warn(problems)
     for item in checks:

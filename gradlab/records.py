@@ -479,7 +479,13 @@ def load_run(run_dir: str | Path, config: dict[str, Any] | None = None) -> Run:
         if torn:
             layers = layers[~layers["step"].isin(torn)]
 
-    run = Run(run_dir, config, meta, layers.reset_index(drop=True), metrics.reset_index(drop=True), notes)
+    def renumbered(frame: pd.DataFrame) -> pd.DataFrame:  # (a copy only where rows were left out)
+        import pandas as pd
+
+        whole = isinstance(frame.index, pd.RangeIndex) and frame.index.start == 0 and frame.index.step == 1
+        return frame if whole else frame.reset_index(drop=True)
+
+    run = Run(run_dir, config, meta, renumbered(layers), renumbered(metrics), notes)
     if run.status == "running":
         notes.append(f"{run_dir}: still marked running (in progress, or killed before it could finish); compared up to step {run.last_step}")
     elif run.status == "interrupted":
