@@ -205,6 +205,8 @@ def _plan_and_run_sweep(config, overrides, axis_items, resume, jobs, threads, ex
             if resume.is_dir() and (resume / sweeps.SPEC_FILE).is_file():
                 held.enter_context(sweeps.sweep_lock(resume))
             plan, index = sweeps.open_sweep(resume)
+            if executor is ExecutorChoice.local and (jobs or 1) > 1:
+                sweeps.check_resources(plan, jobs or 1)  # (the machine, or --jobs, may differ from the first time)
             sweep_dir = resume
         else:
             from gradlab.config import read_yaml
