@@ -193,13 +193,19 @@ class LogConfig(Section):
         0.05, gt=0, lt=1, description="saturated_frac counts |f'(u)| < this times sup |f'| in a flat tail (activations.Regions)"
     )
 
+    test_batch_stats: bool = Field(
+        False, description="also evaluate the test set with each batch's own BatchNorm statistics (metrics.csv split test_batch_stats)"
+    )
+
     @model_serializer(mode="wrap")
     def _threshold_only_when_set(self, handler):
-        # written to config.yaml only when it is not the default, so runs recorded before it existed
+        # written to config.yaml only when not the default, so runs recorded before these existed
         # and runs at the default compare as equal
         data = handler(self)
         if self.saturation_threshold == 0.05:
             data.pop("saturation_threshold", None)
+        if not self.test_batch_stats:
+            data.pop("test_batch_stats", None)
         return data
 
 

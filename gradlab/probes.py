@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from gradlab.activations import region_counts
-from gradlab.quantities import GROUPS, QUANTITIES, RESIDUAL
+from gradlab.quantities import GROUPS, NORM, QUANTITIES, RESIDUAL
 from gradlab.sites import Layer, Role, Site
 
 SATURATION_THRESHOLD = 0.05  # "derivative below 5% of its maximum": log.saturation_threshold's default
@@ -187,16 +187,38 @@ class Probe:
         self._weights_before: list[torch.Tensor] | None = None  # buffers, see snapshot_weights
         self._snapshot_taken = False
         self._weight_norms: torch.Tensor | None = None  # this step's, reused by update_ratios
+        self._norm_parts = _norm_parts(self.layers, position)  # gamma, beta, PReLU slopes per layer (quantities.NORM)
+        self._bn_hooks: list = []
 
     # -- forward / backward capture: the Tap protocol -----------------------------------------
 
     def attach(self) -> None:
         self._pending = PendingMeasurement()
+        if "activations" in self.groups:
+            # BatchNorm updates its running statistics in its forward: its pre-hook sees them before
+            self._bn_hooks = [module.register_forward_pre_hook(self._bn_hook(site)) for site, module in self._norm_parts.batchnorms]
         if self.groups & {"deltas", "activations"}:  # the weights and updates groups need no forward capture
             self.model.slot.tap = self
 
     def detach(self) -> None:
         self.model.slot.tap = None
+        for handle in self._bn_hooks:
+            handle.remove()
+        self._bn_hooks = []
+
+    def _bn_hook(self, site: Site):
+        def hook(module: nn.Module, inputs: tuple) -> None:
+            if not module.training or module.running_mean is None:
+                return
+            with torch.no_grad():
+                x = inputs[0]
+                var, mean = torch.var_mean(x, dim=(0, *range(2, x.dim())), correction=0)  # what training normalizes with
+                batch = torch.rsqrt(var + module.eps)
+                running = torch.rsqrt(module.running_var + module.eps)
+                square = var * (batch - running) ** 2 + (mean - module.running_mean) ** 2 * running**2
+                self._pending.add("bn_stat_distance", site, square.mean().sqrt())
+
+        return hook
 
     def tensor(self, site: Site, role: Role, label: str, value: torch.Tensor) -> None:
         if role in ("preactivation", "logits"):
@@ -300,6 +322,16 @@ class Probe:
             every_site = [site.key for site in self.sites]
             l1 = torch.stack(torch._foreach_norm([w.detach() for w in self.weights], 1))
             pending.columns[_WEIGHT_ABS_MEAN] = (every_site, l1, [float(w.numel()) for w in self.weights])
+        parts = self._norm_parts
+        if "weights" in self.groups and parts.tensors:
+            norms = torch.stack(torch._foreach_norm([t.detach() for t in parts.tensors]))
+            for quantity, (keys, at) in parts.value_columns.items():
+                pending.columns[quantity] = (keys, norms[at], 1.0)
+            for quantity, (keys, params) in parts.grad_columns.items():
+                pending.columns[quantity] = (keys, torch.stack([grad_norms[k] for k in params]), 1.0)
+        if "weights" in self.groups and parts.prelu:
+            keys = [key for key, _ in parts.prelu]
+            pending.columns["prelu_slope_mean"] = (keys, torch.stack([w.detach().mean() for _, w in parts.prelu]), 1.0)
         pending.extras["loss"] = loss.detach()
         pending.extras["accuracy"] = (logits.detach().argmax(dim=1) == y).float().mean()
         pending.extras["grad_norm"] = torch.linalg.vector_norm(torch.stack(grad_norms))
@@ -348,6 +380,7 @@ class Probe:
         columns = {**columns, "dact_factor": self._dact_factors(columns)}
         measured = [(quantity, columns.get(quantity, {})) for quantity in QUANTITIES]
         measured += [(quantity, columns[quantity]) for quantity in RESIDUAL if quantity in columns]  # residual models only
+        measured += [(quantity, columns.get(quantity, {})) for quantity in NORM]  # written where the header has them
         rows = []
         for site in self.sites:
             row = {"step": step, "layer": site.layer, "name": site.name, "kind": site.kind}
@@ -358,6 +391,44 @@ class Probe:
 
 
 _WEIGHT_ABS_MEAN = "weight_abs_mean"  # not a column: what dact_factor multiplies dact_mean by
+
+
+@dataclass
+class _NormParts:
+    """Where each layer's normalization and PReLU parameters are (quantities.NORM)."""
+
+    tensors: list[torch.Tensor] = field(default_factory=list)  # gammas and betas, one batched norm
+    value_columns: dict[str, tuple[list[SiteKey], list[int]]] = field(default_factory=dict)  # column -> (sites, indices in tensors)
+    grad_columns: dict[str, tuple[list[SiteKey], list[int]]] = field(default_factory=dict)  # column -> (sites, indices in parameters)
+    prelu: list[tuple[SiteKey, torch.Tensor]] = field(default_factory=list)
+    batchnorms: list[tuple[Site, nn.Module]] = field(default_factory=list)
+
+
+def _norm_parts(layers: list[Layer], position: dict[int, int]) -> _NormParts:
+    """The block's `norm` (BatchNorm, LayerNorm, GroupNorm: its affine weight and bias, wrapped or
+    not) and `act` (PReLU) of each declared layer."""
+    parts = _NormParts()
+    for layer in layers:
+        key = layer.site.key
+        norm = getattr(layer.module, "norm", None)
+        if isinstance(norm, nn.Module):
+            inner = getattr(norm, "inner", norm)  # components._UnitsAsChannels
+            for attr, value_column, grad_column in (("weight", "norm_weight_norm", "norm_weight_grad_norm"), ("bias", "norm_bias_norm", "norm_bias_grad_norm")):
+                param = getattr(inner, attr, None)
+                if isinstance(param, nn.Parameter):
+                    keys, at = parts.value_columns.setdefault(value_column, ([], []))
+                    keys.append(key)
+                    at.append(len(parts.tensors))
+                    parts.tensors.append(param)
+                    keys, at = parts.grad_columns.setdefault(grad_column, ([], []))
+                    keys.append(key)
+                    at.append(position[id(param)])
+            if isinstance(inner, nn.modules.batchnorm._BatchNorm):
+                parts.batchnorms.append((layer.site, inner))
+        act = getattr(layer.module, "act", None)
+        if isinstance(act, nn.PReLU):
+            parts.prelu.append((key, act.weight))
+    return parts
 
 
 class _Locator:

@@ -93,6 +93,25 @@ RESIDUAL_QUANTITIES: tuple[Quantity, ...] = (
 )  # fmt: skip
 RESIDUAL: dict[str, Quantity] = {q.name: q for q in RESIDUAL_QUANTITIES}
 
+# Runs with a normalization (model.norm other than none) or PReLU add these columns to layers.csv,
+# after the others (and after the residual ones); every other run's layers.csv is unchanged. The
+# block's norm layer is its `norm` (the first branch layer's in a residual block); gamma and beta are
+# its learned scale and shift (BatchNorm, LayerNorm, GroupNorm with affine: true). Empty where the
+# layer has no such parameter (the head, lrn, affine: false, a run without PReLU).
+NORM_QUANTITIES: tuple[Quantity, ...] = (
+    Quantity("norm_weight_norm", "weights", "layer", "||gamma||, the norm of the block's normalization scale (empty without one)"),
+    Quantity("norm_bias_norm", "weights", "layer", "||beta||, the norm of the block's normalization shift (empty without one)"),
+    Quantity("norm_weight_grad_norm", "weights", "layer", "||dL/dgamma||"),
+    Quantity("norm_bias_grad_norm", "weights", "layer", "||dL/dbeta||"),
+    Quantity("bn_stat_distance", "activations", "layer",
+             "BatchNorm only, in training: the root mean square over (example, channel, position) of x_batch - x_running, the "
+             "normalized input with this batch's statistics (mean mu_c, population variance s_c^2) minus with the running "
+             "statistics the network would use at inference (m_c, v_c, as they were before this batch updated them), before gamma "
+             "and beta; = sqrt(mean_c[s_c^2 (1/sqrt(s_c^2 + eps) - 1/sqrt(v_c + eps))^2 + (mu_c - m_c)^2 / (v_c + eps)]); 0 when they agree"),
+    Quantity("prelu_slope_mean", "weights", "layer", "mean of the block's PReLU learned negative slopes (one, or one per unit/channel)"),
+)  # fmt: skip
+NORM: dict[str, Quantity] = {q.name: q for q in NORM_QUANTITIES}
+
 # The columns that identify a row of `layers.csv`, then the measured quantities.
 LAYERS_KEYS: dict[str, str] = {
     "step": "optimizer steps taken before this measurement; step 0 is the network at initialization",
@@ -107,17 +126,25 @@ LAYERS_COLUMNS: list[str] = [*LAYERS_KEYS, *QUANTITIES]
 ADDED_COLUMNS: tuple[str, ...] = ("delta_rms", "preact_mean", "preact_std", "dact_mean", "dact_factor", "inactive_frac", "clipped_grad_norm")
 
 
-def layers_columns(residual: bool = False) -> list[str]:
-    """The header of a run's layers.csv: LAYERS_COLUMNS, and the residual quantities after them for
-    a residual model."""
-    return [*LAYERS_COLUMNS, *RESIDUAL] if residual else list(LAYERS_COLUMNS)
+def layers_columns(residual: bool = False, norm: bool = False) -> list[str]:
+    """The header of a run's layers.csv: LAYERS_COLUMNS, the residual quantities after them for a
+    residual model, then the normalization/PReLU quantities for a model with a norm or PReLU."""
+    return [*LAYERS_COLUMNS, *(RESIDUAL if residual else ()), *(NORM if norm else ())]
+
+
+def has_norm_columns(model: dict | object) -> bool:
+    """Whether a model config (a ModelConfig or its dict) adds NORM_QUANTITIES: a norm or PReLU."""
+    get = model.get if isinstance(model, dict) else lambda key: getattr(model, key)
+    return get("norm")["name"] != "none" or get("activation")["name"] == "prelu"
 
 # What meta.json's `status` may say (the records' contract; an `expect: {status: ...}` names these).
 STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
 
 METRICS_COLUMNS: dict[str, str] = {
     "step": "optimizer steps taken before this measurement",
-    "split": "train (this step's training batch, in training mode) or test (the whole test set, in evaluation mode)",
+    "split": "train (this step's training batch, in training mode), test (the whole test set, in evaluation mode: BatchNorm with its "
+             "running statistics, at step 0 the initial ones) or, with log.test_batch_stats, test_batch_stats (the test set in batches "
+             "of data.batch_size, BatchNorm with each batch's own statistics, dropout off)",
     "loss": "the loss L, averaged over the batch (train) or the test set (test)",
     "accuracy": "share of examples whose largest output is the label",
     "grad_norm": "||dL/dtheta|| over every parameter of the model, before clipping (train rows only)",

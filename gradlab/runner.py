@@ -195,7 +195,9 @@ def run_experiment(
     run_dir = new_run_dir(exp.log.out, exp.name) if run_dir is None else new_named_run_dir(Path(run_dir).parent, Path(run_dir).name)
     from gradlab.quantities import layers_columns  # residual models add columns; every other header is unchanged
 
-    layer_columns = layers_columns(getattr(exp.model, "residual", False))
+    from gradlab.quantities import has_norm_columns  # a norm or PReLU adds its columns (quantities.NORM)
+
+    layer_columns = layers_columns(getattr(exp.model, "residual", False), has_norm_columns(exp.model))
     records = RunRecords(run_dir, exp.to_yaml(), run_meta(exp.name, run_dir.name, exp.seed, str(device), steps), layer_columns)
     result = RunResult(run_dir, "running", 0, None)
 

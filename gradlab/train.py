@@ -50,6 +50,39 @@ def evaluate(model: Stack, data: Dataset, loss_fn, device: torch.device) -> tupl
     return loss / n, right / n
 
 
+def evaluate_with_batch_stats(model: Stack, data: Dataset, loss_fn, device: torch.device, batch_size: int) -> tuple[float, float]:
+    """Test-set loss and accuracy with BatchNorm normalizing each batch of `batch_size` test examples
+    with that batch's own statistics, as in training (log.test_batch_stats); every other module in
+    evaluation mode (no dropout). The running statistics are left as they were."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
+    model.eval()
+    for m in norms:
+        m.train()
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    n = data.x_test.shape[0]
+    try:
+        with torch.no_grad():
+            for start in range(0, n, batch_size):
+                x = data.x_test[start : start + batch_size].to(device)
+                y = data.y_test[start : start + batch_size].to(device)
+                if x.shape[0] < 2:
+                    continue  # the statistics of one example are undefined: a last batch of one is left out
+                logits = model(x)
+                total_loss += loss_fn(logits, y).double() * x.shape[0]
+                correct += (logits.argmax(dim=1) == y).sum()
+    finally:
+        for m, (mean, var, tracked) in zip(norms, saved):
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(tracked)
+        model.train()
+    n_used = n - (1 if n % batch_size == 1 and n > 1 else 0)
+    loss, right = torch.stack([total_loss, correct.double()]).cpu().tolist()
+    return loss / n_used, right / n_used
+
+
 # -- threads ---------------------------------------------------------------------------------
 # Intra-op threads pay only when each operation is big enough to split: a thread wakes, takes its
 # share and joins, which costs more than it saves on small matrices, and with more threads than
@@ -314,6 +347,12 @@ class Trainer:
         self._apply_schedule()
 
     def evaluate(self, step: int) -> None:
+        if self.exp.log.test_batch_stats:
+            loss, accuracy = evaluate_with_batch_stats(self.model, self.data, self.loss_fn, self.device, self.exp.data.batch_size)
+            self.records.metrics.write([{
+                "step": step, "split": "test_batch_stats", "loss": loss, "accuracy": accuracy, "grad_norm": None,
+                "lr": self.lr(), "time_s": round(time.perf_counter() - self.started, 4),
+            }])  # fmt: skip
         loss, accuracy = evaluate(self.model, self.data, self.loss_fn, self.device)
         self.records.metrics.write([{
             "step": step, "split": "test", "loss": loss, "accuracy": accuracy, "grad_norm": None,
