@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test bench papers install clean
+.PHONY: demo test bench papers install clean claims
 
 $(BIN)/gradlab: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,3 +30,15 @@ papers: install
 
 clean:
 	rm -rf $(VENV) results/*/ .pytest_cache
+
+# Every claim the shipped configs' comments make, run and checked: configs/claims/ (the lecture's
+# BatchNorm claims, a few minutes on 2 cores) and the other shipped sweeps with a claims: section
+# (minutes each). CLAIMS=... picks configs; the runs stay in results/claims/<time>/.
+CLAIMS ?= $(wildcard configs/claims/*.yaml)
+claims: install
+	@out=results/claims/$$(date +%Y%m%d-%H%M%S); status=0; \
+	for config in $(CLAIMS); do \
+	  echo "gradlab run $$config" >&2; \
+	  OMP_NUM_THREADS=1 $(BIN)/gradlab run $$config --jobs 2 --quiet --out $$out >/dev/null || status=1; \
+	done; \
+	$(BIN)/gradlab check $$out && exit $$status
