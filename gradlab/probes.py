@@ -194,15 +194,16 @@ class Probe:
 
     def attach(self) -> None:
         self._pending = PendingMeasurement()
-        if "activations" in self.groups:
+        parts = getattr(self, "_norm_parts", None)  # (a subclass with its own __init__ has none)
+        if "activations" in self.groups and parts is not None:
             # BatchNorm updates its running statistics in its forward: its pre-hook sees them before
-            self._bn_hooks = [module.register_forward_pre_hook(self._bn_hook(site)) for site, module in self._norm_parts.batchnorms]
+            self._bn_hooks = [module.register_forward_pre_hook(self._bn_hook(site)) for site, module in parts.batchnorms]
         if self.groups & {"deltas", "activations"}:  # the weights and updates groups need no forward capture
             self.model.slot.tap = self
 
     def detach(self) -> None:
         self.model.slot.tap = None
-        for handle in self._bn_hooks:
+        for handle in getattr(self, "_bn_hooks", ()):
             handle.remove()
         self._bn_hooks = []
 
@@ -322,7 +323,7 @@ class Probe:
             every_site = [site.key for site in self.sites]
             l1 = torch.stack(torch._foreach_norm([w.detach() for w in self.weights], 1))
             pending.columns[_WEIGHT_ABS_MEAN] = (every_site, l1, [float(w.numel()) for w in self.weights])
-        parts = self._norm_parts
+        parts = getattr(self, "_norm_parts", None) or _NormParts()
         if "weights" in self.groups and parts.tensors:
             norms = torch.stack(torch._foreach_norm([t.detach() for t in parts.tensors]))
             for quantity, (keys, at) in parts.value_columns.items():

@@ -111,9 +111,11 @@ def test_the_table_is_compares(runs, page):
 
 
 def test_gain_by_hand_from_the_csv(runs, page):
-    """An independent check of one number: the mean over seeds of first/last hidden delta_norm at
-    step 0, from layers.csv as text, shown with 3 significant digits and the seeds' spread."""
+    """An independent check of one number: the geometric mean over seeds of first/last hidden
+    delta_rms at step 0 (issue 11), from layers.csv as text, shown with 3 significant digits and the
+    seeds' multiplicative spread exp(sd(ln gain))."""
     import csv
+    import math
     import statistics
 
     _, path = page
@@ -123,10 +125,11 @@ def test_gain_by_hand_from_the_csv(runs, page):
     for run_dir in sorted((runs / "sigmoid").iterdir()):
         with open(run_dir / "layers.csv", newline="") as file:
             rows = [r for r in csv.DictReader(file) if r["step"] == "0" and r["kind"] == "hidden"]
-        by_layer = {int(r["layer"]): float(r["delta_norm"]) for r in rows}
+        by_layer = {int(r["layer"]): float(r["delta_rms"]) for r in rows}
         gains.append(by_layer[min(by_layer)] / by_layer[max(by_layer)])
     shown = parsed.row("gain")[labels.index("sigmoid")][0]
-    assert shown == f"{statistics.mean(gains):.3g} ± {statistics.stdev(gains):.3g}"
+    logs = [math.log(g) for g in gains]
+    assert shown == f"{math.exp(statistics.mean(logs)):.3g} ×/÷ {math.exp(statistics.stdev(logs)):.3g}"
 
 
 def test_verdicts_are_highlighted(page):
