@@ -7,7 +7,8 @@
 list of configs covering what the test suite exercises (CNNs with BatchNorm2d and pooling, LRN,
 GroupNorm, LayerNorm, PReLU per channel, RReLU, GELU/SiLU/SELU, Adam, clipping, bce/mse, a run
 that diverges), through the `gradlab run` command line, with one torch thread. `diff` compares
-layers.csv, metrics.csv (time_s aside) and meta.json (times, ids and versions aside) byte for byte.
+every cell of layers.csv, timesteps.csv and metrics.csv (time_s aside) in the columns both trees write,
+and meta.json (times, ids and versions aside), byte for byte; columns only one tree writes are listed.
 """
 
 from __future__ import annotations
@@ -108,34 +109,57 @@ def run(out: Path) -> None:
 IGNORED_META = {"run_id", "started", "ended", "versions"}
 
 
-def fingerprint(root: Path) -> dict[str, str]:
-    """{relative run path without its id: normalized text of its records}."""
-    prints: dict[str, str] = {}
+def read_runs(root: Path) -> dict[str, dict]:
+    """{run key: {meta, metrics rows (time_s aside), table name: rows}}; the key is the run's path
+    without its timestamped folders (a run's or a sweep's), which differ between replays."""
+    runs: dict[str, dict] = {}
     for meta_path in sorted(root.rglob("meta.json")):
         run_dir = meta_path.parent
-        # timestamped folders (a run's or a sweep's) differ between replays: the other parts identify the run
         key = "/".join(part for part in run_dir.relative_to(root).parts if not re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]+", part))
         meta = {k: v for k, v in json.loads(meta_path.read_text()).items() if k not in IGNORED_META}
-        parts = [json.dumps(meta, sort_keys=True)]
-        for table in ("layers.csv", "timesteps.csv"):
+        run = {"meta": meta}
+        for table in ("layers.csv", "timesteps.csv", "metrics.csv"):
             if (run_dir / table).exists():
-                parts.append((run_dir / table).read_text())
-        rows = list(csv.DictReader(io.StringIO((run_dir / "metrics.csv").read_text())))
-        parts.append(json.dumps([{k: v for k, v in row.items() if k != "time_s"} for row in rows]))
-        prints[key] = "\n".join(parts)
-    return prints
+                run[table] = list(csv.DictReader(io.StringIO((run_dir / table).read_text())))
+        for row in run.get("metrics.csv", []):
+            row.pop("time_s", None)
+        runs[key] = run
+    return runs
 
 
 def diff(old: Path, new: Path) -> int:
-    a, b = fingerprint(old), fingerprint(new)
-    bad = 0
+    """Byte-identical cells in every column both trees write; columns only one tree writes are listed
+    (a deliberate change of the records, e.g. a new quantity), never compared."""
+    a, b = read_runs(old), read_runs(new)
+    bad, added, dropped = 0, set(), set()
     for key in sorted(set(a) | set(b)):
         if key not in a or key not in b:
             print(f"only in {'old' if key in a else 'new'}: {key}")
             bad += 1
-        elif a[key] != b[key]:
-            print(f"differs: {key}")
+            continue
+        problems = []
+        if a[key]["meta"] != b[key]["meta"]:
+            problems.append("meta.json")
+        for table in ("layers.csv", "timesteps.csv", "metrics.csv"):
+            rows_a, rows_b = a[key].get(table, []), b[key].get(table, [])
+            if len(rows_a) != len(rows_b):
+                problems.append(f"{table} has {len(rows_a)} rows, then {len(rows_b)}")
+                continue
+            if not rows_a:
+                continue
+            common = [c for c in rows_a[0] if c in rows_b[0]]
+            added |= {f"{table}:{c}" for c in rows_b[0] if c not in rows_a[0]}
+            dropped |= {f"{table}:{c}" for c in rows_a[0] if c not in rows_b[0]}
+            changed = sorted({c for ra, rb in zip(rows_a, rows_b) for c in common if ra[c] != rb[c]})
+            if changed:
+                problems.append(f"{table} columns {', '.join(changed)}")
+        if problems:
+            print(f"differs: {key}: {'; '.join(problems)}")
             bad += 1
+    if added:
+        print(f"columns only the new records have: {', '.join(sorted(added))}")
+    if dropped:
+        print(f"columns only the old records have: {', '.join(sorted(dropped))}")
     print(f"{len(set(a) & set(b))} runs compared, {bad} differ or are missing")
     return 1 if bad else 0
 
