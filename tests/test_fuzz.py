@@ -81,6 +81,7 @@ COMPONENTS: dict[tuple[str, ...], Registry] = {
     ("model", "norm"): specs.norms,
     ("model", "init", "weight"): specs.initializers,
     ("model", "init", "bias"): specs.initializers,
+    ("model", "init", "recurrent"): specs.initializers,
     ("optim",): specs.optimizers,
 }
 # Accepted beyond the declared type by a field's own validator.
@@ -125,6 +126,8 @@ def accepted_kinds(annotation: Any) -> tuple[set[str], tuple]:
         return {"literal"}, typing.get_args(annotation)
     if origin is list:
         return {"list"}, ()
+    if origin is dict or annotation is dict:  # an optional component spec (model.init.head, optim's schedule)
+        return {"dict", "str"}, ()
     simple = {type(None): {"none"}, bool: {"bool"}, int: {"int"}, float: {"int", "float"}, str: {"str"}}
     return set(simple[annotation]), ()
 
@@ -149,6 +152,8 @@ def walk(model: type[BaseModel], data: dict, path: tuple[str, ...] = (), accepts
         sub = path + (name,)
         value = data.get(name)
         if sub in COMPONENTS:
+            if not isinstance(value, dict):
+                continue  # left out of this resolved config (init.recurrent of a feed-forward run)
             params = COMPONENTS[sub].get(value["name"]).params
             yield Node(sub, frozenset(params.model_fields) | {"name"}, frozenset({"str"}))
             yield Leaf(sub + ("name",), frozenset({"str"}))
