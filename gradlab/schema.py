@@ -137,6 +137,11 @@ def _sweep_schema(schema: dict[str, Any]) -> dict[str, Any]:
             continue
         properties[dotted] = {"type": "array", "minItems": 1, "items": copy.deepcopy(value)}
     properties[SEED_AXIS] = {"type": "array", "minItems": 1, "uniqueItems": True, "items": {"type": "integer", "minimum": 0}}
+    group = {"type": "object", "minProperties": 2, "properties": {k: v for k, v in properties.items() if k != SEED_AXIS}, "additionalProperties": False}
+    properties["zip"] = {
+        "anyOf": [group, {"type": "array", "minItems": 1, "items": group}],
+        "description": "keys whose values vary together, lists of one length: {a: [...], b: [...]} (or a list of such groups)",
+    }  # fmt: skip
     return {
         "type": "object",
         "description": "one run per combination of these values: {dotted.key: [value, ...]}; see gradlab run --sweep",
@@ -144,6 +149,29 @@ def _sweep_schema(schema: dict[str, Any]) -> dict[str, Any]:
         "properties": properties,
         "additionalProperties": False,
     }
+
+
+def _claims_schema() -> dict[str, Any]:
+    """`claims:` (claims.py): comparisons between a sweep's configurations."""
+    from gradlab.claims import KEYS
+    from gradlab.quantities import SUMMARY_QUANTITIES
+
+    selector = {"type": "object", "description": "swept keys and their values, as written in sweep:"}
+    number = {"type": "number"}
+    statuses = {"enum": list(STATUSES)}
+    claim = {
+        "type": "object",
+        "required": ["of"],
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string"}, "quantity": {"enum": list(SUMMARY_QUANTITIES)}, "of": selector, "above": selector,
+            "below": selector, "margin": {"type": "number", "minimum": 0}, "min": number, "max": number,
+            "status": {"anyOf": [statuses, {"type": "array", "items": statuses, "minItems": 1}]},
+            "step": {"anyOf": [{"type": "integer", "minimum": 0}, {"const": "last"}]}, "target_loss": number,
+        },
+    }  # fmt: skip
+    assert set(claim["properties"]) == set(KEYS)
+    return {"type": "array", "minItems": 1, "items": claim, "description": "what must hold between the configurations of the sweep (gradlab check SWEEP_DIR)"}
 
 
 def config_json_schema() -> dict[str, Any]:
@@ -175,6 +203,7 @@ def config_json_schema() -> dict[str, Any]:
         "description": expectations["properties"]["status"].get("description", ""),
     }
     schema["properties"]["sweep"] = _sweep_schema(schema)
+    schema["properties"]["claims"] = _claims_schema()
     schema["properties"]["seeds"] = {
         "type": "array", "minItems": 1, "uniqueItems": True, "items": {"type": "integer", "minimum": 0},
         "description": "run every configuration once per seed (the seed axis of a sweep)",

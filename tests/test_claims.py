@@ -212,3 +212,20 @@ def test_gradlab_check_on_the_sweep_folder(tmp_path):
     assert result.stderr.splitlines()[-1] == (
         f"error: {failing}: batchnorm beats none [optim.lr=0.1] = 0.85, expected above model.norm=none's 0.6 by more than 0.3; mean of 2 seeds"
     )
+
+
+def test_the_claim_configs_plan_and_match_the_json_schema():
+    import jsonschema
+
+    from gradlab.schema import config_json_schema
+
+    validator = jsonschema.Draft7Validator(config_json_schema())
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs" / "claims").glob("*.yaml"))
+    assert len(configs) == 5
+    for path in configs:
+        raw_config = yaml.safe_load(path.read_text())
+        assert [e.message for e in validator.iter_errors(raw_config)] == [], path.name
+        plan = sweeps.plan_sweep(raw_config)
+        assert plan.claims, path.name
+    bad = {**raw(sweep=GRID), "claims": [{"of": {}, "status": "done"}], "sweep": {"zip": {"model.depth": [1, 2]}}}
+    assert len(list(validator.iter_errors(bad))) >= 2
