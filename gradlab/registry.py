@@ -144,7 +144,8 @@ def describe_value(value: Any, limit: int = 60) -> str:
     brief.maxlist = brief.maxtuple = brief.maxdict = brief.maxset = brief.maxfrozenset = 8
     if isinstance(value, str):
         text = repr(value[: limit + 1])
-    elif isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4 * limit:
+    elif isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 14_000:
+        # (beyond Python's 4300-digit limit, repr itself refuses)
         text = f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
     elif isinstance(value, (list, tuple, dict, set, frozenset)):
         text = brief.repr(value)
