@@ -456,3 +456,32 @@ def test_a_sweep_runs_through_ray_into_the_same_layout(tmp_path, serial_sweep):
         assert sorted(p.name for p in (sweep_dir / name).iterdir()) == ["config.yaml", "layers.csv", "meta.json", "metrics.csv"]
         assert (sweep_dir / name / "layers.csv").read_bytes() == (serial_sweep / name / "layers.csv").read_bytes(), name
         assert json.loads((sweep_dir / name / "meta.json").read_text())["run_id"] == name
+
+
+def test_duration_s_starts_after_the_workers_start_up(tmp_path):
+    # issue 11: sweep.csv's duration_s of the first run in a worker included its start-up (15 s
+    # against 0.4 s for the next run of the same size): the clock starts after the modules a run
+    # needs are imported and torch's kernels are set up. Checked in a fresh interpreter.
+    import os
+    import subprocess
+    import sys
+
+    script = f"""
+import sys, time
+from gradlab import executors
+from gradlab.config import validate
+seen = []
+real = time.perf_counter
+def clock():
+    seen.append(sorted(m for m in executors.WARM_MODULES if m in sys.modules))
+    return real()
+executors.time.perf_counter = clock
+config = validate({{"name": "w", "device": "cpu", "data": {{"name": "gaussian", "dim": 4, "classes": 2, "n_train": 16, "n_test": 8, "batch_size": 8}},
+                    "model": {{"depth": 1, "width": 4}}, "train": {{"steps": 2, "eval_every": 2}}, "log": {{"every": 1}}}}).model_dump(mode="json")
+result = executors.run_member(executors.MemberTask(0, "w", {str(tmp_path / 'w')!r}, config, 1))
+assert result.status == "completed", result
+assert seen[0] == sorted(executors.WARM_MODULES), seen[0]
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.stdout.strip() == "ok", done.stderr[-2000:]
