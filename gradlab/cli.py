@@ -100,7 +100,7 @@ def run(
     plot: Annotated[bool, typer.Option("--plot", help="draw the run's figures into its directory (of a sweep: into the sweep directory)")] = False,
     sweep: SweepOpt = None,
     jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, help="sweep: runs at once, each in its own process (default 1)", show_default=False)] = None,
-    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="sweep: torch threads per run (default 1 whatever --jobs, so results do not depend on --jobs)", show_default=False)] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="torch threads (the config's threads:, default auto: README, Threads); a sweep: per run (default 1 whatever --jobs, so results do not depend on --jobs)", show_default=False)] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="run again what is not completed or diverged in this sweep directory", show_default=False)] = None,
     executor: Annotated[ExecutorChoice, typer.Option("--executor", help="sweep: local processes, or Ray tasks (pip install 'gradlab[ray]')")] = ExecutorChoice.local,
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="--executor ray: the cluster (ray://HOST:10001, HOST:6379 or auto); default: a local Ray instance", show_default=False)] = None,
@@ -121,10 +121,10 @@ def run(
         return
     if config is None:
         raise ConfigError("run: give CONFIG, an experiment YAML file (or --resume SWEEP_DIR)")
-    for flag, given in (("--jobs", jobs), ("--threads", threads), ("--executor", executor is ExecutorChoice.ray or None)):
+    for flag, given in (("--jobs", jobs), ("--executor", executor is ExecutorChoice.ray or None)):
         if given is not None:
             raise ConfigError(f"{flag}: applies to sweeps; {config} has no sweep: or seeds: (add --sweep key.path=v1,v2)")
-    exp = _load(config, overrides)
+    exp = _load(config, overrides + ([f"threads={threads}"] if threads is not None else []))
 
     from gradlab import runner
     from gradlab.progress import RunBar
@@ -225,6 +225,7 @@ def _run_planned_sweep(plan, index, sweep_dir, jobs, threads, executor, ray_addr
     from gradlab import executors
     from gradlab.progress import SweepLines
 
+    given = threads  # None: each run's config says (a number there), else executors.default_threads()
     threads = threads or executors.default_threads()
     cores = executors.available_cores()
     if executor is ExecutorChoice.local and (jobs or 1) * threads > cores:
@@ -235,7 +236,7 @@ def _run_planned_sweep(plan, index, sweep_dir, jobs, threads, executor, ray_addr
             runs = f"{sum(row.status not in sweeps.FINISHED for row in index.rows)} of {runs} to run"
         err_console.print(f"sweep {plan.name}: {runs} ({plan.shape()}) in {sweep_dir}", markup=False, highlight=False, soft_wrap=True)
     outcome = sweeps.run_sweep(
-        plan, sweep_dir, jobs=jobs if executor is ExecutorChoice.ray else (jobs or 1), threads=threads,
+        plan, sweep_dir, jobs=jobs if executor is ExecutorChoice.ray else (jobs or 1), threads=given,
         executor=executor.value, ray_address=ray_address, progress=None if quiet else SweepLines(err_console), index=index,
     )  # fmt: skip
     if plot:

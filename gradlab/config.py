@@ -388,6 +388,10 @@ class Experiment(Section):
     name: str = Field("experiment", description="run folder name under log.out")
     seed: int = Field(0, ge=0, le=2**63 - 1, description="random seed")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
+    # Written to a run's config.yaml only when a number: every run with the default is unchanged.
+    threads: int | Literal["auto"] = Field(
+        "auto", description="torch intra-op threads: auto (one unless the largest layer is large; README, Threads) or a number"
+    )
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     loss: str = "cross_entropy"
@@ -402,6 +406,20 @@ class Experiment(Section):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", value):
             raise PydanticCustomError("name", "{message}", {"message": f"got {describe_value(value)}; use letters, digits, '.', '_' and '-' (a folder name)"})
         return value
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _threads(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise PydanticCustomError("experiment", "{message}", {"message": f"got {describe_value(value)}; allowed: auto, or a whole number of threads >= 1"})
+
+    @model_serializer(mode="wrap")
+    def _threads_only_when_set(self, handler):
+        data = handler(self)
+        if self.threads == "auto":
+            data.pop("threads", None)
+        return data
 
     @field_validator("device")
     @classmethod

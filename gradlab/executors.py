@@ -145,7 +145,7 @@ def run_member(task: MemberTask, progress: Progress | None = None, stop_poll: St
     error, signum, exp, result = "", None, None, None
     try:
         exp = validate(task.config)
-        result = runner.run_experiment(exp, Throttled(progress or silent), run_dir=run_dir, index=task.index, stop_poll=stop_poll)
+        result = runner.run_experiment(exp, Throttled(progress or silent), run_dir=run_dir, index=task.index, stop_poll=stop_poll, threads=task.threads)
         status, error = result.status, result.divergence_text()
     except RunInterrupted as exc:
         status, signum = "interrupted", exc.signum
@@ -327,7 +327,7 @@ def _context():
 
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["gradlab.executors", "gradlab.train"])
+        context.set_forkserver_preload(["gradlab.executors", "gradlab.train", "gradlab.memory"])
         return context
     return multiprocessing.get_context("spawn")
 

@@ -164,6 +164,7 @@ def run_experiment(
     run_dir: Path | None = None,
     index: int = 0,
     stop_poll: StopPoll | None = None,
+    threads: int | None = None,
 ) -> RunResult:
     """Train `exp` and write its run directory. Bad input raises before anything is written.
 
@@ -171,12 +172,15 @@ def run_experiment(
     `log.out/name/<timestamp>-<id>/`; it must not exist yet. `progress` gets RunStarted, a
     StepLogged per logged step and RunEnded, tagged with `index`. `stop_poll`, asked when the
     loop starts and after every logged step, returns a signal when the run must stop (a sweep's
-    stop that reached its process before the run took the signals, or a Ray sweep's).
+    stop that reached its process before the run took the signals, or a Ray sweep's). `threads`:
+    torch threads for the run (a sweep member's); None: the config's `threads`, `auto` resolved
+    from the model's size (train.resolve_threads). The process's count is restored at the end.
     """
-    from gradlab.data import Batches, load_dataset
+    import torch
+
+    from gradlab.data import load_dataset
     from gradlab.memory import check_fits, known_input_shape
-    from gradlab.probes import locate_non_finite
-    from gradlab.train import Trainer
+    from gradlab.train import resolve_threads
 
     emit = progress or silent
     device = resolve_device(exp.device)
@@ -188,8 +192,24 @@ def run_experiment(
     data = load_dataset(exp.data, exp.seed)
     if shape is None:
         check_fits(exp, data.input_shape, data.classes, device.type, with_data=False)
-    batches = Batches(data.x_train, data.y_train, exp.data.batch_size, exp.seed)
-    trainer = Trainer(exp, device, data)
+    if threads is None:
+        threads = resolve_threads(exp.threads, exp, data.input_shape)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _train(exp, emit, device, data, run_dir, index, stop_poll, threads)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(exp, emit, device, data, run_dir, index, stop_poll, threads) -> RunResult:
+    """run_experiment's training, with the thread count set."""
+    from gradlab.data import Batches
+    from gradlab.probes import locate_non_finite
+    from gradlab.train import Trainer
+
+    trainer = Trainer(exp, device, data)  # places the data (on a GPU: on the device, or pinned)
+    batches = Batches(trainer.data.x_train, trainer.data.y_train, exp.data.batch_size, exp.seed)
     steps, every, eval_every = exp.train.steps, exp.log.every, exp.train.eval_every
 
     run_dir = new_run_dir(exp.log.out, exp.name) if run_dir is None else new_named_run_dir(Path(run_dir).parent, Path(run_dir).name)
@@ -198,7 +218,10 @@ def run_experiment(
     from gradlab.quantities import has_norm_columns  # a norm or PReLU adds its columns (quantities.NORM)
 
     layer_columns = layers_columns(getattr(exp.model, "residual", False), has_norm_columns(exp.model))
-    records = RunRecords(run_dir, exp.to_yaml(), run_meta(exp.name, run_dir.name, exp.seed, str(device), steps), layer_columns)
+    meta = run_meta(exp.name, run_dir.name, exp.seed, str(device), steps)
+    if threads > 1:  # the last bits of large reductions depend on it (README, Threads); one is the usual
+        meta["threads"] = threads
+    records = RunRecords(run_dir, exp.to_yaml(), meta, layer_columns)
     result = RunResult(run_dir, "running", 0, None)
 
     def poll() -> None:
@@ -220,10 +243,19 @@ def run_experiment(
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 update = step < steps  # the last measurement is taken without updating
                 logged = step % every == 0 or step == steps
-                if step % eval_every == 0 or step == steps:
+                evaluated = step % eval_every == 0 or step == steps
+                if trainer.deferred and (logged or evaluated):  # a GPU: the losses not read yet
+                    bad = trainer.check()
+                    if bad is not None:  # the model is back as it was before that step's update
+                        bad_step, bad_x, bad_y = bad
+                        where = locate_non_finite(trainer.model, bad_x, bad_y, trainer.loss_fn)
+                        result.status, result.divergence = "diverged", {"step": bad_step, **where}
+                        result.steps_done = bad_step
+                        break
+                if evaluated:
                     trainer.evaluate(step)  # the network after `step` updates, before the next
-                loss = trainer.logged_step(step, x, y, update) if logged else trainer.plain_step(x, y)
-                if not math.isfinite(loss):
+                loss = trainer.logged_step(step, x, y, update) if logged else trainer.plain_step(x, y, step)
+                if loss is not None and not math.isfinite(loss):
                     where = locate_non_finite(trainer.model, x, y, trainer.loss_fn)
                     result.status, result.divergence = "diverged", {"step": step, **where}
                     break

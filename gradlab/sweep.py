@@ -879,8 +879,14 @@ def _run_sweep_locked(plan, sweep_dir: Path, jobs, threads, executor, ray_addres
 
     display = progress or silent
     index = index or SweepIndex.read(sweep_dir, plan)
-    threads = threads or executors.default_threads()
     members = {member.name: member for member in plan.members}
+
+    def threads_of(config: dict) -> int:
+        """--threads; else the run's own `threads:` when it is a number; else one per run (auto in a
+        sweep: records the same whatever --jobs)."""
+        own = config.get("threads")
+        return threads or (own if isinstance(own, int) and not isinstance(own, bool) else executors.default_threads())
+
     _let_orphans_finish(sweep_dir, [row.run for row in index.rows if row.status not in FINISHED])
     todo = []
     for row in index.rows:
@@ -899,7 +905,7 @@ def _run_sweep_locked(plan, sweep_dir: Path, jobs, threads, executor, ray_addres
 
     todo_names = {row.run for row in todo}
     tasks = [
-        executors.MemberTask(i, row.run, str(sweep_dir / row.run), members[row.run].config, threads)
+        executors.MemberTask(i, row.run, str(sweep_dir / row.run), members[row.run].config, threads_of(members[row.run].config))
         for i, row in enumerate(index.rows) if row.run in todo_names
     ]  # fmt: skip
     rows = index.rows

@@ -24,6 +24,7 @@ import torch
 from gradlab.components import build_optimizer, get_loss, schedule_factor
 from gradlab.config import Experiment
 from gradlab.data import Dataset
+from gradlab.errors import ConfigError
 from gradlab.models import Stack, build_model
 from gradlab.probes import Probe
 from gradlab.records import RunRecords
@@ -119,6 +120,9 @@ def resolve_threads(setting: int | str, exp: Experiment, input_shape: tuple[int,
     """The torch thread count for a run: `setting` if it is a number, else (`auto`) from the model's
     size, out of the cores left to each of `share` runs working side by side (a sweep's --jobs)."""
     if setting != "auto":
+        cores = available_cores()
+        if int(setting) > 4 * cores:  # (100000 threads: the run fails allocating them, after its folder exists)
+            raise ConfigError(f"threads: {setting} is more than 4 x the {cores} cores here; give at most {4 * cores}")
         return int(setting)
     if largest_layer_macs(exp, input_shape) < PARALLEL_MIN_MACS:
         return 1

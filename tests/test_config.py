@@ -57,7 +57,7 @@ def test_initializer_aliases(alias, name):
         ),
         (
             {"modle": {}},
-            "modle: unknown key (did you mean 'model'?); allowed here: name, seed, device, data, model, loss, "
+            "modle: unknown key (did you mean 'model'?); allowed here: name, seed, device, threads, data, model, loss, "
             "optim, train, log, expect",
         ),
         (

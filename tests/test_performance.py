@@ -37,7 +37,7 @@ def reference_step(model, x, y, optimizer):
     expected = {
         "weight_norm": [float(n) for n in torch._foreach_norm(weights)],
         "grad_norm": float(torch.linalg.vector_norm(torch.stack(grad_norms))),
-        "saturated_frac": [(o.numel() - float((o > 0).sum())) / o.numel() for o in outs],
+        "inactive_frac": [(o.numel() - float((o > 0).sum())) / o.numel() for o in outs],
         "dead_frac": [(o.shape[1] - float((o.amax(dim=(0, *range(2, o.dim()))) > 0).sum())) / o.shape[1] for o in outs],
     }
     optimizer.step()
@@ -78,7 +78,7 @@ def test_fast_counts_and_batched_fetch_are_bit_identical_to_the_plain_computatio
     assert [r["weight_norm"] for r in rows] == expected["weight_norm"]  # ==: the same bits
     assert extras["grad_norm"] == expected["grad_norm"]
     assert [r["update_ratio"] for r in rows] == expected["update_ratio"]
-    assert [r["saturated_frac"] for r in rows[:-1]] == expected["saturated_frac"]
+    assert [r["inactive_frac"] for r in rows[:-1]] == expected["inactive_frac"]
     assert [r["dead_frac"] for r in rows[:-1]] == expected["dead_frac"]
 
 
@@ -145,27 +145,33 @@ def drive(trainer: Trainer, exp, data, every: int):
     return None, None
 
 
-@pytest.mark.parametrize("every", [7, 50])
+@pytest.mark.parametrize("every", [3, 1000])
 def test_deferred_loss_reads_stop_at_the_same_step_with_the_same_state(tmp_path, every):
     from gradlab.records import RunRecords
 
     exp = validate({
         "data": {"name": "gaussian", "dim": 12, "classes": 4, "n_train": 256, "n_test": 32, "batch_size": 32},
-        "model": {"depth": 6, "width": 16, "activation": "rrelu", "norm": "batchnorm", "init": {"weight": {"name": "normal", "std": 3.0}}},
-        "optim": {"name": "sgd", "lr": 10.0, "momentum": 0.9}, "train": {"steps": 60}, "log": {"every": every},
+        "model": {"depth": 6, "width": 16, "activation": "rrelu", "init": {"weight": {"name": "normal", "std": 2.0}}},
+        "optim": {"name": "sgd", "lr": 1.0, "momentum": 0.9}, "train": {"steps": 60},
     })  # fmt: skip
     data = load_dataset(exp.data, exp.seed)
-    results = []
-    for deferred in (False, True):
+
+    def run(deferred: bool, every: int):
         trainer = Trainer(exp, torch.device("cpu"), data)
         trainer.deferred = deferred
-        (tmp_path / f"run-{deferred}").mkdir()
-        trainer.records = RunRecords(tmp_path / f"run-{deferred}", exp.to_yaml(), {})
+        folder = tmp_path / f"run-{deferred}-{every}"
+        folder.mkdir()
+        trainer.records = RunRecords(folder, exp.to_yaml(), {})
         step, x = drive(trainer, exp, data, every)
-        state = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-        results.append((step, x, state, torch.get_rng_state()))
-    (step_a, x_a, state_a, rng_a), (step_b, x_b, state_b, rng_b) = results
-    assert step_a is not None and 0 < step_a < 60 and step_a % every != 0  # found between logged steps
+        return step, x, {k: v.clone() for k, v in trainer.model.state_dict().items()}, torch.get_rng_state()
+
+    for every in range(every, every + 10):  # a cadence where it diverges between two logged steps
+        step_a, x_a, state_a, rng_a = run(False, every)
+        assert step_a is not None and 0 < step_a < 60
+        if step_a % every != 0:
+            break
+    step_b, x_b, state_b, rng_b = run(True, every)
+    assert step_a % every != 0  # found between logged steps
     assert step_a == step_b and torch.equal(x_a, x_b) and torch.equal(rng_a, rng_b)
     assert state_a.keys() == state_b.keys()
     assert all(torch.equal(state_a[k], state_b[k]) or (state_a[k].isnan() == state_b[k].isnan()).all() for k in state_a)
@@ -233,3 +239,100 @@ def test_the_unwrapped_step_is_the_optimizers_step(spec):
             step()
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert opt_a.state_dict()["state"].keys() == opt_b.state_dict()["state"].keys()
+
+
+# -- the thread count of a run, and the GPU path through the run loop -------------------------
+
+
+def tiny(tmp_path, **sections):
+    base = {
+        "name": "t", "device": "cpu",
+        "data": {"name": "gaussian", "dim": 12, "classes": 4, "n_train": 256, "n_test": 64, "batch_size": 32},
+        "model": {"depth": 4, "width": 16, "activation": "relu"},
+        "train": {"steps": 20, "eval_every": 10}, "log": {"every": 5, "out": str(tmp_path)},
+    }  # fmt: skip
+    return validate({**base, **sections})
+
+
+def test_a_run_computes_with_its_thread_count_and_restores_the_process(tmp_path, monkeypatch):
+    import json
+
+    from gradlab.runner import run_experiment
+
+    seen = []
+    plain_step = Trainer.plain_step
+    monkeypatch.setattr(Trainer, "plain_step", lambda self, *a, **k: (seen.append(torch.get_num_threads()), plain_step(self, *a, **k))[1])
+    before = torch.get_num_threads()
+    two = run_experiment(tiny(tmp_path, threads=2))
+    assert set(seen) == {2} and torch.get_num_threads() == before
+    assert json.loads((two.run_dir / "meta.json").read_text())["threads"] == 2
+    assert "threads: 2" in (two.run_dir / "config.yaml").read_text()
+    seen.clear()
+    auto = run_experiment(tiny(tmp_path))  # a 16-wide MLP: one thread, and nothing said about it
+    assert set(seen) == {1}
+    assert "threads" not in json.loads((auto.run_dir / "meta.json").read_text())
+    assert "threads" not in (auto.run_dir / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("value", [0, -1, True, 1.5, "many"])
+def test_threads_must_be_auto_or_a_whole_number(value):
+    from gradlab.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        validate({"threads": value})
+    assert caught.value.lines[0].startswith("threads: got ") and caught.value.lines[0].endswith("allowed: auto, or a whole number of threads >= 1")
+
+
+def test_threads_beyond_four_per_core_are_refused():
+    from gradlab.errors import ConfigError
+
+    exp = validate({"threads": 4 * train.available_cores() + 1})
+    with pytest.raises(ConfigError, match="more than 4 x the"):
+        resolve_threads(exp.threads, exp, (64,))
+
+
+def test_gradlab_run_takes_threads_for_a_single_run(tmp_path):
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from gradlab.cli import app
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny(tmp_path).model_dump(mode="json")))
+    done = CliRunner().invoke(app, ["run", str(config), "--threads", "2", "--quiet"])
+    assert done.exit_code == 0, done.output
+    run_dir = __import__("pathlib").Path(done.output.strip())
+    assert json.loads((run_dir / "meta.json").read_text())["threads"] == 2
+
+
+def test_the_run_loop_with_deferred_loss_reads_writes_the_same_records(tmp_path, monkeypatch):
+    """The GPU path, forced on the CPU: a run that diverges between logged and evaluated steps gives
+    byte-identical layers.csv and metrics.csv (time aside) and the same meta.json divergence."""
+    import json
+
+    import pandas as pd
+
+    from gradlab.runner import run_experiment
+
+    sections = {
+        "model": {"depth": 6, "width": 16, "activation": "rrelu", "init": {"weight": {"name": "normal", "std": 2.0}}},
+        "optim": {"name": "sgd", "lr": 1.0, "momentum": 0.9}, "train": {"steps": 60, "eval_every": 20}, "log": {"every": 3, "out": str(tmp_path)},
+    }  # fmt: skip
+    runs, found = [], []
+    check = Trainer.check
+    monkeypatch.setattr(Trainer, "check", lambda self: (found.append(check(self)), found[-1])[1])
+    for deferred in (False, True):
+        monkeypatch.setattr(train, "defers_loss_reads", lambda device, deferred=deferred: deferred)
+        runs.append(run_experiment(tiny(tmp_path, **sections)))
+    read, deferred_read = runs
+    assert found and found[-1] is not None and found[-1][0] == read.divergence["step"]  # found by check()
+    assert read.status == deferred_read.status == "diverged"
+    assert read.divergence == deferred_read.divergence and read.divergence["step"] % 3 != 0
+    assert read.steps_done == deferred_read.steps_done
+    assert (read.run_dir / "layers.csv").read_bytes() == (deferred_read.run_dir / "layers.csv").read_bytes()
+    metrics = [pd.read_csv(r.run_dir / "metrics.csv").drop(columns="time_s").to_csv(index=False) for r in runs]
+    assert metrics[0] == metrics[1]
+    metas = [json.loads((r.run_dir / "meta.json").read_text()) for r in runs]
+    assert metas[0]["divergence"] == metas[1]["divergence"] and metas[0]["steps_done"] == metas[1]["steps_done"]
