@@ -126,10 +126,14 @@ def test_compare_shows_a_diverged_run_as_diverged(tmp_path):
     divergence = json.loads((run / "meta.json").read_text())["divergence"]
     result = invoke("compare", run, "--format", "csv")
     assert result.exit_code == 0, result.output
-    assert result.stderr == ""
     [row] = csv_rows(result.stdout)
+    # issue 11: the finals are said to be from before the divergence; the verdict is the gain's at
+    # that step (the run's fate is its status)
+    assert result.stderr == f"warning: {row['label']}: diverged; its final_* values are the last ones logged before it diverged (step {row['last_step']})\n"
     assert row["status"] == "diverged"
-    assert row["verdict@last"] == "diverged"
+    from gradlab.summaries import verdict
+
+    assert row["verdict@last"] == verdict(float(row["gain@last"]))
     assert int(row["last_step"]) == divergence["step"] - 1  # the last finite measurement
     table = invoke("compare", run)
     assert table.exit_code == 0
