@@ -22,7 +22,7 @@ import pandas as pd
 
 from gradlab import configdiff
 from gradlab.errors import RunError
-from gradlab.quantities import FINAL_QUANTITIES, PROFILE_QUANTITIES, SUMMARY_QUANTITIES, THEORY_QUANTITIES
+from gradlab.quantities import FINAL_QUANTITIES, PROFILE_QUANTITIES, SUMMARY_QUANTITIES, THEORY_QUANTITIES, TIME_QUANTITIES
 from gradlab.records import STATUSES, Run, Step
 from gradlab.summaries import DEFAULT_THRESHOLDS, Thresholds, column_name, missing_step_notes, profile_at, summarize_run, verdict
 
@@ -32,6 +32,7 @@ OTHER_COLUMNS: dict[str, str] = {
     "status": "from meta.json: running | completed | diverged | interrupted | failed (a row of several seeds counts each status)",
     "seeds": "number of runs averaged in the row: runs that share every config value but the seed form one row",
     "last_step": "largest step in layers.csv: where 'last' measurements are taken",
+    "time_verdict": "recurrent runs: the verdict on time_gain, the gain through time, with the same thresholds as verdict (vanishing | stable | exploding | diverged)",
     "verdict": "vanishing (gain below the vanish threshold) | stable | exploding (gain above the explode threshold), on the gain measured at that step "
                "(a run that diverged later is judged on its gain at the step; its fate is its status); a row of several seeds is judged on "
                "the geometric mean of its gains",
@@ -40,7 +41,12 @@ OTHER_COLUMNS: dict[str, str] = {
 # Gains and ratios are averaged over seeds geometrically: the mean of their logarithms, and as spread
 # the geometric standard deviation exp(sd(ln x)) (the `_std` column of these quantities; the table
 # shows it as `mean ×/÷ spread`). A linear mean of 1e-9 and 5e-8 says nothing about either.
-GEOMETRIC = ("gain", "layer_factor", "weight_grad_gain", "first_delta_norm", "last_delta_norm")
+GEOMETRIC = ("gain", "layer_factor", "weight_grad_gain", "first_delta_norm", "last_delta_norm", "time_gain", "step_factor")
+VERDICT_PREFIXES = ("verdict@", "time_verdict@")  # columns holding verdicts (text), judged on the row's gain
+
+
+def _is_verdict(column: str) -> bool:
+    return column.startswith(VERDICT_PREFIXES)
 
 INTEGER_COLUMNS = ("seeds", "last_step", "steps_to_target")
 
@@ -101,10 +107,14 @@ def compare_runs(
         raise RunError("no runs to compare")
     steps = list(dict.fromkeys(steps))
     summaries = [summarize_run(run, steps, thresholds, target_loss) for run in runs]
+    # recurrent runs add the time columns: the widest summary gives the order, and a feed-forward
+    # row in a mixed comparison leaves them empty
+    summary_columns = list(dict.fromkeys([*max(summaries, key=len), *(c for summary in summaries for c in summary)]))
+    summaries = [{c: summary.get(c, None if _is_verdict(c) else math.nan) for c in summary_columns} for summary in summaries]
     configs = [run.config for run in runs]
     columns = configdiff.config_columns(configs)
     groups = configdiff.group_by_config(configs)
-    averaged = [c for c in summaries[0] if c not in ("status", "last_step") and not c.startswith("verdict@")]
+    averaged = [c for c in summaries[0] if c not in ("status", "last_step") and not _is_verdict(c)]
     grouped = any(len(members) > 1 for members in groups)
 
     rows, notes = [], missing_step_notes(runs, steps)
@@ -117,7 +127,7 @@ def compare_runs(
             if column == "status":
                 continue
             values = [summaries[i][column] for i in members]
-            if column.startswith("verdict@"):
+            if _is_verdict(column):
                 continue  # judged below, on the row's (geometric) mean gain
             if column == "last_step":
                 # Not a measurement to average: seeds that stopped early (diverged) say so.
@@ -134,6 +144,11 @@ def compare_runs(
         for step in steps:
             gain = row.get(column_name("gain", step), math.nan)
             row[column_name("verdict", step)] = verdict(gain, thresholds) if len(members) > 1 else summaries[members[0]][column_name("verdict", step)]
+            if column_name("time_verdict", step) in summaries[0]:  # recurrent runs: the verdict along time
+                time_gain = row.get(column_name("time_gain", step), math.nan)
+                row[column_name("time_verdict", step)] = (
+                    verdict(time_gain, thresholds) if len(members) > 1 else summaries[members[0]][column_name("time_verdict", step)]
+                )
         diverged = [runs[i] for i in members if runs[i].status == "diverged"]
         if diverged:
             steps_before = ", ".join(str(run.last_step) for run in diverged)
@@ -224,9 +239,9 @@ def describe_column(column: str, comparison: Comparison | None = None) -> str:
         where = " (at step 0: the network at initialization)" if step == "0" else (
             " (at each run's last logged step)" if step == "last" else f" (at step {step})"
         )  # fmt: skip
-    if base == "verdict":
+    if base in ("verdict", "time_verdict"):
         thresholds = comparison.thresholds if comparison else DEFAULT_THRESHOLDS
-        return f"{OTHER_COLUMNS['verdict']}; thresholds vanish={thresholds.vanish:g}, explode={thresholds.explode:g}{where}"
+        return f"{OTHER_COLUMNS[base]}; thresholds vanish={thresholds.vanish:g}, explode={thresholds.explode:g}{where}"
     if base in SUMMARY_QUANTITIES:
         text = SUMMARY_QUANTITIES[base]
         if base == "steps_to_target" and comparison and comparison.target_loss is not None:
@@ -258,6 +273,8 @@ def explain(comparison: Comparison | None = None) -> list[tuple[str, str]]:
     ]
     generic += [(f"{q}@<step>", text) for q, text in PROFILE_QUANTITIES.items()]
     generic.append(("verdict@<step>", describe_column("verdict")))
+    generic += [(f"{q}@<step>", text) for q, text in TIME_QUANTITIES.items()]
+    generic.append(("time_verdict@<step>", describe_column("time_verdict")))
     generic += [(q, text) for q, text in FINAL_QUANTITIES.items()]
     from gradlab.predict import DEPARTS_TOLERANCE
 

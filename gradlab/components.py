@@ -84,6 +84,13 @@ def _init_orthogonal(p: GainParams, t: torch.Tensor, act: dict) -> None:
     nn.init.orthogonal_(t, gain=_gain(p, act))
 
 
+def _init_identity(p: GainParams, t: torch.Tensor, act: dict) -> None:
+    if t.dim() != 2:
+        raise SpecError("identity needs a weight matrix (for a recurrent layer's hidden-to-hidden weights: init.recurrent)")
+    nn.init.eye_(t)
+    t.mul_(_gain(p, act))
+
+
 # Truncated N(0, 1) at +-2 has std 0.87962566103423978; dividing by it keeps the variance asked for
 # (the constant JAX and Keras use for variance_scaling).
 _TRUNC_STD = 0.87962566103423978
@@ -134,6 +141,7 @@ INITIALIZERS = implementations(specs.initializers, {
     "kaiming_uniform": _init_kaiming_uniform,
     "lecun_normal": _init_lecun_normal,
     "orthogonal": _init_orthogonal,
+    "identity": _init_identity,
     "variance_scaling": _init_variance_scaling,
     "constant": _init_constant,
     "zeros": _init_zeros,
@@ -228,6 +236,8 @@ def _loss_bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def _loss_mse(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if y.is_floating_point():  # a regression target per example (adding): one output per target
+        return ((logits - y.reshape(logits.shape).to(logits.dtype)) ** 2).sum(dim=1).mean()
     target = _one_hot(y, logits.shape[1], logits.dtype)
     return ((logits - target) ** 2).sum(dim=1).mean()
 

@@ -29,7 +29,7 @@ from pydantic_core import PydanticCustomError
 
 from gradlab import specs
 from gradlab.errors import ConfigError
-from gradlab.quantities import FINAL_QUANTITIES, GROUPS, PROFILE_QUANTITIES, STATUSES, SUMMARY_QUANTITIES
+from gradlab.quantities import FINAL_QUANTITIES, GROUPS, PROFILE_QUANTITIES, RECURRENT_KINDS, STATUSES, SUMMARY_QUANTITIES, TIME_QUANTITIES
 from gradlab.registry import Registry, SpecError, describe_value, did_you_mean, pydantic_message, with_article
 from gradlab.yamlio import TooLarge, load_guarded, read_capped
 
@@ -73,8 +73,15 @@ def _name_in(registry: Registry, value: str) -> str:
 
 
 PROBES = GROUPS  # the `log.probes` choices: the probe groups of quantities.py
-FILE_DATASETS = ("mnist", "npz", "csv")
+FILE_DATASETS = ("mnist", "npz", "csv", "sequential_mnist")
 IMAGE_DATASETS = ("images", "mnist", "npz")
+# Sequence datasets (x of shape (T, features)) for the recurrent kinds, with what each needs.
+SEQUENCE_DATASETS = ("adding", "copy", "sequential_mnist")
+SEQUENCE_READOUT = {"adding": "last", "copy": "every", "sequential_mnist": "last"}
+SEQUENCE_LOSSES = {"adding": ("mse",), "copy": ("cross_entropy",), "sequential_mnist": ("cross_entropy", "bce", "mse")}
+SEQUENCE_CLASSES = {"adding": 1, "copy": 9}  # outputs fixed by the task (sequential_mnist: 10, as mnist)
+MIN_SEQ_LEN = {"adding": 2, "copy": 21}  # copy: 10 symbols, the delimiter, 10 steps to recall them
+MNIST_SEQ_LENS = (28, 784)  # rows of 28 pixels, or pixels one by one
 
 
 class DataConfig(Section):
@@ -87,6 +94,8 @@ class DataConfig(Section):
     batch_size: int = Field(128, ge=1)
     noise: float = Field(1.0, ge=0, description="spread of the synthetic datasets")
     target: str = Field("label", description="csv: the column holding the labels")
+    seq_len: Optional[int] = Field(None, ge=1, description="sequence datasets: time steps T (default adding 50, copy 30, sequential_mnist 28; sequential_mnist takes 28 or 784)")
+    permute: bool = Field(False, description="sequential_mnist: read the pixels in a fixed order drawn from the seed (permuted MNIST)")
 
     @field_validator("name", mode="before")
     @classmethod
@@ -99,7 +108,7 @@ class DataConfig(Section):
             if self.path is None:
                 raise PydanticCustomError("data", "{message}", {"message": f"data.name {self.name} needs data.path", "key": "path"})
             path = Path(self.path).expanduser()
-            want_dir = self.name == "mnist"
+            want_dir = self.name in ("mnist", "sequential_mnist")  # the folder of the IDX files
             if not path.exists():
                 # a relative path is read from the working directory (not the config file's folder): say which that was
                 where = "" if path.is_absolute() else f" (relative to the working directory {describe_value(str(Path.cwd()), 200)})"
@@ -112,12 +121,45 @@ class DataConfig(Section):
             raise PydanticCustomError(
                 "data", "{message}", {"message": f"batch_size {self.batch_size} is larger than n_train {self.n_train}", "key": "batch_size"}
             )
+        self._sequence_keys()
         return self
+
+    @model_serializer(mode="wrap")
+    def _sequence_keys_only_for_sequences(self, handler):
+        # seq_len and permute are written to config.yaml for the sequence datasets only
+        data = handler(self)
+        if self.name not in SEQUENCE_DATASETS:
+            data.pop("seq_len", None)
+            data.pop("permute", None)
+        if self.name in SEQUENCE_CLASSES:  # adding and copy fix their outputs: no classes to write
+            data.pop("classes", None)
+        return data
+
+    def _sequence_keys(self) -> None:
+        def error(message: str, key: str) -> PydanticCustomError:
+            return PydanticCustomError("data", "{message}", {"message": message, "key": key})
+
+        if self.name not in SEQUENCE_DATASETS:
+            for key in ("seq_len", "permute"):
+                if key in self.model_fields_set and getattr(self, key) not in (None, False):
+                    raise error(f"applies to the sequence datasets ({', '.join(SEQUENCE_DATASETS)}) only, not {self.name}", key)
+            return
+        if self.permute and self.name != "sequential_mnist":
+            raise error(f"applies to sequential_mnist only, not {self.name}", "permute")
+        if self.seq_len is not None:
+            if self.name == "sequential_mnist" and self.seq_len not in MNIST_SEQ_LENS:
+                raise error(f"sequential_mnist reads rows (28) or pixels (784), got {self.seq_len}", "seq_len")
+            if self.seq_len < MIN_SEQ_LEN.get(self.name, 1):
+                raise error(f"{self.name} needs at least {MIN_SEQ_LEN[self.name]} steps, got {self.seq_len}", "seq_len")
+        fixed = SEQUENCE_CLASSES.get(self.name, 10)
+        if "classes" in self.model_fields_set and self.classes != fixed:
+            raise error(f"{self.name} has {fixed} output{'s' if fixed > 1 else ''} fixed by the task, got {self.classes}; leave data.classes out", "classes")
 
 
 class InitConfig(Section):
     weight: WeightInitSpec = Field("default", description="initializer of every linear/conv weight, head included unless head is set")
-    bias: BiasInitSpec = Field("default", description="initializer of every linear/conv bias")
+    bias: BiasInitSpec = Field("default", description="initializer of every linear/conv bias (recurrent kinds: both bias vectors)")
+    recurrent: WeightInitSpec = Field("default", description="recurrent kinds: initializer of the hidden-to-hidden weights, applied to each gate's block (orthogonal, identity, ...)")
     head: Optional[WeightInitSpec] = Field(
         None, description="initializer of the head's weight (null: weight's); a constant weight makes the head symmetric and its gradients equal"
     )
@@ -130,8 +172,11 @@ class InitConfig(Section):
         return data
 
 
+RECURRENT_ONLY = ("readout", "forget_bias")  # model keys (besides init.recurrent) of the recurrent kinds
+
+
 class ModelConfig(Section):
-    kind: Literal["mlp", "cnn"] = "mlp"
+    kind: Literal["mlp", "cnn", "rnn", "lstm", "gru"] = "mlp"
     depth: int = Field(20, ge=1, description="hidden layers (mlp) or conv layers (cnn)")
     width: int = Field(256, ge=1, description="units (mlp) or channels (cnn)")
     activation: ActivationSpec = "relu"
@@ -146,6 +191,10 @@ class ModelConfig(Section):
     residual: bool = Field(False, description="x_(l+1) = x_l + residual_scale * branch(x_l), the branch being the block")
     branch_depth: int = Field(1, ge=1, description="residual: layers (linear/conv, norm, activation) per branch")
     residual_scale: float = Field(1.0, ge=0, description="residual: the branch's multiplier alpha (0 or small: SkipInit, De & Smith 2020)")
+    # Recurrent kinds (recurrent.py). Written to config.yaml only for them: every other run's resolved
+    # config is unchanged.
+    readout: Literal["last", "every"] = Field("last", description="recurrent kinds: the head reads the last step's hidden state (last) or every step's (every)")
+    forget_bias: Optional[float] = Field(None, description="lstm: the forget gate's total bias at initialization (set in bias_ih; bias_hh's forget slice 0); null keeps init.bias's")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout rate after each block's activation (and its post norm), before pooling; 0: none")
 
     @model_serializer(mode="wrap")
@@ -156,10 +205,16 @@ class ModelConfig(Section):
         if not self.residual:
             for key in ("residual", "branch_depth", "residual_scale"):
                 data.pop(key, None)
+        if self.kind not in RECURRENT_KINDS:
+            for key in RECURRENT_ONLY:
+                data.pop(key, None)
+            if isinstance(data.get("init"), dict):
+                data["init"].pop("recurrent", None)
         return data
 
     @model_validator(mode="after")
     def _consistent(self):
+        self._recurrent_keys()
         if self.init.weight["name"] == "fixup" and not (self.residual and self.branch_depth >= 2):
             raise PydanticCustomError(
                 "model", "{message}",
@@ -173,11 +228,37 @@ class ModelConfig(Section):
             raise PydanticCustomError("model", "{message}", {"message": f"kernel_size must be odd for 'same' padding, got {self.kernel_size}", "key": "kernel_size"})
         if self.kind == "mlp" and self.pool_every:
             raise PydanticCustomError("model", "{message}", {"message": "pooling applies to kind cnn only", "key": "pool_every"})
+        if self.kind in RECURRENT_KINDS and self.norm["name"] != "none":
+            raise PydanticCustomError("model", "{message}", {"message": f"kind {self.kind} takes no normalization; allowed: none", "key": "norm"})
         if self.norm["name"] == "groupnorm" and self.width % self.norm["groups"]:
             raise PydanticCustomError(
                 "model", "{message}", {"message": f"groups={self.norm['groups']} does not divide width={self.width}", "key": "norm.groups"}
             )
         return self
+
+    def _recurrent_keys(self) -> None:
+        def error(message: str, key: str) -> PydanticCustomError:
+            return PydanticCustomError("model", "{message}", {"message": message, "key": key})
+
+        if self.kind not in RECURRENT_KINDS:
+            for key in RECURRENT_ONLY:
+                if key in self.model_fields_set and getattr(self, key) != type(self).model_fields[key].default:
+                    raise error(f"applies to the recurrent kinds ({', '.join(RECURRENT_KINDS)}) only, not {self.kind}", key)
+            if "recurrent" in self.init.model_fields_set and self.init.recurrent["name"] != "default":
+                raise error(f"applies to the recurrent kinds ({', '.join(RECURRENT_KINDS)}) only, not {self.kind}", "init.recurrent")
+            return
+        if self.forget_bias is not None and self.kind != "lstm":
+            raise error(f"applies to kind lstm only (the forget gate), not {self.kind}", "forget_bias")
+        if self.pool_every:
+            raise error("pooling applies to kind cnn only", "pool_every")
+        if self.residual:
+            raise error(f"applies to kinds mlp and cnn, not {self.kind}", "residual")
+        if self.dropout:
+            raise error(f"applies to kinds mlp and cnn, not {self.kind}", "dropout")
+        if "activation" not in self.model_fields_set:
+            self.activation = {"name": "tanh"}  # nn.RNN's default; lstm and gru: their cell nonlinearity
+        elif self.kind != "rnn" and self.activation["name"] != "tanh":
+            raise error(f"{self.kind}'s nonlinearities are fixed (sigmoid gates, tanh); allowed: tanh, or leave it out", "activation")
 
 
 class TrainConfig(Section):
@@ -357,7 +438,7 @@ class _ExpectationsBase(BaseModel):
             return bound
         quantity = info.field_name
         if quantity in FINAL_QUANTITIES and bound.step != "last":
-            raise _expect_error(f"{quantity} is measured over the whole run; only the gradient-profile quantities ({', '.join(PROFILE_QUANTITIES)}) take a step", "step")
+            raise _expect_error(f"{quantity} is measured over the whole run; only the gradient-profile quantities ({', '.join([*PROFILE_QUANTITIES, *TIME_QUANTITIES])}) take a step", "step")
         if quantity == "steps_to_target" and bound.target_loss is None:
             raise _expect_error("steps_to_target needs target_loss: the train loss to reach", "target_loss")
         if quantity != "steps_to_target" and bound.target_loss is not None:
@@ -435,6 +516,7 @@ class Experiment(Section):
 
     @model_validator(mode="after")
     def _data_fits_model(self):
+        self._sequences_fit_model()
         if self.model.kind == "cnn" and self.data.name not in IMAGE_DATASETS:
             raise PydanticCustomError(
                 "experiment", "{message}",
@@ -465,6 +547,23 @@ class Experiment(Section):
                             f"give a multiple of log.every up to {steps}, or last", "key": f"expect.{quantity}.step"},
             )  # fmt: skip
         return self
+
+    def _sequences_fit_model(self) -> None:
+        def error(message: str, key: str) -> PydanticCustomError:
+            return PydanticCustomError("experiment", "{message}", {"message": message, "key": key})
+
+        kind, data = self.model.kind, self.data.name
+        if kind in RECURRENT_KINDS and data not in SEQUENCE_DATASETS:
+            raise error(f"model.kind {kind} needs sequence data ({', '.join(SEQUENCE_DATASETS)}), got {data}", "data.name")
+        if data in SEQUENCE_DATASETS and kind not in RECURRENT_KINDS:
+            raise error(f"{data} is sequence data for the recurrent kinds ({', '.join(RECURRENT_KINDS)}), not model.kind {kind}", "model.kind")
+        if data not in SEQUENCE_DATASETS:
+            return
+        if self.model.readout != SEQUENCE_READOUT[data]:
+            why = "a label at every step" if data == "copy" else "one target per sequence"
+            raise error(f"{data} has {why}: it needs model.readout {SEQUENCE_READOUT[data]}, got {self.model.readout}", "model.readout")
+        if self.loss not in SEQUENCE_LOSSES[data]:
+            raise error(f"{data} needs loss {' or '.join(SEQUENCE_LOSSES[data])}, got {self.loss}", "loss")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, default_flow_style=None, width=100)

@@ -56,7 +56,7 @@ class Dataset:
 
 def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
     """The dataset `cfg.name` with `cfg.n_train` training and `cfg.n_test` test examples."""
-    loader = LOADERS.get(cfg.name) or SEQUENCE_LOADERS.get(cfg.name)
+    loader = LOADERS.get(cfg.name)
     if loader is None:
         raise DataError(f"data.name: unknown dataset {cfg.name!r}; known: {', '.join(LOADERS)}")
     return loader(cfg, seed)
@@ -763,9 +763,8 @@ LOADERS: dict[str, Callable[[DataConfig, int], Dataset]] = {
     "mnist": _mnist,
     "npz": _npz,
     "csv": _csv,
-}
-SEQUENCE_LOADERS: dict[str, Callable[[DataConfig, int], Dataset]] = {
     "adding": _adding,
     "copy": _copy,
     "sequential_mnist": _sequential_mnist,
 }
+SEQUENCE_LOADERS = {name: LOADERS[name] for name in ("adding", "copy", "sequential_mnist")}

@@ -235,7 +235,7 @@ def _natural_width(table: Table) -> int:
 
 def _view_rows(comparison: Comparison, cells) -> list[tuple[str, list[str] | None]]:
     """(row name, a text per configuration) in display order; None: a section heading."""
-    from gradlab.quantities import FINAL_QUANTITIES, PROFILE_QUANTITIES
+    from gradlab.quantities import FINAL_QUANTITIES, PROFILE_QUANTITIES, TIME_QUANTITIES
     from gradlab.summaries import column_name
 
     rows: list[tuple[str, list[str] | None]] = []
@@ -250,6 +250,9 @@ def _view_rows(comparison: Comparison, cells) -> list[tuple[str, list[str] | Non
             if column_name(quantity, step) in cells:
                 rows.append((quantity, list(cells[column_name(quantity, step)])))
         rows.append(("verdict", list(cells[column_name("verdict", step)])))
+        for quantity in (*TIME_QUANTITIES, "time_verdict"):  # recurrent runs: along time
+            if column_name(quantity, step) in cells:
+                rows.append((quantity, list(cells[column_name(quantity, step)])))
         rows.append(("", None))
     rows.append(("training", None))
     for quantity in FINAL_QUANTITIES:
@@ -266,7 +269,7 @@ def _view_table(comparison: Comparison, rows, cells, chunk: list[int]) -> Table:
     table.add_column("", no_wrap=True)
     for i in chunk:
         table.add_column(Text(header_text(cells["label"].iloc[i]), style="bold"), overflow="fold")
-    verdict_rows = {"verdict"}
+    verdict_rows = {"verdict", "time_verdict"}
     for name, values in rows:
         if values is None:
             if name == "":  # the previous row ends a section

@@ -18,7 +18,7 @@ from typing import Any
 from gradlab import records, summaries
 from gradlab.config import Bound, Expectations, parse_expectations
 from gradlab.errors import GradlabError, RunError
-from gradlab.quantities import PROFILE_QUANTITIES
+from gradlab.quantities import PROFILE_QUANTITIES, TIME_QUANTITIES
 
 
 # --------------------------------------------------------------------------------------------
@@ -67,6 +67,9 @@ def check(run: records.Run, expectations: Expectations) -> list[Outcome]:
         if quantity in PROFILE_QUANTITIES:
             name = summaries.column_name(quantity, bound.step)
             measured = summaries.profile_at(run, bound.step)[quantity]
+        elif quantity in TIME_QUANTITIES:  # recurrent runs; empty (failing) for a feed-forward run
+            name = summaries.column_name(quantity, bound.step)
+            measured = summaries.time_profile_at(run, bound.step)[quantity]
         else:
             name = quantity if quantity != "steps_to_target" else f"steps_to_target(loss<={bound.target_loss:g})"
             measured = summaries.final_metrics(run, bound.target_loss)[quantity]

@@ -21,6 +21,9 @@ Per initializer (g the gain: a number, or for `gain: auto` activations.gain of t
                         orthonormal, so the squares of the entries sum to g^2 * min(rows, cols)
                         exactly; a square matrix gives g^2 / fan_in. (The mean square of the
                         drawn matrix, exact for every draw; the mean is 0 by symmetry.)
+    identity            the matrix g I (rows x cols as for orthogonal): its min(rows, cols) diagonal entries are g,
+                        the rest 0; variance g^2 m - (g m)^2 and mean g m with m = min(rows, cols) / (rows cols),
+                        exact (mean() needs the fans for it)
     variance_scaling    scale / n, n = fan_in, fan_out or their mean; exact for every distribution
                         (the truncated normal's std is divided by the truncation's 0.8796...)
     constant, zeros     0                                  mean: value, 0
@@ -78,6 +81,7 @@ _VARIANCES = implementations(specs.initializers, {
     "kaiming_uniform": lambda p, fi, fo, act, rf: _kaiming(p, fi, fo),
     "lecun_normal": lambda p, fi, fo, act, rf: 1 / fi,
     "orthogonal": lambda p, fi, fo, act, rf: _gain(p, act) ** 2 / max(fo // rf, fi),
+    "identity": lambda p, fi, fo, act, rf: _identity_moments(_gain(p, act), fo // rf, fi)[1],
     "variance_scaling": lambda p, fi, fo, act, rf: _variance_scaling(p, fi, fo),
     "constant": lambda p, fi, fo, act, rf: 0.0,
     "zeros": lambda p, fi, fo, act, rf: 0.0,
@@ -86,6 +90,12 @@ _VARIANCES = implementations(specs.initializers, {
     # scales or zeroes each layer by its place in the network, which a tensor's fans do not say
     "fixup": lambda p, fi, fo, act, rf: activations.gain(act) ** 2 / fi,
 })  # fmt: skip
+
+def _identity_moments(gain: float, rows: int, cols: int) -> tuple[float, float]:
+    """(mean, variance) over the entries of gain * I (rows x cols): min(rows, cols) entries are gain."""
+    share = min(rows, cols) / (rows * cols)
+    return gain * share, gain**2 * share - (gain * share) ** 2
+
 
 _MEANS = {"normal": lambda p: p.mean, "uniform": lambda p: (p.a + p.b) / 2, "constant": lambda p: p.value}
 
@@ -100,8 +110,14 @@ def variance(spec: Any, fan_in: int, fan_out: int, activation: Any = None, recep
     return float(_VARIANCES[resolved["name"]](p, fan_in, fan_out, activation, receptive_field))
 
 
-def mean(spec: Any) -> float:
-    """The mean of one entry drawn by the initializer `spec` (0 for every zero-centred one)."""
+def mean(spec: Any, fan_in: int | None = None, fan_out: int | None = None, activation: Any = None, receptive_field: int = 1) -> float:
+    """The mean of one entry drawn by the initializer `spec` (0 for every zero-centred one); the
+    fans are needed for `identity` only (its mean depends on the matrix's shape)."""
     resolved = specs.initializers.resolve(spec)
+    if resolved["name"] == "identity":
+        if fan_in is None or fan_out is None:
+            raise ValueError("identity's mean depends on the matrix's shape: give fan_in and fan_out")
+        p = specs.initializers.params_of(resolved)
+        return _identity_moments(_gain(p, activation), fan_out // receptive_field, fan_in)[0]
     rule = _MEANS.get(resolved["name"])
     return float(rule(specs.initializers.params_of(resolved))) if rule else 0.0

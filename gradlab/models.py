@@ -25,6 +25,7 @@ from gradlab import activations
 from gradlab.components import apply_init, build_norm
 from gradlab.config import ModelConfig
 from gradlab.errors import DataError
+from gradlab.recurrent import RECURRENT_KINDS
 from gradlab.sites import Layer, Site, TapSlot
 
 
@@ -279,7 +280,7 @@ class CNN(Stack):
         return self._head(x)
 
 
-MODEL_KINDS: dict[str, type[Stack]] = {"mlp": MLP, "cnn": CNN}
+MODEL_KINDS: dict[str, type[Stack]] = {"mlp": MLP, "cnn": CNN, **RECURRENT_KINDS}  # rnn, lstm, gru: recurrent.py
 
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], classes: int, initialize: bool = True) -> Stack:

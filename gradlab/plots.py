@@ -420,6 +420,90 @@ def aggregated_saturation(runs: Sequence[Run], stack=None) -> Figure:
     return figure
 
 
+# --------------------------------------------------------------------------------------------
+# Along time: recurrent runs (timesteps.csv)
+# --------------------------------------------------------------------------------------------
+
+TIME_FIGURES = {
+    "time_profile_hidden_delta_norm": "hidden_delta_norm = ||dL/dh_t|| (log scale) against time step t on the last recurrent layer, at step 0 and at the last step",
+    "heatmap_time_hidden_delta_norm": "log10 hidden_delta_norm over time step t x training step on the last recurrent layer, one panel per run",
+}
+
+
+def _time_rows(run: Run):
+    """The last recurrent layer's rows of timesteps.csv (None for a feed-forward run)."""
+    timesteps = run.timesteps
+    if timesteps is None or timesteps.empty:
+        return None
+    return timesteps[timesteps["layer"] == timesteps["layer"].max()]
+
+
+def time_profile(runs: Sequence[Run], column: str = "hidden_delta_norm") -> Figure:
+    """`column` against t, one line per recurrent run, at step 0 and at the last step: the figure
+    of Hochreiter (1991) and Pascanu et al. (2013), the gradient reaching ever earlier inputs."""
+    figure = _figure(11, 4.8)
+    legend = _Legend(runs)
+    axes_pair = figure.subplots(1, 2, sharey=True)
+    for axes, which in zip(axes_pair, (0, "last")):
+        drawn = False
+        for i, run in enumerate(runs):
+            rows = _time_rows(run)
+            step = run.resolve_step(which)
+            if rows is None or step is None:
+                continue
+            at = rows[rows["step"] == step].sort_values("t")
+            values = _positive(at[column].to_numpy(dtype=float))
+            if np.isnan(values).all():
+                continue
+            axes.plot(at["t"].to_numpy(), values, color=legend.color[i], label=legend.label[i])
+            drawn = True
+        if drawn:
+            axes.set_yscale("log")
+        else:
+            axes.text(0.5, 0.5, f"no {column} recorded", ha="center", va="center", transform=axes.transAxes)
+        last_steps = sorted({run.last_step for run in runs if run.last_step is not None})
+        axes.set_title("step 0 (initialization)" if which == 0 else (f"last step ({last_steps[0]})" if len(last_steps) == 1 else "each run's last step"))
+        axes.set_xlabel("time step t (0 = first input)")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.grid(True, which="both", alpha=0.3)
+    axes_pair[0].set_ylabel(f"{column} (log scale)")
+    _legend(figure)
+    figure.suptitle(_title(runs, f"{column} through time (last recurrent layer)"))
+    return figure
+
+
+def time_heatmap(runs: Sequence[Run], column: str = "hidden_delta_norm") -> Figure:
+    """log10 of `column` over (training step, time step t) of the last recurrent layer, one panel per
+    recurrent run, on one shared colour scale."""
+    runs = [run for run in runs if _time_rows(run) is not None]
+    ncols = max(1, min(len(runs), HEATMAP_COLUMNS))
+    nrows = max(1, math.ceil(len(runs) / ncols))
+    figure = _figure(4.2 * ncols + 1.2, 3.4 * nrows + 0.8)
+    axes_grid = np.atleast_1d(figure.subplots(nrows, ncols, squeeze=False)).ravel()
+    labels = configdiff.labels([run.config for run in runs]) if runs else []
+    grids = []
+    for run in runs:
+        table = _time_rows(run).pivot_table(index="t", columns="step", values=column, aggfunc="last", dropna=False)
+        grids.append((table.columns.to_numpy(dtype=float), table.index.to_numpy(dtype=float), np.log10(_positive(table.to_numpy(dtype=float)))))
+    finite = np.concatenate([g[2][np.isfinite(g[2])] for g in grids]) if grids else np.array([])
+    vmin, vmax = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+    mesh = None
+    for axes, run, label, (steps, times, values) in zip(axes_grid, runs, labels, grids):
+        if values.size:
+            mesh = axes.pcolormesh(_edges(steps), _edges(times), np.ma.masked_invalid(values), vmin=vmin, vmax=vmax, cmap="viridis", shading="flat")
+        seed = f" (seed {run.config.get('seed')})" if len(runs) > 1 else ""
+        axes.set_title(_wrap(label + seed), fontsize="small")
+        axes.set_xlabel("step")
+        axes.set_ylabel("time step t")
+        axes.set_facecolor("0.85")
+    for axes in axes_grid[len(runs) :]:
+        axes.remove()
+    if mesh is not None:
+        figure.colorbar(mesh, ax=axes_grid[: len(runs)].tolist(), label=f"log10 {column}")
+    figure.suptitle(_title(runs, f"log10 {column} by time step and training step") if runs else "no recurrent runs")
+    return figure
+
+
 def build_figures(runs: Sequence[Run]) -> dict[str, Figure]:
     """Every figure of FIGURES for `runs` (drawn, not written). More than MAX_RUNS_DRAWN runs are
     drawn as their distribution (median and 10-90% band, one median heatmap), as each figure says:
@@ -443,6 +527,10 @@ def build_figures(runs: Sequence[Run]) -> dict[str, Figure]:
         "heatmap_delta_norm": heatmap(runs, "delta_norm"),
         "training_curves": training_curves(runs),
         "saturation": saturation(runs),
+        **({  # recurrent runs: the gradient along time
+            "time_profile_hidden_delta_norm": time_profile(runs),
+            "heatmap_time_hidden_delta_norm": time_heatmap(runs),
+        } if any(_time_rows(run) is not None for run in runs) else {}),
     }
 
 

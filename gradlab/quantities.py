@@ -21,7 +21,7 @@ Group = Literal["weights", "deltas", "activations", "updates"]
 # Where a measured quantity is taken: a site of the model (see sites.py). A feed-forward block's
 # sites are its weight-bearing module (`layer`), the output z of that module before normalization and
 # activation (`preactivation`), and what the block passes on (`output`).
-Site = Literal["layer", "preactivation", "activation", "output", "logits", "stream", "branch"]
+Site = Literal["layer", "preactivation", "activation", "output", "logits", "stream", "branch", "hidden", "cell", "gate"]
 
 
 @dataclass(frozen=True)
@@ -126,9 +126,12 @@ LAYERS_COLUMNS: list[str] = [*LAYERS_KEYS, *QUANTITIES]
 ADDED_COLUMNS: tuple[str, ...] = ("delta_rms", "preact_mean", "preact_std", "dact_mean", "dact_factor", "inactive_frac", "clipped_grad_norm")
 
 
-def layers_columns(residual: bool = False, norm: bool = False) -> list[str]:
+def layers_columns(residual: bool = False, norm: bool = False, recurrent: bool = False) -> list[str]:
     """The header of a run's layers.csv: LAYERS_COLUMNS, the residual quantities after them for a
-    residual model, then the normalization/PReLU quantities for a model with a norm or PReLU."""
+    residual model, then the normalization/PReLU quantities for a model with a norm or PReLU; a
+    recurrent model's (rnn, lstm, gru) is RECURRENT_LAYERS_COLUMNS (see below)."""
+    if recurrent:
+        return list(RECURRENT_LAYERS_COLUMNS)
     return [*LAYERS_COLUMNS, *(RESIDUAL if residual else ()), *(NORM if norm else ())]
 
 
@@ -186,7 +189,13 @@ FINAL_QUANTITIES: dict[str, str] = {
     "steps_to_target": "first logged step at which the train loss is at or below the target loss; empty when it never got there",
 }
 
-SUMMARY_QUANTITIES: dict[str, str] = {**PROFILE_QUANTITIES, **FINAL_QUANTITIES}
+# Along time, at one logged step, on the last recurrent layer (`gradlab compare`, `expect:`).
+TIME_QUANTITIES: dict[str, str] = {
+    "time_gain": "gain through time = ||dL/da_0|| / ||dL/da_{T-1}|| of the last recurrent layer (timesteps.csv delta_norm at t = 0 over t = T - 1): below 1 the signal shrinks on its way back to the first input",
+    "step_factor": "per-step factor = the geometric mean of the T - 1 ratios delta_norm(t) / delta_norm(t + 1), i.e. time_gain ** (1 / (T - 1)); a linear RNN with recurrent matrix lambda * orthogonal has exactly lambda",
+}
+
+SUMMARY_QUANTITIES: dict[str, str] = {**PROFILE_QUANTITIES, **TIME_QUANTITIES, **FINAL_QUANTITIES}
 
 
 # Theory beside measurement: what `gradlab compare --theory` puts beside the measured layer_factor
@@ -200,3 +209,72 @@ THEORY_QUANTITIES: dict[str, str] = {
     "departs": "yes when the measured layer_factor at step 0 differs from predicted_factor by more than the tolerance, relative to "
                "the prediction (|measured - predicted| > tolerance * predicted), no when it does not; empty without a prediction or a step 0",
 }
+
+
+# --------------------------------------------------------------------------------------------
+# Recurrent runs (model.kind rnn | lstm | gru): extra layers.csv columns and timesteps.csv
+# --------------------------------------------------------------------------------------------
+
+RECURRENT_KINDS = ("rnn", "lstm", "gru")
+
+# A recurrent layer has two weight families: input-to-hidden (W_ih, b_ih) and hidden-to-hidden
+# (W_hh, b_hh). A recurrent run's layers.csv adds their columns after LAYERS_COLUMNS (a
+# feed-forward run's layers.csv keeps exactly LAYERS_COLUMNS); there the layer's own weight_norm,
+# weight_grad_norm, bias_grad_norm and update_ratio are those of both families together: the
+# Frobenius norm of [W_ih W_hh], the matrix that maps [x_t; h_{t-1}] to a_t.
+_FAMILY = {"ih": ("input-to-hidden weight W_ih", "b_ih"), "hh": ("hidden-to-hidden weight W_hh", "b_hh")}
+RECURRENT_LAYER_QUANTITIES: tuple[Quantity, ...] = tuple(
+    q
+    for family, (weight, bias) in _FAMILY.items()
+    for q in (
+        Quantity(f"{family}_weight_norm", "weights", "layer", f"recurrent layers: ||W||, the Frobenius norm of the {weight} (empty for the head)"),
+        Quantity(f"{family}_weight_grad_norm", "weights", "layer", f"recurrent layers: ||dL/dW|| of the {weight} (empty for the head)"),
+        Quantity(f"{family}_bias_grad_norm", "weights", "layer", f"recurrent layers: ||dL/db|| of the bias {bias} (empty for the head and without biases)"),
+        Quantity(f"{family}_update_ratio", "updates", "layer", f"recurrent layers: ||W_after - W_before|| / ||W_before|| of the {weight} (empty for the head)"),
+    )
+)  # fmt: skip
+RECURRENT_LAYERS_COLUMNS: list[str] = [*LAYERS_COLUMNS, *(q.name for q in RECURRENT_LAYER_QUANTITIES)]
+
+# The gates of lstm (input, forget, cell, output) and gru (reset, update, new), in PyTorch's order.
+GATES: dict[str, tuple[str, ...]] = {"rnn": (), "lstm": ("input", "forget", "cell", "output"), "gru": ("reset", "update", "new")}
+_GATE_MEANING = {
+    "input": "lstm's input gate i_t = sigmoid(a_i)",
+    "forget": "lstm's forget gate f_t = sigmoid(a_f)",
+    "cell": "lstm's cell gate (candidate) g_t = tanh(a_g)",
+    "output": "lstm's output gate o_t = sigmoid(a_o)",
+    "reset": "gru's reset gate r_t = sigmoid(a_r)",
+    "update": "gru's update gate z_t = sigmoid(a_z)",
+    "new": "gru's new gate (candidate) n_t = tanh(a_n)",
+}
+
+# timesteps.csv: one row per (logged step, recurrent layer, time step t), in this column order.
+TIMESTEPS_KEYS: dict[str, str] = {
+    "step": "optimizer steps taken before this measurement; step 0 is the network at initialization",
+    "layer": "0 for the recurrent layer nearest the input, counting up (as in layers.csv)",
+    "name": "module name: layers.0",
+    "t": "time step: 0 is the first input, T - 1 the last",
+}
+TIMESTEP_QUANTITIES: tuple[Quantity, ...] = (
+    Quantity("delta_norm", "deltas", "preactivation",
+             "||dL/da_t|| over the batch, a_t the layer's pre-activation at step t: rnn the activation's input W_ih x_t + b_ih + W_hh h_{t-1} + b_hh; "
+             "lstm the four gates' pre-activations (i, f, g, o); gru the three gates' (a_r, a_z, a_n = gi_n + r_t * gh_n)", "timesteps"),
+    Quantity("hidden_delta_norm", "deltas", "hidden",
+             "||dL/dh_t|| over the batch, h_t the layer's hidden state after step t: the total derivative, through the later steps, the next layer and the head", "timesteps"),
+    Quantity("cell_delta_norm", "deltas", "cell", "lstm: ||dL/dc_t|| over the batch, c_t the cell state after step t (empty for rnn and gru)", "timesteps"),
+    Quantity("hidden_norm", "activations", "hidden", "||h_t|| over the batch", "timesteps"),
+    Quantity("saturated_frac", "activations", "activation",
+             "rnn: share of (example, unit) pairs at step t in a flat tail of the activation, as saturated_frac of layers.csv "
+             "(|f'(a_t)| below log.saturation_threshold times sup |f'|); empty for activations without a saturating tail "
+             "(the ReLU family, identity) and for lstm and gru (see the gates)", "timesteps"),
+    *(
+        q
+        for gate, meaning in _GATE_MEANING.items()
+        for q in (
+            Quantity(f"{gate}_mean", "activations", "gate", f"mean over batch and units of the {meaning} at step t (empty for the other kinds)", "timesteps"),
+            Quantity(f"{gate}_saturated_frac", "activations", "gate",
+                     f"share of (example, unit) pairs at step t where the derivative of the {meaning} is below log.saturation_threshold "
+                     "(default 0.05) times its maximum: sigmoid g(1-g) < 0.05/4, tanh 1-g^2 < 0.05 at the default", "timesteps"),
+        )
+    ),
+)  # fmt: skip
+TIMESTEPS_COLUMNS: list[str] = [*TIMESTEPS_KEYS, *(q.name for q in TIMESTEP_QUANTITIES)]

@@ -43,10 +43,14 @@ if TYPE_CHECKING:  # pandas is imported where a table is read, never by a writer
 # The headers of the two tables, from the declarations of their columns.
 METRICS_COLUMNS: list[str] = list(quantities.METRICS_COLUMNS)
 LAYERS_COLUMNS: list[str] = list(quantities.LAYERS_COLUMNS)
+# A recurrent run (model.kind rnn, lstm, gru) also writes timesteps.csv: a row
+# per (logged step, recurrent layer, time step).
+TIMESTEPS_COLUMNS: list[str] = list(quantities.TIMESTEPS_COLUMNS)
 
 CONFIG_FILE, META_FILE, METRICS_FILE, LAYERS_FILE = "config.yaml", "meta.json", "metrics.csv", "layers.csv"
+TIMESTEPS_FILE = "timesteps.csv"
 # The columns of each table that hold text; every other column holds numbers.
-TEXT_COLUMNS = {METRICS_FILE: ("split",), LAYERS_FILE: ("name", "kind")}
+TEXT_COLUMNS = {METRICS_FILE: ("split",), LAYERS_FILE: ("name", "kind"), TIMESTEPS_FILE: ("name",)}
 
 
 def format_cell(value: Any) -> str:
@@ -206,8 +210,9 @@ def new_named_run_dir(parent: str | Path, name: str) -> Path:
 class RunRecords:
     """The writers of one run directory."""
 
-    def __init__(self, run_dir: Path, config_yaml: str, meta: dict[str, Any], layer_columns: list[str] | None = None):
-        # layer_columns: layers.csv's header, LAYERS_COLUMNS unless the model adds some (quantities.layers_columns)
+    def __init__(self, run_dir: Path, config_yaml: str, meta: dict[str, Any], layer_columns: list[str] | None = None, timesteps: bool = False):
+        # layer_columns: layers.csv's header, LAYERS_COLUMNS unless the model adds some (quantities.layers_columns);
+        # timesteps: a recurrent run's timesteps.csv is written too
         self.dir = run_dir
         self.meta = {"status": "running", **meta}
         opened: list[CsvLog] = []
@@ -217,6 +222,8 @@ class RunRecords:
             self.metrics = CsvLog(run_dir / METRICS_FILE, METRICS_COLUMNS)
             opened.append(self.metrics)
             self.layers = CsvLog(run_dir / LAYERS_FILE, layer_columns or LAYERS_COLUMNS)
+            opened.append(self.layers)
+            self.timesteps = CsvLog(run_dir / TIMESTEPS_FILE, TIMESTEPS_COLUMNS) if timesteps else None
         except (OSError, DiskFull) as exc:
             # nothing was recorded yet: no half-made run directory (a 0-byte config.yaml, no meta.json)
             for log in opened:
@@ -238,6 +245,8 @@ class RunRecords:
         assert status in STATUSES, status
         self.metrics.close()
         self.layers.close()
+        if self.timesteps is not None:
+            self.timesteps.close()
         self.write_meta(status=status, ended=now_iso(), **updates)
 
 
@@ -327,7 +336,7 @@ def read_table(run_dir: Path, which: str) -> pd.DataFrame:
     exactly as written (a partial last line included: `read_rows` drops it)."""
     import pandas as pd
 
-    columns = {METRICS_FILE: METRICS_COLUMNS, LAYERS_FILE: LAYERS_COLUMNS}[which]
+    columns = {METRICS_FILE: METRICS_COLUMNS, LAYERS_FILE: LAYERS_COLUMNS, TIMESTEPS_FILE: TIMESTEPS_COLUMNS}[which]
     path = Path(run_dir) / which
     if not path.is_file():
         raise RunError(f"{run_dir}: no {which}")
@@ -421,6 +430,7 @@ class Run:
     layers: pd.DataFrame
     metrics: pd.DataFrame
     notes: list[str] = field(default_factory=list)  # warnings: the run is read, with caveats
+    timesteps: pd.DataFrame | None = None  # timesteps.csv of a recurrent run; None for the others
 
     @property
     def name(self) -> str:
@@ -485,7 +495,18 @@ def load_run(run_dir: str | Path, config: dict[str, Any] | None = None) -> Run:
         whole = isinstance(frame.index, pd.RangeIndex) and frame.index.start == 0 and frame.index.step == 1
         return frame if whole else frame.reset_index(drop=True)
 
-    run = Run(run_dir, config, meta, renumbered(layers), renumbered(metrics), notes)
+    timesteps = None
+    if (run_dir / TIMESTEPS_FILE).is_file():  # a recurrent run
+        timesteps = read_rows(run_dir, TIMESTEPS_FILE, notes)
+        # the steps whose layers.csv rows are whole; a last step cut off while its time steps were
+        # written (fewer rows than the first step) is left out like a torn layers.csv step
+        timesteps = timesteps[timesteps["step"].isin(layers["step"].unique())]
+        counts = timesteps.groupby("step").size()
+        if len(counts) > 1 and counts.iloc[-1] < counts.iloc[0]:
+            notes.append(f"{run_dir}: step {counts.index[-1]} of {TIMESTEPS_FILE} has only {counts.iloc[-1]} of {counts.iloc[0]} rows; that step is left out")
+            timesteps = timesteps[timesteps["step"] != counts.index[-1]]
+        timesteps = renumbered(timesteps)
+    run = Run(run_dir, config, meta, renumbered(layers), renumbered(metrics), notes, timesteps)
     if run.status == "running":
         notes.append(f"{run_dir}: still marked running (in progress, or killed before it could finish); compared up to step {run.last_step}")
     elif run.status == "interrupted":

@@ -33,48 +33,12 @@ from torch import nn
 
 from gradlab.activations import ACTIVATIONS, region_counts, saturation_mask
 from gradlab.probes import SATURATION_THRESHOLD, Column, PendingMeasurement, Probe
-from gradlab.quantities import GROUPS, LAYERS_COLUMNS, Quantity
-from gradlab.recurrent import GATE_ACTIVATION
+from gradlab.quantities import GROUPS, RECURRENT_LAYERS_COLUMNS, TIMESTEPS_COLUMNS
+from gradlab.recurrent import GATE_ACTIVATION, Recurrent
 from gradlab.sites import Layer, Role, Site
 
 SiteKey = tuple[int, "int | None"]
 
-# -- declarations that move to quantities.py once its owner hands it over (19:10) ---------------
-GATE_NAMES = ("input", "forget", "cell", "output", "reset", "update", "new")
-_FAMILIES = {"ih": "input-to-hidden weight W_ih (bias b_ih)", "hh": "hidden-to-hidden weight W_hh (bias b_hh)"}
-RECURRENT_LAYER_QUANTITIES: tuple[Quantity, ...] = tuple(
-    q
-    for family, what in _FAMILIES.items()
-    for q in (
-        Quantity(f"{family}_weight_norm", "weights", "layer", f"recurrent layers: ||W||, the Frobenius norm of the {what.split(' (')[0]}"),
-        Quantity(f"{family}_weight_grad_norm", "weights", "layer", f"recurrent layers: ||dL/dW|| of the {what.split(' (')[0]}"),
-        Quantity(f"{family}_bias_grad_norm", "weights", "layer", f"recurrent layers: ||dL/db|| of the bias {what.split('(bias ')[1][:-1]} (empty without biases)"),
-        Quantity(f"{family}_update_ratio", "updates", "layer", f"recurrent layers: ||W_after - W_before|| / ||W_before|| of the {what.split(' (')[0]}"),
-    )
-)
-RECURRENT_LAYERS_COLUMNS: list[str] = [*LAYERS_COLUMNS, *(q.name for q in RECURRENT_LAYER_QUANTITIES)]
-TIMESTEP_QUANTITIES: tuple[Quantity, ...] = (
-    Quantity("delta_norm", "deltas", "preactivation", "||dL/da_t|| over the batch, a_t the layer's pre-activation at step t (rnn: the activation's input; lstm: the four gates' pre-activations; gru: the three gates' pre-activations)", "timesteps"),
-    Quantity("hidden_delta_norm", "deltas", "hidden", "||dL/dh_t|| over the batch, h_t the layer's hidden state after step t: the total derivative, through the later steps, the next layer and the head", "timesteps"),
-    Quantity("cell_delta_norm", "deltas", "cell", "lstm: ||dL/dc_t|| over the batch, c_t the cell state after step t (empty for rnn and gru)", "timesteps"),
-    Quantity("hidden_norm", "activations", "hidden", "||h_t|| over the batch", "timesteps"),
-    Quantity("saturated_frac", "activations", "activation", "rnn: share of (example, unit) pairs at step t where |f'(a_t)| is below 5% of its maximum (empty for lstm and gru)", "timesteps"),
-    *(
-        q
-        for gate in GATE_NAMES
-        for q in (
-            Quantity(f"{gate}_mean", "activations", "gate", f"mean of the {gate} gate's value at step t over batch and units", "timesteps"),
-            Quantity(f"{gate}_saturated_frac", "activations", "gate", f"share of (example, unit) pairs where the {gate} gate's derivative is below 5% of its maximum", "timesteps"),
-        )
-    ),
-)  # fmt: skip
-TIMESTEPS_KEYS: dict[str, str] = {
-    "step": "optimizer steps taken before this measurement; step 0 is the network at initialization",
-    "layer": "0 for the recurrent layer nearest the input, counting up",
-    "name": "module name: layers.0",
-    "t": "time step: 0 is the first input",
-}
-TIMESTEPS_COLUMNS: list[str] = [*TIMESTEPS_KEYS, *(q.name for q in TIMESTEP_QUANTITIES)]
 
 
 class RecurrentProbe(Probe):
@@ -263,3 +227,9 @@ class RecurrentProbe(Probe):
                 row[quantity] = columns.get(quantity, {}).get(key)
             rows.append(row)
         return rows
+
+
+def probe_for(model: nn.Module, groups: list[str] | tuple[str, ...] = GROUPS, saturation_threshold: float = SATURATION_THRESHOLD) -> Probe:
+    """The probe that measures `model`: a RecurrentProbe for a recurrent stack, else a Probe."""
+    probe = RecurrentProbe if isinstance(model, Recurrent) else Probe
+    return probe(model, groups, saturation_threshold)

@@ -213,15 +213,16 @@ def _train(exp, emit, device, data, run_dir, index, stop_poll, threads) -> RunRe
     steps, every, eval_every = exp.train.steps, exp.log.every, exp.train.eval_every
 
     run_dir = new_run_dir(exp.log.out, exp.name) if run_dir is None else new_named_run_dir(Path(run_dir).parent, Path(run_dir).name)
-    from gradlab.quantities import layers_columns  # residual models add columns; every other header is unchanged
+    from gradlab.quantities import RECURRENT_KINDS, layers_columns  # residual, norm and recurrent models add columns; every other header is unchanged
 
     from gradlab.quantities import has_norm_columns  # a norm or PReLU adds its columns (quantities.NORM)
 
-    layer_columns = layers_columns(getattr(exp.model, "residual", False), has_norm_columns(exp.model))
+    recurrent = exp.model.kind in RECURRENT_KINDS  # rnn, lstm, gru: their own layers.csv columns, and timesteps.csv
+    layer_columns = layers_columns(getattr(exp.model, "residual", False), has_norm_columns(exp.model), recurrent)
     meta = run_meta(exp.name, run_dir.name, exp.seed, str(device), steps)
     if threads > 1:  # the last bits of large reductions depend on it (README, Threads); one is the usual
         meta["threads"] = threads
-    records = RunRecords(run_dir, exp.to_yaml(), meta, layer_columns)
+    records = RunRecords(run_dir, exp.to_yaml(), meta, layer_columns, timesteps=recurrent)
     result = RunResult(run_dir, "running", 0, None)
 
     def poll() -> None:

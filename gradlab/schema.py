@@ -38,6 +38,7 @@ COMPONENT_FIELDS: dict[str, tuple[Registry, Any]] = {
     "model.norm": (specs.norms, None),
     "model.init.weight": (specs.initializers, None),
     "model.init.bias": (specs.initializers, lambda component: component.extra.get("bias_ok", False)),
+    "model.init.recurrent": (specs.initializers, None),
     "model.init.head": (specs.initializers, None),
     "optim": (specs.optimizers, None),
 }

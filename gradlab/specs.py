@@ -148,6 +148,7 @@ for _component in [
     Component("kaiming_uniform", "He: U(+-gain * sqrt(3/fan))", KaimingParams, ("he_uniform",)),
     Component("lecun_normal", "LeCun: N(0, 1/fan_in)", NoParams),
     Component("orthogonal", "(semi-)orthogonal matrix times gain (Saxe et al.)", GainParams),
+    Component("identity", "identity matrix times gain (IRNN: Le, Jaitly & Hinton 2015); ones on the main diagonal of a non-square matrix", GainParams, ("eye",)),
     Component("variance_scaling", "variance scale/n, n = fan_in, fan_out or their mean (Keras/JAX)", VarianceScalingParams),
     Component("constant", "every entry = value", ConstantParams, (), {"bias_ok": True}),
     Component("zeros", "every entry 0", NoParams, ("zero",), {"bias_ok": True}),
@@ -220,7 +221,7 @@ losses = Registry("loss")
 for _component in [
     Component("cross_entropy", "softmax cross-entropy, PyTorch's, averaged over the batch", NoParams, ("ce", "xent")),
     Component("bce", "sigmoid outputs vs one-hot targets; summed over units, averaged over the batch", NoParams),
-    Component("mse", "squared error of raw outputs vs one-hot targets, without a 1/2; summed over units, averaged over the batch", NoParams, ("l2",)),
+    Component("mse", "squared error of raw outputs vs one-hot targets (vs the target itself for a regression: adding), without a 1/2; summed over units, averaged over the batch", NoParams, ("l2",)),
 ]:
     losses.add(_component)
 
@@ -344,6 +345,9 @@ for _name, _doc in {
     "mnist": "the four MNIST IDX files (gzipped or not) in the folder `path`; pixels in [0, 1]",
     "npz": "a NumPy .npz at `path` with x_train, y_train, x_test, y_test (or x, y, split by n_train/n_test)",
     "csv": "a CSV at `path` with a header; the `target` column holds labels, the rest are features",
+    "adding": "sequences: the adding problem, two channels (values, two markers), target the sum of the marked values (mse; T = seq_len)",
+    "copy": "sequences: the copy task, 10 symbols to recall after a gap, a label per step (readout every; T = seq_len)",
+    "sequential_mnist": "sequences: the MNIST IDX files in `path` read row by row (seq_len 28) or pixel by pixel (784), `permute` for a fixed permutation",
 }.items():
     datasets.add(Component(_name, _doc, NoParams))
 

@@ -19,7 +19,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from gradlab.errors import RunError
-from gradlab.quantities import FINAL_QUANTITIES, PROFILE_QUANTITIES, SUMMARY_QUANTITIES  # noqa: F401 (the names computed here)
+from gradlab.quantities import FINAL_QUANTITIES, PROFILE_QUANTITIES, SUMMARY_QUANTITIES, TIME_QUANTITIES  # noqa: F401 (the names computed here)
 from gradlab.records import Run, Step
 
 Verdict = Literal["vanishing", "stable", "exploding"]
@@ -109,6 +109,37 @@ def profile_at(run: Run, step: Step) -> dict[str, float]:
     }
 
 
+# --------------------------------------------------------------------------------------------
+# Along time: recurrent runs (timesteps.csv)
+# --------------------------------------------------------------------------------------------
+
+
+def time_layer(timesteps) -> int:
+    """The recurrent layer the time summaries are taken on: the last one (nearest the head), where
+    the error enters and travels back through time alone when the readout is on the last step."""
+    return int(timesteps["layer"].max())
+
+
+def time_profile_at(run: Run, step: Step) -> dict[str, float]:
+    """TIME_QUANTITIES of a recurrent run at one logged step, on its last recurrent layer (NaN where
+    the run has no timesteps.csv, the step was not logged, or a value is missing)."""
+    out = dict.fromkeys(TIME_QUANTITIES, math.nan)
+    timesteps = run.timesteps
+    target = run.resolve_step(step)
+    if timesteps is None or target is None or not len(timesteps):
+        return out
+    rows = timesteps[(timesteps["step"].to_numpy() == target) & (timesteps["layer"].to_numpy() == time_layer(timesteps))]
+    deltas = rows.sort_values("t", kind="stable").drop_duplicates("t", keep="last")["delta_norm"].to_numpy(dtype=float)
+    if len(deltas) < 2 or np.isnan(deltas[[0, -1]]).any() or (deltas[0] == 0 and deltas[-1] == 0):
+        return out
+    with np.errstate(divide="ignore"):
+        gain = float(np.float64(deltas[0]) / np.float64(deltas[-1]))
+    out["time_gain"] = gain
+    # the geometric mean of the T-1 ratios delta_t / delta_{t+1}: their product telescopes to the gain
+    out["step_factor"] = gain ** (1 / (len(deltas) - 1))
+    return out
+
+
 def run_verdict(run: Run, step: Step, gain: float, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Verdict | None:
     """The verdict at `step`: what the gain measured at that step says, whatever happened later (a
     network healthy at initialization that diverged at step 300 is 'stable' at step 0, an exploding
@@ -163,6 +194,11 @@ def summarize_run(
         for quantity, number in profile.items():
             row[column_name(quantity, step)] = number
         row[column_name("verdict", step)] = run_verdict(run, step, profile["gain"], thresholds)
+        if run.timesteps is not None:  # a recurrent run: the same along time (feed-forward rows unchanged)
+            along_time = time_profile_at(run, step)
+            for quantity, number in along_time.items():
+                row[column_name(quantity, step)] = number
+            row[column_name("time_verdict", step)] = run_verdict(run, step, along_time["time_gain"], thresholds)
     finals = final_metrics(run, target_loss)
     if target_loss is None:
         del finals["steps_to_target"]

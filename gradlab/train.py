@@ -26,7 +26,7 @@ from gradlab.config import Experiment
 from gradlab.data import Dataset
 from gradlab.errors import ConfigError
 from gradlab.models import Stack, build_model
-from gradlab.probes import Probe
+from gradlab.recurrent_probe import probe_for
 from gradlab.records import RunRecords
 
 EVAL_CHUNK = 1024  # test examples per forward pass in evaluation
@@ -38,6 +38,7 @@ def evaluate(model: Stack, data: Dataset, loss_fn, device: torch.device) -> tupl
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     n = data.x_test.shape[0]
+    regression = data.y_test.is_floating_point()  # adding: accuracy does not exist (an empty cell)
     with torch.no_grad():
         for start in range(0, n, EVAL_CHUNK):
             x = data.x_test[start : start + EVAL_CHUNK].to(device)
@@ -45,10 +46,11 @@ def evaluate(model: Stack, data: Dataset, loss_fn, device: torch.device) -> tupl
             logits = model(x)
             # every loss is a batch mean, so a chunk contributes mean * size
             total_loss += loss_fn(logits, y).double() * x.shape[0]
-            correct += (logits.argmax(dim=1) == y).sum()
+            if not regression:  # labels (B,), or a label per step (B, T) against logits (B, classes, T)
+                correct += (logits.argmax(dim=1) == y).sum()
     model.train()
     loss, right = torch.stack([total_loss, correct.double()]).cpu().tolist()
-    return loss / n, right / n
+    return loss / n, math.nan if regression else right / data.y_test.numel()
 
 
 def evaluate_with_batch_stats(model: Stack, data: Dataset, loss_fn, device: torch.device, batch_size: int) -> tuple[float, float]:
@@ -226,7 +228,7 @@ class Trainer:
         self._base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self._updates = 0  # updates applied: k of the next one
         self._apply_schedule()
-        self.probe = Probe(self.model, exp.log.probes, exp.log.saturation_threshold)
+        self.probe = probe_for(self.model, exp.log.probes, exp.log.saturation_threshold)  # a RecurrentProbe for rnn, lstm, gru
         self.started = time.perf_counter()
         # On a GPU a plain step does not read its loss (a host sync per step): `check` reads the
         # losses of the steps since the last check at once, at the next logged or evaluated step.
@@ -322,6 +324,8 @@ class Trainer:
             self._update()
             columns.update(probe.update_ratios())
         self.records.layers.write(probe.rows(step, columns))
+        if getattr(self.records, "timesteps", None) is not None:  # recurrent runs: timesteps.csv
+            self.records.timesteps.write(probe.timestep_rows(step, columns))
         self.records.metrics.write([{
             "step": step, "split": "train", "loss": extras["loss"], "accuracy": extras["accuracy"],
             "grad_norm": extras["grad_norm"], "clipped_grad_norm": self._clipped(extras["grad_norm"]),

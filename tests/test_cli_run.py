@@ -197,7 +197,7 @@ def test_run_summary_shows_the_final_loss_and_accuracy(tmp_path):
         (["--sweep", "model.depth=2,3", "--sweep", "model.depth=4"], "error: --sweep model.depth: given twice; give all its values in one, e.g. --sweep model.depth=2,3,4"),
         # issue 11: did-you-mean missed prefixes and the common names
         (["--set", "model.init.weight=he"], "error: model.init.weight: unknown initializer 'he' (did you mean 'he_normal' or 'he_uniform'?); allowed: "
-                                            "normal, uniform, xavier_normal, xavier_uniform, kaiming_normal, kaiming_uniform, lecun_normal, orthogonal, "
+                                            "normal, uniform, xavier_normal, xavier_uniform, kaiming_normal, kaiming_uniform, lecun_normal, orthogonal, identity, "
                                             "variance_scaling, constant, zeros, default, fixup"),
         # issue 11: an expectation at a step never logged failed only after training
         (["--set", "expect={gain: {step: 7, min: 0.1}}"], "error: expect.gain.step: step 7 is never logged (log.every 5, train.steps 60: "

@@ -48,12 +48,12 @@ def test_initializer_aliases(alias, name):
         ({"model": {"depth": "deep"}}, "model.depth: got 'deep'; expected an integer"),
         ({"model": {"depth": 2.5}}, "model.depth: got 2.5; expected an integer"),
         ({"optim": {"name": "adam", "lr": float("inf")}}, "optim.lr: got inf; must be a finite number (not nan or inf)"),
-        ({"model": {"kind": "rnn"}}, "model.kind: got 'rnn'; allowed: mlp, cnn"),
-        ({"model": {"kind": "cnnn"}}, "model.kind: got 'cnnn' (did you mean 'cnn'?); allowed: mlp, cnn"),
+        ({"model": {"kind": "transformer"}}, "model.kind: got 'transformer'; allowed: mlp, cnn, rnn, lstm, gru"),
+        ({"model": {"kind": "cnnn"}}, "model.kind: got 'cnnn' (did you mean 'cnn'?); allowed: mlp, cnn, rnn, lstm, gru"),
         (
             {"model": {"widht": 3}},
             "model.widht: unknown key (did you mean 'width'?); allowed here: kind, depth, width, activation, norm, "
-            "bias, init, kernel_size, pool_every, pool, residual, branch_depth, residual_scale, dropout",
+            "bias, init, kernel_size, pool_every, pool, residual, branch_depth, residual_scale, readout, forget_bias, dropout",
         ),
         (
             {"modle": {}},

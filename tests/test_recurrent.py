@@ -324,3 +324,184 @@ def test_accuracy_is_empty_for_a_regression_and_per_step_for_labels_per_step():
     probe, _, extras = probe_step(model, x, labels)
     logits = model(x)
     assert extras["accuracy"] == pytest.approx((logits.argmax(dim=1) == labels).double().mean().item())
+
+
+# --------------------------------------------------------------------------------------------
+# End to end: a config, a run directory, its tables, compare, plot, expect
+# --------------------------------------------------------------------------------------------
+
+import csv as _csv  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from gradlab.config import validate  # noqa: E402
+from gradlab.errors import ConfigError  # noqa: E402
+from gradlab.quantities import LAYERS_COLUMNS, RECURRENT_LAYERS_COLUMNS, TIMESTEPS_COLUMNS  # noqa: E402
+from gradlab.records import load_run  # noqa: E402
+from gradlab.runner import run_experiment  # noqa: E402
+
+
+def recurrent_experiment(tmp_path, kind="lstm", **model):
+    return validate({
+        "name": f"{kind}-adding", "seed": 0, "device": "cpu",
+        "data": {"name": "adding", "seq_len": 6, "n_train": 64, "n_test": 32, "batch_size": 16},
+        "model": {"kind": kind, "depth": 2, "width": 5, **model},
+        "loss": "mse", "optim": {"name": "adam", "lr": 0.01},
+        "train": {"steps": 4, "eval_every": 2}, "log": {"every": 2, "out": str(tmp_path)},
+    })  # fmt: skip
+
+
+def read_csv(path):
+    with open(path, newline="") as file:
+        return list(_csv.DictReader(file))
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_a_recurrent_run_writes_timesteps_and_both_weight_families(tmp_path, kind):
+    result = run_experiment(recurrent_experiment(tmp_path, kind, **({"forget_bias": 1.0} if kind == "lstm" else {})))
+    assert result.status == "completed"
+    run_dir = result.run_dir
+    with open(run_dir / "layers.csv") as file:
+        assert file.readline().strip().split(",") == RECURRENT_LAYERS_COLUMNS
+    with open(run_dir / "timesteps.csv") as file:
+        assert file.readline().strip().split(",") == TIMESTEPS_COLUMNS
+    rows = read_csv(run_dir / "timesteps.csv")
+    assert len(rows) == 3 * 2 * 6  # logged steps 0, 2, 4 x 2 layers x 6 time steps
+    assert [(r["step"], r["layer"], r["t"]) for r in rows[:7]] == [("0", "0", str(t)) for t in range(6)] + [("0", "1", "0")]
+    assert all(r["delta_norm"] and r["hidden_delta_norm"] and r["hidden_norm"] for r in rows)
+    assert all(bool(r["cell_delta_norm"]) == (kind == "lstm") for r in rows)
+    layers = read_csv(run_dir / "layers.csv")
+    assert [r["name"] for r in layers[:3]] == ["layers.0", "layers.1", "head"]
+    assert layers[0]["ih_weight_norm"] and layers[0]["hh_update_ratio"] and not layers[2]["ih_weight_norm"]
+    metrics = read_csv(run_dir / "metrics.csv")
+    assert all(r["accuracy"] == "" for r in metrics)  # a regression has no accuracy
+    run = load_run(run_dir)
+    assert run.timesteps is not None and len(run.timesteps) == 36
+
+
+def test_step_zero_of_a_run_equals_the_probe_on_the_same_batch(tmp_path):
+    """The recorded step-0 time-step rows are the probe's on the first batch of the seeded run."""
+    from gradlab.data import Batches, load_dataset
+    from gradlab.models import build_model
+
+    exp = recurrent_experiment(tmp_path, "gru")
+    run_dir = run_experiment(exp).run_dir
+    data = load_dataset(exp.data, exp.seed)
+    x, y = next(Batches(data.x_train, data.y_train, exp.data.batch_size, exp.seed))
+    torch.manual_seed(exp.seed)
+    model = build_model(exp.model, data.input_shape, data.classes)
+    model.zero_grad(set_to_none=True)
+    kept, logits, _ = reference_forward(model, x)
+    ((logits[:, 0] - y) ** 2).mean().backward()
+    recorded = [r for r in read_csv(run_dir / "timesteps.csv") if r["step"] == "0"]
+    for row in recorded:
+        entry = kept[(int(row["layer"]), int(row["t"]))]
+        delta = torch.sqrt(sum(part.grad.double().pow(2).sum() for part in entry["a"])).item()
+        assert float(row["delta_norm"]) == pytest.approx(delta, rel=1e-5)
+        assert float(row["hidden_delta_norm"]) == pytest.approx(entry["h"].grad.norm().item(), rel=1e-5)
+
+
+def test_feed_forward_records_keep_their_columns_and_have_no_timesteps(tmp_path):
+    exp = validate({"name": "mlp", "device": "cpu", "data": {"dim": 8, "classes": 3, "n_train": 32, "n_test": 16, "batch_size": 8},
+                    "model": {"depth": 2, "width": 4}, "train": {"steps": 2, "eval_every": 2}, "log": {"every": 1, "out": str(tmp_path)}})  # fmt: skip
+    run_dir = run_experiment(exp).run_dir
+    with open(run_dir / "layers.csv") as file:
+        assert file.readline().strip().split(",") == LAYERS_COLUMNS
+    assert not (run_dir / "timesteps.csv").exists()
+    text = exp.to_yaml()
+    assert "readout" not in text and "forget_bias" not in text and "recurrent" not in text and "seq_len" not in text
+    assert load_run(run_dir).timesteps is None
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [({"model": {"kind": "lstm"}, "data": {"name": "gaussian", "seq_len": None}}, "data.name: model.kind lstm needs sequence data (adding, copy, sequential_mnist), got gaussian"),
+     ({"model": {"kind": "mlp"}}, "model.kind: adding is sequence data for the recurrent kinds (rnn, lstm, gru), not model.kind mlp"),
+     ({"model": {"kind": "rnn", "forget_bias": 1.0}}, "model.forget_bias: applies to kind lstm only (the forget gate), not rnn"),
+     ({"model": {"kind": "gru", "activation": "relu"}}, "model.activation: gru's nonlinearities are fixed (sigmoid gates, tanh); allowed: tanh, or leave it out"),
+     ({"model": {"kind": "lstm", "readout": "every"}}, "model.readout: adding has one target per sequence: it needs model.readout last, got every"),
+     ({"loss": "cross_entropy"}, "loss: adding needs loss mse, got cross_entropy"),
+     ({"data": {"name": "copy", "seq_len": 30}, "loss": "cross_entropy"}, "model.readout: copy has a label at every step: it needs model.readout every, got last"),
+     ({"data": {"seq_len": 1}}, "data.seq_len: adding needs at least 2 steps, got 1"),
+     ({"data": {"name": "adding", "classes": 10}}, "data.classes: adding has 1 output fixed by the task, got 10; leave data.classes out"),
+     ({"data": {"name": "adding", "permute": True}}, "data.permute: applies to sequential_mnist only, not adding"),
+     ({"model": {"kind": "rnn", "norm": "batchnorm"}}, "model.norm: kind rnn takes no normalization; allowed: none")],
+)  # fmt: skip
+def test_bad_recurrent_configs_are_one_line_errors(changes, message):
+    base = {"name": "x", "data": {"name": "adding", "seq_len": 6, "n_train": 64, "n_test": 32, "batch_size": 16},
+            "model": {"kind": "lstm", "depth": 1, "width": 4}, "loss": "mse"}  # fmt: skip
+    for section, value in changes.items():
+        base[section] = {**base[section], **value} if isinstance(value, dict) else value
+    with pytest.raises(ConfigError) as info:
+        validate(base)
+    assert str(info.value) == message
+
+
+def test_feed_forward_keys_refuse_recurrent_settings():
+    with pytest.raises(ConfigError) as info:
+        validate({"model": {"readout": "every"}})
+    assert str(info.value) == "model.readout: applies to the recurrent kinds (rnn, lstm, gru) only, not mlp"
+    with pytest.raises(ConfigError) as info:
+        validate({"data": {"seq_len": 5}})
+    assert str(info.value) == "data.seq_len: applies to the sequence datasets (adding, copy, sequential_mnist) only, not gaussian"
+
+
+@pytest.mark.parametrize("lam", [0.9, 1.1])
+def test_compare_reports_the_exact_per_step_factor_of_a_linear_rnn(tmp_path, lam):
+    """A linear RNN whose recurrent matrix is lam * orthogonal, read out at the last step: the
+    per-step factor is lam exactly, the gain through time lam^(T-1); the verdict follows it."""
+    from gradlab.compare import compare_runs
+    from gradlab.expectations import check, parse
+
+    exp = recurrent_experiment(tmp_path, "rnn", depth=1, width=6, activation="identity",
+                               init={"weight": "xavier_uniform", "recurrent": {"name": "orthogonal", "gain": lam}, "bias": "zeros"})  # fmt: skip
+    exp = exp.model_copy(update={"data": exp.data.model_copy(update={"seq_len": 50}), "train": exp.train.model_copy(update={"steps": 0})})
+    run = load_run(run_experiment(exp).run_dir)
+    table = compare_runs([run]).table
+    assert table.loc[0, "step_factor@0"] == pytest.approx(lam, rel=1e-5)
+    assert table.loc[0, "time_gain@0"] == pytest.approx(lam**49, rel=1e-4)
+    assert table.loc[0, "time_verdict@0"] == ("vanishing" if lam < 1 else "exploding")  # 0.9^49 = 0.0057, 1.1^49 = 107
+    outcomes = check(run, parse({"step_factor": {"step": 0, "between": [lam - 0.001, lam + 0.001]}, "time_gain": {"step": 0, "max": 0.5}}))
+    assert {o.name: o.passed for o in outcomes} == {"time_gain@0": lam < 1, "step_factor@0": True}
+
+
+def test_time_summaries_against_a_hand_built_table():
+    import pandas as pd
+
+    from gradlab.records import Run
+    from gradlab.summaries import time_profile_at
+
+    deltas = [8.0, 4.0, 2.0, 1.0]
+    timesteps = pd.DataFrame({"step": [0] * 8, "layer": [0] * 4 + [1] * 4, "name": ["layers.0"] * 4 + ["layers.1"] * 4,
+                              "t": [0, 1, 2, 3] * 2, "delta_norm": [1.0] * 4 + deltas})  # fmt: skip
+    layers = pd.DataFrame({"step": [0], "layer": [0], "kind": ["hidden"]})
+    run = Run(None, {}, {"status": "completed"}, layers, pd.DataFrame(), [], timesteps)
+    profile = time_profile_at(run, 0)
+    assert profile["time_gain"] == 8.0  # the last recurrent layer's: 8 / 1
+    assert profile["step_factor"] == pytest.approx(2.0)  # each step back doubles it
+    assert all(v != v for v in time_profile_at(run, 5).values())  # a step not logged: empty
+
+
+def test_plot_draws_the_gradient_through_time_for_recurrent_runs_only(tmp_path):
+    from gradlab.plots import build_figures
+
+    recurrent = load_run(run_experiment(recurrent_experiment(tmp_path, "lstm")).run_dir)
+    figures = build_figures([recurrent])
+    assert {"time_profile_hidden_delta_norm", "heatmap_time_hidden_delta_norm"} <= set(figures)
+    axes = figures["time_profile_hidden_delta_norm"].axes[0]
+    line = axes.get_lines()[0]
+    at_zero = recurrent.timesteps[(recurrent.timesteps["step"] == 0) & (recurrent.timesteps["layer"] == 1)].sort_values("t")
+    assert list(line.get_xdata()) == list(at_zero["t"])
+    assert list(line.get_ydata()) == pytest.approx(list(at_zero["hidden_delta_norm"]))
+    assert axes.get_yscale() == "log"
+
+
+def test_sequential_mnist_config_reads_the_folder_of_idx_files():
+    folder = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+    if not folder.is_dir():
+        pytest.skip("real MNIST files not found")
+    exp = validate({"data": {"name": "sequential_mnist", "path": str(folder), "seq_len": 28, "n_train": 20, "n_test": 10, "batch_size": 5},
+                    "model": {"kind": "lstm", "depth": 1, "width": 4}})  # fmt: skip
+    assert exp.model.activation == {"name": "tanh"} and exp.loss == "cross_entropy"
+    with pytest.raises(ConfigError) as info:
+        validate({"data": {"name": "sequential_mnist", "path": str(folder), "seq_len": 100}, "model": {"kind": "rnn"}})
+    assert str(info.value) == "data.seq_len: sequential_mnist reads rows (28) or pixels (784), got 100"

@@ -136,7 +136,8 @@ def test_every_component_by_name_and_resolved(validator, dotted):
     checked = 0
     for component in registry:
         for spec in (component.name, *component.aliases, registry.resolve(component.name)):
-            config = set_key({"name": "c"}, dotted, spec)
+            base = {"name": "c"} if dotted != "model.init.recurrent" else {"name": "c", "data": {"name": "adding"}, "model": {"kind": "rnn"}, "loss": "mse"}
+            config = set_key(base, dotted, spec)
             accepted = loader_accepts(config)
             if dotted == "model.norm" and component.name == "groupnorm":
                 accepted = loader_accepts(set_key(config, "model.width", 32))  # groups must divide width

@@ -67,9 +67,9 @@ def test_component_keys_are_the_mappings_with_a_name_in_a_resolved_config():
             if isinstance(value, dict):
                 yield from ([prefix + key] if "name" in value else with_name(value, f"{prefix}{key}."))
 
-    # model.init.head is optional: absent from a resolved config unless set
-    assert set(component_keys()) - {"model.init.head"} == set(with_name(resolved)) - {"data"}  # data.name is a dataset, not a component spec
-    assert component_keys() == ("model.activation", "model.norm", "model.init.weight", "model.init.bias", "model.init.head", "optim")
+    # model.init.head is optional: absent from a resolved config unless set; init.recurrent is written for the recurrent kinds only
+    assert set(component_keys()) - {"model.init.head", "model.init.recurrent"} == set(with_name(resolved)) - {"data"}  # data.name is a dataset, not a component spec
+    assert component_keys() == ("model.activation", "model.norm", "model.init.weight", "model.init.bias", "model.init.recurrent", "model.init.head", "optim")
 
 
 def test_probe_choices_and_expect_keys_come_from_the_quantities():
