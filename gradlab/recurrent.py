@@ -52,11 +52,12 @@ from torch.nn import functional as F
 
 from gradlab.activations import build as build_activation
 from gradlab.components import apply_init
+from gradlab.quantities import GATES
 from gradlab.sites import Layer, Site, TapSlot
 
-# The gates of each kind in PyTorch's order (the row blocks of weight_ih / weight_hh), and the
-# nonlinearity each gate's value comes from (which decides what "saturated" means for it).
-GATES: dict[str, tuple[str, ...]] = {"rnn": (), "lstm": ("input", "forget", "cell", "output"), "gru": ("reset", "update", "new")}
+# The gates of each kind in PyTorch's order (the row blocks of weight_ih / weight_hh) are
+# quantities.GATES (their columns are declared there); here, the nonlinearity each gate's value
+# comes from (which decides what "saturated" means for it).
 GATE_ACTIVATION: dict[str, str] = {
     "input": "sigmoid", "forget": "sigmoid", "cell": "tanh", "output": "sigmoid",
     "reset": "sigmoid", "update": "sigmoid", "new": "tanh",
