@@ -177,6 +177,9 @@ def check_paths(paths: list[str | Path]) -> tuple[list[RunCheck], list[str]]:
 # Claims over a sweep: comparisons between its configurations (claims.py)
 # --------------------------------------------------------------------------------------------
 
+# Gains and ratios are averaged over seeds geometrically (a linear mean of 1e-9 and 5e-8 says
+# nothing about either), as gradlab compare averages them.
+GEOMETRIC = ("gain", "layer_factor", "weight_grad_gain", "first_delta_norm", "last_delta_norm")
 SWEEP_SPEC, SWEEP_INDEX = "sweep.yaml", "sweep.csv"  # (as sweep.py writes them; this floor does not import it)
 SWEEP_COLUMNS_AFTER = ("status", "duration_s", "error")
 
@@ -262,7 +265,11 @@ def check_sweep(sweep_dir: str | Path) -> list[Outcome] | None:
         if any(run is None for run in runs):
             return math.nan, len(runs)
         values = [_run_value(run, claim) for run in runs]
-        return (math.nan if any(math.isnan(v) for v in values) else sum(values) / len(values)), len(values)
+        if any(math.isnan(v) for v in values):
+            return math.nan, len(values)
+        if claim.quantity in GEOMETRIC and all(v > 0 for v in values):
+            return math.exp(sum(math.log(v) for v in values) / len(values)), len(values)
+        return sum(values) / len(values), len(values)
 
     outcomes: list[Outcome] = []
     for claim in claims:
@@ -280,7 +287,8 @@ def check_sweep(sweep_dir: str | Path) -> list[Outcome] | None:
                 outcomes.append(Outcome(name, shown, f"one of {', '.join(claim.status)}, every seed", all(s in claim.status for s in statuses)))
                 continue
             measured, seeds = value_of(entry, claim)
-            per = f"mean of {seeds} seeds" if seeds > 1 else "one seed"
+            kind = "geometric mean" if claim.quantity in GEOMETRIC else "mean"
+            per = f"{kind} of {seeds} seeds" if seeds > 1 else "one seed"
             if claim.partner is None:
                 bound = Bound.model_validate({k: v for k, v in (("min", claim.low), ("max", claim.high)) if math.isfinite(v)})
                 edges = tuple(e for e in (claim.low, claim.high) if math.isfinite(e))

@@ -165,7 +165,8 @@ def write_sweep(tmp_path: Path, claims=CLAIMS) -> Path:
         metrics = metric_rows({0: (2.0, 0.2), 5: (0.9 if lr == 0.5 else 1.5, 0.5), 10: (late, 0.6)}, {0: (2.0, 0.2), 10: (0.8, accuracy)})
         (sweep_dir / member.name).mkdir()
         records = RunRecords(sweep_dir / member.name, yaml.safe_dump(member.config), {"seed": seed, "device": "cpu"})
-        records.layers.write(layer_rows(0, [1.0, 1.0]) + layer_rows(10, [1.0, 1.0]))
+        gain = 1.0 + 3.0 * seed  # gain@0 of 1 and 4 over the seeds: geometric mean 2, linear 2.5
+        records.layers.write(layer_rows(0, [gain, 1.0]) + layer_rows(10, [1.0, 1.0]))
         records.metrics.write(metrics)
         records.close(status, steps_done=10)
         row.status = status
@@ -187,6 +188,12 @@ def test_claims_hold_or_fail_on_the_means_over_seeds(tmp_path):
         "ok    steps_to_target of optim.lr=0.5 below optim.lr=0.1 [model.norm=none] = 5  (below optim.lr=0.1's inf; mean of 2 seeds)",
         "ok    steps_to_target of optim.lr=0.5 below optim.lr=0.1 [model.norm=batchnorm] = 5  (below optim.lr=0.1's 10; mean of 2 seeds)",
     ]
+
+
+def test_gains_are_averaged_over_seeds_geometrically(tmp_path):
+    claim = {"quantity": "gain", "step": 0, "of": {"model.norm": "none", "optim.lr": 0.1}, "min": 1.99, "max": 2.01}
+    [outcome] = check_sweep(write_sweep(tmp_path, [claim]))
+    assert outcome.line() == "ok    gain of model.norm=none, optim.lr=0.1 = 2  (min 1.99 and max 2.01; geometric mean of 2 seeds)"
 
 
 def test_gradlab_check_on_the_sweep_folder(tmp_path):
