@@ -72,6 +72,10 @@ class RecurrentProbe(Probe):
         self._delta_parts: dict[SiteKey, list[torch.Tensor]] = {}  # a_t's gradient norms, by part (gru: two)
         self._time_sites: dict[SiteKey, Site] = {}  # every (layer, t) tapped this step
         self._alive: dict[int, torch.Tensor] = {}  # rnn: units active on some (example, t), per layer
+        # Kept during forward and backward and reduced in a few batched calls in `measure` (one norm
+        # or mean per time step each would be T * depth small kernels per quantity):
+        self._grads: dict[str, list[tuple[Site, torch.Tensor]]] = {}  # hidden/cell gradients, by quantity
+        self._values: dict[str, list[tuple[Site, torch.Tensor]]] = {}  # h_t and the gates' values, by role
 
     def attach(self) -> None:
         self._reset_step()
@@ -84,23 +88,17 @@ class RecurrentProbe(Probe):
             super().tensor(site, role, label, value)  # a layer's output sequence, the head's logits
             return
         self._time_sites.setdefault(site.key, site)
-        pending = self._pending
         if role == "preactivation":
             if "deltas" in self.groups and value.requires_grad:
                 parts = self._delta_parts.setdefault(site.key, [])
-                value.register_hook(lambda grad: parts.append(torch.linalg.vector_norm(grad)))
+                value.register_hook(parts.append)  # the gradient itself; its norm is taken in measure
         elif role in ("hidden", "cell"):
             if "deltas" in self.groups and value.requires_grad:
-                value.register_hook(self._norm_hook(f"{role}_delta_norm", site))
+                value.register_hook(self._keep_hook(f"{role}_delta_norm", site))
             if role == "hidden" and "activations" in self.groups:
-                with torch.no_grad():
-                    pending.add("hidden_norm", site, torch.linalg.vector_norm(value))
+                self._values.setdefault("hidden", []).append((site, value.detach()))
         elif role.endswith("_gate") and "activations" in self.groups:
-            gate = role[: -len("_gate")]
-            with torch.no_grad():
-                saturated = saturation_mask(GATE_ACTIVATION[gate], None, value, value, self.saturation_threshold)
-                pending.add(f"{gate}_mean", site, value.mean())
-                pending.add(f"{gate}_saturated_frac", site, saturated.sum(), value.numel())
+            self._values.setdefault(role, []).append((site, value.detach()))
 
     def activation(self, site: Site, act: nn.Module, activation: str, u: torch.Tensor, y: torch.Tensor) -> None:
         """An rnn's activation at step t: the share of (example, unit) pairs in a flat tail at t (as
@@ -119,11 +117,29 @@ class RecurrentProbe(Probe):
             seen = self._alive.get(site.layer)
             self._alive[site.layer] = alive if seen is None else seen | alive
 
-    def _norm_hook(self, quantity: str, site: Site):
+    def _keep_hook(self, quantity: str, site: Site):
         def hook(grad: torch.Tensor) -> None:
-            self._pending.add(quantity, site, torch.linalg.vector_norm(grad))
+            self._grads.setdefault(quantity, []).append((site, grad))
 
         return hook
+
+    def _reduce_time_steps(self, pending: PendingMeasurement) -> None:
+        """The time-step quantities from what forward and backward kept, in batched calls: gradient
+        norms with one _foreach_norm, h_t's norms and each gate's mean and saturated count over a
+        stack of its values (equal shapes: batch x width at every step of every layer)."""
+        for quantity, kept in self._grads.items():
+            for (site, _), norm in zip(kept, torch._foreach_norm([grad for _, grad in kept])):
+                pending.add(quantity, site, norm)
+        for role, kept in self._values.items():
+            keys = [site.key for site, _ in kept]
+            stacked = torch.stack([value for _, value in kept])  # (steps of all layers, B, H)
+            if role == "hidden":
+                pending.columns["hidden_norm"] = (keys, torch.linalg.vector_norm(stacked, dim=(1, 2)), 1.0)
+                continue
+            gate = role[: -len("_gate")]
+            saturated = saturation_mask(GATE_ACTIVATION[gate], None, stacked, stacked, self.saturation_threshold)
+            pending.columns[f"{gate}_mean"] = (keys, stacked.mean(dim=(1, 2)), 1.0)
+            pending.columns[f"{gate}_saturated_frac"] = (keys, saturated.sum(dim=(1, 2)), float(stacked[0].numel()))
 
     # -- after backward -----------------------------------------------------------------------
 
@@ -140,10 +156,14 @@ class RecurrentProbe(Probe):
             if self.bias_entries:
                 bias_grads = torch.stack([grad_norms[k] for _, _, k in self.bias_entries])
                 self._by_family(pending, "bias_grad_norm", [key for key, _, _ in self.bias_entries], [f for _, f, _ in self.bias_entries], bias_grads)
+        with torch.no_grad():
+            self._reduce_time_steps(pending)
         if self._delta_parts:
             per_layer: dict[int, list[torch.Tensor]] = {}
-            for key in sorted(self._delta_parts):
-                parts = self._delta_parts[key]
+            keys = sorted(self._delta_parts)
+            part_norms = iter(torch._foreach_norm([grad for key in keys for grad in self._delta_parts[key]]))
+            for key in keys:
+                parts = [next(part_norms) for _ in self._delta_parts[key]]
                 norm = parts[0] if len(parts) == 1 else torch.linalg.vector_norm(torch.stack(parts))
                 pending.add("delta_norm", self._time_sites[key], norm)
                 per_layer.setdefault(key[0], []).append(norm)
