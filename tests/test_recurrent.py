@@ -505,3 +505,14 @@ def test_sequential_mnist_config_reads_the_folder_of_idx_files():
     with pytest.raises(ConfigError) as info:
         validate({"data": {"name": "sequential_mnist", "path": str(folder), "seq_len": 100}, "model": {"kind": "rnn"}})
     assert str(info.value) == "data.seq_len: sequential_mnist reads rows (28) or pixels (784), got 100"
+
+
+def test_the_readme_tables_of_recurrent_runs_are_the_declarations():
+    from test_records import readme_table
+
+    from gradlab import quantities
+
+    declared = [*quantities.TIMESTEPS_KEYS.items(), *((q.name, q.meaning) for q in quantities.TIMESTEP_QUANTITIES)]
+    assert readme_table("and a recurrent run writes `timesteps.csv`") == declared
+    assert [name for name, _ in declared] == quantities.TIMESTEPS_COLUMNS
+    assert readme_table("a recurrent run's `layers.csv` adds each family's") == [(q.name, q.meaning) for q in quantities.RECURRENT_LAYER_QUANTITIES]
