@@ -28,7 +28,7 @@ from gradlab.summaries import DEFAULT_THRESHOLDS, Thresholds, column_name, missi
 
 # Columns that are not summary quantities but appear in every comparison.
 OTHER_COLUMNS: dict[str, str] = {
-    "label": "the run's config name; a directory id is added where two rows would share a name",
+    "label": "the run's config name; where rows share a name, #, then the config values that tell them apart (name#width=16)",
     "status": "from meta.json: running | completed | diverged | interrupted | failed (a row of several seeds counts each status)",
     "seeds": "number of runs averaged in the row: runs that share every config value but the seed form one row",
     "last_step": "largest step in layers.csv: where 'last' measurements are taken",
@@ -205,12 +205,14 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _geometric_mean_spread(values: list[float]) -> tuple[float, float]:
-    """exp(mean(ln x)) and exp(sample sd(ln x)) over seeds (GEOMETRIC): empty where a value is empty,
-    not positive or infinite (a gain of 0 or inf has no logarithm to average)."""
-    if any(math.isnan(v) or v <= 0 or math.isinf(v) for v in values):
-        if any(math.isnan(v) for v in values) or len(values) > 1:
-            return math.nan, math.nan
-        return values[0], math.nan
+    """exp(mean(ln x)) and exp(sample sd(ln x)) over seeds (GEOMETRIC): empty where a value is empty
+    or negative; 0 where a seed's is 0 and inf where one is inf (the limits of the log's mean; both
+    at once have none), without a spread."""
+    if any(math.isnan(v) or v < 0 for v in values):
+        return math.nan, math.nan
+    zero, infinite = 0.0 in values, math.inf in values
+    if zero or infinite:
+        return (math.nan if zero and infinite else 0.0 if zero else math.inf), math.nan
     logs = [math.log(v) for v in values]
     if len(values) == 1:
         return values[0], math.nan

@@ -38,7 +38,7 @@ def test_runs_that_differ_only_by_seed_form_one_row(tmp_path):
     assert list(table["model.activation"]) == ["sigmoid", "relu"]
     assert list(table["seeds"]) == [3, 1]
     gains = [f / 2.0 for f in firsts]  # 1/16, 1/8, 1/4: geometric mean 1/8, spread a factor of 2 (issue 11)
-    assert table.at[0, "gain@0"] == pytest.approx(0.125, rel=1e-15)
+    assert table.at[0, "gain@0"] == pytest.approx(0.125, rel=1e-15) == math.exp(statistics.mean(map(math.log, gains)))
     assert table.at[0, "gain@0_std"] == pytest.approx(2.0, rel=1e-15)
     assert table.at[0, "first_delta_norm@0"] == pytest.approx(0.25, rel=1e-15)  # geometric too
     assert table.at[0, "final_test_loss"] == 0.8 and table.at[0, "final_test_loss_std"] == 0.0
@@ -224,3 +224,14 @@ def test_reading_and_showing_records_never_imports_torch():
     code = f"import sys, {modules}; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_geometric_means_at_the_edges():
+    assert compare._geometric_mean_spread([0.0, 1.0])[0] == 0.0
+    assert compare._geometric_mean_spread([math.inf, 1.0])[0] == math.inf
+    assert math.isnan(compare._geometric_mean_spread([0.0, math.inf])[0])
+    assert math.isnan(compare._geometric_mean_spread([-1.0, 1.0])[0]) and math.isnan(compare._geometric_mean_spread([math.nan, 1.0])[0])
+    mean, spread = compare._geometric_mean_spread([1e-9, 1e-7])
+    assert mean == pytest.approx(1e-8, rel=1e-12) and spread == pytest.approx(10 ** math.sqrt(2), rel=1e-12)
+    one = compare._geometric_mean_spread([0.5])
+    assert one[0] == 0.5 and math.isnan(one[1])

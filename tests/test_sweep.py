@@ -22,11 +22,11 @@ import yaml
 from typer.testing import CliRunner
 
 from gradlab import sweep as sweeps
+from gradlab.quantities import layers_columns
 from gradlab.cli import app
 from gradlab.errors import ConfigError
 from gradlab.executors import MemberTask, default_threads, run_member
 from gradlab.progress import RunStarted
-from gradlab.records import LAYERS_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -262,7 +262,8 @@ def test_the_sweep_directory_holds_an_index_and_a_normal_run_per_combination(ser
         assert (meta["status"], meta["run_id"], meta["steps_done"]) == ("completed", row["run"], 20)
         config = yaml.safe_load((run / "config.yaml").read_text())
         assert config["seed"] == int(row["seed"]) and config["model"]["activation"]["name"] == row["model.activation"]
-        assert list(pd.read_csv(run / "layers.csv").columns) == LAYERS_COLUMNS
+        has_norm = config["model"]["norm"]["name"] != "none"  # a norm adds its columns (quantities.NORM)
+        assert list(pd.read_csv(run / "layers.csv").columns) == layers_columns(norm=has_norm)
     # sweep.yaml plans the same sweep again
     assert [m.name for m in sweeps.load_plan(sweep_dir / sweeps.SPEC_FILE).members] == NAMES
 
