@@ -13,8 +13,9 @@
 Wherever runs are taken, a run directory, a folder holding runs (searched recursively) and a `Run`
 already loaded are all accepted. Errors are `gradlab.errors.GradlabError`s with the lines the CLI
 would print (`exc.lines`). A `Run` (gradlab.records.Run) holds `.config` (dict), `.meta` (dict),
-`.layers` and `.metrics` (pandas DataFrames, one row per layers.csv / metrics.csv row), `.dir`,
-`.status` and `.notes` (caveats: still running, cut off).
+`.layers` and `.metrics` (pandas DataFrames, one row per layers.csv / metrics.csv row),
+`.timesteps` (timesteps.csv of a recurrent run; None for the others), `.dir`, `.status` and
+`.notes` (caveats: still running, cut off).
 
 Why `comparison` and not `compare`: `gradlab.compare` is the module that computes the table, and a
 package attribute of a submodule's name would be replaced by that module the first time it is

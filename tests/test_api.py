@@ -147,3 +147,25 @@ def test_run_reports_progress_events_and_draws_figures(tmp_path):
     assert [e.loss for e in events if isinstance(e, StepLogged)] == list(run.metrics.query("split == 'train'")["loss"])
     assert sorted(p.name for p in run.dir.glob("*.png")) == sorted(f"{name}.png" for name in gradlab.figures([run]))
     assert gradlab.run(tiny("bar", tmp_path), progress=True).status == "completed"
+
+
+def test_a_recurrent_run_has_its_timesteps_table(tmp_path):
+    """gradlab.load gives a recurrent run's timesteps.csv as `.timesteps` (None for the others),
+    row for row what the file holds (read here with the csv module)."""
+    import csv
+
+    config = {
+        "name": "rnn", "seed": 0, "device": "cpu",
+        "data": {"name": "adding", "seq_len": 6, "n_train": 128, "n_test": 64, "batch_size": 32},
+        "model": {"kind": "rnn", "depth": 1, "width": 8, "activation": "tanh"},
+        "loss": "mse", "train": {"steps": 4, "eval_every": 2}, "log": {"every": 2, "out": str(tmp_path)},
+    }  # fmt: skip
+    run = gradlab.run(config)
+    assert gradlab.load(run.dir).timesteps is not None
+    with open(run.dir / "timesteps.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    table = run.timesteps
+    assert len(table) == len(rows) == 3 * 6  # steps 0, 2, 4 x one layer x 6 time steps
+    assert list(table["t"]) == [int(row["t"]) for row in rows]
+    assert list(table["delta_norm"]) == [float(row["delta_norm"]) for row in rows]
+    assert gradlab.run(tiny("ff", tmp_path)).timesteps is None
