@@ -516,3 +516,18 @@ def test_the_readme_tables_of_recurrent_runs_are_the_declarations():
     assert readme_table("and a recurrent run writes `timesteps.csv`") == declared
     assert [name for name, _ in declared] == quantities.TIMESTEPS_COLUMNS
     assert readme_table("a recurrent run's `layers.csv` adds each family's") == [(q.name, q.meaning) for q in quantities.RECURRENT_LAYER_QUANTITIES]
+
+
+def test_copy_task_run_with_a_label_per_step(tmp_path):
+    exp = validate({
+        "name": "copy", "device": "cpu", "data": {"name": "copy", "seq_len": 21, "n_train": 32, "n_test": 16, "batch_size": 8},
+        "model": {"kind": "gru", "depth": 1, "width": 6, "readout": "every"}, "loss": "cross_entropy",
+        "train": {"steps": 2, "eval_every": 2}, "log": {"every": 1, "out": str(tmp_path)},
+    })  # fmt: skip
+    run_dir = run_experiment(exp).run_dir
+    metrics = read_csv(run_dir / "metrics.csv")
+    accuracies = [float(r["accuracy"]) for r in metrics]
+    # a share of (example, step) pairs: the blanks alone make 11 of the 21 steps right for a model
+    # that predicts blank, so every value is a fraction in [0, 1]
+    assert all(0 <= a <= 1 for a in accuracies)
+    assert len(read_csv(run_dir / "timesteps.csv")) == 3 * 21
