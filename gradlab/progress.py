@@ -178,10 +178,10 @@ class SweepLines:
         if not self.console.is_terminal:
             return  # no live display in a log or a pipe: the finished-run lines alone
         self.progress = Progress(
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),  # a run's name may hold [...] (a list value): text, not markup
             BarColumn(bar_width=24),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
+            TextColumn("{task.fields[info]}", markup=False),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=self.console,

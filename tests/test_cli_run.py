@@ -226,3 +226,20 @@ def test_a_relative_data_path_that_does_not_exist_names_the_directory_it_was_rea
     result = invoke("validate", SMOKE, "--set", "data.name=npz", "--set", "data.path=data/missing.npz")
     assert result.exit_code == 2
     assert result.stderr == f"error: data.path: 'data/missing.npz' does not exist (relative to the working directory {str(tmp_path)!r})\n"
+
+
+def test_the_live_sweep_display_shows_bracketed_run_names():
+    # issue 11 (rich markup swallowed bracketed text): a run named after a list value, probes=[weights+deltas]
+    import io
+
+    from rich.console import Console
+
+    from gradlab.progress import RunStarted, SweepLines, SweepStarted
+
+    out = io.StringIO()
+    view = SweepLines(Console(file=out, force_terminal=True, width=150, color_system=None))
+    view(SweepStarted(("probes=[weights+deltas]",), 1))
+    view(RunStarted(0, 10))
+    view.progress.refresh()
+    view.progress.stop()
+    assert "probes=[weights+deltas]" in out.getvalue()
