@@ -178,7 +178,7 @@ def check_paths(paths: list[str | Path]) -> tuple[list[RunCheck], list[str]]:
 # --------------------------------------------------------------------------------------------
 
 # Gains and ratios are averaged over seeds geometrically (a linear mean of 1e-9 and 5e-8 says
-# nothing about either), as gradlab compare averages them.
+# nothing about either), as gradlab compare averages them (compare.GEOMETRIC, _geometric_mean_spread).
 GEOMETRIC = ("gain", "layer_factor", "weight_grad_gain", "first_delta_norm", "last_delta_norm")
 SWEEP_SPEC, SWEEP_INDEX = "sweep.yaml", "sweep.csv"  # (as sweep.py writes them; this floor does not import it)
 SWEEP_COLUMNS_AFTER = ("status", "duration_s", "error")
@@ -267,7 +267,11 @@ def check_sweep(sweep_dir: str | Path) -> list[Outcome] | None:
         values = [_run_value(run, claim) for run in runs]
         if any(math.isnan(v) for v in values):
             return math.nan, len(values)
-        if claim.quantity in GEOMETRIC and all(v > 0 for v in values):
+        if claim.quantity in GEOMETRIC:  # the limits compare takes: a seed at 0 makes 0, at inf inf, both none
+            if any(v < 0 for v in values) or (0.0 in values and math.inf in values):
+                return math.nan, len(values)
+            if 0.0 in values or math.inf in values:
+                return (0.0 if 0.0 in values else math.inf), len(values)
             return math.exp(sum(math.log(v) for v in values) / len(values)), len(values)
         return sum(values) / len(values), len(values)
 
