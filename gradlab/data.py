@@ -681,8 +681,18 @@ COPY_CLASSES = COPY_SYMBOLS + 1  # what the network predicts per step: blank or 
 MNIST_SIDE = 28
 
 
+SEQUENCE_DEFAULT_LENGTHS = {"adding": 50, "copy": 30, "sequential_mnist": MNIST_SIDE}
+
+
 def _seq_len(cfg: DataConfig, default: int) -> int:
     return getattr(cfg, "seq_len", None) or default
+
+
+def sequence_shape(cfg: DataConfig) -> tuple[int, int]:
+    """(T, features) of a sequence dataset, from its config alone (memory's size check uses it)."""
+    steps = _seq_len(cfg, SEQUENCE_DEFAULT_LENGTHS[cfg.name])
+    features = {"adding": 2, "copy": COPY_SYMBOLS + 2}.get(cfg.name) or MNIST_SIDE * MNIST_SIDE // steps
+    return steps, features
 
 
 def _adding(cfg: DataConfig, seed: int) -> Dataset:
@@ -691,7 +701,7 @@ def _adding(cfg: DataConfig, seed: int) -> Dataset:
     (first half [0, T//2), second [T//2, T)); the target is the sum of the two marked values, y float32
     (N,), one output. Always predicting 1 has an MSE of 1/6: a model that does not beat it has not
     learned to find the marked values."""
-    steps = _seq_len(cfg, 50)
+    steps = _seq_len(cfg, SEQUENCE_DEFAULT_LENGTHS["adding"])
     if steps < 2:
         raise DataError(f"data.seq_len: the adding problem needs at least 2 steps, got {steps}")
     g = _generator(seed, "adding")
@@ -716,7 +726,7 @@ def _copy(cfg: DataConfig, seed: int) -> Dataset:
     at step T-11, then 10 blanks; the target per step is blank (0) except for the last 10 steps, which
     repeat the 10 symbols: y int64 (N, T), a label per step (readout: every). Predicting blanks and then
     uniform guesses scores a cross-entropy of 10 ln(8) / T: the memoryless baseline."""
-    steps = _seq_len(cfg, 30)
+    steps = _seq_len(cfg, SEQUENCE_DEFAULT_LENGTHS["copy"])
     if steps < 2 * COPY_LENGTH + 1:
         raise DataError(f"data.seq_len: the copy task needs at least {2 * COPY_LENGTH + 1} steps (10 symbols, the delimiter, 10 to recall), got {steps}")
     g = _generator(seed, "copy")
@@ -736,7 +746,7 @@ def _sequential_mnist(cfg: DataConfig, seed: int) -> Dataset:
     """MNIST read as a sequence (Le et al. 2015): row by row (seq_len 28: 28 steps of 28 pixels) or
     pixel by pixel (seq_len 784: 784 steps of one pixel), in row-major order, or, with `permute`, in a
     fixed order drawn once from the seed (the same for training and test)."""
-    steps = _seq_len(cfg, MNIST_SIDE)
+    steps = _seq_len(cfg, SEQUENCE_DEFAULT_LENGTHS["sequential_mnist"])
     if steps not in (MNIST_SIDE, MNIST_SIDE * MNIST_SIDE):
         raise DataError(f"data.seq_len: sequential_mnist reads rows (28) or pixels (784), got {steps}")
     images = _mnist(cfg, seed)

@@ -90,6 +90,10 @@ def known_input_shape(exp: Experiment) -> tuple[int, ...] | None:
         return (data.dim,)
     if data.name in ("images", "mnist"):
         return (1, 28, 28)
+    if data.name in ("adding", "copy", "sequential_mnist"):  # sequences: (T, features)
+        from gradlab.data import sequence_shape
+
+        return sequence_shape(data)
     return None  # npz / csv: known once the file is read
 
 
