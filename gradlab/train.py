@@ -366,14 +366,3 @@ class Trainer:
             "step": step, "split": "test", "loss": loss, "accuracy": accuracy, "grad_norm": None,
             "lr": self.lr(), "time_s": round(time.perf_counter() - self.started, 4),
         }])  # fmt: skip
-
-
-_MOVED_TO_RUNNER = ("run_experiment", "resolve_device", "RunInterrupted", "RunResult")
-
-
-def __getattr__(name: str):  # moved: re-export until integration (lazy: gradlab.runner imports this module)
-    if name in _MOVED_TO_RUNNER:
-        from gradlab import runner
-
-        return getattr(runner, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
