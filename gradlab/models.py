@@ -26,7 +26,19 @@ from gradlab.components import apply_init, build_norm
 from gradlab.config import ModelConfig
 from gradlab.errors import DataError
 from gradlab.recurrent import RECURRENT_KINDS
-from gradlab.sites import Layer, Site, TapSlot
+from gradlab.sites import Layer, Site, Tap, TapSlot
+
+
+def _tap_layer(tap: Tap, block: nn.Module, z: torch.Tensor, u: torch.Tensor, y: torch.Tensor, normed: torch.Tensor | None) -> None:
+    """Tap a block's linear/conv -> [norm] -> activation -> [norm] tensors at its site, in forward order."""
+    site, name = block.site, block.site.name
+    tap.tensor(site, "preactivation", f"{name}.linear output", z)
+    if u is not z:
+        tap.tensor(site, "normalized", f"{name}.norm output", u)
+    tap.activation(site, block.act, block.activation, u, y)
+    tap.tensor(site, "activation", f"{name}.act output", y)
+    if normed is not None:
+        tap.tensor(site, "normalized", f"{name}.norm output", normed)
 
 
 class Block(nn.Module):
@@ -70,15 +82,8 @@ class Block(nn.Module):
             out = self.pool(out)  # (B, width, H/2, W/2)
         tap = self.slot.tap
         if tap is not None:
-            site, name = self.site, self.site.name
-            tap.tensor(site, "preactivation", f"{name}.linear output", z)
-            if u is not z:
-                tap.tensor(site, "normalized", f"{name}.norm output", u)
-            tap.activation(site, self.act, self.activation, u, y)
-            tap.tensor(site, "activation", f"{name}.act output", y)
-            if normed is not None:
-                tap.tensor(site, "normalized", f"{name}.norm output", normed)
-            tap.tensor(site, "output", f"{name} output", out)
+            _tap_layer(tap, self, z, u, y, normed)
+            tap.tensor(self.site, "output", f"{self.site.name} output", out)
         return out
 
 
@@ -154,13 +159,7 @@ class ResidualBlock(nn.Module):
         tap = self.slot.tap
         if tap is not None:
             site, name = self.site, self.site.name
-            tap.tensor(site, "preactivation", f"{name}.linear output", z)
-            if u is not z:
-                tap.tensor(site, "normalized", f"{name}.norm output", u)
-            tap.activation(site, self.act, self.activation, u, y)
-            tap.tensor(site, "activation", f"{name}.act output", y)
-            if normed is not None:
-                tap.tensor(site, "normalized", f"{name}.norm output", normed)
+            _tap_layer(tap, self, z, u, y, normed)
             tap.tensor(site, "branch", f"{name} branch output", r)
             tap.tensor(site, "stream", f"{name} residual stream", stream)
             tap.tensor(site, "output", f"{name} output", out)

@@ -56,6 +56,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from gradlab.configdiff import short_keys
 from gradlab.errors import ConfigError, RunError
 from gradlab.progress import Event, Progress, RunFinished, RunStarted, RunSubmitted, StepLogged, SweepEnded, SweepStarted, silent
 
@@ -286,25 +287,8 @@ def check_disjoint(axes: Sequence[Axis]) -> None:
 
 
 def axis_labels(keys: Sequence[str]) -> dict[str, str]:
-    """The shortest trailing part of each dotted key that tells the keys apart, a component's
-    `.name` left out: model.activation -> activation, data.name -> data, model.norm.name -> norm;
-    model.init.weight and optim.weight_decay stay apart, model.depth and data.depth -> model.depth, data.depth."""
-
-    def trimmed(key: str) -> list[str]:
-        parts = key.split(".")
-        return parts[:-1] if len(parts) > 1 and parts[-1] == "name" else parts
-
-    labels: dict[str, str] = {}
-    for key in keys:
-        parts = trimmed(key)
-        for n in range(1, len(parts) + 1):
-            label = ".".join(parts[-n:])
-            others = [".".join(trimmed(k)) for k in keys if k != key]
-            if not any(other == label or other.endswith(f".{label}") for other in others):
-                break
-        labels[key] = label
-    counts = Counter(labels.values())
-    return {key: key if counts[label] > 1 else label for key, label in labels.items()}
+    """The shortest trailing part of each axis key that tells the axes apart (configdiff.short_keys)."""
+    return short_keys(keys)
 
 
 def _safe(text: str) -> str:
