@@ -195,24 +195,13 @@ def heatmap(runs: Sequence[Run], column: str = "delta_norm") -> Figure:
     nrows = math.ceil(len(runs) / ncols)
     figure = _figure(4.2 * ncols + 1.2, 3.4 * nrows + 0.8)
     axes_grid = np.atleast_1d(figure.subplots(nrows, ncols, squeeze=False)).ravel()
-    labels = configdiff.labels([run.config for run in runs])
-    grids = []
-    for run in runs:
-        hidden = run.layers[run.layers["kind"] == "hidden"]
-        table = hidden.pivot_table(index="layer", columns="step", values=column, aggfunc="last", dropna=False)
-        grids.append((table.columns.to_numpy(dtype=float), table.index.to_numpy(dtype=float), np.log10(_positive(table.to_numpy(dtype=float)))))
-    finite = np.concatenate([g[2][np.isfinite(g[2])] for g in grids]) if grids else np.array([])
-    vmin, vmax = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
-    mesh = None
-    for axes, run, label, (steps, layers, values) in zip(axes_grid, runs, labels, grids):
-        if values.size:
-            mesh = axes.pcolormesh(_edges(steps), _edges(layers), np.ma.masked_invalid(values), vmin=vmin, vmax=vmax, cmap="viridis", shading="flat")
-        seed = f" (seed {run.config.get('seed')})" if len(runs) > 1 else ""
-        axes.set_title(_wrap(label + seed), fontsize="small")
-        axes.set_xlabel("step")
-        axes.set_ylabel("hidden layer")
+    tables = [
+        run.layers[run.layers["kind"] == "hidden"].pivot_table(index="layer", columns="step", values=column, aggfunc="last", dropna=False)
+        for run in runs
+    ]
+    mesh = _heatmap_panels(axes_grid, runs, tables, "hidden layer")
+    for axes in axes_grid[: len(runs)]:
         axes.yaxis.set_major_locator(MaxNLocator(integer=True))
-        axes.set_facecolor(GAP_GREY)  # gaps (zero or non-finite values) show grey, as the legend says
     for axes in axes_grid[len(runs) :]:
         axes.remove()
     if mesh is not None:
@@ -220,6 +209,29 @@ def heatmap(runs: Sequence[Run], column: str = "delta_norm") -> Figure:
     _legend(figure, [(Patch(facecolor=GAP_GREY, edgecolor="0.5"), GAP_LABEL)])
     _suptitle(figure, _title(runs, f"log10 {column} by layer and step"))
     return figure
+
+
+def _heatmap_panels(axes_grid, runs: Sequence[Run], tables: Sequence["pd.DataFrame"], ylabel: str):
+    """One panel per run of log10 of its (row x step) table, on one colour scale shared by every
+    panel so that panels compare; cells without a log10 value (zero, negative, non-finite) show
+    GAP_GREY. Returns the last mesh drawn (for the colour bar), or None."""
+    labels = configdiff.labels([run.config for run in runs]) if runs else []
+    grids = [
+        (table.columns.to_numpy(dtype=float), table.index.to_numpy(dtype=float), np.log10(_positive(table.to_numpy(dtype=float))))
+        for table in tables
+    ]
+    finite = np.concatenate([g[2][np.isfinite(g[2])] for g in grids]) if grids else np.array([])
+    vmin, vmax = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+    mesh = None
+    for axes, run, label, (steps, rows, values) in zip(axes_grid, runs, labels, grids):
+        if values.size:
+            mesh = axes.pcolormesh(_edges(steps), _edges(rows), np.ma.masked_invalid(values), vmin=vmin, vmax=vmax, cmap="viridis", shading="flat")
+        seed = f" (seed {run.config.get('seed')})" if len(runs) > 1 else ""
+        axes.set_title(_wrap(label + seed), fontsize="small")
+        axes.set_xlabel("step")
+        axes.set_ylabel(ylabel)
+        axes.set_facecolor(GAP_GREY)
+    return mesh
 
 
 def _edges(centers: np.ndarray) -> np.ndarray:
@@ -480,22 +492,8 @@ def time_heatmap(runs: Sequence[Run], column: str = "hidden_delta_norm") -> Figu
     nrows = max(1, math.ceil(len(runs) / ncols))
     figure = _figure(4.2 * ncols + 1.2, 3.4 * nrows + 0.8)
     axes_grid = np.atleast_1d(figure.subplots(nrows, ncols, squeeze=False)).ravel()
-    labels = configdiff.labels([run.config for run in runs]) if runs else []
-    grids = []
-    for run in runs:
-        table = _time_rows(run).pivot_table(index="t", columns="step", values=column, aggfunc="last", dropna=False)
-        grids.append((table.columns.to_numpy(dtype=float), table.index.to_numpy(dtype=float), np.log10(_positive(table.to_numpy(dtype=float)))))
-    finite = np.concatenate([g[2][np.isfinite(g[2])] for g in grids]) if grids else np.array([])
-    vmin, vmax = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
-    mesh = None
-    for axes, run, label, (steps, times, values) in zip(axes_grid, runs, labels, grids):
-        if values.size:
-            mesh = axes.pcolormesh(_edges(steps), _edges(times), np.ma.masked_invalid(values), vmin=vmin, vmax=vmax, cmap="viridis", shading="flat")
-        seed = f" (seed {run.config.get('seed')})" if len(runs) > 1 else ""
-        axes.set_title(_wrap(label + seed), fontsize="small")
-        axes.set_xlabel("step")
-        axes.set_ylabel("time step t")
-        axes.set_facecolor("0.85")
+    tables = [_time_rows(run).pivot_table(index="t", columns="step", values=column, aggfunc="last", dropna=False) for run in runs]
+    mesh = _heatmap_panels(axes_grid, runs, tables, "time step t")
     for axes in axes_grid[len(runs) :]:
         axes.remove()
     if mesh is not None:
