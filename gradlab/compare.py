@@ -173,8 +173,18 @@ def compare_runs(
             flag = predict.departs(measured, prediction.layer_factor, tolerance)
             row["departs"] = None if flag is None else ("yes" if flag else "no")
             if prediction.layer_factor is None:
-                notes.append(f"{row['label']}: no predicted_factor: {prediction.reason}")
-        order += list(THEORY_QUANTITIES)
+                along_time = any(runs[i].timesteps is not None for i in members)
+                why = "a recurrent stack is predicted along time only (predicted_step_factor)" if along_time else prediction.reason
+                notes.append(f"{row['label']}: no predicted_factor: {why}")
+        order += ["predicted_factor", "departs"]
+        recurrent = [any(runs[i].timesteps is not None for i in members) for members in groups]
+        if any(recurrent):  # along time: the measured step_factor@0 beside its prediction or bound
+            for row, members, is_recurrent in zip(rows, groups, recurrent):
+                if not is_recurrent:
+                    row["predicted_step_factor"], row["step_departs"] = math.nan, None
+                    continue
+                row.update(_step_theory(row, [runs[i] for i in members], predict.for_config(configs[members[0]]), tolerance, notes))
+            order += ["predicted_step_factor", "step_departs"]
     else:
         tolerance = None
     table = pd.DataFrame(rows, columns=order)
@@ -191,6 +201,26 @@ def compare_runs(
         notes=notes,
         tolerance=tolerance,
     )
+
+
+def _step_theory(row: dict[str, Any], members: list[Run], prediction: Any, tolerance: float, notes: list[str]) -> dict[str, Any]:
+    """predicted_step_factor and step_departs of a recurrent row (seeds: the geometric mean of
+    their step_factor@0), with a note saying when the number is a bound or why there is none."""
+    from gradlab import predict
+    from gradlab.summaries import time_profile_at
+
+    label = row["label"]
+    if prediction.step_factor is None:
+        why = prediction.reason or next((n.removeprefix("no step_factor: ") for n in prediction.notes if n.startswith("no step_factor")), "none derived")
+        notes.append(f"{label}: no predicted_step_factor: {why}")
+        return {"predicted_step_factor": math.nan, "step_departs": None}
+    measured, _ = _geometric_mean_spread([time_profile_at(run, 0)["step_factor"] for run in members])
+    if prediction.step_relation == predict.STEP_AT_MOST:
+        gamma, lambda1 = prediction.inputs["gamma"], prediction.inputs["lambda1"]
+        notes.append(f"{label}: predicted_step_factor {prediction.step_factor:.4g} is Pascanu's upper bound gamma * lambda_1 = {gamma:g} * {lambda1:g}, "
+                     "not an estimate: step_departs only when step_factor@0 exceeds it")  # fmt: skip
+    flag = predict.step_departs(measured, prediction, tolerance)
+    return {"predicted_step_factor": prediction.step_factor, "step_departs": None if flag is None else ("yes" if flag else "no")}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -253,7 +283,7 @@ def describe_column(column: str, comparison: Comparison | None = None) -> str:
         return OTHER_COLUMNS[base]
     if base in THEORY_QUANTITIES:
         text = THEORY_QUANTITIES[base]
-        if base == "departs" and comparison is not None and comparison.tolerance is not None:
+        if base in ("departs", "step_departs") and comparison is not None and comparison.tolerance is not None:
             text += f" (tolerance {comparison.tolerance:g})"
         return text
     return "config value that differs between the compared runs"
@@ -280,7 +310,7 @@ def explain(comparison: Comparison | None = None) -> list[tuple[str, str]]:
     generic += [(q, text) for q, text in FINAL_QUANTITIES.items()]
     from gradlab.predict import DEPARTS_TOLERANCE
 
-    generic += [(q, f"{text} (with --theory{f'; default tolerance {DEPARTS_TOLERANCE:g}' if q == 'departs' else ''})") for q, text in THEORY_QUANTITIES.items()]
+    generic += [(q, f"{text} (with --theory{f'; default tolerance {DEPARTS_TOLERANCE:g}' if q in ('departs', 'step_departs') else ''})") for q, text in THEORY_QUANTITIES.items()]
     generic.append(("<column>_std", "sample standard deviation over the row's seeds (present when some row averages several seeds)"))
     generic.append(("<step>", "0 (initialization), last (each run's last logged step) or a step number; chosen with --step"))
     return generic

@@ -235,7 +235,7 @@ def _natural_width(table: Table) -> int:
 
 def _view_rows(comparison: Comparison, cells) -> list[tuple[str, list[str] | None]]:
     """(row name, a text per configuration) in display order; None: a section heading."""
-    from gradlab.quantities import FINAL_QUANTITIES, PROFILE_QUANTITIES, TIME_QUANTITIES
+    from gradlab.quantities import FINAL_QUANTITIES, PROFILE_QUANTITIES, THEORY_QUANTITIES, TIME_QUANTITIES
     from gradlab.summaries import column_name
 
     rows: list[tuple[str, list[str] | None]] = []
@@ -253,6 +253,11 @@ def _view_rows(comparison: Comparison, cells) -> list[tuple[str, list[str] | Non
         for quantity in (*TIME_QUANTITIES, "time_verdict"):  # recurrent runs: along time
             if column_name(quantity, step) in cells:
                 rows.append((quantity, list(cells[column_name(quantity, step)])))
+        rows.append(("", None))
+    theory_columns = [c for c in THEORY_QUANTITIES if c in cells]  # compare --theory: beside the measurement at step 0
+    if theory_columns:
+        rows.append(("theory (at step 0)", None))
+        rows += [(column, list(cells[column])) for column in theory_columns]
         rows.append(("", None))
     rows.append(("training", None))
     for quantity in FINAL_QUANTITIES:

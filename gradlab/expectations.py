@@ -81,16 +81,35 @@ def check(run: records.Run, expectations: Expectations) -> list[Outcome]:
 def _within_theory(run: records.Run, quantity: str, bound) -> Outcome:
     """`layer_factor: {within_theory: x}`: the measured layer_factor at step 0 within x of theory's
     prediction from the run's config, relative to the prediction (predict.departs). A config theory
-    has no prediction for fails, saying why: the expectation cannot hold."""
+    has no prediction for fails, saying why: the expectation cannot hold. `step_factor` likewise
+    along time (predict.step_departs: for Pascanu's bound, at most x above it)."""
     from gradlab import predict
 
     prediction = predict.for_config(run.config)
+    if quantity == "step_factor":
+        return _within_step_theory(run, prediction, bound)
     measured = summaries.profile_at(run, 0)[quantity]
     name = summaries.column_name(quantity, 0)
     if prediction.layer_factor is None:
         return Outcome(name, measured, f"within {bound.within_theory:g} of theory, which has no prediction: {prediction.reason}", False)
     departs = predict.departs(measured, prediction.layer_factor, bound.within_theory)
     return Outcome(name, measured, f"within {bound.within_theory:g} of theory's {prediction.layer_factor:.4g}, relative", departs is False)
+
+
+def _within_step_theory(run: records.Run, prediction, bound) -> Outcome:
+    from gradlab import predict
+
+    measured = summaries.time_profile_at(run, 0)["step_factor"]
+    name = summaries.column_name("step_factor", 0)
+    if prediction.step_factor is None:
+        why = prediction.reason or next((n for n in prediction.notes if n.startswith("no step_factor")), "none derived")
+        return Outcome(name, measured, f"within {bound.within_theory:g} of theory, which has no prediction: {why}", False)
+    departs = predict.step_departs(measured, prediction, bound.within_theory)
+    if prediction.step_relation == predict.STEP_AT_MOST:
+        text = f"at most {bound.within_theory:g} above Pascanu's bound {prediction.step_factor:.4g}, relative"
+    else:
+        text = f"within {bound.within_theory:g} of theory's {prediction.step_factor:.4g}, relative"
+    return Outcome(name, measured, text, departs is False)
 
 
 def parse(section: Any, where: str = "expect") -> Expectations:

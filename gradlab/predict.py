@@ -33,7 +33,9 @@ Which theory applies
     mlp, norm none                          mean-field length map, χ₁, ξ, phase  Poole 2016, Schoenholz 2017
     mlp, batchnorm placement pre            √(E[φ'(z)²] / Var φ(z)) per layer   Yang et al. 2019
     mlp, residual (norm none or bn pre)     stream moments and gradient growth  De & Smith 2020, Brock 2021
-    rnn / lstm / gru (when they exist)      per-step bound γ·λ₁; σ(forget bias) Pascanu 2013; Gers 2000
+    rnn, readout last                       step_factor: λ (linear, λ·orthogonal) Pascanu 2013
+                                            or the bound γ·λ₁ (any other)
+    lstm                                    σ(forget bias) on the cell path    Gers 2000
 and no prediction — `Prediction.reason` says why — for LayerNorm, GroupNorm and LRN (they
 normalize over units, not the batch: no derivation here), any norm after the activation, CNNs
 (zero padding, pooling and global average pooling break the fully connected mean field; Xiao et al.
@@ -70,6 +72,13 @@ SOURCES = {
     "none": "",
 }
 
+# How a recurrent prediction's step_factor relates to the measured step_factor@0.
+STEP_EQUALS = "equals"
+STEP_AT_MOST = "at most"
+# Recurrent initializers whose every singular value is the gain (top_singular_value is then exact
+# for all of them, so a linear rnn multiplies ‖∂L/∂a_t‖ by exactly the gain per step).
+NORM_PRESERVING = ("orthogonal", "identity", "eye")
+
 
 @dataclass(frozen=True)
 class InputMoments:
@@ -95,6 +104,12 @@ class Prediction:
     block's pre-activation variance; residual: the stream's second moment after each block),
     inputs (σw², σb², q⁰ and how each was found) and extra (per theory: the residual stream's
     variance and gradient factors, the recurrent step bound).
+
+    Recurrent configs also carry step_factor, theory's number to set beside the measured
+    step_factor@0 (the per-step factor of ‖∂L/∂a_t‖ back through time on the last recurrent layer),
+    and step_relation, how the two compare: STEP_EQUALS (a prediction: a linear rnn whose recurrent
+    matrix is λ·orthogonal or λ·I has exactly λ) or STEP_AT_MOST (Pascanu's bound γ·λ₁: the
+    measurement can only be at or below it). Both None where there is none (a note says why).
     """
 
     theory: str
@@ -108,6 +123,8 @@ class Prediction:
     layers: tuple[float, ...] = ()
     layer_factor: float | None = None
     q: tuple[float, ...] = ()
+    step_factor: float | None = None
+    step_relation: str | None = None
     inputs: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
@@ -125,6 +142,9 @@ class Prediction:
         out["q"] = [_json_number(v) for v in self.q]
         out["inputs"] = {k: _json_number(v) for k, v in self.inputs.items()}
         out["extra"] = {k: [_json_number(x) for x in v] if isinstance(v, (list, tuple)) else _json_number(v) for k, v in self.extra.items()}
+        if self.theory == "recurrent":  # (feed-forward JSON keeps its keys)
+            out["step_factor"] = _json_number(self.step_factor)
+            out["step_relation"] = self.step_relation
         out["notes"] = list(self.notes)
         return out
 
@@ -337,7 +357,8 @@ def _residual(exp: Any, act: NumpyActivation, moments: InputMoments) -> Predicti
 
 def _recurrent(exp: Any) -> Prediction:
     """Pascanu et al. 2013's bound on the per-step factor, γ·λ₁, for an rnn whose recurrent
-    initializer states its top singular value; for an lstm, the cell path's σ(forget bias)."""
+    initializer states its top singular value (exact for a linear rnn with a norm-preserving one);
+    for an lstm, the cell path's σ(forget bias)."""
     model = exp.model
     recurrent = getattr(model.init, "recurrent", None)
     if model.kind == "lstm":
@@ -347,7 +368,10 @@ def _recurrent(exp: Any) -> Prediction:
         factor = theory.lstm_cell_factor(forget_bias)
         return Prediction("recurrent", predicted_factor=factor, xi_grad=depth_scale(factor**2), inputs={"forget_bias": forget_bias},
                           extra={"cell_step_factor": factor},
-                          notes=("the cell path's per-step factor diag(f_t) ≈ σ(forget bias) while the weights are small",))  # fmt: skip
+                          notes=("the cell path's per-step factor diag(f_t) ≈ σ(forget bias) while the weights are small",
+                                 "no step_factor: σ(forget bias) is the direct cell path's factor alone, while step_factor measures "
+                                 "‖∂L/∂a_t‖ through every path (the hidden state's too) and with every unit's own forget gate; "
+                                 "no prediction of it is derived here"))  # fmt: skip
     if model.kind != "rnn" or recurrent is None:
         return none(f"no prediction for model.kind {model.kind}: no per-step factor is derived here")
     name = recurrent["name"]
@@ -360,8 +384,35 @@ def _recurrent(exp: Any) -> Prediction:
         return none(str(exc))
     gamma = activations.max_derivative(model.activation)
     bound = theory.recurrent_step_bound(gamma, lambda1)
-    return Prediction("recurrent", predicted_factor=None, inputs={"gamma": gamma, "lambda1": lambda1}, extra={"step_bound": bound},
-                      notes=("an upper bound on ‖∂h_t/∂h_{t−1}‖, not an estimate: below 1 the gradient must vanish in time",))  # fmt: skip
+    notes = ["an upper bound on ‖∂a_t/∂a_{t−1}‖ = ‖W_hh diag φ'(a_{t−1})‖, not an estimate: below 1 the gradient must vanish in time"]
+    step_factor, relation = None, None
+    if getattr(model, "readout", "last") != "last":
+        notes.append("no step_factor: with readout every the loss adds a gradient at every step, so ‖∂L/∂a_t‖ "
+                     "is not the later step's times the Jacobian and no bound on their ratio follows")  # fmt: skip
+    elif model.activation["name"] == "identity" and name in NORM_PRESERVING:
+        # ∂L/∂a_{t−1} = W_hhᵀ ∂L/∂a_t, and λ·Q (Q orthogonal) scales every vector's norm by exactly λ
+        step_factor, relation = lambda1, STEP_EQUALS
+        notes.append("a linear rnn whose recurrent matrix has every singular value λ: ‖∂L/∂a_t‖ shrinks or grows by exactly λ per step")
+    else:
+        # readout last: ∂L/∂a_{t−1} = diag φ'(a_{t−1}) W_hhᵀ ∂L/∂a_t on the last layer, so every ratio is at most γ·λ₁
+        step_factor, relation = bound, STEP_AT_MOST
+        if name == "normal":
+            notes.append("λ₁ of a normal matrix is its large-width limit 2·std·√width: the bound is as good as that estimate")
+    return Prediction("recurrent", predicted_factor=None, step_factor=step_factor, step_relation=relation,
+                      inputs={"gamma": gamma, "lambda1": lambda1}, extra={"step_bound": bound}, notes=tuple(notes))  # fmt: skip
+
+
+def step_departs(measured: float, prediction: Prediction, tolerance: float = DEPARTS_TOLERANCE) -> bool | None:
+    """Whether a measured step_factor at step 0 departs from a recurrent prediction: for STEP_EQUALS
+    when |measured − predicted| > tolerance · predicted (as `departs`), for STEP_AT_MOST (a bound)
+    only when it exceeds the bound, measured > (1 + tolerance) · bound: a factor far below Pascanu's
+    bound agrees with it. None without a prediction or a measurement."""
+    predicted = prediction.step_factor
+    if prediction.step_relation == STEP_AT_MOST:
+        if predicted is None or measured is None or math.isnan(measured) or math.isnan(predicted):
+            return None
+        return measured > (1.0 + tolerance) * predicted
+    return departs(measured, predicted, tolerance)
 
 
 # --------------------------------------------------------------------------------------------
@@ -393,6 +444,10 @@ def table_lines(prediction: Prediction) -> list[str]:
         lines.append(f"no gradient prediction: {p.reason}")
     width = max(len(key) for key in TABLE_KEYS)
     lines += [f"{key:<{width}}  {_text(getattr(p, key))}" for key in TABLE_KEYS]
+    if p.theory == "recurrent":
+        verb = {STEP_EQUALS: "equals", STEP_AT_MOST: "is at most"}.get(p.step_relation or "", "")
+        relation = f" (the measured step_factor@0 {verb} this)" if verb else ""
+        lines.append(f"{'step_factor':<{width}}  {_text(p.step_factor)}{relation}")
     for key, value in p.extra.items():
         if not isinstance(value, (list, tuple)):
             lines.append(f"{key:<{width}}  {_text(value)}")

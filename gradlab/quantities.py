@@ -208,6 +208,15 @@ THEORY_QUANTITIES: dict[str, str] = {
                         "to set beside layer_factor@0; empty where no theory applies (gradlab theory says why)",
     "departs": "yes when the measured layer_factor at step 0 differs from predicted_factor by more than the tolerance, relative to "
                "the prediction (|measured - predicted| > tolerance * predicted), no when it does not; empty without a prediction or a step 0",
+    # along time (recurrent rows; the columns appear when a compared run is recurrent)
+    "predicted_step_factor": "recurrent runs: theory's per-step factor of ||dL/da_t|| back through time at initialization, to set beside step_factor@0: "
+                             "for a linear rnn (identity activation) whose recurrent matrix is lambda * orthogonal or lambda * I exactly lambda (a prediction); "
+                             "for any other rnn with readout last Pascanu, Mikolov & Bengio 2013's bound gamma * lambda_1 (eq. 7: gamma = sup |f'|, 1 for tanh and ReLU, "
+                             "1/4 for sigmoid; lambda_1 the recurrent matrix's largest singular value), an upper bound, not an estimate (a note says which); "
+                             "empty where none is derived (lstm: its sigma(forget bias) is the cell path's factor alone; gru; readout every; a note says why)",
+    "step_departs": "recurrent runs: for a prediction, yes when step_factor@0 differs from predicted_step_factor by more than the tolerance, relative "
+                    "(as departs); for Pascanu's bound, yes only when step_factor@0 exceeds it, step_factor@0 > (1 + tolerance) * bound (a factor "
+                    "below the bound agrees with it); no otherwise; empty without a prediction",
 }
 
 

@@ -78,3 +78,96 @@ def test_bad_tolerance_is_one_line(tmp_path):
     one_run(tmp_path, [1.0, 1.0, 1.0], **HE)
     result = invoke("compare", tmp_path, "--theory", "--tolerance", "-1")
     assert result.exit_code == 2 and result.output == "error: --tolerance: got -1; expected a number > 0\n"
+
+
+# ---------------------------------------------------------------- along time: recurrent runs
+
+
+def test_step_departs_for_a_prediction_and_for_a_bound():
+    from gradlab.predict import STEP_AT_MOST, STEP_EQUALS, Prediction, step_departs
+
+    exact = Prediction("recurrent", step_factor=0.8, step_relation=STEP_EQUALS)
+    assert step_departs(0.83, exact, 0.05) is False and step_departs(0.85, exact, 0.05) is True and step_departs(0.75, exact, 0.05) is True
+    bound = Prediction("recurrent", step_factor=0.8, step_relation=STEP_AT_MOST)
+    # far below Pascanu's bound agrees with it; only above (1 + tolerance) * bound departs
+    assert step_departs(0.1, bound, 0.05) is False and step_departs(0.839, bound, 0.05) is False and step_departs(0.841, bound, 0.05) is True
+    assert step_departs(math.nan, bound) is None and step_departs(0.5, Prediction("recurrent")) is None
+
+
+def _recurrent_run(out, name, kind="rnn", activation="tanh", gain=0.9, weight="xavier_uniform", **model):
+    from gradlab.config import validate
+    from gradlab.records import load_run
+    from gradlab.runner import run_experiment
+
+    raw = {"name": name, "seed": 0, "device": "cpu",
+           "data": {"name": "adding", "seq_len": 20, "n_train": 128, "n_test": 32, "batch_size": 128},
+           "model": {"kind": kind, "depth": 1, "width": 64, "activation": activation, **model,
+                     "init": {"weight": weight, "recurrent": {"name": "orthogonal", "gain": gain}, "bias": "zeros"}},
+           "loss": "mse", "train": {"steps": 0, "eval_every": 1}, "log": {"every": 1, "probes": ["deltas"], "out": str(out)}}  # fmt: skip
+    return load_run(run_experiment(validate(raw)).run_dir)
+
+
+def test_compare_sets_the_step_factor_beside_its_theory(tmp_path):
+    import numpy as np
+
+    linear = _recurrent_run(tmp_path, "linear", activation="identity", gain=0.8)
+    # tanh with tiny input weights: every pre-activation is near 0 where tanh' = 1, so the measured
+    # factor reaches Pascanu's bound gamma * lambda_1 = 0.9 from below
+    tight = _recurrent_run(tmp_path, "tight", weight={"name": "normal", "std": 1e-4}, gain=0.9)
+    loose = _recurrent_run(tmp_path, "loose", gain=0.9)
+    lstm = _recurrent_run(tmp_path, "lstm", kind="lstm", forget_bias=1.0)
+    comparison = compare_runs([linear, tight, loose, lstm], steps=[0], theory=True)
+    table = comparison.table.set_index("label")
+    assert list(comparison.table.columns[-4:]) == ["predicted_factor", "departs", "predicted_step_factor", "step_departs"]
+    # the linear rnn: the prediction is lambda and the measurement is lambda (geometric mean of the
+    # recorded ratios, computed here from timesteps.csv)
+    deltas = linear.timesteps.sort_values("t")["delta_norm"].to_numpy(float)
+    assert float(np.exp(np.mean(np.log(deltas[:-1] / deltas[1:])))) == pytest.approx(0.8, rel=1e-5)
+    assert table.loc["linear", "predicted_step_factor"] == 0.8 and table.loc["linear", "step_factor@0"] == pytest.approx(0.8, rel=1e-5)
+    assert table.loc["linear", "step_departs"] == "no"
+    assert table.loc["tight", "predicted_step_factor"] == 0.9 and 0.9 * (1 - 1e-3) < table.loc["tight", "step_factor@0"] <= 0.9
+    assert table.loc["loose", "predicted_step_factor"] == 0.9 and table.loc["loose", "step_factor@0"] < 0.9 and table.loc["loose", "step_departs"] == "no"
+    assert math.isnan(table.loc["lstm", "predicted_step_factor"]) and pd.isna(table.loc["lstm", "step_departs"])
+    notes = comparison.notes
+    assert "tight: predicted_step_factor 0.9 is Pascanu's upper bound gamma * lambda_1 = 1 * 0.9, not an estimate: step_departs only when step_factor@0 exceeds it" in notes
+    assert not any(note.startswith("linear: predicted_step_factor") for note in notes)  # a prediction, not a bound
+    assert any(note.startswith("lstm: no predicted_step_factor: σ(forget bias) is the direct cell path's factor alone") for note in notes)
+    assert "linear: no predicted_factor: a recurrent stack is predicted along time only (predicted_step_factor)" in notes
+    # feed-forward comparisons keep their columns
+    assert "predicted_step_factor" not in compare_runs([one_run(tmp_path / "ff", [1.0, 1.0, 1.0], **HE)], [0], theory=True).table
+
+
+def test_a_run_above_the_bound_departs(tmp_path):
+    import yaml
+
+    run = _recurrent_run(tmp_path, "tampered", activation="identity", gain=1.1)  # measured 1.1
+    config = yaml.safe_load((run.dir / "config.yaml").read_text())
+    config["model"]["activation"] = {"name": "tanh"}
+    config["model"]["init"]["recurrent"]["gain"] = 1.0  # the config now claims a bound of 1 * 1.0
+    (run.dir / "config.yaml").write_text(yaml.safe_dump(config))
+    from gradlab.records import load_run
+
+    table = compare_runs([load_run(run.dir)], [0], theory=True).table
+    assert table["predicted_step_factor"][0] == 1.0 and table["step_departs"][0] == "yes"
+    assert compare_runs([load_run(run.dir)], [0], theory=True, tolerance=0.2).table["step_departs"][0] == "no"
+
+
+def test_explain_says_a_bound_departs_only_above_it(tmp_path):
+    glossary = dict(explain())
+    assert "Pascanu, Mikolov & Bengio 2013's bound gamma * lambda_1" in glossary["predicted_step_factor"]
+    assert "yes only when step_factor@0 exceeds it" in glossary["step_departs"] and "default tolerance 0.05" in glossary["step_departs"]
+
+
+def test_the_terminal_table_shows_the_theory_beside_step_0(tmp_path):
+    one_run(tmp_path, [4.0, 2.0, 1.0], name="grows", **HE)
+    result = invoke("compare", tmp_path, "--theory", "--step", "0")
+    assert result.exit_code == 0, result.output
+    lines = [line.rstrip() for line in result.stdout.splitlines()]
+    assert lines[lines.index("  verdict                      stable"):lines.index("  training")] == [
+        "  verdict                      stable",
+        "",
+        "  theory (at step 0)",
+        "  predicted_factor             1",
+        "  departs                      yes",
+        "",
+    ]

@@ -20,7 +20,7 @@ def test_within_theory_defaults_to_step_0_and_resolves_short():
 
 
 @pytest.mark.parametrize("section, line", [
-    ({"gain": {"within_theory": 0.05}}, "expect.gain.within_theory: within_theory belongs to layer_factor only (theory predicts the per-layer factor)"),
+    ({"gain": {"within_theory": 0.05}}, "expect.gain.within_theory: within_theory belongs to layer_factor and step_factor only (theory predicts the per-layer and the per-step factor)"),
     ({"layer_factor": {"within_theory": 0.05, "max": 2}}, "expect.layer_factor.within_theory: give within_theory alone, without min, max or between"),
     ({"layer_factor": {"within_theory": 0.05, "step": "last"}}, "expect.layer_factor.step: within_theory compares with theory's prediction at initialization: step must be 0"),
     ({"layer_factor": {"within_theory": -1}}, "expect.layer_factor.within_theory: got -1; must be > 0"),
@@ -45,3 +45,23 @@ def test_fails_where_theory_has_no_prediction(tmp_path):
     run = one_run(tmp_path, [1.0, 1.0, 1.0], model__norm="layernorm")
     (outcome,) = check(run, parse_expectations({"layer_factor": {"within_theory": 0.05}}))
     assert not outcome.passed and "no prediction with model.norm layernorm" in outcome.bound
+
+
+def test_step_factor_within_theory_for_a_bound_and_without_a_prediction(tmp_path):
+    import yaml
+
+    from gradlab.records import load_run
+    from test_compare_theory import _recurrent_run
+
+    section = parse_expectations({"step_factor": {"within_theory": 0.05}})
+    tanh = _recurrent_run(tmp_path, "tanh", gain=0.9)  # measured ~0.85: below Pascanu's bound 0.9, so it holds
+    (outcome,) = check(tanh, section)
+    assert outcome.passed and outcome.bound == "at most 0.05 above Pascanu's bound 0.9, relative"
+    config = yaml.safe_load((tanh.dir / "config.yaml").read_text())
+    config["model"]["init"]["recurrent"]["gain"] = 0.5  # the config now claims a bound of 0.5: far exceeded
+    (tanh.dir / "config.yaml").write_text(yaml.safe_dump(config))
+    (outcome,) = check(load_run(tanh.dir), section)
+    assert not outcome.passed and outcome.failure().endswith("expected at most 0.05 above Pascanu's bound 0.5, relative")
+    lstm = _recurrent_run(tmp_path, "lstm", kind="lstm", forget_bias=1.0)
+    (outcome,) = check(lstm, section)
+    assert not outcome.passed and "which has no prediction: no step_factor: σ(forget bias)" in outcome.bound

@@ -27,7 +27,7 @@ def test_each_paper_config_states_its_result_and_validates(path, monkeypatch):
 
     meta = papers_tool().metadata(path)
     assert set(meta) >= {"paper", "where", "quantity", "published", "measured here"}, meta
-    assert meta["quantity"] in ("layer_factor", "bias_speeds", "stream_variance_growth")
+    assert meta["quantity"] in ("layer_factor", "bias_speeds", "stream_variance_growth", "step_factor")
     raw = read_yaml(path)
     assert "expect" in raw
     data_path = raw.get("data", {}).get("path")
@@ -50,3 +50,23 @@ def test_a_paper_runs_end_to_end(tmp_path):
     assert all(outcome.passed for outcome in check(run, exp.expect))
     predicted, measured = tool.measure("layer_factor", exp, run)
     assert predicted == "1 (chi1 1)" and abs(float(measured) - 1) < 0.02
+
+
+def test_the_pascanu_config_measures_the_step_factor_against_its_theory(tmp_path):
+    from gradlab.expectations import check
+    from gradlab.records import load_run
+    from gradlab.runner import run_experiment
+
+    tool = papers_tool()
+    members = dict(tool.experiments(ROOT / "configs" / "papers" / "pascanu2013-rnn-step-bound.yaml", str(tmp_path)))
+    assert len(members) == 9
+    linear = members["model.activation=identity, model.init.recurrent.gain=1.2"]
+    sigmoid = members["model.activation=sigmoid, model.init.recurrent.gain=0.8"]
+    for exp in (linear, sigmoid):
+        run = load_run(run_experiment(exp).run_dir)
+        assert all(outcome.passed for outcome in check(run, exp.expect))
+        predicted, measured = tool.measure("step_factor", exp, run)
+        if exp is linear:  # exactly lambda: each step multiplies ||dL/da_t|| by 1.2 (float32 rounding)
+            assert predicted == "1.2" and abs(float(measured) - 1.2) < 1e-5
+        else:  # Pascanu's bound gamma * lambda_1 = 0.8 / 4, and the sigmoid's slope is below 1/4 off 0
+            assert predicted == "<= 0.2" and 0.15 < float(measured) < 0.2

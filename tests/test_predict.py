@@ -136,3 +136,28 @@ def test_recurrent_predictions_once_the_config_has_the_kinds():
     assert lstm.predicted_factor == pytest.approx(1 / (1 + math.exp(-1.0)))
     assert "forget_bias" in predict(rnn("lstm")).reason
     assert predict(rnn("gru")).theory == "none"
+
+
+def test_recurrent_step_factor_is_a_prediction_only_for_a_linear_norm_preserving_rnn():
+    from types import SimpleNamespace as NS
+
+    from gradlab.predict import STEP_AT_MOST, STEP_EQUALS
+
+    def rnn(activation, recurrent, readout="last", kind="rnn", forget_bias=None):
+        model = NS(kind=kind, width=128, activation={"name": activation}, init=NS(recurrent=recurrent), readout=readout, forget_bias=forget_bias)
+        return predict(NS(model=model, data=NS(name="adding")))
+
+    linear = rnn("identity", {"name": "orthogonal", "gain": 1.2})
+    assert (linear.step_factor, linear.step_relation) == (1.2, STEP_EQUALS)
+    assert (rnn("identity", {"name": "identity", "gain": 0.5}).step_factor, rnn("identity", {"name": "identity", "gain": 0.5}).step_relation) == (0.5, STEP_EQUALS)
+    sigmoid = rnn("sigmoid", {"name": "orthogonal", "gain": 2.0})
+    assert sigmoid.step_factor == pytest.approx(0.5) and sigmoid.step_relation == STEP_AT_MOST
+    # a normal matrix's singular values spread: even a linear rnn only has the bound (2 std sqrt(n) = 0.8)
+    normal = rnn("identity", {"name": "normal", "std": 0.4 / math.sqrt(128)})
+    assert normal.step_factor == pytest.approx(0.8) and normal.step_relation == STEP_AT_MOST
+    every = rnn("tanh", {"name": "orthogonal", "gain": 0.9}, readout="every")
+    assert every.step_factor is None and every.extra["step_bound"] == pytest.approx(0.9)
+    assert any(note.startswith("no step_factor: with readout every") for note in every.notes)
+    lstm = rnn("tanh", {"name": "orthogonal", "gain": 1.0}, kind="lstm", forget_bias=1.0)
+    assert lstm.step_factor is None and any(note.startswith("no step_factor: σ(forget bias)") for note in lstm.notes)
+    assert linear.to_json()["step_factor"] == 1.2 and linear.to_json()["step_relation"] == "equals"

@@ -11,6 +11,8 @@ one row per member. Runs go to a temporary folder and are deleted.
     layer_factor             layer_factor of the prediction      layer_factor@0 = (first/last delta_norm)^(1/(depth-1))
     bias_speeds              (none: file data)                   bias_grad_norm of each hidden layer, input side first
     stream_variance_growth   stream variance last/first block    act_std^2 of the last block / of the first
+    step_factor              step_factor: = lambda or <= bound   step_factor@0 = (delta_norm(t=0)/delta_norm(t=T-1))^(1/(T-1))
+                             (Pascanu's gamma*lambda_1)          on the last recurrent layer (timesteps.csv)
 
 Run with one thread per process: OMP_NUM_THREADS=1 python tools/papers.py
 """
@@ -79,7 +81,16 @@ def measure(quantity: str, exp, run) -> tuple[str, str]:
             return "-", f"{measured:.4g}"
         predicted = predicted_variance[-1] / predicted_variance[1]
         return f"{predicted:.4g} (x{predicted ** (1 / blocks):.3g}/block)", f"{measured:.4g} (x{measured ** (1 / blocks):.3g}/block)"
-    raise ValueError(f"{quantity}: unknown quantity in a paper config; known: layer_factor, bias_speeds, stream_variance_growth")
+    if quantity == "step_factor":
+        from gradlab.predict import STEP_AT_MOST
+        from gradlab.summaries import time_profile_at
+
+        if prediction.step_factor is None:
+            predicted = f"none ({prediction.reason[:40]}...)"
+        else:
+            predicted = ("<= " if prediction.step_relation == STEP_AT_MOST else "") + _number(prediction.step_factor)
+        return predicted, f"{time_profile_at(run, 0)['step_factor']:.7g}"
+    raise ValueError(f"{quantity}: unknown quantity in a paper config; known: layer_factor, bias_speeds, stream_variance_growth, step_factor")
 
 
 def experiments(path: Path, out: str) -> list[tuple[str, object]]:
