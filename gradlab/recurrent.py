@@ -38,7 +38,9 @@ slice to 0 (only their sum ever acts).
 Measuring (sites.py): each layer taps, at Site(layer, name, 'hidden', t) for every t, the
 pre-activation a_t ('preactivation'), h_t ('hidden'), c_t ('cell', lstm), each gate's value
 ('<gate>_gate'), and for rnn the activation (u = a_t, y = h_t). At its own layer site (t None) it
-taps the whole output sequence ('output'). Nothing is tapped on a plain step.
+taps the whole output sequence ('output'). Nothing is tapped on a plain step, and on the CPU a plain
+step runs the whole stack through PyTorch's fused call instead (Recurrent._fused_forward), which
+computes the unrolled steps' numbers bit for bit.
 """
 
 from __future__ import annotations
@@ -101,30 +103,34 @@ class RecurrentLayer(nn.Module):
         return Site(self.index, self.site.name, "hidden", t)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, T, input_size) -> hidden states (B, T, width)."""
+        """x (B, T, input_size) -> hidden states (B, T, width): a view of the time-major (T, B, width)
+        stack of h_t, the layout PyTorch's fused call returns (the next layer reads it time-major)."""
         batch = x.shape[0]
-        projected = F.linear(x, self.weight_ih, self.bias_ih)  # (B, T, blocks * H): W_ih x_t + b_ih for every t
-        if self.bias_hh is not None and self.kind != "gru":
-            # b_hh is added once for all t (rnn and lstm only add it to W_ih x_t + b_ih + W_hh h_{t-1});
-            # each step is then one addmm
-            projected = projected + self.bias_hh
+        # Time-major, and F.linear on the transposed view, as PyTorch's CPU stack computes W_ih x_t + b_ih
+        # for every t (the same kernels, so the same rounding; see Recurrent.forward)
+        projected = F.linear(x.transpose(0, 1), self.weight_ih, self.bias_ih)  # (T, B, blocks * H)
         h = x.new_zeros(batch, self.width)
         tap = self.slot.tap
         step = {"rnn": self._rnn_step, "lstm": self._lstm_step, "gru": self._gru_step}[self.kind]
         c = x.new_zeros(batch, self.width) if self.kind == "lstm" else None
         hiddens = []
-        # unbind, not projected[:, t]: the backward of T slices would build T zero tensors of the
+        # unbind, not projected[t]: the backward of T slices would build T zero tensors of the
         # whole sequence's size; unbind's backward is one stack
-        for t, gi in enumerate(projected.unbind(1)):
+        for t, gi in enumerate(projected.unbind(0)):
             h, c = step(gi, h, c, tap, t)
             hiddens.append(h)
-        out = torch.stack(hiddens, dim=1)  # (B, T, H)
+        out = torch.stack(hiddens, dim=0).transpose(0, 1)  # (T, B, H) viewed as (B, T, H)
         if tap is not None:
             tap.tensor(self.site, "output", f"{self.site.name} output", out)
         return out
 
+    # Each step does PyTorch's CPU cell (aten/src/ATen/native/RNN.cpp: SimpleCell, LSTMCell, GRUCell)
+    # operation for operation, in its order, out of place (the taps need the tensors the in-place
+    # versions overwrite; an in-place op computes the same values): W_hh h_{t-1} + b_hh is one
+    # F.linear, and the projected input is added to it, never folded into it.
+
     def _rnn_step(self, gi, h, c, tap, t):
-        a = torch.addmm(gi, h, self.weight_hh.t())  # (B, H); gi holds both biases
+        a = F.linear(h, self.weight_hh, self.bias_hh) + gi  # (B, H)
         h = self.act(a)
         if tap is not None:
             site, name = self.time_site(t), self.site.name
@@ -134,10 +140,10 @@ class RecurrentLayer(nn.Module):
         return h, None
 
     def _lstm_step(self, gi, h, c, tap, t):
-        a = torch.addmm(gi, h, self.weight_hh.t())  # (B, 4H): i, f, g, o; gi holds both biases
+        a = F.linear(h, self.weight_hh, self.bias_hh) + gi  # (B, 4H): i, f, g, o
         i, f, g, o = a.chunk(4, dim=1)
         i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
-        c = torch.addcmul(f * c, i, g)  # f * c + i * g
+        c = f * c + i * g  # two products, then their sum (no fused multiply-add: addcmul rounds differently)
         h = o * torch.tanh(c)
         if tap is not None:
             site, name = self.time_site(t), self.site.name
@@ -151,11 +157,15 @@ class RecurrentLayer(nn.Module):
     def _gru_step(self, gi, h, c, tap, t):
         H = self.width
         gh = F.linear(h, self.weight_hh, self.bias_hh)  # (B, 3H): r, z, n
-        a_rz = gi[:, : 2 * H] + gh[:, : 2 * H]
-        r, z = torch.sigmoid(a_rz).chunk(2, dim=1)
-        a_n = gi[:, 2 * H :] + r * gh[:, 2 * H :]
+        # a_r and a_z in one addition (an addition rounds alike in any layout), tapped as one part; the
+        # sigmoids read their (B, H) halves as PyTorch's read its gates: rows of H within a wider row
+        # (a transcendental kernel's vectorized loop and scalar tail split a row by its length)
+        a_rz = gh[:, : 2 * H] + gi[:, : 2 * H]
+        a_r, a_z = a_rz.chunk(2, dim=1)
+        r, z = torch.sigmoid(a_r), torch.sigmoid(a_z)
+        a_n = gi[:, 2 * H :] + gh[:, 2 * H :] * r
         n = torch.tanh(a_n)
-        h_new = (1 - z) * n + z * h
+        h_new = (h - n) * z + n  # = (1 - z) * n + z * h_{t-1}, rounded as PyTorch rounds it
         if tap is not None:
             site, name = self.time_site(t), self.site.name
             # a_t in two parts (a_n depends on r): the probe adds their squared gradient norms
@@ -195,8 +205,11 @@ class Recurrent(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, T, features) -> logits (B, classes) for readout last, (B, classes, T) for every."""
-        for layer in self.layers:
-            x = layer(x)  # (B, T, H)
+        if self.slot.tap is None and self.fused_plain_steps and self._fused_call(x) is not None:
+            x = self._fused_forward(x)  # (B, T, H)
+        else:
+            for layer in self.layers:
+                x = layer(x)  # (B, T, H)
         if self.readout == "last":
             logits = self.head(x[:, -1])  # (B, classes)
         else:
@@ -205,6 +218,45 @@ class Recurrent(nn.Module):
         if tap is not None:
             tap.tensor(self.head_site, "logits", "head output (logits)", logits)
         return logits
+
+    # -- the fused call on plain steps -------------------------------------------------------
+    #
+    # A step with no tap attached (not logged) runs the whole stack through the call nn.RNN / nn.LSTM /
+    # nn.GRU make (torch.rnn_tanh, torch.rnn_relu, torch.lstm, torch.gru) with the layers' own
+    # Parameters. On the CPU that call is a loop of the very operations the unrolled steps do (RNN.cpp's
+    # FullLayer and cells), so it computes the same numbers bit for bit, forward and backward
+    # (tests/test_recurrent_fused.py trains both ways and compares every parameter with torch.equal);
+    # it only saves Python's per-operation overhead. Elsewhere the unrolled code runs on every step:
+    # on CUDA the fused call is cuDNN's kernel (other rounding, so logged and plain steps would
+    # disagree), on the meta device (memory.py counts what a logged step keeps) it is not
+    # implemented, and rnn activations other than tanh and relu have no fused call.
+
+    fused_plain_steps = True  # False: every step unrolled (benchmarks compare the two)
+
+    def _fused_call(self, x: torch.Tensor):
+        if x.device.type != "cpu" or torch.backends.flags_frozen():
+            return None
+        if self.kind == "rnn":
+            return {"tanh": torch.rnn_tanh, "relu": torch.rnn_relu}.get(self.layers[0].activation)
+        return {"lstm": torch.lstm, "gru": torch.gru}[self.kind]
+
+    def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The stack's hidden states (B, T, H) from one fused call, without oneDNN: on the CPU, torch.lstm
+        in float32 would otherwise run oneDNN's LSTM kernel, whose rounding differs from the cell's
+        operations. The switch is process-wide and restored at once (gradlab's parallel runs are
+        processes, never threads of one process)."""
+        layer0 = self.layers[0]
+        bias = layer0.bias_ih is not None
+        weights = [p for layer in self.layers for p in ((layer.weight_ih, layer.weight_hh, layer.bias_ih, layer.bias_hh) if bias else (layer.weight_ih, layer.weight_hh))]
+        zeros = x.new_zeros(len(self.layers), x.shape[0], layer0.width)
+        hidden = (zeros, torch.zeros_like(zeros)) if self.kind == "lstm" else zeros
+        onednn = torch.backends.mkldnn.enabled
+        torch.backends.mkldnn.enabled = False
+        try:  # input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first
+            out = self._fused_call(x)(x, hidden, weights, bias, len(self.layers), 0.0, self.training, False, True)[0]
+        finally:
+            torch.backends.mkldnn.enabled = onednn
+        return out
 
     def measured_layers(self) -> list[Layer]:
         """One Layer per row of layers.csv: each recurrent layer (weights and biases by family 'ih'
