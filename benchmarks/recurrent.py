@@ -6,9 +6,16 @@ output, mse). The baseline is the loop everybody writes around the
 fused `nn.LSTM` (zero_grad, forward, loss, backward, step), with the same weights. The gradlab
 variants run the real `train.Trainer` steps (CSV writing included):
 
-    unprobed                   every step a plain step: the unrolled stack, no probe attached
-    all probes every 10 steps  one logged step (every time step measured) in ten
+    unprobed                   every step a plain step, no probe attached: on the CPU gradlab runs a
+                               plain step through PyTorch's fused call (torch.lstm with oneDNN off,
+                               the same numbers as the unrolled stack bit for bit; recurrent.py)
+    unprobed, unrolled         the same plain steps through the unrolled stack (fused_plain_steps
+                               off): what the fused dispatch saves
+    all probes every 10 steps  one logged step (every time step measured, unrolled) in ten, the
+                               other nine fused
     all probes every step      every step logged
+    nn.LSTM loop, oneDNN off   the baseline loop with oneDNN off: the kernel gradlab's plain steps
+                               run (for reference; the ratios are to the default nn.LSTM loop)
 
 Variants are interleaved round by round in one process so that machine noise hits them alike;
 each round times `--steps` steps per variant, and the table reports the median ms/step over rounds
@@ -96,21 +103,35 @@ def main() -> None:
 
     counter = {"n": 0}
 
-    def gradlab_every(k: int):
+    def fused_without_onednn() -> None:
+        onednn = torch.backends.mkldnn.enabled
+        torch.backends.mkldnn.enabled = False
+        try:
+            plain_fused()
+        finally:
+            torch.backends.mkldnn.enabled = onednn
+
+    def gradlab_every(k: int, fused_plain_steps: bool = True):
         def step() -> None:
             counter["n"] += 1
-            if k and counter["n"] % k == 0:
-                trainer.logged_step(counter["n"], x, y, update=True)
-            else:
-                trainer.plain_step(x, y)
+            trainer.model.fused_plain_steps = fused_plain_steps
+            try:
+                if k and counter["n"] % k == 0:
+                    trainer.logged_step(counter["n"], x, y, update=True)
+                else:
+                    trainer.plain_step(x, y)
+            finally:
+                trainer.model.fused_plain_steps = True
 
         return step
 
     variants = {
         "nn.LSTM loop": plain_fused,
         "unprobed": gradlab_every(0),
+        "unprobed, unrolled": gradlab_every(0, fused_plain_steps=False),
         "all probes every 10 steps": gradlab_every(10),
         "all probes every step": gradlab_every(1),
+        "nn.LSTM loop, oneDNN off": fused_without_onednn,
     }
     for step in variants.values():  # warm up
         for _ in range(2):
@@ -124,7 +145,7 @@ def main() -> None:
             times[name].append((time.perf_counter() - start) / args.steps * 1000)
     base = times["nn.LSTM loop"]
     print(f"LSTM width {args.width}, T = {args.seq_len}, batch {args.batch}; {args.rounds} rounds of {args.steps} steps")
-    print(f"{'variant':<28}{'ms/step':>10}{'ratio':>8}  target")
+    print(f"{'variant':<28}{'ms/step':>10}{'ratio':>8}  target")  # ratio: to the default nn.LSTM loop
     for name, values in times.items():
         ratio = statistics.median(v / b for v, b in zip(values, base))
         target = TARGETS.get(name)
