@@ -7,6 +7,7 @@ between configs, how their values are shown, and the labels and seed groups buil
     differing_keys(configs)       the experimental keys whose values are not the same everywhere
     config_columns(configs)       {differing key: each config's value as shown}
     labels(configs)               a legend label per config
+    applies(key, config)          whether a key acts for the config's model kind (labels skip those that do not)
     group_by_config(configs)      configs that differ only by seed, grouped; numbers in numeric order
     short_keys(keys)              the shortest trailing part of each dotted key that tells them apart
     row_labels(names, configs)    unique row labels from run names and config values
@@ -29,6 +30,17 @@ COMPONENT_KEYS: tuple[str, ...] = component_keys()
 
 # Keys that do not change the experiment, only its bookkeeping; `seed` is what groups runs.
 NOT_EXPERIMENTAL = ("name", "seed", "device", "log", "train.eval_every", "expect")
+
+# Keys a run's resolved config holds that act only for some model kinds (config.py refuses a value
+# elsewhere): a label leaves them out for runs of other kinds, so a GRU beside two LSTMs is not
+# labelled forget_bias=null.
+KIND_SPECIFIC: dict[str, tuple[str, ...]] = {"model.forget_bias": ("lstm",)}
+
+
+def applies(key: str, config: dict[str, Any]) -> bool:
+    """Whether a dotted key acts in this config (KIND_SPECIFIC; every other key does)."""
+    kinds = KIND_SPECIFIC.get(key)
+    return kinds is None or config.get("model", {}).get("kind") in kinds
 
 
 class _Missing:
@@ -218,7 +230,7 @@ def row_labels(names: Sequence[str], configs: Sequence[dict[str, Any]]) -> list[
         columns = config_columns([configs[i] for i in rows])
         keys = short_keys(list(columns))
         for position, i in enumerate(rows):
-            values = ",".join(f"{keys[key]}={shown[position]}" for key, shown in columns.items())
+            values = ",".join(f"{keys[key]}={shown[position]}" for key, shown in columns.items() if applies(key, configs[i]))
             labels[i] = f"{name}#{values}" if values else name
     seen: Counter = Counter()
     totals = Counter(labels)
@@ -234,4 +246,7 @@ def labels(configs: Sequence[dict[str, Any]]) -> list[str]:
     columns = config_columns(configs)
     if not columns:
         return [describe_config(config) for config in configs]
-    return [", ".join(f"{key}={values[i]}" for key, values in columns.items()) for i in range(len(configs))]
+    return [
+        ", ".join(f"{key}={values[i]}" for key, values in columns.items() if applies(key, configs[i])) or describe_config(configs[i])
+        for i in range(len(configs))
+    ]  # fmt: skip

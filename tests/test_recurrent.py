@@ -533,3 +533,20 @@ def test_copy_task_run_with_a_label_per_step(tmp_path):
     # that predicts blank, so every value is a fraction in [0, 1]
     assert all(0 <= a <= 1 for a in accuracies)
     assert len(read_csv(run_dir / "timesteps.csv")) == 3 * 21
+
+
+def test_labels_leave_out_forget_bias_for_kinds_it_does_not_act_on():
+    """A sweep of rnn, lstm (forget bias 0 and 1) and gru: forget_bias differs (null for rnn and gru
+    in their resolved configs), but only the lstm runs' labels name it."""
+    from gradlab import configdiff
+
+    def resolved(**model):
+        data = {"name": "adding-sweep", "data": {"name": "adding", "seq_len": 10}, "loss": "mse", "model": {"depth": 1, "width": 4, **model}}
+        return validate(data).model_dump(mode="json")
+
+    configs = [resolved(kind="rnn"), resolved(kind="lstm", forget_bias=0.0), resolved(kind="lstm", forget_bias=1.0), resolved(kind="gru")]
+    assert [c["model"]["forget_bias"] for c in configs] == [None, 0.0, 1.0, None]
+    assert configdiff.labels(configs) == ["model.kind=rnn", "model.kind=lstm, model.forget_bias=0", "model.kind=lstm, model.forget_bias=1", "model.kind=gru"]
+    assert configdiff.row_labels(["s"] * 4, configs) == ["s#kind=rnn", "s#kind=lstm,forget_bias=0", "s#kind=lstm,forget_bias=1", "s#kind=gru"]
+    # an lstm whose forget_bias is null says so: the key acts there
+    assert configdiff.labels([resolved(kind="lstm"), resolved(kind="lstm", forget_bias=1.0)]) == ["model.forget_bias=null", "model.forget_bias=1"]
