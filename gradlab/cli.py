@@ -183,8 +183,11 @@ def _run_sweep(config, overrides, axis_items, resume, jobs, threads, executor, r
     from gradlab import executors
 
     executors.start_workers_early(executor.value, jobs)
-    with executors.ray_session(ray_address) if executor is ExecutorChoice.ray else nullcontext():
-        _plan_and_run_sweep(config, overrides, axis_items, resume, jobs, threads, executor, ray_address, quiet, plot)
+    try:
+        with executors.ray_session(ray_address) if executor is ExecutorChoice.ray else nullcontext():
+            _plan_and_run_sweep(config, overrides, axis_items, resume, jobs, threads, executor, ray_address, quiet, plot)
+    finally:
+        executors.discard_early_workers()  # the sweep did not start (a config error): not needed
 
 
 def _plan_and_run_sweep(config, overrides, axis_items, resume, jobs, threads, executor, ray_address, quiet, plot) -> None:

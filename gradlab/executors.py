@@ -318,6 +318,16 @@ def _init_worker(channel, parent: int | None = None) -> None:
     import gradlab.train  # noqa: F401  (torch: paid once per worker, not by its first run)
 
 
+# What a worker imports before its first run, loaded once in the forkserver so that every worker,
+# a fork of it, starts with them: the run's own modules, and what the memory estimate's forward pass
+# on the meta device pulls in (PyTorch's Python meta kernels, whose wrappers import torch._dynamo: a
+# second and more that each worker's first run otherwise paid while the other waited).
+WORKER_PRELOAD = (
+    "gradlab.executors", "gradlab.runner", "gradlab.train", "gradlab.memory",
+    "torch._meta_registrations", "torch._decomp", "torch._dynamo",
+)  # fmt: skip
+
+
 def _context():
     """"forkserver" where there is one: a server process imports torch and gradlab once, and each
     worker is a fork of it (about a second to start two workers, where "spawn" takes three and
@@ -327,23 +337,81 @@ def _context():
 
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["gradlab.executors", "gradlab.train", "gradlab.memory"])
+        context.set_forkserver_preload(list(WORKER_PRELOAD))
         return context
     return multiprocessing.get_context("spawn")
 
 
+@dataclass
+class _Pool:
+    """`jobs` worker processes and the queue on which they report progress events."""
+
+    executor: Any  # concurrent.futures.ProcessPoolExecutor
+    channel: Any  # the context's Queue
+    jobs: int
+
+    @classmethod
+    def create(cls, jobs: int) -> "_Pool":
+        context = _context()
+        channel = context.Queue()
+        return cls(_new_executor(context, channel, jobs), channel, jobs)
+
+    def restart(self) -> None:
+        """A fresh executor on the same queue (after a worker died and broke the old one)."""
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.executor = _new_executor(_context(), self.channel, self.jobs)
+
+    def kill(self) -> None:
+        """Stop the workers now (the sweep ended before they were used)."""
+        for process in list((getattr(self.executor, "_processes", None) or {}).values()):
+            process.kill()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _new_executor(context, channel, jobs: int):
+    from concurrent.futures import ProcessPoolExecutor
+
+    with _signals_held():  # the workers start with the signals held; _init_worker lets them in
+        return ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker, initargs=(channel, os.getpid()))
+
+
+def _ready() -> None:
+    """A worker's first task when the pool is started early: nothing (starting is the point)."""
+
+
+_EARLY: _Pool | None = None  # the pool start_workers_early started, until _run_pool takes it
+
+
 def start_workers_early(executor: str = "local", jobs: int | None = 1) -> None:
-    """Start the forkserver now, so that its import of torch (a second or two) overlaps with what
-    this process does before the runs (its own imports, planning the sweep). No-op for serial,
-    Ray, or where there is no forkserver."""
+    """Start the `jobs` workers now, on a thread of their own, so that the forkserver's imports and
+    the workers' start overlap with what this process does before the runs (its own imports,
+    planning the sweep and checking its memory); the sweep then finds them ready. No-op for serial
+    and Ray. `discard_early_workers` stops them when the sweep does not run (a config error)."""
+    global _EARLY
     if executor != "local" or (jobs or 1) <= 1:
         return
-    context = _context()
-    if context.get_start_method() == "forkserver":
-        from multiprocessing import forkserver
+    import threading
 
-        with _signals_held():  # the server, and so every worker, starts with the signals held
-            forkserver.ensure_running()
+    pool = _Pool.create(jobs)
+
+    def spawn() -> None:  # submit() forks a worker, and waits for the forkserver to have preloaded
+        with _signals_held():
+            try:
+                for _ in range(jobs):
+                    pool.executor.submit(_ready)
+            except RuntimeError:  # discarded meanwhile ("cannot schedule new futures after shutdown")
+                pass
+
+    threading.Thread(target=spawn, name="gradlab-start-workers", daemon=True).start()
+    _EARLY = pool
+
+
+def discard_early_workers() -> None:
+    """Stop the workers start_workers_early started, if no sweep took them."""
+    global _EARLY
+    if _EARLY is not None:
+        _EARLY.kill()
+        _EARLY = None
 
 
 def _pool_member(task: MemberTask) -> MemberResult:
@@ -351,38 +419,34 @@ def _pool_member(task: MemberTask) -> MemberResult:
 
 
 def _run_pool(tasks: list[MemberTask], on_event: Progress, jobs: int) -> None:
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, wait
     from concurrent.futures.process import BrokenProcessPool
 
-    context = _context()
-    channel = context.Queue()
+    global _EARLY
+    pool, _EARLY = (_EARLY, None) if _EARLY is not None and _EARLY.jobs == jobs else (_Pool.create(jobs), _EARLY)
+    discard_early_workers()  # (started for another --jobs: not expected)
     pending = deque(tasks)
     running: dict[Any, MemberTask] = {}
     forwarded = 0
 
-    def new_pool() -> ProcessPoolExecutor:
-        with _signals_held():
-            return ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker, initargs=(channel, os.getpid()))
-
     def drain() -> None:
         while True:
             try:
-                event = channel.get_nowait()
+                event = pool.channel.get_nowait()
             except queue_module.Empty:
                 return
             on_event(event)
 
-    pool = new_pool()
     try:
         while pending or running:
             while pending and len(running) < jobs and _STOP.signum is None:
                 task = pending.popleft()
-                with _signals_held():  # submit starts the worker processes
-                    running[pool.submit(_pool_member, task)] = task
+                with _signals_held():  # submit may start a worker process
+                    running[pool.executor.submit(_pool_member, task)] = task
                 on_event(RunSubmitted(task.index))
             done, _ = wait(list(running), timeout=POLL_S, return_when=FIRST_COMPLETED)
             if len(_STOP.signals) > forwarded:
-                for pid in list(getattr(pool, "_processes", None) or {}):
+                for pid in list(getattr(pool.executor, "_processes", None) or {}):
                     for signum in _STOP.signals[forwarded:]:
                         try:
                             os.kill(pid, signum)
@@ -405,15 +469,14 @@ def _run_pool(tasks: list[MemberTask], on_event: Progress, jobs: int) -> None:
                 for future, task in list(running.items()):
                     on_event(RunFinished(task.index, _died(task, _STOP.signum)))
                 running.clear()
-                pool.shutdown(wait=True, cancel_futures=True)
-                pool = new_pool()
+                pool.restart()
             if _STOP.signum is not None and not running:
                 break
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.executor.shutdown(wait=True, cancel_futures=True)
         drain()
-        channel.close()
-        channel.join_thread()
+        pool.channel.close()
+        pool.channel.join_thread()
 
 
 def _died(task: MemberTask, signum: int | None) -> MemberResult:

@@ -486,3 +486,54 @@ print("ok")
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_workers_started_early_are_stopped_when_the_sweep_does_not_run(tmp_path):
+    # --jobs N starts its workers before the sweep is planned, so that their start-up overlaps the
+    # planning and the memory check; a sweep refused by that check must not leave them behind.
+    from gradlab import executors
+
+    killed = []
+    real_kill = executors._Pool.kill
+
+    def kill(pool):
+        killed.append((pool, list((pool.executor._processes or {}).values())))
+        real_kill(pool)
+
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "grid.yaml", out, sweep={"model.activation": ["relu", "tanh"], "model.norm": ["none", {"name": "groupnorm", "groups": 4}]})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(executors._Pool, "kill", kill)
+        result = invoke("run", config, "--sweep", "model.width=16,10", "--jobs", "2")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: sweep model.norm={name: groupnorm, groups: 4}, model.width=10: ")
+    assert not out.exists()
+    [(pool, processes)] = killed
+    assert executors._EARLY is None
+    manager = pool.executor._executor_manager_thread
+    if manager is not None:  # a worker still starting when it was killed is sent away by the manager
+        manager.join(timeout=120)
+        assert not manager.is_alive()
+    for process in processes:
+        process.join(timeout=60)
+        assert not process.is_alive()
+
+
+def test_a_parallel_sweep_runs_on_the_workers_started_early(tmp_path, serial_sweep):
+    from gradlab import executors
+
+    created = []
+    real_create = executors._Pool.create
+
+    def create(jobs):
+        created.append(jobs)
+        return real_create(jobs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(executors._Pool, "create", staticmethod(create))
+        result = invoke("run", write_config(tmp_path / "grid.yaml", tmp_path / "out"), "--quiet", "--jobs", "2")
+    assert result.exit_code == 0, result.output
+    assert created == [2]  # one pool: the one started before planning
+    sweep_dir = Path(result.stdout.strip())
+    for name in NAMES:
+        assert (sweep_dir / name / "layers.csv").read_bytes() == (serial_sweep / name / "layers.csv").read_bytes(), name
