@@ -33,7 +33,10 @@ Initialization (see `initialize`): `init.weight` fills the input-to-hidden weigh
 applied to each gate's own block (H x features, H x H), so `orthogonal` makes each gate's
 recurrent matrix orthogonal and `identity` each one the identity. `forget_bias` (lstm) then sets
 the forget gate's *total* bias: bias_ih's forget slice is set to the value and bias_hh's forget
-slice to 0 (only their sum ever acts).
+slice to 0 (only their sum ever acts). Its default, null, sets nothing, as nn.LSTM has no such
+setting: the forget slices keep init.bias's values (a total of exactly 0 with `zeros`; with
+`default`, PyTorch's two U(-1/sqrt(H), 1/sqrt(H)) draws per unit, mean 0). Not 0 by default: that
+would overwrite what init.bias made of one gate of every lstm, and so not be PyTorch's init.
 
 Measuring (sites.py): each layer taps, at Site(layer, name, 'hidden', t) for every t, the
 pre-activation a_t ('preactivation'), h_t ('hidden'), c_t ('cell', lstm), each gate's value

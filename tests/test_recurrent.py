@@ -550,3 +550,19 @@ def test_labels_leave_out_forget_bias_for_kinds_it_does_not_act_on():
     assert configdiff.row_labels(["s"] * 4, configs) == ["s#kind=rnn", "s#kind=lstm,forget_bias=0", "s#kind=lstm,forget_bias=1", "s#kind=gru"]
     # an lstm whose forget_bias is null says so: the key acts there
     assert configdiff.labels([resolved(kind="lstm"), resolved(kind="lstm", forget_bias=1.0)]) == ["model.forget_bias=null", "model.forget_bias=1"]
+
+
+def test_forget_bias_null_sets_nothing_and_zero_makes_the_total_exactly_zero():
+    """The default (null) leaves the forget slices as init.bias made them (PyTorch's U(-1/sqrt(H),
+    1/sqrt(H)) here: nonzero per unit); forget_bias 0 makes bias_ih's and bias_hh's forget slices 0."""
+    H = 4
+    default = build(model_cfg("lstm", depth=1, width=H, forget_bias=None))
+    same_seed = build(model_cfg("lstm", depth=1, width=H, forget_bias=None))
+    zero = build(model_cfg("lstm", depth=1, width=H, forget_bias=0.0))
+    layer, zeroed = default.layers[0], zero.layers[0]
+    assert torch.equal(layer.bias_ih, same_seed.layers[0].bias_ih)  # nothing drawn or set after init.bias
+    assert (layer.bias_ih[H : 2 * H] + layer.bias_hh[H : 2 * H]).abs().min() > 0
+    assert (layer.bias_ih[H : 2 * H].abs() <= H**-0.5).all()
+    assert (zeroed.bias_ih[H : 2 * H] == 0).all() and (zeroed.bias_hh[H : 2 * H] == 0).all()
+    # the other gates are untouched by forget_bias
+    assert torch.equal(zeroed.bias_ih[:H], layer.bias_ih[:H]) and torch.equal(zeroed.bias_hh[2 * H :], layer.bias_hh[2 * H :])
