@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import numpy as np
 
-from gradlab import specs
+from gradlab import gaussian, specs
 from gradlab.registry import implementations
 
 if TYPE_CHECKING:
@@ -547,43 +547,17 @@ class GaussianMoments(NamedTuple):
     derivative_second_moment: float  # E[f'(sqrt(q) z)^2]
 
 
-# Quadrature for E[g(sqrt(q) z)], z ~ N(0, 1). Gauss-Hermite (numpy's hermegauss) was the first
-# choice and is exact for polynomials, but measured against mpmath it is not good enough here:
-# at a kink it converges only algebraically (ELU's E[f'^2] off by 2e-3 with 200 nodes, hardtanh's
-# by 10%), smooth functions at large q need ever more nodes (tanh at q = 4: 1e-6 off with 200), and
-# hermegauss overflows beyond ~350 nodes. So: composite Gauss-Legendre with 20 nodes per panel, in
-# z on [-12, 12] (the Gaussian mass beyond is 2e-33, and no f^2 here grows faster than x^2). The
-# panels are cut at the activation's kinks (x / sqrt(q)), so every panel is smooth; at every unit of
-# z, so the Gaussian is resolved; and at every unit of x (times the activation's feature scale, 1/beta
-# for softplus) for |x| < 64 units, where f bends, so f is resolved however large q is. Beyond that
-# every f here is constant or linear up to e^-64. At most ~160 panels for any q (an exploding
-# network's q may reach 1e30); on such panels the rule is exact to double precision (tested against
-# mpmath to 1e-10, and against the asymptotic forms at q = 1e12).
-_Z_MAX = 12.0
-_X_UNITS = 64
-_NODES_PER_PANEL = 20
-_LEGENDRE = np.polynomial.legendre.leggauss(_NODES_PER_PANEL)
+# Quadrature for E[g(sqrt(q) z)], z ~ N(0, 1): gradlab.gaussian, the one home of the rule theory.py
+# uses too (composite Gauss-Legendre on panels cut at every unit of z, at every unit of x = sqrt(q) z
+# times the activation's feature scale up to 64 units, and at its kinks; why not Gauss-Hermite is
+# written there). Exact to double precision here at any q: tested against mpmath to 1e-10 and
+# against the asymptotic forms at q = 1e12.
 
 
 def gaussian_expectation(g: Callable[[np.ndarray], np.ndarray], q: float, kinks: tuple[float, ...] = (), scale: float = 1.0) -> float:
     """E[g(sqrt(q) z)] for z ~ N(0, 1), g smooth apart from `kinks` (in x = sqrt(q) z) and bending
-    only within |x| < 64 * `scale`."""
-    if not (q >= 0 and math.isfinite(q)):
-        raise ValueError(f"q must be a finite variance >= 0, got {q!r}")
-    if q == 0:
-        return float(g(np.zeros(1))[0])
-    root = math.sqrt(q)
-    cuts = np.concatenate([
-        np.arange(-_Z_MAX, _Z_MAX + 1),  # every unit of z, the ends included
-        scale * np.arange(-_X_UNITS, _X_UNITS + 1) / root,  # every unit of x where f bends
-        np.asarray(kinks, dtype=float) / root,
-    ])  # fmt: skip
-    edges = np.unique(cuts[np.abs(cuts) <= _Z_MAX])
-    left, right = edges[:-1, None], edges[1:, None]
-    nodes, weights = _LEGENDRE
-    z = (left + right) / 2 + (right - left) / 2 * nodes  # (panels, nodes)
-    w = (right - left) / 2 * weights * np.exp(-0.5 * z * z) * _INV_SQRT2PI
-    return float(np.sum(w * g(root * z)))
+    only within |x| < 64 * `scale` (gaussian.expectation)."""
+    return gaussian.expectation(g, q, kinks, scale=scale)
 
 
 def gaussian_moments(spec: Any, q: float) -> GaussianMoments:

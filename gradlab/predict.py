@@ -180,6 +180,7 @@ class NumpyActivation:
         self._record = activations.get(resolved["name"])
         self._params = specs.activations.params_of(resolved)
         self.kinks = tuple(self._record.kinks(self._params))
+        self.scale = float(self._record.scale(self._params))  # the x grid the quadrature resolves φ on (softplus: 1/β)
         self.name = resolved["name"]
 
     def f(self, x):

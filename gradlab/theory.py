@@ -8,10 +8,11 @@ Conventions used throughout
 ---------------------------
 * An *activation* is any object with numpy forms ``f(x)`` (the function) and ``df(x)`` (its
   derivative), both elementwise on float arrays.
-* ``z ~ N(0, 1)``. ``E[g(√q z)]`` is computed by quadrature: composite Gauss–Legendre on panels of
-  |z| ≤ 12 cut at the activation's kinks (default; exact to double precision for every activation
-  of the registry at any q), or probabilists' Gauss–Hermite (`numpy.polynomial.hermite_e.hermegauss`,
-  ``method="hermite"``), which is accurate for smooth, moderately scaled integrands but not across a
+* ``z ~ N(0, 1)``. ``E[g(√q z)]`` is computed by gradlab.gaussian, the one home of gradlab's
+  Gaussian quadrature (shared with activations.py): composite Gauss–Legendre on panels of
+  |z| ≤ 12 cut at the activation's kinks and at every unit of z and of x = √q z (exact to double
+  precision for every activation of the registry at any q), or probabilists' Gauss–Hermite
+  (``method="hermite"``), which is accurate for smooth, moderately scaled integrands but not across a
   kink (ReLU's mean: 3e-3 off) or for a steep tanh (large q: 3% off). Closed forms are used only in
   the tests.
 * σw² of a linear layer is ``Var(W_ij) · fan_in`` (so He init for ReLU has σw² = 2 whatever the
@@ -36,35 +37,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Callable, Literal, Protocol, Sequence
 
 import numpy as np
-from numpy.polynomial.hermite_e import hermegauss
-from numpy.polynomial.legendre import leggauss
 
-# 1-D rule: Gauss–Legendre with DEFAULT_NODES nodes per panel, panels at most one unit wide in z
-# and, near the origin, in x = √q z, the line cut at 0 and at the activation's other kinks (x/√q),
-# so every panel is smooth and both the Gaussian's scale and φ's own unit scale are resolved: ~1e-14
-# for ReLU-type, ELU-type, erf and tanh integrands from q = 0.01 to 1e6 (gradlab.activations'
-# moments follow the same design).
-# Gauss–Hermite (probabilists', hermegauss) is offered as `method="hermite"` and tested; it is not the
-# default because with 128 nodes it is off by 3e-3 for E|z| (a kink) and by 3% for E[tanh(10 z)²]
-# (a pole near the real axis at large q).
-DEFAULT_NODES = 20
-# 2-D rule: DEFAULT_NODES_2D Legendre nodes on each kink-free piece of each axis (about 16k
-# evaluations): relative error ~1e-14 up to q = 10, ~1e-7 at q = 100, ~1e-3 at q = 1000 (tested
-# against Williams' erf kernel).
-DEFAULT_NODES_2D = 64
-HERMITE_NODES = 128
-# The Gaussian is truncated to |z| <= Z_MAX: the mass beyond is below 1e-32. Panels follow the
-# activation's unit scale out to |x| <= X_MAX (tanh and sigmoid are within e^-32 of their limits).
-Z_MAX = 12.0
-X_MAX = 16.0
-_Z_GRID = np.arange(-Z_MAX, Z_MAX + 0.5, 1.0)
-_X_GRID = np.arange(-X_MAX, X_MAX + 0.5, 1.0)
+from gradlab import gaussian
+from gradlab.gaussian import gauss_hermite  # noqa: F401  (theory.gauss_hermite: part of this module's API)
 
-Method = Literal["legendre", "hermite"]
+# Re-exported from gradlab.gaussian, where the rule is designed and documented.
+DEFAULT_NODES = gaussian.NODES
+DEFAULT_NODES_2D = gaussian.NODES_2D
+HERMITE_NODES = gaussian.HERMITE_NODES
+Z_MAX = gaussian.Z_MAX
+
+Method = gaussian.Method
 
 
 class Activation(Protocol):
@@ -72,6 +58,7 @@ class Activation(Protocol):
 
     An optional attribute ``kinks`` (a tuple of x where φ or φ' is not smooth, e.g. hardtanh's ±1)
     makes the quadrature cut the line there too; x = 0 is always cut, which covers the ReLU family.
+    An optional ``scale`` (softplus: 1/β) stretches the x grid the quadrature resolves φ on.
     """
 
     def f(self, x: np.ndarray) -> np.ndarray: ...
@@ -80,65 +67,18 @@ class Activation(Protocol):
 
 
 # ----------------------------------------------------------------------------------------------
-# Gaussian expectations
+# Gaussian expectations (gradlab.gaussian)
 # ----------------------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=16)
-def gauss_hermite(n: int = HERMITE_NODES) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes and weights for E[g(z)], z ~ N(0, 1): ``E[g(z)] ≈ Σ_i w_i g(x_i)``.
-
-    Probabilists' Gauss–Hermite rule (weight exp(−x²/2)), weights divided by √(2π) so they sum to 1.
-    Exact for polynomials of degree ≤ 2n − 1.
-    """
-    if n < 1:
-        raise ValueError(f"quadrature needs at least one node, got n={n}")
-    nodes, weights = hermegauss(n)
-    weights = weights / math.sqrt(2.0 * math.pi)
-    nodes.setflags(write=False)
-    weights.setflags(write=False)
-    return nodes, weights
-
-
-@lru_cache(maxsize=16)
-def _gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
-    nodes, weights = leggauss(n)
-    nodes.setflags(write=False)
-    weights.setflags(write=False)
-    return nodes, weights
-
-
-def _pieces(cuts: Sequence[float]) -> np.ndarray:
-    """Sorted piece boundaries of [−Z_MAX, Z_MAX] cut at the given z (those inside)."""
-    inside = sorted({float(z) for z in cuts if -Z_MAX < z < Z_MAX})
-    return np.array([-Z_MAX, *inside, Z_MAX])
-
-
-def _legendre_rule(cuts: Sequence[float], n: int, root: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes z and weights w with Σ w g(z) ≈ E[g(z)], z ~ N(0, 1): Gauss–Legendre with n nodes on
-    each panel of [−Z_MAX, Z_MAX], the normal density folded into the weights.
-
-    Panel edges: the cuts; every integer z (the Gaussian's scale); and, when root = √q is given,
-    every integer x = √q z with |x| ≤ X_MAX (the activation's own unit scale, which at large q is
-    far finer than the Gaussian's; beyond X_MAX the activations have flattened out to e^-32 or are
-    linear). At most 2·Z_MAX + 2·X_MAX + 2 + len(cuts) panels, whatever q.
-    """
-    x, w = _gauss_legendre(n)
-    parts = [_Z_GRID, np.asarray(cuts, dtype=float)]
-    if root is not None and root > 0:
-        x_edges = _X_GRID / root
-        parts.append(x_edges[np.abs(x_edges) < Z_MAX])
-    edges = np.unique(np.clip(np.concatenate(parts), -Z_MAX, Z_MAX))
-    edges = edges[np.concatenate(([True], np.diff(edges) > 1e-13))]
-    a, b = edges[:-1, None], edges[1:, None]
-    z = (0.5 * (a + b) + 0.5 * (b - a) * x).ravel()
-    weights = (0.5 * (b - a) * w).ravel() * np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
-    return z, weights
 
 
 def kinks_of(act: Activation) -> tuple[float, ...]:
     """Where the activation (or its derivative) is not smooth: 0 and whatever it declares in ``kinks``."""
     return tuple(sorted({0.0, *(float(k) for k in getattr(act, "kinks", ()) or ())}))
+
+
+def scale_of(act: Activation) -> float:
+    """The activation's feature scale in x (1 unless it declares ``scale``)."""
+    return float(getattr(act, "scale", 1.0) or 1.0)
 
 
 def gaussian_expectation(
@@ -147,27 +87,10 @@ def gaussian_expectation(
     n: int | None = None,
     kinks: Sequence[float] = (0.0,),
     method: Method = "legendre",
+    scale: float = 1.0,
 ) -> float:
-    """E[fn(√q · z)] for z ~ N(0, 1) (q ≥ 0 is the variance).
-
-    method "legendre" (default): Gauss–Legendre with n (default DEFAULT_NODES) nodes per panel of
-    |z| <= Z_MAX (see `_legendre_rule`), cut where √q z hits a kink of fn (x values in `kinks`),
-    so piecewise-smooth activations are integrated to double precision at any q. method
-    "hermite": the n-node (default HERMITE_NODES) probabilists' Gauss–Hermite rule
-    (`gauss_hermite`), ignoring kinks.
-    """
-    if q < 0 or not math.isfinite(q):
-        raise ValueError(f"a variance must be finite and >= 0, got q={q}")
-    root = math.sqrt(q)
-    if root == 0.0:
-        return float(np.asarray(fn(np.zeros(1)), dtype=float)[0])
-    if method == "hermite":
-        nodes, weights = gauss_hermite(n or HERMITE_NODES)
-    elif method == "legendre":
-        nodes, weights = _legendre_rule([k / root for k in kinks], n or DEFAULT_NODES, root)
-    else:
-        raise ValueError(f"unknown quadrature method {method!r}; known: legendre, hermite")
-    return float(np.dot(weights, fn(root * nodes)))
+    """E[fn(√q · z)] for z ~ N(0, 1): `gaussian.expectation` (this module's argument order)."""
+    return gaussian.expectation(fn, q, kinks, n=n, scale=scale, method=method)
 
 
 def gaussian_expectation_2d(
@@ -178,36 +101,13 @@ def gaussian_expectation_2d(
     n: int = DEFAULT_NODES_2D,
     kinks: Sequence[float] = (0.0,),
 ) -> float:
-    """E[fn(u1, u2)] for a centred Gaussian pair with Var u1 = q1, Var u2 = q2, corr(u1, u2) = c.
-
-    Written as Schoenholz et al. 2017 do: u1 = √q1 z1, u2 = √q2 (c z1 + √(1 − c²) z2) with z1, z2
-    independent N(0, 1). Iterated: the outer rule over z1 is cut at kinks/√q1; for each z1 the inner
-    rule over z2 is cut where u2 hits a kink, z2 = (k/√q2 − c z1)/√(1 − c²), so a kink in either
-    argument falls on a piece boundary.
-    """
-    if q1 < 0 or q2 < 0:
-        raise ValueError(f"variances must be >= 0, got q1={q1}, q2={q2}")
-    if not -1.0 <= c <= 1.0:
-        raise ValueError(f"a correlation must lie in [-1, 1], got c={c}")
-    r1, r2 = math.sqrt(q1), math.sqrt(q2)
-    s = math.sqrt(max(0.0, 1.0 - c * c))
-    z1, w1 = _legendre_rule([k / r1 for k in kinks] if r1 > 0 else [], n)
-    if s < 1e-12 or r2 == 0.0:  # u2 is a deterministic function of z1
-        return float(np.dot(w1, fn(r1 * z1, r2 * c * z1)))
-    x, w = _gauss_legendre(n)
-    cuts = np.sort(np.clip((np.array(kinks)[None, :] / r2 - c * z1[:, None]) / s, -Z_MAX, Z_MAX), axis=1)
-    bounds = np.concatenate([np.full((len(z1), 1), -Z_MAX), cuts, np.full((len(z1), 1), Z_MAX)], axis=1)
-    a, b = bounds[:, :-1, None], bounds[:, 1:, None]  # (outer node, piece, 1)
-    z2 = 0.5 * (a + b) + 0.5 * (b - a) * x  # (outer node, piece, inner node)
-    w2 = 0.5 * (b - a) * w * np.exp(-0.5 * z2 * z2) / math.sqrt(2.0 * math.pi)
-    u1 = np.broadcast_to((r1 * z1)[:, None, None], z2.shape)
-    u2 = r2 * (c * z1[:, None, None] + s * z2)
-    inner = np.sum(w2 * fn(u1, u2), axis=(1, 2))
-    return float(np.dot(w1, inner))
+    """E[fn(u1, u2)] for a centred Gaussian pair with Var u1 = q1, Var u2 = q2, corr(u1, u2) = c:
+    `gaussian.expectation_2d`."""
+    return gaussian.expectation_2d(fn, q1, q2, c, n, kinks)
 
 
 def _expect(act: Activation, fn: Callable[[np.ndarray], np.ndarray], q: float, n: int | None = None) -> float:
-    return gaussian_expectation(fn, q, n, kinks=kinks_of(act))
+    return gaussian.expectation(fn, q, kinks_of(act), n=n, scale=scale_of(act))
 
 
 def _expect_2d(act: Activation, fn, q1: float, q2: float, c: float, n: int = DEFAULT_NODES_2D) -> float:
@@ -884,15 +784,15 @@ def branch_delta_gain(branch: Sequence[BranchLayer], moment: StreamMoments) -> f
             gain /= layer.sigma_w2 * v_in if layer.batchnorm else 1.0
             q_in, v_in = (1.0, 1.0) if layer.batchnorm else (layer.sigma_w2 * q_in + layer.sigma_b2, v_in)
         elif layer.batchnorm:
-            slope2 = gaussian_expectation(lambda u: act.df(u) ** 2, 1.0, kinks=kinks_of(act))
+            slope2 = _expect(act, lambda u: act.df(u) ** 2, 1.0)
             gain *= slope2 / (layer.sigma_w2 * v_in)
-            mean = gaussian_expectation(act.f, 1.0, kinks=kinks_of(act))
-            q_in = gaussian_expectation(lambda u: act.f(u) ** 2, 1.0, kinks=kinks_of(act))
+            mean = _expect(act, act.f, 1.0)
+            q_in = _expect(act, lambda u: act.f(u) ** 2, 1.0)
             v_in = q_in - mean * mean
         else:
             pre = layer.sigma_w2 * q_in + layer.sigma_b2
-            gain *= gaussian_expectation(lambda u: act.df(u) ** 2, pre, kinks=kinks_of(act))
-            q_in = gaussian_expectation(lambda u: act.f(u) ** 2, pre, kinks=kinks_of(act))
+            gain *= _expect(act, lambda u: act.df(u) ** 2, pre)
+            q_in = _expect(act, lambda u: act.f(u) ** 2, pre)
         if k > 0:
             gain *= layer.sigma_w2
     return gain

@@ -88,6 +88,37 @@ def test_2d_expectation_relu_arccosine_kernel():
         assert got == pytest.approx(exact, rel=1e-8, abs=1e-12)
 
 
+def test_theory_and_the_activation_records_integrate_with_one_rule():
+    # gradlab.gaussian is the one quadrature: theory's length map and chi1 at sigma_w2 = 1 are the
+    # activation records' Gaussian moments to the last bit, for every activation and variance
+    # (rrelu has no single function), and the rule is torch-free
+    from gradlab import activations
+    from gradlab.predict import NumpyActivation
+
+    for name in activations.ACTIVATIONS:
+        if name == "rrelu":
+            continue
+        act = NumpyActivation(name)
+        for q in (1e-4, 0.3, 1.0, 3.7, 1e3, 1e8):
+            moments = activations.gaussian_moments(name, q)
+            assert (T.length_map(act, q, 1.0, 0.0), T.chi1(act, q, 1.0)) == (moments.second_moment, moments.derivative_second_moment), (name, q)
+    code = "import sys, gradlab.gaussian; print('torch' in sys.modules, 'pandas' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_a_feature_scale_stretches_the_grid():
+    # softplus with beta = 0.01 bends over |x| ~ 100s: its scale (1/beta) keeps E[f'(√q z)²] exact at
+    # q = 1e6, where f'(x) = sigmoid(beta x); the reference is a fine trapezoid over z
+    from gradlab.predict import NumpyActivation
+
+    act = NumpyActivation({"name": "softplus", "beta": 0.01})
+    assert T.scale_of(act) == pytest.approx(100.0)
+    z = np.linspace(-12, 12, 2_000_001)
+    reference = np.trapezoid(act.df(1e3 * z) ** 2 * np.exp(-z * z / 2) / math.sqrt(2 * math.pi), z)
+    assert T.chi1(act, 1e6, 1.0) == pytest.approx(reference, rel=1e-9)
+
+
 def test_bad_quadrature_input_is_refused():
     with pytest.raises(ValueError, match="variance"):
         T.gaussian_expectation(np.abs, -1.0)
