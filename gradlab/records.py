@@ -23,21 +23,23 @@ from __future__ import annotations
 
 import csv
 import errno
+import functools
 import io
 import json
 import math
 import os
+import re
 import secrets
 from datetime import datetime, timezone
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, NamedTuple
 
 from gradlab import quantities
 from gradlab.errors import GradlabError, RunError
 from gradlab.quantities import STATUSES
 
-if TYPE_CHECKING:  # pandas is imported where a table is read, never by a writer
+if TYPE_CHECKING:  # pandas and numpy are imported where a table is read, never by a writer
+    import numpy as np
     import pandas as pd
 
 # The headers of the two tables, from the declarations of their columns.
@@ -388,6 +390,153 @@ def read_rows(run_dir: Path, which: str, notes: list[str]) -> pd.DataFrame:
     return _numeric(frame, TEXT_COLUMNS[which], f"{run_dir}: {which}")
 
 
+# A table exactly as CsvLog writes it is parsed without pandas: pd.read_csv costs about a
+# millisecond a call whatever the file's size, most of `gradlab compare`'s time on a thousand runs.
+# The fast path takes only what the writers write (a header of plain names, rows of the header's
+# width, no quotes, CRs or blank lines, a last line that is whole; integers, floats as repr() writes
+# them, empty cells, and text cells that are plain names); anything else goes to pd.read_csv. Either
+# way the numbers are the ones pd.read_csv reads (its float parser rounds correctly, as float() does)
+# and the DataFrame made is the same: tests/test_records.py holds the two paths equal.
+_HEADER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:,[A-Za-z_][A-Za-z0-9_]*)*")
+# A number as repr() and str() write one: an integer part of at most 18 digits (within int64, as
+# read_csv reads it), a fraction, an exponent of at most 3 digits, or inf; empty for a missing value.
+# (atomic groups and possessive repeats: the same language, matched without backtracking, 2x faster)
+_NUMBER = r"(?>-?(?:[0-9]{1,18}+(?:\.[0-9]++)?+(?:e[+-][0-9]{1,3}+)?+|inf))?+"
+_NAME = r"[A-Za-z_][A-Za-z0-9_.\-]*"  # a module name, a kind, a split
+# text that read_csv turns into a missing value, a boolean or a float, whatever its case
+_NOT_PLAIN_TEXT = frozenset({"nan", "na", "null", "none", "true", "false", "inf", "infinity"})
+
+
+@functools.lru_cache(maxsize=64)
+def _rows_pattern(header: str, text_columns: frozenset[str]) -> re.Pattern[str]:
+    """Every row of a table with this header as the writers write it (one pattern per header)."""
+    return re.compile("(?:" + ",".join(_NAME if name in text_columns else _NUMBER for name in header.split(",")) + r"\n)+")
+
+
+def _parse_written(data: bytes, text_columns: Iterable[str]) -> dict[str, np.ndarray] | None:
+    """The columns of a CSV table as the writers write it (see above), or None: read it with pandas."""
+    import numpy as np
+
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    header, _, body = text.partition("\n")
+    if "\n\n" in body or body.startswith("\n") or not _HEADER.fullmatch(header):
+        return None  # (read_csv skips blank lines)
+    names = header.split(",")
+    if len(set(names)) != len(names) or not _rows_pattern(header, frozenset(text_columns)).fullmatch(body):
+        return None
+    width = len(names)
+    cells = body.replace("\n", ",").split(",")  # (every row has the header's width: the pattern says so)
+    columns: dict[str, np.ndarray] = {}
+    for j, name in enumerate(names):
+        column_cells = cells[j:-1:width]
+        if name in text_columns:
+            if any(cell.lower() in _NOT_PLAIN_TEXT for cell in set(column_cells)):
+                return None
+            column = np.array(column_cells, dtype=object)
+        else:
+            joined = ",".join(column_cells)
+            if "" not in column_cells and "." not in joined and "e" not in joined and "n" not in joined:
+                column = np.array(list(map(int, column_cells)), dtype=np.int64)  # every cell an integer: int64, as read_csv
+            elif "" not in column_cells:
+                column = np.array(list(map(float, column_cells)), dtype=np.float64)
+            elif not any(column_cells):  # (a quantity the run did not measure)
+                column = np.full(len(column_cells), np.nan)
+            else:
+                column = np.array([float(cell) if cell else math.nan for cell in column_cells], dtype=np.float64)
+            if column.dtype.kind == "f" and "e+" in joined and np.isinf(column).sum() != joined.count("inf"):
+                return None  # (an exponent past float's range: read_csv's to judge)
+        column.flags.writeable = False
+        columns[name] = column
+    return columns
+
+
+class Table:
+    """A table of a run read back by the fast path: its numpy columns (`columns`, the rows kept),
+    and `frame()`, the DataFrame pd.read_csv would have made of the file with the same rows kept."""
+
+    def __init__(self, columns: dict[str, np.ndarray], keep: np.ndarray | None = None):
+        self._all = columns  # every row of the file
+        self._keep = keep  # a boolean mask of the rows kept; None: all
+        self.columns = columns if keep is None else {name: _read_only(column[keep]) for name, column in columns.items()}
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values()))) if self.columns else 0
+
+    def without(self, drop: np.ndarray) -> Table:
+        """The table less the rows where `drop` (over the rows kept) is true."""
+        import numpy as np
+
+        keep = np.ones(len(next(iter(self._all.values()))), dtype=bool) if self._keep is None else self._keep.copy()
+        keep[np.flatnonzero(keep)[drop]] = False
+        return Table(self._all, keep)
+
+    def frame(self) -> pd.DataFrame:
+        import pandas as pd
+
+        frame = pd.DataFrame(self._all)
+        # (the rows left out are left out by pandas, as load_run's pandas path does: the same dtypes)
+        return frame if self._keep is None else frame[self._keep].reset_index(drop=True)
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
+
+
+class FrameColumns(Mapping):
+    """The columns of a DataFrame as numpy arrays, read from the frame at each access (never stale)."""
+
+    def __init__(self, frame: pd.DataFrame):
+        self.frame = frame
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.frame[name].to_numpy()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.frame.columns
+
+    def __iter__(self):
+        return iter(self.frame.columns)
+
+    def __len__(self) -> int:
+        return len(self.frame.columns)
+
+
+def read_rows_fast(run_dir: Path, which: str, notes: list[str]) -> Table | pd.DataFrame:
+    """One table of a run: a Table where the file is as the writers write it, else `read_rows`'s DataFrame."""
+    path = Path(run_dir) / which
+    if path.is_file():
+        try:
+            data = path.read_bytes()
+        except OSError:
+            data = None
+        columns = _parse_written(data, TEXT_COLUMNS[which]) if data is not None else None
+        if columns is not None:
+            expected = {METRICS_FILE: METRICS_COLUMNS, LAYERS_FILE: LAYERS_COLUMNS, TIMESTEPS_FILE: TIMESTEPS_COLUMNS}[which]
+            missing = [c for c in expected if c not in columns and c not in quantities.ADDED_COLUMNS]
+            if missing:
+                raise RunError(f"{run_dir}: {which} lacks columns {', '.join(missing)}")
+            rows = len(next(iter(columns.values())))
+            for column in quantities.ADDED_COLUMNS:  # a run recorded before these existed: empty cells
+                if column in expected and column not in columns:
+                    import numpy as np
+
+                    columns[column] = _read_only(np.full(rows, np.nan))
+            return Table(columns)
+    return read_rows(run_dir, which, notes)
+
+
+def _column(table: Table | pd.DataFrame, name: str) -> np.ndarray:
+    return table.columns[name] if isinstance(table, Table) else table[name].to_numpy()
+
+
+def _without(table: Table | pd.DataFrame, drop: np.ndarray) -> Table | pd.DataFrame:
+    return table.without(drop) if isinstance(table, Table) else table[~drop]
+
+
 # --------------------------------------------------------------------------------------------
 # A run read back
 # --------------------------------------------------------------------------------------------
@@ -420,17 +569,51 @@ def shown_path(path: str | Path) -> Path:
         return path
 
 
-@dataclass
 class Run:
-    """One run directory read back: its resolved config, meta.json and both tables."""
+    """One run directory read back: its resolved config, meta.json and both tables.
 
-    dir: Path
-    config: dict[str, Any]
-    meta: dict[str, Any]
-    layers: pd.DataFrame
-    metrics: pd.DataFrame
-    notes: list[str] = field(default_factory=list)  # warnings: the run is read, with caveats
-    timesteps: pd.DataFrame | None = None  # timesteps.csv of a recurrent run; None for the others
+    `layers`, `metrics` (and a recurrent run's `timesteps`) are pandas DataFrames. A run read from
+    files holds the numpy columns first and makes each DataFrame when it is first asked for:
+    summaries read `arrays(...)`, which a thousand runs compared never turn into DataFrames."""
+
+    def __init__(self, dir: Path, config: dict[str, Any], meta: dict[str, Any], layers: pd.DataFrame | Table,
+                 metrics: pd.DataFrame | Table, notes: list[str] | None = None, timesteps: pd.DataFrame | None = None):  # fmt: skip
+        self.dir = dir
+        self.config = config
+        self.meta = meta
+        self.layers = layers
+        self.metrics = metrics
+        self.notes = [] if notes is None else notes  # warnings: the run is read, with caveats
+        self.timesteps = timesteps  # timesteps.csv of a recurrent run; None for the others
+
+    @property
+    def layers(self) -> pd.DataFrame:
+        if isinstance(self._layers, Table):
+            self._layers = self._layers.frame()
+        return self._layers
+
+    @layers.setter
+    def layers(self, value: pd.DataFrame | Table) -> None:
+        self._layers = value
+
+    @property
+    def metrics(self) -> pd.DataFrame:
+        if isinstance(self._metrics, Table):
+            self._metrics = self._metrics.frame()
+        return self._metrics
+
+    @metrics.setter
+    def metrics(self, value: pd.DataFrame | Table) -> None:
+        self._metrics = value
+
+    def arrays(self, which: Literal["layers", "metrics"]) -> Mapping[str, np.ndarray]:
+        """A table's columns as numpy arrays (read-only), without making its DataFrame when the
+        run was read from files and the DataFrame was not asked for; else read from the DataFrame."""
+        table = self._layers if which == "layers" else self._metrics
+        return table.columns if isinstance(table, Table) else FrameColumns(table)
+
+    def __repr__(self) -> str:
+        return f"Run(dir={str(self.dir)!r}, status={self.status!r}, last_step={self.last_step!r})"
 
     @property
     def name(self) -> str:
@@ -448,7 +631,12 @@ class Run:
     @property
     def last_step(self) -> int | None:
         """None when nothing was logged (a run that diverged at its very first step)."""
-        return None if self.layers.empty else int(self.layers["step"].max())
+        if not isinstance(self._layers, Table):
+            return None if self.layers.empty else int(self.layers["step"].max())
+        import numpy as np
+
+        steps = self._layers.columns["step"]
+        return None if not len(steps) else int(np.nanmax(steps) if steps.dtype.kind == "f" else steps.max())
 
     def resolve_step(self, step: Step) -> int | None:
         return self.last_step if step == "last" else int(step)
@@ -461,13 +649,17 @@ def load_run(run_dir: str | Path, config: dict[str, Any] | None = None) -> Run:
     last step with only some of its layers) are collected in `Run.notes`, one line each, naming
     the run.
     """
+    import numpy as np
+
     run_dir = shown_path(Path(run_dir))
     notes: list[str] = []
     meta = read_meta(run_dir)
     config = read_config(run_dir) if config is None else config  # (a caller that read it already)
-    layers = read_rows(run_dir, LAYERS_FILE, notes)
-    metrics = read_rows(run_dir, METRICS_FILE, notes)
-    if layers.empty and meta.get("status") != "diverged":
+    # a Table where the file is as the writers write it, else a DataFrame by pd.read_csv: the same
+    # rows are kept from either, with the same notes (_column and _without take both)
+    layers = read_rows_fast(run_dir, LAYERS_FILE, notes)
+    metrics = read_rows_fast(run_dir, METRICS_FILE, notes)
+    if not len(layers) and meta.get("status") != "diverged":
         # (a run that diverged at step 0 logged nothing, and is still a result to compare)
         raise RunError(f"{run_dir}: {LAYERS_FILE} has no rows (the run logged nothing)")
     layers = _checked_keys(layers, run_dir, notes)
@@ -476,10 +668,8 @@ def load_run(run_dir: str | Path, config: dict[str, Any] | None = None) -> Run:
     # (a run closed as completed included). Its layers would be summarized as if they were the
     # whole network, so the step is left out and said so. The run's layer count is that of its
     # first logged step (step 0 is whole unless the file was cut within it), or the most any step has.
-    if not layers.empty:
-        import numpy as np
-
-        steps, counts = np.unique(layers["step"].to_numpy(), return_counts=True)  # rows per step: one per layer
+    if len(layers):
+        steps, counts = np.unique(_column(layers, "step"), return_counts=True)  # rows per step: one per layer
         expected = int(counts.max())
         torn = [int(step) for step, n in zip(steps, counts) if n < expected]
         for step in torn[:3]:
@@ -487,9 +677,11 @@ def load_run(run_dir: str | Path, config: dict[str, Any] | None = None) -> Run:
         if len(torn) > 3:
             notes.append(f"{run_dir}: {len(torn) - 3} more steps of {LAYERS_FILE} lack layers; they are left out")
         if torn:
-            layers = layers[~layers["step"].isin(torn)]
+            layers = _without(layers, np.isin(_column(layers, "step"), torn))
 
-    def renumbered(frame: pd.DataFrame) -> pd.DataFrame:  # (a copy only where rows were left out)
+    def renumbered(frame: pd.DataFrame | Table) -> pd.DataFrame | Table:  # (a copy only where rows were left out)
+        if isinstance(frame, Table):
+            return frame  # (Table.frame() numbers its rows; `gradlab check` never imports pandas)
         import pandas as pd
 
         whole = isinstance(frame.index, pd.RangeIndex) and frame.index.start == 0 and frame.index.step == 1
@@ -497,10 +689,12 @@ def load_run(run_dir: str | Path, config: dict[str, Any] | None = None) -> Run:
 
     timesteps = None
     if (run_dir / TIMESTEPS_FILE).is_file():  # a recurrent run
-        timesteps = read_rows(run_dir, TIMESTEPS_FILE, notes)
+        timesteps = read_rows_fast(run_dir, TIMESTEPS_FILE, notes)
+        if isinstance(timesteps, Table):
+            timesteps = timesteps.frame()
         # the steps whose layers.csv rows are whole; a last step cut off while its time steps were
         # written (fewer rows than the first step) is left out like a torn layers.csv step
-        timesteps = timesteps[timesteps["step"].isin(layers["step"].unique())]
+        timesteps = timesteps[timesteps["step"].isin(np.unique(_column(layers, "step")))]
         counts = timesteps.groupby("step").size()
         if len(counts) > 1 and counts.iloc[-1] < counts.iloc[0]:
             notes.append(f"{run_dir}: step {counts.index[-1]} of {TIMESTEPS_FILE} has only {counts.iloc[-1]} of {counts.iloc[0]} rows; that step is left out")
@@ -521,31 +715,32 @@ def load_run(run_dir: str | Path, config: dict[str, Any] | None = None) -> Run:
 KNOWN_KINDS = ("hidden", "head")  # what the writers put in layers.csv's kind column
 
 
-def _checked_keys(layers: pd.DataFrame, run_dir: Path, notes: list[str]) -> pd.DataFrame:
+def _checked_keys(layers: Table | pd.DataFrame, run_dir: Path, notes: list[str]) -> Table | pd.DataFrame:
     """layers.csv's keys as the writers wrote them: an empty or fractional `step` or `layer` makes
     rows that belong to no step or layer (RunError for steps: nothing can be placed; rows with a
     fractional layer are left out and said); a `kind` in another case (HIDDEN) is said, since
     such rows count as no hidden layer. Integer columns (what the writers write) cost nothing."""
     import numpy as np
 
-    if layers.empty:
+    if not len(layers):
         return layers
-    step = layers["step"]
+    step = _column(layers, "step")
     if step.dtype.kind != "i":
-        steps = step.to_numpy(dtype=float)
+        steps = step.astype(float)
         if not np.isfinite(steps).all() or (steps != np.round(steps)).any() or (steps < 0).any():
             raise RunError(f"{run_dir}: {LAYERS_FILE}: column step holds empty or non-integer values; the rows cannot be placed in steps")
-    layer = layers["layer"]
+    layer = _column(layers, "layer")
     if layer.dtype.kind != "i":
-        numbers = layer.to_numpy(dtype=float)
+        numbers = layer.astype(float)
         bad = ~np.isfinite(numbers) | (numbers != np.round(numbers))
         if bad.any():
-            example = layer[bad].iloc[0]
+            example = layer[bad][0]
             notes.append(f"{run_dir}: {LAYERS_FILE}: {int(bad.sum())} rows have a layer that is not a whole number (e.g. {str(example)[:20]}); they are left out")
-            layers = layers[~bad]
-    odd = [kind for kind in layers["kind"].unique() if kind not in KNOWN_KINDS and str(kind).lower() in KNOWN_KINDS]
+            layers = _without(layers, bad)
+    kinds = _column(layers, "kind")
+    odd = [kind for kind in dict.fromkeys(kinds) if kind not in KNOWN_KINDS and str(kind).lower() in KNOWN_KINDS]
     if odd:
-        count = int(layers["kind"].isin(odd).sum())
+        count = sum(1 for kind in kinds if kind in odd)
         notes.append(f"{run_dir}: {LAYERS_FILE}: kind {str(odd[0])[:20]!r} in {count} rows is not one gradlab writes ({', '.join(KNOWN_KINDS)}); those rows count as neither")
     return layers
 

@@ -57,7 +57,7 @@ def verdict(gain: float, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Verdict
 def hidden_span(layers) -> tuple[int, int, int]:
     """(first, last, depth) of the hidden layers, taken over the whole table so that a step missing
     a layer reads as an empty value instead of silently measuring a different layer."""
-    hidden = layers["layer"].to_numpy()[layers["kind"].to_numpy() == "hidden"]
+    hidden = np.asarray(layers["layer"])[np.asarray(layers["kind"]) == "hidden"]
     if not hidden.size:
         return -1, -1, 0
     return int(hidden.min()), int(hidden.max()), len(np.unique(hidden))
@@ -66,13 +66,14 @@ def hidden_span(layers) -> tuple[int, int, int]:
 def profile_at(run: Run, step: Step) -> dict[str, float]:
     """PROFILE_QUANTITIES of `run` at one logged step (NaN where the step or a value is missing).
 
-    Computed on the table's numpy columns (a comparison of a hundred runs would otherwise spend
+    Computed on the table's numpy columns (a comparison of a thousand runs would otherwise spend
     its time selecting rows with pandas); where a layer appears twice at a step, its last row counts.
     """
-    first, last, depth = hidden_span(run.layers)
-    layers = run.layers
+    layers = run.arrays("layers")
+    first, last, depth = hidden_span(layers)
+    rows_in_table = len(layers["step"])
     columns = {
-        c: layers[c].to_numpy() if c in layers else np.full(len(layers), np.nan)
+        c: layers[c] if c in layers else np.full(rows_in_table, np.nan)
         for c in ("step", "layer", "kind", "delta_norm", "delta_rms", "weight_grad_norm", "dead_frac", "saturated_frac")
     }
     # the gain compares like with like on delta_rms (invariant to batch size and pooling); a run
@@ -151,8 +152,8 @@ def final_metrics(run: Run, target_loss: float | None = None) -> dict[str, float
     """FINAL_QUANTITIES of `run`; steps_to_target is NaN without a target or when never reached.
 
     "Last" is the row of the largest step (of equal steps, the last written)."""
-    metrics = run.metrics
-    split, steps, losses = metrics["split"].to_numpy(), metrics["step"].to_numpy(), metrics["loss"].to_numpy()
+    metrics = run.arrays("metrics")
+    split, steps, losses = metrics["split"], metrics["step"], metrics["loss"]
 
     def in_step_order(which: str) -> np.ndarray:
         rows = np.flatnonzero(split == which)
@@ -162,7 +163,7 @@ def final_metrics(run: Run, target_loss: float | None = None) -> dict[str, float
     for which in ("train", "test"):
         rows = in_step_order(which)
         for metric in ("loss", "accuracy"):
-            out[f"final_{which}_{metric}"] = float(metrics[metric].to_numpy()[rows[-1]]) if len(rows) else math.nan
+            out[f"final_{which}_{metric}"] = float(metrics[metric][rows[-1]]) if len(rows) else math.nan
     out["steps_to_target"] = math.nan
     if target_loss is not None:
         train = in_step_order("train")
@@ -210,7 +211,7 @@ def missing_step_notes(runs: Sequence[Run], steps: Sequence[Step]) -> list[str]:
     """One line per run and requested step that was not logged (its cells will be empty)."""
     notes = []
     for run in runs:
-        logged = set(run.layers["step"].unique())
+        logged = set(np.unique(run.arrays("layers")["step"]))
         if not logged:
             notes.append(f"{run.dir}: nothing was logged (the run {run.status} at its first step); its cells are empty")
             continue

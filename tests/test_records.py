@@ -166,3 +166,79 @@ def test_nothing_readable_is_an_error_naming_every_problem(tmp_path, monkeypatch
         records.load_runs(["empty"])
     assert info.value.lines == ["empty: no runs found (a run directory holds meta.json)", "no run could be read"]
     assert info.value.exit_code == 2
+
+
+# --------------------------------------------------------------------------------------------
+# The fast reader (records._parse_written) against pd.read_csv
+# --------------------------------------------------------------------------------------------
+
+EDGE_FLOATS = ["0.1", "-0.0", "1e-05", "1.5e-07", "1e+16", "1.2345678901234568e+17", "1.7976931348623157e+308",
+               "2.2250738585072014e-308", "5e-324", "1e-320", "4.9406564584124654e-324", "inf", "-inf", "",
+               "3", "-7", "123456789012345678", "0.30000000000000004", "1e+308", "9.999999999999999e+22"]
+# cells the writers never write: the fast path must hand them to pandas (or read them as pandas does)
+ODD_CELLS = ["1e+400", "1e-400", "2.5e-324", "3e-324", "7e-324", "1e-323", "1e+309", "-1e+309", "1234567890123456789.5", "1e+1000", "99999999999999999999", "+3", " 3", "3 ", "1_000", "nan", "NaN", "NA", "None",
+             "True", "1.", ".5", "1E5", "0x10", "Infinity", "-nan", "1e5", "١"]
+
+
+def _frames_equal_on(tmp_path, text: str, which: str = records.LAYERS_FILE) -> None:
+    import pandas as pd
+
+    path = tmp_path / which
+    path.write_bytes(text.encode("utf-8"))
+    expected = pd.read_csv(path)
+    columns = records._parse_written(text.encode("utf-8"), records.TEXT_COLUMNS[which])
+    if columns is not None:  # (None: the fast path declines; pd.read_csv reads it, as before)
+        pd.testing.assert_frame_equal(records.Table(columns).frame(), expected, check_exact=True)
+
+
+def test_the_fast_reader_makes_what_read_csv_makes_of_every_cell_the_writers_write(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.random(3000), rng.lognormal(0, 40, 3000), -rng.random(1000) * 1e-300, np.exp(rng.uniform(-740, 709, 3000))])
+    cells = [records.format_cell(float(v)) for v in values] + EDGE_FLOATS
+    rows = [f"{i // 7},{i % 7},blocks.{i % 7},{'head' if i % 7 == 6 else 'hidden'},{cell},{cells[-1 - i]}" for i, cell in enumerate(cells)]
+    text = "step,layer,name,kind,delta_norm,act_mean\n" + "\n".join(rows) + "\n"
+    columns = records._parse_written(text.encode(), records.TEXT_COLUMNS[records.LAYERS_FILE])
+    assert columns is not None  # every cell as the writers write it: the fast path reads it
+    _frames_equal_on(tmp_path, text)
+    assert columns["delta_norm"][-len(EDGE_FLOATS):].tolist()[:3] == [0.1, -0.0, 1e-05]
+
+
+@pytest.mark.parametrize("cell", ODD_CELLS)
+@pytest.mark.parametrize("column", ["step", "delta_norm", "name"])
+def test_a_cell_the_writers_never_write_is_read_as_read_csv_reads_it(tmp_path, cell, column):
+    header = "step,layer,name,kind,delta_norm"
+    row = {"step": "0", "layer": "0", "name": "blocks.0", "kind": "hidden", "delta_norm": "0.5"}
+    odd = {**row, column: cell}
+    text = header + "\n" + "\n".join(",".join(r.values()) for r in (row, odd, row)) + "\n"
+    _frames_equal_on(tmp_path, text)
+
+
+@pytest.mark.parametrize("text", [
+    "step,layer\n0,1\n\n1,2\n", "step,layer\n0,1\n1,2", "step,layer\r\n0,1\r\n", 'step,name\n0,"blocks.0"\n', "step,layer\n0,1,2\n",
+    "step,layer\n0\n", "step,step\n0,1\n", "\ufeffstep,layer\n0,1\n", "step,layer\n", "step,layer", "step, layer\n0,1\n",
+    "step,name\n0,\n", "step,name\n0,blocks 0\n", "step,name\n0,1\n",
+])  # fmt: skip
+def test_a_table_the_writers_never_write_is_read_as_read_csv_reads_it(tmp_path, text):
+    _frames_equal_on(tmp_path, text)
+
+
+def test_a_run_reads_the_same_from_the_fast_reader_and_from_pandas(tmp_path, monkeypatch):
+    """load_run on a written run: the same frames, notes and summaries whichever path read it."""
+    import pandas as pd
+
+    from gradlab import summaries
+
+    layers = [row for step in (0, 5, 10) for row in layer_rows(step, [0.01 * (k + 1) for k in range(4)])]
+    run_dir = write_run(tmp_path, resolved_config("exp", depth=4), layers[:-2], METRICS, status="running")
+    fast = records.load_run(run_dir)
+    assert isinstance(fast._layers, records.Table) and isinstance(fast._metrics, records.Table)
+    summary = summaries.summarize_run(fast, (0, 5, "last"), target_loss=1.0)
+    monkeypatch.setattr(records, "_parse_written", lambda data, text_columns: None)
+    slow = records.load_run(run_dir)
+    assert isinstance(slow._layers, pd.DataFrame)
+    assert fast.notes == slow.notes and fast.last_step == slow.last_step == 5
+    pd.testing.assert_frame_equal(fast.layers, slow.layers, check_exact=True)
+    pd.testing.assert_frame_equal(fast.metrics, slow.metrics, check_exact=True)
+    assert repr(summaries.summarize_run(slow, (0, 5, "last"), target_loss=1.0)) == repr(summary)
