@@ -306,7 +306,7 @@ MAPPING_SECTIONS = ("data", "model", "train", "log")
 def read_config(run_dir: Path) -> dict[str, Any]:
     import yaml
 
-    from gradlab.yamlio import TooLarge, load_guarded, read_capped
+    from gradlab.yamlio import RecordLoader, TooLarge, load_guarded, read_capped
 
     path = Path(run_dir) / CONFIG_FILE
     try:
@@ -314,7 +314,7 @@ def read_config(run_dir: Path) -> dict[str, Any]:
         # configs are most of `gradlab compare`'s reading time with the pure-Python one); the
         # document's expanded size is checked before it is built (one hostile run must not hang
         # compare on a shared folder)
-        data = load_guarded(read_capped(path), getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        data = load_guarded(read_capped(path), RecordLoader)
     except FileNotFoundError:
         raise RunError(f"{run_dir}: no {CONFIG_FILE}") from None
     except TooLarge as exc:

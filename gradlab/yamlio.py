@@ -92,6 +92,12 @@ def expanded_size(node: yaml.Node) -> tuple[int, int]:
     return size(node)
 
 
+# Below this many characters a document without aliases cannot exceed MAX_NODES or MAX_CHARS
+# (every value takes at least one character of the text: N characters hold at most N + 1 values),
+# nor refer to itself: its size need not be counted.
+SMALL_WITHOUT_ALIASES = MAX_NODES // 2
+
+
 def load_guarded(text: str, loader_class: type = yaml.SafeLoader) -> Any:
     """The single YAML document in `text`, built with `loader_class` once its expanded size is
     known to be sane (see expanded_size). yaml.YAMLError (TooLarge among them) otherwise."""
@@ -100,7 +106,29 @@ def load_guarded(text: str, loader_class: type = yaml.SafeLoader) -> Any:
         node = loader.get_single_node()
         if node is None:
             return None
-        expanded_size(node)
+        if "*" in text or len(text) >= SMALL_WITHOUT_ALIASES:  # (an alias is written *name)
+            expanded_size(node)
         return loader.construct_document(node)
     finally:
         loader.dispose()
+
+
+class RecordLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """PyYAML's safe loader, with libyaml's parser where PyYAML has it, that remembers the implicit
+    tag of short plain scalars: a thousand runs' config.yaml repeat the same few hundred keys and
+    values, and matching each against the resolvers' regular expressions is a third of reading them.
+    The tag is a function of the scalar's text alone (the safe loader's resolvers are fixed, and it
+    has no path resolvers), so what is remembered cannot go stale; at most 10,000 are."""
+
+    _tags: dict[tuple[str, Any], str] = {}
+
+    def resolve(self, kind: type, value: Any, implicit: Any) -> str:
+        if kind is not yaml.ScalarNode or len(value) > 64 or self.yaml_path_resolvers:
+            return super().resolve(kind, value, implicit)
+        key = (value, implicit)
+        tag = self._tags.get(key)
+        if tag is None:
+            tag = super().resolve(kind, value, implicit)
+            if len(self._tags) < 10_000:
+                self._tags[key] = tag
+        return tag

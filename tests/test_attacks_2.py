@@ -431,6 +431,37 @@ def test_a_hostile_run_config_does_not_block_compare_of_the_others(tmp_path):
     assert len(list(csv.DictReader(io.StringIO(result.stdout)))) == 1
 
 
+@pytest.mark.parametrize("dense", ["{" + "a," * 24_998 + "a}", "[" + "[]," * 16_000 + "[]]", "-\n" * 24_999, "? \n" * 16_000, "a:\n" * 16_666, "- - - - - -\n" * 4_000])
+def test_a_document_without_aliases_below_the_small_size_cannot_be_too_large(dense):
+    """load_guarded counts no size for a document without aliases under SMALL_WITHOUT_ALIASES
+    characters: the densest YAML holds at most one value per character, far under MAX_NODES."""
+    from gradlab import yamlio
+
+    assert len(dense) < yamlio.SMALL_WITHOUT_ALIASES
+    values, chars = yamlio.expanded_size(yaml.compose(dense, Loader=yaml.SafeLoader))
+    assert values <= len(dense) + 1 < yamlio.MAX_NODES and chars <= len(dense) < yamlio.MAX_CHARS
+
+
+def test_a_large_document_without_aliases_is_still_counted():
+    from gradlab import yamlio
+
+    with pytest.raises(yamlio.TooLarge):
+        yamlio.load_guarded("[" + "0," * 150_000 + "0]", yamlio.RecordLoader)
+
+
+def test_the_record_loader_reads_what_the_safe_loader_reads():
+    """RecordLoader remembers scalars' tags: the same documents, read twice (remembered) included."""
+    from gradlab import yamlio
+
+    texts = [path.read_text() for path in sorted(Path(__file__).resolve().parent.parent.glob("configs/**/*.yaml"))]
+    texts.append("a: [1, 1.5, .inf, -.inf, 0x10, 0o7, 1_000, 1:30, yes, No, ~, null, '1', 2024-01-01, 2001-12-14t21:59:43.10-05:00]\n")
+    texts.append("b: {x: 1e3, y: 1.0e+3, z: !!str 5, w: !!float 2, '<<': {m: 1}}\n")
+    for _ in range(2):
+        for text in texts:
+            expected = yaml.load(text, Loader=yaml.SafeLoader)
+            assert repr(yamlio.load_guarded(text, yamlio.RecordLoader)) == repr(expected)
+
+
 # --------------------------------------------------------------------------------------------
 # 9. One damaged run among good ones
 # --------------------------------------------------------------------------------------------
