@@ -32,6 +32,8 @@ Which theory applies
     model                                   prediction                         paper
     mlp, norm none                          mean-field length map, χ₁, ξ, phase  Poole 2016, Schoenholz 2017
     mlp, batchnorm placement pre            √(E[φ'(z)²] / Var φ(z)) per layer   Yang et al. 2019
+                                            (its large-batch limit; at the config's
+                                            batch size for relu-type and identity)
     mlp, residual (norm none or bn pre)     stream moments and gradient growth  De & Smith 2020, Brock 2021
     rnn, readout last                       step_factor: λ (linear, λ·orthogonal) Pascanu 2013
                                             or the bound γ·λ₁ (any other)
@@ -295,19 +297,34 @@ def _mean_field(exp: Any, act: NumpyActivation, moments: InputMoments, correlati
     )  # fmt: skip
 
 
+# Activations x (x > 0), a·x (x < 0) and their slope a: theory's finite-batch BatchNorm factor is
+# derived for these (positively homogeneous: expectations on BatchNorm's sphere become Gaussian ones).
+_NEGATIVE_SLOPE = {"relu": lambda p: 0.0, "leaky_relu": lambda p: p.negative_slope, "prelu": lambda p: p.init, "identity": lambda p: 1.0}
+
+
 def _batchnorm(exp: Any, act: NumpyActivation, moments: InputMoments) -> Prediction:
     model = exp.model
     first_w2, _ = _init_variances(exp, *_fans(exp, 0), False)
     w2, _ = _init_variances(exp, *_fans(exp, 1), False)
-    steady = theory.batchnorm_gradient_factor(act, "batchnorm", "pre")
-    if steady is None:
+    large_batch = theory.batchnorm_gradient_factor(act, "batchnorm", "pre")
+    if large_batch is None:
         return none(f"no prediction: {act.name}'s output has no variance under N(0, 1), so BatchNorm's factor is undefined")
     factors = theory.batchnorm_gradient_factors(act, [first_w2] + [w2] * (model.depth - 1), model.depth, moments.batch_variance)
-    inputs = {"sigma_w2": w2, "first_sigma_w2": first_w2, "input_batch_variance": moments.batch_variance}
+    batch = exp.data.batch_size  # every training batch, step 0's included, has exactly this many examples
+    inputs = {"sigma_w2": w2, "first_sigma_w2": first_w2, "input_batch_variance": moments.batch_variance, "batch_size": batch}
+    notes = [moments.how, "σw² cancels between blocks of equal σw²; the first factor uses block 0's σw² and the input's batch variance"]
+    steady = large_batch
+    if act.name in _NEGATIVE_SLOPE and batch >= 4:
+        # between hidden blocks, the factor at this batch size (block 0 reads the data, not BatchNorm's fixed point)
+        steady = theory.batchnorm_gradient_factor_finite_batch(_NEGATIVE_SLOPE[act.name](act._params), batch)
+        factors = factors[:1] + [f * steady / large_batch for f in factors[1:]]
+        notes.append(f"between hidden blocks the factor at batch size {batch}: {steady:.6g} (the large-batch limit {large_batch:.6g} grows by O(1/B))")
+    else:
+        why = f"a batch of {batch} < 4" if batch < 4 else f"{act.name} is not x / a·x"
+        notes.append(f"the large-batch limit: the finite-batch factor is derived for relu, leaky_relu, prelu and identity with batches of 4 or more ({why})")
     return Prediction(
         "batchnorm", predicted_factor=steady, xi_grad=depth_scale(steady**2), layers=tuple(factors),
-        layer_factor=theory.geometric_mean_factor(factors), inputs=inputs,
-        notes=(moments.how, "σw² cancels between blocks of equal σw²; the first factor uses block 0's σw² and the input's batch variance"),
+        layer_factor=theory.geometric_mean_factor(factors), inputs=inputs, extra={"large_batch_factor": large_batch}, notes=tuple(notes),
     )  # fmt: skip
 
 
@@ -443,7 +460,7 @@ def table_lines(prediction: Prediction) -> list[str]:
     lines += [f"note: {note}" for note in p.notes]
     if p.reason:
         lines.append(f"no gradient prediction: {p.reason}")
-    width = max(len(key) for key in TABLE_KEYS)
+    width = max(len(key) for key in (*TABLE_KEYS, *(k for k, v in p.extra.items() if not isinstance(v, (list, tuple)))))
     lines += [f"{key:<{width}}  {_text(getattr(p, key))}" for key in TABLE_KEYS]
     if p.theory == "recurrent":
         verb = {STEP_EQUALS: "equals", STEP_AT_MOST: "is at most"}.get(p.step_relation or "", "")

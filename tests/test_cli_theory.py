@@ -58,19 +58,21 @@ def test_set_overrides_and_batchnorm(tmp_path):
     assert result.exit_code == 0, result.output
     assert result.output == """\
 theory: batchnorm (Yang et al. 2019, A mean field theory of batch normalization (ICLR))
-from: sigma_w2 = 2, first_sigma_w2 = 2, input_batch_variance = 1.9
+from: sigma_w2 = 2, first_sigma_w2 = 2, input_batch_variance = 1.9, batch_size = 128
 note: gaussian: E[x²] = 1 + noise² = 2 (class means ~ N(0, 1) plus noise)
 note: σw² cancels between blocks of equal σw²; the first factor uses block 0's σw² and the input's batch variance
-q_star            -
-chi1              -
-predicted_factor  1.21117
-xi_grad           -2.60974
-xi_c              -
-phase             -
-layer_factor      0.788238
+note: between hidden blocks the factor at batch size 128: 1.21642 (the large-batch limit 1.21117 grows by O(1/B))
+q_star              -
+chi1                -
+predicted_factor    1.21642
+xi_grad             -2.55215
+xi_c                -
+phase               -
+layer_factor        0.789944
+large_batch_factor  1.21117
 layer             q        factor
     0             -      0.512989
-    1             -       1.21117
+    1             -       1.21642
     2             -             -
 """
 

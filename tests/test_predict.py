@@ -9,6 +9,7 @@ import math
 
 import pytest
 
+from gradlab import theory
 from gradlab.config import validate
 from gradlab.predict import DEPARTS_TOLERANCE, SPIRAL_JITTER, input_moments, predict
 
@@ -79,8 +80,11 @@ def test_the_layer_factor_is_the_geometric_mean_of_the_layers():
 def test_batchnorm_relu_grows_by_yang_2019s_factor():
     p = predict(exp(activation="relu", norm="batchnorm", init={"weight": "kaiming_normal", "bias": "zeros"}))
     assert p.theory == "batchnorm"
-    assert p.predicted_factor == pytest.approx(math.sqrt(math.pi / (math.pi - 1)))
-    assert p.layers[1:] == pytest.approx([1.2111739] * 8)
+    # Yang's large-batch limit, and between hidden blocks the factor at the config's batch size (128)
+    assert p.extra["large_batch_factor"] == pytest.approx(math.sqrt(math.pi / (math.pi - 1)))
+    assert p.inputs["batch_size"] == 128
+    assert p.predicted_factor == pytest.approx(theory.batchnorm_gradient_factor_finite_batch(0.0, 128)) and p.predicted_factor == pytest.approx(1.2164215)
+    assert p.layers[1:] == pytest.approx([1.2164215] * 8)
     # block 0 reads the input: factor² = σw²₁ E[φ'²] / (σw²₀ · the input's batch variance)
     assert p.layers[0] == pytest.approx(math.sqrt(0.5 / (1 - 1 / 10 + 1)))
 
@@ -161,3 +165,11 @@ def test_recurrent_step_factor_is_a_prediction_only_for_a_linear_norm_preserving
     lstm = rnn("tanh", {"name": "orthogonal", "gain": 1.0}, kind="lstm", forget_bias=1.0)
     assert lstm.step_factor is None and any(note.startswith("no step_factor: σ(forget bias)") for note in lstm.notes)
     assert linear.to_json()["step_factor"] == 1.2 and linear.to_json()["step_relation"] == "equals"
+
+
+def test_batchnorm_other_activations_keep_the_large_batch_limit():
+    tanh = predict(exp(activation="tanh", norm="batchnorm", init={"weight": "kaiming_normal", "bias": "zeros"}))
+    assert tanh.predicted_factor == tanh.extra["large_batch_factor"]
+    assert any(note.startswith("the large-batch limit: the finite-batch factor is derived for relu") for note in tanh.notes)
+    leaky = predict(exp(activation={"name": "leaky_relu", "negative_slope": 0.2}, norm="batchnorm", data={"batch_size": 16}))
+    assert leaky.predicted_factor == pytest.approx(theory.batchnorm_gradient_factor_finite_batch(0.2, 16))
