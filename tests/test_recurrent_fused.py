@@ -148,3 +148,34 @@ def test_onednn_would_round_differently():
             torch.backends.mkldnn.enabled = True
     assert torch.equal(native, unrolled.detach())
     assert not torch.equal(onednn, native)
+
+
+@pytest.mark.parametrize("kind,activation", [("rnn", "tanh"), ("lstm", "tanh"), ("gru", "tanh")])
+def test_a_run_records_the_same_numbers_whatever_log_every(tmp_path, kind, activation):
+    """End to end: a run logged on every step (every step unrolled) and one logged every 4th step (the
+    steps between fused) write the same cells at the steps both log, time_s aside."""
+    import csv
+
+    from gradlab.config import validate
+    from gradlab.runner import run_experiment
+
+    def rows(run_dir, table, steps):
+        with open(run_dir / table, newline="") as file:
+            return [{k: v for k, v in row.items() if k != "time_s"} for row in csv.DictReader(file) if int(row["step"]) in steps]
+
+    runs = []
+    for every in (1, 4):
+        exp = validate({
+            "name": f"{kind}-every-{every}", "seed": 0, "device": "cpu",
+            "data": {"name": "adding", "seq_len": 7, "n_train": 96, "n_test": 32, "batch_size": 16},
+            "model": {"kind": kind, "depth": 2, "width": 6, "activation": activation},
+            "loss": "mse", "optim": {"name": "adam", "lr": 0.01},
+            "train": {"steps": 8, "eval_every": 4}, "log": {"every": every, "out": str(tmp_path / str(every))},
+        })  # fmt: skip
+        result = run_experiment(exp)
+        assert result.status == "completed"
+        runs.append(result.run_dir)
+    steps = {0, 4, 8}
+    for table in ("layers.csv", "timesteps.csv", "metrics.csv"):
+        every_step, every_fourth = rows(runs[0], table, steps), rows(runs[1], table, steps)
+        assert every_step == every_fourth and len(every_fourth) > 0, table
