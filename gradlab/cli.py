@@ -570,24 +570,56 @@ class TheoryFormat(str, Enum):
 def theory_command(
     config: ConfigArg,
     set_: SetOpt = None,
+    sweep: SweepOpt = None,
     format_: Annotated[TheoryFormat, typer.Option("--format", "-f", help="table (for people) or json")] = TheoryFormat.table,
 ) -> None:
     """What theory predicts for CONFIG at initialization, without training (no torch).
 
     Mean field (Poole 2016, Schoenholz 2017) for MLPs without normalization, Yang 2019 for
-    BatchNorm before the activation, the residual stream (De & Smith 2020); where no theory applies
-    it says why. The 'factor' column is ||dL/dz|| of a layer over that of the next one up.
+    BatchNorm before the activation, the residual stream (De & Smith 2020), Pascanu 2013 for
+    recurrent networks; where no theory applies it says why. The 'factor' column is ||dL/dz|| of a
+    layer over that of the next one up. For a sweep, one row per combination (seeds share one).
     """
     import json
 
-    from gradlab.predict import predict, table_lines
+    from gradlab.predict import predict, sweep_table_lines, table_lines
 
+    if sweep or _is_sweep(config):
+        named = _sweep_predictions(config, _overrides(set_), sweep or [])
+        if format_ is TheoryFormat.json:
+            print(json.dumps([{"combination": name, "values": values, **prediction.to_json()} for name, values, prediction in named], indent=2, ensure_ascii=False))
+            return
+        for line in sweep_table_lines([(name, prediction) for name, _, prediction in named]):
+            print(line)
+        return
     prediction = predict(_load(config, _overrides(set_)))
     if format_ is TheoryFormat.json:
         print(json.dumps(prediction.to_json(), indent=2, ensure_ascii=False))
         return
     for line in table_lines(prediction):
         print(line)
+
+
+def _sweep_predictions(config: Path, overrides: list[str], axis_items: list[str]) -> list[tuple[str, dict, Any]]:
+    """(combination's name, its axis values, Prediction) for each combination of a sweep config,
+    seeds left out: the seed changes no prediction."""
+    from gradlab import sweep as sweeps
+    from gradlab.config import validate
+    from gradlab.predict import predict
+
+    from gradlab.configdiff import labels
+
+    plan = sweeps.load_plan(config, overrides, [sweeps.parse_axis(item) for item in axis_items])
+    members: dict[str, Any] = {}  # one per combination of the axes other than the seed
+    for member in plan.members:
+        values = {key: value for key, value in member.values.items() if key != sweeps.SEED_AXIS}
+        members.setdefault(sweeps.describe_values(values), (values, member.config))
+    if all(not isinstance(value, (dict, list)) for values, _ in members.values() for value in values.values()):
+        keys = [axis.key for axis in plan.axes if axis.key != sweeps.SEED_AXIS]
+        names = [sweeps.run_name(values, sweeps.axis_labels(keys)) for values, _ in members.values()]  # the run folders' names
+    else:  # a whole section swept: named by the settings that differ, as compare labels runs
+        names = labels([{key: value for key, value in config.items() if key != "seed"} for _, config in members.values()])
+    return [(name, values, predict(validate(config))) for name, (values, config) in zip(names, members.values())]
 
 
 def main() -> None:

@@ -487,6 +487,30 @@ def table_lines(prediction: Prediction) -> list[str]:
     return lines
 
 
+SWEEP_KEYS = ("phase", "chi1", "predicted_factor", "layer_factor", "xi_grad", "step_factor")
+
+
+def sweep_table_lines(named: list[tuple[str, Prediction]]) -> list[str]:
+    """What `gradlab theory SWEEP` prints: a row per combination with its theory and the headline
+    numbers (the columns some combination has), and the reason where a combination has none;
+    `--format json` holds every number of every combination."""
+    keys = [key for key in SWEEP_KEYS if any(getattr(p, key) is not None for _, p in named)]
+    header = ["combination", "theory", *keys]
+    def cell(p: Prediction, key: str) -> str:
+        if key == "step_factor" and p.step_factor is not None and p.step_relation == STEP_AT_MOST:
+            return f"<= {_text(p.step_factor)}"  # Pascanu's bound: the measurement is at most this
+        return _text(getattr(p, key))
+
+    rows = [[name, p.theory, *(cell(p, key) for key in keys)] for name, p in named]
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    sources = dict.fromkeys(p.theory for _, p in named if p.theory != "none")
+    lines += [f"{theory}: {SOURCES[theory]}" for theory in sources]
+    lines += [f"{name}: no prediction: {p.reason}" for name, p in named if p.theory == "none" or (p.reason and p.theory == "recurrent" and p.step_factor is None)]
+    lines.append("per-layer factors and every other number: --format json")
+    return lines
+
+
 # --------------------------------------------------------------------------------------------
 # Predictions for runs read back (compare, plots, expect:)
 # --------------------------------------------------------------------------------------------

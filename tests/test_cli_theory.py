@@ -149,3 +149,64 @@ def test_compare_with_theory_loads_no_torch(tmp_path):
     lines = proc.stdout.strip().splitlines()
     assert lines[0].endswith(",predicted_factor,departs") and lines[1].endswith(",yes")
     assert lines[-1] == "['pandas']"
+
+
+SWEEP = {**RELU_HE, "sweep": {"model.activation": ["relu", "tanh"], "model.norm": ["none", "layernorm"]}, "seeds": [0, 1]}
+
+
+def test_a_sweep_gets_a_row_per_combination_with_the_seeds_sharing_one(tmp_path):
+    result = invoke("theory", config(tmp_path, SWEEP))
+    assert result.exit_code == 0, result.output
+    reason = "no prediction with model.norm layernorm: it normalizes each example over its units, not each unit over the batch; no mean-field derivation applies"
+    assert result.output == f"""\
+combination                     theory      phase     chi1     predicted_factor  layer_factor  xi_grad
+activation=relu,norm=none       mean_field  critical  1        1                 1             inf
+activation=relu,norm=layernorm  none        -         -        -                 -             -
+activation=tanh,norm=none       mean_field  chaotic   1.10553  1.05144           0.866243      -9.96773
+activation=tanh,norm=layernorm  none        -         -        -                 -             -
+mean_field: Poole et al. 2016 (eq. 3), Schoenholz et al. 2017 (eqs. 5-13)
+activation=relu,norm=layernorm: no prediction: {reason}
+activation=tanh,norm=layernorm: no prediction: {reason}
+per-layer factors and every other number: --format json
+"""
+
+
+def test_each_row_of_a_sweep_is_the_prediction_for_that_combination_alone(tmp_path):
+    # independent path: the single-config command, given the combination with --set
+    rows = json.loads(invoke("theory", config(tmp_path, SWEEP), "-f", "json").output)
+    assert [row["values"] for row in rows] == [
+        {"model.activation": a, "model.norm": n} for a in ("relu", "tanh") for n in ("none", "layernorm")
+    ]
+    assert [row["combination"] for row in rows] == ["activation=relu,norm=none", "activation=relu,norm=layernorm",
+                                                    "activation=tanh,norm=none", "activation=tanh,norm=layernorm"]  # fmt: skip
+    for row in rows:
+        values = row.pop("values")
+        name = row.pop("combination")
+        sets = [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
+        alone = json.loads(invoke("theory", config(tmp_path), *sets, "-f", "json").output)
+        assert row == alone, name
+
+
+def test_a_sweep_config_loads_no_torch(tmp_path):
+    probe = (
+        "import sys\nfrom gradlab.cli import app\n"
+        "try:\n    app(sys.argv[1:], prog_name='gradlab')\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+        "print([m for m in ('torch', 'pandas', 'matplotlib') if m in sys.modules])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe, "theory", str(config(tmp_path, SWEEP))], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_every_shipped_config_has_a_theory_answer():
+    # each shipped config, sweep or not, gets its predictions (or says why there are none), exit 0
+    for path in sorted((ROOT / "configs").rglob("*.yaml")):
+        result = invoke("theory", path)
+        assert result.exit_code == 0, (path.name, result.output)
+
+
+def test_the_readme_shows_what_theory_prints_for_a_shipped_sweep():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    command = "$ gradlab theory configs/papers/he2015-relu-init.yaml\n"
+    quoted = readme.split(command, 1)[1].split("```", 1)[0]
+    assert invoke("theory", ROOT / "configs/papers/he2015-relu-init.yaml").output == quoted
