@@ -23,6 +23,7 @@ import csv
 import gzip
 import hashlib
 import math
+import os
 import struct
 import zipfile
 import zlib
@@ -372,49 +373,80 @@ def _guarded_read(file, path: Path, kind: str, size: int) -> bytes:
         raise DataError(f"{where}: corrupt gzip data ({_first_line(exc)})") from None
 
 
-def read_idx(path: str | Path, magic: int) -> tuple[tuple[int, ...], np.ndarray]:
-    """The dims and the uint8 payload (flat, read-only) of an IDX file, gzipped or not.
+def read_idx(path: str | Path, magic: int, first: int | None = None) -> tuple[tuple[int, ...], np.ndarray]:
+    """The dims and the uint8 payload (flat, read-only) of an IDX file, gzipped or not: all of it,
+    or only its `first` examples (the first dimension) where `first` is given.
 
-    Checks the magic number, that the payload the header declares fits in memory before reading
-    it (a few MB of gzip can decompress to gigabytes), and that the file holds exactly those bytes:
-    it is decompressed as it is read, never more than one byte past what the header declares.
+    Checks the magic number and that what is to be read fits in memory before reading it (a few MB
+    of gzip can decompress to gigabytes). Read whole, the file must hold exactly the payload its
+    header declares: it is decompressed as it is read, never more than one byte past that. Read in
+    part, a plain file is read no further than those examples (its size is still checked against
+    the header, which costs nothing), and a gzip stream is decompressed no further either: what
+    lies after them (and the CRC at its end) is never looked at, however large it says it is.
     """
-    path = Path(path)
+    with _open_maybe_gzip(Path(path), "mnist") as file:
+        dims = _idx_header(file, Path(path), magic)
+        return dims, _idx_payload(file, Path(path), dims, first)
+
+
+def _idx_header(file, path: Path, magic: int) -> tuple[int, ...]:
+    """The dims an IDX file's header declares, after its magic number is checked."""
     where = f"mnist file {str(path)!r}"
     ndim = magic & 0xFF  # the IDX magic's last byte is the number of dimensions
     header = 4 + 4 * ndim
-    with _open_maybe_gzip(path, "mnist") as file:
-        head = _guarded_read(file, path, "mnist", header)
-        if len(head) < header:
-            raise DataError(f"{where}: only {len(head)} bytes, too short for an IDX header ({header} bytes)")
-        (found,) = struct.unpack(">I", head[:4])
-        if found != magic:
-            what = {IDX_IMAGES: "an image", IDX_LABELS: "a label"}
-            hint = f"; it looks like {what[found]} file" if found in what else ""
-            raise DataError(f"{where}: bad magic number {found} (0x{found:08x}), expected {magic} for {what[magic]} file{hint}")
-        dims = struct.unpack(f">{ndim}I", head[4:header])
-        need = math.prod(dims)
-        _check_payload_fits(where, dims, need)
-        data = _guarded_read(file, path, "mnist", need + 1)
-        have = len(data)
-        if have > need:  # count what trails, a chunk at a time (never all of a gzip bomb at once)
-            while True:
-                chunk = _guarded_read(file, path, "mnist", 1 << 20)
-                if not chunk or have > 2 * need + (1 << 20):
-                    break
-                have += len(chunk)
+    head = _guarded_read(file, path, "mnist", header)
+    if len(head) < header:
+        raise DataError(f"{where}: only {len(head)} bytes, too short for an IDX header ({header} bytes)")
+    (found,) = struct.unpack(">I", head[:4])
+    if found != magic:
+        what = {IDX_IMAGES: "an image", IDX_LABELS: "a label"}
+        hint = f"; it looks like {what[found]} file" if found in what else ""
+        raise DataError(f"{where}: bad magic number {found} (0x{found:08x}), expected {magic} for {what[magic]} file{hint}")
+    return struct.unpack(f">{ndim}I", head[4:header])
+
+
+def _idx_payload(file, path: Path, dims: tuple[int, ...], first: int | None) -> np.ndarray:
+    """The payload of an open IDX file past its header: all of it (first None, or every example),
+    or its first `first` examples (see read_idx)."""
+    where = f"mnist file {str(path)!r}"
+    need = math.prod(dims)
+    whole = first is None or first >= dims[0]
+    size = need if whole else first * math.prod(dims[1:])
+    _check_payload_fits(where, dims, need, None if whole else (first, size))
+    if not isinstance(file, gzip.GzipFile):  # a plain file: its size says whether it holds the payload
+        have = os.fstat(file.fileno()).st_size - file.tell()
+        if have != need:
+            problem = "truncated" if have < need else "has trailing bytes"
+            raise DataError(f"{where}: {problem}: header says {'x'.join(map(str, dims))} = {need} payload bytes, found {have}")
+    data = _guarded_read(file, path, "mnist", size + 1 if whole else size)
+    have = len(data)
+    if not whole:
+        if have < size:  # (a gzip stream that ends before the examples used)
+            raise DataError(f"{where}: truncated: header says {'x'.join(map(str, dims))}, but the payload ends after {have} bytes, before the first {first} examples ({size} bytes)")
+        return np.frombuffer(data, dtype=np.uint8)
+    if have > need:  # count what trails, a chunk at a time (never all of a gzip bomb at once)
+        while True:
+            chunk = _guarded_read(file, path, "mnist", 1 << 20)
+            if not chunk or have > 2 * need + (1 << 20):
+                break
+            have += len(chunk)
     if have != need:
         problem = "truncated" if have < need else "has trailing bytes"
         raise DataError(f"{where}: {problem}: header says {'x'.join(map(str, dims))} = {need} payload bytes, found {have}")
-    return dims, np.frombuffer(data, dtype=np.uint8)
+    return np.frombuffer(data, dtype=np.uint8)
 
 
-def _check_payload_fits(where: str, dims: tuple[int, ...], need: int) -> None:
+def _check_payload_fits(where: str, dims: tuple[int, ...], need: int, part: tuple[int, int] | None = None) -> None:
+    """What is to be read, `need` bytes or `part` = (examples, bytes) of them, fits in memory."""
     from gradlab.memory import available_bytes, human
 
     free = available_bytes("cpu")
-    if free is not None and need * 5 > free:  # the bytes, and the float32 copy of what is used
-        raise DataError(f"{where}: its header declares {'x'.join(map(str, dims))} = {human(need)} of data, more than fits in the {human(free)} of memory available")
+    size = need if part is None else part[1]
+    if free is not None and size * 5 > free:  # the bytes, and the float32 copy of what is used
+        declared = f"its header declares {'x'.join(map(str, dims))} = {human(need)} of data"
+        if part is not None:
+            declared = f"its header declares {'x'.join(map(str, dims))}; the first {part[0]} examples used are {human(size)}"
+        raise DataError(f"{where}: {declared}, more than fits in the {human(free)} of memory available")
 
 
 def _find_mnist_file(folder: Path, prefix: str, kind: str) -> Path:
@@ -432,14 +464,19 @@ def _mnist_split(folder: Path, prefix: str, n: int, key: str, classes: int) -> t
     """The first n images (n, 1, H, W) float32 in [0, 1] and labels (n,) int64 of one split."""
     images_path = _find_mnist_file(folder, prefix, "images")
     labels_path = _find_mnist_file(folder, prefix, "labels")
-    (count, rows, cols), pixels = read_idx(images_path, IDX_IMAGES)
-    (label_count,), labels = read_idx(labels_path, IDX_LABELS)
-    if rows == 0 or cols == 0:
-        raise DataError(f"mnist file {str(images_path)!r}: images are {rows}x{cols} pixels")
-    if count != label_count:
-        raise DataError(f"mnist files {str(images_path)!r} and {str(labels_path)!r}: {count} images but {label_count} labels")
-    if n > count:
-        raise DataError(f"data.{key}: {n} is more than the {count} examples in mnist file {str(images_path)!r}")
+    # both headers first: the counts are checked before any payload is read, and then only the
+    # first n examples of each file are (read_idx)
+    with _open_maybe_gzip(images_path, "mnist") as images, _open_maybe_gzip(labels_path, "mnist") as label_file:
+        count, rows, cols = _idx_header(images, images_path, IDX_IMAGES)
+        (label_count,) = _idx_header(label_file, labels_path, IDX_LABELS)
+        if rows == 0 or cols == 0:
+            raise DataError(f"mnist file {str(images_path)!r}: images are {rows}x{cols} pixels")
+        if count != label_count:
+            raise DataError(f"mnist files {str(images_path)!r} and {str(labels_path)!r}: {count} images but {label_count} labels")
+        if n > count:
+            raise DataError(f"data.{key}: {n} is more than the {count} examples in mnist file {str(images_path)!r}")
+        pixels = _idx_payload(images, images_path, (count, rows, cols), n)
+        labels = _idx_payload(label_file, labels_path, (label_count,), n)
     x = pixels[: n * rows * cols].reshape(n, 1, rows, cols).astype(np.float32) / np.float32(255)
     y = _check_labels(labels[:n], classes, f"mnist file {str(labels_path)!r}", "labels")
     return x, y

@@ -624,11 +624,19 @@ def test_an_idx_file_declaring_or_inflating_to_gigabytes_is_refused_without_deco
     folder.mkdir()
     for prefix, n in (("train", 256), ("t10k", 64)):
         (folder / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_header(2051, n, 28, 28) + bytes(n * 784)))
-        (folder / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_header(2049, n) + bytes(np.arange(n) % 10)))
+        (folder / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_header(2049, n) + bytes(i % 10 for i in range(n))))
     config = write(tmp_path / "c.yaml", {**BASE, "data": {"name": "mnist", "path": str(folder), "classes": 10, "n_train": 256, "n_test": 64, "batch_size": 64}, "log": {"every": 5, "out": str(tmp_path / "out")}})
     images = folder / "train-images-idx3-ubyte.gz"
-    images.write_bytes(gzip.compress(idx_header(2051, 4_000_000_000, 28, 28)))  # declares 3 TB
-    assert_one_error(invoke("run", config), f"mnist file {str(images)!r}: its header declares 4000000000x28x28 = ", "more than fits in the")
+    labels = folder / "train-labels-idx1-ubyte.gz"
+    # declares 3 TB and holds the 256 images used: only those are read
+    images.write_bytes(gzip.compress(idx_header(2051, 4_000_000_000, 28, 28) + bytes(256 * 784)))
+    labels.write_bytes(gzip.compress(idx_header(2049, 4_000_000_000) + bytes(i % 10 for i in range(256))))
+    result = invoke("run", config, "--quiet")
+    assert result.exit_code == 0, result.output
+    # declares images whose first 256 alone cannot fit: refused before anything is read
+    images.write_bytes(gzip.compress(idx_header(2051, 4_000_000_000, 100_000, 100_000)))
+    assert_one_error(invoke("run", config), f"mnist file {str(images)!r}: its header declares 4000000000x100000x100000; the first 256 examples used are ", "more than fits in the")
+    labels.write_bytes(gzip.compress(idx_header(2049, 256) + bytes(i % 10 for i in range(256))))
     # an honest header, then a stream that inflates on and on: stopped one chunk past the payload
     stream = zlib.compressobj(9, zlib.DEFLATED, 31)
     body = stream.compress(idx_header(2051, 256, 28, 28) + bytes(256 * 784)) + b"".join(stream.compress(bytes(1 << 20)) for _ in range(256)) + stream.flush()

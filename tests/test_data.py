@@ -388,6 +388,79 @@ def test_idx_count_mismatch_labels_and_missing_files(tiny_mnist, tmp_path):
     one_line_error(excinfo, "t10k-labels", "t10k-labels-idx1-ubyte[.gz]", str(folder))
 
 
+def _read_everything_then_slice(path: Path, magic: int, n: int) -> np.ndarray:
+    """The payload as a reader that reads every byte would give it, cut to the first n examples."""
+    data = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+    ndim = magic & 0xFF
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    return np.frombuffer(data[4 + 4 * ndim :], np.uint8)[: n * int(np.prod(dims[1:]))]
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_reads_only_the_first_examples_with_the_numbers_of_a_whole_read(tmp_path, gz):
+    from gradlab.data import IDX_IMAGES, IDX_LABELS, read_idx
+
+    rng = np.random.default_rng(1)
+    images, labels = rng.integers(0, 256, (40, 7, 5), dtype=np.uint8), rng.integers(0, 10, 40, dtype=np.uint8)
+    images_path, labels_path = write_idx_pair(tmp_path, "train", images, labels, gz=gz)
+    write_idx_pair(tmp_path, "t10k", images[:9], labels[:9], gz=gz)
+    for n in (1, 13, 39, 40):
+        dims, pixels = read_idx(images_path, IDX_IMAGES, first=n)
+        assert dims == (40, 7, 5) and len(pixels) == n * 35
+        np.testing.assert_array_equal(pixels, _read_everything_then_slice(images_path, IDX_IMAGES, n))
+        np.testing.assert_array_equal(read_idx(labels_path, IDX_LABELS, first=n)[1], labels[:n])
+        ds = load_dataset(mnist_cfg(tmp_path, n_train=n, n_test=9), 0)
+        np.testing.assert_array_equal(ds.x_train.numpy()[:, 0], images[:n].astype(np.float32) / 255)
+        assert ds.y_train.tolist() == labels[:n].tolist()
+    np.testing.assert_array_equal(read_idx(images_path, IDX_IMAGES)[1], images.reshape(-1))  # whole
+
+
+def test_real_mnist_first_examples_are_those_of_a_whole_read():
+    from gradlab.data import IDX_IMAGES, IDX_LABELS
+
+    folder = real_mnist_dir()
+    ds = load_dataset(make_cfg(name="mnist", path=str(folder), n_train=1000, n_test=100, batch_size=100), 0)
+    for prefix, x, y in (("train", ds.x_train, ds.y_train), ("t10k", ds.x_test, ds.y_test)):
+        pixels = _read_everything_then_slice(folder / f"{prefix}-images-idx3-ubyte.gz", IDX_IMAGES, len(x))
+        labels = _read_everything_then_slice(folder / f"{prefix}-labels-idx1-ubyte.gz", IDX_LABELS, len(y))
+        assert torch.equal(x, torch.from_numpy(pixels.reshape(len(x), 1, 28, 28).astype(np.float32) / np.float32(255)))
+        assert torch.equal(y, torch.from_numpy(labels.astype(np.int64)))
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_declaring_gigabytes_reads_only_the_examples_used(tmp_path, gz):
+    """A header that declares ten million images (7.8 GB) with 5 used: read at once, and nothing
+    near the declared size allocated (a plain file is sparse: it is that size, mostly holes; a gzip
+    stream holds the 5 images and then a long run of zeros it never decompresses)."""
+    import time
+    import tracemalloc
+    import zlib
+
+    count, rng = 10_000_000, np.random.default_rng(2)
+    images, labels = rng.integers(0, 256, (5, 28, 28), dtype=np.uint8), np.array([3, 1, 4, 1, 5], np.uint8)
+    header = {"images": struct.pack(">IIII", 2051, count, 28, 28), "labels": struct.pack(">II", 2049, count)}
+    payload = {"images": images.tobytes(), "labels": labels.tobytes()}
+    for kind, n in (("images", 3), ("labels", 1)):
+        path = tmp_path / f"train-{kind}-idx{n}-ubyte{'.gz' if gz else ''}"
+        if gz:
+            stream = zlib.compressobj(9, zlib.DEFLATED, 31)
+            path.write_bytes(stream.compress(header[kind] + payload[kind]) + b"".join(stream.compress(bytes(1 << 20)) for _ in range(64)) + stream.flush())
+        else:
+            with open(path, "wb") as file:
+                file.write(header[kind] + payload[kind])
+                file.truncate(len(header[kind]) + count * (784 if kind == "images" else 1))
+    write_idx_pair(tmp_path, "t10k", images[:2], labels[:2], gz=gz)
+    tracemalloc.start()
+    began = time.perf_counter()
+    ds = load_dataset(mnist_cfg(tmp_path, n_train=5, n_test=2), 0)
+    elapsed = time.perf_counter() - began
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert ds.y_train.tolist() == [3, 1, 4, 1, 5]
+    np.testing.assert_array_equal(ds.x_train.numpy()[:, 0], images.astype(np.float32) / 255)
+    assert elapsed < 2 and peak < 20_000_000, (elapsed, peak)
+
+
 # --------------------------------------------------------------------------------------------
 # .npz
 # --------------------------------------------------------------------------------------------
