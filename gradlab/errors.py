@@ -1,8 +1,9 @@
 """The errors gradlab raises on purpose.
 
 Everything the user can get wrong (a config, a data file, an output folder) is a `GradlabError`;
-the CLI turns it into one line per problem and exit code 2, never a traceback. Anything else that
-escapes is a bug in gradlab and is allowed to show its traceback.
+the CLI turns it into one line per problem and exit code 2 (a class may say another: a full disk
+is 74), never a traceback. Anything else that escapes is a bug in gradlab and is allowed to show
+its traceback.
 """
 
 from __future__ import annotations
@@ -28,6 +29,17 @@ class DataError(GradlabError):
 
 class RunError(GradlabError):
     """A run cannot be started or read (output folder, run directory, records)."""
+
+
+# Exit code of a full disk (or an exhausted quota): sysexits.h's EX_IOERR. Documented in the README.
+DISK_FULL_EXIT = 74
+
+
+class DiskFull(GradlabError):
+    """No space left (or the quota exhausted) while writing records: one line naming the file and
+    what was being written; every whole step written before is kept."""
+
+    exit_code = DISK_FULL_EXIT
 
 
 class ExpectationFailed(GradlabError):

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, NamedTuple
 
 from gradlab import quantities
-from gradlab.errors import GradlabError, RunError
+from gradlab.errors import DiskFull, GradlabError, RunError
 from gradlab.quantities import STATUSES
 
 if TYPE_CHECKING:  # pandas and numpy are imported where a table is read, never by a writer
@@ -66,16 +66,8 @@ def format_cell(value: Any) -> str:
     return str(value)
 
 
-# Exit code of a full disk (or an exhausted quota): sysexits.h's EX_IOERR. Documented in the README.
-DISK_FULL_EXIT = 74
+# The errnos of a full disk and of an exhausted quota: both are errors.DiskFull.
 _DISK_FULL_ERRNOS = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
-
-
-class DiskFull(GradlabError):
-    """No space left (or the quota exhausted) while writing records: one line naming the file and
-    what was being written; every whole step written before is kept."""
-
-    exit_code = DISK_FULL_EXIT
 
 
 def is_disk_full(exc: BaseException) -> bool:

@@ -633,7 +633,8 @@ def create_sweep_dir(plan: SweepPlan) -> Path:
     """`log.out/<name>/<timestamp>-<id>/` with sweep.yaml and sweep.csv (every run pending)."""
     from gradlab.records import new_run_dir
 
-    from gradlab.records import DiskFull, disk_full, is_disk_full
+    from gradlab.errors import DiskFull
+    from gradlab.records import disk_full, is_disk_full
 
     sweep_dir = new_run_dir(plan.out, plan.name)
     header = "# The sweep as planned by gradlab run (overrides applied); gradlab run --resume on this folder reads it.\n"

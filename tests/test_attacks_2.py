@@ -269,6 +269,15 @@ def assert_whole_steps(run: Path, layers_per_step: int = 5) -> int:
     return len(steps)
 
 
+def test_a_full_disk_is_an_error_of_its_own_with_its_documented_exit_code():
+    from gradlab import errors, records
+
+    assert issubclass(errors.DiskFull, errors.GradlabError) and errors.DiskFull.exit_code == errors.DISK_FULL_EXIT == 74
+    assert not hasattr(records, "DISK_FULL_EXIT")  # one home: gradlab.errors
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert f"exits with code **{errors.DISK_FULL_EXIT}**" in readme
+
+
 def test_a_disk_that_fills_during_a_run_is_one_line_and_a_failed_run_with_whole_steps(tmp_path, small_disk):
     config = write(tmp_path / "tiny.yaml", TINY)
     result = invoke("run", config, "--out", small_disk / "out", "--quiet")
