@@ -14,8 +14,10 @@ Reading a run back (`load_run`, `load_runs`) lives here too, next to the writers
 reads: a run cut off while writing leaves a partial last line or a last step with only some of its
 layers, and the reader drops those rows and says so (`Run.notes`).
 
-This module imports no torch, and pandas only where a table is read: the training process writes
-records without loading pandas, and `gradlab compare` and `gradlab plot` read them without torch.
+This module imports no torch, numpy only where a table is read, and pandas only where a DataFrame
+is made (a table as the writers write it is read into numpy columns, and its DataFrame made when
+first asked for): the training process writes records without loading pandas, `gradlab check`
+reads them without it, and `gradlab compare` and `gradlab plot` without torch.
 The column names come from `gradlab.quantities`, the one home of every quantity.
 """
 
@@ -673,7 +675,7 @@ def load_run(run_dir: str | Path, config: dict[str, Any] | None = None) -> Run:
 
     def renumbered(frame: pd.DataFrame | Table) -> pd.DataFrame | Table:  # (a copy only where rows were left out)
         if isinstance(frame, Table):
-            return frame  # (Table.frame() numbers its rows; `gradlab check` never imports pandas)
+            return frame  # (Table.frame() numbers its rows; pandas is not even imported here)
         import pandas as pd
 
         whole = isinstance(frame.index, pd.RangeIndex) and frame.index.start == 0 and frame.index.step == 1
