@@ -321,10 +321,11 @@ def _init_worker(channel, parent: int | None = None) -> None:
 # What a worker imports before its first run, loaded once in the forkserver so that every worker,
 # a fork of it, starts with them: the run's own modules, and what the memory estimate's forward pass
 # on the meta device pulls in (PyTorch's Python meta kernels, whose wrappers import torch._dynamo: a
-# second and more that each worker's first run otherwise paid while the other waited).
+# second and more that each worker's first run otherwise paid while the other waited). Last, the
+# server's own quick exit (gradlab.forkserver_exit).
 WORKER_PRELOAD = (
     "gradlab.executors", "gradlab.runner", "gradlab.train", "gradlab.memory",
-    "torch._meta_registrations", "torch._decomp", "torch._dynamo",
+    "torch._meta_registrations", "torch._decomp", "torch._dynamo", "gradlab.forkserver_exit",
 )  # fmt: skip
 
 

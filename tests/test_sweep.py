@@ -537,3 +537,14 @@ def test_a_parallel_sweep_runs_on_the_workers_started_early(tmp_path, serial_swe
     sweep_dir = Path(result.stdout.strip())
     for name in NAMES:
         assert (sweep_dir / name / "layers.csv").read_bytes() == (serial_sweep / name / "layers.csv").read_bytes(), name
+
+
+def test_the_forkserver_ends_without_finalizing_so_a_pipe_on_the_output_closes_with_the_sweep():
+    # the forkserver holds the command's stdout and stderr; finalizing an interpreter with torch
+    # loaded kept a reader's pipe open ~1.5 s after `gradlab run --jobs 2` had exited
+    from gradlab import executors
+
+    assert executors.WORKER_PRELOAD[-1] == "gradlab.forkserver_exit"
+    script = "import atexit\natexit.register(print, 'finalized')\nimport gradlab.forkserver_exit\nraise SystemExit(3)\n"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
