@@ -33,7 +33,7 @@ FIGURES = {
     "depth_profile_weight_grad_norm": "weight_grad_norm (log scale) against hidden layer, at step 0 and at the last step",
     "heatmap_delta_norm": "log10 delta_norm over hidden layer x step, one panel per run",
     "training_curves": "loss and accuracy against step, train (solid) and test (dashed)",
-    "saturation": "dead_frac and saturated_frac against hidden layer, at step 0 and at the last step",
+    "saturation": "dead_frac, inactive_frac and saturated_frac against hidden layer, at step 0 and at the last step",
 }
 
 HEATMAP_COLUMNS = 3
@@ -113,6 +113,8 @@ def _title(runs: Sequence[Run], what: str) -> str:
 
 def _hidden_at(run: Run, step: int, column: str) -> tuple[np.ndarray, np.ndarray]:
     rows = run.layers[(run.layers["step"] == step) & (run.layers["kind"] == "hidden")].sort_values("layer")
+    if column not in rows:  # a run recorded before the column existed: nothing to draw
+        return rows["layer"].to_numpy(), np.full(len(rows), np.nan)
     return rows["layer"].to_numpy(), rows[column].to_numpy(dtype=float)
 
 
@@ -293,16 +295,22 @@ def _mark_divergence(axes, rows, metric: str, color: str) -> None:
               gid=DIVERGED_GID, label="X: diverged (its last finite value)")  # fmt: skip
 
 
+# Units through which the gradient does not pass, per activation family (README, "Definitions"):
+# dead units (no example), inactive pairs (the ReLU family's zero side), saturated pairs (flat tails)
+SATURATION_ROWS = ("dead_frac", "inactive_frac", "saturated_frac")
+
+
 def saturation(runs: Sequence[Run]) -> Figure:
-    """dead_frac (top) and saturated_frac (bottom) per hidden layer, at step 0 and the last step."""
-    figure = _figure(11, 8)
-    grid = figure.subplots(2, 2, sharex=True, sharey=True)
+    """dead_frac, inactive_frac and saturated_frac (top to bottom) per hidden layer, at step 0 and
+    the last step: a ReLU run's blocked units show in the second row, a sigmoid run's in the third."""
+    figure = _figure(11, 11)
+    grid = figure.subplots(len(SATURATION_ROWS), 2, sharex=True, sharey=True)
     legend = _Legend(runs)
-    for row, column in zip(grid, ("dead_frac", "saturated_frac")):
+    for row, column in zip(grid, SATURATION_ROWS):
         _profile_panels(figure, runs, legend, column, log=False, ylabel=column, row=row)
     grid[0][0].set_ylim(-0.03, 1.03)
     _legend(figure)
-    _suptitle(figure, _title(runs, "dead and saturated units by layer"))
+    _suptitle(figure, _title(runs, "dead, inactive and saturated units by layer"))
     return figure
 
 
@@ -317,7 +325,7 @@ def _aggregate_note(runs: Sequence[Run]) -> str:
     return f"{len(runs)} runs, too many to draw one by one: the median over the runs (line) and 10-90% of them (band)"
 
 
-STACKED = ("delta_norm", "weight_grad_norm", "dead_frac", "saturated_frac")
+STACKED = ("delta_norm", "weight_grad_norm", *SATURATION_ROWS)
 
 
 def _stacked(runs: Sequence[Run]) -> "pd.DataFrame":
@@ -328,7 +336,10 @@ def _stacked(runs: Sequence[Run]) -> "pd.DataFrame":
 
     parts = [run.layers for run in runs]
     lengths = [len(part) for part in parts]
-    data = {column: np.concatenate([part[column].to_numpy() for part in parts]) if parts else np.array([]) for column in ("step", "layer", "kind", *STACKED)}
+    def column_of(part: "pd.DataFrame", column: str) -> np.ndarray:  # (a run recorded before the column existed: gaps)
+        return part[column].to_numpy() if column in part else np.full(len(part), np.nan)
+
+    data = {column: np.concatenate([column_of(part, column) for part in parts]) if parts else np.array([]) for column in ("step", "layer", "kind", *STACKED)}
     data["last"] = np.repeat([-1 if run.last_step is None else run.last_step for run in runs], lengths)
     table = pd.DataFrame(data)
     return table[table["kind"] == "hidden"]
@@ -421,14 +432,14 @@ def aggregated_training_curves(runs: Sequence[Run]) -> Figure:
 
 
 def aggregated_saturation(runs: Sequence[Run], stack=None) -> Figure:
-    figure = _figure(11, 8)
-    grid = figure.subplots(2, 2, sharex=True, sharey=True)
+    figure = _figure(11, 11)
+    grid = figure.subplots(len(SATURATION_ROWS), 2, sharex=True, sharey=True)
     stack = _stacked(runs) if stack is None else stack
-    for row, column in zip(grid, ("dead_frac", "saturated_frac")):
+    for row, column in zip(grid, SATURATION_ROWS):
         _aggregated_profile_panels(stack, column, False, column, row)
     grid[0][0].set_ylim(-0.03, 1.03)
     _legend(figure)
-    figure.suptitle(f"dead and saturated units by layer\n{_aggregate_note(runs)}")
+    figure.suptitle(f"dead, inactive and saturated units by layer\n{_aggregate_note(runs)}")
     return figure
 
 

@@ -80,14 +80,36 @@ def test_training_curves_draw_train_and_test_of_every_run(tmp_path):
     assert data_lines(accuracy)[1].get_linestyle() == "--"
 
 
-def test_saturation_has_dead_and_saturated_at_both_steps(tmp_path):
-    runs = make_runs(tmp_path)
+def test_saturation_has_dead_inactive_and_saturated_at_both_steps(tmp_path):
+    runs = make_runs(tmp_path)  # recorded without inactive_frac: its row says so, the others draw
     figure = plots.saturation(runs)
-    assert len(figure.axes) == 4
-    for axes in figure.axes:
+    assert len(figure.axes) == 6
+    assert [a.get_ylabel() for a in figure.axes] == ["dead_frac", "", "inactive_frac", "", "saturated_frac", ""]
+    for axes in figure.axes[:2] + figure.axes[4:]:
         assert len(data_lines(axes)) == 3
-    assert [a.get_ylabel() for a in figure.axes] == ["dead_frac", "", "saturated_frac", ""]
     assert list(data_lines(figure.axes[0])[0].get_ydata()) == [0.0, 0.5, 1.0, 0.0]
+    for axes in figure.axes[2:4]:
+        assert data_lines(axes) == [] and [t.get_text() for t in axes.texts] == ["no inactive_frac recorded"]
+
+
+def test_a_relu_runs_inactive_units_are_drawn_where_saturated_frac_is_empty(tmp_path):
+    # the ReLU family has no saturating tail (saturated_frac empty): what blocks its gradient is
+    # the zero side, inactive_frac, drawn from the run's own layers.csv
+    config = resolved_config("relu", 0, depth=4, model__activation="relu")
+    inactive = [0.5, 0.25, 0.75, 1.0]
+    layers = []
+    for step in (0, 5):
+        rows = layer_rows(step, [1.0, 1.0, 1.0, 1.0], saturated=[math.nan] * 4)
+        for row in rows:
+            row["inactive_frac"] = inactive[row["layer"]] if row["kind"] == "hidden" else math.nan
+        layers += rows
+    [run] = records.load_runs([write_run(tmp_path, config, layers, METRICS, run_id="relu0")]).runs
+    figure = plots.saturation([run])
+    inactive_axes, saturated_axes = figure.axes[2], figure.axes[4]
+    [line] = data_lines(inactive_axes)
+    expected = run.layers[(run.layers["step"] == 0) & (run.layers["kind"] == "hidden")].sort_values("layer")["inactive_frac"]
+    assert list(line.get_ydata()) == list(expected) == inactive
+    assert data_lines(saturated_axes) == [] and [t.get_text() for t in saturated_axes.texts] == ["no saturated_frac recorded"]
 
 
 def test_plot_runs_writes_valid_pngs_of_sensible_size(tmp_path):
