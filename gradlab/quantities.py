@@ -177,6 +177,7 @@ PROFILE_QUANTITIES: dict[str, str] = {
     "layer_factor": "per-layer factor = gain ** (1 / (depth - 1)): the average change of the signal from one layer to the next; empty when depth is 1; over several seeds the geometric mean",
     "weight_grad_gain": "weight-gradient gain = weight_grad_norm of the first hidden layer / that of the last hidden layer; over several seeds the geometric mean",
     "dead_frac": "largest dead_frac over the hidden layers: share of a layer's units through which no gradient passes on this batch (f'(u) = 0 on every example: a dead ReLU; a Leaky ReLU unit never is)",
+    "inactive_frac": "largest inactive_frac over the hidden layers: share of a layer's (example, unit) pairs on the zero side of a ReLU-family activation (u <= 0 for relu), through which no gradient passes; empty for activations without one",
     "saturated_frac": "largest saturated_frac over the hidden layers: share of a layer's (example, unit) pairs in a flat tail of a saturating activation (empty for the ReLU family: see inactive_frac)",
 }
 

@@ -74,7 +74,7 @@ def profile_at(run: Run, step: Step) -> dict[str, float]:
     rows_in_table = len(layers["step"])
     columns = {
         c: layers[c] if c in layers else np.full(rows_in_table, np.nan)
-        for c in ("step", "layer", "kind", "delta_norm", "delta_rms", "weight_grad_norm", "dead_frac", "saturated_frac")
+        for c in ("step", "layer", "kind", "delta_norm", "delta_rms", "weight_grad_norm", "dead_frac", "inactive_frac", "saturated_frac")
     }
     # the gain compares like with like on delta_rms (invariant to batch size and pooling); a run
     # recorded before delta_rms existed has only delta_norm (the same gain in an MLP)
@@ -106,6 +106,7 @@ def profile_at(run: Run, step: Step) -> dict[str, float]:
         "layer_factor": gain ** (1 / (depth - 1)) if depth > 1 and not math.isnan(gain) else math.nan,
         "weight_grad_gain": ratio("weight_grad_norm"),
         "dead_frac": largest("dead_frac"),
+        "inactive_frac": largest("inactive_frac"),
         "saturated_frac": largest("saturated_frac"),
     }
 

@@ -31,8 +31,10 @@ def resolved_config(name: str = "exp", seed: int = 0, *, depth: int = 3, out: st
 
 
 def layer_rows(step: int, delta: Sequence[float], weight_grad: Sequence[float] | None = None,
-               dead: Sequence[float] | None = None, saturated: Sequence[float] | None = None) -> list[dict[str, Any]]:
-    """Rows of layers.csv at one step: one per hidden layer (len(delta)) plus the head."""
+               dead: Sequence[float] | None = None, saturated: Sequence[float] | None = None,
+               inactive: Sequence[float] | None = None) -> list[dict[str, Any]]:
+    """Rows of layers.csv at one step: one per hidden layer (len(delta)) plus the head; inactive_frac
+    only where `inactive` is given (empty cells otherwise, as for sigmoid)."""
     depth = len(delta)
     weight_grad = weight_grad or [1.0] * depth
     dead = dead or [0.0] * depth
@@ -44,6 +46,9 @@ def layer_rows(step: int, delta: Sequence[float], weight_grad: Sequence[float] |
          "update_ratio": math.nan if step == 0 else 1e-3}
         for i in range(depth)
     ]
+    if inactive is not None:
+        for row, value in zip(rows, inactive):
+            row["inactive_frac"] = value
     rows.append({"step": step, "layer": depth, "name": "head", "kind": "head", "weight_norm": 1.0,
                  "weight_grad_norm": 9.0, "bias_grad_norm": 9.0, "delta_norm": 99.0,
                  "act_mean": math.nan, "act_std": math.nan, "saturated_frac": math.nan,

@@ -5,6 +5,7 @@ exit codes. The runs are written from chosen numbers, so every expected number i
     sigmoid   delta_norm [1/1024, 1/32, 1]  -> gain 1/1024 = 0.0009765625, factor 1/32: vanishing
               weight_grad_norm [0.5, 1, 2]  -> weight-gradient gain 0.25
               dead_frac max 0.5, saturated_frac max 0.75
+    relu      inactive_frac [0.5, 0.625, 0.5] -> max 0.625 (empty for sigmoid)
     both      train loss 2.0, 1.5, 0.75 at steps 0, 5, 10 (accuracy 0.625 at the end); test 0.8 / 0.6
 """
 
@@ -23,15 +24,15 @@ from gradlab.cli import app
 from run_factory import layer_rows, metric_rows, resolved_config, write_run
 
 METRICS = metric_rows({0: (2.0, 0.25), 5: (1.5, 0.5), 10: (0.75, 0.625)}, {0: (2.1, 0.2), 10: (0.8, 0.6)})
-RELU = dict(delta=[1.0, 1.0, 1.0])
+RELU = dict(delta=[1.0, 1.0, 1.0], inactive=[0.5, 0.625, 0.5])
 SIGMOID = dict(delta=[1 / 1024, 1 / 32, 1.0], weight_grad=[0.5, 1.0, 2.0], dead=[0.0, 0.5, 0.25], saturated=[0.75, 0.5, 0.125])
 
 HEADER_AT_0 = (
     "label,model.activation,status,seeds,last_step,first_delta_norm@0,last_delta_norm@0,gain@0,layer_factor@0,"
-    "weight_grad_gain@0,dead_frac@0,saturated_frac@0,verdict@0,final_train_loss,final_train_accuracy,final_test_loss,final_test_accuracy"
+    "weight_grad_gain@0,dead_frac@0,inactive_frac@0,saturated_frac@0,verdict@0,final_train_loss,final_train_accuracy,final_test_loss,final_test_accuracy"
 )
-RELU_AT_0 = "relu,relu,completed,1,10,1.0,1.0,1.0,1.0,1.0,0.0,0.0,stable,0.75,0.625,0.8,0.6"
-SIGMOID_AT_0 = "sigmoid,sigmoid,completed,1,10,0.0009765625,1.0,0.0009765625,0.03125,0.25,0.5,0.75,vanishing,0.75,0.625,0.8,0.6"
+RELU_AT_0 = "relu,relu,completed,1,10,1.0,1.0,1.0,1.0,1.0,0.0,0.625,0.0,stable,0.75,0.625,0.8,0.6"
+SIGMOID_AT_0 = "sigmoid,sigmoid,completed,1,10,0.0009765625,1.0,0.0009765625,0.03125,0.25,0.5,,0.75,vanishing,0.75,0.625,0.8,0.6"
 
 
 def add_run(name, profile, seed=0, expect=None, run_id=None, status="completed"):
@@ -73,10 +74,10 @@ def test_compare_csv_at_0_and_last_with_a_target_loss(runs):
     result = invoke("compare", "runs/relu", "runs/sigmoid", "-f", "csv", "--target-loss", "1.5")
     assert result.exit_code == 0
     header, relu, sigmoid = lines(result.stdout)
-    at_last = HEADER_AT_0.split(",")[5:13]
-    assert header.split(",") == HEADER_AT_0.split(",")[:13] + [c.replace("@0", "@last") for c in at_last] + HEADER_AT_0.split(",")[13:] + ["steps_to_target"]
-    assert relu == "relu,relu,completed,1,10,1.0,1.0,1.0,1.0,1.0,0.0,0.0,stable,1.0,1.0,1.0,1.0,1.0,0.0,0.0,stable,0.75,0.625,0.8,0.6,5"
-    assert sigmoid.startswith("sigmoid,sigmoid,completed,1,10,0.0009765625,1.0,0.0009765625,0.03125,0.25,0.5,0.75,vanishing,0.0009765625,")
+    at_last = HEADER_AT_0.split(",")[5:14]
+    assert header.split(",") == HEADER_AT_0.split(",")[:14] + [c.replace("@0", "@last") for c in at_last] + HEADER_AT_0.split(",")[14:] + ["steps_to_target"]
+    assert relu == "relu,relu,completed,1,10,1.0,1.0,1.0,1.0,1.0,0.0,0.625,0.0,stable,1.0,1.0,1.0,1.0,1.0,0.0,0.625,0.0,stable,0.75,0.625,0.8,0.6,5"
+    assert sigmoid.startswith("sigmoid,sigmoid,completed,1,10,0.0009765625,1.0,0.0009765625,0.03125,0.25,0.5,,0.75,vanishing,0.0009765625,")
 
 
 def test_compare_other_thresholds_change_the_verdict(runs):
@@ -100,7 +101,7 @@ def test_compare_averages_seeds_in_one_row(runs):
 def test_compare_markdown_and_json(runs):
     markdown = lines(invoke("compare", "runs", "-f", "markdown", "--step", "0").stdout)
     assert markdown[0] == "| " + HEADER_AT_0.replace(",", " | ") + " |"
-    assert markdown[3] == "| sigmoid | sigmoid | completed | 1 | 10 | 0.000977 | 1 | 0.000977 | 0.0312 | 0.25 | 0.5 | 0.75 | vanishing | 0.75 | 0.625 | 0.8 | 0.6 |"
+    assert markdown[3] == "| sigmoid | sigmoid | completed | 1 | 10 | 0.000977 | 1 | 0.000977 | 0.0312 | 0.25 | 0.5 |  | 0.75 | vanishing | 0.75 | 0.625 | 0.8 | 0.6 |"
     document = json.loads(invoke("compare", "runs", "-f", "json").stdout)
     assert document["steps"] == ["0", "last"] and document["config_keys"] == ["model.activation"]
     assert document["rows"][1]["gain@0"] == 1 / 1024 and document["rows"][1]["verdict@last"] == "vanishing"

@@ -167,6 +167,7 @@ def recompute(run_dir: Path, step) -> dict[str, float]:
         "layer_factor": gain ** (1 / (depth - 1)),
         "weight_grad_gain": float(first["weight_grad_norm"]) / float(last["weight_grad_norm"]),
         "dead_frac": largest("dead_frac"),
+        "inactive_frac": largest("inactive_frac"),  # empty for sigmoid and tanh
         "saturated_frac": largest("saturated_frac"),  # empty for the ReLU family
     }
 

@@ -14,6 +14,7 @@ import pytest
 
 from gradlab import summaries
 from gradlab.errors import RunError
+from gradlab.records import load_runs
 from run_factory import one_run
 
 
@@ -27,8 +28,24 @@ def test_profile_matches_the_definitions(tmp_path):
         "layer_factor": 0.5,  # 0.125 ** (1/3)
         "weight_grad_gain": 4.0,
         "dead_frac": 0.5,
+        "inactive_frac": math.nan,  # not recorded by this run: NaN, never 0
         "saturated_frac": 0.75,
     }
+
+
+def test_inactive_frac_is_the_largest_over_the_hidden_layers_at_the_step(tmp_path):
+    from run_factory import layer_rows, resolved_config, write_run
+
+    layers = []
+    for step, inactive in ((0, [0.5, 0.75, 0.25]), (5, [0.125, 0.375, 0.625])):
+        rows = layer_rows(step, [1.0, 1.0, 1.0])
+        for row in rows:
+            row["inactive_frac"] = inactive[row["layer"]] if row["kind"] == "hidden" else 0.99  # the head's is no hidden layer's
+        layers += rows
+    write_run(tmp_path, resolved_config("relu", 0, depth=3, model__activation="relu"), layers, [], run_id="relu0")
+    [run] = load_runs([tmp_path]).runs
+    assert summaries.profile_at(run, 0)["inactive_frac"] == 0.75
+    assert summaries.profile_at(run, "last")["inactive_frac"] == 0.625
 
 
 def test_the_profile_computes_every_declared_profile_quantity(tmp_path):
