@@ -59,8 +59,8 @@ def test_cli_csv_exact(tmp_path):
     result = invoke("compare", tmp_path, "--theory", "--format", "csv", "--step", "0")
     assert result.exit_code == 0, result.output
     header, row = result.stdout.strip().splitlines()
-    assert header.endswith(",layer_factor@0,weight_grad_gain@0,dead_frac@0,saturated_frac@0,verdict@0,final_train_loss,final_train_accuracy,final_test_loss,final_test_accuracy,predicted_factor,departs")
-    assert row == "grows,completed,1,10,4.0,1.0,4.0,2.0,1.0,0.0,0.0,stable,0.75,0.625,0.8,0.6,1.0,yes"
+    assert header.endswith(",layer_factor@0,weight_grad_gain@0,dead_frac@0,inactive_frac@0,saturated_frac@0,verdict@0,final_train_loss,final_train_accuracy,final_test_loss,final_test_accuracy,predicted_factor,departs")
+    assert row == "grows,completed,1,10,4.0,1.0,4.0,2.0,1.0,0.0,,0.0,stable,0.75,0.625,0.8,0.6,1.0,yes"
 
 
 def test_explain_gives_formula_paper_and_tolerance(tmp_path):
