@@ -82,6 +82,12 @@ def _suptitle(figure: Figure, text: str) -> None:
     figure.suptitle("\n".join(textwrap.fill(line, chars, break_on_hyphens=False) for line in text.split("\n")))
 
 
+def _integer_ticks() -> MaxNLocator:
+    """Ticks at whole numbers only (layers, time steps, steps), even where one value is all there is
+    (a single recurrent layer): matplotlib's default falls back to fractions below two integers."""
+    return MaxNLocator(integer=True, min_n_ticks=1)
+
+
 def _figure(width: float, height: float) -> Figure:
     figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
@@ -147,7 +153,7 @@ def _profile_panels(figure: Figure, runs: Sequence[Run], legend: _Legend, column
         )  # fmt: skip
         axes.set_title(when)
         axes.set_xlabel("hidden layer (0 = nearest the input)")
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.xaxis.set_major_locator(_integer_ticks())
         axes.grid(True, which="both", alpha=0.3)
     axes_pair[0].set_ylabel(ylabel)
     return axes_pair
@@ -203,7 +209,7 @@ def heatmap(runs: Sequence[Run], column: str = "delta_norm") -> Figure:
     ]
     mesh = _heatmap_panels(axes_grid, runs, tables, "hidden layer")
     for axes in axes_grid[: len(runs)]:
-        axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.yaxis.set_major_locator(_integer_ticks())
     for axes in axes_grid[len(runs) :]:
         axes.remove()
     if mesh is not None:
@@ -376,7 +382,7 @@ def _aggregated_profile_panels(stack, column: str, log: bool, ylabel: str, axes_
         if not drawn:
             axes.text(0.5, 0.5, f"no {column} recorded", ha="center", va="center", transform=axes.transAxes)
         axes.set_title("step 0 (initialization)" if which == 0 else "each run's last step")
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.xaxis.set_major_locator(_integer_ticks())
         axes.grid(True, which="both", alpha=0.3)
     axes_pair[0].set_ylabel(ylabel)
 
@@ -401,7 +407,7 @@ def aggregated_heatmap(runs: Sequence[Run], column: str = "delta_norm", stack=No
         figure.colorbar(mesh, ax=axes, label=f"median over runs of log10 {column}")
     axes.set_xlabel("step")
     axes.set_ylabel("hidden layer")
-    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.yaxis.set_major_locator(_integer_ticks())
     axes.set_facecolor("0.85")
     figure.suptitle(f"log10 {column} by layer and step\n{len(runs)} runs, too many for a panel each: the median over the runs")
     return figure
@@ -487,7 +493,7 @@ def time_profile(runs: Sequence[Run], column: str = "hidden_delta_norm") -> Figu
         last_steps = sorted({run.last_step for run in runs if run.last_step is not None})
         axes.set_title("step 0 (initialization)" if which == 0 else (f"last step ({last_steps[0]})" if len(last_steps) == 1 else "each run's last step"))
         axes.set_xlabel("time step t (0 = first input)")
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.xaxis.set_major_locator(_integer_ticks())
         axes.grid(True, which="both", alpha=0.3)
     axes_pair[0].set_ylabel(f"{column} (log scale)")
     _legend(figure)

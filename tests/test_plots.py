@@ -218,3 +218,13 @@ def test_a_diverged_run_ends_with_a_marker_and_the_heatmap_names_its_grey(tmp_pa
     heatmap_legend = [text.get_text() for text in figures["heatmap_delta_norm"].legends[0].get_texts()]
     assert heatmap_legend == [plots.GAP_LABEL]
     assert figures["heatmap_delta_norm"].axes[0].get_facecolor()[:3] == pytest.approx((0.85, 0.85, 0.85))
+
+
+def test_a_single_layer_is_drawn_at_whole_layer_numbers(tmp_path):
+    # a one-layer stack (a recurrent layer and its head): no fractional layer ticks such as -0.045
+    config = resolved_config("one", 0, depth=1)
+    [run] = records.load_runs([write_run(tmp_path, config, layer_rows(0, [1.0]) + layer_rows(5, [0.5]), METRICS, run_id="one0")]).runs
+    figure = plots.saturation([run])
+    figure.canvas.draw()
+    for axes in figure.axes:
+        assert [tick for tick in axes.get_xticks() if axes.get_xlim()[0] <= tick <= axes.get_xlim()[1]] == [0.0]
