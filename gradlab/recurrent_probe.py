@@ -16,8 +16,9 @@ transfer, and adds what only a recurrent layer has:
   a flat tail of the activation (equal counts per t, so the mean over t; empty for activations
   without a saturating tail, as in feed-forward layers), its dead_frac the share of units whose
   f'(a_t) is 0 at every t of every example (lstm and gru report their gates instead and leave both
-  empty). The other activation statistics of feed-forward layers (inactive_frac, dact_mean,
-  preact_mean, ...) are not measured on recurrent layers: empty cells.
+  empty), and its inactive_frac the share of (example, t, unit) triples with a_t <= 0 (activations
+  with such a side: the ReLU family, ELU, ...). The other activation statistics of feed-forward
+  layers (dact_mean, preact_mean, ...) are not measured on recurrent layers: empty cells.
 
 A gradient reaches h_t from every tensor that reads it (the next step, the next layer, the head),
 and a tensor hook sees their sum: hidden_delta_norm is the total derivative, as back-propagation
@@ -72,6 +73,7 @@ class RecurrentProbe(Probe):
         self._delta_parts: dict[SiteKey, list[torch.Tensor]] = {}  # a_t's gradient norms, by part (gru: two)
         self._time_sites: dict[SiteKey, Site] = {}  # every (layer, t) tapped this step
         self._alive: dict[int, torch.Tensor] = {}  # rnn: units active on some (example, t), per layer
+        self._inactive: dict[int, list[tuple[torch.Tensor, int]]] = {}  # rnn: per layer and t, (pairs with a_t <= 0, pairs)
         # Kept during forward and backward and reduced in a few batched calls in `measure` (one norm
         # or mean per time step each would be T * depth small kernels per quantity):
         self._grads: dict[str, list[tuple[Site, torch.Tensor]]] = {}  # hidden/cell gradients, by quantity
@@ -110,6 +112,8 @@ class RecurrentProbe(Probe):
             counts = region_counts(activation, act, u, y, self.saturation_threshold)
             if "saturated" in counts:
                 self._pending.add("saturated_frac", site, counts["saturated"], u.numel())
+            if "inactive" in counts:  # the layer's share over every t, reduced in measure (no timesteps.csv column)
+                self._inactive.setdefault(site.layer, []).append((torch.as_tensor(counts["inactive"]), u.numel()))
             if activation == "relu":
                 alive = y.amax(dim=0) > 0  # (H,): relu' is nonzero exactly where y > 0
             else:
@@ -176,6 +180,8 @@ class RecurrentProbe(Probe):
                 count = torch.stack([saturated[1][k] for k in picks]).sum()
                 pending.add("saturated_frac", self.sites[layer], count, sum(saturated[2][k] for k in picks))
             pending.add("dead_frac", self.sites[layer], alive.sum(), alive.numel(), complement=True)
+        for layer, counts in self._inactive.items():  # rnn: over every (example, t, unit) of the layer
+            pending.add("inactive_frac", self.sites[layer], torch.stack([count for count, _ in counts]).sum(), sum(n for _, n in counts))
         pending.extras["loss"] = loss.detach()
         if y.is_floating_point():  # a regression (adding): accuracy does not exist, an empty cell
             pending.extras["accuracy"] = torch.full((), math.nan, device=loss.device)

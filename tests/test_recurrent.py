@@ -286,7 +286,11 @@ def test_rnn_layer_saturation_and_dead_units_over_every_step(activation):
     if activation == "relu":  # no saturating tail: no saturated_frac; dead where a <= 0 at every (t, example)
         assert row["saturated_frac"] is None and all(r["saturated_frac"] is None for r in steps)
         assert row["dead_frac"] == pytest.approx((a <= 0).all(dim=0).all(dim=0).double().mean().item(), abs=1e-12)
+        # the off side over every (t, example, unit) triple
+        assert row["inactive_frac"] == pytest.approx((a <= 0).double().mean().item(), abs=1e-12)
+        assert 0 < row["inactive_frac"] < 1
     else:  # tanh: both tails, 1 - tanh^2 < 0.05
+        assert row["inactive_frac"] is None  # tanh has no off side
         flat = 1 - torch.tanh(a) ** 2 < 0.05
         assert row["saturated_frac"] == pytest.approx(flat.double().mean().item(), abs=1e-12)
         assert [r["saturated_frac"] for r in steps] == pytest.approx(flat.double().mean(dim=(1, 2)).tolist(), abs=1e-12)
