@@ -279,16 +279,20 @@ def training_curves(runs: Sequence[Run]) -> Figure:
         axes.set_xlabel("step")
         axes.set_ylabel(metric)
         axes.grid(True, alpha=0.3)
-    losses = np.concatenate([run.metrics["loss"].to_numpy(dtype=float) for run in runs])
+    _label_training_axes(loss_axes, accuracy_axes, np.concatenate([run.metrics["loss"].to_numpy(dtype=float) for run in runs]))
+    _legend(figure)
+    _suptitle(figure, _title(runs, "training curves"))
+    return figure
+
+
+def _label_training_axes(loss_axes, accuracy_axes, losses: np.ndarray) -> None:
+    """Titles, and a log scale for the loss where every finite loss drawn is positive."""
     losses = losses[np.isfinite(losses)]
     if losses.size and (losses > 0).all():
         loss_axes.set_yscale("log")
         loss_axes.set_ylabel("loss (log scale)")
     loss_axes.set_title("loss: train solid, test dashed")
     accuracy_axes.set_title("accuracy: train solid, test dashed")
-    _legend(figure)
-    _suptitle(figure, _title(runs, "training curves"))
-    return figure
 
 
 def _mark_divergence(axes, rows, metric: str, color: str) -> None:
@@ -425,13 +429,7 @@ def aggregated_training_curves(runs: Sequence[Run]) -> Figure:
             _band(axes, rows.groupby("step")[metric], "step", color=color, label=f"{split}: median of the runs", **style)
         axes.set_ylabel(metric)
         axes.grid(True, alpha=0.3)
-    losses = metrics["loss"].to_numpy(dtype=float)
-    losses = losses[np.isfinite(losses)]
-    if losses.size and (losses > 0).all():
-        loss_axes.set_yscale("log")
-        loss_axes.set_ylabel("loss (log scale)")
-    loss_axes.set_title("loss: train solid, test dashed")
-    accuracy_axes.set_title("accuracy: train solid, test dashed")
+    _label_training_axes(loss_axes, accuracy_axes, metrics["loss"].to_numpy(dtype=float))
     _legend(figure)
     figure.suptitle(f"training curves\n{_aggregate_note(runs)}")
     return figure
