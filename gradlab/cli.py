@@ -585,7 +585,9 @@ def theory_command(
     from gradlab.predict import predict, sweep_table_lines, table_lines
 
     if sweep or _is_sweep(config):
-        named = _sweep_predictions(config, _overrides(set_), sweep or [])
+        # the table leaves out xi_c, the correlation map's depth scale (a 2-D quadrature per
+        # combination, most of the time): JSON has every number
+        named = _sweep_predictions(config, _overrides(set_), sweep or [], correlations=format_ is TheoryFormat.json)
         if format_ is TheoryFormat.json:
             print(json.dumps([{"combination": name, "values": values, **prediction.to_json()} for name, values, prediction in named], indent=2, ensure_ascii=False))
             return
@@ -600,9 +602,9 @@ def theory_command(
         print(line)
 
 
-def _sweep_predictions(config: Path, overrides: list[str], axis_items: list[str]) -> list[tuple[str, dict, Any]]:
+def _sweep_predictions(config: Path, overrides: list[str], axis_items: list[str], correlations: bool) -> list[tuple[str, dict, Any]]:
     """(combination's name, its axis values, Prediction) for each combination of a sweep config,
-    seeds left out: the seed changes no prediction."""
+    seeds left out: the seed changes no prediction. `correlations`: with xi_c."""
     from gradlab import sweep as sweeps
     from gradlab.config import validate
     from gradlab.predict import predict
@@ -619,7 +621,7 @@ def _sweep_predictions(config: Path, overrides: list[str], axis_items: list[str]
         names = [sweeps.run_name(values, sweeps.axis_labels(keys)) for values, _ in members.values()]  # the run folders' names
     else:  # a whole section swept: named by the settings that differ, as compare labels runs
         names = labels([{key: value for key, value in config.items() if key != "seed"} for _, config in members.values()])
-    return [(name, values, predict(validate(config))) for name, (values, config) in zip(names, members.values())]
+    return [(name, values, predict(validate(config), correlations=correlations)) for name, (values, config) in zip(names, members.values())]
 
 
 def main() -> None:
