@@ -5,12 +5,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test bench papers install clean claims claims-all
+.PHONY: demo test bench papers install clean claims claims-all docs
 
 $(BIN)/gradlab: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,ray,tensorboard]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,ray,tensorboard,docs]'
 	touch $(BIN)/gradlab
 
 install: $(BIN)/gradlab
@@ -23,6 +23,10 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/overhead.py
+
+# the documentation site (mkdocs.yml, docs/) into site/; --strict: a broken link or reference fails
+docs: install
+	$(BIN)/mkdocs build --strict
 
 # every configs/papers/ result: paper, quantity, published, predicted, measured, held (exit 1 if one fails)
 papers: install
