@@ -35,10 +35,10 @@ from torch import nn
 
 
 def make_trainer(args, probes: list[str], out: str):
-    from gradlab.config import validate
-    from gradlab.data import Batches, load_dataset
-    from gradlab.records import RunRecords
-    from gradlab.train import Trainer
+    from gradlab.config.experiment import validate
+    from gradlab.build.data import Batches, load_dataset
+    from gradlab.records.run import RunRecords
+    from gradlab.orchestrate.train import Trainer
 
     exp = validate({
         "name": "gpu", "device": "cuda",

@@ -37,10 +37,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gradlab.config import validate
-from gradlab.data import Dataset
-from gradlab.records import RunRecords
-from gradlab.train import Trainer
+from gradlab.config.experiment import validate
+from gradlab.build.data import Dataset
+from gradlab.records.run import RunRecords
+from gradlab.orchestrate.train import Trainer
 
 TARGETS = {"weights probe every step": 1.05, "all probes every step": 1.25, "all probes every 10 steps": 1.03}
 LR = 1e-3
@@ -110,7 +110,7 @@ class WatchedLoop(Plain):
 
     def __init__(self, model: nn.Sequential, out: str, every: int):
         super().__init__(model)
-        from gradlab.watcher import watch
+        from gradlab.measure.watch import watch
 
         self.watch = watch(model, out=out, every=every, name="overhead-watch", optimizer=self.optimizer)
 

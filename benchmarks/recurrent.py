@@ -37,11 +37,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gradlab.config import validate
-from gradlab.data import Dataset
-from gradlab.quantities import layers_columns
-from gradlab.records import RunRecords
-from gradlab.train import Trainer
+from gradlab.config.experiment import validate
+from gradlab.build.data import Dataset
+from gradlab.vocab.quantities import layers_columns
+from gradlab.records.run import RunRecords
+from gradlab.orchestrate.train import Trainer
 
 TARGETS = {"unprobed": 1.5, "all probes every 10 steps": 1.6}
 FEATURES, OUTPUTS, LR = 2, 1, 1e-3

@@ -7,7 +7,7 @@ of the two variants alternates between rounds. Two times are taken per sweep:
 
     sweep     the command `gradlab run CONFIG --jobs N` from its start (planning, the sweep
               directory, starting the workers, the 8 runs, sweep.csv), timed inside the process
-              once gradlab.cli is imported
+              once gradlab.cli.app is imported
     command   the whole process, Python's and torch's start-up included (the same ~2 s for both)
 
 and the table gives the medians and the median per-round speed-up of each. A third line splits the
@@ -50,13 +50,13 @@ def sweep_config(steps: int, out: str) -> dict:
 
 def child(jobs: int, steps: int, out: str) -> None:
     """`gradlab run CONFIG --jobs N --quiet` in this (fresh) process, timed from the moment the
-    command starts (gradlab.cli imported); prints {"sweep_s": ..., "dir": ...} as JSON."""
+    command starts (gradlab.cli.app imported); prints {"sweep_s": ..., "dir": ...} as JSON."""
     import contextlib
     import io
 
     import yaml
 
-    from gradlab.cli import app
+    from gradlab.cli.app import app
 
     config = Path(out) / f"sweep-{os.getpid()}.yaml"
     config.write_text(yaml.safe_dump(sweep_config(steps, out), sort_keys=False))
@@ -102,7 +102,7 @@ def main() -> None:
         child(args.child, args.steps, args.out)
         return
 
-    from gradlab.executors import available_cores
+    from gradlab.build.system import available_cores
 
     times: dict[int, dict[str, list[float]]] = {jobs: {"sweep": [], "command": [], "runs / jobs": [], "fixed": []} for jobs in (1, 2)}
     with tempfile.TemporaryDirectory(prefix="gradlab-bench-") as out:

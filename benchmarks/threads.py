@@ -32,7 +32,7 @@ SETTINGS = ("torch default", "1", "auto")
 
 
 def experiment(args, out: str):
-    from gradlab.config import validate
+    from gradlab.config.experiment import validate
 
     return validate({
         "name": "threads", "device": "cpu",
@@ -47,9 +47,9 @@ def child(args) -> None:
     """One run: set the threads, build, wait for the start time, train; print JSON."""
     import torch
 
-    from gradlab.data import Batches, load_dataset
-    from gradlab.records import RunRecords
-    from gradlab.train import Trainer, resolve_threads
+    from gradlab.build.data import Batches, load_dataset
+    from gradlab.records.run import RunRecords
+    from gradlab.orchestrate.train import Trainer, resolve_threads
 
     exp = experiment(args, args.out)
     data = load_dataset(exp.data, exp.seed)
@@ -93,7 +93,8 @@ def calibrate() -> None:
             optimizer.step()
         return (time.perf_counter() - start) / n * 1e3
 
-    from gradlab.train import PARALLEL_MIN_MACS, available_cores
+    from gradlab.build.system import available_cores
+    from gradlab.orchestrate.train import PARALLEL_MIN_MACS
 
     cores = available_cores()
     print(f"6-layer ReLU MLP, batch 128, 1 thread vs {cores}; load average (1 min) {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")

@@ -17,36 +17,48 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from gradlab.vocab.version import __version__
 
 # public name -> (module, attribute): the library's API, each a thin re-export
 _API = {
-    "run": ("gradlab.api", "run"),
-    "experiment": ("gradlab.api", "experiment"),
-    "load": ("gradlab.api", "load"),
-    "load_runs": ("gradlab.api", "load_runs"),
-    "comparison": ("gradlab.api", "comparison"),
-    "render": ("gradlab.api", "render"),
-    "figures": ("gradlab.api", "figures"),
-    "plot": ("gradlab.api", "plot"),
-    "check": ("gradlab.api", "check"),
-    "write_report": ("gradlab.api", "write_report"),
-    "export_tensorboard": ("gradlab.api", "export_tensorboard"),
-    "watch": ("gradlab.watcher", "watch"),
-    "Watch": ("gradlab.watcher", "Watch"),
-    "Run": ("gradlab.records", "Run"),
-    "Experiment": ("gradlab.config", "Experiment"),
-    "GradlabError": ("gradlab.errors", "GradlabError"),
+    "run": ("gradlab.orchestrate.api", "run"),
+    "experiment": ("gradlab.orchestrate.api", "experiment"),
+    "load": ("gradlab.orchestrate.api", "load"),
+    "load_runs": ("gradlab.orchestrate.api", "load_runs"),
+    "comparison": ("gradlab.orchestrate.api", "comparison"),
+    "render": ("gradlab.orchestrate.api", "render"),
+    "figures": ("gradlab.orchestrate.api", "figures"),
+    "plot": ("gradlab.orchestrate.api", "plot"),
+    "check": ("gradlab.orchestrate.api", "check"),
+    "write_report": ("gradlab.orchestrate.api", "write_report"),
+    "export_tensorboard": ("gradlab.orchestrate.api", "export_tensorboard"),
+    "watch": ("gradlab.measure.watch", "watch"),
+    "Watch": ("gradlab.measure.watch", "Watch"),
+    "Run": ("gradlab.records.run", "Run"),
+    "Experiment": ("gradlab.config.experiment", "Experiment"),
+    "GradlabError": ("gradlab.vocab.errors", "GradlabError"),
 }
 
 __all__ = ["__version__", *_API]
 
 if TYPE_CHECKING:
-    from gradlab.api import check, comparison, experiment, export_tensorboard, figures, load, load_runs, plot, render, run, write_report
-    from gradlab.config import Experiment
-    from gradlab.errors import GradlabError
-    from gradlab.records import Run
-    from gradlab.watcher import Watch, watch
+    from gradlab.config.experiment import Experiment
+    from gradlab.measure.watch import Watch, watch
+    from gradlab.orchestrate.api import (
+        check,
+        comparison,
+        experiment,
+        export_tensorboard,
+        figures,
+        load,
+        load_runs,
+        plot,
+        render,
+        run,
+        write_report,
+    )
+    from gradlab.records.run import Run
+    from gradlab.vocab.errors import GradlabError
 
 
 def __getattr__(name: str):

@@ -1,3 +1,3 @@
-from gradlab.cli import main
+from gradlab.cli.app import main
 
 main()

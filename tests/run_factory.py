@@ -1,8 +1,8 @@
 """Run directories for the compare/plot/check tests.
 
-`write_run` writes one with gradlab.records from numbers the test chooses, so that every summary
+`write_run` writes one with gradlab.records.run from numbers the test chooses, so that every summary
 can be checked against a truth known in advance (no training involved). `real_run` trains a tiny
-experiment with gradlab.train, for the tests that must hold on what `gradlab run` really writes.
+experiment with gradlab.orchestrate.train, for the tests that must hold on what `gradlab run` really writes.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from typing import Any, Sequence
 
 import yaml
 
-from gradlab.records import Run, RunRecords, load_run
+from gradlab.records.run import Run, RunRecords, load_run
 
 
 def resolved_config(name: str = "exp", seed: int = 0, *, depth: int = 3, out: str = "results", **sections: Any) -> dict[str, Any]:
     """A config as a run directory stores it (every default filled), via the real schema."""
-    from gradlab.config import validate
+    from gradlab.config.experiment import validate
 
     data: dict[str, Any] = {"name": name, "seed": seed, "model": {"depth": depth, "width": 8}, "log": {"out": out}}
     for dotted, value in sections.items():  # model__activation="sigmoid" -> model.activation
@@ -99,8 +99,8 @@ TINY_DATA = {"name": "gaussian", "dim": 16, "classes": 4, "n_train": 256, "n_tes
 
 def real_run(out: Path, name: str, model: dict[str, Any], seed: int = 0, steps: int = 20, **extra: Any) -> Path:
     """Train a tiny experiment on the CPU with the real loop; returns its run directory."""
-    from gradlab.config import validate
-    from gradlab.runner import run_experiment
+    from gradlab.config.experiment import validate
+    from gradlab.orchestrate.runner import run_experiment
 
     exp = validate({
         "name": name, "seed": seed, "device": "cpu", "data": TINY_DATA, "model": {"width": 32, **model},

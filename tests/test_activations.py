@@ -1,4 +1,4 @@
-"""gradlab.activations: one record per activation, each fact against an independent computation
+"""gradlab.theory.activations: one record per activation, each fact against an independent computation
 (autograd, PyTorch's own modules and calculate_gain, closed forms, mpmath quadrature, Monte Carlo)."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import pytest
 import torch
 from numpy.polynomial.hermite_e import hermegauss
 
-from gradlab import activations, specs
-from gradlab.activations import ACTIVATIONS, gaussian_moments
+from gradlab.theory import activations
+from gradlab.vocab import specs
+from gradlab.theory.activations import ACTIVATIONS, gaussian_moments
 
 # Every activation, plus non-default parameters where they change the function.
 SPECS = [

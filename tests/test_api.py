@@ -14,8 +14,8 @@ import yaml
 from typer.testing import CliRunner
 
 import gradlab
-from gradlab.cli import app
-from gradlab.errors import ConfigError, RunError
+from gradlab.cli.app import app
+from gradlab.vocab.errors import ConfigError, RunError
 from run_factory import TINY_DATA, layer_rows, metric_rows, resolved_config, write_run
 
 
@@ -32,8 +32,8 @@ def test_import_gradlab_loads_neither_torch_nor_pandas():
         "import sys, gradlab\n"
         "names = [gradlab.run, gradlab.load, gradlab.comparison, gradlab.plot, gradlab.check]\n"  # the API resolves lazily too
         "print(sorted(m for m in ('torch', 'pandas', 'matplotlib') if m in sys.modules))\n"
-        "import gradlab.watcher\n"  # the watcher imports torch (it needs it)
-        "print(gradlab.watch is gradlab.watcher.watch, 'torch' in sys.modules)\n"
+        "import gradlab.measure.watch\n"  # the watcher imports torch (it needs it)
+        "print(gradlab.watch is gradlab.measure.watch.watch, 'torch' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
     assert out == ["[]", "True True"]
@@ -138,7 +138,7 @@ def test_report_and_export_are_reexported(runs):
 
 
 def test_run_reports_progress_events_and_draws_figures(tmp_path):
-    from gradlab.progress import RunEnded, RunStarted, StepLogged
+    from gradlab.orchestrate.progress import RunEnded, RunStarted, StepLogged
 
     events = []
     run = gradlab.run(tiny("api", tmp_path), progress=events.append, plot=True)

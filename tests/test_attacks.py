@@ -21,12 +21,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from gradlab import records
-from gradlab.cli import app
-from gradlab.config import validate
-from gradlab.errors import RunError
-from gradlab.records import LAYERS_COLUMNS, METRICS_COLUMNS, new_run_dir
-from gradlab.runner import run_experiment
+from gradlab.records import run as records
+from gradlab.cli.app import app
+from gradlab.config.experiment import validate
+from gradlab.vocab.errors import RunError
+from gradlab.records.run import LAYERS_COLUMNS, METRICS_COLUMNS, new_run_dir
+from gradlab.orchestrate.runner import run_experiment
 from test_interrupt import start_long_run, wait_for_rows
 
 # A warning (numpy's 'overflow encountered in cast', say) is one more line on a user's stderr;
@@ -131,7 +131,7 @@ def test_compare_shows_a_diverged_run_as_diverged(tmp_path):
     # that step (the run's fate is its status)
     assert result.stderr == f"warning: {row['label']}: diverged; its final_* values are the last ones logged before it diverged (step {row['last_step']})\n"
     assert row["status"] == "diverged"
-    from gradlab.summaries import verdict
+    from gradlab.analysis.summaries import verdict
 
     assert row["verdict@last"] == verdict(float(row["gain@last"]))
     assert int(row["last_step"]) == divergence["step"] - 1  # the last finite measurement

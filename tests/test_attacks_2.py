@@ -24,9 +24,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from gradlab import sweep as sweeps
-from gradlab.cli import app
-from gradlab.errors import ConfigError
+from gradlab.orchestrate import sweep as sweeps
+from gradlab.cli.app import app
+from gradlab.vocab.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -270,10 +270,11 @@ def assert_whole_steps(run: Path, layers_per_step: int = 5) -> int:
 
 
 def test_a_full_disk_is_an_error_of_its_own_with_its_documented_exit_code():
-    from gradlab import errors, records
+    from gradlab.vocab import errors
+    from gradlab.records import run as records
 
     assert issubclass(errors.DiskFull, errors.GradlabError) and errors.DiskFull.exit_code == errors.DISK_FULL_EXIT == 74
-    assert not hasattr(records, "DISK_FULL_EXIT")  # one home: gradlab.errors
+    assert not hasattr(records, "DISK_FULL_EXIT")  # one home: gradlab.vocab.errors
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     assert f"exits with code **{errors.DISK_FULL_EXIT}**" in readme
 
@@ -319,8 +320,8 @@ def test_a_sweep_on_a_disk_that_fills_leaves_no_running_row_and_no_temporary_fil
 
 
 def finished_run(tmp_path: Path, **changes) -> Path:
-    from gradlab.config import validate
-    from gradlab.runner import run_experiment
+    from gradlab.config.experiment import validate
+    from gradlab.orchestrate.runner import run_experiment
 
     config = {**BASE, "name": "cut", "model": {**BASE["model"], "depth": 5}, "log": {"every": 5, "out": str(tmp_path / "runs")}, **changes}
     return run_experiment(validate(config)).run_dir
@@ -444,7 +445,7 @@ def test_a_hostile_run_config_does_not_block_compare_of_the_others(tmp_path):
 def test_a_document_without_aliases_below_the_small_size_cannot_be_too_large(dense):
     """load_guarded counts no size for a document without aliases under SMALL_WITHOUT_ALIASES
     characters: the densest YAML holds at most one value per character, far under MAX_NODES."""
-    from gradlab import yamlio
+    from gradlab.vocab import yamlio
 
     assert len(dense) < yamlio.SMALL_WITHOUT_ALIASES
     values, chars = yamlio.expanded_size(yaml.compose(dense, Loader=yaml.SafeLoader))
@@ -452,7 +453,7 @@ def test_a_document_without_aliases_below_the_small_size_cannot_be_too_large(den
 
 
 def test_a_large_document_without_aliases_is_still_counted():
-    from gradlab import yamlio
+    from gradlab.vocab import yamlio
 
     with pytest.raises(yamlio.TooLarge):
         yamlio.load_guarded("[" + "0," * 150_000 + "0]", yamlio.RecordLoader)
@@ -460,7 +461,7 @@ def test_a_large_document_without_aliases_is_still_counted():
 
 def test_the_record_loader_reads_what_the_safe_loader_reads():
     """RecordLoader remembers scalars' tags: the same documents, read twice (remembered) included."""
-    from gradlab import yamlio
+    from gradlab.vocab import yamlio
 
     texts = [path.read_text() for path in sorted(Path(__file__).resolve().parent.parent.glob("configs/**/*.yaml"))]
     texts.append("a: [1, 1.5, .inf, -.inf, 0x10, 0o7, 1_000, 1:30, yes, No, ~, null, '1', 2024-01-01, 2001-12-14t21:59:43.10-05:00]\n")
@@ -656,12 +657,12 @@ def test_an_idx_file_declaring_or_inflating_to_gigabytes_is_refused_without_deco
 
 
 def test_jobs_n_checks_that_n_runs_fit_in_memory_together(tmp_path, monkeypatch):
-    from gradlab import memory
+    from gradlab.build import memory
 
     plan = sweeps.plan_sweep({**BASE, "sweep": {"model.width": [16, 32, 64]}})
     sizes = []
     for member in plan.members:
-        from gradlab.config import validate
+        from gradlab.config.experiment import validate
 
         exp = validate(member.config)
         need = memory.estimate(exp, memory.known_input_shape(exp), exp.data.classes)
@@ -684,7 +685,7 @@ def test_jobs_n_checks_that_n_runs_fit_in_memory_together(tmp_path, monkeypatch)
 def test_plot_of_many_runs_draws_their_median_and_band_and_says_so(tmp_path):
     from run_factory import one_run
 
-    from gradlab import plots
+    from gradlab.show import plots
 
     count = plots.MAX_RUNS_DRAWN + 1
     runs = [one_run(tmp_path, [2.0 ** (k + i % 5) for k in range(3)], run_id=f"{i:06d}", seed=i) for i in range(count)]

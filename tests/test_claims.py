@@ -9,11 +9,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from gradlab import sweep as sweeps
-from gradlab.cli import app
-from gradlab.errors import ConfigError
-from gradlab.expectations import check_sweep
-from gradlab.records import RunRecords
+from gradlab.orchestrate import sweep as sweeps
+from gradlab.cli.app import app
+from gradlab.vocab.errors import ConfigError
+from gradlab.analysis.expectations import check_sweep
+from gradlab.records.run import RunRecords
 from run_factory import layer_rows, metric_rows
 
 BASE = {
@@ -224,7 +224,7 @@ def test_gradlab_check_on_the_sweep_folder(tmp_path):
 def test_the_claim_configs_plan_and_match_the_json_schema():
     import jsonschema
 
-    from gradlab.schema import config_json_schema
+    from gradlab.config.json_schema import config_json_schema
 
     validator = jsonschema.Draft7Validator(config_json_schema())
     configs = sorted((Path(__file__).resolve().parents[1] / "configs" / "claims").glob("*.yaml"))

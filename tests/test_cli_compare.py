@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from gradlab.cli import app
+from gradlab.cli.app import app
 from run_factory import layer_rows, metric_rows, resolved_config, write_run
 
 METRICS = metric_rows({0: (2.0, 0.25), 5: (1.5, 0.5), 10: (0.75, 0.625)}, {0: (2.1, 0.2), 10: (0.8, 0.6)})

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from gradlab.cli import app
+from gradlab.cli.app import app
 from run_factory import layer_rows, metric_rows, resolved_config, write_run
 
 METRICS = metric_rows({0: (2.0, 0.25), 5: (1.5, 0.5), 10: (0.75, 0.625)}, {0: (2.1, 0.2), 10: (0.8, 0.6)})
@@ -118,7 +118,7 @@ def test_export_without_tensorboard_says_how_to_install(runs, monkeypatch):
 
 
 def test_schema_to_stdout_is_the_schema(tmp_path):
-    from gradlab.schema import schema_json
+    from gradlab.config.json_schema import schema_json
 
     result = invoke("schema")
     assert result.exit_code == 0, result.output
@@ -128,13 +128,13 @@ def test_schema_to_stdout_is_the_schema(tmp_path):
 
 
 def test_schema_to_a_file(tmp_path, monkeypatch):
-    from gradlab.schema import schema_json
+    from gradlab.config.json_schema import schema_json
 
     monkeypatch.chdir(tmp_path)
-    result = invoke("schema", "-o", "gradlab.schema.json")
+    result = invoke("schema", "-o", "gradlab.config.json_schema.json")
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines() == ["JSON Schema of a gradlab config: gradlab.schema.json"]
-    assert Path("gradlab.schema.json").read_text(encoding="utf-8") == schema_json()
+    assert result.stdout.splitlines() == ["JSON Schema of a gradlab config: gradlab.config.json_schema.json"]
+    assert Path("gradlab.config.json_schema.json").read_text(encoding="utf-8") == schema_json()
 
 
 def test_schema_to_a_folder_that_does_not_exist(tmp_path, monkeypatch):
@@ -149,7 +149,7 @@ def test_schema_to_a_folder_that_does_not_exist(tmp_path, monkeypatch):
 
 
 def test_report_exact_line_and_the_page_is_the_librarys(runs):
-    from gradlab.report import build_report
+    from gradlab.show.report import build_report
 
     result = invoke("report", "runs", "-o", "report.html")
     assert result.exit_code == 0, result.output

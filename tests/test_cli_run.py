@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from gradlab.cli import app
-from gradlab.specs import REGISTRIES
-from gradlab.config import load_config
+from gradlab.cli.app import app
+from gradlab.vocab.specs import REGISTRIES
+from gradlab.config.experiment import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
@@ -102,7 +102,7 @@ def test_components_lists_every_name_with_its_parameters():
 
 
 def test_every_shipped_config_validates():
-    from gradlab.sweep import load_experiments
+    from gradlab.orchestrate.sweep import load_experiments
 
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         if "mnist" in path.name and not (ROOT.parent / "shared" / "data" / "mnist").is_dir():
@@ -234,7 +234,7 @@ def test_the_live_sweep_display_shows_bracketed_run_names():
 
     from rich.console import Console
 
-    from gradlab.progress import RunStarted, SweepLines, SweepStarted
+    from gradlab.orchestrate.progress import RunStarted, SweepLines, SweepStarted
 
     out = io.StringIO()
     view = SweepLines(Console(file=out, force_terminal=True, width=150, color_system=None))

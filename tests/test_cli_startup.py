@@ -19,7 +19,7 @@ HEAVY = ("torch", "pandas", "matplotlib")
 # the command in a fresh interpreter, then which heavy modules it had loaded
 PROBE = """
 import json, sys
-from gradlab.cli import app
+from gradlab.cli.app import app
 try:
     app(sys.argv[1:], prog_name="gradlab")
 except SystemExit as exit:

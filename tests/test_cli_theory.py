@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
-from gradlab.cli import app
+from gradlab.cli.app import app
 
 ROOT = Path(__file__).resolve().parents[1]
 RELU_HE = {
@@ -105,7 +105,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
 
 def test_theory_loads_no_torch_in_a_fresh_interpreter(tmp_path):
     probe = (
-        "import sys\nfrom gradlab.cli import app\n"
+        "import sys\nfrom gradlab.cli.app import app\n"
         "try:\n    app(sys.argv[1:], prog_name='gradlab')\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
         "print([m for m in ('torch', 'pandas', 'matplotlib') if m in sys.modules])\n"
     )
@@ -140,7 +140,7 @@ def test_compare_with_theory_loads_no_torch(tmp_path):
 
     one_run(tmp_path, [4.0, 2.0, 1.0], model__activation="relu", model__init={"weight": "kaiming_normal", "bias": "zeros"})
     probe = (
-        "import sys\nfrom gradlab.cli import app\n"
+        "import sys\nfrom gradlab.cli.app import app\n"
         "try:\n    app(sys.argv[1:], prog_name='gradlab')\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
         "print([m for m in ('torch', 'pandas') if m in sys.modules])\n"
     )
@@ -189,7 +189,7 @@ def test_each_row_of_a_sweep_is_the_prediction_for_that_combination_alone(tmp_pa
 
 def test_a_sweep_config_loads_no_torch(tmp_path):
     probe = (
-        "import sys\nfrom gradlab.cli import app\n"
+        "import sys\nfrom gradlab.cli.app import app\n"
         "try:\n    app(sys.argv[1:], prog_name='gradlab')\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
         "print([m for m in ('torch', 'pandas', 'matplotlib') if m in sys.modules])\n"
     )

@@ -1,5 +1,5 @@
-"""gradlab.compare: the comparison table (one row per configuration, seeds grouped) and what its
-columns mean (`gradlab compare --explain`, from the declarations of gradlab.quantities).
+"""gradlab.analysis.compare: the comparison table (one row per configuration, seeds grouped) and what its
+columns mean (`gradlab compare --explain`, from the declarations of gradlab.vocab.quantities).
 
 Synthetic runs (written from chosen numbers) pin the exact arithmetic; real runs made by the
 training loop are checked against an independent recomputation from their CSV files.
@@ -17,8 +17,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from gradlab import compare, display, quantities, records, summaries
-from gradlab.cli import app
+from gradlab.analysis import compare
+from gradlab.show import display
+from gradlab.vocab import quantities
+from gradlab.records import run as records
+from gradlab.analysis import summaries
+from gradlab.cli.app import app
 from run_factory import EXPLODING, STABLE, STABLE_30, VANISHING, one_run, real_run
 
 # --------------------------------------------------------------------------------------------
@@ -221,7 +225,7 @@ def test_verdicts_of_the_three_regimes_at_initialization(real_runs):
 
 
 def test_reading_and_showing_records_never_imports_torch():
-    modules = "gradlab.records, gradlab.summaries, gradlab.configdiff, gradlab.compare, gradlab.display, gradlab.expectations, gradlab.plots, gradlab.cli"
+    modules = "gradlab.records.run, gradlab.analysis.summaries, gradlab.analysis.configdiff, gradlab.analysis.compare, gradlab.show.display, gradlab.analysis.expectations, gradlab.show.plots, gradlab.cli.app"
     code = f"import sys, {modules}; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"

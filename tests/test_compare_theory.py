@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from gradlab.cli import app
-from gradlab.compare import compare_runs, explain
-from gradlab.predict import DEPARTS_TOLERANCE, departs
+from gradlab.cli.app import app
+from gradlab.analysis.compare import compare_runs, explain
+from gradlab.theory.predict import DEPARTS_TOLERANCE, departs
 from run_factory import one_run
 
 HE = {"model__activation": "relu", "model__init": {"weight": "kaiming_normal", "bias": "zeros"}}
@@ -84,7 +84,7 @@ def test_bad_tolerance_is_one_line(tmp_path):
 
 
 def test_step_departs_for_a_prediction_and_for_a_bound():
-    from gradlab.predict import STEP_AT_MOST, STEP_EQUALS, Prediction, step_departs
+    from gradlab.theory.predict import STEP_AT_MOST, STEP_EQUALS, Prediction, step_departs
 
     exact = Prediction("recurrent", step_factor=0.8, step_relation=STEP_EQUALS)
     assert step_departs(0.83, exact, 0.05) is False and step_departs(0.85, exact, 0.05) is True and step_departs(0.75, exact, 0.05) is True
@@ -95,9 +95,9 @@ def test_step_departs_for_a_prediction_and_for_a_bound():
 
 
 def _recurrent_run(out, name, kind="rnn", activation="tanh", gain=0.9, weight="xavier_uniform", **model):
-    from gradlab.config import validate
-    from gradlab.records import load_run
-    from gradlab.runner import run_experiment
+    from gradlab.config.experiment import validate
+    from gradlab.records.run import load_run
+    from gradlab.orchestrate.runner import run_experiment
 
     raw = {"name": name, "seed": 0, "device": "cpu",
            "data": {"name": "adding", "seq_len": 20, "n_train": 128, "n_test": 32, "batch_size": 128},
@@ -145,7 +145,7 @@ def test_a_run_above_the_bound_departs(tmp_path):
     config["model"]["activation"] = {"name": "tanh"}
     config["model"]["init"]["recurrent"]["gain"] = 1.0  # the config now claims a bound of 1 * 1.0
     (run.dir / "config.yaml").write_text(yaml.safe_dump(config))
-    from gradlab.records import load_run
+    from gradlab.records.run import load_run
 
     table = compare_runs([load_run(run.dir)], [0], theory=True).table
     assert table["predicted_step_factor"][0] == 1.0 and table["step_departs"][0] == "yes"

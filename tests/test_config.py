@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from gradlab.config import apply_overrides, load_config, read_yaml, validate
-from gradlab.errors import ConfigError
+from gradlab.config.experiment import apply_overrides, load_config, read_yaml, validate
+from gradlab.vocab.errors import ConfigError
 
 
 def errors_of(data) -> list[str]:

@@ -1,11 +1,11 @@
-"""gradlab.configdiff: flattening configs, which keys differ, how values are shown, labels and seed groups."""
+"""gradlab.analysis.configdiff: flattening configs, which keys differ, how values are shown, labels and seed groups."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-from gradlab import configdiff
+from gradlab.analysis import configdiff
 from run_factory import resolved_config
 
 
@@ -100,7 +100,7 @@ def test_labels_and_seed_groups():
 
 
 def test_config_differences_import_neither_pandas_nor_torch():
-    code = "import sys, gradlab.configdiff; print('pandas' in sys.modules, 'torch' in sys.modules)"
+    code = "import sys, gradlab.analysis.configdiff; print('pandas' in sys.modules, 'torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False False"
 

@@ -1,4 +1,4 @@
-"""Tests for gradlab.data: synthetic sets, the minibatch iterator, and the file loaders."""
+"""Tests for gradlab.build.data: synthetic sets, the minibatch iterator, and the file loaders."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from gradlab import specs
-from gradlab.config import DataConfig
-from gradlab.data import LOADERS, Batches, Dataset, load_dataset
-from gradlab.errors import DataError
+from gradlab.vocab import specs
+from gradlab.config.experiment import DataConfig
+from gradlab.build.data import LOADERS, Batches, Dataset, load_dataset
+from gradlab.vocab.errors import DataError
 
 SYNTHETIC = ["gaussian", "teacher", "spirals", "images"]
 
@@ -398,7 +398,7 @@ def _read_everything_then_slice(path: Path, magic: int, n: int) -> np.ndarray:
 
 @pytest.mark.parametrize("gz", [False, True])
 def test_idx_reads_only_the_first_examples_with_the_numbers_of_a_whole_read(tmp_path, gz):
-    from gradlab.data import IDX_IMAGES, IDX_LABELS, read_idx
+    from gradlab.build.data import IDX_IMAGES, IDX_LABELS, read_idx
 
     rng = np.random.default_rng(1)
     images, labels = rng.integers(0, 256, (40, 7, 5), dtype=np.uint8), rng.integers(0, 10, 40, dtype=np.uint8)
@@ -416,7 +416,7 @@ def test_idx_reads_only_the_first_examples_with_the_numbers_of_a_whole_read(tmp_
 
 
 def test_real_mnist_first_examples_are_those_of_a_whole_read():
-    from gradlab.data import IDX_IMAGES, IDX_LABELS
+    from gradlab.build.data import IDX_IMAGES, IDX_LABELS
 
     folder = real_mnist_dir()
     ds = load_dataset(make_cfg(name="mnist", path=str(folder), n_train=1000, n_test=100, batch_size=100), 0)
@@ -663,7 +663,7 @@ def test_file_vanished_after_validation(tmp_path):
 
 from types import SimpleNamespace  # noqa: E402
 
-from gradlab.data import ADDING_BASELINE_MSE, COPY_LENGTH, SEQUENCE_LOADERS  # noqa: E402
+from gradlab.build.data import ADDING_BASELINE_MSE, COPY_LENGTH, SEQUENCE_LOADERS  # noqa: E402
 
 
 def seq_cfg(name, **values):
@@ -749,7 +749,7 @@ def test_sequential_mnist_rows_pixels_and_a_fixed_permutation():
 
 @pytest.mark.parametrize("name,seq_len", [("adding", None), ("adding", 7), ("copy", 25), ("sequential_mnist", 28), ("sequential_mnist", 784)])
 def test_sequence_shape_from_the_config_is_the_loaded_one(name, seq_len):
-    from gradlab.data import sequence_shape
+    from gradlab.build.data import sequence_shape
 
     folder = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
     if name == "sequential_mnist" and not folder.is_dir():

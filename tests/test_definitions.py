@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from gradlab import activations
-from gradlab.config import validate
-from gradlab.models import build_model
-from gradlab.probes import Probe
+from gradlab.theory import activations
+from gradlab.config.experiment import validate
+from gradlab.build.models import build_model
+from gradlab.measure.probe import Probe
 
 LOSS = torch.nn.functional.cross_entropy
 

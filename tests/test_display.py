@@ -1,4 +1,4 @@
-"""gradlab.display: the one number formatter and the comparison rendered as csv, json and markdown."""
+"""gradlab.show.display: the one number formatter and the comparison rendered as csv, json and markdown."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from gradlab import compare, display
+from gradlab.analysis import compare
+from gradlab.show import display
 from run_factory import one_run
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from gradlab.config import parse_expectations
-from gradlab.errors import ConfigError
-from gradlab.expectations import check
+from gradlab.config.experiment import parse_expectations
+from gradlab.vocab.errors import ConfigError
+from gradlab.analysis.expectations import check
 from run_factory import one_run
 
 HE = {"model__activation": "relu", "model__init": {"weight": "kaiming_normal", "bias": "zeros"}}
@@ -50,7 +50,7 @@ def test_fails_where_theory_has_no_prediction(tmp_path):
 def test_step_factor_within_theory_for_a_bound_and_without_a_prediction(tmp_path):
     import yaml
 
-    from gradlab.records import load_run
+    from gradlab.records.run import load_run
     from test_compare_theory import _recurrent_run
 
     section = parse_expectations({"step_factor": {"within_theory": 0.05}})

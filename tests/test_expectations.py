@@ -1,4 +1,4 @@
-"""gradlab.expectations: the expect: schema, its error lines, checking runs, the JUnit report."""
+"""gradlab.analysis.expectations: the expect: schema, its error lines, checking runs, the JUnit report."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import xml.etree.ElementTree as ET
 import pytest
 import yaml
 
-from gradlab import expectations, quantities
-from gradlab.config import validate
-from gradlab.errors import ConfigError
+from gradlab.analysis import expectations
+from gradlab.vocab import quantities
+from gradlab.config.experiment import validate
+from gradlab.vocab.errors import ConfigError
 from run_factory import STABLE, VANISHING, layer_rows, metric_rows, real_run, resolved_config, write_run
 
 METRICS = metric_rows({0: (2.0, 0.25), 5: (1.5, 0.5), 10: (0.75, 0.625)}, {0: (2.1, 0.2), 10: (0.8, 0.6)})

@@ -1,4 +1,4 @@
-"""gradlab.export: TensorBoard event files, read back with TensorBoard's own event reader and
+"""gradlab.show.export: TensorBoard event files, read back with TensorBoard's own event reader and
 checked cell by cell against the CSV files (read here with the csv module, not gradlab's reader)."""
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import pytest
 pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed (pip install 'gradlab[tensorboard]')")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
-from gradlab import export, quantities  # noqa: E402
-from gradlab.errors import RunError  # noqa: E402
+from gradlab.show import export
+from gradlab.vocab import quantities  # noqa: E402
+from gradlab.vocab.errors import RunError  # noqa: E402
 from run_factory import STABLE, layer_rows, metric_rows, real_run, resolved_config, write_run  # noqa: E402
 
 LAYER_VALUES = [q.name for q in quantities.LAYER_QUANTITIES]  # a synthetic run written without the newer ones has fewer

@@ -37,10 +37,10 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 from typer.testing import CliRunner
 
-from gradlab import specs
-from gradlab.cli import app
-from gradlab.config import Experiment, read_yaml, validate
-from gradlab.registry import Registry
+from gradlab.vocab import specs
+from gradlab.cli.app import app
+from gradlab.config.experiment import Experiment, read_yaml, validate
+from gradlab.vocab.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"

@@ -1,4 +1,4 @@
-"""gradlab.initializers: the variance and mean each initializer states, against the empirical
+"""gradlab.theory.initializers: the variance and mean each initializer states, against the empirical
 moments of a large tensor that the torch initializer (components.apply_init, what models use)
 actually fills; `default` against PyTorch's own freshly built Linear and Conv2d."""
 
@@ -9,8 +9,9 @@ import math
 import pytest
 import torch
 
-from gradlab import initializers, specs
-from gradlab.components import apply_init
+from gradlab.theory import initializers
+from gradlab.vocab import specs
+from gradlab.build.components import apply_init
 
 # (spec, weight shape (out, in[, k, k]), activation); fan_in = in*k*k, fan_out = out*k*k
 CASES = [

@@ -12,11 +12,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from gradlab.cli import app
-from gradlab.config import validate
-from gradlab.sweep import load_experiments
-from gradlab.memory import check_fits, estimate, known_input_shape, parameter_count
-from gradlab.models import build_model
+from gradlab.cli.app import app
+from gradlab.config.experiment import validate
+from gradlab.orchestrate.sweep import load_experiments
+from gradlab.build.memory import check_fits, estimate, known_input_shape, parameter_count
+from gradlab.build.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,7 +90,7 @@ def write_peak():
     with open(out, "w") as file:
         file.write(str(kb * 1024))
 atexit.register(write_peak)
-from gradlab.cli import main
+from gradlab.cli.app import main
 sys.argv[0] = "gradlab"
 main()
 """

@@ -9,10 +9,10 @@ import csv
 import pytest
 import torch
 
-from gradlab.config import validate
-from gradlab.models import build_model
-from gradlab.probes import Probe
-from gradlab.quantities import LAYERS_COLUMNS, NORM, RESIDUAL, has_norm_columns, layers_columns
+from gradlab.config.experiment import validate
+from gradlab.build.models import build_model
+from gradlab.measure.probe import Probe
+from gradlab.vocab.quantities import LAYERS_COLUMNS, NORM, RESIDUAL, has_norm_columns, layers_columns
 
 LOSS = torch.nn.functional.cross_entropy
 
@@ -107,7 +107,7 @@ def test_only_runs_with_a_norm_or_prelu_get_the_columns(tmp_path):
     assert layers_columns(False, True) == [*LAYERS_COLUMNS, *NORM]
     assert not has_norm_columns(validate({}).model)
     assert has_norm_columns(validate({"model": {"norm": "lrn"}}).model) and has_norm_columns(validate({"model": {"activation": "prelu"}}).model)
-    from gradlab.runner import run_experiment
+    from gradlab.orchestrate.runner import run_experiment
 
     config = {"seed": 0, "device": "cpu", "data": {"name": "gaussian", "dim": 6, "classes": 3, "n_train": 32, "n_test": 16, "batch_size": 8},
               "model": {"depth": 2, "width": 8, "norm": "batchnorm"}, "train": {"steps": 2, "eval_every": 2},
@@ -122,8 +122,8 @@ def test_only_runs_with_a_norm_or_prelu_get_the_columns(tmp_path):
 def test_test_metrics_with_batch_statistics_against_a_copy_in_training_mode(tmp_path):
     import copy
 
-    from gradlab.data import load_dataset
-    from gradlab.train import evaluate, evaluate_with_batch_stats
+    from gradlab.build.data import load_dataset
+    from gradlab.orchestrate.train import evaluate, evaluate_with_batch_stats
 
     exp = validate({"seed": 0, "data": {"name": "gaussian", "dim": 6, "classes": 3, "n_train": 32, "n_test": 21, "batch_size": 8},
                     "model": {"depth": 2, "width": 8, "norm": "batchnorm", "dropout": 0.5}})  # fmt: skip
@@ -152,7 +152,7 @@ def test_test_metrics_with_batch_statistics_against_a_copy_in_training_mode(tmp_
 
 
 def test_a_run_writes_both_test_rows_on_demand(tmp_path):
-    from gradlab.runner import run_experiment
+    from gradlab.orchestrate.runner import run_experiment
 
     config = {"seed": 0, "device": "cpu", "data": {"name": "gaussian", "dim": 6, "classes": 3, "n_train": 32, "n_test": 16, "batch_size": 8},
               "model": {"depth": 2, "width": 8, "norm": "batchnorm"}, "train": {"steps": 2, "eval_every": 2},

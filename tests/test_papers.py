@@ -22,8 +22,8 @@ def papers_tool():
 
 @pytest.mark.parametrize("path", PAPERS, ids=[p.stem for p in PAPERS])
 def test_each_paper_config_states_its_result_and_validates(path, monkeypatch):
-    from gradlab import sweep
-    from gradlab.config import read_yaml
+    from gradlab.orchestrate import sweep
+    from gradlab.config.experiment import read_yaml
 
     meta = papers_tool().metadata(path)
     assert set(meta) >= {"paper", "where", "quantity", "published", "measured here"}, meta
@@ -39,9 +39,9 @@ def test_each_paper_config_states_its_result_and_validates(path, monkeypatch):
 
 
 def test_a_paper_runs_end_to_end(tmp_path):
-    from gradlab.expectations import check
-    from gradlab.records import load_run
-    from gradlab.runner import run_experiment
+    from gradlab.analysis.expectations import check
+    from gradlab.records.run import load_run
+    from gradlab.orchestrate.runner import run_experiment
 
     tool = papers_tool()
     (label, exp), (label2, exp2) = tool.experiments(ROOT / "configs" / "papers" / "he2015-relu-init.yaml", str(tmp_path))
@@ -53,9 +53,9 @@ def test_a_paper_runs_end_to_end(tmp_path):
 
 
 def test_the_pascanu_config_measures_the_step_factor_against_its_theory(tmp_path):
-    from gradlab.expectations import check
-    from gradlab.records import load_run
-    from gradlab.runner import run_experiment
+    from gradlab.analysis.expectations import check
+    from gradlab.records.run import load_run
+    from gradlab.orchestrate.runner import run_experiment
 
     tool = papers_tool()
     members = dict(tool.experiments(ROOT / "configs" / "papers" / "pascanu2013-rnn-step-bound.yaml", str(tmp_path)))

@@ -9,13 +9,13 @@ import math
 import pytest
 import torch
 
-from gradlab.config import validate
-from gradlab.data import Batches, load_dataset
-from gradlab.models import build_model
-from gradlab.probes import PendingMeasurement, Probe, _count_positives
-from gradlab.sites import Site
-from gradlab import train
-from gradlab.train import PARALLEL_MIN_MACS, Trainer, largest_layer_macs, resolve_threads
+from gradlab.config.experiment import validate
+from gradlab.build.data import Batches, load_dataset
+from gradlab.build.models import build_model
+from gradlab.measure.probe import PendingMeasurement, Probe, _count_positives
+from gradlab.build.sites import Site
+from gradlab.orchestrate import train
+from gradlab.orchestrate.train import PARALLEL_MIN_MACS, Trainer, largest_layer_macs, resolve_threads
 
 LOSS = torch.nn.functional.cross_entropy
 
@@ -147,7 +147,7 @@ def drive(trainer: Trainer, exp, data, every: int):
 
 @pytest.mark.parametrize("every", [3, 1000])
 def test_deferred_loss_reads_stop_at_the_same_step_with_the_same_state(tmp_path, every):
-    from gradlab.records import RunRecords
+    from gradlab.records.run import RunRecords
 
     exp = validate({
         "data": {"name": "gaussian", "dim": 12, "classes": 4, "n_train": 256, "n_test": 32, "batch_size": 32},
@@ -204,9 +204,9 @@ def test_a_run_does_not_import_torch_dynamo(tmp_path):
 
     script = (
         "import sys, torch\n"
-        "from gradlab.config import validate\n"
-        "from gradlab.data import load_dataset\n"
-        "from gradlab.train import Trainer\n"
+        "from gradlab.config.experiment import validate\n"
+        "from gradlab.build.data import load_dataset\n"
+        "from gradlab.orchestrate.train import Trainer\n"
         "for name in ('sgd', 'adam', 'adamw', 'rmsprop'):\n"
         "    exp = validate({'optim': {'name': name, 'lr': 0.01, 'grad_clip': 1.0}, 'model': {'depth': 2, 'width': 4},"
         " 'data': {'n_train': 32, 'n_test': 16, 'batch_size': 16}})\n"
@@ -222,7 +222,7 @@ def test_a_run_does_not_import_torch_dynamo(tmp_path):
 
 @pytest.mark.parametrize("spec", [{"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3}, {"name": "adam", "lr": 0.01}, {"name": "rmsprop", "lr": 0.01}])
 def test_the_unwrapped_step_is_the_optimizers_step(spec):
-    from gradlab.components import build_optimizer
+    from gradlab.build.components import build_optimizer
 
     cfg = validate({"model": {"depth": 2, "width": 8}, "optim": spec})
     torch.manual_seed(0)
@@ -257,7 +257,7 @@ def tiny(tmp_path, **sections):
 def test_a_run_computes_with_its_thread_count_and_restores_the_process(tmp_path, monkeypatch):
     import json
 
-    from gradlab.runner import run_experiment
+    from gradlab.orchestrate.runner import run_experiment
 
     seen = []
     plain_step = Trainer.plain_step
@@ -276,7 +276,7 @@ def test_a_run_computes_with_its_thread_count_and_restores_the_process(tmp_path,
 
 @pytest.mark.parametrize("value", [0, -1, True, 1.5, "many"])
 def test_threads_must_be_auto_or_a_whole_number(value):
-    from gradlab.errors import ConfigError
+    from gradlab.vocab.errors import ConfigError
 
     with pytest.raises(ConfigError) as caught:
         validate({"threads": value})
@@ -284,7 +284,7 @@ def test_threads_must_be_auto_or_a_whole_number(value):
 
 
 def test_threads_beyond_four_per_core_are_refused():
-    from gradlab.errors import ConfigError
+    from gradlab.vocab.errors import ConfigError
 
     exp = validate({"threads": 4 * train.available_cores() + 1})
     with pytest.raises(ConfigError, match="more than 4 x the"):
@@ -297,7 +297,7 @@ def test_gradlab_run_takes_threads_for_a_single_run(tmp_path):
     import yaml
     from typer.testing import CliRunner
 
-    from gradlab.cli import app
+    from gradlab.cli.app import app
 
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(tiny(tmp_path).model_dump(mode="json")))
@@ -314,7 +314,7 @@ def test_the_run_loop_with_deferred_loss_reads_writes_the_same_records(tmp_path,
 
     import pandas as pd
 
-    from gradlab.runner import run_experiment
+    from gradlab.orchestrate.runner import run_experiment
 
     sections = {
         "model": {"depth": 6, "width": 16, "activation": "rrelu", "init": {"weight": {"name": "normal", "std": 2.0}}},

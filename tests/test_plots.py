@@ -1,4 +1,4 @@
-"""gradlab.plots: the five figures, inspected as objects and as written PNG files."""
+"""gradlab.show.plots: the five figures, inspected as objects and as written PNG files."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import math
 import matplotlib.image
 import pytest
 
-from gradlab import plots, records
-from gradlab.errors import RunError
+from gradlab.show import plots
+from gradlab.records import run as records
+from gradlab.vocab.errors import RunError
 from run_factory import layer_rows, metric_rows, real_run, resolved_config, write_run, STABLE
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

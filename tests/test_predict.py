@@ -1,4 +1,4 @@
-"""Predictions from a config alone (gradlab.predict): the numbers handed to theory (σw², σb², q⁰)
+"""Predictions from a config alone (gradlab.theory.predict): the numbers handed to theory (σw², σb², q⁰)
 checked against the initializers and the generated data, the prediction for each kind checked
 against closed forms and published values, and `none` with a reason where no theory applies.
 (The whole chain, prediction against a measured network at step 0, is tests/test_theory_chain.py.)"""
@@ -9,9 +9,9 @@ import math
 
 import pytest
 
-from gradlab import theory
-from gradlab.config import validate
-from gradlab.predict import DEPARTS_TOLERANCE, SPIRAL_JITTER, input_moments, predict
+from gradlab.theory import mean_field as theory
+from gradlab.config.experiment import validate
+from gradlab.theory.predict import DEPARTS_TOLERANCE, SPIRAL_JITTER, input_moments, predict
 
 
 def exp(data=None, **model):
@@ -26,8 +26,8 @@ def critical_tanh(scale=1.76, depth=10):
 
 def test_input_moments_of_the_synthetic_datasets_match_the_generated_data():
     torch = pytest.importorskip("torch")
-    from gradlab.data import SPIRAL_JITTER as data_jitter
-    from gradlab.data import load_dataset
+    from gradlab.build.data import SPIRAL_JITTER as data_jitter
+    from gradlab.build.data import load_dataset
 
     assert SPIRAL_JITTER == data_jitter
     for data, tol in [({"name": "gaussian", "dim": 512, "classes": 20, "noise": 0.5}, 0.03),
@@ -107,7 +107,7 @@ def test_no_prediction_says_why(model, data, says):
 def test_file_data_has_no_prediction_unless_its_moments_are_given(tmp_path):
     import numpy as np
 
-    from gradlab.predict import InputMoments
+    from gradlab.theory.predict import InputMoments
 
     path = tmp_path / "d.npz"
     np.savez(path, x_train=np.ones((8, 64), np.float32), y_train=np.zeros(8, np.int64), x_test=np.ones((4, 64), np.float32), y_test=np.zeros(4, np.int64))
@@ -145,7 +145,7 @@ def test_recurrent_predictions_once_the_config_has_the_kinds():
 def test_recurrent_step_factor_is_a_prediction_only_for_a_linear_norm_preserving_rnn():
     from types import SimpleNamespace as NS
 
-    from gradlab.predict import STEP_AT_MOST, STEP_EQUALS
+    from gradlab.theory.predict import STEP_AT_MOST, STEP_EQUALS
 
     def rnn(activation, recurrent, readout="last", kind="rnn", forget_bias=None):
         model = NS(kind=kind, width=128, activation={"name": activation}, init=NS(recurrent=recurrent), readout=readout, forget_bias=forget_bias)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from gradlab import activations
-from gradlab.config import validate
-from gradlab.models import build_model
-from gradlab.probes import Probe
+from gradlab.theory import activations
+from gradlab.config.experiment import validate
+from gradlab.build.models import build_model
+from gradlab.measure.probe import Probe
 
 LOSS = torch.nn.functional.cross_entropy
 
@@ -169,7 +169,7 @@ def test_dead_channels_in_a_cnn_by_hand_count():
 
 @pytest.mark.parametrize("optim", [{"name": "sgd", "lr": 0.5, "momentum": 0.9}, {"name": "adam", "lr": 0.01}])
 def test_update_ratio_against_weights_saved_before_and_after(optim):
-    from gradlab.components import build_optimizer
+    from gradlab.build.components import build_optimizer
 
     model, shape = make_model(norm="batchnorm", activation="relu")
     optimizer = build_optimizer(validate({"optim": optim}).optim, model.parameters())

@@ -1,5 +1,5 @@
-"""gradlab.records: the run directory written and read back, torn rows included, and the contract
-that its headers, the declarations of gradlab.quantities and the README's column table agree."""
+"""gradlab.records.run: the run directory written and read back, torn rows included, and the contract
+that its headers, the declarations of gradlab.vocab.quantities and the README's column table agree."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gradlab import quantities, records
-from gradlab.errors import RunError
+from gradlab.vocab import quantities
+from gradlab.records import run as records
+from gradlab.vocab.errors import RunError
 from run_factory import METRICS, layer_rows, one_run, resolved_config, write_run
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -63,7 +64,7 @@ def test_the_written_headers_are_the_declared_columns(tmp_path):
 
 def test_writing_a_run_imports_neither_pandas_nor_torch(tmp_path):
     code = (
-        "import sys; from pathlib import Path; from gradlab.records import RunRecords, new_run_dir\n"
+        "import sys; from pathlib import Path; from gradlab.records.run import RunRecords, new_run_dir\n"
         f"records = RunRecords(new_run_dir({str(tmp_path)!r}, 'x'), 'name: x\\n', {{'seed': 0}})\n"
         "records.layers.write([{'step': 0, 'layer': 0, 'delta_norm': 0.5}]); records.close('completed')\n"
         "print('pandas' in sys.modules, 'torch' in sys.modules)"
@@ -228,7 +229,7 @@ def test_a_run_reads_the_same_from_the_fast_reader_and_from_pandas(tmp_path, mon
     """load_run on a written run: the same frames, notes and summaries whichever path read it."""
     import pandas as pd
 
-    from gradlab import summaries
+    from gradlab.analysis import summaries
 
     layers = [row for step in (0, 5, 10) for row in layer_rows(step, [0.01 * (k + 1) for k in range(4)])]
     run_dir = write_run(tmp_path, resolved_config("exp", depth=4), layers[:-2], METRICS, status="running")

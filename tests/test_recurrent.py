@@ -1,4 +1,4 @@
-"""Recurrent stacks (gradlab/recurrent.py) against PyTorch's fused modules and hand computations."""
+"""Recurrent stacks (gradlab/build/recurrent.py) against PyTorch's fused modules and hand computations."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradlab.recurrent import GATES, RECURRENT_KINDS
+from gradlab.build.recurrent import GATES, RECURRENT_KINDS
 
 TORCH_MODULES = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -115,7 +115,7 @@ def test_gates_are_named_in_torch_order():
 # The recurrent probe against an independent unrolled computation
 # --------------------------------------------------------------------------------------------
 
-from gradlab.recurrent_probe import RecurrentProbe  # noqa: E402
+from gradlab.measure.recurrent_probe import RecurrentProbe  # noqa: E402
 
 
 def reference_forward(model, x):
@@ -339,11 +339,11 @@ def test_accuracy_is_empty_for_a_regression_and_per_step_for_labels_per_step():
 import csv as _csv  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from gradlab.config import validate  # noqa: E402
-from gradlab.errors import ConfigError  # noqa: E402
-from gradlab.quantities import LAYERS_COLUMNS, RECURRENT_LAYERS_COLUMNS, TIMESTEPS_COLUMNS  # noqa: E402
-from gradlab.records import load_run  # noqa: E402
-from gradlab.runner import run_experiment  # noqa: E402
+from gradlab.config.experiment import validate  # noqa: E402
+from gradlab.vocab.errors import ConfigError  # noqa: E402
+from gradlab.vocab.quantities import LAYERS_COLUMNS, RECURRENT_LAYERS_COLUMNS, TIMESTEPS_COLUMNS  # noqa: E402
+from gradlab.records.run import load_run  # noqa: E402
+from gradlab.orchestrate.runner import run_experiment  # noqa: E402
 
 
 def recurrent_experiment(tmp_path, kind="lstm", **model):
@@ -386,8 +386,8 @@ def test_a_recurrent_run_writes_timesteps_and_both_weight_families(tmp_path, kin
 
 def test_step_zero_of_a_run_equals_the_probe_on_the_same_batch(tmp_path):
     """The recorded step-0 time-step rows are the probe's on the first batch of the seeded run."""
-    from gradlab.data import Batches, load_dataset
-    from gradlab.models import build_model
+    from gradlab.build.data import Batches, load_dataset
+    from gradlab.build.models import build_model
 
     exp = recurrent_experiment(tmp_path, "gru")
     run_dir = run_experiment(exp).run_dir
@@ -455,8 +455,8 @@ def test_feed_forward_keys_refuse_recurrent_settings():
 def test_compare_reports_the_exact_per_step_factor_of_a_linear_rnn(tmp_path, lam):
     """A linear RNN whose recurrent matrix is lam * orthogonal, read out at the last step: the
     per-step factor is lam exactly, the gain through time lam^(T-1); the verdict follows it."""
-    from gradlab.compare import compare_runs
-    from gradlab.expectations import check, parse
+    from gradlab.analysis.compare import compare_runs
+    from gradlab.analysis.expectations import check, parse
 
     exp = recurrent_experiment(tmp_path, "rnn", depth=1, width=6, activation="identity",
                                init={"weight": "xavier_uniform", "recurrent": {"name": "orthogonal", "gain": lam}, "bias": "zeros"})  # fmt: skip
@@ -473,8 +473,8 @@ def test_compare_reports_the_exact_per_step_factor_of_a_linear_rnn(tmp_path, lam
 def test_time_summaries_against_a_hand_built_table():
     import pandas as pd
 
-    from gradlab.records import Run
-    from gradlab.summaries import time_profile_at
+    from gradlab.records.run import Run
+    from gradlab.analysis.summaries import time_profile_at
 
     deltas = [8.0, 4.0, 2.0, 1.0]
     timesteps = pd.DataFrame({"step": [0] * 8, "layer": [0] * 4 + [1] * 4, "name": ["layers.0"] * 4 + ["layers.1"] * 4,
@@ -488,7 +488,7 @@ def test_time_summaries_against_a_hand_built_table():
 
 
 def test_plot_draws_the_gradient_through_time_for_recurrent_runs_only(tmp_path):
-    from gradlab.plots import build_figures
+    from gradlab.show.plots import build_figures
 
     recurrent = load_run(run_experiment(recurrent_experiment(tmp_path, "lstm")).run_dir)
     figures = build_figures([recurrent])
@@ -516,7 +516,7 @@ def test_sequential_mnist_config_reads_the_folder_of_idx_files():
 def test_the_readme_tables_of_recurrent_runs_are_the_declarations():
     from test_records import readme_table
 
-    from gradlab import quantities
+    from gradlab.vocab import quantities
 
     declared = [*quantities.TIMESTEPS_KEYS.items(), *((q.name, q.meaning) for q in quantities.TIMESTEP_QUANTITIES)]
     assert readme_table("and a recurrent run writes `timesteps.csv`") == declared
@@ -542,7 +542,7 @@ def test_copy_task_run_with_a_label_per_step(tmp_path):
 def test_labels_leave_out_forget_bias_for_kinds_it_does_not_act_on():
     """A sweep of rnn, lstm (forget bias 0 and 1) and gru: forget_bias differs (null for rnn and gru
     in their resolved configs), but only the lstm runs' labels name it."""
-    from gradlab import configdiff
+    from gradlab.analysis import configdiff
 
     def resolved(**model):
         data = {"name": "adding-sweep", "data": {"name": "adding", "seq_len": 10}, "loss": "mse", "model": {"depth": 1, "width": 4, **model}}

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from gradlab.recurrent import RECURRENT_KINDS
-from gradlab.recurrent_probe import RecurrentProbe
+from gradlab.build.recurrent import RECURRENT_KINDS
+from gradlab.measure.recurrent_probe import RecurrentProbe
 from test_recurrent import model_cfg
 
 # Widths: 8 (a row of a gate shorter than one pass of a vectorized kernel: every element in its
@@ -156,8 +156,8 @@ def test_a_run_records_the_same_numbers_whatever_log_every(tmp_path, kind, activ
     steps between fused) write the same cells at the steps both log, time_s aside."""
     import csv
 
-    from gradlab.config import validate
-    from gradlab.runner import run_experiment
+    from gradlab.config.experiment import validate
+    from gradlab.orchestrate.runner import run_experiment
 
     def rows(run_dir, table, steps):
         with open(run_dir / table, newline="") as file:

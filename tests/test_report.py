@@ -1,4 +1,4 @@
-"""gradlab.report: one self-contained HTML page; its numbers are `gradlab compare`'s, its figures
+"""gradlab.show.report: one self-contained HTML page; its numbers are `gradlab compare`'s, its figures
 `gradlab plot`'s, and it renders in a real headless browser (Chromium, when installed) without a
 console message, every figure loaded and visible."""
 
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from gradlab import report
-from gradlab.compare import compare_runs
-from gradlab.display import display_cells
-from gradlab.errors import RunError
-from gradlab.records import load_runs
+from gradlab.show import report
+from gradlab.analysis.compare import compare_runs
+from gradlab.show.display import display_cells
+from gradlab.vocab.errors import RunError
+from gradlab.records.run import load_runs
 from run_factory import STABLE, VANISHING, layer_rows, metric_rows, real_run, resolved_config, write_run
 
 FIGURES = ["depth_profile_delta_norm", "depth_profile_weight_grad_norm", "heatmap_delta_norm", "training_curves", "saturation"]
@@ -159,7 +159,7 @@ def test_self_contained(page):
 
 
 def report_caption(stem: str) -> str:
-    from gradlab.plots import FIGURES as CAPTIONS
+    from gradlab.show.plots import FIGURES as CAPTIONS
 
     return CAPTIONS[stem]
 

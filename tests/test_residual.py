@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from gradlab.config import validate
-from gradlab.errors import ConfigError
-from gradlab.models import Block, ResidualBlock, build_model
-from gradlab.probes import Probe
-from gradlab.quantities import LAYERS_COLUMNS, RESIDUAL, layers_columns
+from gradlab.config.experiment import validate
+from gradlab.vocab.errors import ConfigError
+from gradlab.build.models import Block, ResidualBlock, build_model
+from gradlab.measure.probe import Probe
+from gradlab.vocab.quantities import LAYERS_COLUMNS, RESIDUAL, layers_columns
 
 LOSS = torch.nn.functional.cross_entropy
 
@@ -131,7 +131,7 @@ def test_residual_keys_need_residual_true():
 
 
 def test_layers_csv_gains_the_residual_columns_only_for_residual_runs(tmp_path):
-    from gradlab.runner import run_experiment
+    from gradlab.orchestrate.runner import run_experiment
 
     def header(model):
         exp = validate({"name": "h", "device": "cpu", "data": {"dim": 8, "n_train": 64, "n_test": 16, "batch_size": 16},
@@ -165,7 +165,7 @@ def test_fixup_needs_residual_branches_of_two_layers(model):
 
 
 def test_fixup_has_no_gradient_prediction():
-    from gradlab.predict import predict
+    from gradlab.theory.predict import predict
 
     p = predict(validate({"model": {"residual": True, "branch_depth": 2, "init": {"weight": "fixup"}}}))
     assert p.theory == "none" and "fixup" in p.reason

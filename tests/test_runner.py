@@ -13,9 +13,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from gradlab import records, runner
-from gradlab.config import validate
-from gradlab.progress import RunEnded, RunStarted, StepLogged, Throttled
+from gradlab.records import run as records
+from gradlab.orchestrate import runner
+from gradlab.config.experiment import validate
+from gradlab.orchestrate.progress import RunEnded, RunStarted, StepLogged, Throttled
 
 EXP = {
     "name": "r", "device": "cpu",
@@ -115,7 +116,7 @@ def test_throttled_progress_passes_steps_at_most_so_often_and_everything_else_at
 
 
 def test_run_directory_operations_of_the_executors(tmp_path):
-    meta = runner.run_meta("x", "m", 0, None, 10)
+    meta = run_meta("x", "m", 0, None, 10)
     records.write_stub(tmp_path / "sweep" / "m", "name: x\n", meta, "failed", "bad data")
     stub = tmp_path / "sweep" / "m"
     stored = records.read_meta(stub)
@@ -148,12 +149,12 @@ def test_orchestration_imports_point_down_without_a_cycle():
     them imports torch until a run starts."""
     code = (
         "import sys, importlib\n"
-        "above = {'gradlab.runner': ['gradlab.executors', 'gradlab.sweep', 'gradlab.cli'],\n"
-        "         'gradlab.executors': ['gradlab.sweep', 'gradlab.cli'], 'gradlab.sweep': ['gradlab.cli']}\n"
+        "above = {'gradlab.orchestrate.runner': ['gradlab.orchestrate.executors', 'gradlab.orchestrate.sweep', 'gradlab.cli.app'],\n"
+        "         'gradlab.orchestrate.executors': ['gradlab.orchestrate.sweep', 'gradlab.cli.app'], 'gradlab.orchestrate.sweep': ['gradlab.cli.app']}\n"
         "for module, higher in above.items():\n"
         "    for name in [m for m in sys.modules if m.startswith('gradlab')]: del sys.modules[name]\n"
         "    importlib.import_module(module)\n"
         "    print(module, [m for m in higher if m in sys.modules], 'torch' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
-    assert out == ["gradlab.runner [] False", "gradlab.executors [] False", "gradlab.sweep [] False"]
+    assert out == ["gradlab.orchestrate.runner [] False", "gradlab.orchestrate.executors [] False", "gradlab.orchestrate.sweep [] False"]

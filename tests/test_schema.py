@@ -1,4 +1,4 @@
-"""gradlab.schema: the config's JSON Schema accepts what the loader accepts and rejects what it
+"""gradlab.config.json_schema: the config's JSON Schema accepts what the loader accepts and rejects what it
 rejects (where a schema can say it), checked with the `jsonschema` package on the shipped configs,
 on every component and on typos."""
 
@@ -12,11 +12,12 @@ import yaml
 
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is in the dev extra (pip install -e '.[dev]')")
 
-from gradlab import configdiff, specs  # noqa: E402
-from gradlab.config import Experiment, validate  # noqa: E402
-from gradlab.errors import ConfigError  # noqa: E402
-from gradlab.schema import COMPONENT_FIELDS, config_json_schema  # noqa: E402
-from gradlab.sweep import plan_sweep  # noqa: E402
+from gradlab.analysis import configdiff
+from gradlab.vocab import specs  # noqa: E402
+from gradlab.config.experiment import Experiment, validate  # noqa: E402
+from gradlab.vocab.errors import ConfigError  # noqa: E402
+from gradlab.config.json_schema import COMPONENT_FIELDS, config_json_schema  # noqa: E402
+from gradlab.orchestrate.sweep import plan_sweep  # noqa: E402
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
@@ -186,7 +187,7 @@ def test_the_shipped_schema_file_is_current():
     """docs/config.schema.json is what editors point at from a checkout; it must say what the
     loader says today."""
     shipped = Path(__file__).parent.parent / "docs" / "config.schema.json"
-    from gradlab.schema import schema_json
+    from gradlab.config.json_schema import schema_json
 
     assert shipped.read_text(encoding="utf-8") == schema_json(), (
         "docs/config.schema.json is stale; regenerate it: gradlab schema -o docs/config.schema.json"

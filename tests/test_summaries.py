@@ -1,4 +1,4 @@
-"""gradlab.summaries: the profile at a step, final metrics, gains, factors and verdicts.
+"""gradlab.analysis.summaries: the profile at a step, final metrics, gains, factors and verdicts.
 
 Synthetic runs (written from chosen numbers) pin the exact arithmetic; test_compare.py checks the
 summaries of real runs against an independent recomputation from their CSV files.
@@ -12,9 +12,9 @@ import math
 
 import pytest
 
-from gradlab import summaries
-from gradlab.errors import RunError
-from gradlab.records import load_runs
+from gradlab.analysis import summaries
+from gradlab.vocab.errors import RunError
+from gradlab.records.run import load_runs
 from run_factory import one_run
 
 
@@ -49,7 +49,7 @@ def test_inactive_frac_is_the_largest_over_the_hidden_layers_at_the_step(tmp_pat
 
 
 def test_the_profile_computes_every_declared_profile_quantity(tmp_path):
-    from gradlab.quantities import PROFILE_QUANTITIES
+    from gradlab.vocab.quantities import PROFILE_QUANTITIES
 
     assert list(summaries.profile_at(one_run(tmp_path, [1.0, 2.0]), 0)) == list(PROFILE_QUANTITIES)
 
@@ -62,7 +62,8 @@ def test_last_step_is_the_largest_step_in_layers_csv(tmp_path):
 
 
 def test_empty_values_stay_empty_never_zero(tmp_path):
-    from gradlab import compare, display
+    from gradlab.analysis import compare
+    from gradlab.show import display
 
     run = one_run(tmp_path, [math.nan, 1.0, 2.0], dead=[math.nan] * 3)
     profile = summaries.profile_at(run, 0)
@@ -104,7 +105,7 @@ def test_a_step_that_was_not_logged_is_empty_and_said(tmp_path):
 
 
 def test_final_metrics_and_steps_to_target(tmp_path):
-    from gradlab.quantities import FINAL_QUANTITIES
+    from gradlab.vocab.quantities import FINAL_QUANTITIES
 
     run = one_run(tmp_path, [1.0, 1.0])
     finals = summaries.final_metrics(run, target_loss=1.5)

@@ -21,12 +21,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from gradlab import sweep as sweeps
-from gradlab.quantities import layers_columns
-from gradlab.cli import app
-from gradlab.errors import ConfigError
-from gradlab.executors import MemberTask, default_threads, run_member
-from gradlab.progress import RunStarted
+from gradlab.orchestrate import sweep as sweeps
+from gradlab.vocab.quantities import layers_columns
+from gradlab.cli.app import app
+from gradlab.vocab.errors import ConfigError
+from gradlab.orchestrate.executors import MemberTask, default_threads, run_member
+from gradlab.orchestrate.progress import RunStarted
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -166,7 +166,7 @@ def test_set_on_a_swept_key_is_refused():
 
 
 def test_shipped_configs_expand_validate_and_fit():
-    from gradlab.memory import check_fits, known_input_shape
+    from gradlab.build.memory import check_fits, known_input_shape
 
     plan = sweeps.load_plan(ROOT / "configs" / "sweep-activations.yaml")
     assert len(plan.members) == 4 * 2 * 3
@@ -469,8 +469,8 @@ def test_duration_s_starts_after_the_workers_start_up(tmp_path):
 
     script = f"""
 import sys, time
-from gradlab import executors
-from gradlab.config import validate
+from gradlab.orchestrate import executors
+from gradlab.config.experiment import validate
 seen = []
 real = time.perf_counter
 def clock():
@@ -491,7 +491,7 @@ print("ok")
 def test_workers_started_early_are_stopped_when_the_sweep_does_not_run(tmp_path):
     # --jobs N starts its workers before the sweep is planned, so that their start-up overlaps the
     # planning and the memory check; a sweep refused by that check must not leave them behind.
-    from gradlab import executors
+    from gradlab.orchestrate import executors
 
     killed = []
     real_kill = executors._Pool.kill
@@ -520,7 +520,7 @@ def test_workers_started_early_are_stopped_when_the_sweep_does_not_run(tmp_path)
 
 
 def test_a_parallel_sweep_runs_on_the_workers_started_early(tmp_path, serial_sweep):
-    from gradlab import executors
+    from gradlab.orchestrate import executors
 
     created = []
     real_create = executors._Pool.create
@@ -542,9 +542,9 @@ def test_a_parallel_sweep_runs_on_the_workers_started_early(tmp_path, serial_swe
 def test_the_forkserver_ends_without_finalizing_so_a_pipe_on_the_output_closes_with_the_sweep():
     # the forkserver holds the command's stdout and stderr; finalizing an interpreter with torch
     # loaded kept a reader's pipe open ~1.5 s after `gradlab run --jobs 2` had exited
-    from gradlab import executors
+    from gradlab.orchestrate import executors
 
-    assert executors.WORKER_PRELOAD[-1] == "gradlab.forkserver_exit"
-    script = "import atexit\natexit.register(print, 'finalized')\nimport gradlab.forkserver_exit\nraise SystemExit(3)\n"
+    assert executors.WORKER_PRELOAD[-1] == "gradlab.orchestrate.forkserver_exit"
+    script = "import atexit\natexit.register(print, 'finalized')\nimport gradlab.orchestrate.forkserver_exit\nraise SystemExit(3)\n"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")

@@ -1,8 +1,8 @@
-"""gradlab.theory against independent computations: closed forms, a published critical point, and
+"""gradlab.theory.mean_field against independent computations: closed forms, a published critical point, and
 Monte Carlo on wide random numpy networks at initialization (forward and hand-written backward).
 
 The activations are defined here, as plain numpy pairs, so these tests do not depend on the
-activation records (gradlab.activations) that will feed theory in the product.
+activation records (gradlab.theory.activations) that will feed theory in the product.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from gradlab import theory as T
+from gradlab.theory import mean_field as T
 
 
 class Act:
@@ -38,7 +38,7 @@ hardtanh = Act(lambda x: np.clip(x, -1.0, 1.0), lambda x: (np.abs(x) < 1).astype
 
 
 def test_theory_imports_neither_torch_nor_pandas():
-    code = "import sys, gradlab.theory; print('torch' in sys.modules, 'pandas' in sys.modules)"
+    code = "import sys, gradlab.theory.mean_field; print('torch' in sys.modules, 'pandas' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
 
@@ -89,11 +89,11 @@ def test_2d_expectation_relu_arccosine_kernel():
 
 
 def test_theory_and_the_activation_records_integrate_with_one_rule():
-    # gradlab.gaussian is the one quadrature: theory's length map and chi1 at sigma_w2 = 1 are the
+    # gradlab.theory.gaussian is the one quadrature: theory's length map and chi1 at sigma_w2 = 1 are the
     # activation records' Gaussian moments to the last bit, for every activation and variance
     # (rrelu has no single function), and the rule is torch-free
-    from gradlab import activations
-    from gradlab.predict import NumpyActivation
+    from gradlab.theory import activations
+    from gradlab.theory.predict import NumpyActivation
 
     for name in activations.ACTIVATIONS:
         if name == "rrelu":
@@ -102,7 +102,7 @@ def test_theory_and_the_activation_records_integrate_with_one_rule():
         for q in (1e-4, 0.3, 1.0, 3.7, 1e3, 1e8):
             moments = activations.gaussian_moments(name, q)
             assert (T.length_map(act, q, 1.0, 0.0), T.chi1(act, q, 1.0)) == (moments.second_moment, moments.derivative_second_moment), (name, q)
-    code = "import sys, gradlab.gaussian; print('torch' in sys.modules, 'pandas' in sys.modules)"
+    code = "import sys, gradlab.theory.gaussian; print('torch' in sys.modules, 'pandas' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
 
@@ -110,7 +110,7 @@ def test_theory_and_the_activation_records_integrate_with_one_rule():
 def test_a_feature_scale_stretches_the_grid():
     # softplus with beta = 0.01 bends over |x| ~ 100s: its scale (1/beta) keeps E[f'(√q z)²] exact at
     # q = 1e6, where f'(x) = sigmoid(beta x); the reference is a fine trapezoid over z
-    from gradlab.predict import NumpyActivation
+    from gradlab.theory.predict import NumpyActivation
 
     act = NumpyActivation({"name": "softplus", "beta": 0.01})
     assert T.scale_of(act) == pytest.approx(100.0)

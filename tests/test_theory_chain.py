@@ -1,4 +1,4 @@
-"""The whole chain: a config's prediction (gradlab.predict, from the config alone) against what gradlab
+"""The whole chain: a config's prediction (gradlab.theory.predict, from the config alone) against what gradlab
 measures on the network it builds, at initialization (step 0), on wide layers (width 512, batch 256,
 depth 12, one seed). Everything goes through `gradlab run`'s own path: config -> run_experiment ->
 layers.csv -> summaries.profile_at.
@@ -15,10 +15,10 @@ import math
 
 import pytest
 
-from gradlab.config import validate
-from gradlab.predict import predict
-from gradlab.records import load_run
-from gradlab.summaries import profile_at
+from gradlab.config.experiment import validate
+from gradlab.theory.predict import predict
+from gradlab.records.run import load_run
+from gradlab.analysis.summaries import profile_at
 
 WIDE = {"width": 512, "depth": 12}
 MEAN_FIELD_TOL = 0.02
@@ -30,7 +30,7 @@ def variance_scaling(scale):
 
 
 def measure(tmp_path, model, probes=("deltas",)):
-    from gradlab.runner import run_experiment
+    from gradlab.orchestrate.runner import run_experiment
 
     exp = validate({
         "name": "chain", "seed": 0, "device": "cpu",
@@ -77,7 +77,7 @@ def test_batchnorm_relu_grows_by_1_2112_per_layer(tmp_path):
 def test_batchnorm_relu_at_a_small_batch_grows_faster_as_predicted(tmp_path):
     # batch 16: between hidden blocks theory's finite-batch factor 1.2609 (measured here 1.2596), 4%
     # above Yang et al.'s large-batch limit 1.2112
-    from gradlab.runner import run_experiment
+    from gradlab.orchestrate.runner import run_experiment
 
     exp = validate({
         "name": "chain", "seed": 0, "device": "cpu", "data": {"name": "gaussian", "dim": 64, "n_train": 64, "n_test": 16, "batch_size": 16},

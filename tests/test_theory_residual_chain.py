@@ -14,16 +14,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gradlab.config import validate
-from gradlab.predict import predict
-from gradlab.records import load_run
-from gradlab.summaries import profile_at
+from gradlab.config.experiment import validate
+from gradlab.theory.predict import predict
+from gradlab.records.run import load_run
+from gradlab.analysis.summaries import profile_at
 
 HE = {"weight": "kaiming_normal", "bias": "zeros"}
 
 
 def measure(tmp_path, model):
-    from gradlab.runner import run_experiment
+    from gradlab.orchestrate.runner import run_experiment
 
     exp = validate({
         "name": "residual-chain", "seed": 0, "device": "cpu",

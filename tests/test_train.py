@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 import torch
 
-from gradlab.components import build_optimizer
-from gradlab.config import validate
-from gradlab.data import Batches, load_dataset
-from gradlab.models import build_model
-from gradlab.records import LAYERS_COLUMNS, METRICS_COLUMNS
-from gradlab.runner import resolve_device, run_experiment
-from gradlab.train import Trainer
+from gradlab.build.components import build_optimizer
+from gradlab.config.experiment import validate
+from gradlab.build.data import Batches, load_dataset
+from gradlab.build.models import build_model
+from gradlab.records.run import LAYERS_COLUMNS, METRICS_COLUMNS
+from gradlab.orchestrate.runner import resolve_device, run_experiment
+from gradlab.orchestrate.train import Trainer
 
 
 def small(tmp_path, **sections):
@@ -134,7 +134,7 @@ def test_test_metrics_are_the_whole_test_set_in_eval_mode(tmp_path):
 
 
 def test_bce_loss_is_summed_over_units_and_averaged_over_the_batch():
-    from gradlab.components import get_loss
+    from gradlab.build.components import get_loss
 
     logits = torch.tensor([[0.0, 2.0], [-1.0, 0.5]])
     y = torch.tensor([1, 0])
@@ -170,7 +170,7 @@ def test_batchnorm_evaluation_uses_the_running_statistics(tmp_path, kind):
             h = h.mean(dim=(2, 3))
         logits = model.head(h)
     expected = torch.nn.functional.cross_entropy(logits, data.y_test).item()
-    from gradlab.train import evaluate
+    from gradlab.orchestrate.train import evaluate
 
     loss, _ = evaluate(model, data, trainer.loss_fn, torch.device("cpu"))
     assert loss == pytest.approx(expected, rel=1e-5)
@@ -221,7 +221,7 @@ def test_an_exploding_run_is_recorded_as_diverged(tmp_path):
 
 
 def test_locate_non_finite_names_the_first_bad_tensor():
-    from gradlab.probes import locate_non_finite
+    from gradlab.measure.probe import locate_non_finite
 
     exp = validate({"model": {"depth": 3, "width": 4}})
     torch.manual_seed(0)
@@ -250,7 +250,7 @@ def test_device_resolution():
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type in ("cpu", "cuda", "mps")
     if not torch.cuda.is_available():
-        from gradlab.errors import ConfigError
+        from gradlab.vocab.errors import ConfigError
 
         with pytest.raises(ConfigError, match="device: cuda asked for"):
             resolve_device("cuda")

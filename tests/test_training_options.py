@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
-from gradlab.components import schedule_factor
-from gradlab.config import validate
-from gradlab.models import build_model
-from gradlab.runner import run_experiment
+from gradlab.build.components import schedule_factor
+from gradlab.config.experiment import validate
+from gradlab.build.models import build_model
+from gradlab.orchestrate.runner import run_experiment
 
 
 def test_dropout_after_the_activation_is_torchs_dropout_with_the_same_draws():
@@ -66,7 +66,7 @@ def test_cosine_without_steps_spans_the_run():
 
 
 def test_a_schedule_error_names_its_key():
-    from gradlab.errors import ConfigError
+    from gradlab.vocab.errors import ConfigError
 
     with pytest.raises(ConfigError) as info:
         validate({"optim": {"name": "sgd", "schedule": {"name": "step", "gama": 0.5}}})

@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 from typing import get_args
 
-from gradlab import config, quantities, specs
-from gradlab.config import Expectations, LogConfig, component_keys, validate
+from gradlab.config import experiment as config
+from gradlab.vocab import quantities
+from gradlab.vocab import specs
+from gradlab.config.experiment import Expectations, LogConfig, component_keys, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +26,7 @@ def modules_loaded_by(code: str) -> dict[str, bool]:
 
 def test_loading_and_validating_a_config_loads_neither_torch_nor_pandas():
     loaded = modules_loaded_by(
-        "import gradlab.config as c\n"
+        "import gradlab.config.experiment as c\n"
         "for path in ['configs/smoke.yaml', 'configs/example.yaml']:  # (the shipped configs without a sweep)\n"
         "    exp = c.load_config(path, ['model.activation={name: leaky_relu}', 'expect={gain: {min: 0.01}}'])\n"
         "    exp.to_yaml()\n"
@@ -40,8 +42,8 @@ def test_loading_and_validating_a_config_loads_neither_torch_nor_pandas():
 
 def test_every_component_with_its_parameters_is_listable_without_torch():
     loaded = modules_loaded_by(
-        "from gradlab.specs import REGISTRIES\n"
-        "from gradlab.registry import param_table\n"
+        "from gradlab.vocab.specs import REGISTRIES\n"
+        "from gradlab.vocab.registry import param_table\n"
         "rows = [(c.name, c.doc, c.aliases, param_table(c.params)) for r in REGISTRIES.values() for c in r]\n"
         "assert len(rows) > 40"
     )
@@ -80,7 +82,9 @@ def test_probe_choices_and_expect_keys_come_from_the_quantities():
 
 
 def test_every_name_of_the_vocabulary_is_implemented():
-    from gradlab import activations, components, initializers
+    from gradlab.theory import activations
+    from gradlab.build import components
+    from gradlab.theory import initializers
 
     assert set(activations.ACTIVATIONS) == set(specs.activations.names())
     assert set(components.INITIALIZERS) == set(initializers._VARIANCES) == set(specs.initializers.names())

@@ -19,8 +19,8 @@ from torch import nn
 from torch.nn import functional as F
 
 import gradlab
-from gradlab.errors import ConfigError
-from gradlab.watcher import WATCHED_TYPES
+from gradlab.vocab.errors import ConfigError
+from gradlab.measure.watch import WATCHED_TYPES
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,7 +249,7 @@ def test_inplace_relu_after_a_linear_is_what_retain_grad_sees_without_it():
     twin = without_inplace(model)
     x, y = torch.randn(9, 5), torch.randint(0, 3, (9,))
     expected, _ = reference_step(twin, torch.optim.SGD(twin.parameters(), lr=0.0), x, y)
-    from gradlab.watcher import Watch
+    from gradlab.measure.watch import Watch
     import tempfile
 
     with tempfile.TemporaryDirectory() as out:
@@ -355,7 +355,7 @@ def test_records_are_read_by_compare_plot_and_check(tmp_path):
 
     from typer.testing import CliRunner
 
-    from gradlab.cli import app
+    from gradlab.cli.app import app
 
     result = CliRunner().invoke(app, ["check", str(w.run_dir)])
     assert result.exit_code == 0, result.output

@@ -7,7 +7,7 @@ what must hold, and `held` says whether it did (exit code 1 when one did not). A
 is missing (MNIST under ../shared/data/mnist) is skipped with a line saying so. Sweep configs give
 one row per member. Runs go to a temporary folder and are deleted.
 
-    quantity                 predicted (gradlab.predict)         measured (the run's records at step 0)
+    quantity                 predicted (gradlab.theory.predict)         measured (the run's records at step 0)
     layer_factor             layer_factor of the prediction      layer_factor@0 = (first/last delta_norm)^(1/(depth-1))
     bias_speeds              (none: file data)                   bias_grad_norm of each hidden layer, input side first
     stream_variance_growth   stream variance last/first block    act_std^2 of the last block / of the first
@@ -59,8 +59,8 @@ def _number(value) -> str:
 
 def measure(quantity: str, exp, run) -> tuple[str, str]:
     """(predicted, measured) as text, for the table."""
-    from gradlab.predict import predict
-    from gradlab.summaries import profile_at
+    from gradlab.theory.predict import predict
+    from gradlab.analysis.summaries import profile_at
 
     prediction = predict(exp, correlations=False)
     if quantity == "layer_factor":
@@ -82,8 +82,8 @@ def measure(quantity: str, exp, run) -> tuple[str, str]:
         predicted = predicted_variance[-1] / predicted_variance[1]
         return f"{predicted:.4g} (x{predicted ** (1 / blocks):.3g}/block)", f"{measured:.4g} (x{measured ** (1 / blocks):.3g}/block)"
     if quantity == "step_factor":
-        from gradlab.predict import STEP_AT_MOST
-        from gradlab.summaries import time_profile_at
+        from gradlab.theory.predict import STEP_AT_MOST
+        from gradlab.analysis.summaries import time_profile_at
 
         if prediction.step_factor is None:
             predicted = f"none ({prediction.reason[:40]}...)"
@@ -95,8 +95,8 @@ def measure(quantity: str, exp, run) -> tuple[str, str]:
 
 def experiments(path: Path, out: str) -> list[tuple[str, object]]:
     """(member label, Experiment) for a config, its sweep expanded; runs written under `out`."""
-    from gradlab import sweep
-    from gradlab.config import read_yaml, validate
+    from gradlab.orchestrate import sweep
+    from gradlab.config.experiment import read_yaml, validate
 
     raw = read_yaml(path)
     raw.setdefault("log", {})["out"] = out
@@ -109,10 +109,10 @@ def experiments(path: Path, out: str) -> list[tuple[str, object]]:
 
 def main() -> int:
     os.chdir(ROOT)  # data paths in the configs are relative to the repository root
-    from gradlab.config import read_yaml
-    from gradlab.expectations import check
-    from gradlab.records import load_run
-    from gradlab.runner import run_experiment
+    from gradlab.config.experiment import read_yaml
+    from gradlab.analysis.expectations import check
+    from gradlab.records.run import load_run
+    from gradlab.orchestrate.runner import run_experiment
 
     rows = [("paper", "quantity", "published", "predicted", "measured", "held")]
     failed = 0

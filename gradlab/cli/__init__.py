@@ -1,0 +1,1 @@
+"""The command line: Typer parsing over the floors below."""

@@ -1,0 +1,630 @@
+"""The `gradlab` command line: a thin Typer layer over the library.
+
+Every command parses its arguments, calls library functions a test or a notebook could call too,
+and prints. `GradlabError`s are caught here, at the boundary, and become one line per problem on
+stderr with their exit code (2 for bad input); nothing below this module prints errors or exits.
+
+Every gradlab module is imported inside the command that needs it: `gradlab --help` loads typer
+and rich alone, `validate` and `components` neither torch nor pandas, `compare`, `plot` and
+`check` no torch (they work where torch is not installed). tests/test_cli_startup.py checks what
+each command imports; benchmarks/startup.py times them.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from contextlib import nullcontext
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from gradlab.vocab.errors import ConfigError, ExpectationFailed, GradlabError, RunError
+
+app = typer.Typer(
+    name="gradlab",
+    help="Gradient-stability experiments from a YAML file: run, compare, plot, check.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    # Help text is plain text: with rich markup, "pip install 'gradlab[ray]'" lost its "[ray]" and
+    # any "[low, high]" in a help line vanished; no help text here uses markup on purpose.
+    rich_markup_mode=None,
+)
+console = Console()
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def reports_errors(command):
+    """Turn a GradlabError raised by `command` into 'error: ...' lines and its exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except GradlabError as exc:
+            for line in exc.lines:
+                err_console.print(f"error: {line}", markup=False)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper
+
+# --------------------------------------------------------------------------------------------
+# run / validate / components
+# --------------------------------------------------------------------------------------------
+
+ConfigArg = Annotated[Path, typer.Argument(help="experiment YAML file", show_default=False)]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="override a config value: key.path=value (value parsed as YAML); repeatable"),
+]
+
+
+def _overrides(sets: list[str] | None, **shortcuts) -> list[str]:
+    """--set items plus the shortcut options that were given, as key.path=value strings."""
+    keys = {"out": "log.out", "device": "device", "seed": "seed", "steps": "train.steps"}
+    extra = [f"{keys[name]}={value}" for name, value in shortcuts.items() if value is not None]
+    return list(sets or []) + extra
+
+
+def _load(config: Path, overrides: list[str]):
+    from gradlab.config.experiment import load_config
+
+    return load_config(config, overrides)
+
+
+class ExecutorChoice(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+SweepOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--sweep", help="sweep a config value: key.path=v1,v2,... (each value parsed as YAML); adds or replaces an axis; repeatable"),
+]
+
+
+@app.command()
+@reports_errors
+def run(
+    config: Annotated[Optional[Path], typer.Argument(help="experiment YAML file; a sweep when it has sweep: or seeds: (not with --resume)", show_default=False)] = None,
+    set_: SetOpt = None,
+    out: Annotated[Optional[str], typer.Option("--out", help="folder for run directories (log.out)")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="random seed")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="optimizer steps (train.steps)")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the run directory (of a sweep: the sweep directory)")] = False,
+    plot: Annotated[bool, typer.Option("--plot", help="draw the run's figures into its directory (of a sweep: into the sweep directory)")] = False,
+    sweep: SweepOpt = None,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, help="sweep: runs at once, each in its own process (default 1)", show_default=False)] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="torch threads (the config's threads:, default auto: README, Threads); a sweep: per run (default 1 whatever --jobs, so results do not depend on --jobs)", show_default=False)] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="run again what is not completed or diverged in this sweep directory", show_default=False)] = None,
+    executor: Annotated[ExecutorChoice, typer.Option("--executor", help="sweep: local processes, or Ray tasks (pip install 'gradlab[ray]')")] = ExecutorChoice.local,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="--executor ray: the cluster (ray://HOST:10001, HOST:6379 or auto); default: a local Ray instance", show_default=False)] = None,
+) -> None:
+    """Train the experiment in CONFIG and write a new run directory of records.
+
+    A config with sweep: (dotted keys to lists of values) or seeds:, or --sweep, is a grid: every
+    combination is validated first, then run into one sweep directory with a sweep.csv index.
+
+    Exit code 1 when the config's expect: section is violated at the end of the run (or a run of a
+    sweep failed).
+    """
+    overrides = _overrides(set_, out=out, device=device, seed=seed, steps=steps)
+    if ray_address is not None and executor is not ExecutorChoice.ray:
+        raise ConfigError("--ray-address: applies to --executor ray")
+    if resume is not None or sweep or (config is not None and _is_sweep(config)):
+        _run_sweep(config, overrides, sweep, resume, jobs, threads, executor, ray_address, quiet, plot)
+        return
+    if config is None:
+        raise ConfigError("run: give CONFIG, an experiment YAML file (or --resume SWEEP_DIR)")
+    for flag, given in (("--jobs", jobs), ("--executor", executor is ExecutorChoice.ray or None)):
+        if given is not None:
+            raise ConfigError(f"{flag}: applies to sweeps; {config} has no sweep: or seeds: (add --sweep key.path=v1,v2)")
+    exp = _load(config, overrides + ([f"threads={threads}"] if threads is not None else []))
+
+    from gradlab.orchestrate import runner
+    from gradlab.orchestrate.progress import RunBar
+
+    try:
+        report = runner.run(exp, None if quiet else RunBar(err_console), profile=not quiet, plot=plot)
+    except runner.RunInterrupted as exc:
+        err_console.print(f"interrupted ({exc}); records kept in {exc.run_dir}", markup=False)
+        raise typer.Exit(exc.exit_code) from None
+    result = report.result
+    if quiet:
+        print(result.run_dir)
+    else:
+        console.print(report.profile)
+        if result.divergence:
+            d = result.divergence
+            console.print(f"[bold red]diverged[/] at step {d['step']}: first non-finite value in {d['tensor']}")
+        for outcome in report.outcomes:
+            console.print(f"expect {outcome.line()}", markup=False, highlight=False, soft_wrap=True, style=None if outcome.passed else "red")
+        console.print(f"run directory: {result.run_dir}", markup=False, highlight=False, soft_wrap=True)
+    if report.failed:
+        raise ExpectationFailed(*(f"expectation failed: {outcome.failure()}" for outcome in report.failed))
+
+
+@app.command()
+@reports_errors
+def validate(config: ConfigArg, set_: SetOpt = None, sweep: SweepOpt = None) -> None:
+    """Check CONFIG and print it resolved, every default filled in.
+
+    A sweep: every combination is validated; prints their number and, per combination, the
+    resolved values that differ between them.
+    """
+    if sweep or _is_sweep(config):
+        from gradlab.orchestrate import sweep as sweeps
+
+        plan = sweeps.load_plan(config, _overrides(set_), [sweeps.parse_axis(item) for item in sweep or []])
+        print(f"{len(plan.members)} combinations ({plan.shape()}), all valid")
+        if plan.claims is not None:
+            print(f"{len(plan.claims)} {'claim' if len(plan.claims) == 1 else 'claims'} over them, all valid")
+        for member, values in zip(plan.members, sweeps.differing_values(plan)):
+            print(f"{member.name}: {', '.join(f'{key}={sweeps.flow(value)}' for key, value in values.items())}")
+        return
+    exp = _load(config, _overrides(set_))
+    print(exp.to_yaml(), end="")
+
+
+def _is_sweep(config: Path) -> bool:
+    from gradlab.config.experiment import read_yaml
+    from gradlab.orchestrate.sweep import has_sweep
+
+    return has_sweep(read_yaml(config))
+
+
+def _run_sweep(config, overrides, axis_items, resume, jobs, threads, executor, ray_address, quiet, plot) -> None:
+    """`gradlab run` of a sweep, or `--resume` of one: plan (everything validated), run, summarize."""
+    from gradlab.orchestrate import executors
+
+    executors.start_workers_early(executor.value, jobs)
+    try:
+        with executors.ray_session(ray_address) if executor is ExecutorChoice.ray else nullcontext():
+            _plan_and_run_sweep(config, overrides, axis_items, resume, jobs, threads, executor, ray_address, quiet, plot)
+    finally:
+        executors.discard_early_workers()  # the sweep did not start (a config error): not needed
+
+
+def _plan_and_run_sweep(config, overrides, axis_items, resume, jobs, threads, executor, ray_address, quiet, plot) -> None:
+    from contextlib import ExitStack
+
+    from gradlab.build.system import available_cores
+    from gradlab.orchestrate import sweep as sweeps
+
+    cores = available_cores()
+    if threads is not None and threads > 4 * cores:  # (100000 threads per run: every run fails allocating them)
+        raise ConfigError(f"--threads: {threads} is more than 4 x the {cores} cores here; give at most {4 * cores}")
+    with ExitStack() as held:  # the sweep directory has one owner at a time: this command, from here on
+        if resume is not None:
+            if config is not None:
+                raise ConfigError("--resume: give the sweep directory alone; it runs the sweep as planned in its sweep.yaml (CONFIG starts a new sweep)")
+            if overrides or axis_items:
+                raise ConfigError("--resume: --set, --sweep, --out, --device, --seed and --steps cannot change a planned sweep; start a new one instead")
+            if resume.is_dir() and (resume / sweeps.SPEC_FILE).is_file():
+                held.enter_context(sweeps.sweep_lock(resume))
+            plan, index = sweeps.open_sweep(resume)
+            if executor is ExecutorChoice.local and (jobs or 1) > 1:
+                sweeps.check_resources(plan, jobs or 1)  # (the machine, or --jobs, may differ from the first time)
+            sweep_dir = resume
+        else:
+            from gradlab.config.experiment import read_yaml
+
+            plan = sweeps.plan_sweep(read_yaml(config), overrides, [sweeps.parse_axis(item) for item in axis_items or []])
+            if executor is ExecutorChoice.local:
+                sweeps.check_resources(plan, jobs or 1)
+            sweep_dir = sweeps.create_sweep_dir(plan)
+            held.enter_context(sweeps.sweep_lock(sweep_dir))
+            index = None
+        _run_planned_sweep(plan, index, sweep_dir, jobs, threads, executor, ray_address, quiet, plot)
+
+
+def _run_planned_sweep(plan, index, sweep_dir, jobs, threads, executor, ray_address, quiet, plot) -> None:
+    from gradlab.build.system import available_cores
+    from gradlab.orchestrate import executors
+    from gradlab.orchestrate import sweep as sweeps
+    from gradlab.orchestrate.progress import SweepLines
+
+    given = threads  # None: each run's config says (a number there), else executors.default_threads()
+    threads = threads or executors.default_threads()
+    cores = available_cores()
+    if executor is ExecutorChoice.local and (jobs or 1) * threads > cores:
+        _warn([f"--jobs {jobs or 1} x --threads {threads} is more than the {cores} cores here; the runs will share them"])
+    if not quiet:
+        runs = f"{len(plan.members)} runs"
+        if index is not None:  # resuming
+            runs = f"{sum(row.status not in sweeps.FINISHED for row in index.rows)} of {runs} to run"
+        err_console.print(f"sweep {plan.name}: {runs} ({plan.shape()}) in {sweep_dir}", markup=False, highlight=False, soft_wrap=True)
+    outcome = sweeps.run_sweep(
+        plan, sweep_dir, jobs=jobs if executor is ExecutorChoice.ray else (jobs or 1), threads=given,
+        executor=executor.value, ray_address=ray_address, progress=None if quiet else SweepLines(err_console), index=index,
+    )  # fmt: skip
+    if plot:
+        _warn(outcome.plot())
+    if quiet:
+        print(sweep_dir)
+    else:
+        console.print(outcome.summary(), markup=False, highlight=False, soft_wrap=True)
+        for row in outcome.rows:
+            if row.status == "failed":
+                console.print(f"failed: {row.run}: {row.error}", markup=False, highlight=False, soft_wrap=True)
+        if outcome.signum is not None or any(row.status not in sweeps.FINISHED for row in outcome.rows):
+            console.print(f"to run what is left: gradlab run --resume {sweep_dir}", markup=False, highlight=False, soft_wrap=True)
+        console.print(f"sweep directory: {sweep_dir}", markup=False, highlight=False, soft_wrap=True)
+    if outcome.signum is not None:
+        raise typer.Exit(outcome.exit_code)
+    failed = outcome.failed_expectations()
+    if plan.claims is not None and not any(row.status not in sweeps.FINISHED for row in outcome.rows):
+        from gradlab.analysis.expectations import check_sweep
+
+        for claim in check_sweep(sweep_dir) or []:  # the claims: between the configurations, once all ran
+            if not quiet:
+                console.print(f"claim {claim.line()}", markup=False, highlight=False, soft_wrap=True, style=None if claim.passed else "red")
+            if not claim.passed:
+                failed.append(f"claim failed: {claim.failure()}")
+    if failed:
+        raise ExpectationFailed(*failed)
+    if outcome.exit_code:
+        raise typer.Exit(outcome.exit_code)
+
+
+@app.command()
+@reports_errors
+def components() -> None:
+    """List every activation, initializer, normalization, dataset, loss and optimizer."""
+    from gradlab.show.display import (
+        components_tables,  # the names from gradlab.vocab.specs: no torch
+    )
+
+    for table in components_tables():
+        console.print(table)
+
+
+
+# --------------------------------------------------------------------------------------------
+# compare / plot / check: runs read back with pandas, no torch
+# --------------------------------------------------------------------------------------------
+
+RunPathsArg = Annotated[
+    Optional[list[Path]],
+    typer.Argument(help="run directories, or folders holding runs (searched recursively)", show_default=False),
+]
+
+
+class Format(str, Enum):
+    table = "table"
+    csv = "csv"
+    markdown = "markdown"
+    json = "json"
+
+
+def _warn(lines: list[str]) -> None:
+    for line in lines:
+        err_console.print(f"warning: {line}", markup=False)
+
+
+def _writable_file(path: Path | None, option: str, make_folders: bool = False) -> None:
+    """Refuse, before any work, an output file that cannot be written: a folder, below a file,
+    below a missing folder (unless `make_folders`: the command creates them), or not writable
+    (one line, exit 2)."""
+    import os
+
+    if path is None:
+        return
+    shown = str(path)
+    if path.is_dir():
+        raise RunError(f"{option}: {shown!r} is a folder; give the file to write")
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise RunError(f"{option}: cannot write {shown!r}: {str(parent)!r} is a file, not a folder")
+    if not parent.exists():
+        above = next((p for p in parent.parents if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise RunError(f"{option}: cannot write {shown!r}: {str(above)!r} is a file, not a folder")
+        if not make_folders:
+            raise RunError(f"{option}: cannot write {shown!r}: the folder {str(parent)!r} does not exist")
+        if above is not None and not os.access(above, os.W_OK | os.X_OK):
+            raise RunError(f"{option}: cannot create {str(parent)!r}: {str(above)!r} is not writable")
+        return
+    if (path.exists() and not os.access(path, os.W_OK)) or not os.access(parent, os.W_OK | os.X_OK):
+        raise RunError(f"{option}: cannot write {shown!r}: permission denied")
+
+
+def _writable_folder(path: Path, option: str) -> None:
+    """Refuse, before any work, an output folder that cannot be made or written: a file, or below one."""
+    import os
+
+    shown = str(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = f"{shown!r} is a file, not a folder" if existing == path else f"cannot create {shown!r}: {str(existing)!r} is a file, not a folder"
+        raise RunError(f"{option}: {what}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunError(f"{option}: cannot write into {str(existing)!r}: permission denied")
+
+
+def _need_paths(paths: list[Path] | None, command: str) -> list[Path]:
+    if not paths:
+        raise RunError(f"{command}: give at least one PATH (a run directory or a folder holding runs)")
+    return paths
+
+
+def _steps(values: list[str] | None) -> list:
+    from gradlab.records.run import parse_step
+
+    try:
+        return [parse_step(value) for value in values or ["0", "last"]]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--step") from None
+
+
+def _print_glossary(rows: list[tuple[str, str]], to: Console) -> None:
+    for column, meaning in rows:
+        to.print(f"{column}: {meaning}", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+@reports_errors
+def compare(
+    paths: RunPathsArg = None,
+    step: Annotated[Optional[list[str]], typer.Option("--step", help="0, last or a step number; repeat for several (default: 0 and last)", show_default=False)] = None,
+    # (the defaults live in summaries.Thresholds, which imports numpy; --explain states them)
+    vanish: Annotated[Optional[float], typer.Option("--vanish", help="gain across the stack below this: vanishing (default: see --explain)", show_default=False)] = None,
+    explode: Annotated[Optional[float], typer.Option("--explode", help="gain across the stack above this: exploding (default: see --explain)", show_default=False)] = None,
+    target_loss: Annotated[Optional[float], typer.Option("--target-loss", help="add steps_to_target: the first step with train loss at or below this")] = None,
+    format_: Annotated[Format, typer.Option("--format", "-f", help="table (terminal), csv, markdown or json")] = Format.table,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write to this file instead of stdout")] = None,
+    explain: Annotated[bool, typer.Option("--explain", help="say what every column means (with no PATH: every possible column)")] = False,
+    theory: Annotated[bool, typer.Option("--theory", help="add predicted_factor (theory's layer_factor at initialization, from the config) and departs")] = False,
+    tolerance: Annotated[Optional[float], typer.Option("--tolerance", help="with --theory: departs when |measured - predicted| > tolerance * predicted (default: see --explain)", show_default=False)] = None,
+) -> None:
+    """Put runs side by side: gradient profile, verdict and final metrics per configuration.
+
+    One row per configuration, with the config values that differ between the runs; runs that
+    differ only by seed form one row (mean ± std).
+    """
+    from gradlab.analysis import compare as comparing
+    from gradlab.analysis.summaries import DEFAULT_THRESHOLDS, Thresholds
+    from gradlab.records.run import load_runs
+    from gradlab.show import display
+
+    if explain and not paths:
+        _print_glossary(comparing.explain(), console)
+        return
+    thresholds = Thresholds(
+        vanish=DEFAULT_THRESHOLDS.vanish if vanish is None else vanish,
+        explode=DEFAULT_THRESHOLDS.explode if explode is None else explode,
+    )
+    steps = _steps(step)
+    _writable_file(output, "--output")
+    loaded = load_runs(_need_paths(paths, "compare"))
+    _warn(loaded.problems)
+    if tolerance is not None and not (tolerance > 0):
+        raise ConfigError(f"--tolerance: got {tolerance:g}; expected a number > 0")
+    comparison = comparing.compare_runs(loaded.runs, steps, thresholds, target_loss, theory=theory, tolerance=tolerance)
+    _warn(comparison.notes)
+
+    if format_ is Format.table:
+        width = 200 if output else None
+        with open(output, "w", encoding="utf-8") if output else nullcontext(None) as file:
+            screen = Console(file=file, width=width, no_color=True) if file else console
+            screen.print(display.rich_view(comparison, screen.width))
+    else:
+        text = display.render(comparison, format_.value)
+        if output:
+            output.write_text(text, encoding="utf-8")
+        else:
+            sys.stdout.write(text)
+    if output:
+        console.print(f"compared {len(loaded.runs)} runs in {len(comparison.table)} rows: {output}", markup=False, highlight=False, soft_wrap=True)
+    if explain:
+        # The glossary never mixes into machine-readable output on stdout.
+        machine_stdout = format_ is not Format.table and output is None
+        _print_glossary(comparing.explain(comparison), err_console if machine_stdout else console)
+
+
+@app.command()
+@reports_errors
+def plot(
+    paths: RunPathsArg = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="folder for the PNG figures (created if needed)", show_default=False)] = ...,
+) -> None:
+    """Draw the runs as PNG figures in the --output folder.
+
+    Depth profiles of delta_norm and weight_grad_norm, a layer x step heatmap of delta_norm,
+    training curves, and dead/saturated units per layer.
+    """
+    from gradlab.records.run import load_runs
+    from gradlab.show import plots
+
+    _writable_folder(output, "--output")
+    loaded = load_runs(_need_paths(paths, "plot"))
+    _warn(loaded.problems)
+    for path in plots.save_figures(plots.build_figures(loaded.runs), output):
+        print(path)
+
+
+@app.command()
+@reports_errors
+def check(
+    paths: RunPathsArg = None,
+    junit: Annotated[Optional[Path], typer.Option("--junit", help="also write a JUnit XML report (one test case per expectation)")] = None,
+) -> None:
+    """Check runs against the expect: section of their config.
+
+    Exit code 1 when an expectation is violated, 2 when a run cannot be checked.
+    """
+    from gradlab.analysis import expectations
+
+    _writable_file(junit, "--junit", make_folders=True)  # (write_junit creates its folders)
+    checks, problems = expectations.check_paths(_need_paths(paths, "check"))
+    _warn(problems)
+    for item in checks:
+        _warn(list(item.notes))
+        if not item.outcomes and not item.error:
+            continue
+        console.print(str(item.run), markup=False, highlight=False, soft_wrap=True, style="bold")
+        if item.error:
+            console.print(f"  ERROR  {item.error}", markup=False, highlight=False, soft_wrap=True)
+        for outcome in item.outcomes:
+            console.print(f"  {outcome.line()}", markup=False, highlight=False, soft_wrap=True, style=None if outcome.passed else "red")
+    outcomes = [o for item in checks for o in item.outcomes]
+    failed = sum(not o.passed for o in outcomes)
+    expectations_word = "expectation" if len(outcomes) == 1 else "expectations"
+    runs_word = "run" if len(checks) == 1 else "runs"
+    console.print(f"{len(outcomes)} {expectations_word} on {len(checks)} {runs_word}: {len(outcomes) - failed} passed, {failed} failed", markup=False, highlight=False, soft_wrap=True)
+    if junit:
+        expectations.write_junit(checks, junit)
+        console.print(f"JUnit report: {junit}", markup=False, highlight=False, soft_wrap=True)
+    errors = [item.error for item in checks if item.error]
+    if errors:
+        raise RunError(*errors)
+    if failed:
+        raise ExpectationFailed(*(f"{item.run}: {o.failure()}" for item in checks for o in item.failed))
+
+@app.command("export")
+@reports_errors
+def export_runs(
+    paths: RunPathsArg = None,
+    tensorboard: Annotated[Optional[Path], typer.Option("--tensorboard", help="folder for TensorBoard event files, one subfolder per run (needs: pip install 'gradlab[tensorboard]')", show_default=False)] = None,
+) -> None:
+    """Export runs for other tools: TensorBoard event files (--tensorboard DIR).
+
+    Per-layer scalars as <quantity>/<layer> (delta_norm/blocks.3), train/ and test/ metrics, the
+    gradient profile of compare (profile/gain, ...), histograms over the hidden layers, and the
+    config as text. View them with: tensorboard --logdir DIR
+    """
+    from gradlab.show import export as exporting
+
+    if tensorboard is None:
+        raise RunError("export: say where to: --tensorboard DIR")
+    summary = exporting.export_tensorboard(_need_paths(paths, "export"), tensorboard)
+    _warn(summary.problems)
+    for run in summary.runs:
+        console.print(f"{run.log_dir}: {run.steps} steps, {run.scalars} scalars, {run.histograms} histograms (from {run.run_dir})", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"exported {len(summary.runs)} {'run' if len(summary.runs) == 1 else 'runs'}; view them with: tensorboard --logdir {summary.out_dir}", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command("schema")
+@reports_errors
+def schema_command(
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write the schema to this file instead of stdout")] = None,
+) -> None:
+    """Print the JSON Schema of a config file, so that editors complete and check configs.
+
+    VS Code with the YAML extension: gradlab schema -o gradlab.config.json_schema.json, then start a config
+    with the line  # yaml-language-server: $schema=gradlab.config.json_schema.json
+    """
+    from gradlab.config.json_schema import schema_json
+
+    text = schema_json()
+    if output is None:
+        sys.stdout.write(text)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise RunError(f"--output: cannot write {str(output)!r}: {exc.strerror}") from None
+    console.print(f"JSON Schema of a gradlab config: {output}", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command("report")
+@reports_errors
+def report_command(
+    paths: RunPathsArg = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="the HTML file to write", show_default=False)] = ...,
+    step: Annotated[Optional[list[str]], typer.Option("--step", help="0, last or a step number; repeat for several (default: 0 and last)", show_default=False)] = None,
+    vanish: Annotated[Optional[float], typer.Option("--vanish", help="gain across the stack below this: vanishing (default: see compare --explain)", show_default=False)] = None,
+    explode: Annotated[Optional[float], typer.Option("--explode", help="gain across the stack above this: exploding (default: see compare --explain)", show_default=False)] = None,
+    target_loss: Annotated[Optional[float], typer.Option("--target-loss", help="add steps_to_target: the first step with train loss at or below this")] = None,
+) -> None:
+    """Write one self-contained HTML page for a sweep or a set of runs.
+
+    The comparison table (as compare) with verdicts in colour, every figure of plot inline, what
+    each row means and notes on damaged or partial runs; it loads nothing from the network.
+    """
+    from gradlab.analysis.summaries import DEFAULT_THRESHOLDS, Thresholds
+    from gradlab.show import report as reporting
+
+    thresholds = Thresholds(
+        vanish=DEFAULT_THRESHOLDS.vanish if vanish is None else vanish,
+        explode=DEFAULT_THRESHOLDS.explode if explode is None else explode,
+    )
+    result = reporting.write_report(_need_paths(paths, "report"), output, steps=_steps(step), thresholds=thresholds, target_loss=target_loss)
+    _warn(result.problems)
+    runs_word = "run" if result.runs == 1 else "runs"
+    rows_word = "configuration" if result.rows == 1 else "configurations"
+    console.print(f"report of {result.runs} {runs_word} in {result.rows} {rows_word}: {output}", markup=False, highlight=False, soft_wrap=True)
+
+
+class TheoryFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+@app.command("theory")
+@reports_errors
+def theory_command(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    sweep: SweepOpt = None,
+    format_: Annotated[TheoryFormat, typer.Option("--format", "-f", help="table (for people) or json")] = TheoryFormat.table,
+) -> None:
+    """What theory predicts for CONFIG at initialization, without training (no torch).
+
+    Mean field (Poole 2016, Schoenholz 2017) for MLPs without normalization, Yang 2019 for
+    BatchNorm before the activation, the residual stream (De & Smith 2020), Pascanu 2013 for
+    recurrent networks; where no theory applies it says why. The 'factor' column is ||dL/dz|| of a
+    layer over that of the next one up. For a sweep, one row per combination (seeds share one).
+    """
+    import json
+
+    from gradlab.theory.predict import predict, sweep_table_lines, table_lines
+
+    if sweep or _is_sweep(config):
+        # the table leaves out xi_c, the correlation map's depth scale (a 2-D quadrature per
+        # combination, most of the time): JSON has every number
+        named = _sweep_predictions(config, _overrides(set_), sweep or [], correlations=format_ is TheoryFormat.json)
+        if format_ is TheoryFormat.json:
+            print(json.dumps([{"combination": name, "values": values, **prediction.to_json()} for name, values, prediction in named], indent=2, ensure_ascii=False))
+            return
+        for line in sweep_table_lines([(name, prediction) for name, _, prediction in named]):
+            print(line)
+        return
+    prediction = predict(_load(config, _overrides(set_)))
+    if format_ is TheoryFormat.json:
+        print(json.dumps(prediction.to_json(), indent=2, ensure_ascii=False))
+        return
+    for line in table_lines(prediction):
+        print(line)
+
+
+def _sweep_predictions(config: Path, overrides: list[str], axis_items: list[str], correlations: bool) -> list[tuple[str, dict, Any]]:
+    """(combination's name, its axis values, Prediction) for each combination of a sweep config,
+    seeds left out: the seed changes no prediction. `correlations`: with xi_c."""
+    from gradlab.analysis.configdiff import labels
+    from gradlab.config.experiment import validate
+    from gradlab.orchestrate import sweep as sweeps
+    from gradlab.theory.predict import predict
+
+    plan = sweeps.load_plan(config, overrides, [sweeps.parse_axis(item) for item in axis_items])
+    members: dict[str, Any] = {}  # one per combination of the axes other than the seed
+    for member in plan.members:
+        values = {key: value for key, value in member.values.items() if key != sweeps.SEED_AXIS}
+        members.setdefault(sweeps.describe_values(values), (values, member.config))
+    if all(not isinstance(value, (dict, list)) for values, _ in members.values() for value in values.values()):
+        keys = [axis.key for axis in plan.axes if axis.key != sweeps.SEED_AXIS]
+        names = [sweeps.run_name(values, sweeps.axis_labels(keys)) for values, _ in members.values()]  # the run folders' names
+    else:  # a whole section swept: named by the settings that differ, as compare labels runs
+        names = labels([{key: value for key, value in config.items() if key != "seed"} for _, config in members.values()])
+    return [(name, values, predict(validate(config), correlations=correlations)) for name, (values, config) in zip(names, members.values())]
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,792 @@
+"""The experiment config: schema, YAML loading, `--set` overrides, and readable errors.
+
+The schema is the user's contract (its names are documented in README.md). Every section forbids unknown keys and
+is strict about types, so a typo or a quoted number is an error that names the key instead of a
+silently ignored setting. Components (activation, norm, init, optim) are validated by their
+registries and come out fully resolved: `{name: leaky_relu, negative_slope: 0.01}`, never `relu`
+with hidden defaults. `Experiment.to_yaml()` is what a run directory stores as `config.yaml`.
+
+The `expect:` section's schema (`Bound`, `Expectations`) is here too; checking it against a finished
+run is expectations.py. This module imports neither torch nor pandas (a test checks it): the
+component names come from specs.py, the quantity names from quantities.py.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_serializer,
+    model_validator,
+)  # fmt: skip
+from pydantic_core import PydanticCustomError
+
+from gradlab.vocab import specs
+from gradlab.vocab.errors import ConfigError
+from gradlab.vocab.quantities import (
+    FINAL_QUANTITIES,
+    GROUPS,
+    PROFILE_QUANTITIES,
+    RECURRENT_KINDS,
+    STATUSES,
+    SUMMARY_QUANTITIES,
+    TIME_QUANTITIES,
+)
+from gradlab.vocab.registry import (
+    Registry,
+    SpecError,
+    describe_value,
+    did_you_mean,
+    pydantic_message,
+    with_article,
+)
+from gradlab.vocab.yamlio import TooLarge, load_guarded, read_capped
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, validate_default=True)
+
+
+@dataclass(frozen=True)
+class ComponentField:
+    """Marks a field that holds a component spec (see `component_keys`)."""
+
+    registry: Registry
+
+
+def _component(registry: Registry, resolve=None):
+    """A field type holding a component spec, resolved through `registry` to a full mapping."""
+    resolve = resolve or registry.resolve
+
+    def validate(value: Any) -> dict[str, Any]:
+        try:
+            return resolve(value)
+        except SpecError as exc:
+            raise PydanticCustomError("component", "{message}", {"message": exc.message, "subpath": exc.subpath}) from None
+
+    return Annotated[dict[str, Any], BeforeValidator(validate), ComponentField(registry)]
+
+
+ActivationSpec = _component(specs.activations)
+NormSpec = _component(specs.norms)
+WeightInitSpec = _component(specs.initializers)
+BiasInitSpec = _component(specs.initializers, specs.resolve_bias_init)
+OptimSpec = _component(specs.optimizers, specs.resolve_optim)
+
+
+def _name_in(registry: Registry, value: str) -> str:
+    try:
+        return registry.get(value).name
+    except SpecError as exc:
+        raise PydanticCustomError("component", "{message}", {"message": exc.message, "subpath": ""}) from None
+
+
+PROBES = GROUPS  # the `log.probes` choices: the probe groups of quantities.py
+FILE_DATASETS = ("mnist", "npz", "csv", "sequential_mnist")
+IMAGE_DATASETS = ("images", "mnist", "npz")
+# Sequence datasets (x of shape (T, features)) for the recurrent kinds, with what each needs.
+SEQUENCE_DATASETS = ("adding", "copy", "sequential_mnist")
+SEQUENCE_READOUT = {"adding": "last", "copy": "every", "sequential_mnist": "last"}
+SEQUENCE_LOSSES = {"adding": ("mse",), "copy": ("cross_entropy",), "sequential_mnist": ("cross_entropy", "bce", "mse")}
+SEQUENCE_CLASSES = {"adding": 1, "copy": 9}  # outputs fixed by the task (sequential_mnist: 10, as mnist)
+MIN_SEQ_LEN = {"adding": 2, "copy": 21}  # copy: 10 symbols, the delimiter, 10 steps to recall them
+MNIST_SEQ_LENS = (28, 784)  # rows of 28 pixels, or pixels one by one
+
+
+class DataConfig(Section):
+    name: str = "gaussian"
+    dim: int = Field(64, ge=1, description="input dimension of the synthetic vector datasets")
+    classes: int = Field(10, ge=2)
+    n_train: int = Field(4096, ge=1, description="training examples (the first n of a file dataset)")
+    n_test: int = Field(1024, ge=1, description="test examples (the first n of a file dataset)")
+    path: str | None = Field(None, description="mnist: folder of IDX files; npz/csv: the file")
+    batch_size: int = Field(128, ge=1)
+    noise: float = Field(1.0, ge=0, description="spread of the synthetic datasets")
+    target: str = Field("label", description="csv: the column holding the labels")
+    seq_len: Optional[int] = Field(None, ge=1, description="sequence datasets: time steps T (default adding 50, copy 30, sequential_mnist 28; sequential_mnist takes 28 or 784)")
+    permute: bool = Field(False, description="sequential_mnist: read the pixels in a fixed order drawn from the seed (permuted MNIST)")
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _known(cls, value: Any) -> Any:
+        return _name_in(specs.datasets, value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.name in FILE_DATASETS:
+            if self.path is None:
+                raise PydanticCustomError("data", "{message}", {"message": f"data.name {self.name} needs data.path", "key": "path"})
+            path = Path(self.path).expanduser()
+            want_dir = self.name in ("mnist", "sequential_mnist")  # the folder of the IDX files
+            if not path.exists():
+                # a relative path is read from the working directory (not the config file's folder): say which that was
+                where = "" if path.is_absolute() else f" (relative to the working directory {describe_value(str(Path.cwd()), 200)})"
+                raise PydanticCustomError("data", "{message}", {"message": f"{describe_value(self.path, 200)} does not exist{where}", "key": "path"})
+            if want_dir and not path.is_dir():
+                raise PydanticCustomError("data", "{message}", {"message": f"{describe_value(self.path, 200)} is not a folder (mnist needs the folder holding the IDX files)", "key": "path"})
+            if not want_dir and not path.is_file():
+                raise PydanticCustomError("data", "{message}", {"message": f"{describe_value(self.path, 200)} is not a file", "key": "path"})
+        if self.batch_size > self.n_train:
+            raise PydanticCustomError(
+                "data", "{message}", {"message": f"batch_size {self.batch_size} is larger than n_train {self.n_train}", "key": "batch_size"}
+            )
+        self._sequence_keys()
+        return self
+
+    @model_serializer(mode="wrap")
+    def _sequence_keys_only_for_sequences(self, handler):
+        # seq_len and permute are written to config.yaml for the sequence datasets only
+        data = handler(self)
+        if self.name not in SEQUENCE_DATASETS:
+            data.pop("seq_len", None)
+            data.pop("permute", None)
+        if self.name in SEQUENCE_CLASSES:  # adding and copy fix their outputs: no classes to write
+            data.pop("classes", None)
+        return data
+
+    def _sequence_keys(self) -> None:
+        def error(message: str, key: str) -> PydanticCustomError:
+            return PydanticCustomError("data", "{message}", {"message": message, "key": key})
+
+        if self.name not in SEQUENCE_DATASETS:
+            for key in ("seq_len", "permute"):
+                if key in self.model_fields_set and getattr(self, key) not in (None, False):
+                    raise error(f"applies to the sequence datasets ({', '.join(SEQUENCE_DATASETS)}) only, not {self.name}", key)
+            return
+        if self.permute and self.name != "sequential_mnist":
+            raise error(f"applies to sequential_mnist only, not {self.name}", "permute")
+        if self.seq_len is not None:
+            if self.name == "sequential_mnist" and self.seq_len not in MNIST_SEQ_LENS:
+                raise error(f"sequential_mnist reads rows (28) or pixels (784), got {self.seq_len}", "seq_len")
+            if self.seq_len < MIN_SEQ_LEN.get(self.name, 1):
+                raise error(f"{self.name} needs at least {MIN_SEQ_LEN[self.name]} steps, got {self.seq_len}", "seq_len")
+        fixed = SEQUENCE_CLASSES.get(self.name, 10)
+        if "classes" in self.model_fields_set and self.classes != fixed:
+            raise error(f"{self.name} has {fixed} output{'s' if fixed > 1 else ''} fixed by the task, got {self.classes}; leave data.classes out", "classes")
+
+
+class InitConfig(Section):
+    weight: WeightInitSpec = Field("default", description="initializer of every linear/conv weight, head included unless head is set")
+    bias: BiasInitSpec = Field("default", description="initializer of every linear/conv bias (recurrent kinds: both bias vectors)")
+    recurrent: WeightInitSpec = Field("default", description="recurrent kinds: initializer of the hidden-to-hidden weights, applied to each gate's block (orthogonal, identity, ...)")
+    head: Optional[WeightInitSpec] = Field(
+        None, description="initializer of the head's weight (null: weight's); a constant weight makes the head symmetric and its gradients equal"
+    )
+
+    @model_serializer(mode="wrap")
+    def _head_only_when_set(self, handler):
+        data = handler(self)  # written only when set: every other run's config.yaml is unchanged
+        if self.head is None:
+            data.pop("head", None)
+        return data
+
+
+RECURRENT_ONLY = ("readout", "forget_bias")  # model keys (besides init.recurrent) of the recurrent kinds
+
+
+class ModelConfig(Section):
+    kind: Literal["mlp", "cnn", "rnn", "lstm", "gru"] = "mlp"
+    depth: int = Field(20, ge=1, description="hidden layers (mlp) or conv layers (cnn)")
+    width: int = Field(256, ge=1, description="units (mlp) or channels (cnn)")
+    activation: ActivationSpec = "relu"
+    norm: NormSpec = "none"
+    bias: bool = True
+    init: InitConfig = InitConfig()
+    kernel_size: int = Field(3, ge=1, description="cnn: odd kernel size, 'same' padding")
+    pool_every: int = Field(0, ge=0, description="cnn: 2x2 pooling after every k-th block (0: none)")
+    pool: Literal["max", "avg"] = "max"
+    # Residual networks (models.ResidualBlock): x_{l+1} = x_l + residual_scale * branch(x_l). Written to
+    # a run's config.yaml only when residual is true, so every other run's resolved config is unchanged.
+    residual: bool = Field(False, description="x_(l+1) = x_l + residual_scale * branch(x_l), the branch being the block")
+    branch_depth: int = Field(1, ge=1, description="residual: layers (linear/conv, norm, activation) per branch")
+    residual_scale: float = Field(1.0, ge=0, description="residual: the branch's multiplier alpha (0 or small: SkipInit, De & Smith 2020)")
+    # Recurrent kinds (recurrent.py). Written to config.yaml only for them: every other run's resolved
+    # config is unchanged.
+    readout: Literal["last", "every"] = Field("last", description="recurrent kinds: the head reads the last step's hidden state (last) or every step's (every)")
+    forget_bias: Optional[float] = Field(None, description="lstm: the forget gate's total bias at initialization (set in bias_ih; bias_hh's forget slice 0); null keeps init.bias's")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout rate after each block's activation (and its post norm), before pooling; 0: none")
+
+    @model_serializer(mode="wrap")
+    def _residual_keys_only_when_residual(self, handler):
+        data = handler(self)
+        if self.dropout == 0:
+            data.pop("dropout", None)  # written only when set: every other run's config.yaml is unchanged
+        if not self.residual:
+            for key in ("residual", "branch_depth", "residual_scale"):
+                data.pop(key, None)
+        if self.kind not in RECURRENT_KINDS:
+            for key in RECURRENT_ONLY:
+                data.pop(key, None)
+            if isinstance(data.get("init"), dict):
+                data["init"].pop("recurrent", None)
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        self._recurrent_keys()
+        if self.init.weight["name"] == "fixup" and not (self.residual and self.branch_depth >= 2):
+            raise PydanticCustomError(
+                "model", "{message}",
+                {"message": "fixup initializes residual branches of two or more layers: set residual: true and branch_depth >= 2", "key": "init.weight"},
+            )  # fmt: skip
+        if not self.residual:
+            for key, default in (("branch_depth", 1), ("residual_scale", 1.0)):
+                if getattr(self, key) != default:
+                    raise PydanticCustomError("model", "{message}", {"message": f"{key} applies to residual: true only", "key": key})
+        if self.kind == "cnn" and self.kernel_size % 2 == 0:
+            raise PydanticCustomError("model", "{message}", {"message": f"kernel_size must be odd for 'same' padding, got {self.kernel_size}", "key": "kernel_size"})
+        if self.kind == "mlp" and self.pool_every:
+            raise PydanticCustomError("model", "{message}", {"message": "pooling applies to kind cnn only", "key": "pool_every"})
+        if self.kind in RECURRENT_KINDS and self.norm["name"] != "none":
+            raise PydanticCustomError("model", "{message}", {"message": f"kind {self.kind} takes no normalization; allowed: none", "key": "norm"})
+        if self.norm["name"] == "groupnorm" and self.width % self.norm["groups"]:
+            raise PydanticCustomError(
+                "model", "{message}", {"message": f"groups={self.norm['groups']} does not divide width={self.width}", "key": "norm.groups"}
+            )
+        return self
+
+    def _recurrent_keys(self) -> None:
+        def error(message: str, key: str) -> PydanticCustomError:
+            return PydanticCustomError("model", "{message}", {"message": message, "key": key})
+
+        if self.kind not in RECURRENT_KINDS:
+            for key in RECURRENT_ONLY:
+                if key in self.model_fields_set and getattr(self, key) != type(self).model_fields[key].default:
+                    raise error(f"applies to the recurrent kinds ({', '.join(RECURRENT_KINDS)}) only, not {self.kind}", key)
+            if "recurrent" in self.init.model_fields_set and self.init.recurrent["name"] != "default":
+                raise error(f"applies to the recurrent kinds ({', '.join(RECURRENT_KINDS)}) only, not {self.kind}", "init.recurrent")
+            return
+        if self.forget_bias is not None and self.kind != "lstm":
+            raise error(f"applies to kind lstm only (the forget gate), not {self.kind}", "forget_bias")
+        if self.pool_every:
+            raise error("pooling applies to kind cnn only", "pool_every")
+        if self.residual:
+            raise error(f"applies to kinds mlp and cnn, not {self.kind}", "residual")
+        if self.dropout:
+            raise error(f"applies to kinds mlp and cnn, not {self.kind}", "dropout")
+        if "activation" not in self.model_fields_set:
+            self.activation = {"name": "tanh"}  # nn.RNN's default; lstm and gru: their cell nonlinearity
+        elif self.kind != "rnn" and self.activation["name"] != "tanh":
+            raise error(f"{self.kind}'s nonlinearities are fixed (sigmoid gates, tanh); allowed: tanh, or leave it out", "activation")
+
+
+class TrainConfig(Section):
+    steps: int = Field(500, ge=0, description="optimizer steps")
+    eval_every: int = Field(100, ge=1, description="test-set evaluation every k steps (and at the end)")
+
+
+class LogConfig(Section):
+    every: int = Field(10, ge=1, description="probe every k steps (and at step 0 and the last step)")
+    probes: list[Literal[GROUPS]] = Field(list(PROBES))
+    out: str = Field("results", min_length=1, description="folder that run directories are created in")
+    saturation_threshold: float = Field(
+        0.05, gt=0, lt=1, description="saturated_frac counts |f'(u)| < this times sup |f'| in a flat tail (activations.Regions)"
+    )
+
+    test_batch_stats: bool = Field(
+        False, description="also evaluate the test set with each batch's own BatchNorm statistics (metrics.csv split test_batch_stats)"
+    )
+
+    @model_serializer(mode="wrap")
+    def _threshold_only_when_set(self, handler):
+        # written to config.yaml only when not the default, so runs recorded before these existed
+        # and runs at the default compare as equal
+        data = handler(self)
+        if self.saturation_threshold == 0.05:
+            data.pop("saturation_threshold", None)
+        if not self.test_batch_stats:
+            data.pop("test_batch_stats", None)
+        return data
+
+
+# --------------------------------------------------------------------------------------------
+# The `expect:` section: what must hold when a run ends (a CI smoke test)
+# --------------------------------------------------------------------------------------------
+#
+#     expect:
+#       status: completed                           # or a list: [completed, diverged]
+#       gain: {step: 0, between: [0.01, 100]}       # any summary quantity of `gradlab compare`
+#       final_test_accuracy: {min: 0.9}
+#       dead_frac: {max: 0.5}                       # step defaults to last
+#       steps_to_target: {target_loss: 0.5, max: 200}
+#
+# The quantity names are quantities.SUMMARY_QUANTITIES: the schema below is built from them, so a
+# quantity declared there can be bounded here with no other change. Checking a run against the
+# section is expectations.py. Errors are PydanticCustomErrors of kind "experiment" carrying the
+# offending key in ctx['key']: one line naming the dotted key (`expect.gain.betwen: ...`).
+
+# The error kind _format_error prints as '<dotted key>: <message>'.
+_ERROR_KIND = "experiment"
+
+
+def _expect_error(message: str, key: str = "") -> PydanticCustomError:
+    return PydanticCustomError(_ERROR_KIND, "{message}", {"message": message, "key": key})
+
+
+def _check_keys(data: Any, allowed: list[str], what: str) -> None:
+    if not isinstance(data, dict):
+        return
+    for key in data:
+        if key not in allowed:
+            raise _expect_error(f"unknown {what}{did_you_mean(str(key), allowed)}; allowed: {', '.join(allowed)}", str(key))
+
+
+def _exact(number: float) -> str:
+    """'100' for 100.0, '0.6000001' for 0.6000001: short, but never a rounded bound."""
+    short = f"{number:g}"
+    return short if float(short) == number else repr(number)
+
+
+class Bound(BaseModel):
+    """Bounds on one quantity: `min`, `max` (either or both) or `between: [low, high]`, inclusive."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+    min: Optional[float] = None
+    max: Optional[float] = None
+    between: Optional[list[float]] = None
+    step: int | Literal["last"] = Field("last", description="0, last or a logged step (gradient-profile quantities only)")
+    target_loss: Optional[float] = Field(None, description="steps_to_target only: the train loss to reach")
+    within_theory: Optional[float] = Field(
+        None, gt=0, description="layer_factor and step_factor only: at most this far from theory's prediction at initialization, relative to it "
+                                "(step 0; for a bound, such as Pascanu's on step_factor, at most this far above it)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise _expect_error(f"got {describe_value(data)}; expected a mapping such as {{min: 0.9}} or {{step: 0, between: [0.01, 100]}}")
+        _check_keys(data, list(cls.model_fields), "key")
+        if "within_theory" in data and "step" not in data:
+            data = {**data, "step": 0}  # theory predicts the network at initialization
+        return data
+
+    @field_validator("step", mode="before")
+    @classmethod
+    def _step(cls, value: Any) -> Any:
+        if value == "last" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            return value
+        raise _expect_error(f"got {describe_value(value)}; expected 0, last or a step number")
+
+    @field_validator("between")
+    @classmethod
+    def _pair(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and (len(value) != 2 or value[0] > value[1]):
+            raise _expect_error(f"got {describe_value(value)}; expected [low, high] with low <= high")
+        return value
+
+    @model_validator(mode="after")
+    def _one_bound(self):
+        if self.within_theory is not None:
+            if self.between is not None or self.min is not None or self.max is not None:
+                raise _expect_error("give within_theory alone, without min, max or between", "within_theory")
+            if self.step != 0:
+                raise _expect_error("within_theory compares with theory's prediction at initialization: step must be 0", "step")
+            return self
+        if self.between is not None and (self.min is not None or self.max is not None):
+            raise _expect_error("give either between or min/max, not both", "between")
+        if self.between is None and self.min is None and self.max is None:
+            raise _expect_error("needs a bound: min, max or between")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise _expect_error(f"min {self.min:g} is above max {self.max:g}", "min")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_nulls(self, handler):
+        # The resolved config.yaml stays as short as what the user wrote (plus the step).
+        return {key: value for key, value in handler(self).items() if value is not None}
+
+    @property
+    def low(self) -> float:
+        return self.between[0] if self.between is not None else (self.min if self.min is not None else -math.inf)
+
+    @property
+    def high(self) -> float:
+        return self.between[1] if self.between is not None else (self.max if self.max is not None else math.inf)
+
+    def holds(self, value: float) -> bool:
+        return not math.isnan(value) and self.low <= value <= self.high
+
+    def describe(self) -> str:
+        if self.within_theory is not None:
+            return f"within {_exact(self.within_theory)} of theory, relative"
+        if self.between is not None:
+            return f"between [{_exact(self.between[0])}, {_exact(self.between[1])}]"
+        parts = [f"min {_exact(self.min)}" if self.min is not None else "", f"max {_exact(self.max)}" if self.max is not None else ""]
+        return " and ".join(p for p in parts if p)
+
+
+class _ExpectationsBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    status: Optional[list[str]] = Field(None, description="the run's status must be one of these")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise _expect_error(f"got {describe_value(data)}; expected a mapping of quantity: bound, such as {{gain: {{step: 0, between: [0.01, 100]}}}}")
+        _check_keys(data, list(cls.model_fields), "expectation")
+        return data
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _statuses(cls, value: Any) -> Any:
+        values = [value] if isinstance(value, str) else value
+        if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
+            raise _expect_error(f"got {describe_value(value)}; expected a status or a list of them: {', '.join(STATUSES)}")
+        for status in values:
+            if status not in STATUSES:
+                raise _expect_error(f"unknown status {describe_value(status)}{did_you_mean(status, list(STATUSES))}; allowed: {', '.join(STATUSES)}")
+        return values
+
+    @field_validator(*SUMMARY_QUANTITIES, check_fields=False)
+    @classmethod
+    def _fits_quantity(cls, bound: Bound | None, info: ValidationInfo) -> Bound | None:
+        if bound is None:
+            return bound
+        quantity = info.field_name
+        if quantity in FINAL_QUANTITIES and bound.step != "last":
+            raise _expect_error(f"{quantity} is measured over the whole run; only the gradient-profile quantities ({', '.join([*PROFILE_QUANTITIES, *TIME_QUANTITIES])}) take a step", "step")
+        if quantity == "steps_to_target" and bound.target_loss is None:
+            raise _expect_error("steps_to_target needs target_loss: the train loss to reach", "target_loss")
+        if quantity != "steps_to_target" and bound.target_loss is not None:
+            raise _expect_error("target_loss belongs to steps_to_target only", "target_loss")
+        if quantity not in ("layer_factor", "step_factor") and bound.within_theory is not None:
+            raise _expect_error("within_theory belongs to layer_factor and step_factor only (theory predicts the per-layer and the per-step factor)", "within_theory")
+        return bound
+
+    @model_serializer(mode="wrap")
+    def _without_nulls(self, handler):
+        return {key: value for key, value in handler(self).items() if value is not None}
+
+    def bounds(self) -> dict[str, Bound]:
+        """{quantity: bound} for the quantities that are bounded, in SUMMARY_QUANTITIES order."""
+        return {name: getattr(self, name) for name in SUMMARY_QUANTITIES if getattr(self, name) is not None}
+
+
+# One optional Bound per summary quantity, named as in `gradlab compare`.
+Expectations = create_model(
+    "Expectations",
+    __base__=_ExpectationsBase,
+    __doc__="The `expect:` section: `status` and a Bound for any summary quantity.",
+    **{name: (Optional[Bound], Field(None, description=text)) for name, text in SUMMARY_QUANTITIES.items()},
+)
+
+
+class Experiment(Section):
+    name: str = Field("experiment", description="run folder name under log.out")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="random seed")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
+    # Written to a run's config.yaml only when a number: every run with the default is unchanged.
+    threads: int | Literal["auto"] = Field(
+        "auto", description="torch intra-op threads: auto (one unless the largest layer is large; README, Threads) or a number"
+    )
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: str = "cross_entropy"
+    optim: OptimSpec = "sgd"
+    train: TrainConfig = TrainConfig()
+    log: LogConfig = LogConfig()
+    expect: Expectations | None = Field(None, description="what must hold when the run ends (checked by gradlab run and gradlab check)")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", value):
+            raise PydanticCustomError("name", "{message}", {"message": f"got {describe_value(value)}; use letters, digits, '.', '_' and '-' (a folder name)"})
+        return value
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _threads(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise PydanticCustomError("experiment", "{message}", {"message": f"got {describe_value(value)}; allowed: auto, or a whole number of threads >= 1"})
+
+    @model_serializer(mode="wrap")
+    def _threads_only_when_set(self, handler):
+        data = handler(self)
+        if self.threads == "auto":
+            data.pop("threads", None)
+        return data
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda|cuda:\d+|mps", value):
+            raise PydanticCustomError("device", "{message}", {"message": f"got {describe_value(value)}; allowed: auto, cpu, cuda, cuda:N, mps"})
+        return value
+
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _loss(cls, value: Any) -> Any:
+        return _name_in(specs.losses, value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _data_fits_model(self):
+        self._sequences_fit_model()
+        if self.model.kind == "cnn" and self.data.name not in IMAGE_DATASETS:
+            raise PydanticCustomError(
+                "experiment", "{message}",
+                {"message": f"model.kind cnn needs image data ({', '.join(IMAGE_DATASETS)}), got {self.data.name}", "key": "data.name"},
+            )
+        if self.model.kind == "mlp" and self.model.norm["name"] == "batchnorm" and self.data.batch_size < 2:
+            # (a CNN's BatchNorm averages over positions too: memory.check_shapes, once the image size is known)
+            raise PydanticCustomError(
+                "experiment", "{message}",
+                {"message": "batchnorm needs at least 2 examples per batch (the statistics of one example are undefined)", "key": "data.batch_size"},
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _expected_steps_are_logged(self):
+        # A bound at a step that is never measured could only fail after training: refuse it up front.
+        if self.expect is None:
+            return self
+        steps, every = self.train.steps, self.log.every
+        for quantity, bound in self.expect.bounds().items():
+            step = bound.step
+            if step == "last" or step == 0 or step == steps or (step % every == 0 and step < steps):
+                continue
+            logged = f"0, {every}, {2 * every}, ..." if every < steps else "0"
+            raise PydanticCustomError(
+                "experiment", "{message}",
+                {"message": f"step {step} is never logged (log.every {every}, train.steps {steps}: logged are {logged} and {steps}); "
+                            f"give a multiple of log.every up to {steps}, or last", "key": f"expect.{quantity}.step"},
+            )  # fmt: skip
+        return self
+
+    def _sequences_fit_model(self) -> None:
+        def error(message: str, key: str) -> PydanticCustomError:
+            return PydanticCustomError("experiment", "{message}", {"message": message, "key": key})
+
+        kind, data = self.model.kind, self.data.name
+        if kind in RECURRENT_KINDS and data not in SEQUENCE_DATASETS:
+            raise error(f"model.kind {kind} needs sequence data ({', '.join(SEQUENCE_DATASETS)}), got {data}", "data.name")
+        if data in SEQUENCE_DATASETS and kind not in RECURRENT_KINDS:
+            raise error(f"{data} is sequence data for the recurrent kinds ({', '.join(RECURRENT_KINDS)}), not model.kind {kind}", "model.kind")
+        if data not in SEQUENCE_DATASETS:
+            return
+        if self.model.readout != SEQUENCE_READOUT[data]:
+            why = "a label at every step" if data == "copy" else "one target per sequence"
+            raise error(f"{data} has {why}: it needs model.readout {SEQUENCE_READOUT[data]}, got {self.model.readout}", "model.readout")
+        if self.loss not in SEQUENCE_LOSSES[data]:
+            raise error(f"{data} needs loss {' or '.join(SEQUENCE_LOSSES[data])}, got {self.loss}", "loss")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, default_flow_style=None, width=100)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading, overrides, errors
+# --------------------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.safe_load's loader, but a key given twice in one mapping is an error: PyYAML would
+    silently keep the last value, a setting the user wrote but that never applies."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if first is not key_node:
+                    # named as written: `1:` and `true:` are one key to Python (1 == True), not "True" twice
+                    written, before = _key_text(key_node), _key_text(first)
+                    same = f"duplicate key {written}" if written == before else f"key {written}, the same key as {before}"
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"found {same} (first given at line {first.start_mark.line + 1})", key_node.start_mark,
+                    )
+        return super().construct_mapping(node, deep)
+
+
+def _key_text(node: Any) -> str:
+    text = node.value if isinstance(node, yaml.ScalarNode) else f"a {node.id}"
+    return repr(text) if len(text) <= 40 else repr(text[:37] + "...")
+
+
+def _load_yaml(text: str) -> Any:
+    """The YAML document in `text`; yaml.YAMLError for anything that stops it being read (an alias
+    bomb, a reference cycle: yamlio.load_guarded)."""
+    try:
+        return load_guarded(text, _Loader)
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer beyond Python's 4300-digit conversion limit
+        problem = "an integer has too many digits" if "integer string conversion" in str(exc) else str(exc).splitlines()[0]
+        raise yaml.YAMLError(problem) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The YAML mapping in `path`, or a ConfigError that says what is wrong with the file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config: {str(path)!r} does not exist")
+    if path.is_dir():
+        raise ConfigError(f"config: {str(path)!r} is a folder; give a YAML file")
+    try:
+        text = read_capped(path)  # a regular file of sane size only: never a FIFO or /dev/zero
+    except ValueError as exc:
+        raise ConfigError(f"config: {str(path)!r} {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {str(path)!r}: {exc.strerror}") from None
+    try:
+        data = _load_yaml(text)
+    except TooLarge as exc:
+        raise ConfigError(f"config: {str(path)!r} {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config: {str(path)!r} is not valid YAML{where}: {problem}") from None
+    if data is None:
+        raise ConfigError(f"config: {str(path)!r} is empty; it needs at least a mapping such as 'name: my-run'")
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: the top level of {str(path)!r} must be a mapping of sections (name, data, model, ...), got {with_article(type(data).__name__)}")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key.path=value` overrides; the value is parsed as YAML (`[weights]`, `{name: bn}`)."""
+    data = dict(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set {describe_value(item)}: expected key.path=value, e.g. model.depth=30")
+        try:
+            value = _load_yaml(raw) if raw.strip() else None
+        except TooLarge as exc:
+            raise ConfigError(f"--set {key}: the value {exc.problem}") from None
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {key}: {describe_value(raw)} is not a valid YAML value") from None
+        if key.split(".")[0] in ("seeds", "sweep"):
+            # a sweep is not a config value: say where it is given instead of "unknown key (did you mean 'seed'?)"
+            raise ConfigError(
+                f"--set {key}: {key.split('.')[0]} makes a sweep, not a config value; sweep from the command line with "
+                f"--sweep (e.g. --sweep seed=0,1,2 or --sweep model.depth=10,30), or write {key.split('.')[0]}: in the config file"
+            )
+        set_dotted(data, key, value, where=f"--set {key}")
+    return data
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any, where: str | None = None) -> None:
+    """Set `a.b.c` in nested mappings, copying each mapping on the way (the caller's stay intact).
+
+    Missing levels are created, and a component given by name (`model.activation: relu`) becomes
+    `{name: relu}` when a parameter is set below it (`model.activation.negative_slope=0.2`).
+    """
+    node = data
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if isinstance(child, str) and depth >= 1:
+            child = {"name": child}
+        elif child is None:
+            child = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"{where or key}: {'.'.join(parts[: depth + 1])} is {describe_value(child)}, not a mapping")
+        else:
+            child = dict(child)
+        node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def _allowed_keys(loc: tuple, root: type[BaseModel]) -> list[str]:
+    """The field names of the section at `loc` under `root` (for 'unknown key' errors)."""
+    model: type[BaseModel] = root
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            return []
+    return list(model.model_fields)
+
+
+def _format_error(error: dict[str, Any], where: str = "", root: type[BaseModel] | None = None) -> str:
+    """One line for one pydantic error: '<dotted key>: <what is wrong>'. `where` prefixes the key
+    (a section validated on its own); `root` is the model the error's loc starts from."""
+    loc = tuple(error["loc"])
+    ctx = error.get("ctx") or {}
+    key = ".".join([*([where] if where else []), *(str(part) for part in loc)])
+    extra_key = ctx.get("key") or ctx.get("subpath")
+    if extra_key:
+        key = f"{key}.{extra_key}" if key else extra_key
+    key = key or "config"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1], root or Experiment)
+        return f"{key}: unknown key{did_you_mean(str(loc[-1]), allowed)}; allowed here: {', '.join(allowed)}"
+    if kind in ("component", "data", "model", "experiment", "name", "device"):
+        return f"{key}: {ctx['message']}"
+    if kind == "literal_error":
+        expected = re.findall(r"'([^']*)'", ctx.get("expected", ""))
+        hint = did_you_mean(str(error["input"]), expected) if isinstance(error["input"], str) else ""
+        return f"{key}: got {describe_value(error['input'])}{hint}; allowed: {', '.join(expected)}"
+    return f"{key}: got {describe_value(error['input'])}; {pydantic_message(error)}"
+
+
+def validate(data: dict[str, Any]) -> Experiment:
+    try:
+        return Experiment.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            line = _format_error(error)
+            if line not in lines:
+                lines.append(line)
+        raise ConfigError(*lines) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Experiment:
+    return validate(apply_overrides(read_yaml(path), overrides or []))
+
+
+def parse_expectations(section: Any, where: str = "expect") -> Expectations:
+    """Validate an `expect:` mapping outside a full config (`gradlab check` reads it from a run's
+    config.yaml); the error lines are those of a full config, with keys under `where`."""
+    try:
+        return Expectations.model_validate(section)
+    except ValidationError as exc:
+        raise ConfigError(*dict.fromkeys(_format_error(error, where, Expectations) for error in exc.errors())) from None
+
+
+def component_keys(model: type[BaseModel] | None = None, prefix: str = "") -> tuple[str, ...]:
+    """The dotted config keys that hold a component spec ({name: ..., params...}), found in the
+    schema itself: ('model.activation', 'model.norm', 'model.init.weight', 'model.init.bias', 'optim')."""
+    keys: list[str] = []
+    for name, field in (model or Experiment).model_fields.items():
+        # an optional component (model.init.head) is Optional[Annotated[..., ComponentField]]
+        nested = [meta for arg in typing.get_args(field.annotation) for meta in getattr(arg, "__metadata__", ())]
+        if any(isinstance(meta, ComponentField) for meta in [*field.metadata, *nested]):
+            keys.append(prefix + name)
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            keys.extend(component_keys(field.annotation, f"{prefix}{name}."))
+    return tuple(keys)

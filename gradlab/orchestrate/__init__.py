@@ -1,0 +1,1 @@
+"""Running: one runner, the training loop, progress events, sweeps and their executors, and the Python API functions."""

@@ -1,0 +1,1 @@
+"""What a person sees: terminal tables, plots, the HTML report, exports (TensorBoard)."""

@@ -1,0 +1,561 @@
+"""Predictions from a config alone: what signal-propagation theory says a run's gradient profile is
+at initialization, or why it says nothing.
+
+    predict(exp) -> Prediction          (numpy only: no torch, no pandas)
+
+theory.py holds the math on plain numbers (length map, χ₁, BatchNorm's factor, residual moments);
+this module reads a config and hands the math its numbers, so the two can be tested apart: theory
+against closed forms and published values, this mapping against the networks gradlab builds
+(tests/test_predict.py measures wide networks at step 0).
+
+What a config supplies
+----------------------
+* **σw², σb²** of each block, from the initializers' stated variances (initializers.py) with the
+  layer's actual fans: σw² = Var(W) · fan_in, σb² = Var(b) (0 without a bias, or with BatchNorm
+  before the activation, which drops the bias). Block 0's fan-in is the input's size, so its σw²
+  differs from the others' whenever the initializer fixes a std rather than a variance.
+* **q⁰**, the input's second moment mean(x²) over examples and features (Poole et al. 2016), and
+  for BatchNorm the per-feature variance over examples averaged over features: known in
+  expectation over the data's draw for the synthetic vector datasets (`input_moments`):
+      gaussian   x = m_y + noise·ε with m ~ N(0, I): mean(x²) = 1 + noise², per-feature variance
+                 1 − 1/classes + noise² (labels uniform: the class means' spread, plus the noise)
+      teacher    x ~ N(0, I): 1 and 1
+      spirals    points of the unit disc, r ~ U(0, 1), jitter 0.1·noise per coordinate, embedded
+                 isometrically: mean(x²) = (1/3 + 2 (0.1 noise)²) / dim, the same variance (the
+                 arms are spread evenly around the centre, so the mean is 0)
+  For file datasets (mnist, npz, csv) and images, q⁰ is not known from the config: pass
+  `input_moments` measured on the data, or get no prediction.
+* The activation's numpy forms and kinks (activations.py).
+
+Which theory applies
+--------------------
+    model                                   prediction                         paper
+    mlp, norm none                          mean-field length map, χ₁, ξ, phase  Poole 2016, Schoenholz 2017
+    mlp, batchnorm placement pre            √(E[φ'(z)²] / Var φ(z)) per layer   Yang et al. 2019
+                                            (its large-batch limit; at the config's
+                                            batch size for relu-type and identity)
+    mlp, residual (norm none or bn pre)     stream moments and gradient growth  De & Smith 2020, Brock 2021
+    rnn, readout last                       step_factor: λ (linear, λ·orthogonal) Pascanu 2013
+                                            or the bound γ·λ₁ (any other)
+    lstm                                    σ(forget bias) on the cell path    Gers 2000
+and no prediction — `Prediction.reason` says why — for LayerNorm, GroupNorm and LRN (they
+normalize over units, not the batch: no derivation here), any norm after the activation, CNNs
+(zero padding, pooling and global average pooling break the fully connected mean field; Xiao et al.
+2018's delta-orthogonal analysis covers none of gradlab's CNNs), rrelu (random slopes in training),
+an initializer with a nonzero mean, and inputs whose second moment is unknown.
+
+The predicted `layer_factor` is what gradlab measures: (first/last delta_norm)^(1/(depth−1)), the
+geometric mean of the layer-by-layer factors from the actual input.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from gradlab.theory import activations, initializers
+from gradlab.theory import mean_field as theory
+from gradlab.vocab import specs
+
+# How far a measured layer_factor may be from the predicted one, relative to the prediction, before
+# `gradlab compare` flags the run as departing from theory (its `departs` column). The measured
+# factor of a width-256 stack of depth 20 at step 0 scatters by about 1-2% around mean field
+# (finite width and batch); 5% leaves room for that and still catches a wrong init or a broken
+# network. `expect: {layer_factor: {within_theory: x}}` sets its own.
+DEPARTS_TOLERANCE = 0.05
+
+SYNTHETIC_VECTORS = ("gaussian", "teacher", "spirals")
+SPIRAL_JITTER = 0.1  # data.py's SPIRAL_JITTER (tests/test_predict.py checks they agree)
+
+SOURCES = {
+    "mean_field": "Poole et al. 2016 (eq. 3), Schoenholz et al. 2017 (eqs. 5-13)",
+    "batchnorm": "Yang et al. 2019, A mean field theory of batch normalization (ICLR)",
+    "residual": "De & Smith 2020 (Batch normalization biases residual blocks towards the identity); Brock, De & Smith 2021",
+    "recurrent": "Pascanu, Mikolov & Bengio 2013 (eq. 7); Gers et al. 2000 for the LSTM cell path",
+    "none": "",
+}
+
+# How a recurrent prediction's step_factor relates to the measured step_factor@0.
+STEP_EQUALS = "equals"
+STEP_AT_MOST = "at most"
+# Recurrent initializers whose every singular value is the gain (top_singular_value is then exact
+# for all of them, so a linear rnn multiplies ‖∂L/∂a_t‖ by exactly the gain per step).
+NORM_PRESERVING = ("orthogonal", "identity", "eye")
+
+
+@dataclass(frozen=True)
+class InputMoments:
+    """The input's moments that theory starts from: mean(x²) over examples and features, mean(x),
+    and the per-feature variance over examples averaged over features; `how` says where they came from."""
+
+    second_moment: float
+    mean: float
+    batch_variance: float
+    how: str
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What theory predicts for a config at initialization (None where it predicts nothing).
+
+    theory: mean_field | batchnorm | residual | recurrent | none. reason: why there is no
+    prediction ('' when there is one). The fields are those of `gradlab theory --format json`
+    (README, "Theory beside measurement"): q_star, chi1, predicted_factor (√χ₁, the per-layer
+    factor at the fixed point; BatchNorm: its per-layer factor), xi_grad, xi_c, phase, layers
+    (the layer-by-layer factors ‖∂L/∂z_l‖ / ‖∂L/∂z_{l+1}‖ from the actual input, l = 0 … depth−2),
+    layer_factor (their geometric mean: the prediction of the measured layer_factor), q (each
+    block's pre-activation variance; residual: the stream's second moment after each block),
+    inputs (σw², σb², q⁰ and how each was found) and extra (per theory: the residual stream's
+    variance and gradient factors, the recurrent step bound).
+
+    Recurrent configs also carry step_factor, theory's number to set beside the measured
+    step_factor@0 (the per-step factor of ‖∂L/∂a_t‖ back through time on the last recurrent layer),
+    and step_relation, how the two compare: STEP_EQUALS (a prediction: a linear rnn whose recurrent
+    matrix is λ·orthogonal or λ·I has exactly λ) or STEP_AT_MOST (Pascanu's bound γ·λ₁: the
+    measurement can only be at or below it). Both None where there is none (a note says why).
+    """
+
+    theory: str
+    reason: str = ""
+    q_star: float | None = None
+    chi1: float | None = None
+    predicted_factor: float | None = None
+    xi_grad: float | None = None
+    xi_c: float | None = None
+    phase: str | None = None
+    layers: tuple[float, ...] = ()
+    layer_factor: float | None = None
+    q: tuple[float, ...] = ()
+    step_factor: float | None = None
+    step_relation: str | None = None
+    inputs: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def source(self) -> str:
+        return SOURCES[self.theory]
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready mapping; an infinite depth scale (exactly critical) is the string 'inf'."""
+        out: dict[str, Any] = {"theory": self.theory, "source": self.source, "reason": self.reason}
+        for key in ("q_star", "chi1", "predicted_factor", "xi_grad", "xi_c", "phase", "layer_factor"):
+            out[key] = _json_number(getattr(self, key))
+        out["layers"] = [_json_number(v) for v in self.layers]
+        out["q"] = [_json_number(v) for v in self.q]
+        out["inputs"] = {k: _json_number(v) for k, v in self.inputs.items()}
+        out["extra"] = {k: [_json_number(x) for x in v] if isinstance(v, (list, tuple)) else _json_number(v) for k, v in self.extra.items()}
+        if self.theory == "recurrent":  # (feed-forward JSON keeps its keys)
+            out["step_factor"] = _json_number(self.step_factor)
+            out["step_relation"] = self.step_relation
+        out["notes"] = list(self.notes)
+        return out
+
+
+def _json_number(value: Any) -> Any:
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return value
+
+
+def depth_scale(chi: float) -> float:
+    """theory.depth_scale, with χ within 1e-12 of 1 taken as exactly 1 (infinite ξ): the stated
+    variances carry rounding (He init's σw² reads 2.0000000000000004), which must not turn an
+    exactly critical network into one with a depth scale of 4e15."""
+    return math.inf if abs(chi - 1.0) <= 1e-12 else theory.depth_scale(chi)
+
+
+def none(reason: str, **inputs: Any) -> Prediction:
+    """No prediction, and why."""
+    return Prediction("none", reason=reason, inputs=inputs)
+
+
+# --------------------------------------------------------------------------------------------
+# What the config supplies
+# --------------------------------------------------------------------------------------------
+
+
+class NumpyActivation:
+    """An activation spec's numpy forms, resolved once (theory.Activation's protocol)."""
+
+    def __init__(self, spec: Any):
+        resolved = specs.activations.resolve(spec)
+        self._record = activations.get(resolved["name"])
+        self._params = specs.activations.params_of(resolved)
+        self.kinks = tuple(self._record.kinks(self._params))
+        self.scale = float(self._record.scale(self._params))  # the x grid the quadrature resolves φ on (softplus: 1/β)
+        self.name = resolved["name"]
+
+    def f(self, x):
+        return self._record.f(self._params, x)
+
+    def df(self, x):
+        return self._record.df(self._params, x)
+
+
+def input_moments(data: Any) -> InputMoments | None:
+    """The input's moments from the data section alone (see the module docstring), or None when
+    they are not known without reading the data."""
+    name, noise, dim = data.name, data.noise, data.dim
+    if name == "gaussian":
+        return InputMoments(1.0 + noise**2, 0.0, 1.0 - 1.0 / data.classes + noise**2,
+                            f"gaussian: E[x²] = 1 + noise² = {1 + noise**2:g} (class means ~ N(0, 1) plus noise)")  # fmt: skip
+    if name == "teacher":
+        return InputMoments(1.0, 0.0, 1.0, "teacher: x ~ N(0, I), E[x²] = 1")
+    if name == "spirals":
+        second = (1.0 / 3.0 + 2.0 * (SPIRAL_JITTER * noise) ** 2) / dim
+        return InputMoments(second, 0.0, second, f"spirals: E[x²] = (1/3 + 2 (0.1 noise)²) / dim = {second:.6g}")
+    return None
+
+
+def _fans(exp: Any, block: int) -> tuple[int, int]:
+    """(fan_in, fan_out) of block `block`'s first linear map (an MLP: block 0 reads the input)."""
+    return (exp.data.dim if block == 0 else exp.model.width), exp.model.width
+
+
+def _init_variances(exp: Any, fan_in: int, fan_out: int, has_bias: bool) -> tuple[float, float]:
+    """(σw², σb²) of a linear layer with these fans under the config's initializers."""
+    model = exp.model
+    var_w = initializers.variance(model.init.weight, fan_in, fan_out, model.activation)
+    var_b = initializers.variance(model.init.bias, fan_in, fan_out, model.activation) if has_bias else 0.0
+    return var_w * fan_in, var_b
+
+
+def _nonzero_mean(exp: Any) -> str:
+    """Why the initializers break mean field's zero-mean assumption ('' when they don't)."""
+    init = exp.model.init
+    if initializers.mean(init.weight) != 0:
+        return f"model.init.weight {init.weight['name']} has mean {initializers.mean(init.weight):g}; mean-field theory assumes zero-mean weights"
+    if exp.model.bias and initializers.mean(init.bias) != 0:
+        return f"model.init.bias {init.bias['name']} has mean {initializers.mean(init.bias):g}; mean-field theory assumes zero-mean biases"
+    return ""
+
+
+# --------------------------------------------------------------------------------------------
+# The predictions
+# --------------------------------------------------------------------------------------------
+
+
+def predict(exp: Any, moments: InputMoments | None = None, correlations: bool = True) -> Prediction:
+    """The prediction for `exp` (an Experiment) at initialization, or `none` with the reason.
+
+    moments: the input's moments when the config does not determine them (file data); by default
+    `input_moments(exp.data)`. correlations: compute the correlation map's c*, χ_c and ξ_c (the
+    slowest part, ~0.1 s; `gradlab compare` does not need them).
+    """
+    model = exp.model
+    kind = model.kind
+    if kind in ("rnn", "lstm", "gru"):
+        return _recurrent(exp)
+    if kind != "mlp":
+        return none(f"no prediction for model.kind {kind}: zero padding, pooling and global average pooling break the fully connected mean field")
+    activation = model.activation
+    if activation["name"] == "rrelu":
+        return none("no prediction for rrelu: its negative slopes are random in training, so E[φ²] is not that of one function")
+    problem = _nonzero_mean(exp)
+    if problem:
+        return none(problem)
+    norm = model.norm
+    placement = norm.get("placement")
+    if norm["name"] not in ("none", "batchnorm"):
+        return none(f"no prediction with model.norm {norm['name']}: it normalizes each example over its units, not each unit over the batch; no mean-field derivation applies")
+    if norm["name"] == "batchnorm" and placement != "pre":
+        return none("no prediction with batchnorm placement post: Yang et al. 2019 derive the factor for BatchNorm between the linear map and the nonlinearity")
+    moments = moments or input_moments(exp.data)
+    if moments is None:
+        return none(f"no prediction for data.name {exp.data.name}: the input's second moment q⁰ is not known from the config (predict it with measured input moments)")
+    act = NumpyActivation(activation)
+    if getattr(model, "residual", False):
+        return _residual(exp, act, moments)
+    if norm["name"] == "batchnorm":
+        return _batchnorm(exp, act, moments)
+    return _mean_field(exp, act, moments, correlations)
+
+
+def _mean_field(exp: Any, act: NumpyActivation, moments: InputMoments, correlations: bool) -> Prediction:
+    model = exp.model
+    first_w2, first_b2 = _init_variances(exp, *_fans(exp, 0), model.bias)
+    w2, b2 = _init_variances(exp, *_fans(exp, 1), model.bias)
+    depth = model.depth
+    qs = theory.layer_variances(act, moments.second_moment, depth, [first_w2] + [w2] * (depth - 1), [first_b2] + [b2] * (depth - 1))
+    factors = theory.gradient_factors(act, qs, [first_w2] + [w2] * (depth - 1))
+    inputs = {"sigma_w2": w2, "sigma_b2": b2, "first_sigma_w2": first_w2, "first_sigma_b2": first_b2, "q0": moments.second_moment}
+    notes = [moments.how]
+    fp = theory.fixed_point(act, w2, b2, q_init=qs[0] if qs[0] > 0 else 1.0)
+    base = dict(layers=tuple(factors), layer_factor=theory.geometric_mean_factor(factors), q=tuple(qs), inputs=inputs)
+    if fp.q_star is None:
+        notes.append(f"no fixed point of the length map: {fp.detail}")
+        return Prediction("mean_field", notes=tuple(notes), **base)
+    x1 = theory.chi1(act, fp.q_star, w2)
+    xi_c = None
+    if correlations:
+        c_star = theory.correlation_fixed_point(act, fp.q_star, w2, b2, chi1_value=x1)
+        chi_c = x1 if c_star == 1.0 else theory.chi_c(act, c_star, fp.q_star, w2)
+        xi_c = depth_scale(chi_c)
+    return Prediction(
+        "mean_field", q_star=fp.q_star, chi1=x1, predicted_factor=math.sqrt(x1), xi_grad=depth_scale(x1),
+        xi_c=xi_c, phase=theory.phase(x1), notes=tuple(notes), **base,
+    )  # fmt: skip
+
+
+# Activations x (x > 0), a·x (x < 0) and their slope a: theory's finite-batch BatchNorm factor is
+# derived for these (positively homogeneous: expectations on BatchNorm's sphere become Gaussian ones).
+_NEGATIVE_SLOPE = {"relu": lambda p: 0.0, "leaky_relu": lambda p: p.negative_slope, "prelu": lambda p: p.init, "identity": lambda p: 1.0}
+
+
+def _batchnorm(exp: Any, act: NumpyActivation, moments: InputMoments) -> Prediction:
+    model = exp.model
+    first_w2, _ = _init_variances(exp, *_fans(exp, 0), False)
+    w2, _ = _init_variances(exp, *_fans(exp, 1), False)
+    large_batch = theory.batchnorm_gradient_factor(act, "batchnorm", "pre")
+    if large_batch is None:
+        return none(f"no prediction: {act.name}'s output has no variance under N(0, 1), so BatchNorm's factor is undefined")
+    factors = theory.batchnorm_gradient_factors(act, [first_w2] + [w2] * (model.depth - 1), model.depth, moments.batch_variance)
+    batch = exp.data.batch_size  # every training batch, step 0's included, has exactly this many examples
+    inputs = {"sigma_w2": w2, "first_sigma_w2": first_w2, "input_batch_variance": moments.batch_variance, "batch_size": batch}
+    notes = [moments.how, "σw² cancels between blocks of equal σw²; the first factor uses block 0's σw² and the input's batch variance"]
+    steady = large_batch
+    if act.name in _NEGATIVE_SLOPE and batch >= 4:
+        # between hidden blocks, the factor at this batch size (block 0 reads the data, not BatchNorm's fixed point)
+        steady = theory.batchnorm_gradient_factor_finite_batch(_NEGATIVE_SLOPE[act.name](act._params), batch)
+        factors = factors[:1] + [f * steady / large_batch for f in factors[1:]]
+        notes.append(f"between hidden blocks the factor at batch size {batch}: {steady:.6g} (the large-batch limit {large_batch:.6g} grows by O(1/B))")
+    else:
+        why = f"a batch of {batch} < 4" if batch < 4 else f"{act.name} is not x / a·x"
+        notes.append(f"the large-batch limit: the finite-batch factor is derived for relu, leaky_relu, prelu and identity with batches of 4 or more ({why})")
+    return Prediction(
+        "batchnorm", predicted_factor=steady, xi_grad=depth_scale(steady**2), layers=tuple(factors),
+        layer_factor=theory.geometric_mean_factor(factors), inputs=inputs, extra={"large_batch_factor": large_batch}, notes=tuple(notes),
+    )  # fmt: skip
+
+
+def _branch(exp: Any, act: NumpyActivation, fan_in: int, batchnorm: bool) -> list[theory.BranchLayer]:
+    """The branch of one residual block as theory sees it: `branch_depth` layers linear → [BN] → φ,
+    the first reading `fan_in` features, the others `width`."""
+    model = exp.model
+    layers = []
+    for k in range(getattr(model, "branch_depth", 1)):
+        w2, b2 = _init_variances(exp, fan_in if k == 0 else model.width, model.width, model.bias and not batchnorm)
+        layers.append(theory.BranchLayer(w2, b2, act, batchnorm))
+    return layers
+
+
+def _residual(exp: Any, act: NumpyActivation, moments: InputMoments) -> Prediction:
+    """x_{l+1} = x_l + α·branch(x_l); block 0 reads the input through a projection onto the width
+    (LeCun normal, so the stream starts with the input's second moment and mean 0) when the input's
+    size differs from the width."""
+    model = exp.model
+    alpha = float(getattr(model, "residual_scale", 1.0))
+    batchnorm = model.norm["name"] == "batchnorm"
+    depth = model.depth
+    if getattr(model.init.weight, "get", lambda _: None)("name") == "fixup":
+        return none("fixup zero-initializes each branch's last layer: every branch's gradient at z is exactly zero at initialization, so the gain is undefined")
+    first = _branch(exp, act, _fans(exp, 0)[0], batchnorm)
+    rest = _branch(exp, act, model.width, batchnorm)
+    stream = theory.residual_moments(first, 1, alpha, moments.second_moment, 0.0, moments.batch_variance)
+    if depth > 1:
+        last = stream[-1]
+        stream += theory.residual_moments(rest, depth - 1, alpha, last.second_moment, last.mean, last.batch_variance)[1:]
+    # stream[l] enters block l; stream[depth] feeds the head
+    stream_factors = theory.residual_gradient_factors(rest, alpha, stream[1:]) if depth > 1 else []
+    inputs = {"alpha": alpha, "sigma_w2": rest[0].sigma_w2, "sigma_b2": rest[0].sigma_b2, "first_sigma_w2": first[0].sigma_w2,
+              "q0": moments.second_moment, "branch_depth": len(rest)}  # fmt: skip
+    extra = {
+        "stream_second_moment": [m.second_moment for m in stream],
+        "stream_variance": [m.variance for m in stream],
+        "stream_factors": stream_factors,
+    }
+    base = dict(q=tuple(m.second_moment for m in stream[1:]), inputs=inputs, extra=extra, notes=(moments.how,))
+    if alpha == 0.0:
+        return Prediction("residual", reason="residual_scale 0 (SkipInit): every branch's gradient is exactly zero at initialization, so delta_norm is 0 and the gain undefined", **base)
+    gains = [theory.branch_delta_gain(first, stream[0])] + [theory.branch_delta_gain(rest, m) for m in stream[1:depth]]
+    # ‖δ_l‖ = α √gains[l] ‖g_{l+1}‖, g_l = ∂L/∂x_l, ‖g_l‖ / ‖g_{l+1}‖ = stream_factors[l − 1]
+    layers = [math.sqrt(gains[l] / gains[l + 1]) * stream_factors[l] for l in range(depth - 1)]
+    return Prediction("residual", layers=tuple(layers), layer_factor=theory.geometric_mean_factor(layers), **base)
+
+
+def _recurrent(exp: Any) -> Prediction:
+    """Pascanu et al. 2013's bound on the per-step factor, γ·λ₁, for an rnn whose recurrent
+    initializer states its top singular value (exact for a linear rnn with a norm-preserving one);
+    for an lstm, the cell path's σ(forget bias)."""
+    model = exp.model
+    recurrent = getattr(model.init, "recurrent", None)
+    if model.kind == "lstm":
+        forget_bias = getattr(model, "forget_bias", None)
+        if forget_bias is None:
+            return none("no prediction for this lstm: the config has no forget_bias")
+        factor = theory.lstm_cell_factor(forget_bias)
+        return Prediction("recurrent", predicted_factor=factor, xi_grad=depth_scale(factor**2), inputs={"forget_bias": forget_bias},
+                          extra={"cell_step_factor": factor},
+                          notes=("the cell path's per-step factor diag(f_t) ≈ σ(forget bias) while the weights are small",
+                                 "no step_factor: σ(forget bias) is the direct cell path's factor alone, while step_factor measures "
+                                 "‖∂L/∂a_t‖ through every path (the hidden state's too) and with every unit's own forget gate; "
+                                 "no prediction of it is derived here"))  # fmt: skip
+    if model.kind != "rnn" or recurrent is None:
+        return none(f"no prediction for model.kind {model.kind}: no per-step factor is derived here")
+    name = recurrent["name"]
+    gain = recurrent.get("gain", 1.0)
+    if gain == "auto":
+        gain = activations.gain(model.activation)
+    try:
+        lambda1 = theory.top_singular_value(name, model.width, float(gain), recurrent.get("std"))
+    except ValueError as exc:
+        return none(str(exc))
+    gamma = activations.max_derivative(model.activation)
+    bound = theory.recurrent_step_bound(gamma, lambda1)
+    notes = ["an upper bound on ‖∂a_t/∂a_{t−1}‖ = ‖W_hh diag φ'(a_{t−1})‖, not an estimate: below 1 the gradient must vanish in time"]
+    step_factor, relation = None, None
+    if getattr(model, "readout", "last") != "last":
+        notes.append("no step_factor: with readout every the loss adds a gradient at every step, so ‖∂L/∂a_t‖ "
+                     "is not the later step's times the Jacobian and no bound on their ratio follows")  # fmt: skip
+    elif model.activation["name"] == "identity" and name in NORM_PRESERVING:
+        # ∂L/∂a_{t−1} = W_hhᵀ ∂L/∂a_t, and λ·Q (Q orthogonal) scales every vector's norm by exactly λ
+        step_factor, relation = lambda1, STEP_EQUALS
+        notes.append("a linear rnn whose recurrent matrix has every singular value λ: ‖∂L/∂a_t‖ shrinks or grows by exactly λ per step")
+    else:
+        # readout last: ∂L/∂a_{t−1} = diag φ'(a_{t−1}) W_hhᵀ ∂L/∂a_t on the last layer, so every ratio is at most γ·λ₁
+        step_factor, relation = bound, STEP_AT_MOST
+        if name == "normal":
+            notes.append("λ₁ of a normal matrix is its large-width limit 2·std·√width: the bound is as good as that estimate")
+    return Prediction("recurrent", predicted_factor=None, step_factor=step_factor, step_relation=relation,
+                      inputs={"gamma": gamma, "lambda1": lambda1}, extra={"step_bound": bound}, notes=tuple(notes))  # fmt: skip
+
+
+def step_departs(measured: float, prediction: Prediction, tolerance: float = DEPARTS_TOLERANCE) -> bool | None:
+    """Whether a measured step_factor at step 0 departs from a recurrent prediction: for STEP_EQUALS
+    when |measured − predicted| > tolerance · predicted (as `departs`), for STEP_AT_MOST (a bound)
+    only when it exceeds the bound, measured > (1 + tolerance) · bound: a factor far below Pascanu's
+    bound agrees with it. None without a prediction or a measurement."""
+    predicted = prediction.step_factor
+    if prediction.step_relation == STEP_AT_MOST:
+        if predicted is None or measured is None or math.isnan(measured) or math.isnan(predicted):
+            return None
+        return measured > (1.0 + tolerance) * predicted
+    return departs(measured, predicted, tolerance)
+
+
+# --------------------------------------------------------------------------------------------
+# The table `gradlab theory` prints
+# --------------------------------------------------------------------------------------------
+
+TABLE_KEYS = ("q_star", "chi1", "predicted_factor", "xi_grad", "xi_c", "phase", "layer_factor")
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "inf" if value == math.inf else f"{value:.6g}"
+    return str(value)
+
+
+def table_lines(prediction: Prediction) -> list[str]:
+    """What `gradlab theory CONFIG` prints: the theory and its source, the numbers it started from,
+    the predictions ('-' where the theory makes none), then one line per block."""
+    p = prediction
+    if p.theory == "none":
+        return [f"no prediction: {p.reason}"]
+    lines = [f"theory: {p.theory} ({p.source})"]
+    if p.inputs:
+        lines.append("from: " + ", ".join(f"{key} = {_text(value)}" for key, value in p.inputs.items()))
+    lines += [f"note: {note}" for note in p.notes]
+    if p.reason:
+        lines.append(f"no gradient prediction: {p.reason}")
+    width = max(len(key) for key in (*TABLE_KEYS, *(k for k, v in p.extra.items() if not isinstance(v, (list, tuple)))))
+    lines += [f"{key:<{width}}  {_text(getattr(p, key))}" for key in TABLE_KEYS]
+    if p.theory == "recurrent":
+        verb = {STEP_EQUALS: "equals", STEP_AT_MOST: "is at most"}.get(p.step_relation or "", "")
+        relation = f" (the measured step_factor@0 {verb} this)" if verb else ""
+        lines.append(f"{'step_factor':<{width}}  {_text(p.step_factor)}{relation}")
+    for key, value in p.extra.items():
+        if not isinstance(value, (list, tuple)):
+            lines.append(f"{key:<{width}}  {_text(value)}")
+    if p.theory == "residual":
+        # per block: the stream after it (second moment, variance), the stream gradient's factor
+        # ||dL/dx_l|| / ||dL/dx_(l+1)|| into it (blocks 1 and up), and delta_norm's factor
+        second, variance = p.extra["stream_second_moment"][1:], p.extra["stream_variance"][1:]
+        stream_factors = [None, *p.extra["stream_factors"]]
+        lines.append(f"{'layer':>5}  {'stream_q':>12}  {'stream_var':>12}  {'stream_factor':>13}  {'factor':>12}")
+        for layer in range(len(second)):
+            factor = _text(p.layers[layer]) if layer < len(p.layers) else "-"
+            lines.append(f"{layer:>5}  {_text(second[layer]):>12}  {_text(variance[layer]):>12}  {_text(stream_factors[layer]):>13}  {factor:>12}")
+    elif p.q or p.layers:
+        lines.append(f"{'layer':>5}  {'q':>12}  {'factor':>12}")
+        for layer in range(max(len(p.q), len(p.layers) + 1)):
+            q = _text(p.q[layer]) if layer < len(p.q) else "-"
+            factor = _text(p.layers[layer]) if layer < len(p.layers) else "-"
+            lines.append(f"{layer:>5}  {q:>12}  {factor:>12}")
+    return lines
+
+
+SWEEP_KEYS = ("phase", "chi1", "predicted_factor", "layer_factor", "xi_grad", "step_factor")
+
+
+def sweep_table_lines(named: list[tuple[str, Prediction]]) -> list[str]:
+    """What `gradlab theory SWEEP` prints: a row per combination with its theory and the headline
+    numbers (the columns some combination has), and the reason where a combination has none;
+    `--format json` holds every number of every combination."""
+    keys = [key for key in SWEEP_KEYS if any(getattr(p, key) is not None for _, p in named)]
+    header = ["combination", "theory", *keys]
+    def cell(p: Prediction, key: str) -> str:
+        if key == "step_factor" and p.step_factor is not None and p.step_relation == STEP_AT_MOST:
+            return f"<= {_text(p.step_factor)}"  # Pascanu's bound: the measurement is at most this
+        return _text(getattr(p, key))
+
+    rows = [[name, p.theory, *(cell(p, key) for key in keys)] for name, p in named]
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    sources = dict.fromkeys(p.theory for _, p in named if p.theory != "none")
+    lines += [f"{theory}: {SOURCES[theory]}" for theory in sources]
+    lines += [f"{name}: no prediction: {p.reason}" for name, p in named if p.theory == "none" or (p.reason and p.theory == "recurrent" and p.step_factor is None)]
+    lines.append("per-layer factors and every other number: --format json")
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
+# Predictions for runs read back (compare, plots, expect:)
+# --------------------------------------------------------------------------------------------
+
+_BY_CONFIG: dict[str, Prediction] = {}
+
+
+def for_config(config: dict[str, Any]) -> Prediction:
+    """The prediction for a run's resolved config.yaml (a mapping), without the correlation map;
+    `none` with the reason when the config no longer validates (a moved data path, an older
+    gradlab). Cached by the config's content: seeds and sweep members of one configuration share it."""
+    import json
+
+    from gradlab.config.experiment import validate
+    from gradlab.vocab.errors import ConfigError
+
+    body = {key: value for key, value in config.items() if key not in ("name", "seed", "expect", "log", "train", "optim", "loss", "device")}
+    key = json.dumps(body, sort_keys=True, default=str)
+    if key not in _BY_CONFIG:
+        try:
+            exp = validate(config)
+        except ConfigError as exc:
+            _BY_CONFIG[key] = none(f"the run's config does not validate here ({exc.lines[0]})")
+        else:
+            _BY_CONFIG[key] = predict(exp, correlations=False)
+    return _BY_CONFIG[key]
+
+
+def departs(measured: float, predicted: float | None, tolerance: float = DEPARTS_TOLERANCE) -> bool | None:
+    """Whether a measured layer_factor differs from the predicted one by more than `tolerance`,
+    relative to the prediction: |measured − predicted| > tolerance · predicted. None when either
+    is missing (no prediction, nothing measured)."""
+    if predicted is None or measured is None or math.isnan(measured) or math.isnan(predicted) or predicted <= 0:
+        return None
+    return abs(measured - predicted) > tolerance * predicted
+
+
+def predicted_profile(prediction: Prediction, last_value: float) -> list[float]:
+    """The predicted delta_norm of every hidden layer, anchored at the measured last hidden layer:
+    delta[l] = last_value · Π_{k=l}^{depth−2} layers[k] (layer 0 first); [] without a prediction."""
+    if not prediction.layers:
+        return []
+    values = [float(last_value)]
+    for factor in reversed(prediction.layers):
+        values.append(values[-1] * factor)
+    return values[::-1]
