@@ -1,7 +1,7 @@
 """Predictions from a config alone (gradlab.theory.predict): the numbers handed to theory (σw², σb², q⁰)
 checked against the initializers and the generated data, the prediction for each kind checked
 against closed forms and published values, and `none` with a reason where no theory applies.
-(The whole chain, prediction against a measured network at step 0, is tests/test_theory_chain.py.)"""
+(The whole chain, prediction against a measured network at step 0, is tests/test_predict_vs_measured.py.)"""
 
 from __future__ import annotations
 

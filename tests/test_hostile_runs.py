@@ -1,4 +1,4 @@
-"""Attacks on gradlab that are not fuzzing (see test_fuzz.py for that): a run that explodes, a run
+"""Attacks on gradlab that are not fuzzing (see test_config_fuzz.py for that): a run that explodes, a run
 killed outright, run directories that must never be reused or overflowed, broken data files at
 the command line, and byte-for-byte determinism. Nothing may be lost and nothing may show a
 traceback; bad input is one `error: ` line, exit code 2, and nothing written.
@@ -277,7 +277,7 @@ def test_unwritable_out_fails_up_front(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# What the fuzzer found (test_fuzz.py), pinned with their exact lines
+# What the fuzzer found (test_config_fuzz.py), pinned with their exact lines
 # --------------------------------------------------------------------------------------------
 
 
