@@ -221,7 +221,7 @@ def test_an_exploding_run_is_recorded_as_diverged(tmp_path):
 
 
 def test_locate_non_finite_names_the_first_bad_tensor():
-    from gradlab.measure.probe import locate_non_finite
+    from gradlab.measure.locate import locate_non_finite
 
     exp = validate({"model": {"depth": 3, "width": 4}})
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""Per-layer measurements at the model's sites, taken only on logged steps.
+"""Per-layer measurements of gradlab's models at their sites, taken only on logged steps.
 
 On a logged step the train loop calls, in order:
 
@@ -10,22 +10,19 @@ On a logged step the train loop calls, in order:
     probe.snapshot_weights(); optimizer.step(); update = probe.update_ratios()  # 'updates' only:
                                                  # a second transfer, after the step
 
-The quantities and their exact meanings are declared in quantities.py; this module computes them.
-With L the back-propagated batch-mean loss: weight norms and gradient norms per declared layer,
-delta_norm = ||dL/dz|| at each `preactivation` (and `logits`) site, act_mean/act_std of each
-`output` tap, saturated/dead counts of each `activation` tap, update ratios per declared weight.
-In a CNN a unit is a channel: a (example, unit) pair is every position of that channel, and a
-dead channel is saturated at every position of every example.
+What each quantity means is declared in gradlab.vocab.quantities; the kernel that computes it is in
+kernels.py. This module decides when and on what: the tensors each site taps (a gradient hook on a
+pre-activation for its delta, the block's output for act_mean/act_std, the activation's input and
+output for the region counts), and the parameters each declared layer owns, by family ('' for a
+layer with one weight; a recurrent layer has 'ih' and 'hh', see recurrent_probe.py).
 
-Nothing here calls `.item()` or synchronizes per layer: norms are computed with batched
-`torch._foreach_norm` calls (the kernel `clip_grad_norm_` uses) and all scalars are stacked and
-moved to the host together: once before the optimizer step, and once after it for update ratios.
+Nothing here reads a value per layer: parameter norms are computed with batched calls, and all
+values are stacked and moved to the host together, once before the optimizer step and once after
+it for update ratios.
 """
 
 from __future__ import annotations
 
-import functools
-import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -33,137 +30,25 @@ import torch
 from torch import nn
 
 from gradlab.build.sites import Layer, Role, Site
-from gradlab.theory.activations import region_counts
-from gradlab.vocab.quantities import GROUPS, NORM, QUANTITIES, RESIDUAL
+from gradlab.measure import kernels
+from gradlab.measure.kernels import Measured
+from gradlab.measure.norms import norm, norm_of, norms
+from gradlab.measure.pending import Column, PendingMeasurement, SiteKey
+from gradlab.measure.rows import layer_rows
+from gradlab.vocab.quantities import GROUPS, NORM, QUANTITIES, RESIDUAL, SATURATION_THRESHOLD
 
-SATURATION_THRESHOLD = 0.05  # "derivative below 5% of its maximum": log.saturation_threshold's default
-
-SiteKey = tuple[int, "int | None"]  # Site.key: (layer, t)
-Column = dict[SiteKey, float]  # site -> value, for one quantity
-
-
-@dataclass
-class PendingMeasurement:
-    """This step's quantities still on the device, one column each; `fetch` moves them all to the
-    host in one transfer.
-
-    A column is (sites, values, divisors): `values` is a vector with one entry per listed site, or
-    a list of 0-d tensors gathered site by site during forward and backward. The divisor is
-    applied on the host: counts of saturated pairs and dead units over their totals, the norm of
-    deviations over sqrt(n) for the std. A site gives a column one value: a second one is an error,
-    never a silent overwrite.
-    """
-
-    columns: dict[str, tuple[list[SiteKey], torch.Tensor | list[torch.Tensor], list[float] | float]] = field(default_factory=dict)
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)
-    positives: dict[str, tuple[list[SiteKey], list[torch.Tensor], list[float]]] = field(default_factory=dict)
-    complements: set[str] = field(default_factory=set)  # columns stored as (divisor - value)
-    _seen: set[tuple[str, SiteKey]] = field(default_factory=set)
-
-    def add(self, quantity: str, site: Site, value: torch.Tensor, divisor: float = 1.0, complement: bool = False) -> None:
-        """One site's value of a column gathered site by site; with `complement`, the column is
-        (divisor - value) / divisor (a count of what is active, reported as the share that is not)."""
-        if (quantity, site.key) in self._seen:
-            raise RuntimeError(f"{site.name} (t={site.t}) measured twice for {quantity} in one step")
-        self._seen.add((quantity, site.key))
-        keys, values, divisors = self.columns.setdefault(quantity, ([], [], []))
-        keys.append(site.key)
-        values.append(value)
-        divisors.append(divisor)
-        if complement:
-            self.complements.add(quantity)
-
-    def add_positives(self, quantity: str, site: Site, value: torch.Tensor, divisor: float, complement: bool = False) -> None:
-        """One site's value of a column that counts the positive entries of `value` (a vector): the
-        counting is done at `fetch`, for every such vector of the step in three operations."""
-        if (quantity, site.key) in self._seen:
-            raise RuntimeError(f"{site.name} (t={site.t}) measured twice for {quantity} in one step")
-        self._seen.add((quantity, site.key))
-        keys, values, divisors = self.positives.setdefault(quantity, ([], [], []))
-        keys.append(site.key)
-        values.append(value.reshape(-1))
-        divisors.append(divisor)
-        if complement:
-            self.complements.add(quantity)
-
-    def fetch(self) -> tuple[dict[str, Column], dict[str, float]]:
-        """Every column and extra on the host, in one transfer.
-
-        Each value is converted to float64 as it is (an exact conversion), so how values are
-        grouped into device operations here changes no number: the 0-d values gathered site by
-        site are stacked once per dtype (one stack for a few hundred small tensors, instead of one
-        per column), and the positives of every vector are counted together."""
-        names: list[tuple[str, str]] = []  # ('columns' | 'positives', quantity)
-        parts: list[torch.Tensor] = []  # float64 pieces, concatenated for the one transfer
-        order: list[int] = []  # where each piece's first value belongs in `flat` (below)
-        scalars: dict[torch.dtype, list[torch.Tensor]] = {}  # 0-d values by dtype, in column order
-        scalar_slots: dict[torch.dtype, list[int]] = {}
-        size = 0
-        for quantity, (keys, values, _) in self.columns.items():
-            names.append(("columns", quantity))
-            if isinstance(values, list):
-                for k, value in enumerate(values):
-                    scalars.setdefault(value.dtype, []).append(value)
-                    scalar_slots.setdefault(value.dtype, []).append(size + k)
-            else:
-                parts.append(values.double())
-                order.append(size)
-            size += len(keys)
-        for quantity, (keys, values, _) in self.positives.items():
-            names.append(("positives", quantity))
-            counts = _count_positives(values)
-            parts.append(counts)
-            order.append(size)
-            size += len(keys)
-        for value in self.extras.values():
-            parts.append(value.reshape(1).double())
-            order.append(size)
-            size += 1
-        slots: list[int] = []
-        for dtype, values in scalars.items():
-            parts.append(torch.stack(values).double())
-            slots += scalar_slots[dtype]
-        if not parts:
-            return {}, {}
-        host = torch.cat(parts).cpu().tolist()  # the one device -> host transfer
-        # put the host values in column order: the vector pieces first, then the stacked scalars
-        flat: list[float] = [0.0] * size
-        at = 0
-        for start, piece in zip(order, parts[: len(order)]):
-            n = piece.numel()
-            flat[start : start + n] = host[at : at + n]
-            at += n
-        for slot, value in zip(slots, host[at:]):
-            flat[slot] = value
-        columns: dict[str, Column] = {}
-        at = 0
-        for kind, quantity in names:
-            keys, _, divisors = getattr(self, kind)[quantity]
-            divisors = divisors if isinstance(divisors, list) else [divisors] * len(keys)
-            column = columns.setdefault(quantity, {})  # a column may hold both kinds of values
-            if quantity in self.complements:
-                column.update({key: (divisors[k] - flat[at + k]) / divisors[k] for k, key in enumerate(keys)})
-            else:
-                column.update({key: flat[at + k] / divisors[k] for k, key in enumerate(keys)})
-            at += len(keys)
-        extras = dict(zip(self.extras, flat[at:]))
-        return columns, extras
+_WEIGHT_ABS_MEAN = "weight_abs_mean"  # not a column: what dact_factor multiplies dact_mean by
 
 
-@functools.lru_cache(maxsize=64)
-def _segment_ends(sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """Where each segment of `sizes` ends, on `device`: made once per model (on a GPU, copying a
-    fresh index to the device every step would be a copy the host waits for)."""
-    return torch.tensor(list(itertools.accumulate(sizes)), device=device)
+@dataclass(frozen=True)
+class _Parameter:
+    """One weight or bias of a declared layer: its layer's site, its family, and where it is in
+    the model's parameter list (whose gradients are normed in one batched call)."""
 
-
-def _count_positives(vectors: list[torch.Tensor]) -> torch.Tensor:
-    """How many entries of each vector are > 0, as float64: one comparison and one cumulative sum
-    over all of them (integers, so exact), instead of a comparison and a sum per vector."""
-    ends = _segment_ends(tuple(v.numel() for v in vectors), vectors[0].device)
-    running = torch.cat(vectors).gt(0).cumsum(0)  # int64
-    totals = running[ends - 1]
-    return torch.cat([totals[:1], totals[1:] - totals[:-1]]).double()
+    key: SiteKey
+    family: str
+    tensor: nn.Parameter
+    at: int
 
 
 class Probe:
@@ -173,16 +58,19 @@ class Probe:
         unknown = set(groups) - set(GROUPS)
         assert not unknown, unknown
         self.model = model
-        self.saturation_threshold = saturation_threshold  # t of saturated_frac (activations.Regions)
         self.groups = set(groups)
+        self.saturation_threshold = saturation_threshold  # t of saturated_frac (activations.Regions)
         self.layers: list[Layer] = model.measured_layers()  # input side first
         self.sites = [layer.site for layer in self.layers]
-        self.weights = [layer.weight for layer in self.layers]
-        self.parameters = [p for p in model.parameters()]
-        # which entries of `parameters` are the layers' weights and biases (for their grad norms)
+        self.parameters = list(model.parameters())
         position = {id(p): k for k, p in enumerate(self.parameters)}
-        self.weight_at = [position[id(w)] for w in self.weights]
-        self.bias_at = [(layer.site.key, position[id(layer.bias)]) for layer in self.layers if layer.bias is not None]
+        self.weight_entries = [
+            _Parameter(layer.site.key, family, w, position[id(w)]) for layer in self.layers for family, w in layer.weights.items()
+        ]
+        self.bias_entries = [
+            _Parameter(layer.site.key, family, b, position[id(b)]) for layer in self.layers for family, b in layer.biases.items() if b is not None
+        ]
+        self.weights = [entry.tensor for entry in self.weight_entries]
         self._pending = PendingMeasurement()
         self._weights_before: list[torch.Tensor] | None = None  # buffers, see snapshot_weights
         self._snapshot_taken = False
@@ -194,30 +82,31 @@ class Probe:
 
     def attach(self) -> None:
         self._pending = PendingMeasurement()
-        parts = getattr(self, "_norm_parts", None)  # (a subclass with its own __init__ has none)
-        if "activations" in self.groups and parts is not None:
+        if "activations" in self.groups:
             # BatchNorm updates its running statistics in its forward: its pre-hook sees them before
-            self._bn_hooks = [module.register_forward_pre_hook(self._bn_hook(site)) for site, module in parts.batchnorms]
+            self._bn_hooks = [module.register_forward_pre_hook(self._bn_hook(site)) for site, module in self._norm_parts.batchnorms]
         if self.groups & {"deltas", "activations"}:  # the weights and updates groups need no forward capture
             self.model.slot.tap = self
 
     def detach(self) -> None:
         self.model.slot.tap = None
-        for handle in getattr(self, "_bn_hooks", ()):
+        for handle in self._bn_hooks:
             handle.remove()
         self._bn_hooks = []
+
+    def _add(self, site: Site, measured: list[Measured]) -> None:
+        for m in measured:
+            if m.positives:
+                self._pending.add_positives(m.quantity, site, m.value, m.divisor, complement=m.complement)
+            else:
+                self._pending.add(m.quantity, site, m.value, m.divisor, complement=m.complement)
 
     def _bn_hook(self, site: Site):
         def hook(module: nn.Module, inputs: tuple) -> None:
             if not module.training or module.running_mean is None:
                 return
             with torch.no_grad():
-                x = inputs[0]
-                var, mean = torch.var_mean(x, dim=(0, *range(2, x.dim())), correction=0)  # what training normalizes with
-                batch = torch.rsqrt(var + module.eps)
-                running = torch.rsqrt(module.running_var + module.eps)
-                square = var * (batch - running) ** 2 + (mean - module.running_mean) ** 2 * running**2
-                self._pending.add("bn_stat_distance", site, square.mean().sqrt())
+                self._add(site, kernels.bn_stat_distance(module, inputs[0]))
 
         return hook
 
@@ -230,74 +119,32 @@ class Probe:
             self._residual(site, role, value)
         elif role == "output" and "activations" in self.groups:
             with torch.no_grad():
-                # two passes (mean, then the norm of the deviations): population std, as stable as
-                # torch.std_mean and an order of magnitude faster on the CPU
-                pending = self._pending
-                mean = value.mean()
-                pending.add("act_mean", site, mean)
-                pending.add("act_std", site, torch.linalg.vector_norm(value - mean), math.sqrt(value.numel()))
+                self._add(site, kernels.moments(value, "act_mean", "act_std"))
 
     def activation(self, site: Site, act: nn.Module, activation: str, u: torch.Tensor, y: torch.Tensor) -> None:
         if "activations" not in self.groups:
             return
-        pending = self._pending
-        n = u.numel()
         with torch.no_grad():
-            # u's statistics: two passes (mean, then the norm of the deviations), as for act_std
-            mean = u.mean()
-            pending.add("preact_mean", site, mean)
-            pending.add("preact_std", site, torch.linalg.vector_norm(u - mean), math.sqrt(n))
-            if activation == "relu":
-                # relu' is 1 exactly where y > 0, else 0. Count those as the sum of sign(y) (0 or 1; a
-                # float sum of ones is exact below 2^24): 4x cheaper than (y > 0).sum(), which converts
-                # the mask to int64 first; it is also the sum of |relu'|. A unit is alive where its
-                # largest y is > 0; those maxima are counted for all layers at once when the step is fetched.
-                active = y.sign().sum() if y.numel() < 2**24 else (y > 0).sum()
-                pending.add("inactive_frac", site, active, n, complement=True)
-                pending.add("dact_mean", site, active, n)
-                unit_maxima = y.amax(dim=(0, *range(2, y.dim())))  # (C,): a unit is a channel in a CNN
-                pending.add_positives("dead_frac", site, unit_maxima, u.shape[1], complement=True)
-                return
-            counts = region_counts(activation, act, u, y, self.saturation_threshold)
-            pending.add("dact_mean", site, counts["dact"], n)
-            if "inactive" in counts:
-                pending.add("inactive_frac", site, counts["inactive"], n)
-            if "saturated" in counts:
-                pending.add("saturated_frac", site, counts["saturated"], n)
-            pending.add("dead_frac", site, counts["alive"], u.shape[1], complement=True)  # a unit is a channel in a CNN
+            self._add(site, kernels.moments(u, "preact_mean", "preact_std"))
+            self._add(site, kernels.activation_regions(activation, act, u, y, self.saturation_threshold))
 
     def _residual(self, site: Site, role: Role, value: torch.Tensor) -> None:
-        """A residual block's stream x_(l+1) and branch output r_l (quantities.RESIDUAL): the stream's
-        gradient norm, and per-channel mean and population variance over the batch (and positions),
-        averaged over channels: the Signal Propagation Plot statistics of Brock, De & Smith 2021."""
+        """A residual block's stream x_(l+1) and branch output r_l (quantities.RESIDUAL)."""
         if role == "stream" and "deltas" in self.groups and value.requires_grad:
             value.register_hook(self._stream_delta_hook(site))
-        if "activations" not in self.groups:
-            return
-        with torch.no_grad():
-            var, mean = torch.var_mean(value, dim=(0, *range(2, value.dim())), correction=0)  # (channels,)
-            if role == "stream":
-                self._pending.add("spp_sq_mean", site, (mean * mean).mean())
-                self._pending.add("spp_var", site, var.mean())
-            else:
-                self._pending.add("spp_branch_var", site, var.mean())
+        if "activations" in self.groups:
+            with torch.no_grad():
+                self._add(site, kernels.signal_propagation(value, role))
 
     def _stream_delta_hook(self, site: Site):
         def hook(grad: torch.Tensor) -> None:
-            self._pending.add("stream_delta_norm", site, torch.linalg.vector_norm(grad))
+            self._pending.add("stream_delta_norm", site, norm(grad))
 
         return hook
 
     def _delta_hook(self, site: Site):
         def hook(grad: torch.Tensor) -> None:
-            norm = torch.linalg.vector_norm(grad)
-            self._pending.add("delta_norm", site, norm)
-            # delta_rms (quantities.py) = sqrt(B) * || sum over positions of |grad| ||; with one
-            # position (an MLP, the logits) that is sqrt(B) * delta_norm, from the same norm
-            per_example = 1 / math.sqrt(grad.shape[0])  # the divisor: value / divisor = value * sqrt(B)
-            if grad.dim() > 2:
-                norm = torch.linalg.vector_norm(grad.abs().sum(dim=tuple(range(2, grad.dim()))))
-            self._pending.add("delta_rms", site, norm, per_example)
+            self._add(site, kernels.delta(grad, kernels.UNITS_FIRST))
 
         return hook
 
@@ -308,35 +155,40 @@ class Probe:
         pending = self._pending
         # one batched norm over every parameter gradient serves the global norm and the layers'
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.parameters]
-        grad_norms = torch._foreach_norm(grads)
+        grad_norms = norms(grads)
         self._weight_norms = None
         if "weights" in self.groups:
-            self._weight_norms = torch.stack(torch._foreach_norm([w.detach() for w in self.weights]))
-            every_site = [site.key for site in self.sites]
-            pending.columns["weight_norm"] = (every_site, self._weight_norms, 1.0)
-            pending.columns["weight_grad_norm"] = (every_site, torch.stack([grad_norms[k] for k in self.weight_at]), 1.0)
-            if self.bias_at:
-                keys = [key for key, _ in self.bias_at]
-                pending.columns["bias_grad_norm"] = (keys, torch.stack([grad_norms[k] for _, k in self.bias_at]), 1.0)
+            self._weight_norms = norms([w.detach() for w in self.weights])
+            _by_family(pending, "weight_norm", self.weight_entries, self._weight_norms)
+            _by_family(pending, "weight_grad_norm", self.weight_entries, grad_norms[[e.at for e in self.weight_entries]])
+            if self.bias_entries:
+                _by_family(pending, "bias_grad_norm", self.bias_entries, grad_norms[[e.at for e in self.bias_entries]])
         if "activations" in self.groups and "dact_mean" in pending.columns:
             # mean |w| of each layer's weight, for dact_factor (computed from the host values in `rows`)
             every_site = [site.key for site in self.sites]
-            l1 = torch.stack(torch._foreach_norm([w.detach() for w in self.weights], 1))
-            pending.columns[_WEIGHT_ABS_MEAN] = (every_site, l1, [float(w.numel()) for w in self.weights])
-        parts = getattr(self, "_norm_parts", None) or _NormParts()
+            means = kernels.weight_abs_mean([layer.weight for layer in self.layers])
+            pending.columns[_WEIGHT_ABS_MEAN] = (every_site, torch.stack([m for m, _ in means]), [n for _, n in means])
+        self._measure_norm_parts(pending, grad_norms)
+        self._measure_more(pending)
+        pending.extras["loss"] = loss.detach()
+        pending.extras["accuracy"] = _accuracy(logits, y)
+        pending.extras["grad_norm"] = norm_of(grad_norms)
+        return pending
+
+    def _measure_norm_parts(self, pending: PendingMeasurement, grad_norms: torch.Tensor) -> None:
+        parts = self._norm_parts
         if "weights" in self.groups and parts.tensors:
-            norms = torch.stack(torch._foreach_norm([t.detach() for t in parts.tensors]))
+            values = norms([t.detach() for t in parts.tensors])
             for quantity, (keys, at) in parts.value_columns.items():
-                pending.columns[quantity] = (keys, norms[at], 1.0)
+                pending.columns[quantity] = (keys, values[at], 1.0)
             for quantity, (keys, params) in parts.grad_columns.items():
-                pending.columns[quantity] = (keys, torch.stack([grad_norms[k] for k in params]), 1.0)
+                pending.columns[quantity] = (keys, grad_norms[params], 1.0)
         if "weights" in self.groups and parts.prelu:
             keys = [key for key, _ in parts.prelu]
             pending.columns["prelu_slope_mean"] = (keys, torch.stack([w.detach().mean() for _, w in parts.prelu]), 1.0)
-        pending.extras["loss"] = loss.detach()
-        pending.extras["accuracy"] = (logits.detach().argmax(dim=1) == y).float().mean()
-        pending.extras["grad_norm"] = torch.linalg.vector_norm(torch.stack(grad_norms))
-        return pending
+
+    def _measure_more(self, pending: PendingMeasurement) -> None:
+        """What a subclass measures besides the layers' own quantities (the recurrent probe: time steps)."""
 
     # -- around the optimizer step ------------------------------------------------------------
 
@@ -352,18 +204,26 @@ class Probe:
         self._snapshot_taken = True
 
     def update_ratios(self) -> dict[str, Column]:
-        """{'update_ratio': {site: ||W_after - W_before|| / ||W_before||}}, after `snapshot_weights`
-        and a step."""
+        """update_ratio per layer, ||W_after - W_before|| / ||W_before|| over all its weights, and
+        <family>_update_ratio per weight family of a recurrent layer; after `snapshot_weights` and a step."""
         if not self._snapshot_taken:
             return {}
         self._snapshot_taken = False
         before = self._weights_before
         # ||W_before|| is this step's weight_norm when the weights group measured it
-        size = self._weight_norms if self._weight_norms is not None else torch.stack(torch._foreach_norm(before))
+        size = self._weight_norms if self._weight_norms is not None else norms(before)
         torch._foreach_sub_(before, [w.detach() for w in self.weights])  # now W_before - W_after
-        change = torch.stack(torch._foreach_norm(before))
-        keys = [site.key for site in self.sites]
-        return {"update_ratio": dict(zip(keys, (change / size).cpu().tolist()))}
+        change = norms(before)
+        groups = _groups(self.weight_entries)
+        layer_ratios = kernels.ratio(kernels.combined(change, groups.values()), kernels.combined(size, groups.values()))
+        family_at = [k for k, entry in enumerate(self.weight_entries) if entry.family]
+        family_ratios = kernels.ratio(change[family_at], size[family_at]) if family_at else torch.zeros(0, dtype=torch.float64)
+        host = torch.cat([layer_ratios, family_ratios]).cpu().tolist()
+        columns: dict[str, Column] = {"update_ratio": dict(zip(groups, host))}
+        for k, value in zip(family_at, host[len(groups) :]):
+            entry = self.weight_entries[k]
+            columns.setdefault(f"{entry.family}_update_ratio", {})[entry.key] = value
+        return columns
 
     # -- rows -------------------------------------------------------------------------------
 
@@ -376,22 +236,44 @@ class Probe:
                 factors[site.key] = dact[site.key] * weight_abs[following.key]
         return factors
 
+    def columns_written(self, columns: dict[str, Column]) -> list[str]:
+        """The quantity columns of this model's layers.csv rows (the header's, after its keys)."""
+        return [*QUANTITIES, *(q for q in RESIDUAL if q in columns), *NORM]
+
     def rows(self, step: int, columns: dict[str, Column]) -> list[dict]:
         """One layers.csv row per declared layer; a quantity not measured (or not existing) stays None."""
         columns = {**columns, "dact_factor": self._dact_factors(columns)}
-        measured = [(quantity, columns.get(quantity, {})) for quantity in QUANTITIES]
-        measured += [(quantity, columns[quantity]) for quantity in RESIDUAL if quantity in columns]  # residual models only
-        measured += [(quantity, columns.get(quantity, {})) for quantity in NORM]  # written where the header has them
-        rows = []
-        for site in self.sites:
-            row = {"step": step, "layer": site.layer, "name": site.name, "kind": site.kind}
-            for quantity, column in measured:
-                row[quantity] = column.get(site.key)
-            rows.append(row)
-        return rows
+        return layer_rows(step, self.sites, columns, self.columns_written(columns))
 
 
-_WEIGHT_ABS_MEAN = "weight_abs_mean"  # not a column: what dact_factor multiplies dact_mean by
+def _groups(entries: list[_Parameter]) -> dict[SiteKey, list[int]]:
+    """The indices of `entries` that belong to each layer, layers in order."""
+    groups: dict[SiteKey, list[int]] = {}
+    for k, entry in enumerate(entries):
+        groups.setdefault(entry.key, []).append(k)
+    return groups
+
+
+def _by_family(pending: PendingMeasurement, quantity: str, entries: list[_Parameter], values: torch.Tensor) -> None:
+    """A layer's column (all its weights together: one weight's norm as it is, several weights' as
+    the norm of their norms, the Frobenius norm of all of them) and, for the weights of a family
+    ('ih', 'hh'), the family's column <family>_<quantity>."""
+    groups = _groups(entries)
+    pending.columns[quantity] = (list(groups), kernels.combined(values, groups.values()), 1.0)
+    family_at = [k for k, entry in enumerate(entries) if entry.family]
+    for k in family_at:
+        entry = entries[k]
+        keys, column, divisors = pending.columns.setdefault(f"{entry.family}_{quantity}", ([], [], []))
+        keys.append(entry.key)
+        column.append(values[k])
+        divisors.append(1.0)
+
+
+def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Share of examples whose largest output is the label; nan (an empty cell) for a regression."""
+    if y.is_floating_point():  # a regression (adding): accuracy does not exist
+        return torch.full((), math.nan, device=logits.device)
+    return (logits.detach().argmax(dim=1) == y).float().mean()  # labels (B,), or per step (B, T)
 
 
 @dataclass
@@ -411,9 +293,9 @@ def _norm_parts(layers: list[Layer], position: dict[int, int]) -> _NormParts:
     parts = _NormParts()
     for layer in layers:
         key = layer.site.key
-        norm = getattr(layer.module, "norm", None)
-        if isinstance(norm, nn.Module):
-            inner = getattr(norm, "inner", norm)  # components._UnitsAsChannels
+        norm_layer = getattr(layer.module, "norm", None)
+        if isinstance(norm_layer, nn.Module):
+            inner = getattr(norm_layer, "inner", norm_layer)  # components._UnitsAsChannels
             for attr, value_column, grad_column in (("weight", "norm_weight_norm", "norm_weight_grad_norm"), ("bias", "norm_bias_norm", "norm_bias_grad_norm")):
                 param = getattr(inner, attr, None)
                 if isinstance(param, nn.Parameter):
@@ -430,65 +312,3 @@ def _norm_parts(layers: list[Layer], position: dict[int, int]) -> _NormParts:
         if isinstance(act, nn.PReLU):
             parts.prelu.append((key, act.weight))
     return parts
-
-
-class _Locator:
-    """A Tap that keeps every tensor of the forward pass, in order, to find the first non-finite one."""
-
-    def __init__(self):
-        self.forward: list[tuple[str, Site, Role, torch.Tensor]] = []
-
-    def tensor(self, site: Site, role: Role, label: str, value: torch.Tensor) -> None:
-        if role == "output":
-            return  # what the block passes on is the next block's input: its own tensors are listed
-        if role in ("preactivation", "logits"):
-            value.retain_grad()
-        self.forward.append((label, site, role, value))
-
-    def activation(self, site, act, activation, u, y) -> None:
-        pass
-
-
-def locate_non_finite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn) -> dict:
-    """Where the first non-finite value of a step appears.
-
-    Replays the step's forward and backward on the same batch and scans in the order the step
-    computes: parameters (corrupted by an earlier update), then the tensors the model taps at its
-    sites in forward order, then the loss, then gradients from the head back toward the input.
-    Returns {layer, name, tensor}; `tensor` names what held the value.
-    """
-    layers: list[Layer] = model.measured_layers()
-    last = layers[-1].site
-
-    def found(what: str, site: Site) -> dict:
-        return {"layer": site.layer, "name": site.name, "tensor": what}
-
-    site_of = {id(p): layer.site for layer in layers for p in layer.module.parameters()}
-    params_of: dict[Site, list[tuple[str, torch.Tensor]]] = {}
-    for name, param in model.named_parameters():
-        site = site_of.get(id(param), last)
-        if not torch.isfinite(param).all():
-            return found(f"{name} (parameter)", site)
-        params_of.setdefault(site, []).append((name, param))
-
-    locator = _Locator()
-    model.slot.tap = locator
-    try:
-        model.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        for what, site, _, tensor in locator.forward + [("loss", last, None, loss)]:
-            if not torch.isfinite(tensor).all():
-                return found(what, site)
-        loss.backward()
-    finally:
-        model.slot.tap = None
-
-    backward: list[tuple[str, Site, torch.Tensor | None]] = []
-    for what, site, role, tensor in reversed(locator.forward):
-        if role in ("preactivation", "logits"):
-            backward.append((f"{what} gradient" + (" (delta)" if role == "preactivation" else ""), site, tensor.grad))
-            backward += [(f"{name}.grad", site, p.grad) for name, p in params_of.get(site, [])]
-    for what, site, grad in backward:
-        if grad is not None and not torch.isfinite(grad).all():
-            return found(what, site)
-    return found("none found on replay (the value was transient)", last)

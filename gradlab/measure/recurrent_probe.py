@@ -1,6 +1,6 @@
 """The probe of a recurrent stack: layers.csv rows per layer and timesteps.csv rows per (layer, t).
 
-It measures what probes.Probe measures, on the same logged steps and with the same single host
+It measures what probe.Probe measures, on the same logged steps and with the same single host
 transfer, and adds what only a recurrent layer has:
 
 - a layer has two weights, W_ih and W_hh (and two biases): each gets its own columns (ih_*, hh_*),
@@ -12,7 +12,8 @@ transfer, and adds what only a recurrent layer has:
   = ||h_t||, each over the whole batch, and per gate the mean value and the saturated fraction; for
   rnn the activation's saturated fraction at t;
 - a layer's delta_norm in layers.csv is ||dL/da|| over all its time steps:
-  sqrt(sum_t ||dL/da_t||^2); for rnn its saturated_frac is the share of (example, t, unit) triples in
+  sqrt(sum_t ||dL/da_t||^2), and its delta_rms counts the time steps as positions (kernels.py);
+  for rnn its saturated_frac is the share of (example, t, unit) triples in
   a flat tail of the activation (equal counts per t, so the mean over t; empty for activations
   without a saturating tail, as in feed-forward layers), its dead_frac the share of units whose
   f'(a_t) is 0 at every t of every example (lstm and gru report their gates instead and leave both
@@ -27,55 +28,29 @@ through time computes it.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from gradlab.build.recurrent import GATE_ACTIVATION, Recurrent
-from gradlab.build.sites import Layer, Role, Site
-from gradlab.measure.probe import (
-    SATURATION_THRESHOLD,
-    Column,
-    PendingMeasurement,
-    Probe,
-)
-from gradlab.theory.activations import ACTIVATIONS, region_counts, saturation_mask
-from gradlab.vocab.quantities import GROUPS, RECURRENT_LAYERS_COLUMNS, TIMESTEPS_COLUMNS
-
-SiteKey = tuple[int, "int | None"]
-
+from gradlab.build.recurrent import Recurrent
+from gradlab.build.sites import Role, Site
+from gradlab.measure import kernels
+from gradlab.measure.norms import norms
+from gradlab.measure.pending import Column, PendingMeasurement, SiteKey
+from gradlab.measure.probe import Probe
+from gradlab.measure.rows import timestep_rows
+from gradlab.theory.activations import ACTIVATIONS, region_counts
+from gradlab.vocab.quantities import GROUPS, RECURRENT_LAYERS_COLUMNS, SATURATION_THRESHOLD, TIMESTEPS_COLUMNS, TIMESTEPS_KEYS
 
 
 class RecurrentProbe(Probe):
     """Measures a recurrent stack's declared layers and their time steps on the steps it is attached to."""
 
     def __init__(self, model: nn.Module, groups: list[str] | tuple[str, ...] = GROUPS, saturation_threshold: float = SATURATION_THRESHOLD):
-        # Not Probe.__init__: a recurrent layer declares two weights ('ih', 'hh'), the head one ('').
-        unknown = set(groups) - set(GROUPS)
-        assert not unknown, unknown
-        self.model = model
-        self.groups = set(groups)
-        self.saturation_threshold = saturation_threshold  # t: |f'| < t * sup |f'| (log.saturation_threshold)
-        self.layers: list[Layer] = model.measured_layers()
-        self.sites = [layer.site for layer in self.layers]
-        self.parameters = list(model.parameters())
-        position = {id(p): k for k, p in enumerate(self.parameters)}
-        # every weight as (site key, family, parameter); a layer's families are '' or 'ih' and 'hh'
-        self.weight_entries = [(layer.site.key, family, w) for layer in self.layers for family, w in layer.weights.items()]
-        self.weights = [w for _, _, w in self.weight_entries]
-        self.weight_at = [position[id(w)] for w in self.weights]
-        self.bias_entries = [
-            (layer.site.key, family, position[id(b)]) for layer in self.layers for family, b in layer.biases.items() if b is not None
-        ]
-        self._pending = PendingMeasurement()
-        self._weights_before: list[torch.Tensor] | None = None
-        self._snapshot_taken = False
-        self._weight_norms: torch.Tensor | None = None
+        super().__init__(model, groups, saturation_threshold)  # a recurrent layer's weights: families 'ih', 'hh'
         self._reset_step()
 
     def _reset_step(self) -> None:
-        self._delta_parts: dict[SiteKey, list[torch.Tensor]] = {}  # a_t's gradient norms, by part (gru: two)
+        self._delta_parts: dict[SiteKey, list[torch.Tensor]] = {}  # a_t's gradients, by part (gru: two)
         self._time_sites: dict[SiteKey, Site] = {}  # every (layer, t) tapped this step
         self._alive: dict[int, torch.Tensor] = {}  # rnn: units active on some (example, t), per layer
         self._inactive: dict[int, list[tuple[torch.Tensor, int]]] = {}  # rnn: per layer and t, (pairs with a_t <= 0, pairs)
@@ -98,7 +73,7 @@ class RecurrentProbe(Probe):
         if role == "preactivation":
             if "deltas" in self.groups and value.requires_grad:
                 parts = self._delta_parts.setdefault(site.key, [])
-                value.register_hook(parts.append)  # the gradient itself; its norm is taken in measure
+                value.register_hook(parts.append)  # the gradient itself; reduced in measure
         elif role in ("hidden", "cell"):
             if "deltas" in self.groups and value.requires_grad:
                 value.register_hook(self._keep_hook(f"{role}_delta_norm", site))
@@ -132,132 +107,69 @@ class RecurrentProbe(Probe):
 
         return hook
 
+    # -- after backward -----------------------------------------------------------------------
+
+    def _measure_more(self, pending: PendingMeasurement) -> None:
+        with torch.no_grad():
+            self._reduce_time_steps(pending)
+            self._measure_deltas(pending)
+        self._measure_layer_regions(pending)
+
     def _reduce_time_steps(self, pending: PendingMeasurement) -> None:
         """The time-step quantities from what forward and backward kept, in batched calls: gradient
-        norms with one _foreach_norm, h_t's norms and each gate's mean and saturated count over a
+        norms in one call per quantity, h_t's norms and each gate's mean and saturated count over a
         stack of its values (equal shapes: batch x width at every step of every layer)."""
         for quantity, kept in self._grads.items():
-            for (site, _), norm in zip(kept, torch._foreach_norm([grad for _, grad in kept])):
-                pending.add(quantity, site, norm)
+            for (site, _), value in zip(kept, norms([grad for _, grad in kept])):
+                pending.add(quantity, site, value)
         for role, kept in self._values.items():
             keys = [site.key for site, _ in kept]
             stacked = torch.stack([value for _, value in kept])  # (steps of all layers, B, H)
             if role == "hidden":
-                pending.columns["hidden_norm"] = (keys, torch.linalg.vector_norm(stacked, dim=(1, 2)), 1.0)
+                pending.columns["hidden_norm"] = (keys, kernels.hidden_norms(stacked), 1.0)
                 continue
             gate = role[: -len("_gate")]
-            saturated = saturation_mask(GATE_ACTIVATION[gate], None, stacked, stacked, self.saturation_threshold)
-            pending.columns[f"{gate}_mean"] = (keys, stacked.mean(dim=(1, 2)), 1.0)
-            pending.columns[f"{gate}_saturated_frac"] = (keys, saturated.sum(dim=(1, 2)), float(stacked[0].numel()))
+            mean, saturated = kernels.gate_statistics(gate, stacked, self.saturation_threshold)
+            pending.columns[f"{gate}_mean"] = (keys, mean, 1.0)
+            pending.columns[f"{gate}_saturated_frac"] = (keys, saturated, float(stacked[0].numel()))
 
-    # -- after backward -----------------------------------------------------------------------
+    def _measure_deltas(self, pending: PendingMeasurement) -> None:
+        """delta_norm at each (layer, t), and each layer's delta_norm and delta_rms over its steps."""
+        if not self._delta_parts:
+            return
+        keys = sorted(self._delta_parts)
+        part_norms = iter(norms([grad for key in keys for grad in self._delta_parts[key]]))
+        per_layer: dict[int, list[tuple[torch.Tensor, list[torch.Tensor]]]] = {}
+        for key in keys:
+            parts = self._delta_parts[key]
+            value = kernels.step_delta(torch.stack([next(part_norms) for _ in parts]))
+            pending.add("delta_norm", self._time_sites[key], value)
+            per_layer.setdefault(key[0], []).append((value, parts))
+        for layer, steps in per_layer.items():
+            measured = kernels.delta_through_time(torch.stack([value for value, _ in steps]), [parts for _, parts in steps])
+            self._add(self.sites[layer], measured)
 
-    def measure(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> PendingMeasurement:
-        pending = self._pending
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.parameters]
-        grad_norms = torch._foreach_norm(grads)
-        self._weight_norms = None
-        if "weights" in self.groups:
-            self._weight_norms = torch.stack(torch._foreach_norm([w.detach() for w in self.weights]))
-            weight_grads = torch.stack([grad_norms[k] for k in self.weight_at])
-            self._by_family(pending, "weight_norm", [key for key, _, _ in self.weight_entries], [f for _, f, _ in self.weight_entries], self._weight_norms)
-            self._by_family(pending, "weight_grad_norm", [key for key, _, _ in self.weight_entries], [f for _, f, _ in self.weight_entries], weight_grads)
-            if self.bias_entries:
-                bias_grads = torch.stack([grad_norms[k] for _, _, k in self.bias_entries])
-                self._by_family(pending, "bias_grad_norm", [key for key, _, _ in self.bias_entries], [f for _, f, _ in self.bias_entries], bias_grads)
-        with torch.no_grad():
-            self._reduce_time_steps(pending)
-        if self._delta_parts:
-            per_layer: dict[int, list[torch.Tensor]] = {}
-            keys = sorted(self._delta_parts)
-            part_norms = iter(torch._foreach_norm([grad for key in keys for grad in self._delta_parts[key]]))
-            for key in keys:
-                parts = [next(part_norms) for _ in self._delta_parts[key]]
-                norm = parts[0] if len(parts) == 1 else torch.linalg.vector_norm(torch.stack(parts))
-                pending.add("delta_norm", self._time_sites[key], norm)
-                per_layer.setdefault(key[0], []).append(norm)
-            for layer, norms in per_layer.items():
-                pending.add("delta_norm", self.sites[layer], torch.linalg.vector_norm(torch.stack(norms)))
+    def _measure_layer_regions(self, pending: PendingMeasurement) -> None:
+        """rnn: a layer's saturated_frac, dead_frac and inactive_frac over every (example, t, unit)."""
         saturated = pending.columns.get("saturated_frac")
-        for layer, alive in self._alive.items():  # rnn: over every (example, t, unit) of the layer
+        for layer, alive in self._alive.items():
             picks = [k for k, key in enumerate(saturated[0]) if key[0] == layer] if saturated else []
             if picks:  # equal counts per t: the share over all triples
                 count = torch.stack([saturated[1][k] for k in picks]).sum()
                 pending.add("saturated_frac", self.sites[layer], count, sum(saturated[2][k] for k in picks))
             pending.add("dead_frac", self.sites[layer], alive.sum(), alive.numel(), complement=True)
-        for layer, counts in self._inactive.items():  # rnn: over every (example, t, unit) of the layer
+        for layer, counts in self._inactive.items():
             pending.add("inactive_frac", self.sites[layer], torch.stack([count for count, _ in counts]).sum(), sum(n for _, n in counts))
-        pending.extras["loss"] = loss.detach()
-        if y.is_floating_point():  # a regression (adding): accuracy does not exist, an empty cell
-            pending.extras["accuracy"] = torch.full((), math.nan, device=loss.device)
-        else:  # a label per example, or per step (B, T) with logits (B, classes, T)
-            pending.extras["accuracy"] = (logits.detach().argmax(dim=1) == y).float().mean()
-        pending.extras["grad_norm"] = torch.linalg.vector_norm(torch.stack(grad_norms))
-        return pending
-
-    @staticmethod
-    def _by_family(pending: PendingMeasurement, quantity: str, keys: list[SiteKey], families: list[str], norms: torch.Tensor) -> None:
-        """Per-family columns (ih_<quantity>, hh_<quantity>) and the layer's own: a single weight's
-        norm as it is, several weights' as the norm of their norms (the Frobenius norm of all of them)."""
-        per_site: dict[SiteKey, list[int]] = {}
-        for k, (key, family) in enumerate(zip(keys, families)):
-            per_site.setdefault(key, []).append(k)
-            if family:
-                column = pending.columns.setdefault(f"{family}_{quantity}", ([], [], []))
-                column[0].append(key)
-                column[1].append(norms[k])
-                column[2].append(1.0)
-        sites = list(per_site)
-        combined = [norms[ks[0]] if len(ks) == 1 else torch.linalg.vector_norm(norms[ks]) for ks in per_site.values()]
-        pending.columns[quantity] = (sites, torch.stack(combined), 1.0)
-
-    # -- around the optimizer step ------------------------------------------------------------
-
-    def update_ratios(self) -> dict[str, Column]:
-        """update_ratio per layer (all its weights together) and ih_/hh_update_ratio per family."""
-        if not self._snapshot_taken:
-            return {}
-        self._snapshot_taken = False
-        before = self._weights_before
-        size = self._weight_norms if self._weight_norms is not None else torch.stack(torch._foreach_norm(before))
-        torch._foreach_sub_(before, [w.detach() for w in self.weights])
-        change = torch.stack(torch._foreach_norm(before))
-        size_host, change_host = torch.stack([size, change]).double().cpu().tolist()
-        columns: dict[str, Column] = {"update_ratio": {}}
-        per_site: dict[SiteKey, list[int]] = {}
-        for k, (key, family, _) in enumerate(self.weight_entries):
-            per_site.setdefault(key, []).append(k)
-            if family:
-                columns.setdefault(f"{family}_update_ratio", {})[key] = change_host[k] / size_host[k]
-        for key, ks in per_site.items():
-            if len(ks) == 1:
-                columns["update_ratio"][key] = change_host[ks[0]] / size_host[ks[0]]
-            else:
-                columns["update_ratio"][key] = math.sqrt(sum(change_host[k] ** 2 for k in ks)) / math.sqrt(sum(size_host[k] ** 2 for k in ks))
-        return columns
 
     # -- rows ---------------------------------------------------------------------------------
 
-    def rows(self, step: int, columns: dict[str, Column]) -> list[dict]:
-        """One layers.csv row per declared layer, with the ih_/hh_ columns of a recurrent run."""
-        rows = []
-        for site in self.sites:
-            row = {"step": step, "layer": site.layer, "name": site.name, "kind": site.kind}
-            for quantity in RECURRENT_LAYERS_COLUMNS[len(row) :]:
-                row[quantity] = columns.get(quantity, {}).get(site.key)
-            rows.append(row)
-        return rows
+    def columns_written(self, columns: dict[str, Column]) -> list[str]:
+        return RECURRENT_LAYERS_COLUMNS[len(("step", "layer", "name", "kind")) :]
 
     def timestep_rows(self, step: int, columns: dict[str, Column]) -> list[dict]:
         """One timesteps.csv row per (recurrent layer, t) tapped this step, layer then t ascending."""
-        rows = []
-        for key in sorted(self._time_sites):
-            site = self._time_sites[key]
-            row = {"step": step, "layer": site.layer, "name": site.name, "t": site.t}
-            for quantity in TIMESTEPS_COLUMNS[len(row) :]:
-                row[quantity] = columns.get(quantity, {}).get(key)
-            rows.append(row)
-        return rows
+        sites = [self._time_sites[key] for key in sorted(self._time_sites)]
+        return timestep_rows(step, sites, columns, TIMESTEPS_COLUMNS[len(TIMESTEPS_KEYS) :])
 
 
 def probe_for(model: nn.Module, groups: list[str] | tuple[str, ...] = GROUPS, saturation_threshold: float = SATURATION_THRESHOLD) -> Probe:

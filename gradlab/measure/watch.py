@@ -54,7 +54,7 @@ a probes.PendingMeasurement and fetched at `w.step()`; `loss` and `accuracy` may
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +65,10 @@ import yaml
 from torch import nn
 
 from gradlab.build.sites import Role, Site
-from gradlab.measure.probe import PendingMeasurement
+from gradlab.measure import kernels
+from gradlab.measure.norms import norm, norm_of, norms
+from gradlab.measure.pending import PendingMeasurement
+from gradlab.measure.rows import layer_rows
 from gradlab.records.run import RunRecords, new_run_dir, prepare_out_dir
 from gradlab.vocab.errors import ConfigError
 from gradlab.vocab.quantities import QUANTITIES
@@ -224,9 +227,9 @@ class Watch:
             # kernel instead of one per layer; on the CPU the same per-tensor norm)
             called = list({self._site_module[site].name: self._site_module[site] for site in self._touched}.values())
             weights = [w.detach() for watched in called for w in watched.weights]
-            norms = iter(torch._foreach_norm(weights)) if weights else iter(())
+            weight_norms = iter(norms(weights))
             for watched in called:
-                self._weight_norms[watched.name] = _norm_of([next(norms) for _ in watched.weights])
+                self._weight_norms[watched.name] = norm_of([next(weight_norms) for _ in watched.weights])
             if "weights" in self.groups:
                 for site in self._touched:
                     self._pending.add("weight_norm", site, self._weight_norms[self._site_module[site].name])
@@ -265,29 +268,23 @@ class Watch:
         """Not tapped: an arbitrary model declares no activation of its own (see the module docstring)."""
 
     def _delta_hook(self, site: Site):
+        # a channel is dim 1 of a convolution's output, the last dim of a Linear's (whose middle
+        # dims, a sequence's, are positions)
         conv = isinstance(self._site_module[site].module, nn.modules.conv._ConvNd)
+        units = kernels.UNITS_FIRST if conv else kernels.UNITS_LAST
 
         def hook(grad: torch.Tensor) -> None:
             if site in self._deltas:  # a second backward through the same graph: the first counts
                 return
             self._deltas.add(site)
-            norm = _norm(grad)
-            self._pending.add("delta_norm", site, norm)
-            if "delta_rms" in QUANTITIES and grad.dim() >= 2:
-                # delta_rms (quantities.py) = sqrt(B) * || sum over positions of |dL/dz| ||, B the
-                # first dimension; a channel is dim 1 of a convolution's output, the last dim of
-                # a Linear's (whose middle dims, a sequence's, are positions)
-                if conv and grad.dim() > 2:
-                    norm = _norm(grad.abs().sum(dim=tuple(range(2, grad.dim()))))
-                elif not conv and grad.dim() > 2:
-                    norm = _norm(grad.abs().sum(dim=tuple(range(1, grad.dim() - 1))))
-                self._pending.add("delta_rms", site, norm, 1 / math.sqrt(grad.shape[0]))
+            for m in kernels.delta(grad, units):
+                self._pending.add(m.quantity, site, m.value, m.divisor)
 
         return hook
 
     def _keep_grad_norm(self, param: torch.Tensor) -> None:
         # the norm of the accumulated gradient (the last call wins: several backward passes add up)
-        self._grad_norms[id(param)] = _norm(param.grad)
+        self._grad_norms[id(param)] = norm(param.grad)
 
     def _updated_weights(self) -> list[nn.Parameter]:
         seen, weights = set(), []
@@ -318,7 +315,7 @@ class Watch:
         weights, buffers = before
         if weights:
             torch._foreach_sub_(buffers, [w.detach() for w in weights])  # now W_before - W_after
-            for w, change in zip(weights, torch._foreach_norm(buffers)):
+            for w, change in zip(weights, norms(buffers)):
                 self._changes[id(w)] = change
         self._before = None
 
@@ -381,25 +378,21 @@ class Watch:
             if "weights" in self.groups:
                 grads = [grad_norms.get(id(w)) for w in watched.weights]
                 if all(g is not None for g in grads):
-                    pending.add("weight_grad_norm", site, _norm_of(grads))
+                    pending.add("weight_grad_norm", site, norm_of(grads))
                 bias_grads = [grad_norms.get(id(b)) for b in watched.biases]
                 if bias_grads and all(g is not None for g in bias_grads):
-                    pending.add("bias_grad_norm", site, _norm_of(bias_grads))
+                    pending.add("bias_grad_norm", site, norm_of(bias_grads))
             changes = [self._changes.get(id(w)) for w in watched.weights]
             if "updates" in self.groups and all(c is not None for c in changes):
-                pending.add("update_ratio", site, _norm_of(changes) / self._weight_norms[watched.name])
+                pending.add("update_ratio", site, kernels.ratio(norm_of(changes), self._weight_norms[watched.name]))
         if grad_norms:
-            pending.extras["grad_norm"] = _norm_of(list(grad_norms.values()))
+            pending.extras["grad_norm"] = norm_of(list(grad_norms.values()))
         _add_extras(pending, loss=loss, accuracy=accuracy)
         columns, extras = pending.fetch()  # the one device -> host transfer of this step
         if self._tapped:
-            rows = []
             last = len(self.sites) - 1
-            for site in self.sites:
-                row = {"step": self.steps, "layer": site.layer, "name": site.name, "kind": "head" if site.layer == last else "hidden"}
-                row.update({quantity: columns.get(quantity, {}).get(site.key) for quantity in QUANTITIES})
-                rows.append(row)
-            self.records.layers.write(rows)
+            sites = [dataclasses.replace(site, kind="head") if site.layer == last else site for site in self.sites]
+            self.records.layers.write(layer_rows(self.steps, sites, columns, list(QUANTITIES)))
         values = {**_plain(loss=loss, accuracy=accuracy), **extras}
         self.records.metrics.write([self._metrics_row("train", values, grad_norm=values.get("grad_norm"))])
         if time.perf_counter() - self._meta_written > META_EVERY_S:
@@ -433,19 +426,6 @@ def watch(
     Returns a `Watch`: call `w.step(loss=..., accuracy=...)` after each optimizer step, and
     `w.close()` at the end, or use it as a context manager."""
     return Watch(model, out, every, name, optimizer=optimizer, groups=groups, seed=seed, expect=expect)
-
-
-def _norm(tensor: torch.Tensor) -> torch.Tensor:
-    """||tensor||, in float32 at least: a half-precision gradient's norm can pass float16's largest
-    value (65504) when its entries do not, e.g. under a GradScaler's loss scale."""
-    if tensor.dtype in (torch.float16, torch.bfloat16):
-        return torch.linalg.vector_norm(tensor, dtype=torch.float32)
-    return torch.linalg.vector_norm(tensor)
-
-
-def _norm_of(norms: list[torch.Tensor]) -> torch.Tensor:
-    """The norm of several tensors together, from their norms (one norm: itself)."""
-    return norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms))
 
 
 def _add_extras(pending: PendingMeasurement, **values: Number) -> None:

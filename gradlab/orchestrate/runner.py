@@ -205,7 +205,7 @@ def run_experiment(
 def _train(exp, emit, device, data, run_dir, index, stop_poll, threads) -> RunResult:
     """run_experiment's training, with the thread count set."""
     from gradlab.build.data import Batches
-    from gradlab.measure.probe import locate_non_finite
+    from gradlab.measure.locate import locate_non_finite
     from gradlab.orchestrate.train import Trainer
 
     trainer = Trainer(exp, device, data)  # places the data (on a GPU: on the device, or pinned)
