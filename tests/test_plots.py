@@ -9,7 +9,6 @@ import pytest
 
 from gradlab.show import plots
 from gradlab.records import run as records
-from gradlab.vocab.errors import RunError
 from run_factory import layer_rows, metric_rows, real_run, resolved_config, write_run, STABLE
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -113,9 +112,9 @@ def test_a_relu_runs_inactive_units_are_drawn_where_saturated_frac_is_empty(tmp_
     assert data_lines(saturated_axes) == [] and [t.get_text() for t in saturated_axes.texts] == ["no saturated_frac recorded"]
 
 
-def test_plot_runs_writes_valid_pngs_of_sensible_size(tmp_path):
+def test_saved_figures_are_valid_pngs_of_sensible_size(tmp_path):
     runs = make_runs(tmp_path / "runs")
-    paths = plots.plot_runs([run.dir for run in runs], tmp_path / "figures")
+    paths = plots.save_figures(plots.build_figures(records.load_runs([run.dir for run in runs]).runs), tmp_path / "figures")
     assert [p.name for p in paths] == [f"{stem}.png" for stem in plots.FIGURES]
     for path in paths:
         assert path.read_bytes()[:8] == PNG_MAGIC
@@ -140,12 +139,17 @@ def test_runs_without_delta_norm_say_so_instead_of_drawing(tmp_path):
     assert [t.get_text() for t in figure.axes[0].texts] == ["no delta_norm recorded"]
 
 
-def test_plot_runs_refuses_unreadable_runs(tmp_path):
+def test_plot_refuses_unreadable_runs(tmp_path):
+    from typer.testing import CliRunner
+
+    from gradlab.cli.app import app
+
     config = resolved_config("broken", depth=2)
     run_dir = write_run(tmp_path, config, layer_rows(0, [1.0, 1.0]), METRICS)
     (run_dir / "metrics.csv").unlink()
-    with pytest.raises(RunError, match="no metrics.csv"):
-        plots.plot_runs([run_dir], tmp_path / "figures")
+    result = CliRunner().invoke(app, ["plot", str(run_dir), "--output", str(tmp_path / "figures")])
+    assert result.exit_code == 2 and "no metrics.csv" in result.stderr
+    assert not (tmp_path / "figures").exists() or not any((tmp_path / "figures").iterdir())
 
 
 def test_theory_is_drawn_dashed_at_step_0_anchored_at_the_last_hidden_layer(tmp_path):

@@ -330,12 +330,6 @@ IDX_IMAGES = 2051  # 0x00000803: unsigned bytes, 3 dimensions (count, rows, cols
 IDX_LABELS = 2049  # 0x00000801: unsigned bytes, 1 dimension (count)
 
 
-def _read_maybe_gzip(path: Path, kind: str) -> bytes:
-    """The file's bytes, decompressed when it is gzip (recognised by its magic bytes, not its name)."""
-    with _open_maybe_gzip(path, kind) as file:
-        return _guarded_read(file, path, kind, -1)
-
-
 class _open_maybe_gzip:
     """The file opened for reading, through gzip when it is gzip (its magic bytes, not its name)."""
 

@@ -68,8 +68,6 @@ GATE_ACTIVATION: dict[str, str] = {
     "reset": "sigmoid", "update": "sigmoid", "new": "tanh",
 }  # fmt: skip
 BLOCKS: dict[str, int] = {"rnn": 1, "lstm": 4, "gru": 3}  # row blocks of the weight matrices
-KINDS = tuple(BLOCKS)
-READOUTS = ("last", "every")
 DEFAULT_INIT = "default"
 
 

@@ -2,7 +2,6 @@
 
     build_figures(runs)          {file stem: Figure}, nothing written (tests inspect these)
     save_figures(figures, dir)   the PNG paths
-    plot_runs(run_dirs, dir)     both, from run directories (what `gradlab run --plot` calls)
 
 Figures are `matplotlib.figure.Figure` objects drawn on an Agg canvas, never pyplot: no GUI
 backend is needed or touched (a notebook's backend is left alone), and nothing is kept in
@@ -25,7 +24,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from gradlab.analysis import configdiff
-from gradlab.records.run import Run, load_runs
+from gradlab.records.run import Run
 from gradlab.vocab.errors import RunError
 
 FIGURES = {
@@ -451,12 +450,6 @@ def aggregated_saturation(runs: Sequence[Run], stack=None) -> Figure:
 # Along time: recurrent runs (timesteps.csv)
 # --------------------------------------------------------------------------------------------
 
-TIME_FIGURES = {
-    "time_profile_hidden_delta_norm": "hidden_delta_norm = ||dL/dh_t|| (log scale) against time step t on the last recurrent layer, at step 0 and at the last step",
-    "heatmap_time_hidden_delta_norm": "log10 hidden_delta_norm over time step t x training step on the last recurrent layer, one panel per run",
-}
-
-
 def _time_rows(run: Run):
     """The last recurrent layer's rows of timesteps.csv (None for a feed-forward run)."""
     timesteps = run.timesteps
@@ -559,12 +552,3 @@ def save_figures(figures: dict[str, Figure], out_dir: str | Path) -> list[Path]:
         figure.savefig(path)
         paths.append(path)
     return paths
-
-
-def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> list[Path]:
-    """Draw the figures of the given runs into `out_dir`. A run that cannot be read is an error
-    here (this is called for runs just made); `gradlab plot` reports and skips such runs instead."""
-    loaded = load_runs(run_dirs)
-    if loaded.skipped:
-        raise RunError(*loaded.skipped)
-    return save_figures(build_figures(loaded.runs), out_dir)

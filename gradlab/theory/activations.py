@@ -423,25 +423,6 @@ def saturation_mask(name: str, act: "nn.Module", u: "torch.Tensor", y: "torch.Te
     return record.derivative(act, u, y).abs() < threshold * maximum
 
 
-def activity_counts(name: str, act: "nn.Module", u: "torch.Tensor", y: "torch.Tensor", threshold: float) -> tuple["torch.Tensor", "torch.Tensor"]:
-    """(unsaturated (example, unit) pairs, units not dead) as 0-d tensors, for u and y of shape
-    (B, C[, H, W]): the complements of the saturated and dead counts, which the host takes.
-
-    A unit is dim 1 (a channel in a CNN, whose pairs are all its positions); it is dead when
-    saturated at every position of every example. Counting what is active lets ReLU skip the mask.
-    """
-    unit_dims = (0, *range(2, u.dim()))
-    if name == "relu":
-        # relu' is 1 exactly where y = relu(u) > 0: read it off y, skipping the derivative. (Timed in
-        # the forward pass on the CPU, `(y > 0).sum()` beats both the general mask and count_nonzero.)
-        return (y > 0).sum(), (y.amax(dim=unit_dims) > 0).sum()
-    active = ~saturation_mask(name, act, u, y, threshold)
-    alive = active.any(dim=0)  # (C[, H, W]): active on some example
-    if alive.dim() > 1:
-        alive = alive.flatten(1).any(dim=1)  # (C,): ... at some position
-    return active.sum(), alive.sum()
-
-
 def region_counts(name: str, act: "nn.Module", u: "torch.Tensor", y: "torch.Tensor", threshold: float) -> dict[str, "torch.Tensor"]:
     """This activation's counts on one forward pass, as 0-d tensors still on the device (u, y of
     shape (B, C[, H, W]); a unit is dim 1, a channel of a CNN):

@@ -45,7 +45,6 @@ from gradlab.theory.gaussian import gauss_hermite  # noqa: F401  (theory.gauss_h
 from gradlab.theory import gaussian
 
 # Re-exported from gradlab.theory.gaussian, where the rule is designed and documented.
-DEFAULT_NODES = gaussian.NODES
 DEFAULT_NODES_2D = gaussian.NODES_2D
 HERMITE_NODES = gaussian.HERMITE_NODES
 Z_MAX = gaussian.Z_MAX

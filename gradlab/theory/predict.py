@@ -65,7 +65,6 @@ from gradlab.vocab import specs
 # network. `expect: {layer_factor: {within_theory: x}}` sets its own.
 DEPARTS_TOLERANCE = 0.05
 
-SYNTHETIC_VECTORS = ("gaussian", "teacher", "spirals")
 SPIRAL_JITTER = 0.1  # data.py's SPIRAL_JITTER (tests/test_predict.py checks they agree)
 
 SOURCES = {

@@ -18,6 +18,10 @@ from typing import Literal
 GROUPS = ("weights", "deltas", "activations", "updates")
 Group = Literal["weights", "deltas", "activations", "updates"]
 
+# "A derivative below 5% of its maximum": the default of log.saturation_threshold, the t of
+# saturated_frac (theory.activations.Regions).
+SATURATION_THRESHOLD = 0.05
+
 # Where a measured quantity is taken: a site of the model (see sites.py). A feed-forward block's
 # sites are its weight-bearing module (`layer`), the output z of that module before normalization and
 # activation (`preactivation`), and what the block passes on (`output`).
@@ -156,11 +160,6 @@ METRICS_COLUMNS: dict[str, str] = {
     "lr": "the learning rate of the optimizer's first parameter group for this step's update (train rows) or the next update (test rows): with optim.schedule, lr * schedule factor",
     "time_s": "seconds since training started",
 }
-
-
-def in_group(group: str) -> list[str]:
-    """The measured quantities a `log.probes` group turns on."""
-    return [q.name for q in LAYER_QUANTITIES if q.group == group]
 
 
 # --------------------------------------------------------------------------------------------
