@@ -42,6 +42,7 @@ from gradlab.vocab.quantities import (
     GROUPS,
     PROFILE_QUANTITIES,
     RECURRENT_KINDS,
+    SATURATION_THRESHOLD,
     STATUSES,
     SUMMARY_QUANTITIES,
     TIME_QUANTITIES,
@@ -294,7 +295,7 @@ class LogConfig(Section):
     probes: list[Literal[GROUPS]] = Field(list(PROBES))
     out: str = Field("results", min_length=1, description="folder that run directories are created in")
     saturation_threshold: float = Field(
-        0.05, gt=0, lt=1, description="saturated_frac counts |f'(u)| < this times sup |f'| in a flat tail (activations.Regions)"
+        SATURATION_THRESHOLD, gt=0, lt=1, description="saturated_frac counts |f'(u)| < this times sup |f'| in a flat tail (activations.Regions)"
     )
 
     test_batch_stats: bool = Field(
@@ -306,7 +307,7 @@ class LogConfig(Section):
         # written to config.yaml only when not the default, so runs recorded before these existed
         # and runs at the default compare as equal
         data = handler(self)
-        if self.saturation_threshold == 0.05:
+        if self.saturation_threshold == SATURATION_THRESHOLD:
             data.pop("saturation_threshold", None)
         if not self.test_batch_stats:
             data.pop("test_batch_stats", None)
