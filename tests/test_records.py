@@ -1,5 +1,5 @@
 """gradlab.records.run: the run directory written and read back, torn rows included, and the contract
-that its headers, the declarations of gradlab.vocab.quantities and the README's column table agree."""
+that its headers, the declarations of gradlab.vocab.quantities and the records reference (docs/records.md) agree."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from gradlab.records import run as records
 from gradlab.vocab.errors import RunError
 from run_factory import METRICS, layer_rows, one_run, resolved_config, write_run
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+RECORDS_REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "records.md"
 
 
 # --------------------------------------------------------------------------------------------
@@ -23,35 +23,34 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 # --------------------------------------------------------------------------------------------
 
 
-def readme_table(heading: str) -> list[tuple[str, str]]:
-    """(column, meaning) rows of the first `| column | meaning |` table after `heading`."""
-    text = README.read_text(encoding="utf-8")
-    start = text.index(heading)
-    lines = text[start:].splitlines()
-    first = next(i for i, line in enumerate(lines) if line.startswith("| column | meaning |"))
+def reference_table(heading: str) -> list[tuple[str, str]]:
+    """(column, meaning) rows of the first `| column | ...` table after `heading` in the records
+    reference, docs/records.md (generated from the declarations by docs/hooks/records_reference.py)."""
+    text = RECORDS_REFERENCE.read_text(encoding="utf-8")
+    lines = text[text.index(heading) :].splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("| column |"))
     rows = []
     for line in lines[first + 2 :]:
         if not line.startswith("|"):
             break
         cells = [cell.strip().replace("\\|", "|") for cell in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
-        assert len(cells) == 2, line
-        names = re.findall(r"`([^`]+)`", cells[0])
-        assert len(names) == 1, f"one column per row of the README's table: {line}"
-        rows.append((names[0], cells[1]))
+        name = re.fullmatch(r"`([^`]+)`", cells[0])
+        assert name, f"one column per row of the records reference: {line}"
+        rows.append((name[1], cells[-1]))
     return rows
 
 
-def test_the_readme_layers_table_is_the_declarations():
+STALE = "docs/records.md is stale: python docs/hooks/records_reference.py rewrites it"
+
+
+def test_the_records_reference_layers_table_is_the_declarations():
     declared = [*quantities.LAYERS_KEYS.items(), *((q.name, q.meaning) for q in quantities.LAYER_QUANTITIES)]
-    expected = "\n".join(f"| `{name}` | {meaning.replace('|', chr(92) + '|')} |" for name, meaning in declared)
-    assert readme_table("`layers.csv` is tidy long form") == declared, f"the README's table should read:\n{expected}"
+    assert reference_table("## layers.csv") == declared, STALE
     assert [name for name, _ in declared] == quantities.LAYERS_COLUMNS
 
 
-def test_the_readme_lists_the_metrics_columns():
-    line = next(line for line in README.read_text(encoding="utf-8").splitlines() if line.strip().startswith("metrics.csv "))
-    listed = [re.sub(r"\s*\(.*\)", "", item).strip() for item in line.split("metrics.csv", 1)[1].split(",")]
-    assert listed == list(quantities.METRICS_COLUMNS)
+def test_the_records_reference_defines_the_metrics_columns():
+    assert reference_table("## metrics.csv") == list(quantities.METRICS_COLUMNS.items()), STALE
 
 
 def test_the_written_headers_are_the_declared_columns(tmp_path):
