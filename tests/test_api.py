@@ -11,10 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
 import gradlab
-from gradlab.cli.app import app
 from gradlab.vocab.errors import ConfigError, RunError
 from run_factory import TINY_DATA, layer_rows, metric_rows, resolved_config, write_run
 
@@ -88,11 +86,11 @@ def runs(tmp_path, monkeypatch):
     return made
 
 
-def test_comparison_and_render_are_the_clis(runs):
+def test_comparison_and_render_are_the_clis(runs, invoke):
     comparison = gradlab.comparison(["runs"], steps=[0])
     assert list(comparison.table["label"]) == ["relu", "sigmoid"]
     assert list(comparison.table["gain@0"]) == [1.0, 1 / 1024]
-    cli = CliRunner().invoke(app, ["compare", "runs", "--step", "0", "--format", "csv"])
+    cli = invoke("compare", "runs", "--step", "0", "--format", "csv")
     assert gradlab.render(comparison, "csv") == cli.stdout
     # runs already loaded, and a mix of both
     loaded = [gradlab.load(path) for path in runs]

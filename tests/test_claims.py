@@ -7,10 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
 from gradlab.orchestrate import sweep as sweeps
-from gradlab.cli.app import app
 from gradlab.vocab.errors import ConfigError
 from gradlab.analysis.expectations import check_sweep
 from gradlab.records.run import RunRecords
@@ -122,18 +120,18 @@ def test_bad_claims_are_one_line_before_anything_runs(claim, line):
     assert len(error.value.lines) == 1 and error.value.lines[0].startswith(line), error.value.lines
 
 
-def test_claims_need_a_sweep(tmp_path):
+def test_claims_need_a_sweep(tmp_path, invoke):
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(raw(claims=[{"of": {}, "status": "completed"}])))
-    result = CliRunner().invoke(app, ["validate", str(config)])
+    result = invoke("validate", str(config))
     assert (result.exit_code, result.stderr) == (2, "error: claims: compare the configurations of a sweep; sweep: no axes; give sweep: "
                                                     "{key.path: [values]}, seeds: [0, 1, 2] or --sweep key.path=v1,v2\n")
 
 
-def test_validate_counts_the_claims(tmp_path):
+def test_validate_counts_the_claims(tmp_path, invoke):
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(raw(sweep=GRID, claims=[{"of": {}, "status": "completed"}, {"quantity": "gain", "of": {}, "min": 0}])))
-    result = CliRunner().invoke(app, ["validate", str(config)])
+    result = invoke("validate", str(config))
     assert result.exit_code == 0
     assert result.stdout.splitlines()[:2] == ["4 combinations (model.norm (2) x optim.lr (2)), all valid", "2 claims over them, all valid"]
 
@@ -196,9 +194,9 @@ def test_gains_are_averaged_over_seeds_geometrically(tmp_path):
     assert outcome.line() == "ok    gain of model.norm=none, optim.lr=0.1 = 2  (min 1.99 and max 2.01; geometric mean of 2 seeds)"
 
 
-def test_gradlab_check_on_the_sweep_folder(tmp_path):
+def test_gradlab_check_on_the_sweep_folder(tmp_path, invoke):
     sweep_dir = write_sweep(tmp_path, CLAIMS[:2])
-    result = CliRunner().invoke(app, ["check", str(sweep_dir)])
+    result = invoke("check", str(sweep_dir))
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[-5:] == [
         str(sweep_dir),
@@ -208,7 +206,7 @@ def test_gradlab_check_on_the_sweep_folder(tmp_path):
         "3 expectations on 9 runs: 3 passed, 0 failed",
     ]
     failing = write_sweep(tmp_path / "b", [{**CLAIMS[0], "margin": 0.3}])
-    result = CliRunner().invoke(app, ["check", str(failing)])
+    result = invoke("check", str(failing))
     assert result.exit_code == 1
     assert result.stdout.splitlines()[-4:] == [
         str(failing),

@@ -10,9 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from gradlab.cli.app import app
 from run_factory import layer_rows, metric_rows, resolved_config, write_run
 
 METRICS = metric_rows({0: (2.0, 0.25), 5: (1.5, 0.5), 10: (0.75, 0.625)}, {0: (2.1, 0.2), 10: (0.8, 0.6)})
@@ -30,10 +28,6 @@ def runs(tmp_path, monkeypatch):
     """`runs/relu/...` (stable) and `runs/sigmoid/...` (vanishing), the working directory at tmp_path."""
     monkeypatch.chdir(tmp_path)
     return [add_run("relu", [1.0, 1.0, 1.0]), add_run("sigmoid", [1 / 1024, 1 / 32, 1.0])]
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def assert_error(result, *lines: str) -> None:
@@ -58,7 +52,7 @@ def tensorboard():
     pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed (pip install 'gradlab[tensorboard]')")
 
 
-def test_export_exact_lines(runs, tensorboard):
+def test_export_exact_lines(runs, tensorboard, invoke):
     result = invoke("export", "runs", "--tensorboard", "tb")
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [EXPORTED_RELU, EXPORTED_SIGMOID, "exported 2 runs; view them with: tensorboard --logdir tb"]
@@ -68,20 +62,20 @@ def test_export_exact_lines(runs, tensorboard):
         assert len(list((Path("tb") / label).glob("events.out.tfevents.*"))) == 1
 
 
-def test_export_one_run_says_run(runs, tensorboard):
+def test_export_one_run_says_run(runs, tensorboard, invoke):
     result = invoke("export", RELU_DIR, "--tensorboard", "tb")
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[-1] == "exported 1 run; view them with: tensorboard --logdir tb"
 
 
-def test_export_warns_about_a_path_without_runs(runs, tensorboard):
+def test_export_warns_about_a_path_without_runs(runs, tensorboard, invoke):
     result = invoke("export", "runs/relu", "nothing-here", "--tensorboard", "tb")
     assert result.exit_code == 0, result.output
     assert result.stderr.splitlines() == ["warning: nothing-here: does not exist"]
     assert result.stdout.splitlines() == [EXPORTED_RELU, "exported 1 run; view them with: tensorboard --logdir tb"]
 
 
-def test_export_twice_into_one_folder_is_refused_and_keeps_the_first(runs, tensorboard):
+def test_export_twice_into_one_folder_is_refused_and_keeps_the_first(runs, tensorboard, invoke):
     assert invoke("export", "runs", "--tensorboard", "tb").exit_code == 0
     before = sorted(p.read_bytes() for p in Path("tb").rglob("events.out.tfevents.*"))
     result = invoke("export", "runs", "--tensorboard", "tb")
@@ -93,7 +87,7 @@ def test_export_twice_into_one_folder_is_refused_and_keeps_the_first(runs, tenso
     assert sorted(p.read_bytes() for p in Path("tb").rglob("events.out.tfevents.*")) == before
 
 
-def test_export_errors(runs, tensorboard):
+def test_export_errors(runs, tensorboard, invoke):
     assert_error(invoke("export", "runs"), "export: say where to: --tensorboard DIR")
     assert_error(invoke("export", "--tensorboard", "tb"), "export: give at least one PATH (a run directory or a folder holding runs)")
     assert_error(invoke("export", "nothing-here", "--tensorboard", "tb"), "nothing-here: does not exist", "no run could be read")
@@ -103,7 +97,7 @@ def test_export_errors(runs, tensorboard):
     assert not Path("tb").exists()
 
 
-def test_export_without_tensorboard_says_how_to_install(runs, monkeypatch):
+def test_export_without_tensorboard_says_how_to_install(runs, monkeypatch, invoke):
     monkeypatch.setitem(sys.modules, "tensorboard.summary.writer.event_file_writer", None)
     assert_error(
         invoke("export", "runs", "--tensorboard", "tb"),
@@ -117,7 +111,7 @@ def test_export_without_tensorboard_says_how_to_install(runs, monkeypatch):
 # --------------------------------------------------------------------------------------------
 
 
-def test_schema_to_stdout_is_the_schema(tmp_path):
+def test_schema_to_stdout_is_the_schema(tmp_path, invoke):
     from gradlab.config.json_schema import schema_json
 
     result = invoke("schema")
@@ -127,7 +121,7 @@ def test_schema_to_stdout_is_the_schema(tmp_path):
     assert result.stderr == ""
 
 
-def test_schema_to_a_file(tmp_path, monkeypatch):
+def test_schema_to_a_file(tmp_path, monkeypatch, invoke):
     from gradlab.config.json_schema import schema_json
 
     monkeypatch.chdir(tmp_path)
@@ -137,7 +131,7 @@ def test_schema_to_a_file(tmp_path, monkeypatch):
     assert Path("gradlab.config.json_schema.json").read_text(encoding="utf-8") == schema_json()
 
 
-def test_schema_to_a_folder_that_does_not_exist(tmp_path, monkeypatch):
+def test_schema_to_a_folder_that_does_not_exist(tmp_path, monkeypatch, invoke):
     monkeypatch.chdir(tmp_path)
     assert_error(invoke("schema", "-o", "nodir/s.json"), "--output: cannot write 'nodir/s.json': No such file or directory")
     assert not Path("nodir").exists()
@@ -148,7 +142,7 @@ def test_schema_to_a_folder_that_does_not_exist(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------------------------
 
 
-def test_report_exact_line_and_the_page_is_the_librarys(runs):
+def test_report_exact_line_and_the_page_is_the_librarys(runs, invoke):
     from gradlab.show.report import build_report
 
     result = invoke("report", "runs", "-o", "report.html")
@@ -164,13 +158,13 @@ def test_report_exact_line_and_the_page_is_the_librarys(runs):
     assert strip(page) == strip(expected)
 
 
-def test_report_one_run_says_run(runs):
+def test_report_one_run_says_run(runs, invoke):
     result = invoke("report", RELU_DIR, "-o", "report.html")
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == ["report of 1 run in 1 configuration: report.html"]
 
 
-def test_report_errors_keep_what_was_there(runs):
+def test_report_errors_keep_what_was_there(runs, invoke):
     Path("report.html").write_text("the old report")
     assert_error(invoke("report", "-o", "report.html"), "report: give at least one PATH (a run directory or a folder holding runs)")
     assert_error(invoke("report", "nothing-here", "-o", "report.html"), "nothing-here: does not exist", "no run could be read")
@@ -180,7 +174,7 @@ def test_report_errors_keep_what_was_there(runs):
     assert not Path("nodir").exists()
 
 
-def test_report_without_output_is_a_usage_error(runs):
+def test_report_without_output_is_a_usage_error(runs, invoke):
     result = invoke("report", "runs")
     assert result.exit_code == 2
     assert "Missing option '--output' / '-o'." in result.stderr

@@ -9,9 +9,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from typer.testing import CliRunner
 
-from gradlab.cli.app import app
 
 ROOT = Path(__file__).resolve().parents[1]
 RELU_HE = {
@@ -27,11 +25,7 @@ def config(tmp_path, data=RELU_HE) -> Path:
     return path
 
 
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def test_table_for_relu_with_he_init(tmp_path):
+def test_table_for_relu_with_he_init(tmp_path, invoke):
     result = invoke("theory", config(tmp_path))
     assert result.exit_code == 0, result.output
     assert result.output == """\
@@ -53,7 +47,7 @@ layer             q        factor
 """
 
 
-def test_set_overrides_and_batchnorm(tmp_path):
+def test_set_overrides_and_batchnorm(tmp_path, invoke):
     result = invoke("theory", config(tmp_path), "--set", "model.norm=batchnorm", "--set", "model.depth=3")
     assert result.exit_code == 0, result.output
     assert result.output == """\
@@ -77,7 +71,7 @@ layer             q        factor
 """
 
 
-def test_json_has_the_documented_keys(tmp_path):
+def test_json_has_the_documented_keys(tmp_path, invoke):
     result = invoke("theory", config(tmp_path), "--format", "json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
@@ -86,7 +80,7 @@ def test_json_has_the_documented_keys(tmp_path):
     assert set(data) >= {"q_star", "chi1", "predicted_factor", "xi_grad", "xi_c", "phase", "layers", "layer_factor", "reason"}
 
 
-def test_no_prediction_is_said_plainly(tmp_path):
+def test_no_prediction_is_said_plainly(tmp_path, invoke):
     result = invoke("theory", config(tmp_path), "--set", "model.norm=layernorm")
     assert result.exit_code == 0
     assert result.output == (
@@ -97,7 +91,7 @@ def test_no_prediction_is_said_plainly(tmp_path):
     assert data["theory"] == "none" and data["layer_factor"] is None and data["layers"] == []
 
 
-def test_bad_input_is_one_line_and_exit_2(tmp_path):
+def test_bad_input_is_one_line_and_exit_2(tmp_path, invoke):
     result = invoke("theory", config(tmp_path), "--set", "model.depth=zero")
     assert result.exit_code == 2
     assert result.output == "error: model.depth: got 'zero'; expected an integer\n"
@@ -114,7 +108,7 @@ def test_theory_loads_no_torch_in_a_fresh_interpreter(tmp_path):
     assert proc.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_table_for_a_residual_stack_with_batchnorm(tmp_path):
+def test_table_for_a_residual_stack_with_batchnorm(tmp_path, invoke):
     result = invoke("theory", config(tmp_path), "--set", "model.residual=true", "--set", "model.norm=batchnorm", "--set", "model.depth=3")
     assert result.exit_code == 0, result.output
     assert result.output == """\
@@ -154,7 +148,7 @@ def test_compare_with_theory_loads_no_torch(tmp_path):
 SWEEP = {**RELU_HE, "sweep": {"model.activation": ["relu", "tanh"], "model.norm": ["none", "layernorm"]}, "seeds": [0, 1]}
 
 
-def test_a_sweep_gets_a_row_per_combination_with_the_seeds_sharing_one(tmp_path):
+def test_a_sweep_gets_a_row_per_combination_with_the_seeds_sharing_one(tmp_path, invoke):
     result = invoke("theory", config(tmp_path, SWEEP))
     assert result.exit_code == 0, result.output
     reason = "no prediction with model.norm layernorm: it normalizes each example over its units, not each unit over the batch; no mean-field derivation applies"
@@ -171,7 +165,7 @@ per-layer factors and every other number: --format json
 """
 
 
-def test_each_row_of_a_sweep_is_the_prediction_for_that_combination_alone(tmp_path):
+def test_each_row_of_a_sweep_is_the_prediction_for_that_combination_alone(tmp_path, invoke):
     # independent path: the single-config command, given the combination with --set
     rows = json.loads(invoke("theory", config(tmp_path, SWEEP), "-f", "json").output)
     assert [row["values"] for row in rows] == [
@@ -198,7 +192,7 @@ def test_a_sweep_config_loads_no_torch(tmp_path):
     assert proc.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_every_shipped_config_has_a_theory_answer():
+def test_every_shipped_config_has_a_theory_answer(invoke):
     # each shipped config, sweep or not, gets its predictions (or says why there are none), exit 0
     for path in sorted((ROOT / "configs").rglob("*.yaml")):
         result = invoke("theory", path)

@@ -15,14 +15,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from gradlab.analysis import compare
 from gradlab.show import display
 from gradlab.vocab import quantities
 from gradlab.records import run as records
 from gradlab.analysis import summaries
-from gradlab.cli.app import app
 from run_factory import EXPLODING, STABLE, STABLE_30, VANISHING, one_run, real_run
 
 # --------------------------------------------------------------------------------------------
@@ -103,7 +101,7 @@ def test_explain_describes_every_column(tmp_path):
         assert quantity in generic
 
 
-def test_explain_says_what_the_declarations_say(tmp_path):
+def test_explain_says_what_the_declarations_say(tmp_path, invoke):
     """`gradlab compare --explain` prints each quantity's declared meaning, word for word."""
     generic = dict(compare.explain())
     for quantity, meaning in quantities.PROFILE_QUANTITIES.items():
@@ -117,7 +115,7 @@ def test_explain_says_what_the_declarations_say(tmp_path):
         assert explained[f"{quantity}@last"] == f"{meaning} (at each run's last logged step)"
 
     # and at the command line, one line per column
-    printed = CliRunner().invoke(app, ["compare", "--explain"], terminal_width=1000)
+    printed = invoke("compare", "--explain", terminal_width=1000)
     assert printed.exit_code == 0
     lines = printed.stdout.splitlines()
     for quantity, meaning in quantities.PROFILE_QUANTITIES.items():

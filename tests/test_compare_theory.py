@@ -7,18 +7,12 @@ import math
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from gradlab.cli.app import app
 from gradlab.analysis.compare import compare_runs, explain
 from gradlab.theory.predict import DEPARTS_TOLERANCE, departs
 from run_factory import one_run
 
 HE = {"model__activation": "relu", "model__init": {"weight": "kaiming_normal", "bias": "zeros"}}
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def test_departs_is_relative_to_the_prediction():
@@ -54,7 +48,7 @@ def test_the_tolerance_decides(tmp_path):
     assert compare_runs([run], [0], theory=True, tolerance=0.2).table["departs"][0] == "no"
 
 
-def test_cli_csv_exact(tmp_path):
+def test_cli_csv_exact(tmp_path, invoke):
     one_run(tmp_path, [4.0, 2.0, 1.0], name="grows", **HE)
     result = invoke("compare", tmp_path, "--theory", "--format", "csv", "--step", "0")
     assert result.exit_code == 0, result.output
@@ -63,7 +57,7 @@ def test_cli_csv_exact(tmp_path):
     assert row == "grows,completed,1,10,4.0,1.0,4.0,2.0,1.0,0.0,,0.0,stable,0.75,0.625,0.8,0.6,1.0,yes"
 
 
-def test_explain_gives_formula_paper_and_tolerance(tmp_path):
+def test_explain_gives_formula_paper_and_tolerance(tmp_path, invoke):
     one_run(tmp_path, [1.0, 1.0, 1.0], **HE)
     result = invoke("compare", tmp_path, "--theory", "--explain", "--tolerance", "0.1")
     assert result.exit_code == 0, result.output
@@ -74,7 +68,7 @@ def test_explain_gives_formula_paper_and_tolerance(tmp_path):
     assert "with --theory" in glossary["departs"]
 
 
-def test_bad_tolerance_is_one_line(tmp_path):
+def test_bad_tolerance_is_one_line(tmp_path, invoke):
     one_run(tmp_path, [1.0, 1.0, 1.0], **HE)
     result = invoke("compare", tmp_path, "--theory", "--tolerance", "-1")
     assert result.exit_code == 2 and result.output == "error: --tolerance: got -1; expected a number > 0\n"
@@ -158,7 +152,7 @@ def test_explain_says_a_bound_departs_only_above_it(tmp_path):
     assert "yes only when step_factor@0 exceeds it" in glossary["step_departs"] and "default tolerance 0.05" in glossary["step_departs"]
 
 
-def test_the_terminal_table_shows_the_theory_beside_step_0(tmp_path):
+def test_the_terminal_table_shows_the_theory_beside_step_0(tmp_path, invoke):
     one_run(tmp_path, [4.0, 2.0, 1.0], name="grows", **HE)
     result = invoke("compare", tmp_path, "--theory", "--step", "0")
     assert result.exit_code == 0, result.output

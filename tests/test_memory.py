@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from gradlab.cli.app import app
 from gradlab.config.experiment import validate
 from gradlab.orchestrate.sweep import load_experiments
 from gradlab.build.memory import check_fits, estimate, known_input_shape, parameter_count
@@ -125,10 +123,10 @@ def test_the_estimate_bounds_the_real_peak_within_a_factor_of_2(tmp_path):
         assert real <= need <= 2 * real, f"{label}: real peak {real / 1e6:.0f} MB, estimate {need / 1e6:.0f} MB"
 
 
-def test_an_impossible_size_fails_fast_with_the_estimate(tmp_path):
+def test_an_impossible_size_fails_fast_with_the_estimate(tmp_path, invoke):
     start = time.perf_counter()
-    result = CliRunner().invoke(app, ["run", str(ROOT / "configs" / "smoke.yaml"), "--out", str(tmp_path),
-                                      "--set", "model.depth=10000", "--set", "model.width=100000"])  # fmt: skip
+    result = invoke("run", str(ROOT / "configs" / "smoke.yaml"), "--out", str(tmp_path),
+                    "--set", "model.depth=10000", "--set", "model.width=100000")  # fmt: skip
     assert time.perf_counter() - start < 10
     assert result.exit_code == 2
     assert result.stderr.startswith("error: model: this experiment needs up to 1.6 PB of cpu memory at its peak (data 55.3 KB, parameters 400 TB")

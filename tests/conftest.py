@@ -1,0 +1,42 @@
+"""Fixtures shared by the test files.
+
+`invoke` runs `gradlab ARGS...` through Typer's CliRunner, in this process: the arguments are turned
+into strings (paths welcome) and the click Result comes back (exit_code, stdout, stderr, exception).
+`invoke_wide` is the same on a 250-column terminal, for tests that compare rich's lines whole and
+must never see one wrapped. Both take `env=` (more variables) and pass any other keyword to
+CliRunner.invoke (`terminal_width=`, `input=`).
+
+Plain helpers live in modules that tests import: run_factory.py (run directories, written from
+chosen numbers or trained, and real `gradlab run` processes) and data_files.py (data files in the
+formats the loaders read).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytest
+
+
+def _invoker(base_env: dict[str, str]) -> Callable[..., Any]:
+    from typer.testing import CliRunner
+
+    from gradlab.cli.app import app
+
+    def invoke(*args: Any, env: dict[str, str] | None = None, **extra: Any):
+        merged = {**base_env, **(env or {})}
+        return CliRunner().invoke(app, [str(arg) for arg in args], env=merged or None, **extra)
+
+    return invoke
+
+
+@pytest.fixture(scope="session")
+def invoke() -> Callable[..., Any]:
+    """`invoke("run", config, "--out", tmp_path)`: the Result of `gradlab run CONFIG --out TMP`."""
+    return _invoker({})
+
+
+@pytest.fixture(scope="session")
+def invoke_wide() -> Callable[..., Any]:
+    """`invoke` with COLUMNS=250, wide enough that rich never wraps a line the tests compare whole."""
+    return _invoker({"COLUMNS": "250"})
