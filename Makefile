@@ -25,8 +25,9 @@ bench: install
 	$(BIN)/python benchmarks/overhead.py
 
 # the documentation site (mkdocs.yml, docs/) into site/; --strict: a broken link or reference fails
+# (NO_MKDOCS_2_WARNING: mkdocs-material prints no end-of-life banner)
 docs: install
-	$(BIN)/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # every configs/papers/ result: paper, quantity, published, predicted, measured, held (exit 1 if one fails)
 papers: install
