@@ -53,7 +53,10 @@ LAYER_QUANTITIES: tuple[Quantity, ...] = (
              "share of example b (its own loss) and B the batch size; in an MLP (one position) it is delta_norm * sqrt(B): "
              "the root mean square over examples of the per-example gradient's norm, invariant to the batch size, to the "
              "image size under global average pooling, and to 2x2 average and max pooling (each sends a position's gradient "
-             "to its inputs with the same absolute sum); the gain and the verdicts use it"),
+             "to its inputs with the same absolute sum); the gain and the verdicts use it. Dimension 0 holds the examples; the units "
+             "c are dimension 1 of an MLP's or a convolution's z (B, C, *positions), the last dimension of a Linear applied to a "
+             "sequence (B, *positions, features, in watch), and the gate pre-activation units of a recurrent layer, whose positions "
+             "are its time steps; every other dimension is a position"),
     Quantity("act_mean", "activations", "output", "mean of the block's output activations over batch and units (and positions in a CNN)"),
     Quantity("act_std", "activations", "output", "population standard deviation (ddof 0) of the block's output activations over batch and units (and positions)"),
     Quantity("preact_mean", "activations", "activation",
@@ -126,7 +129,7 @@ LAYERS_KEYS: dict[str, str] = {
 LAYERS_COLUMNS: list[str] = [*LAYERS_KEYS, *QUANTITIES]
 
 # Columns added after runs had been recorded without them (issue 11): a run that lacks them is read
-# with them empty (records.read_table), never refused.
+# with them empty (records.read.read_table), never refused.
 ADDED_COLUMNS: tuple[str, ...] = ("delta_rms", "preact_mean", "preact_std", "dact_mean", "dact_factor", "inactive_frac", "clipped_grad_norm")
 
 
