@@ -18,9 +18,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from gradlab.cli.app import app
 from run_factory import layer_rows, metric_rows, resolved_config, write_run
 
 METRICS = metric_rows({0: (2.0, 0.25), 5: (1.5, 0.5), 10: (0.75, 0.625)}, {0: (2.1, 0.2), 10: (0.8, 0.6)})
@@ -50,10 +48,6 @@ def runs(tmp_path, monkeypatch):
     return [add_run("relu", RELU), add_run("sigmoid", SIGMOID)]
 
 
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
 def lines(text: str) -> list[str]:
     return text.splitlines()
 
@@ -63,14 +57,14 @@ def lines(text: str) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def test_compare_csv_exact_lines(runs):
+def test_compare_csv_exact_lines(runs, invoke):
     result = invoke("compare", "runs", "--format", "csv", "--step", "0")
     assert result.exit_code == 0, result.output
     assert lines(result.stdout) == [HEADER_AT_0, RELU_AT_0, SIGMOID_AT_0]
     assert result.stderr == ""
 
 
-def test_compare_csv_at_0_and_last_with_a_target_loss(runs):
+def test_compare_csv_at_0_and_last_with_a_target_loss(runs, invoke):
     result = invoke("compare", "runs/relu", "runs/sigmoid", "-f", "csv", "--target-loss", "1.5")
     assert result.exit_code == 0
     header, relu, sigmoid = lines(result.stdout)
@@ -80,12 +74,12 @@ def test_compare_csv_at_0_and_last_with_a_target_loss(runs):
     assert sigmoid.startswith("sigmoid,sigmoid,completed,1,10,0.0009765625,1.0,0.0009765625,0.03125,0.25,0.5,,0.75,vanishing,0.0009765625,")
 
 
-def test_compare_other_thresholds_change_the_verdict(runs):
+def test_compare_other_thresholds_change_the_verdict(runs, invoke):
     result = invoke("compare", "runs", "-f", "csv", "--step", "0", "--vanish", "1e-4")
     assert lines(result.stdout)[2] == SIGMOID_AT_0.replace("vanishing", "stable")
 
 
-def test_compare_averages_seeds_in_one_row(runs):
+def test_compare_averages_seeds_in_one_row(runs, invoke):
     add_run("relu", dict(delta=[0.5, 1.0, 1.0]), seed=1)
     result = invoke("compare", "runs", "-f", "csv", "--step", "0")
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
@@ -98,7 +92,7 @@ def test_compare_averages_seeds_in_one_row(runs):
     assert lines(markdown)[2].startswith("| relu | relu | completed | 2 | 10 | 0.707 ×/÷ 1.63 | 1 ×/÷ 1 | 0.707 ×/÷ 1.63 |")
 
 
-def test_compare_markdown_and_json(runs):
+def test_compare_markdown_and_json(runs, invoke):
     markdown = lines(invoke("compare", "runs", "-f", "markdown", "--step", "0").stdout)
     assert markdown[0] == "| " + HEADER_AT_0.replace(",", " | ") + " |"
     assert markdown[3] == "| sigmoid | sigmoid | completed | 1 | 10 | 0.000977 | 1 | 0.000977 | 0.0312 | 0.25 | 0.5 |  | 0.75 | vanishing | 0.75 | 0.625 | 0.8 | 0.6 |"
@@ -107,8 +101,8 @@ def test_compare_markdown_and_json(runs):
     assert document["rows"][1]["gain@0"] == 1 / 1024 and document["rows"][1]["verdict@last"] == "vanishing"
 
 
-def test_compare_table_for_the_terminal_has_a_column_per_configuration(runs):
-    result = CliRunner().invoke(app, ["compare", "runs"], env={"COLUMNS": "100"})
+def test_compare_table_for_the_terminal_has_a_column_per_configuration(runs, invoke):
+    result = invoke("compare", "runs", env={"COLUMNS": "100"})
     assert result.exit_code == 0
     rows = [line.strip() for line in lines(result.stdout)]
     assert rows[1].split() == ["relu", "sigmoid"]  # the header: one column per configuration
@@ -125,14 +119,14 @@ def test_compare_table_for_the_terminal_has_a_column_per_configuration(runs):
         assert expected in rows, expected
 
 
-def test_compare_output_file(runs):
+def test_compare_output_file(runs, invoke):
     result = invoke("compare", "runs", "-f", "csv", "--step", "0", "--output", "table.csv")
     assert result.exit_code == 0
     assert lines(result.stdout) == ["compared 2 runs in 2 rows: table.csv"]
     assert lines(Path("table.csv").read_text()) == [HEADER_AT_0, RELU_AT_0, SIGMOID_AT_0]
 
 
-def test_compare_explain(runs):
+def test_compare_explain(runs, invoke):
     alone = invoke("compare", "--explain")
     assert alone.exit_code == 0
     assert "gain@<step>: gain across the stack = delta_rms of the first hidden layer / delta_rms of the last" in alone.stdout
@@ -145,7 +139,7 @@ def test_compare_explain(runs):
     assert glossary[1] == "model.activation: config value that differs between the compared runs"
 
 
-def test_compare_names_bad_runs_and_compares_the_rest(runs):
+def test_compare_names_bad_runs_and_compares_the_rest(runs, invoke):
     broken = add_run("tanh", RELU, run_id="broken")
     (broken / "metrics.csv").unlink()
     running = add_run("selu", RELU, status="running")
@@ -160,7 +154,7 @@ def test_compare_names_bad_runs_and_compares_the_rest(runs):
     assert [line.split(",")[0] for line in lines(result.stdout)[1:]] == ["relu", "selu", "sigmoid"]
 
 
-def test_compare_exits_2_when_nothing_could_be_read(tmp_path, monkeypatch):
+def test_compare_exits_2_when_nothing_could_be_read(tmp_path, monkeypatch, invoke):
     monkeypatch.chdir(tmp_path)
     Path("empty").mkdir()
     result = invoke("compare", "empty", "missing")
@@ -174,7 +168,7 @@ def test_compare_exits_2_when_nothing_could_be_read(tmp_path, monkeypatch):
     assert invoke("compare").exit_code == 2  # no PATH at all
 
 
-def test_compare_rejects_a_bad_step(runs):
+def test_compare_rejects_a_bad_step(runs, invoke):
     result = invoke("compare", "runs", "--step", "first")
     assert result.exit_code == 2
     assert "got 'first'; expected 0, last or a step number" in result.stderr
@@ -185,7 +179,7 @@ def test_compare_rejects_a_bad_step(runs):
 # --------------------------------------------------------------------------------------------
 
 
-def test_plot_writes_the_figures_and_lists_them(runs):
+def test_plot_writes_the_figures_and_lists_them(runs, invoke):
     result = invoke("plot", "runs", "--output", "figures")
     assert result.exit_code == 0
     assert lines(result.stdout) == [
@@ -206,7 +200,7 @@ def test_plot_writes_the_figures_and_lists_them(runs):
 PASSING = {"status": "completed", "gain": {"step": 0, "between": [0.01, 100]}, "final_test_accuracy": {"min": 0.5}}
 
 
-def test_check_passes(tmp_path, monkeypatch):
+def test_check_passes(tmp_path, monkeypatch, invoke):
     monkeypatch.chdir(tmp_path)
     run_dir = add_run("relu", RELU, expect=PASSING)
     result = invoke("check", "runs", "--junit", "reports/junit.xml")
@@ -224,7 +218,7 @@ def test_check_passes(tmp_path, monkeypatch):
     assert root.get("failures") == "0"
 
 
-def test_check_fails_with_exit_1_naming_the_value_and_the_bound(tmp_path, monkeypatch):
+def test_check_fails_with_exit_1_naming_the_value_and_the_bound(tmp_path, monkeypatch, invoke):
     monkeypatch.chdir(tmp_path)
     relu = add_run("relu", RELU, expect=PASSING)
     sigmoid = add_run("sigmoid", SIGMOID, expect=PASSING)
@@ -239,7 +233,7 @@ def test_check_fails_with_exit_1_naming_the_value_and_the_bound(tmp_path, monkey
     assert relu.exists()
 
 
-def test_check_exits_2_when_a_run_cannot_be_checked(tmp_path, monkeypatch):
+def test_check_exits_2_when_a_run_cannot_be_checked(tmp_path, monkeypatch, invoke):
     monkeypatch.chdir(tmp_path)
     add_run("relu", RELU, expect=PASSING)
     bad = add_run("sigmoid", SIGMOID, expect={"gain": {"betwen": [0, 1]}})
@@ -250,14 +244,14 @@ def test_check_exits_2_when_a_run_cannot_be_checked(tmp_path, monkeypatch):
     ]
 
 
-def test_check_without_expectations_warns_and_passes(runs):
+def test_check_without_expectations_warns_and_passes(runs, invoke):
     result = invoke("check", "runs")
     assert result.exit_code == 0
     assert lines(result.stderr) == [f"warning: {run}: its config has no expect section; nothing to check" for run in runs]
     assert lines(result.stdout) == ["0 expectations on 2 runs: 0 passed, 0 failed"]
 
 
-def test_compare_table_at_80_columns_breaks_no_label_and_keeps_mean_and_std_together(tmp_path, monkeypatch):
+def test_compare_table_at_80_columns_breaks_no_label_and_keeps_mean_and_std_together(tmp_path, monkeypatch, invoke):
     # issue 11: at 80 columns labels broke mid-word and "± std" was split across lines
     monkeypatch.chdir(tmp_path)
     for width in (16, 1024, 128, 1):
@@ -266,7 +260,7 @@ def test_compare_table_at_80_columns_breaks_no_label_and_keeps_mean_and_std_toge
             profile = dict(delta=[0.5 + seed / 8, 1.0, 1.0])
             metrics = metric_rows({0: (2.0, 0.25), 10: (0.75 + seed / 8, 0.625)}, {0: (2.1, 0.2), 10: (0.8, 0.6)})
             write_run(Path("runs"), config, layer_rows(0, **profile) + layer_rows(10, **profile), metrics, run_id=f"w{width}s{seed}")
-    result = CliRunner().invoke(app, ["compare", "runs"], env={"COLUMNS": "80"})
+    result = invoke("compare", "runs", env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
     out = lines(result.stdout)
     assert max(len(line) for line in out) <= 80

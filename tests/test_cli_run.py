@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 from gradlab.cli.app import app
 from gradlab.vocab.specs import REGISTRIES
@@ -14,18 +13,13 @@ from gradlab.config.experiment import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def run_dirs(out: Path) -> list[Path]:
     return sorted(p.parent for p in out.rglob("meta.json"))
 
 
-def test_run_quiet_prints_only_the_run_directory(tmp_path):
+def test_run_quiet_prints_only_the_run_directory(tmp_path, invoke):
     result = invoke("run", SMOKE, "--out", tmp_path, "--quiet", "--steps", "10", "--set", "expect=null")
     assert result.exit_code == 0, result.output
     [run] = run_dirs(tmp_path)
@@ -35,7 +29,7 @@ def test_run_quiet_prints_only_the_run_directory(tmp_path):
     assert layers["step"].max() == 10
 
 
-def test_run_prints_the_profile_table_and_the_path(tmp_path):
+def test_run_prints_the_profile_table_and_the_path(tmp_path, invoke):
     result = invoke("run", SMOKE, "--out", tmp_path, "--seed", "3", "--set", "model.depth=3")
     assert result.exit_code == 0, result.output
     [run] = run_dirs(tmp_path)
@@ -60,7 +54,7 @@ def test_run_prints_the_profile_table_and_the_path(tmp_path):
         (["--set", "optim.lr"], "error: --set 'optim.lr': expected key.path=value, e.g. model.depth=30"),
     ],
 )
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, line):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, line, invoke):
     out = tmp_path / "out"
     result = invoke("run", SMOKE, "--out", out, *args)
     assert result.exit_code == 2
@@ -69,7 +63,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, line):
     assert not out.exists() or run_dirs(out) == []
 
 
-def test_out_pointing_at_a_file_fails_up_front(tmp_path):
+def test_out_pointing_at_a_file_fails_up_front(tmp_path, invoke):
     target = tmp_path / "a-file"
     target.write_text("x")
     result = invoke("run", SMOKE, "--out", target)
@@ -77,22 +71,22 @@ def test_out_pointing_at_a_file_fails_up_front(tmp_path):
     assert result.stderr == f"error: log.out: {str(target)!r} is a file, not a folder\n"
 
 
-def test_missing_config_and_folder_as_config(tmp_path):
+def test_missing_config_and_folder_as_config(tmp_path, invoke):
     result = invoke("run", tmp_path / "nope.yaml")
     assert (result.exit_code, result.stderr) == (2, f"error: config: {str(tmp_path / 'nope.yaml')!r} does not exist\n")
     result = invoke("validate", tmp_path)
     assert (result.exit_code, result.stderr) == (2, f"error: config: {str(tmp_path)!r} is a folder; give a YAML file\n")
 
 
-def test_validate_prints_the_resolved_config():
+def test_validate_prints_the_resolved_config(invoke):
     result = invoke("validate", SMOKE, "--set", "model.norm=bn")
     assert result.exit_code == 0
     assert result.stdout == load_config(SMOKE, ["model.norm=bn"]).to_yaml()
     assert "norm: {name: batchnorm, placement: pre, momentum: 0.1, eps: 1.0e-05, affine: true}" in result.stdout
 
 
-def test_components_lists_every_name_with_its_parameters():
-    result = runner.invoke(app, ["components"], env={"COLUMNS": "200"})
+def test_components_lists_every_name_with_its_parameters(invoke):
+    result = invoke("components", env={"COLUMNS": "200"})
     assert result.exit_code == 0
     for title, registry in REGISTRIES.items():
         assert title in result.stdout
@@ -123,7 +117,7 @@ expect:
 """
 
 
-def test_run_checks_the_expect_section_and_exits_1_when_violated(tmp_path):
+def test_run_checks_the_expect_section_and_exits_1_when_violated(tmp_path, invoke):
     config = tmp_path / "expect.yaml"
     config.write_text(EXPECT.replace("MIN", "0.0"))
     result = invoke("run", config, "--out", tmp_path / "out")
@@ -138,7 +132,7 @@ def test_run_checks_the_expect_section_and_exits_1_when_violated(tmp_path):
     assert result.stderr == f"error: expectation failed: final_test_accuracy = {accuracy:.4g}, expected min 1.01\n"
 
 
-def test_run_plot_draws_the_figures_into_the_run_directory(tmp_path):
+def test_run_plot_draws_the_figures_into_the_run_directory(tmp_path, invoke):
     result = invoke("run", SMOKE, "--out", tmp_path, "--steps", "10", "--plot", "--quiet", "--set", "expect=null")
     assert result.exit_code == 0, result.output
     [run] = run_dirs(tmp_path)
@@ -147,35 +141,35 @@ def test_run_plot_draws_the_figures_into_the_run_directory(tmp_path):
     assert all((run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in pngs)
 
 
-def test_components_show_bracketed_text():
+def test_components_show_bracketed_text(invoke):
     # issue 11: rich markup swallowed "[lower, upper]" (RReLU) and "[min_val, max_val]" (hardtanh)
-    result = runner.invoke(app, ["components"], env={"COLUMNS": "250"})
+    result = invoke("components", env={"COLUMNS": "250"})
     assert result.exit_code == 0
     assert "random slope in [lower, upper] while training" in result.stdout
     assert "x clipped to [min_val, max_val]" in result.stdout
 
 
-def test_help_shows_bracketed_text_as_written():
+def test_help_shows_bracketed_text_as_written(invoke):
     # issue 11: `run --help` said pip install 'gradlab' where the source says 'gradlab[ray]'
-    result = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "250"})
+    result = invoke("run", "--help", env={"COLUMNS": "250"})
     assert result.exit_code == 0
     assert "pip install 'gradlab[ray]'" in " ".join(result.stdout.split())
-    result = runner.invoke(app, ["export", "--help"], env={"COLUMNS": "250"})
+    result = invoke("export", "--help", env={"COLUMNS": "250"})
     assert "pip install 'gradlab[tensorboard]'" in " ".join(result.stdout.split()) and "\\[" not in result.stdout
     # every option's help, as written in the source, appears in the rendered help (one line each at 250 columns)
     import typer.main
 
     command = typer.main.get_command(app)
     for name, sub in command.commands.items():
-        rendered = " ".join(runner.invoke(app, [name, "--help"], env={"COLUMNS": "250"}).stdout.split())
+        rendered = " ".join(invoke(name, "--help", env={"COLUMNS": "250"}).stdout.split())
         for param in sub.params:
             if getattr(param, "help", None) and "[" in param.help:
                 assert " ".join(param.help.split()) in rendered, (name, param.help)
 
 
-def test_run_summary_shows_the_final_loss_and_accuracy(tmp_path):
+def test_run_summary_shows_the_final_loss_and_accuracy(tmp_path, invoke):
     # issue 11: the end-of-run summary never showed the final loss or accuracy
-    result = runner.invoke(app, ["run", SMOKE, "--out", str(tmp_path), "--steps", "20", "--set", "expect=null"], env={"COLUMNS": "200"})
+    result = invoke("run", SMOKE, "--out", str(tmp_path), "--steps", "20", "--set", "expect=null", env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     [run] = run_dirs(tmp_path)
     metrics = pd.read_csv(run / "metrics.csv")
@@ -208,19 +202,19 @@ def test_run_summary_shows_the_final_loss_and_accuracy(tmp_path):
                                                           "train.steps 40: logged are 0, 5, 10, ... and 40); give a multiple of log.every up to 40, or last"),
     ],
 )
-def test_rough_edges_are_one_line_exit_2(tmp_path, args, line):
+def test_rough_edges_are_one_line_exit_2(tmp_path, args, line, invoke):
     out = tmp_path / "out"
     result = invoke("run", SMOKE, "--out", out, *args)
     assert (result.exit_code, result.stderr) == (2, line + "\n")
     assert not out.exists() or run_dirs(out) == []
 
 
-def test_validate_accepts_an_expectation_at_a_logged_step():
+def test_validate_accepts_an_expectation_at_a_logged_step(invoke):
     for step in ("0", "30", "60", "last"):
         assert invoke("validate", SMOKE, "--set", f"expect={{gain: {{step: {step}, min: 0.1}}}}").exit_code == 0, step
 
 
-def test_a_relative_data_path_that_does_not_exist_names_the_directory_it_was_read_from(tmp_path, monkeypatch):
+def test_a_relative_data_path_that_does_not_exist_names_the_directory_it_was_read_from(tmp_path, monkeypatch, invoke):
     # issue 11: a relative data.path that does not exist did not say where it was looked for
     monkeypatch.chdir(tmp_path)
     result = invoke("validate", SMOKE, "--set", "data.name=npz", "--set", "data.path=data/missing.npz")

@@ -35,10 +35,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
-from typer.testing import CliRunner
 
 from gradlab.vocab import specs
-from gradlab.cli.app import app
 from gradlab.config.experiment import Experiment, read_yaml, validate
 from gradlab.vocab.registry import Registry
 
@@ -335,10 +333,6 @@ def prepare(folder: Path, base: str, mutations: list[Mutation], channels: list[s
     return config, sets
 
 
-def invoke(*args) -> Any:
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
 def refused(result) -> list[str]:
     """Exit 2 through SystemExit, 'error: ' lines only, nothing on stdout, no traceback."""
     assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
@@ -358,7 +352,7 @@ def refused(result) -> list[str]:
 
 @settings(FAST, max_examples=250)
 @given(data=st.data(), base=st.sampled_from(list(BASES)))
-def test_invalid_values_and_unknown_keys_exit_2_naming_every_key(data, base):
+def test_invalid_values_and_unknown_keys_exit_2_naming_every_key(data, base, invoke):
     mutations = data.draw(st.lists(invalid_mutations(base), min_size=1, max_size=3).filter(compatible), label="mutations")
     channels = data.draw(st.lists(st.sampled_from(["file", "set"]), min_size=len(mutations), max_size=len(mutations)), label="channels")
     with tempfile.TemporaryDirectory() as tmp:
@@ -375,7 +369,7 @@ def test_invalid_values_and_unknown_keys_exit_2_naming_every_key(data, base):
 
 @settings(FAST, max_examples=150)
 @given(data=st.data(), base=st.sampled_from(list(BASES)), channel=st.sampled_from(["file", "set"]))
-def test_huge_numbers_are_kept_exactly_or_refused_by_name(data, base, channel):
+def test_huge_numbers_are_kept_exactly_or_refused_by_name(data, base, channel, invoke):
     leaf = data.draw(st.sampled_from([leaf for leaf in LEAVES[base] if leaf.kinds & {"int", "float"}]), label="leaf")
     value = data.draw(HUGE_INTS | HUGE_FLOATS, label="value")
     with tempfile.TemporaryDirectory() as tmp:
@@ -448,7 +442,7 @@ def expected_line(kind: str, path: Path, content: Any) -> str:
 
 @settings(FAST, max_examples=120)
 @given(attack=whole_file_attacks())
-def test_whole_file_attacks_exit_2_with_one_line_about_the_file(attack):
+def test_whole_file_attacks_exit_2_with_one_line_about_the_file(attack, invoke):
     kind, content = attack
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
@@ -476,7 +470,7 @@ SIZES = {  # keys that size the data or the model, per base
 
 @settings(FAST, max_examples=30)
 @given(data=st.data(), base=st.sampled_from(list(SIZES)), size=st.integers(10**15, 10**60))
-def test_impossible_sizes_are_refused_before_anything_is_written(data, base, size):
+def test_impossible_sizes_are_refused_before_anything_is_written(data, base, size, invoke):
     key = data.draw(st.sampled_from(SIZES[base]), label="key")
     sets = ["--set", f"{key}={size | 1}"]  # odd: a CNN kernel must be
     if data.draw(st.booleans(), label="with lrn"):

@@ -22,10 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from typer.testing import CliRunner
 
 from gradlab.orchestrate import sweep as sweeps
-from gradlab.cli.app import app
 from gradlab.vocab.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,10 +37,6 @@ BASE = {
     "train": {"steps": 20, "eval_every": 10},
     "log": {"every": 5},
 }
-
-
-def invoke(*args, env=None):
-    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "250", **(env or {})})
 
 
 def write(path: Path, data) -> Path:
@@ -116,14 +110,14 @@ def alive(pid: int) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def test_a_second_command_on_a_running_sweep_is_refused_naming_the_holder(tmp_path):
+def test_a_second_command_on_a_running_sweep_is_refused_naming_the_holder(tmp_path, invoke_wide):
     config = sweep_config(tmp_path, train={"steps": 1_000_000, "eval_every": 100_000})
     first = python("run", str(config), "--quiet")
     try:
         layers = wait_until(lambda: [p for p in (tmp_path / "out").rglob("layers.csv") if p.read_text().count(",head,") >= 2], what="the first run logging")
         sweep_dir = layers[0].parent.parent
         before = {p.name: p.stat().st_ino for p in sweep_dir.iterdir()}
-        result = invoke("run", "--resume", sweep_dir)
+        result = invoke_wide("run", "--resume", sweep_dir)
         assert_one_error(result, str(sweep_dir), f"in use by another gradlab command (pid {first.pid} on host ", " since ")
         assert result.stdout == ""
         assert {p.name: p.stat().st_ino for p in sweep_dir.iterdir()} == before  # nothing deleted or replaced
@@ -135,9 +129,9 @@ def test_a_second_command_on_a_running_sweep_is_refused_naming_the_holder(tmp_pa
     assert "running" not in {row["status"] for row in read_index(sweep_dir).values()}
 
 
-def test_the_lock_dies_with_a_killed_owner_and_resume_keeps_completed_runs(tmp_path):
+def test_the_lock_dies_with_a_killed_owner_and_resume_keeps_completed_runs(tmp_path, invoke_wide):
     config = sweep_config(tmp_path)
-    sweep_dir = Path(invoke("run", config, "--quiet").stdout.strip())
+    sweep_dir = Path(invoke_wide("run", config, "--quiet").stdout.strip())
     # what a killed command leaves: the index says running, the runs' own records say completed
     rows = read_index(sweep_dir)
     for row in rows.values():
@@ -150,11 +144,11 @@ def test_the_lock_dies_with_a_killed_owner_and_resume_keeps_completed_runs(tmp_p
     holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(sweep_dir / sweeps.LOCK_FILE)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "held\n"
-        assert_one_error(invoke("run", "--resume", sweep_dir), "in use by another gradlab command")
+        assert_one_error(invoke_wide("run", "--resume", sweep_dir), "in use by another gradlab command")
     finally:
         holder.kill()
         holder.wait()
-    result = invoke("run", "--resume", sweep_dir)
+    result = invoke_wide("run", "--resume", sweep_dir)
     assert result.exit_code == 0, result.output
     assert {name: row["status"] for name, row in read_index(sweep_dir).items()} == {name: "completed" for name in rows}
     assert {name: (sweep_dir / name / "meta.json").read_text() for name in rows} == meta_before  # trusted, not run again
@@ -210,12 +204,12 @@ def test_sighup_closes_a_run_as_interrupted(tmp_path):
         ({"model.norm": ["none", "batchnorm"], "model.norm.placement": ["pre", "post"]}, "sweep: the axes model.norm and model.norm.placement overlap (model.norm sets model.norm.placement too); sweep each key once, e.g. model.norm.placement alone or a list of whole model.norm values"),
     ],
 )
-def test_overlapping_sweep_axes_are_a_config_error(tmp_path, axes, line):
+def test_overlapping_sweep_axes_are_a_config_error(tmp_path, axes, line, invoke_wide):
     with pytest.raises(ConfigError) as error:
         sweeps.plan_sweep({**BASE, "sweep": axes})
     assert error.value.lines == [line]
     config = write(tmp_path / "c.yaml", {**BASE, "sweep": {"model.depth": [1, 2]}})
-    assert_one_error(invoke("validate", config, "--sweep", "model={width: 4}"), "sweep: the axes model and model.depth overlap")
+    assert_one_error(invoke_wide("validate", config, "--sweep", "model={width: 4}"), "sweep: the axes model and model.depth overlap")
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,9 +275,9 @@ def test_a_full_disk_is_an_error_of_its_own_with_its_documented_exit_code():
     assert f"{errors.DISK_FULL_EXIT} (disk full)" in failed.rsplit("|", 2)[1]
 
 
-def test_a_disk_that_fills_during_a_run_is_one_line_and_a_failed_run_with_whole_steps(tmp_path, small_disk):
+def test_a_disk_that_fills_during_a_run_is_one_line_and_a_failed_run_with_whole_steps(tmp_path, small_disk, invoke_wide):
     config = write(tmp_path / "tiny.yaml", TINY)
-    result = invoke("run", config, "--out", small_disk / "out", "--quiet")
+    result = invoke_wide("run", config, "--out", small_disk / "out", "--quiet")
     line = assert_one_error(result, "no space left on the device while writing", code=74)
     [run] = [p.parent for p in (small_disk / "out").rglob("meta.json")]
     assert str(run) in line
@@ -293,19 +287,19 @@ def test_a_disk_that_fills_during_a_run_is_one_line_and_a_failed_run_with_whole_
     assert leftovers(small_disk) == []
 
 
-def test_a_full_disk_at_the_start_leaves_no_half_made_run_directory(tmp_path, small_disk):
+def test_a_full_disk_at_the_start_leaves_no_half_made_run_directory(tmp_path, small_disk, invoke_wide):
     config = write(tmp_path / "tiny.yaml", TINY)
     (small_disk / "out").mkdir()
     fill(small_disk)
-    result = invoke("run", config, "--out", small_disk / "out", "--quiet")
+    result = invoke_wide("run", config, "--out", small_disk / "out", "--quiet")
     assert_one_error(result, "no space left on the device while writing", code=74)
     assert not [p for p in (small_disk / "out").rglob("*") if p.is_file()]
     assert leftovers(small_disk) == []
 
 
-def test_a_sweep_on_a_disk_that_fills_leaves_no_running_row_and_no_temporary_file(tmp_path, small_disk):
+def test_a_sweep_on_a_disk_that_fills_leaves_no_running_row_and_no_temporary_file(tmp_path, small_disk, invoke_wide):
     config = sweep_config(tmp_path, train={"steps": 100_000, "eval_every": 1000}, log={"every": 1, "out": str(small_disk / "out")})
-    result = invoke("run", config, "--quiet")
+    result = invoke_wide("run", config, "--quiet")
     assert result.exit_code in (1, 74), result.output
     assert "Traceback" not in result.output
     sweep_dir = next((small_disk / "out").rglob(sweeps.SPEC_FILE)).parent
@@ -330,7 +324,7 @@ def finished_run(tmp_path: Path, **changes) -> Path:
 
 
 @pytest.mark.parametrize("keep", [1, 2, 5])
-def test_a_completed_run_cut_at_a_row_boundary_inside_its_last_step_says_so_and_excludes_it(tmp_path, keep):
+def test_a_completed_run_cut_at_a_row_boundary_inside_its_last_step_says_so_and_excludes_it(tmp_path, keep, invoke_wide):
     run = finished_run(tmp_path, expect={"dead_frac": {"max": 1.0}})
     assert json.loads((run / "meta.json").read_text())["status"] == "completed"
     lines = (run / "layers.csv").read_text().splitlines(keepends=True)
@@ -342,12 +336,12 @@ def test_a_completed_run_cut_at_a_row_boundary_inside_its_last_step_says_so_and_
     shutil.copytree(run, reference)
     (reference / "layers.csv").write_text("".join(lines[:-6]))  # the last step never written
     (run / "layers.csv").write_text("".join(lines[: -6 + keep]))  # cut after `keep` of its 6 rows
-    cut = invoke("compare", run, "--format", "csv")
+    cut = invoke_wide("compare", run, "--format", "csv")
     assert cut.exit_code == 0, cut.output
     assert f"warning: {run}: step 20 of layers.csv has only {keep} of 6 layers; that step is left out" in cut.stderr.splitlines()
-    expected = invoke("compare", reference, "--format", "csv")
+    expected = invoke_wide("compare", reference, "--format", "csv")
     assert cut.stdout == expected.stdout  # the numbers of the whole steps, not of a third of a network
-    check = invoke("check", run)
+    check = invoke_wide("check", run)
     assert "step 20 of layers.csv has only" in check.stderr
 
 
@@ -382,53 +376,53 @@ def bomb_config(tmp_path: Path, where: str) -> Path:
 
 
 @pytest.mark.parametrize("where", ["name", "log.probes", "model.activation", "expect.status", "seeds", "sweep.model.depth"])
-def test_an_alias_bomb_anywhere_in_a_config_is_refused_at_once(tmp_path, where):
+def test_an_alias_bomb_anywhere_in_a_config_is_refused_at_once(tmp_path, where, invoke_wide):
     config = bomb_config(tmp_path, where)
     for command in ("validate", "run"):
         began = time.perf_counter()
-        result = invoke(command, config)
+        result = invoke_wide(command, config)
         assert_one_error(result, f"config: {str(config)!r} {TOO_LARGE}")
         assert time.perf_counter() - began < 5
     assert not (tmp_path / "out").exists()
 
 
-def test_alias_bombs_in_set_and_sweep_values_are_refused(tmp_path):
+def test_alias_bombs_in_set_and_sweep_values_are_refused(tmp_path, invoke_wide):
     config = write(tmp_path / "c.yaml", {**BASE, "log": {**BASE["log"], "out": str(tmp_path / "out")}})
-    assert_one_error(invoke("validate", config, "--set", f"name={FLOW_BOMB}"), f"--set name: the value {TOO_LARGE}")
-    assert_one_error(invoke("validate", config, "--sweep", f"model.depth={FLOW_BOMB}"), f"--sweep model.depth: the values {TOO_LARGE}")
-    assert_one_error(invoke("validate", config, "--set", "name=&a [*a]"), "--set name")
+    assert_one_error(invoke_wide("validate", config, "--set", f"name={FLOW_BOMB}"), f"--set name: the value {TOO_LARGE}")
+    assert_one_error(invoke_wide("validate", config, "--sweep", f"model.depth={FLOW_BOMB}"), f"--sweep model.depth: the values {TOO_LARGE}")
+    assert_one_error(invoke_wide("validate", config, "--set", "name=&a [*a]"), "--set name")
 
 
-def test_a_huge_value_is_never_formatted_whole_in_an_error(tmp_path):
+def test_a_huge_value_is_never_formatted_whole_in_an_error(tmp_path, invoke_wide):
     config = write(tmp_path / "c.yaml", {**BASE, "name": "n" * 500_000, "device": "d" * 500_000})
     began = time.perf_counter()
-    result = invoke("validate", config)
+    result = invoke_wide("validate", config)
     assert time.perf_counter() - began < 5
     assert result.exit_code == 2
     assert max(len(line) for line in result.stderr.splitlines()) < 300, result.stderr[:500]
 
 
-def test_a_config_that_is_too_large_a_fifo_or_a_device_is_one_line(tmp_path):
+def test_a_config_that_is_too_large_a_fifo_or_a_device_is_one_line(tmp_path, invoke_wide):
     big = tmp_path / "big.yaml"
     big.write_text("name: x\n" + "# padding\n" * 250_000)
-    assert_one_error(invoke("validate", big), f"config: {str(big)!r} is 2.5 MB; gradlab reads YAML files of at most 1 MB")
+    assert_one_error(invoke_wide("validate", big), f"config: {str(big)!r} is 2.5 MB; gradlab reads YAML files of at most 1 MB")
     fifo = tmp_path / "fifo.yaml"
     os.mkfifo(fifo)
     began = time.perf_counter()
-    assert_one_error(invoke("validate", fifo), f"config: {str(fifo)!r} is a FIFO, not a regular file")
+    assert_one_error(invoke_wide("validate", fifo), f"config: {str(fifo)!r} is a FIFO, not a regular file")
     assert time.perf_counter() - began < 5
-    assert_one_error(invoke("validate", "/dev/zero"), "config: '/dev/zero' is a device, not a regular file")
+    assert_one_error(invoke_wide("validate", "/dev/zero"), "config: '/dev/zero' is a device, not a regular file")
 
 
-def test_keys_1_and_true_are_named_as_written(tmp_path):
+def test_keys_1_and_true_are_named_as_written(tmp_path, invoke_wide):
     config = tmp_path / "c.yaml"
     config.write_text("data:\n  1: a\n  true: b\n")
-    assert_one_error(invoke("validate", config), "found key 'true', the same key as '1' (first given at line 2)")
+    assert_one_error(invoke_wide("validate", config), "found key 'true', the same key as '1' (first given at line 2)")
     config.write_text("name: a\nname: b\n")
-    assert_one_error(invoke("validate", config), "found duplicate key 'name' (first given at line 1)")
+    assert_one_error(invoke_wide("validate", config), "found duplicate key 'name' (first given at line 1)")
 
 
-def test_a_hostile_run_config_does_not_block_compare_of_the_others(tmp_path):
+def test_a_hostile_run_config_does_not_block_compare_of_the_others(tmp_path, invoke_wide):
     good = finished_run(tmp_path)
     hostile = good.parent / "20990101-000000-bomb00"
     import shutil
@@ -436,7 +430,7 @@ def test_a_hostile_run_config_does_not_block_compare_of_the_others(tmp_path):
     shutil.copytree(good, hostile)
     (hostile / "config.yaml").write_text(BOMB_ANCHORS)
     began = time.perf_counter()
-    result = invoke("compare", tmp_path / "runs", "--format", "csv")
+    result = invoke_wide("compare", tmp_path / "runs", "--format", "csv")
     assert time.perf_counter() - began < 10
     assert result.exit_code == 0, result.output
     assert result.stderr.splitlines() == [f"warning: {hostile}: config.yaml {TOO_LARGE}; skipped"]
@@ -492,7 +486,7 @@ def damage(run: Path, how: str) -> str:
 
 
 @pytest.mark.parametrize("how", ["meta_list", "empty_step", "model_5"])
-def test_one_damaged_run_is_skipped_with_one_line_by_compare_check_and_plot(tmp_path, how):
+def test_one_damaged_run_is_skipped_with_one_line_by_compare_check_and_plot(tmp_path, how, invoke_wide):
     import shutil
 
     good = finished_run(tmp_path, expect={"status": "completed"})
@@ -501,15 +495,15 @@ def test_one_damaged_run_is_skipped_with_one_line_by_compare_check_and_plot(tmp_
     bad = good.parent / "20990101-000000-broken"
     shutil.copytree(good, bad)
     line = damage(bad, how)
-    compared = invoke("compare", tmp_path / "runs", "--format", "csv")
+    compared = invoke_wide("compare", tmp_path / "runs", "--format", "csv")
     assert compared.exit_code == 0, compared.output
     assert compared.stderr.splitlines() == [f"warning: {line}"]
     [row] = list(csv.DictReader(io.StringIO(compared.stdout)))  # the two good runs, one configuration
     assert row["seeds"] == "2"
-    plotted = invoke("plot", tmp_path / "runs", "--output", tmp_path / "figures")
+    plotted = invoke_wide("plot", tmp_path / "runs", "--output", tmp_path / "figures")
     assert plotted.exit_code == 0, plotted.output
     assert plotted.stderr.splitlines() == [f"warning: {line}"]
-    checked = invoke("check", tmp_path / "runs")
+    checked = invoke_wide("check", tmp_path / "runs")
     assert "Traceback" not in checked.output
     assert checked.exit_code == 2  # a run that cannot be checked is said, the others checked
     assert f"  ERROR  {line.removesuffix('; skipped')}" in checked.stdout.splitlines()
@@ -538,27 +532,27 @@ BEYOND = "beyond float32's range: the value must be at most 3.4e+38 in magnitude
         ({"model": {"init": {"weight": {"name": "kaiming_normal", "a": 1e300}}}}, "model.init.weight.a: got 1e+300"),
     ],
 )
-def test_a_float_parameter_beyond_float32_is_refused_at_validation(tmp_path, change, key):
+def test_a_float_parameter_beyond_float32_is_refused_at_validation(tmp_path, change, key, invoke_wide):
     config = {**BASE, "log": {**BASE["log"], "out": str(tmp_path / "out")}, **change}
     if "model" in change:
         config["model"] = {**BASE["model"], **change["model"]}
     path = write(tmp_path / "c.yaml", config)
-    assert_one_error(invoke("validate", path), f"{key}; {BEYOND}")
-    assert_one_error(invoke("run", path), f"{key}; {BEYOND}")
+    assert_one_error(invoke_wide("validate", path), f"{key}; {BEYOND}")
+    assert_one_error(invoke_wide("run", path), f"{key}; {BEYOND}")
     assert not (tmp_path / "out").exists()
 
 
-def test_a_uniform_interval_wider_than_float32_is_refused(tmp_path):
+def test_a_uniform_interval_wider_than_float32_is_refused(tmp_path, invoke_wide):
     config = {**BASE, "model": {**BASE["model"], "init": {"weight": {"name": "uniform", "a": -3e38, "b": 3e38}}}}
-    assert_one_error(invoke("validate", write(tmp_path / "c.yaml", config)), "b - a (6e+38) must be at most 3.4e+38, float32's largest number")
+    assert_one_error(invoke_wide("validate", write(tmp_path / "c.yaml", config)), "b - a (6e+38) must be at most 3.4e+38, float32's largest number")
 
 
-def test_a_cnn_on_vectors_from_an_npz_is_the_shape_error(tmp_path):
+def test_a_cnn_on_vectors_from_an_npz_is_the_shape_error(tmp_path, invoke_wide):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "v.npz", x_train=rng.random((64, 10), dtype=np.float32), y_train=np.arange(64) % 3, x_test=rng.random((32, 10), dtype=np.float32), y_test=np.arange(32) % 3)
     config = {**BASE, "data": {"name": "npz", "path": str(tmp_path / "v.npz"), "classes": 3, "n_train": 64, "n_test": 32, "batch_size": 32},
               "model": {"kind": "cnn", "depth": 2, "width": 4}, "log": {"every": 5, "out": str(tmp_path / "out")}}  # fmt: skip
-    assert_one_error(invoke("run", write(tmp_path / "c.yaml", config)), "model.kind cnn needs (channels, height, width) inputs; the data has shape (10,)")
+    assert_one_error(invoke_wide("run", write(tmp_path / "c.yaml", config)), "model.kind cnn needs (channels, height, width) inputs; the data has shape (10,)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -566,7 +560,7 @@ def test_a_cnn_on_vectors_from_an_npz_is_the_shape_error(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-def test_bad_output_paths_are_one_line_before_any_work(tmp_path):
+def test_bad_output_paths_are_one_line_before_any_work(tmp_path, invoke_wide):
     run = finished_run(tmp_path, expect={"status": "completed"})
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
@@ -582,7 +576,7 @@ def test_bad_output_paths_are_one_line_before_any_work(tmp_path):
         (("plot", run, "--output", a_file), f"--output: {str(a_file)!r} is a file, not a folder"),
     ]
     for args, line in cases:
-        result = invoke(*args)
+        result = invoke_wide(*args)
         assert result.exit_code == 2, (args, result.output)
         assert result.stderr == f"error: {line}\n", args
         assert result.stdout == "", args  # checked before any work: nothing compared, checked or drawn
@@ -613,16 +607,16 @@ def npz_config(tmp_path: Path, path: Path, **data) -> Path:
     return write(tmp_path / "c.yaml", {**BASE, "data": {"name": "npz", "path": str(path), "classes": 4, "n_train": 256, "n_test": 64, "batch_size": 64, **data}, "log": {"every": 5, "out": str(tmp_path / "out")}})
 
 
-def test_an_npz_declaring_gigabytes_is_read_only_as_far_as_the_examples_used(tmp_path):
+def test_an_npz_declaring_gigabytes_is_read_only_as_far_as_the_examples_used(tmp_path, invoke_wide):
     path = lying_npz(tmp_path / "big.npz", rows_declared=1_000_000, features=1000, rows_present=400)  # declares 4 GB
     assert path.stat().st_size < 2_000_000
-    result = invoke("run", npz_config(tmp_path, path, dim=1000), "--quiet")
+    result = invoke_wide("run", npz_config(tmp_path, path, dim=1000), "--quiet")
     assert result.exit_code == 0, result.output  # 320 rows read; the 4 GB never allocated
 
 
-def test_an_npz_whose_used_rows_cannot_fit_is_refused_from_its_declared_shape(tmp_path):
+def test_an_npz_whose_used_rows_cannot_fit_is_refused_from_its_declared_shape(tmp_path, invoke_wide):
     path = lying_npz(tmp_path / "huge.npz", rows_declared=10**7, features=10**8, rows_present=1)  # 4 PB declared
-    result = invoke("run", npz_config(tmp_path, path), "--quiet")
+    result = invoke_wide("run", npz_config(tmp_path, path), "--quiet")
     assert_one_error(result, "npz file", "x declares shape (10000000, 100000000) of float32; its first 320 rows need", "lower data.n_train/n_test")
     assert not (tmp_path / "out").exists()
 
@@ -631,7 +625,7 @@ def idx_header(magic: int, *dims: int) -> bytes:
     return struct.pack(f">I{len(dims)}I", magic, *dims)
 
 
-def test_an_idx_file_declaring_or_inflating_to_gigabytes_is_refused_without_decompressing_it(tmp_path):
+def test_an_idx_file_declaring_or_inflating_to_gigabytes_is_refused_without_decompressing_it(tmp_path, invoke_wide):
     folder = tmp_path / "mnist"
     folder.mkdir()
     for prefix, n in (("train", 256), ("t10k", 64)):
@@ -643,18 +637,18 @@ def test_an_idx_file_declaring_or_inflating_to_gigabytes_is_refused_without_deco
     # declares 3 TB and holds the 256 images used: only those are read
     images.write_bytes(gzip.compress(idx_header(2051, 4_000_000_000, 28, 28) + bytes(256 * 784)))
     labels.write_bytes(gzip.compress(idx_header(2049, 4_000_000_000) + bytes(i % 10 for i in range(256))))
-    result = invoke("run", config, "--quiet")
+    result = invoke_wide("run", config, "--quiet")
     assert result.exit_code == 0, result.output
     # declares images whose first 256 alone cannot fit: refused before anything is read
     images.write_bytes(gzip.compress(idx_header(2051, 4_000_000_000, 100_000, 100_000)))
-    assert_one_error(invoke("run", config), f"mnist file {str(images)!r}: its header declares 4000000000x100000x100000; the first 256 examples used are ", "more than fits in the")
+    assert_one_error(invoke_wide("run", config), f"mnist file {str(images)!r}: its header declares 4000000000x100000x100000; the first 256 examples used are ", "more than fits in the")
     labels.write_bytes(gzip.compress(idx_header(2049, 256) + bytes(i % 10 for i in range(256))))
     # an honest header, then a stream that inflates on and on: stopped one chunk past the payload
     stream = zlib.compressobj(9, zlib.DEFLATED, 31)
     body = stream.compress(idx_header(2051, 256, 28, 28) + bytes(256 * 784)) + b"".join(stream.compress(bytes(1 << 20)) for _ in range(256)) + stream.flush()
     images.write_bytes(body)  # 256 MB of zeros past the payload, in a quarter of a megabyte
     began = time.perf_counter()
-    assert_one_error(invoke("run", config), f"mnist file {str(images)!r}: has trailing bytes: header says 256x28x28 = 200704 payload bytes, found ")
+    assert_one_error(invoke_wide("run", config), f"mnist file {str(images)!r}: has trailing bytes: header says 256x28x28 = 200704 payload bytes, found ")
     assert time.perf_counter() - began < 10
 
 
@@ -710,15 +704,15 @@ def test_plot_of_many_runs_draws_their_median_and_band_and_says_so(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-def test_sweep_values_nested_thousands_deep_or_with_duplicate_keys_are_one_line(tmp_path):
+def test_sweep_values_nested_thousands_deep_or_with_duplicate_keys_are_one_line(tmp_path, invoke_wide):
     config = write(tmp_path / "c.yaml", BASE)
     deep = "[" * 3000 + "]" * 3000
-    assert_one_error(invoke("validate", config, "--sweep", f"model.depth={deep}"), "--sweep model.depth: ", "is not a comma-separated list of YAML values (nested too deeply)")
-    line = assert_one_error(invoke("validate", config, "--sweep", "model.activation={name: elu, alpha: 1, alpha: 2}"), "--sweep model.activation: ")
+    assert_one_error(invoke_wide("validate", config, "--sweep", f"model.depth={deep}"), "--sweep model.depth: ", "is not a comma-separated list of YAML values (nested too deeply)")
+    line = assert_one_error(invoke_wide("validate", config, "--sweep", "model.activation={name: elu, alpha: 1, alpha: 2}"), "--sweep model.activation: ")
     assert "duplicate key 'alpha'" in line
 
 
-def test_odd_layer_and_kind_values_in_layers_csv_are_said(tmp_path):
+def test_odd_layer_and_kind_values_in_layers_csv_are_said(tmp_path, invoke_wide):
     run = finished_run(tmp_path)
     text = (run / "layers.csv").read_text()
     lines = text.splitlines(keepends=True)
@@ -727,39 +721,39 @@ def test_odd_layer_and_kind_values_in_layers_csv_are_said(tmp_path):
     lines[1] = ",".join(fields)
     lines[-2] = lines[-2].replace(",hidden,", ",HIDDEN,")  # (another row: the last step's last hidden layer)
     (run / "layers.csv").write_text("".join(lines))
-    result = invoke("compare", run, "--format", "csv")
+    result = invoke_wide("compare", run, "--format", "csv")
     assert result.exit_code == 0, result.output
     warnings = result.stderr.splitlines()
     assert f"warning: {run}: layers.csv: 1 rows have a layer that is not a whole number (e.g. 1.5); they are left out" in warnings
     assert any(line.startswith(f"warning: {run}: layers.csv: kind 'HIDDEN' in 1 rows is not one gradlab writes") for line in warnings), warnings
 
 
-def test_a_dangling_symlink_as_log_out_is_called_a_link(tmp_path):
+def test_a_dangling_symlink_as_log_out_is_called_a_link(tmp_path, invoke_wide):
     (tmp_path / "out").symlink_to(tmp_path / "nowhere")
     config = write(tmp_path / "c.yaml", {**BASE, "log": {**BASE["log"], "out": str(tmp_path / "out")}})
-    assert_one_error(invoke("run", config), f"log.out: {str(tmp_path / 'out')!r} is a symbolic link to {str(tmp_path / 'nowhere')!r}, which does not exist")
+    assert_one_error(invoke_wide("run", config), f"log.out: {str(tmp_path / 'out')!r} is a symbolic link to {str(tmp_path / 'nowhere')!r}, which does not exist")
 
 
-def test_a_planted_symlink_at_out_name_is_followed_and_the_real_path_printed(tmp_path):
+def test_a_planted_symlink_at_out_name_is_followed_and_the_real_path_printed(tmp_path, invoke_wide):
     (tmp_path / "out").mkdir()
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "out" / "tiny").symlink_to(tmp_path / "elsewhere")
     config = write(tmp_path / "c.yaml", {**BASE, "name": "tiny", "log": {**BASE["log"], "out": str(tmp_path / "out")}})
-    result = invoke("run", config, "--quiet")
+    result = invoke_wide("run", config, "--quiet")
     assert result.exit_code == 0, result.output
     printed = Path(result.stdout.strip())
     assert printed.parent == (tmp_path / "elsewhere").resolve() and (printed / "meta.json").is_file()
 
 
-def test_absurd_threads_are_refused_before_anything_is_written(tmp_path):
+def test_absurd_threads_are_refused_before_anything_is_written(tmp_path, invoke_wide):
     config = sweep_config(tmp_path)
-    assert_one_error(invoke("run", config, "--threads", "100000"), "--threads: 100000 is more than 4 x the ")
+    assert_one_error(invoke_wide("run", config, "--threads", "100000"), "--threads: 100000 is more than 4 x the ")
     assert not (tmp_path / "out").exists()
 
 
-def test_a_run_of_zero_steps_shows_step_0_once(tmp_path):
+def test_a_run_of_zero_steps_shows_step_0_once(tmp_path, invoke_wide):
     config = write(tmp_path / "c.yaml", {**BASE, "train": {"steps": 0, "eval_every": 10}, "log": {**BASE["log"], "out": str(tmp_path / "out")}})
-    result = invoke("run", config)
+    result = invoke_wide("run", config)
     assert result.exit_code == 0, result.output
     assert result.stdout.count("delta_norm @ step 0") == 1, result.stdout
 

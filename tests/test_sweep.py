@@ -19,11 +19,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from typer.testing import CliRunner
 
 from gradlab.orchestrate import sweep as sweeps
 from gradlab.vocab.quantities import layers_columns
-from gradlab.cli.app import app
 from gradlab.vocab.errors import ConfigError
 from gradlab.orchestrate.executors import MemberTask, default_threads, run_member
 from gradlab.orchestrate.progress import RunStarted
@@ -56,10 +54,6 @@ def write_config(path: Path, out: Path, **changes) -> Path:
     return path
 
 
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
 def the_sweep_dir(out: Path) -> Path:
     [sweep_dir] = [p.parent for p in out.rglob(sweeps.INDEX_FILE)]
     return sweep_dir
@@ -75,7 +69,7 @@ def statuses(sweep_dir: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def serial_sweep(tmp_path_factory) -> Path:
+def serial_sweep(tmp_path_factory, invoke) -> Path:
     """The tiny grid run once, serially, through the CLI (shared by the read-only tests)."""
     tmp = tmp_path_factory.mktemp("serial")
     result = invoke("run", write_config(tmp / "grid.yaml", tmp / "out"), "--quiet")
@@ -182,7 +176,7 @@ def test_shipped_configs_expand_validate_and_fit():
 # --------------------------------------------------------------------------------------------
 
 
-def test_a_bad_combination_fails_the_whole_sweep_up_front_naming_its_values(tmp_path):
+def test_a_bad_combination_fails_the_whole_sweep_up_front_naming_its_values(tmp_path, invoke):
     out = tmp_path / "out"
     config = write_config(tmp_path / "grid.yaml", out, sweep={"model.activation": ["relu", "tanh"], "model.norm": ["none", {"name": "groupnorm", "groups": 4}]})
     result = invoke("run", config, "--sweep", "model.width=16,10")
@@ -193,7 +187,7 @@ def test_a_bad_combination_fails_the_whole_sweep_up_front_naming_its_values(tmp_
     assert not out.exists()
 
 
-def test_every_problem_of_every_combination_is_reported_at_once(tmp_path):
+def test_every_problem_of_every_combination_is_reported_at_once(tmp_path, invoke):
     out = tmp_path / "out"
     config = write_config(tmp_path / "grid.yaml", out, sweep={"model.depth": [0, 2, -1], "model.activation": ["relu", "rleu"]}, seeds=[0])
     result = invoke("run", config, "--set", "train.steps=-1")
@@ -210,7 +204,7 @@ def test_every_problem_of_every_combination_is_reported_at_once(tmp_path):
     assert not out.exists()
 
 
-def test_validate_lists_the_combinations_and_what_differs(tmp_path):
+def test_validate_lists_the_combinations_and_what_differs(tmp_path, invoke):
     config = write_config(tmp_path / "grid.yaml", tmp_path / "out", seeds=None)
     result = invoke("validate", config, "--sweep", "model.depth=2,3", "--set", "model.width=8")
     assert result.exit_code == 0, result.output
@@ -228,7 +222,7 @@ def test_validate_lists_the_combinations_and_what_differs(tmp_path):
     ]
 
 
-def test_sweep_options_on_a_plain_config_are_refused(tmp_path):
+def test_sweep_options_on_a_plain_config_are_refused(tmp_path, invoke):
     config = write_config(tmp_path / "plain.yaml", tmp_path / "out", sweep=None, seeds=None)
     result = invoke("run", config, "--jobs", "2")
     assert (result.exit_code, result.stderr) == (2, f"error: --jobs: applies to sweeps; {config} has no sweep: or seeds: (add --sweep key.path=v1,v2)\n")
@@ -268,7 +262,7 @@ def test_the_sweep_directory_holds_an_index_and_a_normal_run_per_combination(ser
     assert [m.name for m in sweeps.load_plan(sweep_dir / sweeps.SPEC_FILE).members] == NAMES
 
 
-def test_run_prints_a_line_per_run_and_a_summary(tmp_path):
+def test_run_prints_a_line_per_run_and_a_summary(tmp_path, invoke):
     config = write_config(tmp_path / "grid.yaml", tmp_path / "out", sweep={"model.activation": ["sigmoid", "relu"]}, seeds=None)
     result = invoke("run", config)
     assert result.exit_code == 0, result.output
@@ -279,7 +273,7 @@ def test_run_prints_a_line_per_run_and_a_summary(tmp_path):
     assert result.stdout.splitlines() == ["2 runs: 2 completed, 0 diverged, 0 failed, 0 interrupted", f"sweep directory: {sweep_dir}"]
 
 
-def test_compare_on_the_sweep_directory_gives_the_grid_with_seeds_grouped(serial_sweep):
+def test_compare_on_the_sweep_directory_gives_the_grid_with_seeds_grouped(serial_sweep, invoke):
     result = invoke("compare", serial_sweep, "--format", "csv")
     assert result.exit_code == 0, result.output
     table = pd.read_csv(io.StringIO(result.stdout))
@@ -292,7 +286,7 @@ def test_compare_on_the_sweep_directory_gives_the_grid_with_seeds_grouped(serial
     assert set(table["status"]) == {"completed"} and "gain@0_std" in table
 
 
-def test_a_failing_or_diverging_run_does_not_stop_the_sweep(tmp_path):
+def test_a_failing_or_diverging_run_does_not_stop_the_sweep(tmp_path, invoke):
     garbage = tmp_path / "garbage.npz"
     garbage.write_bytes(b"not an archive")
     data = {**BASE["data"], "path": str(garbage)}
@@ -321,7 +315,7 @@ def test_a_failing_or_diverging_run_does_not_stop_the_sweep(tmp_path):
     assert "Traceback" not in result.output
 
 
-def test_each_run_of_a_sweep_is_checked_against_expect_and_again_on_resume(tmp_path):
+def test_each_run_of_a_sweep_is_checked_against_expect_and_again_on_resume(tmp_path, invoke):
     config = write_config(tmp_path / "grid.yaml", tmp_path / "out", seeds=None, sweep={"optim.lr": [0.05, 1.0e6]},
                           expect={"status": "completed", "gain": {"step": 0, "between": [0.01, 100]}})  # fmt: skip
     result = invoke("run", config, "--quiet")
@@ -344,7 +338,7 @@ def test_each_run_of_a_sweep_is_checked_against_expect_and_again_on_resume(tmp_p
 # --------------------------------------------------------------------------------------------
 
 
-def test_jobs_2_writes_the_same_records_as_jobs_1(tmp_path, serial_sweep):
+def test_jobs_2_writes_the_same_records_as_jobs_1(tmp_path, serial_sweep, invoke):
     config = write_config(tmp_path / "grid.yaml", tmp_path / "out")
     result = invoke("run", config, "--jobs", "2", "--quiet")
     assert result.exit_code == 0, result.output
@@ -376,7 +370,7 @@ def test_each_run_computes_with_the_threads_it_is_given(tmp_path):
     assert default_threads() == 1
 
 
-def test_resume_runs_only_what_is_not_completed_or_diverged(tmp_path, monkeypatch):
+def test_resume_runs_only_what_is_not_completed_or_diverged(tmp_path, monkeypatch, invoke):
     monkeypatch.setattr(sweeps, "ORPHANS_SETTLE_S", 0.0)  # (the run marked running here has no worker left)
     config = write_config(tmp_path / "grid.yaml", tmp_path / "out")
     sweep_dir = Path(invoke("run", config, "--quiet").stdout.strip())
@@ -446,7 +440,7 @@ def test_ctrl_c_of_a_parallel_sweep_interrupts_the_runs_in_flight(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-def test_a_sweep_runs_through_ray_into_the_same_layout(tmp_path, serial_sweep):
+def test_a_sweep_runs_through_ray_into_the_same_layout(tmp_path, serial_sweep, invoke):
     pytest.importorskip("ray", reason="Ray is not installed; pip install 'gradlab[ray]' to run this test")
     config = write_config(tmp_path / "grid.yaml", tmp_path / "out")
     result = invoke("run", config, "--executor", "ray", "--quiet")
@@ -488,7 +482,7 @@ print("ok")
     assert done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
-def test_workers_started_early_are_stopped_when_the_sweep_does_not_run(tmp_path):
+def test_workers_started_early_are_stopped_when_the_sweep_does_not_run(tmp_path, invoke):
     # --jobs N starts its workers before the sweep is planned, so that their start-up overlaps the
     # planning and the memory check; a sweep refused by that check must not leave them behind.
     from gradlab.orchestrate import executors
@@ -519,7 +513,7 @@ def test_workers_started_early_are_stopped_when_the_sweep_does_not_run(tmp_path)
         assert not process.is_alive()
 
 
-def test_a_parallel_sweep_runs_on_the_workers_started_early(tmp_path, serial_sweep):
+def test_a_parallel_sweep_runs_on_the_workers_started_early(tmp_path, serial_sweep, invoke):
     from gradlab.orchestrate import executors
 
     created = []
