@@ -291,17 +291,14 @@ def test_threads_beyond_four_per_core_are_refused():
         resolve_threads(exp.threads, exp, (64,))
 
 
-def test_gradlab_run_takes_threads_for_a_single_run(tmp_path):
+def test_gradlab_run_takes_threads_for_a_single_run(tmp_path, invoke):
     import json
 
     import yaml
-    from typer.testing import CliRunner
-
-    from gradlab.cli.app import app
 
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(tiny(tmp_path).model_dump(mode="json")))
-    done = CliRunner().invoke(app, ["run", str(config), "--threads", "2", "--quiet"])
+    done = invoke("run", str(config), "--threads", "2", "--quiet")
     assert done.exit_code == 0, done.output
     run_dir = __import__("pathlib").Path(done.output.strip())
     assert json.loads((run_dir / "meta.json").read_text())["threads"] == 2

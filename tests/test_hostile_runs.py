@@ -19,10 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from typer.testing import CliRunner
 
 from gradlab.records import run as records
-from gradlab.cli.app import app
 from gradlab.config.experiment import validate
 from gradlab.vocab.errors import RunError
 from gradlab.records.run import LAYERS_COLUMNS, METRICS_COLUMNS, new_run_dir
@@ -55,11 +53,6 @@ EXPLODING = {
 # So deep that the forward pass at initialization overflows float32: ReLU with N(0, 3^2) weights
 # multiplies the signal by about 3 * sqrt(32 / 2) = 12 per layer, and 12^40 > 3.4e38.
 EXPLODING_AT_STEP_0 = {**EXPLODING, "name": "overflow", "model": {**EXPLODING["model"], "depth": 40, "width": 32}}
-
-
-def invoke(*args):
-    # wide enough that rich never wraps a line the tests compare whole
-    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "250"})
 
 
 def write_config(path: Path, config: dict) -> Path:
@@ -101,9 +94,9 @@ def csv_rows(text: str) -> list[dict[str, str]]:
 # --------------------------------------------------------------------------------------------
 
 
-def test_run_of_an_exploding_config_exits_0_and_says_where_it_diverged(tmp_path):
+def test_run_of_an_exploding_config_exits_0_and_says_where_it_diverged(tmp_path, invoke_wide):
     config = write_config(tmp_path / "exploding.yaml", EXPLODING)
-    result = invoke("run", config, "--out", tmp_path / "out")
+    result = invoke_wide("run", config, "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
     [run] = run_dirs(tmp_path / "out")
@@ -121,10 +114,10 @@ def test_run_of_an_exploding_config_exits_0_and_says_where_it_diverged(tmp_path)
     assert steps == [step for step in range(d["step"]) for _ in range(7)]
 
 
-def test_compare_shows_a_diverged_run_as_diverged(tmp_path):
+def test_compare_shows_a_diverged_run_as_diverged(tmp_path, invoke_wide):
     run = run_experiment(validate({**EXPLODING, "log": {"every": 1, "out": str(tmp_path)}})).run_dir
     divergence = json.loads((run / "meta.json").read_text())["divergence"]
-    result = invoke("compare", run, "--format", "csv")
+    result = invoke_wide("compare", run, "--format", "csv")
     assert result.exit_code == 0, result.output
     [row] = csv_rows(result.stdout)
     # issue 11: the finals are said to be from before the divergence; the verdict is the gain's at
@@ -135,14 +128,14 @@ def test_compare_shows_a_diverged_run_as_diverged(tmp_path):
 
     assert row["verdict@last"] == verdict(float(row["gain@last"]))
     assert int(row["last_step"]) == divergence["step"] - 1  # the last finite measurement
-    table = invoke("compare", run)
+    table = invoke_wide("compare", run)
     assert table.exit_code == 0
     assert [line.split() for line in table.stdout.splitlines() if line.split()[:1] == ["status"]] == [["status", "diverged"]]
 
 
-def test_run_that_diverges_at_initialization_exits_0_and_says_where(tmp_path):
+def test_run_that_diverges_at_initialization_exits_0_and_says_where(tmp_path, invoke_wide):
     config = write_config(tmp_path / "overflow.yaml", EXPLODING_AT_STEP_0)
-    result = invoke("run", config, "--out", tmp_path / "out")
+    result = invoke_wide("run", config, "--out", tmp_path / "out")
     [run] = run_dirs(tmp_path / "out")
     meta = json.loads((run / "meta.json").read_text())
     assert meta["status"] == "diverged" and meta["divergence"]["step"] == 0  # the records are right
@@ -150,10 +143,10 @@ def test_run_that_diverges_at_initialization_exits_0_and_says_where(tmp_path):
     assert f"diverged at step 0: first non-finite value in {meta['divergence']['tensor']}" in result.stdout.splitlines()
 
 
-def test_compare_shows_a_run_that_diverged_at_initialization(tmp_path):
+def test_compare_shows_a_run_that_diverged_at_initialization(tmp_path, invoke_wide):
     run = run_experiment(validate({**EXPLODING_AT_STEP_0, "log": {"every": 1, "out": str(tmp_path)}})).run_dir
     assert json.loads((run / "meta.json").read_text())["divergence"]["step"] == 0
-    result = invoke("compare", run, "--format", "csv")
+    result = invoke_wide("compare", run, "--format", "csv")
     assert result.exit_code == 0, result.output
     [row] = csv_rows(result.stdout)
     assert row["status"] == "diverged"
@@ -164,7 +157,7 @@ def test_compare_shows_a_run_that_diverged_at_initialization(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-def test_compare_after_sigkill_shows_the_run_as_running_with_a_warning(tmp_path):
+def test_compare_after_sigkill_shows_the_run_as_running_with_a_warning(tmp_path, invoke_wide):
     process = start_long_run(tmp_path)
     try:
         run = wait_for_rows(tmp_path, steps=5)
@@ -173,7 +166,7 @@ def test_compare_after_sigkill_shows_the_run_as_running_with_a_warning(tmp_path)
         process.communicate(timeout=60)
     assert json.loads((run / "meta.json").read_text())["status"] == "running"
     last = int((run / "layers.csv").read_text().splitlines()[-1].split(",")[0])
-    result = invoke("compare", run, "--format", "csv")
+    result = invoke_wide("compare", run, "--format", "csv")
     assert result.exit_code == 0, result.output
     assert result.stderr == (
         f"warning: {run.resolve()}: still marked running (in progress, or killed before it could finish); compared up to step {last}\n"
@@ -216,14 +209,14 @@ def test_new_run_dir_never_reuses_an_existing_directory(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == [first.name, second.name]
 
 
-def test_a_run_writes_only_inside_its_own_directory(tmp_path, monkeypatch):
+def test_a_run_writes_only_inside_its_own_directory(tmp_path, monkeypatch, invoke_wide):
     monkeypatch.chdir(tmp_path)  # a stray write to the working directory would show in the tree
     config = write_config(tmp_path / "tiny.yaml", TINY)
-    earlier = invoke("run", config, "--out", "out", "--quiet")
+    earlier = invoke_wide("run", config, "--out", "out", "--quiet")
     assert earlier.exit_code == 0, earlier.output
     (tmp_path / "out" / "notes.txt").write_text("mine")
     before = tree(tmp_path)
-    result = invoke("run", config, "--out", "out", "--quiet")
+    result = invoke_wide("run", config, "--out", "out", "--quiet")
     assert result.exit_code == 0, result.output
     new_run = Path(result.stdout.strip())
     after = tree(tmp_path)
@@ -234,23 +227,23 @@ def test_a_run_writes_only_inside_its_own_directory(tmp_path, monkeypatch):
     assert new_run.parent == Path("out/tiny")
 
 
-def test_out_below_a_file_fails_up_front(tmp_path):
+def test_out_below_a_file_fails_up_front(tmp_path, invoke_wide):
     config = write_config(tmp_path / "tiny.yaml", TINY)
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     before = tree(tmp_path)
-    result = invoke("run", config, "--out", blocker / "sub")
+    result = invoke_wide("run", config, "--out", blocker / "sub")
     assert_bad_input(result)
     assert result.stderr == f"error: log.out: cannot create {str(blocker / 'sub')!r}: {str(blocker)!r} is a file, not a folder\n"
     assert tree(tmp_path) == before
 
 
-def test_a_file_named_like_the_experiment_under_out_fails_and_stays(tmp_path):
+def test_a_file_named_like_the_experiment_under_out_fails_and_stays(tmp_path, invoke_wide):
     config = write_config(tmp_path / "tiny.yaml", TINY)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "tiny").write_text("not a folder")
     before = tree(tmp_path)
-    result = invoke("run", config, "--out", tmp_path / "out")
+    result = invoke_wide("run", config, "--out", tmp_path / "out")
     assert_bad_input(result)
     assert result.stderr == (
         f"error: log.out: {str(tmp_path / 'out' / 'tiny')!r} is a file, not a folder (the runs of experiment 'tiny' go there)\n"
@@ -259,16 +252,16 @@ def test_a_file_named_like_the_experiment_under_out_fails_and_stays(tmp_path):
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="running as root: chmod 0o500 does not stop root from writing (test_out_below_a_file_fails_up_front covers an uncreatable out)")
-def test_unwritable_out_fails_up_front(tmp_path):
+def test_unwritable_out_fails_up_front(tmp_path, invoke_wide):
     config = write_config(tmp_path / "tiny.yaml", TINY)
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        result = invoke("run", config, "--out", locked)
+        result = invoke_wide("run", config, "--out", locked)
         assert_bad_input(result)
         assert result.stderr == f"error: log.out: {str(locked)!r} is not writable\n"
-        result = invoke("run", config, "--out", locked / "sub")
+        result = invoke_wide("run", config, "--out", locked / "sub")
         assert_bad_input(result)
         assert result.stderr == f"error: log.out: cannot create {str(locked / 'sub')!r}: {str(locked)!r} is not writable\n"
         assert list(locked.iterdir()) == []
@@ -300,21 +293,21 @@ def test_unwritable_out_fails_up_front(tmp_path):
     ],
     ids=["huge-seed", "noise-beyond-float32", "pooled-to-nothing", "batchnorm-of-one-example", "batchnorm-of-one-pixel"],
 )  # fmt: skip
-def test_run_refuses_impossible_numbers_up_front(tmp_path, sets, line):
+def test_run_refuses_impossible_numbers_up_front(tmp_path, sets, line, invoke_wide):
     config = write_config(tmp_path / "tiny.yaml", TINY)
     before = tree(tmp_path)
-    result = invoke("run", config, "--out", tmp_path / "out", *[arg for item in sets for arg in ("--set", item)])
+    result = invoke_wide("run", config, "--out", tmp_path / "out", *[arg for item in sets for arg in ("--set", item)])
     assert_bad_input(result)
     assert result.stderr == line + "\n"
     assert tree(tmp_path) == before
 
 
-def test_a_huge_lrn_window_is_refused_by_the_memory_estimate(tmp_path):
+def test_a_huge_lrn_window_is_refused_by_the_memory_estimate(tmp_path, invoke_wide):
     # F.pad overflowed (TypeError) for 10**27 and tried to allocate a terabyte for 10**9
     config = write_config(tmp_path / "tiny.yaml", TINY)
     before = tree(tmp_path)
     for size in (10**9, 10**27):
-        result = invoke("run", config, "--out", tmp_path / "out", "--set", f"model.norm={{name: lrn, size: {size}}}")
+        result = invoke_wide("run", config, "--out", tmp_path / "out", "--set", f"model.norm={{name: lrn, size: {size}}}")
         line = assert_bad_input(result, "error: model: this experiment needs ")
         assert line.endswith("reduce model.depth, model.width, model.norm.size, data.batch_size, data.classes or data.n_train"), line
     assert tree(tmp_path) == before
@@ -335,10 +328,10 @@ def test_a_huge_lrn_window_is_refused_by_the_memory_estimate(tmp_path):
     ],
     ids=["union-parameter", "non-string-parameter", "yaml-1.1-float", "beyond-float", "empty-out", "component-article", "duplicate-key", "deep", "5000-digits"],
 )  # fmt: skip
-def test_validate_exact_lines_for_inputs_the_fuzzer_found(tmp_path, content, line):
+def test_validate_exact_lines_for_inputs_the_fuzzer_found(tmp_path, content, line, invoke_wide):
     path = tmp_path / "config.yaml"
     path.write_text(content, encoding="utf-8")
-    result = invoke("validate", path)
+    result = invoke_wide("validate", path)
     assert_bad_input(result)
     assert result.stderr == "error: " + line.format(path=repr(str(path))) + "\n"
 
@@ -468,13 +461,13 @@ BROKEN = {
 
 
 @pytest.mark.parametrize("case", list(BROKEN))
-def test_a_broken_data_file_is_one_error_line_naming_it_and_nothing_is_written(tmp_path, case):
+def test_a_broken_data_file_is_one_error_line_naming_it_and_nothing_is_written(tmp_path, case, invoke_wide):
     kind, make = BROKEN[case]
     data_path, bad_file, problem = make(tmp_path)
     sizes = {"classes": 10, "n_train": 4, "n_test": 2, "batch_size": 2} if kind == "mnist" else {"classes": 3, "n_train": 6, "n_test": 4, "batch_size": 2}
     config = write_config(tmp_path / "data.yaml", {**TINY, "data": {"name": kind, "path": str(data_path), **sizes}})
     before = tree(tmp_path)
-    result = invoke("run", config, "--out", tmp_path / "out")
+    result = invoke_wide("run", config, "--out", tmp_path / "out")
     line = assert_bad_input(result, problem)
     where = "mnist file" if kind == "mnist" else f"{kind} file"
     assert line.startswith(f"error: {where} {str(bad_file)!r}"), line
@@ -514,8 +507,8 @@ def test_same_config_and_seed_write_byte_identical_records(tmp_path, model, data
     assert (other / "layers.csv").read_bytes() != (first / "layers.csv").read_bytes()
 
 
-def test_plot_draws_a_run_that_diverged_at_initialization_beside_a_normal_one(tmp_path):
+def test_plot_draws_a_run_that_diverged_at_initialization_beside_a_normal_one(tmp_path, invoke_wide):
     diverged = run_experiment(validate({**EXPLODING_AT_STEP_0, "log": {"every": 1, "out": str(tmp_path)}})).run_dir
-    result = invoke("plot", diverged, "--output", tmp_path / "alone")
+    result = invoke_wide("plot", diverged, "--output", tmp_path / "alone")
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "alone").glob("*.png"))) == 5
