@@ -159,8 +159,9 @@ def test_moments_of_the_relu_family_and_identity_in_closed_form(q):
 
 def _mpmath_moments(spec, q):
     """The same two integrals by mpmath's tanh-sinh quadrature, split at the kinks, at 30 digits."""
-    name = specs.activations.resolve(spec)["name"]
-    record, p = activations._record(spec)
+    resolved = specs.activations.resolve(spec)
+    name = resolved["name"]
+    record, p = activations.get(name), specs.activations.params_of(resolved)
     mpmath.mp.dps = 30
     root = mpmath.sqrt(q)
     # (0 is always a cut: tanh-sinh on a half-line far from the mass at 0 would miss it)
