@@ -37,7 +37,7 @@ from torch import nn
 def make_trainer(args, probes: list[str], out: str):
     from gradlab.config.experiment import validate
     from gradlab.build.data import Batches, load_dataset
-    from gradlab.records.run import RunRecords
+    from gradlab.records.write import RunRecords
     from gradlab.orchestrate.train import Trainer
 
     exp = validate({

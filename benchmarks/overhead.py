@@ -39,7 +39,7 @@ from torch import nn
 
 from gradlab.config.experiment import validate
 from gradlab.build.data import Dataset
-from gradlab.records.run import RunRecords
+from gradlab.records.write import RunRecords
 from gradlab.orchestrate.train import Trainer
 
 TARGETS = {"weights probe every step": 1.05, "all probes every step": 1.25, "all probes every 10 steps": 1.03}

@@ -40,7 +40,7 @@ from torch import nn
 from gradlab.config.experiment import validate
 from gradlab.build.data import Dataset
 from gradlab.vocab.quantities import layers_columns
-from gradlab.records.run import RunRecords
+from gradlab.records.write import RunRecords
 from gradlab.orchestrate.train import Trainer
 
 TARGETS = {"unprobed": 1.5, "all probes every 10 steps": 1.6}

@@ -48,7 +48,7 @@ def child(args) -> None:
     import torch
 
     from gradlab.build.data import Batches, load_dataset
-    from gradlab.records.run import RunRecords
+    from gradlab.records.write import RunRecords
     from gradlab.orchestrate.train import Trainer, resolve_threads
 
     exp = experiment(args, args.out)

@@ -1,6 +1,6 @@
 """Run directories for the compare/plot/check tests.
 
-`write_run` writes one with gradlab.records.run from numbers the test chooses, so that every summary
+`write_run` writes one with gradlab.records.write from numbers the test chooses, so that every summary
 can be checked against a truth known in advance (no training involved). `real_run` trains a tiny
 experiment with gradlab.orchestrate.train, for the tests that must hold on what `gradlab run` really writes.
 """
@@ -13,7 +13,8 @@ from typing import Any, Sequence
 
 import yaml
 
-from gradlab.records.run import Run, RunRecords, load_run
+from gradlab.records.run import Run, load_run
+from gradlab.records.write import RunRecords
 
 
 def resolved_config(name: str = "exp", seed: int = 0, *, depth: int = 3, out: str = "results", **sections: Any) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import yaml
 from gradlab.orchestrate import sweep as sweeps
 from gradlab.vocab.errors import ConfigError
 from gradlab.analysis.expectations import check_sweep
-from gradlab.records.run import RunRecords
+from gradlab.records.write import RunRecords
 from run_factory import layer_rows, metric_rows
 
 BASE = {

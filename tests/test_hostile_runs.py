@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import yaml
 
-from gradlab.records import run as records
+from gradlab.records import layout
 from gradlab.config.experiment import validate
 from gradlab.vocab.errors import RunError
-from gradlab.records.run import LAYERS_COLUMNS, METRICS_COLUMNS, new_run_dir
+from gradlab.records.layout import LAYERS_COLUMNS, METRICS_COLUMNS, new_run_dir
 from gradlab.orchestrate.runner import run_experiment
 from test_interrupt import start_long_run, wait_for_rows
 
@@ -195,15 +195,15 @@ class FrozenClock(datetime):
 
 
 def test_new_run_dir_never_reuses_an_existing_directory(tmp_path, monkeypatch):
-    monkeypatch.setattr(records, "datetime", FrozenClock)
+    monkeypatch.setattr(layout, "datetime", FrozenClock)
     ids = iter(["aaaaaa", "aaaaaa", "bbbbbb"])
-    monkeypatch.setattr(records.secrets, "token_hex", lambda n: next(ids))
+    monkeypatch.setattr(layout.secrets, "token_hex", lambda n: next(ids))
     first = new_run_dir(tmp_path, "exp")
     (first / "meta.json").write_text("{}")
     second = new_run_dir(tmp_path, "exp")  # the same second and, at first, the same id
     assert (first.name, second.name) == ("20300102-030405-aaaaaa", "20300102-030405-bbbbbb")
     assert (first / "meta.json").read_text() == "{}"
-    monkeypatch.setattr(records.secrets, "token_hex", lambda n: "aaaaaa")
+    monkeypatch.setattr(layout.secrets, "token_hex", lambda n: "aaaaaa")
     with pytest.raises(RunError, match="could not create a new run directory"):
         new_run_dir(tmp_path, "exp")
     assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == [first.name, second.name]

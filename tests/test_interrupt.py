@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from gradlab.records.run import LAYERS_COLUMNS
+from gradlab.records.layout import LAYERS_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 

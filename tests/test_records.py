@@ -1,4 +1,4 @@
-"""gradlab.records.run: the run directory written and read back, torn rows included, and the contract
+"""gradlab.records: the run directory written and read back, torn rows included, and the contract
 that its headers, the declarations of gradlab.vocab.quantities and the records reference (docs/records.md) agree."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from gradlab.vocab import quantities
+from gradlab.records import layout, read, write
 from gradlab.records import run as records
 from gradlab.vocab.errors import RunError
 from run_factory import METRICS, layer_rows, one_run, resolved_config, write_run
@@ -55,15 +56,15 @@ def test_the_records_reference_defines_the_metrics_columns():
 
 def test_the_written_headers_are_the_declared_columns(tmp_path):
     run_dir = write_run(tmp_path, resolved_config(), layer_rows(0, [1.0, 1.0]), METRICS)
-    assert (run_dir / records.LAYERS_FILE).read_text().splitlines()[0].split(",") == quantities.LAYERS_COLUMNS
-    assert (run_dir / records.METRICS_FILE).read_text().splitlines()[0].split(",") == list(quantities.METRICS_COLUMNS)
-    assert records.LAYERS_COLUMNS == quantities.LAYERS_COLUMNS
-    assert records.METRICS_COLUMNS == list(quantities.METRICS_COLUMNS)
+    assert (run_dir / layout.LAYERS_FILE).read_text().splitlines()[0].split(",") == quantities.LAYERS_COLUMNS
+    assert (run_dir / layout.METRICS_FILE).read_text().splitlines()[0].split(",") == list(quantities.METRICS_COLUMNS)
+    assert layout.LAYERS_COLUMNS == quantities.LAYERS_COLUMNS
+    assert layout.METRICS_COLUMNS == list(quantities.METRICS_COLUMNS)
 
 
 def test_writing_a_run_imports_neither_pandas_nor_torch(tmp_path):
     code = (
-        "import sys; from pathlib import Path; from gradlab.records.run import RunRecords, new_run_dir\n"
+        "import sys; from pathlib import Path; from gradlab.records.layout import new_run_dir; from gradlab.records.write import RunRecords\n"
         f"records = RunRecords(new_run_dir({str(tmp_path)!r}, 'x'), 'name: x\\n', {{'seed': 0}})\n"
         "records.layers.write([{'step': 0, 'layer': 0, 'delta_norm': 0.5}]); records.close('completed')\n"
         "print('pandas' in sys.modules, 'torch' in sys.modules)"
@@ -71,7 +72,7 @@ def test_writing_a_run_imports_neither_pandas_nor_torch(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False False"
     (run_dir,) = (tmp_path / "x").iterdir()
-    assert records.read_meta(run_dir)["status"] == "completed"
+    assert read.read_meta(run_dir)["status"] == "completed"
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,7 +103,7 @@ def test_bad_runs_are_named_and_the_rest_read(tmp_path, monkeypatch):
     no_layers = one_run(Path("runs"), [1.0, 1.0], run_id="nolayr").dir
     (no_layers / "layers.csv").unlink()
     header_only = one_run(Path("runs"), [1.0, 1.0], run_id="header").dir
-    (header_only / "layers.csv").write_text(",".join(records.LAYERS_COLUMNS) + "\n")
+    (header_only / "layers.csv").write_text(",".join(layout.LAYERS_COLUMNS) + "\n")
     cut = one_run(Path("runs"), [1.0, 2.0], run_id="cutoff").dir
     text = (cut / "layers.csv").read_text()
     (cut / "layers.csv").write_text(text[: text.rindex("\n") - 5])  # the head row at step 10, half written
@@ -156,7 +157,7 @@ def test_a_cell_that_is_not_a_number_is_an_error_naming_the_column(tmp_path):
     (run_dir / "layers.csv").write_text(text.replace(",99.0,", ",lots,", 1))
     with pytest.raises(RunError) as info:
         records.load_run(run_dir)
-    assert info.value.lines == [f"{records.shown_path(run_dir)}: layers.csv: column delta_norm holds values that are not numbers"]
+    assert info.value.lines == [f"{layout.shown_path(run_dir)}: layers.csv: column delta_norm holds values that are not numbers"]
 
 
 def test_nothing_readable_is_an_error_naming_every_problem(tmp_path, monkeypatch):
@@ -169,7 +170,7 @@ def test_nothing_readable_is_an_error_naming_every_problem(tmp_path, monkeypatch
 
 
 # --------------------------------------------------------------------------------------------
-# The fast reader (records._parse_written) against pd.read_csv
+# The fast reader (records.read._parse_written) against pd.read_csv
 # --------------------------------------------------------------------------------------------
 
 EDGE_FLOATS = ["0.1", "-0.0", "1e-05", "1.5e-07", "1e+16", "1.2345678901234568e+17", "1.7976931348623157e+308",
@@ -180,15 +181,15 @@ ODD_CELLS = ["1e+400", "1e-400", "2.5e-324", "3e-324", "7e-324", "1e-323", "1e+3
              "True", "1.", ".5", "1E5", "0x10", "Infinity", "-nan", "1e5", "١"]
 
 
-def _frames_equal_on(tmp_path, text: str, which: str = records.LAYERS_FILE) -> None:
+def _frames_equal_on(tmp_path, text: str, which: str = layout.LAYERS_FILE) -> None:
     import pandas as pd
 
     path = tmp_path / which
     path.write_bytes(text.encode("utf-8"))
     expected = pd.read_csv(path)
-    columns = records._parse_written(text.encode("utf-8"), records.TEXT_COLUMNS[which])
+    columns = read._parse_written(text.encode("utf-8"), layout.TEXT_COLUMNS[which])
     if columns is not None:  # (None: the fast path declines; pd.read_csv reads it, as before)
-        pd.testing.assert_frame_equal(records.Table(columns).frame(), expected, check_exact=True)
+        pd.testing.assert_frame_equal(read.Table(columns).frame(), expected, check_exact=True)
 
 
 def test_the_fast_reader_makes_what_read_csv_makes_of_every_cell_the_writers_write(tmp_path):
@@ -196,10 +197,10 @@ def test_the_fast_reader_makes_what_read_csv_makes_of_every_cell_the_writers_wri
 
     rng = np.random.default_rng(0)
     values = np.concatenate([rng.random(3000), rng.lognormal(0, 40, 3000), -rng.random(1000) * 1e-300, np.exp(rng.uniform(-740, 709, 3000))])
-    cells = [records.format_cell(float(v)) for v in values] + EDGE_FLOATS
+    cells = [write.format_cell(float(v)) for v in values] + EDGE_FLOATS
     rows = [f"{i // 7},{i % 7},blocks.{i % 7},{'head' if i % 7 == 6 else 'hidden'},{cell},{cells[-1 - i]}" for i, cell in enumerate(cells)]
     text = "step,layer,name,kind,delta_norm,act_mean\n" + "\n".join(rows) + "\n"
-    columns = records._parse_written(text.encode(), records.TEXT_COLUMNS[records.LAYERS_FILE])
+    columns = read._parse_written(text.encode(), layout.TEXT_COLUMNS[layout.LAYERS_FILE])
     assert columns is not None  # every cell as the writers write it: the fast path reads it
     _frames_equal_on(tmp_path, text)
     assert columns["delta_norm"][-len(EDGE_FLOATS):].tolist()[:3] == [0.1, -0.0, 1e-05]
@@ -233,9 +234,9 @@ def test_a_run_reads_the_same_from_the_fast_reader_and_from_pandas(tmp_path, mon
     layers = [row for step in (0, 5, 10) for row in layer_rows(step, [0.01 * (k + 1) for k in range(4)])]
     run_dir = write_run(tmp_path, resolved_config("exp", depth=4), layers[:-2], METRICS, status="running")
     fast = records.load_run(run_dir)
-    assert isinstance(fast._layers, records.Table) and isinstance(fast._metrics, records.Table)
+    assert isinstance(fast._layers, read.Table) and isinstance(fast._metrics, read.Table)
     summary = summaries.summarize_run(fast, (0, 5, "last"), target_loss=1.0)
-    monkeypatch.setattr(records, "_parse_written", lambda data, text_columns: None)
+    monkeypatch.setattr(read, "_parse_written", lambda data, text_columns: None)
     slow = records.load_run(run_dir)
     assert isinstance(slow._layers, pd.DataFrame)
     assert fast.notes == slow.notes and fast.last_step == slow.last_step == 5
@@ -251,7 +252,7 @@ def test_checking_runs_as_written_imports_no_pandas(tmp_path):
         write_run(tmp_path, resolved_config("exp", seed, depth=3, expect=expect), layer_rows(0, [0.1, 0.2, 0.4]), METRICS, run_id=f"00000{seed}")
     code = (
         "import sys\n"
-        "from gradlab import expectations\n"
+        "from gradlab.analysis import expectations\n"
         f"checks, problems = expectations.check_paths([{str(tmp_path)!r}])\n"
         "assert len(checks) == 2 and all(c.outcomes and not c.failed for c in checks), checks\n"
         "assert 'pandas' not in sys.modules\n"
@@ -281,6 +282,6 @@ def test_random_tables_read_the_same_by_the_fast_reader_and_by_read_csv(tmp_path
         text = ",".join(header) + "\n" + "\n".join(rows) + "\n"
         path = tmp_path / f"t{trial}.csv"
         path.write_text(text)
-        fast += records._parse_written(text.encode(), records.TEXT_COLUMNS[records.LAYERS_FILE]) is not None
+        fast += read._parse_written(text.encode(), layout.TEXT_COLUMNS[layout.LAYERS_FILE]) is not None
         _frames_equal_on(tmp_path, text)
     assert fast > 100  # (most tables hold only what the writers write: the fast path read them)

@@ -13,10 +13,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from gradlab.records import layout, read, write
 from gradlab.records import run as records
 from gradlab.orchestrate import runner
 from gradlab.config.experiment import validate
 from gradlab.orchestrate.progress import RunEnded, RunStarted, StepLogged, Throttled
+from gradlab.vocab.errors import RunError
 
 EXP = {
     "name": "r", "device": "cpu",
@@ -116,31 +118,31 @@ def test_throttled_progress_passes_steps_at_most_so_often_and_everything_else_at
 
 
 def test_run_directory_operations_of_the_executors(tmp_path):
-    meta = run_meta("x", "m", 0, None, 10)
-    records.write_stub(tmp_path / "sweep" / "m", "name: x\n", meta, "failed", "bad data")
+    meta = records.run_meta("x", "m", 0, None, 10)
+    write.write_stub(tmp_path / "sweep" / "m", "name: x\n", meta, "failed", "bad data")
     stub = tmp_path / "sweep" / "m"
-    stored = records.read_meta(stub)
+    stored = read.read_meta(stub)
     assert (stored["status"], stored["error"], stored["steps_done"]) == ("failed", "bad data", 0) and stored["ended"]
-    assert pd.read_csv(stub / "layers.csv").empty and list(pd.read_csv(stub / "layers.csv").columns) == records.LAYERS_COLUMNS
+    assert pd.read_csv(stub / "layers.csv").empty and list(pd.read_csv(stub / "layers.csv").columns) == layout.LAYERS_COLUMNS
 
-    packed = records.pack_run(stub)
+    packed = write.pack_run(stub)
     assert sorted(packed) == ["config.yaml", "layers.csv", "meta.json", "metrics.csv"]
-    copy = records.unpack_run(tmp_path / "elsewhere" / "m", packed)
+    copy = write.unpack_run(tmp_path / "elsewhere" / "m", packed)
     assert {name: (copy / name).read_bytes() for name in packed} == packed
-    with pytest.raises(records.RunError):
-        records.unpack_run(tmp_path / "elsewhere" / "m", packed)  # never into an existing directory
-    with pytest.raises(records.RunError):
-        records.unpack_run(tmp_path / "other", {"../escape": b""})
+    with pytest.raises(RunError):
+        write.unpack_run(tmp_path / "elsewhere" / "m", packed)  # never into an existing directory
+    with pytest.raises(RunError):
+        write.unpack_run(tmp_path / "other", {"../escape": b""})
 
     # a run whose process died: still 'running' -> closed; anything else is left alone
-    records.write_json_atomic(stub / "meta.json", {**stored, "status": "running", "ended": None})
-    assert records.close_abandoned(stub, "failed", "the worker died")
-    assert (records.read_meta(stub)["status"], records.read_meta(stub)["error"]) == ("failed", "the worker died")
-    records.close_abandoned(stub, "interrupted")
-    assert records.read_meta(stub)["status"] == "failed"
-    assert not records.close_abandoned(tmp_path / "never-started", "interrupted")
+    write.write_json_atomic(stub / "meta.json", {**stored, "status": "running", "ended": None})
+    assert write.close_abandoned(stub, "failed", "the worker died")
+    assert (read.read_meta(stub)["status"], read.read_meta(stub)["error"]) == ("failed", "the worker died")
+    write.close_abandoned(stub, "interrupted")
+    assert read.read_meta(stub)["status"] == "failed"
+    assert not write.close_abandoned(tmp_path / "never-started", "interrupted")
 
-    records.write_text_atomic(tmp_path / "index.csv", "a,b\n")
+    write.write_text_atomic(tmp_path / "index.csv", "a,b\n")
     assert (tmp_path / "index.csv").read_text() == "a,b\n" and sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["index.csv"]
 
 

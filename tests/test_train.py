@@ -15,7 +15,7 @@ from gradlab.build.components import build_optimizer
 from gradlab.config.experiment import validate
 from gradlab.build.data import Batches, load_dataset
 from gradlab.build.models import build_model
-from gradlab.records.run import LAYERS_COLUMNS, METRICS_COLUMNS
+from gradlab.records.layout import LAYERS_COLUMNS, METRICS_COLUMNS
 from gradlab.orchestrate.runner import resolve_device, run_experiment
 from gradlab.orchestrate.train import Trainer
 

@@ -17,7 +17,9 @@ from typing import Any
 
 from gradlab.analysis import summaries
 from gradlab.config.experiment import Bound, Expectations, parse_expectations
-from gradlab.records import run as records
+from gradlab.records.layout import CONFIG_FILE, discover_runs, shown_path
+from gradlab.records.read import read_config
+from gradlab.records.run import Run, load_run
 from gradlab.vocab.errors import GradlabError, RunError
 from gradlab.vocab.quantities import PROFILE_QUANTITIES, TIME_QUANTITIES
 
@@ -54,7 +56,7 @@ class Outcome:
         return f"{self.name} = {self.measured_text()}, expected {self.bound}"
 
 
-def check(run: records.Run, expectations: Expectations) -> list[Outcome]:
+def check(run: Run, expectations: Expectations) -> list[Outcome]:
     """Every expectation of `expectations` against a loaded run: status first, then the bounded
     quantities in SUMMARY_QUANTITIES order."""
     outcomes = []
@@ -78,7 +80,7 @@ def check(run: records.Run, expectations: Expectations) -> list[Outcome]:
     return outcomes
 
 
-def _within_theory(run: records.Run, quantity: str, bound) -> Outcome:
+def _within_theory(run: Run, quantity: str, bound) -> Outcome:
     """`layer_factor: {within_theory: x}`: the measured layer_factor at step 0 within x of theory's
     prediction from the run's config, relative to the prediction (predict.departs). A config theory
     has no prediction for fails, saying why: the expectation cannot hold. `step_factor` likewise
@@ -96,7 +98,7 @@ def _within_theory(run: records.Run, quantity: str, bound) -> Outcome:
     return Outcome(name, measured, f"within {bound.within_theory:g} of theory's {prediction.layer_factor:.4g}, relative", departs is False)
 
 
-def _within_step_theory(run: records.Run, prediction, bound) -> Outcome:
+def _within_step_theory(run: Run, prediction, bound) -> Outcome:
     from gradlab.theory import predict
 
     measured = summaries.time_profile_at(run, 0)["step_factor"]
@@ -150,13 +152,13 @@ def _states_claims(sweep_dir: Path) -> bool:
 
 
 def _check_run_dir(run_dir: Path) -> RunCheck:
-    run_dir = records.shown_path(run_dir)
-    config = records.read_config(run_dir)
+    run_dir = shown_path(run_dir)
+    config = read_config(run_dir)
     section = config.get("expect")
     if section is None:
         return RunCheck(run_dir, [], notes=(f"{run_dir}: {NO_EXPECT}",))
-    expectations = parse(section, where=f"{run_dir / records.CONFIG_FILE}: expect")
-    run = records.load_run(run_dir, config)  # (config.yaml read once: a thousand runs pay it a thousand times)
+    expectations = parse(section, where=f"{run_dir / CONFIG_FILE}: expect")
+    run = load_run(run_dir, config)  # (config.yaml read once: a thousand runs pay it a thousand times)
     return RunCheck(run_dir, check(run, expectations), notes=tuple(run.notes))
 
 
@@ -165,7 +167,7 @@ def check_paths(paths: list[str | Path]) -> tuple[list[RunCheck], list[str]]:
     its runs). A run or sweep that cannot be checked (unreadable, invalid section) is a RunCheck
     with an `error`; paths without runs are the returned problem lines. Raises RunError when no
     run is found at all."""
-    run_dirs, problems = records.discover_runs(paths)
+    run_dirs, problems = discover_runs(paths)
     if not run_dirs:
         raise RunError(*problems, "no runs to check")
     checks = []
@@ -175,7 +177,7 @@ def check_paths(paths: list[str | Path]) -> tuple[list[RunCheck], list[str]]:
         try:
             item = _check_run_dir(run_dir)
         except GradlabError as exc:
-            checks.append(RunCheck(records.shown_path(run_dir), [], error="; ".join(exc.lines)))
+            checks.append(RunCheck(shown_path(run_dir), [], error="; ".join(exc.lines)))
             continue
         if run_dir.parent in with_claims and not item.outcomes:
             # a member of a sweep whose claims are its expectations: "no expect section" is no news
@@ -185,10 +187,10 @@ def check_paths(paths: list[str | Path]) -> tuple[list[RunCheck], list[str]]:
         try:
             outcomes = check_sweep(sweep_dir)
         except GradlabError as exc:
-            checks.append(RunCheck(records.shown_path(sweep_dir), [], error="; ".join(exc.lines)))
+            checks.append(RunCheck(shown_path(sweep_dir), [], error="; ".join(exc.lines)))
             continue
         if outcomes is not None:
-            checks.append(RunCheck(records.shown_path(sweep_dir), outcomes))
+            checks.append(RunCheck(shown_path(sweep_dir), outcomes))
     return checks, problems
 
 
@@ -240,7 +242,7 @@ def _same(a: Any, b: Any) -> bool:
     return canonical(a) == canonical(b)
 
 
-def _run_value(run: records.Run, claim) -> float:
+def _run_value(run: Run, claim) -> float:
     if claim.quantity in PROFILE_QUANTITIES:
         value = summaries.profile_at(run, claim.step)[claim.quantity]
     else:
@@ -269,12 +271,12 @@ def check_sweep(sweep_dir: str | Path) -> list[Outcome] | None:
         config_values = {k: values[k] for k in config_keys}
         entry = configs.setdefault(_canonical_values(config_values), {"values": config_values, "runs": []})
         entry["runs"].append((name, status))
-    loaded: dict[str, records.Run | None] = {}
+    loaded: dict[str, Run | None] = {}
 
-    def run_of(name: str) -> records.Run | None:
+    def run_of(name: str) -> Run | None:
         if name not in loaded:
             try:
-                loaded[name] = records.load_run(sweep_dir / name)
+                loaded[name] = load_run(sweep_dir / name)
             except GradlabError:
                 loaded[name] = None
         return loaded[name]

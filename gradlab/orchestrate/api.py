@@ -92,7 +92,7 @@ def run(
 
 
 def load(path: str | Path) -> Run:
-    """One run directory read back (records.load_run): raises RunError when it cannot be read."""
+    """One run directory read back (records.run.load_run): raises RunError when it cannot be read."""
     from gradlab.records.run import load_run
 
     return load_run(path)

@@ -12,7 +12,7 @@ that fails is a `failed` result (meta.json says why), a diverged run a `diverged
 stopped by a signal an `interrupted` one; a finished run with an expect: section is read back once
 and checked there. Each run computes with `MemberTask.threads` torch threads. Progress travels as
 the typed events of gradlab.orchestrate.progress, as they are: through a queue from a pool worker, through a
-control actor from a Ray task. What a run directory holds is gradlab.records.run' business (stubs,
+control actor from a Ray task. What a run directory holds is gradlab.records' business (stubs,
 abandoned runs, packing a run to send it back from Ray).
 
 Stopping. SIGINT/SIGTERM/SIGHUP reach this process only: pool workers sit in their own process
@@ -52,7 +52,7 @@ from gradlab.orchestrate.progress import (
     silent,
 )
 from gradlab.orchestrate.runner import SIGNALS, RunInterrupted, StopPoll, StopSignals
-from gradlab.records.run import META_FILE
+from gradlab.records.layout import META_FILE
 from gradlab.vocab.errors import GradlabError, RunError
 
 RAY_POLL_EVERY_S = 1.0  # a Ray task asks the control actor whether to stop at most this often
@@ -195,7 +195,8 @@ def _write_stub(run_dir: Path, task: MemberTask, status: str, error: str) -> Non
     """Records for a run that stopped before it could write any (bad data file, memory check)."""
     import yaml
 
-    from gradlab.records.run import run_meta, write_stub
+    from gradlab.records.run import run_meta
+    from gradlab.records.write import write_stub
 
     config = task.config
     try:
@@ -485,7 +486,7 @@ def _run_pool(tasks: list[MemberTask], on_event: Progress, jobs: int) -> None:
 def _died(task: MemberTask, signum: int | None) -> MemberResult:
     """A worker process that died under a run (killed, out of memory, crashed): failed, or
     interrupted when the sweep is being stopped. meta.json, if any, says so too."""
-    from gradlab.records.run import close_abandoned
+    from gradlab.records.write import close_abandoned
 
     status = "failed" if signum is None else "interrupted"
     error = "the worker process died during the run (killed, out of memory or crashed)" if signum is None else ""
@@ -547,7 +548,7 @@ def ray_member(task: MemberTask, control) -> MemberResult:
     sent back as file contents."""
     import tempfile
 
-    from gradlab.records.run import pack_run
+    from gradlab.records.write import pack_run
 
     with tempfile.TemporaryDirectory(prefix="gradlab-") as tmp:
         local = Path(tmp) / task.name
@@ -658,7 +659,7 @@ def _run_ray(tasks: list[MemberTask], on_event: Progress, jobs: int | None, addr
 
 def _gather(ray, ref, task: MemberTask) -> MemberResult:
     """A Ray task's result, its records written into the sweep directory on this machine."""
-    from gradlab.records.run import unpack_run
+    from gradlab.records.write import unpack_run
 
     try:
         result: MemberResult = ray.get(ref)

@@ -37,15 +37,9 @@ from gradlab.orchestrate.progress import (
     StepLogged,
     silent,
 )
-from gradlab.records.run import (
-    RunRecords,
-    disk_full,
-    is_disk_full,
-    new_named_run_dir,
-    new_run_dir,
-    prepare_out_dir,
-    run_meta,
-)
+from gradlab.records.layout import new_named_run_dir, new_run_dir, prepare_out_dir
+from gradlab.records.run import run_meta
+from gradlab.records.write import META_EVERY_S, RunRecords, disk_full, is_disk_full
 from gradlab.vocab.errors import ConfigError, GradlabError
 
 if TYPE_CHECKING:
@@ -54,7 +48,6 @@ if TYPE_CHECKING:
     from gradlab.analysis.expectations import Outcome
     from gradlab.config.experiment import Experiment
 
-META_EVERY_S = 1.0  # meta.json's steps_done of a running run is refreshed at most this often
 # SIGHUP (the terminal closed) is a stop like SIGTERM: the records are closed, not left running
 SIGNALS = (signal.SIGINT, signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()))
 

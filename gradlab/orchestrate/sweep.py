@@ -632,7 +632,7 @@ class SweepIndex:
         return index
 
     def write(self) -> None:
-        from gradlab.records.run import write_text_atomic
+        from gradlab.records.write import write_text_atomic
 
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")
@@ -648,7 +648,8 @@ class SweepIndex:
 
 def create_sweep_dir(plan: SweepPlan) -> Path:
     """`log.out/<name>/<timestamp>-<id>/` with sweep.yaml and sweep.csv (every run pending)."""
-    from gradlab.records.run import disk_full, is_disk_full, new_run_dir
+    from gradlab.records.layout import new_run_dir
+    from gradlab.records.write import disk_full, is_disk_full
     from gradlab.vocab.errors import DiskFull
 
     sweep_dir = new_run_dir(plan.out, plan.name)
@@ -741,7 +742,7 @@ def sweep_lock(sweep_dir: str | Path):
 def _recorded_status(run_dir: Path) -> str | None:
     """The status a run directory's own meta.json records (None: no readable meta.json). A run's
     own records outrank sweep.csv, which a killed command may have left behind them."""
-    from gradlab.records.run import LAYERS_FILE, META_FILE, METRICS_FILE
+    from gradlab.records.layout import LAYERS_FILE, META_FILE, METRICS_FILE
 
     try:
         meta = json.loads((run_dir / META_FILE).read_text(encoding="utf-8"))
@@ -776,7 +777,7 @@ def _let_orphans_finish(sweep_dir: Path, names: list[str]) -> None:
 
 
 def _recorded_duration(run_dir: Path) -> float | None:
-    from gradlab.records.run import META_FILE
+    from gradlab.records.layout import META_FILE
 
     try:
         meta = json.loads((run_dir / META_FILE).read_text(encoding="utf-8"))

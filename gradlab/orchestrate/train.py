@@ -26,7 +26,7 @@ from gradlab.build.models import Stack, build_model
 from gradlab.build.system import available_cores
 from gradlab.config.experiment import Experiment
 from gradlab.measure.recurrent_probe import probe_for
-from gradlab.records.run import RunRecords
+from gradlab.records.write import RunRecords
 from gradlab.vocab.errors import ConfigError
 
 EVAL_CHUNK = 1024  # test examples per forward pass in evaluation
