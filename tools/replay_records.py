@@ -2,6 +2,7 @@
 
     python tools/replay_records.py run OUT_DIR        # in the old tree, then in the new one
     python tools/replay_records.py diff OLD_DIR NEW_DIR
+    python tools/replay_records.py cells OLD_DIR NEW_DIR     # every changed cell, and why it may change
 
 `run` trains every shipped config (each sweep whole, its steps cut to keep this to minutes) and a
 list of configs covering what the test suite exercises (CNNs with BatchNorm2d and pooling, LRN,
@@ -16,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import re
 import subprocess
@@ -57,6 +59,7 @@ TEST_CONFIGS: dict[str, dict] = {
     "mlp-weights-only": {"log": {"every": 5, "probes": ["weights"]}},
     "mlp-no-bias": {"model": {"bias": False, "activation": "tanh"}},
     "mlp-diverges": {"model": {"activation": "relu", "init": {"weight": {"name": "normal", "std": 3.0}}}, "optim": {"name": "sgd", "lr": 10.0}},
+    "mlp-sigmoid-depth50": {"model": {"depth": 50, "activation": "sigmoid", "init": {"weight": {"name": "normal", "std": 1.0}, "bias": "zeros"}}, "train": {"steps": 5, "eval_every": 5}},
     "mlp-teacher": {"data": {**BASE["data"], "name": "teacher"}},
     "mlp-spirals": {"data": {**BASE["data"], "name": "spirals", "dim": 2}},
     "cnn-bn-maxpool": {"data": IMAGES, "model": {"kind": "cnn", "depth": 4, "width": 8, "norm": "batchnorm", "pool_every": 2}},
@@ -164,10 +167,72 @@ def diff(old: Path, new: Path) -> int:
     return 1 if bad else 0
 
 
+FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32
+# Where exact norms (gradlab.measure.norms) may change a number: float32 squared entries that
+# underflowed (a norm below 1e-12 could lose digits) or overflowed (above 1e19).
+EXACT_NORM_LOW, EXACT_NORM_HIGH = 1e-12, 1e19
+
+
+def why_changed(old: str, new: str) -> str:
+    """How one cell changed: a cell that did not exist before, a norm float32 could not hold (0,
+    subnormal, infinite, or in the range where its squares underflow), or a plain difference."""
+    if old == "":
+        return "was empty"
+    try:
+        a, b = float(old), float(new) if new else math.nan
+    except ValueError:
+        return "text"
+    if a == 0:
+        return "was 0"
+    if math.isinf(a):
+        return "was inf"
+    if abs(a) < FLOAT32_TINY:
+        return "was subnormal"
+    if abs(a) < EXACT_NORM_LOW or abs(b) < EXACT_NORM_LOW:
+        return "below 1e-12 (float32 squares underflowed)"
+    if abs(a) > EXACT_NORM_HIGH or abs(b) > EXACT_NORM_HIGH:
+        return "above 1e19 (float32 squares overflowed)"
+    return f"differs by {abs(a - b) / abs(a):.1e} relative"
+
+
+def cells(old: Path, new: Path) -> int:
+    """Every cell that changed, counted by run, table, column and reason; then every cell whose
+    reason is a plain difference, in full."""
+    a, b = read_runs(old), read_runs(new)
+    counts: dict[tuple[str, str, str, str], int] = {}
+    plain: list[str] = []
+    for key in sorted(set(a) & set(b)):
+        for table in ("layers.csv", "timesteps.csv", "metrics.csv"):
+            rows_a, rows_b = a[key].get(table, []), b[key].get(table, [])
+            if len(rows_a) != len(rows_b):
+                counts[(key, table, "(rows)", f"{len(rows_a)} rows, then {len(rows_b)}")] = 1
+                continue
+            for ra, rb in zip(rows_a, rows_b):
+                for column in (c for c in ra if c in rb and ra[c] != rb[c]):
+                    reason = why_changed(ra[column], rb[column])
+                    if reason.startswith("differs"):
+                        reason = "differs"
+                        plain.append(f"{key} {table} step {ra.get('step')} layer {ra.get('layer')} t {ra.get('t', '')} {column}: {ra[column]} -> {rb[column]}")
+                    counts[(key, table, column, reason)] = counts.get((key, table, column, reason), 0) + 1
+        if a[key]["meta"] != b[key]["meta"]:
+            changed = sorted(k for k in set(a[key]["meta"]) | set(b[key]["meta"]) if a[key]["meta"].get(k) != b[key]["meta"].get(k))
+            for k in changed:
+                counts[(key, "meta.json", k, f"{a[key]['meta'].get(k)!r} -> {b[key]['meta'].get(k)!r}")] = 1
+    for (key, table, column, reason), n in sorted(counts.items()):
+        print(f"{key} | {table} | {column} | {reason} | {n}")
+    if plain:
+        print(f"\n{len(plain)} cells that differ by plain arithmetic:")
+        for line in plain:
+            print(" ", line)
+    return 0
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "run":
         run(Path(sys.argv[2]).resolve())
     elif len(sys.argv) == 4 and sys.argv[1] == "diff":
         sys.exit(diff(Path(sys.argv[2]), Path(sys.argv[3])))
+    elif len(sys.argv) == 4 and sys.argv[1] == "cells":
+        sys.exit(cells(Path(sys.argv[2]), Path(sys.argv[3])))
     else:
         sys.exit(__doc__)
