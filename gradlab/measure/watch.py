@@ -167,7 +167,8 @@ class Watch:
         meta = run_meta(name, self.run_dir.name, seed, str(self.device), None)
         self.records = RunRecords(self.run_dir, yaml.safe_dump(config, sort_keys=False), meta)
         self.steps = 0  # calls of step() so far: the step now being taken
-        self.sites: list[Site] = []  # every site seen, in layer order
+        self.sites: list[Site] = []  # every site seen in a forward pass that ended, in layer order
+        self._head: Site | None = None  # the last site of the first measured pass, labelled head for good
         self._site_module: dict[Site, Watched] = {}
         self._handles: list = []
         self._buffers: dict[int, torch.Tensor] = {}  # id(weight) -> its copy before the update
@@ -187,14 +188,7 @@ class Watch:
         """Measure the step now being taken: fresh state, and the hooks attached (they measure the
         first forward pass with gradients; while consecutive steps are measured, every=1, they
         stay attached)."""
-        self._pending = PendingMeasurement()
-        self._tapping = self._tapped = False
-        self._calls: dict[str, int] = {}
-        self._touched: list[Site] = []
-        self._deltas: set[Site] = set()  # sites whose delta this step has
-        self._weight_norms: dict[str, torch.Tensor] = {}  # module name -> ||W|| in the measured forward pass
-        self._grad_norms: dict[int, torch.Tensor] = {}  # id(param) -> ||grad||, as it accumulates
-        self._changes: dict[int, torch.Tensor] = {}  # id(weight) -> ||W_after - W_before||
+        self._fresh_step()
         if self._handles:
             return
         handles = [self.model.register_forward_pre_hook(self._forward_starts)]
@@ -208,20 +202,51 @@ class Watch:
             handles.append(self.optimizer.register_step_post_hook(self._after_update))
         self._handles = handles
 
+    def _fresh_step(self) -> None:
+        """Forget everything measured in this step so far: a new step, or a forward or backward
+        pass that raised, whose values must never be merged into the pass measured after it."""
+        for site in getattr(self, "_provisional", ()):
+            self._site_module[site].sites.remove(site)
+            del self._site_module[site]
+        self._pending = PendingMeasurement()
+        self._tapping = self._tapped = False
+        self._calls: dict[str, int] = {}  # call numbers restart with every measured forward pass
+        self._touched: list[Site] = []
+        self._provisional: list[Site] = []  # sites first seen in this forward pass, kept when it ends
+        self._deltas: set[Site] = set()  # sites whose delta this step has
+        self._weight_norms: dict[str, torch.Tensor] = {}  # module name -> ||W|| in the measured forward pass
+        self._grad_norms: dict[int, torch.Tensor] = {}  # id(param) -> ||grad||, as it accumulates
+        self._changes: dict[int, torch.Tensor] = {}  # id(weight) -> ||W_after - W_before||
+
     def _disarm(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
 
     def _forward_starts(self, module, args) -> None:
-        if self._tapped or self._tapping or not torch.is_grad_enabled():
-            return  # one forward pass per step is measured; evaluation under no_grad never
+        if not torch.is_grad_enabled():
+            return  # evaluation under no_grad is never measured
+        if self._tapping or (self._tapped and not self._backward_finished()):
+            # the measured pass raised in its forward (it never ended) or before its backward
+            # reached every weight it used (the loop skipped the batch): discard it, measure this one
+            self._fresh_step()
+        elif self._tapped:
+            return  # one forward pass per step is measured (gradient accumulation: the first)
         self._tapping = True
+
+    def _backward_finished(self) -> bool:
+        """Whether the measured forward pass's backward has reached every weight it used."""
+        return all(id(w) in self._grad_norms for site in self._touched for w in self._site_module[site].weights if w.requires_grad)
 
     def _forward_ends(self, module, args, output) -> None:
         if not self._tapping:
             return
         self._tapping, self._tapped = False, True
+        for site in self._provisional:  # sites first seen in a pass that ended: kept from now on
+            self.sites.append(site)
+        self._provisional = []
+        if self._head is None and self._touched:
+            self._head = self._touched[-1]  # the last layer called in the first measured pass
         if "weights" in self.groups or "updates" in self.groups:
             # every weight called in this forward pass, normed in one batched call (on a GPU one
             # kernel instead of one per layer; on the CPU the same per-tensor norm)
@@ -237,9 +262,10 @@ class Watch:
     def _site(self, watched: Watched, call: int) -> Site:
         if call < len(watched.sites):
             return watched.sites[call]
-        site = Site(len(self.sites), watched.name if call == 0 else f"{watched.name}#{call}", "hidden")
+        layer = len(self.sites) + len(self._provisional)
+        site = Site(layer, watched.name if call == 0 else f"{watched.name}#{call}", "hidden")
         watched.sites.append(site)
-        self.sites.append(site)
+        self._provisional.append(site)
         self._site_module[site] = watched
         return site
 
@@ -390,8 +416,7 @@ class Watch:
         _add_extras(pending, loss=loss, accuracy=accuracy)
         columns, extras = pending.fetch()  # the one device -> host transfer of this step
         if self._tapped:
-            last = len(self.sites) - 1
-            sites = [dataclasses.replace(site, kind="head") if site.layer == last else site for site in self.sites]
+            sites = [dataclasses.replace(site, kind="head") if site == self._head else site for site in self.sites]
             self.records.layers.write(layer_rows(self.steps, sites, columns, list(QUANTITIES)))
         values = {**_plain(loss=loss, accuracy=accuracy), **extras}
         self.records.metrics.write([self._metrics_row("train", values, grad_norm=values.get("grad_norm"))])
