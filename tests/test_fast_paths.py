@@ -12,7 +12,8 @@ import torch
 from gradlab.config.experiment import validate
 from gradlab.build.data import Batches, load_dataset
 from gradlab.build.models import build_model
-from gradlab.measure.probe import PendingMeasurement, Probe, _count_positives
+from gradlab.measure.pending import PendingMeasurement, _count_positives
+from gradlab.measure.probe import Probe
 from gradlab.build.sites import Site
 from gradlab.orchestrate import train
 from gradlab.orchestrate.train import PARALLEL_MIN_MACS, Trainer, largest_layer_macs, resolve_threads
@@ -147,7 +148,7 @@ def drive(trainer: Trainer, exp, data, every: int):
 
 @pytest.mark.parametrize("every", [3, 1000])
 def test_deferred_loss_reads_stop_at_the_same_step_with_the_same_state(tmp_path, every):
-    from gradlab.records.run import RunRecords
+    from gradlab.records.write import RunRecords
 
     exp = validate({
         "data": {"name": "gaussian", "dim": 12, "classes": 4, "n_train": 256, "n_test": 32, "batch_size": 32},

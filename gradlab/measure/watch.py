@@ -69,12 +69,13 @@ from gradlab.measure import kernels
 from gradlab.measure.norms import norm, norm_of, norms
 from gradlab.measure.pending import PendingMeasurement
 from gradlab.measure.rows import layer_rows
-from gradlab.records.run import RunRecords, new_run_dir, prepare_out_dir
+from gradlab.records.layout import new_run_dir, prepare_out_dir
+from gradlab.records.run import run_meta
+from gradlab.records.write import META_EVERY_S, RunRecords
 from gradlab.vocab.errors import ConfigError
 from gradlab.vocab.quantities import QUANTITIES
 
 WATCHED_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd, nn.RNNBase)
-META_EVERY_S = 1.0  # meta.json's steps_done is refreshed at most this often (as runner.py does)
 WATCH_GROUPS = ("weights", "deltas", "updates")  # what can be measured on an arbitrary model
 Number = float | int | torch.Tensor | None
 
@@ -161,8 +162,6 @@ class Watch:
         }  # fmt: skip
         if expect is not None:
             config["expect"] = expect
-        from gradlab.records.run import run_meta
-
         self.run_dir = new_run_dir(out, name)
         meta = run_meta(name, self.run_dir.name, seed, str(self.device), None)
         self.records = RunRecords(self.run_dir, yaml.safe_dump(config, sort_keys=False), meta)

@@ -21,10 +21,6 @@ from gradlab.vocab.errors import GradlabError, RunError
 from gradlab.vocab.quantities import STATUSES
 from gradlab.vocab.version import __version__
 
-# measure/watch.py imports the writers from here: records.layout and records.write are their home
-from gradlab.records.layout import new_run_dir, prepare_out_dir  # noqa: F401
-from gradlab.records.write import RunRecords  # noqa: F401
-
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
