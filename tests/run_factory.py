@@ -1,13 +1,20 @@
-"""Run directories for the compare/plot/check tests.
+"""Run directories and configs for the tests.
 
 `write_run` writes one with gradlab.records.write from numbers the test chooses, so that every summary
 can be checked against a truth known in advance (no training involved). `real_run` trains a tiny
-experiment with gradlab.orchestrate.train, for the tests that must hold on what `gradlab run` really writes.
+experiment with gradlab.orchestrate.train, for the tests that must hold on what `gradlab run` really
+writes; `recurrent_run` does the same for a one-layer recurrent stack at initialization.
+`start_long_run` starts a real `gradlab run` process for the tests that signal or kill one, and
+`wait_for_rows` waits until it has logged some steps. `write_yaml` writes a config file and
+`run_dirs` finds the run directories under a folder.
 """
 
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -118,3 +125,50 @@ STABLE = {"depth": 10, "activation": "relu", "init": {"weight": "kaiming_normal"
 # ~200 across the stack at this width and batch size. Without the norm (STABLE_30) it stays ~1.
 EXPLODING = {"depth": 30, "activation": "relu", "norm": "batchnorm", "init": {"weight": "kaiming_normal", "bias": "zeros"}}
 STABLE_30 = {**EXPLODING, "norm": "none"}
+
+
+def recurrent_run(out: Path, name: str, kind: str = "rnn", activation: str = "tanh", gain: float = 0.9,
+                  weight: Any = "xavier_uniform", **model: Any) -> Run:
+    """A one-layer recurrent stack (width 64) on the adding task, measured at initialization only
+    (train.steps 0, probes: deltas), with an orthogonal recurrent init of `gain`; read back."""
+    from gradlab.config.experiment import validate
+    from gradlab.orchestrate.runner import run_experiment
+
+    raw = {"name": name, "seed": 0, "device": "cpu",
+           "data": {"name": "adding", "seq_len": 20, "n_train": 128, "n_test": 32, "batch_size": 128},
+           "model": {"kind": kind, "depth": 1, "width": 64, "activation": activation, **model,
+                     "init": {"weight": weight, "recurrent": {"name": "orthogonal", "gain": gain}, "bias": "zeros"}},
+           "loss": "mse", "train": {"steps": 0, "eval_every": 1}, "log": {"every": 1, "probes": ["deltas"], "out": str(out)}}  # fmt: skip
+    return load_run(run_experiment(validate(raw)).run_dir)
+
+
+def write_yaml(path: Path, data: Any) -> Path:
+    """`data` as a YAML file at `path` (keys in the order given); returns the path."""
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def run_dirs(out: Path) -> list[Path]:
+    """The run directories under `out` (every folder with a meta.json), sorted."""
+    return sorted(meta.parent for meta in out.rglob("meta.json"))
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def start_long_run(out: Path) -> subprocess.Popen:
+    """`gradlab run configs/smoke.yaml` for a million steps, logging every step, as a real process."""
+    args = [sys.executable, "-m", "gradlab", "run", str(ROOT / "configs" / "smoke.yaml"), "--out", str(out),
+            "--steps", "1000000", "--quiet", "--set", "log.every=1"]  # fmt: skip
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_rows(out: Path, steps: int, timeout: float = 60) -> Path:
+    """The run directory under `out` once its layers.csv holds `steps` steps (head rows)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for layers in out.rglob("layers.csv"):
+            if layers.read_text().count(",head,") >= steps:
+                return layers.parent
+        time.sleep(0.1)
+    raise AssertionError("the run logged nothing in time")

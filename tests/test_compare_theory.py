@@ -10,7 +10,7 @@ import pytest
 
 from gradlab.analysis.compare import compare_runs, explain
 from gradlab.theory.predict import DEPARTS_TOLERANCE, departs
-from run_factory import one_run
+from run_factory import one_run, recurrent_run
 
 HE = {"model__activation": "relu", "model__init": {"weight": "kaiming_normal", "bias": "zeros"}}
 
@@ -88,28 +88,15 @@ def test_step_departs_for_a_prediction_and_for_a_bound():
     assert step_departs(math.nan, bound) is None and step_departs(0.5, Prediction("recurrent")) is None
 
 
-def _recurrent_run(out, name, kind="rnn", activation="tanh", gain=0.9, weight="xavier_uniform", **model):
-    from gradlab.config.experiment import validate
-    from gradlab.records.run import load_run
-    from gradlab.orchestrate.runner import run_experiment
-
-    raw = {"name": name, "seed": 0, "device": "cpu",
-           "data": {"name": "adding", "seq_len": 20, "n_train": 128, "n_test": 32, "batch_size": 128},
-           "model": {"kind": kind, "depth": 1, "width": 64, "activation": activation, **model,
-                     "init": {"weight": weight, "recurrent": {"name": "orthogonal", "gain": gain}, "bias": "zeros"}},
-           "loss": "mse", "train": {"steps": 0, "eval_every": 1}, "log": {"every": 1, "probes": ["deltas"], "out": str(out)}}  # fmt: skip
-    return load_run(run_experiment(validate(raw)).run_dir)
-
-
 def test_compare_sets_the_step_factor_beside_its_theory(tmp_path):
     import numpy as np
 
-    linear = _recurrent_run(tmp_path, "linear", activation="identity", gain=0.8)
+    linear = recurrent_run(tmp_path, "linear", activation="identity", gain=0.8)
     # tanh with tiny input weights: every pre-activation is near 0 where tanh' = 1, so the measured
     # factor reaches Pascanu's bound gamma * lambda_1 = 0.9 from below
-    tight = _recurrent_run(tmp_path, "tight", weight={"name": "normal", "std": 1e-4}, gain=0.9)
-    loose = _recurrent_run(tmp_path, "loose", gain=0.9)
-    lstm = _recurrent_run(tmp_path, "lstm", kind="lstm", forget_bias=1.0)
+    tight = recurrent_run(tmp_path, "tight", weight={"name": "normal", "std": 1e-4}, gain=0.9)
+    loose = recurrent_run(tmp_path, "loose", gain=0.9)
+    lstm = recurrent_run(tmp_path, "lstm", kind="lstm", forget_bias=1.0)
     comparison = compare_runs([linear, tight, loose, lstm], steps=[0], theory=True)
     table = comparison.table.set_index("label")
     assert list(comparison.table.columns[-4:]) == ["predicted_factor", "departs", "predicted_step_factor", "step_departs"]
@@ -134,7 +121,7 @@ def test_compare_sets_the_step_factor_beside_its_theory(tmp_path):
 def test_a_run_above_the_bound_departs(tmp_path):
     import yaml
 
-    run = _recurrent_run(tmp_path, "tampered", activation="identity", gain=1.1)  # measured 1.1
+    run = recurrent_run(tmp_path, "tampered", activation="identity", gain=1.1)  # measured 1.1
     config = yaml.safe_load((run.dir / "config.yaml").read_text())
     config["model"]["activation"] = {"name": "tanh"}
     config["model"]["init"]["recurrent"]["gain"] = 1.0  # the config now claims a bound of 1 * 1.0

@@ -17,6 +17,7 @@ from gradlab.vocab import specs
 from gradlab.config.experiment import DataConfig
 from gradlab.build.data import LOADERS, Batches, Dataset, load_dataset
 from gradlab.vocab.errors import DataError
+from data_files import idx_bytes
 
 SYNTHETIC = ["gaussian", "teacher", "spirals", "images"]
 
@@ -261,11 +262,6 @@ def test_real_mnist_gzipped_and_plain_give_identical_tensors(tmp_path):
 # --------------------------------------------------------------------------------------------
 # MNIST: IDX files built here
 # --------------------------------------------------------------------------------------------
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    magic = {3: 2051, 1: 2049}[array.ndim]
-    return struct.pack(f">I{array.ndim}I", magic, *array.shape) + array.astype(np.uint8).tobytes()
 
 
 def write_idx_pair(folder: Path, prefix: str, images: np.ndarray, labels: np.ndarray, gz: bool = False, dotted: bool = False) -> tuple[Path, Path]:

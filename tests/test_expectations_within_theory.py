@@ -8,7 +8,7 @@ import pytest
 from gradlab.config.experiment import parse_expectations
 from gradlab.vocab.errors import ConfigError
 from gradlab.analysis.expectations import check
-from run_factory import one_run
+from run_factory import one_run, recurrent_run
 
 HE = {"model__activation": "relu", "model__init": {"weight": "kaiming_normal", "bias": "zeros"}}
 
@@ -51,10 +51,9 @@ def test_step_factor_within_theory_for_a_bound_and_without_a_prediction(tmp_path
     import yaml
 
     from gradlab.records.run import load_run
-    from test_compare_theory import _recurrent_run
 
     section = parse_expectations({"step_factor": {"within_theory": 0.05}})
-    tanh = _recurrent_run(tmp_path, "tanh", gain=0.9)  # measured ~0.85: below Pascanu's bound 0.9, so it holds
+    tanh = recurrent_run(tmp_path, "tanh", gain=0.9)  # measured ~0.85: below Pascanu's bound 0.9, so it holds
     (outcome,) = check(tanh, section)
     assert outcome.passed and outcome.bound == "at most 0.05 above Pascanu's bound 0.9, relative"
     config = yaml.safe_load((tanh.dir / "config.yaml").read_text())
@@ -62,6 +61,6 @@ def test_step_factor_within_theory_for_a_bound_and_without_a_prediction(tmp_path
     (tanh.dir / "config.yaml").write_text(yaml.safe_dump(config))
     (outcome,) = check(load_run(tanh.dir), section)
     assert not outcome.passed and outcome.failure().endswith("expected at most 0.05 above Pascanu's bound 0.5, relative")
-    lstm = _recurrent_run(tmp_path, "lstm", kind="lstm", forget_bias=1.0)
+    lstm = recurrent_run(tmp_path, "lstm", kind="lstm", forget_bias=1.0)
     (outcome,) = check(lstm, section)
     assert not outcome.passed and "which has no prediction: no step_factor: σ(forget bias)" in outcome.bound

@@ -12,20 +12,19 @@ import io
 import json
 import os
 import signal
-import struct
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from gradlab.records import layout
 from gradlab.config.experiment import validate
 from gradlab.vocab.errors import RunError
 from gradlab.records.layout import LAYERS_COLUMNS, METRICS_COLUMNS, new_run_dir
 from gradlab.orchestrate.runner import run_experiment
-from test_interrupt import start_long_run, wait_for_rows
+from data_files import idx_bytes
+from run_factory import run_dirs, start_long_run, wait_for_rows, write_yaml
 
 # A warning (numpy's 'overflow encountered in cast', say) is one more line on a user's stderr;
 # pytest captures warnings instead of letting them through, so here they are errors.
@@ -53,15 +52,6 @@ EXPLODING = {
 # So deep that the forward pass at initialization overflows float32: ReLU with N(0, 3^2) weights
 # multiplies the signal by about 3 * sqrt(32 / 2) = 12 per layer, and 12^40 > 3.4e38.
 EXPLODING_AT_STEP_0 = {**EXPLODING, "name": "overflow", "model": {**EXPLODING["model"], "depth": 40, "width": 32}}
-
-
-def write_config(path: Path, config: dict) -> Path:
-    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    return path
-
-
-def run_dirs(out: Path) -> list[Path]:
-    return sorted(meta.parent for meta in out.rglob("meta.json"))
 
 
 def tree(root: Path) -> dict[str, tuple]:
@@ -95,7 +85,7 @@ def csv_rows(text: str) -> list[dict[str, str]]:
 
 
 def test_run_of_an_exploding_config_exits_0_and_says_where_it_diverged(tmp_path, invoke_wide):
-    config = write_config(tmp_path / "exploding.yaml", EXPLODING)
+    config = write_yaml(tmp_path / "exploding.yaml", EXPLODING)
     result = invoke_wide("run", config, "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
@@ -134,7 +124,7 @@ def test_compare_shows_a_diverged_run_as_diverged(tmp_path, invoke_wide):
 
 
 def test_run_that_diverges_at_initialization_exits_0_and_says_where(tmp_path, invoke_wide):
-    config = write_config(tmp_path / "overflow.yaml", EXPLODING_AT_STEP_0)
+    config = write_yaml(tmp_path / "overflow.yaml", EXPLODING_AT_STEP_0)
     result = invoke_wide("run", config, "--out", tmp_path / "out")
     [run] = run_dirs(tmp_path / "out")
     meta = json.loads((run / "meta.json").read_text())
@@ -211,7 +201,7 @@ def test_new_run_dir_never_reuses_an_existing_directory(tmp_path, monkeypatch):
 
 def test_a_run_writes_only_inside_its_own_directory(tmp_path, monkeypatch, invoke_wide):
     monkeypatch.chdir(tmp_path)  # a stray write to the working directory would show in the tree
-    config = write_config(tmp_path / "tiny.yaml", TINY)
+    config = write_yaml(tmp_path / "tiny.yaml", TINY)
     earlier = invoke_wide("run", config, "--out", "out", "--quiet")
     assert earlier.exit_code == 0, earlier.output
     (tmp_path / "out" / "notes.txt").write_text("mine")
@@ -228,7 +218,7 @@ def test_a_run_writes_only_inside_its_own_directory(tmp_path, monkeypatch, invok
 
 
 def test_out_below_a_file_fails_up_front(tmp_path, invoke_wide):
-    config = write_config(tmp_path / "tiny.yaml", TINY)
+    config = write_yaml(tmp_path / "tiny.yaml", TINY)
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     before = tree(tmp_path)
@@ -239,7 +229,7 @@ def test_out_below_a_file_fails_up_front(tmp_path, invoke_wide):
 
 
 def test_a_file_named_like_the_experiment_under_out_fails_and_stays(tmp_path, invoke_wide):
-    config = write_config(tmp_path / "tiny.yaml", TINY)
+    config = write_yaml(tmp_path / "tiny.yaml", TINY)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "tiny").write_text("not a folder")
     before = tree(tmp_path)
@@ -253,7 +243,7 @@ def test_a_file_named_like_the_experiment_under_out_fails_and_stays(tmp_path, in
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="running as root: chmod 0o500 does not stop root from writing (test_out_below_a_file_fails_up_front covers an uncreatable out)")
 def test_unwritable_out_fails_up_front(tmp_path, invoke_wide):
-    config = write_config(tmp_path / "tiny.yaml", TINY)
+    config = write_yaml(tmp_path / "tiny.yaml", TINY)
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
@@ -294,7 +284,7 @@ def test_unwritable_out_fails_up_front(tmp_path, invoke_wide):
     ids=["huge-seed", "noise-beyond-float32", "pooled-to-nothing", "batchnorm-of-one-example", "batchnorm-of-one-pixel"],
 )  # fmt: skip
 def test_run_refuses_impossible_numbers_up_front(tmp_path, sets, line, invoke_wide):
-    config = write_config(tmp_path / "tiny.yaml", TINY)
+    config = write_yaml(tmp_path / "tiny.yaml", TINY)
     before = tree(tmp_path)
     result = invoke_wide("run", config, "--out", tmp_path / "out", *[arg for item in sets for arg in ("--set", item)])
     assert_bad_input(result)
@@ -304,7 +294,7 @@ def test_run_refuses_impossible_numbers_up_front(tmp_path, sets, line, invoke_wi
 
 def test_a_huge_lrn_window_is_refused_by_the_memory_estimate(tmp_path, invoke_wide):
     # F.pad overflowed (TypeError) for 10**27 and tried to allocate a terabyte for 10**9
-    config = write_config(tmp_path / "tiny.yaml", TINY)
+    config = write_yaml(tmp_path / "tiny.yaml", TINY)
     before = tree(tmp_path)
     for size in (10**9, 10**27):
         result = invoke_wide("run", config, "--out", tmp_path / "out", "--set", f"model.norm={{name: lrn, size: {size}}}")
@@ -339,11 +329,6 @@ def test_validate_exact_lines_for_inputs_the_fuzzer_found(tmp_path, content, lin
 # --------------------------------------------------------------------------------------------
 # Broken data files at the command line
 # --------------------------------------------------------------------------------------------
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    magic = {3: 2051, 1: 2049}[array.ndim]
-    return struct.pack(f">I{array.ndim}I", magic, *array.shape) + array.astype(np.uint8).tobytes()
 
 
 def mnist_folder(folder: Path) -> Path:
@@ -465,7 +450,7 @@ def test_a_broken_data_file_is_one_error_line_naming_it_and_nothing_is_written(t
     kind, make = BROKEN[case]
     data_path, bad_file, problem = make(tmp_path)
     sizes = {"classes": 10, "n_train": 4, "n_test": 2, "batch_size": 2} if kind == "mnist" else {"classes": 3, "n_train": 6, "n_test": 4, "batch_size": 2}
-    config = write_config(tmp_path / "data.yaml", {**TINY, "data": {"name": kind, "path": str(data_path), **sizes}})
+    config = write_yaml(tmp_path / "data.yaml", {**TINY, "data": {"name": kind, "path": str(data_path), **sizes}})
     before = tree(tmp_path)
     result = invoke_wide("run", config, "--out", tmp_path / "out")
     line = assert_bad_input(result, problem)

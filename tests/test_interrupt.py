@@ -5,33 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from gradlab.records.layout import LAYERS_COLUMNS
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def start_long_run(out: Path) -> subprocess.Popen:
-    args = [sys.executable, "-m", "gradlab", "run", str(ROOT / "configs" / "smoke.yaml"), "--out", str(out),
-            "--steps", "1000000", "--quiet", "--set", "log.every=1"]  # fmt: skip
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for_rows(out: Path, steps: int, timeout: float = 60) -> Path:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        for layers in out.rglob("layers.csv"):
-            if layers.read_text().count(",head,") >= steps:
-                return layers.parent
-        time.sleep(0.1)
-    raise AssertionError("the run logged nothing in time")
+from run_factory import start_long_run, wait_for_rows
 
 
 def assert_whole_steps(run: Path) -> pd.DataFrame:
