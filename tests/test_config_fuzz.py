@@ -1,6 +1,6 @@
 """Config fuzzing: malformed configs through `gradlab validate` and `gradlab run`.
 
-The contract under attack (README, "When things go wrong"): bad input prints one `error: ` line
+The contract under attack (docs/troubleshooting.md, "When things go wrong"): bad input prints one `error: ` line
 per problem naming the key, exits with code 2, shows no traceback and writes nothing.
 
 The mutations start from real configs (configs/smoke.yaml, resolved so that every key is present,
