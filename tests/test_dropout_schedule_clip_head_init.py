@@ -1,4 +1,4 @@
-"""Issue 11's components: model.dropout, optim.schedule, model.init.head, and the gradient norm
+"""Training components: model.dropout, optim.schedule, model.init.head, and the gradient norm
 after clipping, each against an independent computation (torch's own modules, schedulers, clipping)."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Issue 11's definitions, each against a hand count or an independent computation: inactive,
-saturated and dead units per activation family, delta_rms and its invariances, the pre-activation
-statistics, dact_mean and dact_factor."""
+"""The definitions of the measured unit quantities, each against a hand count or an independent
+computation: inactive, saturated and dead units per activation family, delta_rms and its
+invariances, the pre-activation statistics, dact_mean and dact_factor."""
 
 from __future__ import annotations
 
