@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gradlab.orchestrate import sweep as sweeps
+from gradlab.orchestrate import sweep_axes
+from gradlab.orchestrate import sweep_index
+from gradlab.orchestrate import sweep_plan
 from gradlab.vocab.errors import ConfigError
 from gradlab.analysis.expectations import check_sweep
 from gradlab.records.write import RunRecords
@@ -35,22 +37,22 @@ def raw(**extra):
 
 
 def test_zipped_values_vary_together_inside_the_grid():
-    plan = sweeps.plan_sweep(raw(sweep={"model.norm": ["none", "batchnorm"], "zip": ZIP}, seeds=[0, 1]))
+    plan = sweep_plan.plan_sweep(raw(sweep={"model.norm": ["none", "batchnorm"], "zip": ZIP}, seeds=[0, 1]))
     assert len(plan.members) == 2 * 3 * 2  # not 2 x 3 x 3 x 2
     assert plan.shape() == "model.norm (2) x zip(model.init.weight.std, model.init.bias.mean) (3) x seed (2)"
     pairs = {(m.config["model"]["init"]["weight"]["std"], m.config["model"]["init"]["bias"]["mean"]) for m in plan.members}
     assert pairs == {(0.1, 0.0), (1.0, 0.1), (10.0, 1.0)}
     assert plan.members[0].name == "norm=none,std=0.1,mean=0.0,seed=0"
     # sweep.yaml holds the zip as written and plans the same members again
-    again = sweeps.plan_sweep(yaml.safe_load(yaml.safe_dump(plan.spec(), sort_keys=False)))
+    again = sweep_plan.plan_sweep(yaml.safe_load(yaml.safe_dump(plan.spec(), sort_keys=False)))
     assert [m.name for m in again.members] == [m.name for m in plan.members]
     assert plan.spec()["sweep"]["zip"] == ZIP
 
 
 def test_several_zip_groups_are_a_list():
-    plan = sweeps.plan_sweep(raw(sweep={"zip": [ZIP, {"model.depth": [2, 3], "model.width": [8, 4]}]}))
+    plan = sweep_plan.plan_sweep(raw(sweep={"zip": [ZIP, {"model.depth": [2, 3], "model.width": [8, 4]}]}))
     assert len(plan.members) == 3 * 2
-    assert sweeps.plan_sweep(yaml.safe_load(yaml.safe_dump(plan.spec(), sort_keys=False))).shape() == plan.shape()
+    assert sweep_plan.plan_sweep(yaml.safe_load(yaml.safe_dump(plan.spec(), sort_keys=False))).shape() == plan.shape()
 
 
 @pytest.mark.parametrize(
@@ -69,13 +71,13 @@ def test_several_zip_groups_are_a_list():
 )
 def test_bad_zips_are_one_line(sweep, line):
     with pytest.raises(ConfigError) as error:
-        sweeps.plan_sweep(raw(sweep=sweep))
+        sweep_plan.plan_sweep(raw(sweep=sweep))
     assert error.value.lines == [line]
 
 
 def test_a_zipped_key_is_not_replaced_from_the_command_line():
     with pytest.raises(ConfigError) as error:
-        sweeps.plan_sweep(raw(sweep={"zip": ZIP}), axes=[sweeps.parse_axis("model.init.bias.mean=0.5,0.7")])
+        sweep_plan.plan_sweep(raw(sweep={"zip": ZIP}), axes=[sweep_axes.parse_axis("model.init.bias.mean=0.5,0.7")])
     assert error.value.lines == ["--sweep model.init.bias.mean: zipped with model.init.weight.std in the config's sweep.zip; change the zip in the config file"]
 
 
@@ -116,7 +118,7 @@ GRID = {"model.norm": ["none", "batchnorm"], "optim.lr": [0.1, 0.5]}
 )
 def test_bad_claims_are_one_line_before_anything_runs(claim, line):
     with pytest.raises(ConfigError) as error:
-        sweeps.plan_sweep(raw(sweep=GRID, claims=[claim]))
+        sweep_plan.plan_sweep(raw(sweep=GRID, claims=[claim]))
     assert len(error.value.lines) == 1 and error.value.lines[0].startswith(line), error.value.lines
 
 
@@ -151,9 +153,9 @@ CLAIMS = [
 
 
 def write_sweep(tmp_path: Path, claims=CLAIMS) -> Path:
-    plan = sweeps.plan_sweep(raw(sweep=GRID, seeds=[0, 1], claims=claims, log={"every": 5, "out": str(tmp_path / "out")}))
-    sweep_dir = sweeps.create_sweep_dir(plan)
-    index = sweeps.SweepIndex.fresh(sweep_dir, plan)
+    plan = sweep_plan.plan_sweep(raw(sweep=GRID, seeds=[0, 1], claims=claims, log={"every": 5, "out": str(tmp_path / "out")}))
+    sweep_dir = sweep_index.create_sweep_dir(plan)
+    index = sweep_index.SweepIndex.fresh(sweep_dir, plan)
     for member, row in zip(plan.members, index.rows):
         norm, lr, seed = member.values["model.norm"], member.values["optim.lr"], member.values["seed"]
         accuracy = ACCURACY[(norm, lr)][seed]
@@ -230,7 +232,7 @@ def test_the_claim_configs_plan_and_match_the_json_schema():
     for path in configs:
         raw_config = yaml.safe_load(path.read_text())
         assert [e.message for e in validator.iter_errors(raw_config)] == [], path.name
-        plan = sweeps.plan_sweep(raw_config)
+        plan = sweep_plan.plan_sweep(raw_config)
         assert plan.claims, path.name
     bad = {**raw(sweep=GRID), "claims": [{"of": {}, "status": "done"}], "sweep": {"zip": {"model.depth": [1, 2]}}}
     assert len(list(validator.iter_errors(bad))) >= 2

@@ -96,7 +96,7 @@ def test_components_lists_every_name_with_its_parameters(invoke):
 
 
 def test_every_shipped_config_validates():
-    from gradlab.orchestrate.sweep import load_experiments
+    from gradlab.orchestrate.sweep_plan import load_experiments
 
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         if "mnist" in path.name and not (ROOT.parent / "shared" / "data" / "mnist").is_dir():

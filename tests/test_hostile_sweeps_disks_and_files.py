@@ -24,6 +24,10 @@ import pytest
 import yaml
 
 from gradlab.orchestrate import sweep as sweeps
+from gradlab.records import layout
+from gradlab.orchestrate import sweep_lock
+from gradlab.orchestrate import sweep_plan
+from gradlab.orchestrate import sweep_resources
 from gradlab.vocab.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +54,7 @@ def sweep_config(tmp_path: Path, **changes) -> Path:
 
 
 def read_index(sweep_dir: Path) -> dict[str, dict[str, str]]:
-    with open(sweep_dir / sweeps.INDEX_FILE, newline="") as file:
+    with open(sweep_dir / layout.SWEEP_INDEX_FILE, newline="") as file:
         return {row["run"]: row for row in csv.DictReader(file)}
 
 
@@ -136,12 +140,12 @@ def test_the_lock_dies_with_a_killed_owner_and_resume_keeps_completed_runs(tmp_p
     rows = read_index(sweep_dir)
     for row in rows.values():
         row["status"], row["duration_s"] = "running", "not a number"
-    with open(sweep_dir / sweeps.INDEX_FILE, "w", newline="") as file:
+    with open(sweep_dir / layout.SWEEP_INDEX_FILE, "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=list(next(iter(rows.values()))), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows.values())
     meta_before = {name: (sweep_dir / name / "meta.json").read_text() for name in rows}
-    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(sweep_dir / sweeps.LOCK_FILE)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(sweep_dir / sweep_lock.LOCK_FILE)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "held\n"
         assert_one_error(invoke_wide("run", "--resume", sweep_dir), "in use by another gradlab command")
@@ -171,7 +175,7 @@ def test_workers_of_a_killed_parallel_sweep_stop_and_close_their_records(tmp_pat
         wait_until(lambda: not any(alive(pid) for pid in below), timeout=30, what="the workers ending")
     finally:
         parent.kill()
-    sweep_dir = next((tmp_path / "out").rglob(sweeps.INDEX_FILE)).parent
+    sweep_dir = next((tmp_path / "out").rglob(layout.SWEEP_INDEX_FILE)).parent
     for run in sweep_dir.iterdir():
         if run.is_dir():
             assert json.loads((run / "meta.json").read_text())["status"] == "interrupted"
@@ -206,7 +210,7 @@ def test_sighup_closes_a_run_as_interrupted(tmp_path):
 )
 def test_overlapping_sweep_axes_are_a_config_error(tmp_path, axes, line, invoke_wide):
     with pytest.raises(ConfigError) as error:
-        sweeps.plan_sweep({**BASE, "sweep": axes})
+        sweep_plan.plan_sweep({**BASE, "sweep": axes})
     assert error.value.lines == [line]
     config = write(tmp_path / "c.yaml", {**BASE, "sweep": {"model.depth": [1, 2]}})
     assert_one_error(invoke_wide("validate", config, "--sweep", "model={width: 4}"), "sweep: the axes model and model.depth overlap")
@@ -302,7 +306,7 @@ def test_a_sweep_on_a_disk_that_fills_leaves_no_running_row_and_no_temporary_fil
     result = invoke_wide("run", config, "--quiet")
     assert result.exit_code in (1, 74), result.output
     assert "Traceback" not in result.output
-    sweep_dir = next((small_disk / "out").rglob(sweeps.SPEC_FILE)).parent
+    sweep_dir = next((small_disk / "out").rglob(layout.SWEEP_SPEC_FILE)).parent
     assert "running" not in {row["status"] for row in read_index(sweep_dir).values()}
     for run in sweep_dir.iterdir():
         if (run / "layers.csv").exists():
@@ -655,7 +659,7 @@ def test_an_idx_file_declaring_or_inflating_to_gigabytes_is_refused_without_deco
 def test_jobs_n_checks_that_n_runs_fit_in_memory_together(tmp_path, monkeypatch):
     from gradlab.build import memory
 
-    plan = sweeps.plan_sweep({**BASE, "sweep": {"model.width": [16, 32, 64]}})
+    plan = sweep_plan.plan_sweep({**BASE, "sweep": {"model.width": [16, 32, 64]}})
     sizes = []
     for member in plan.members:
         from gradlab.config.experiment import validate
@@ -665,9 +669,9 @@ def test_jobs_n_checks_that_n_runs_fit_in_memory_together(tmp_path, monkeypatch)
         sizes.append(max(need.total, max(need.peak_training, need.peak_evaluation)))
     free = sorted(sizes)[-1] + sorted(sizes)[-2] - 1  # the two largest do not fit together; each alone does
     monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": free)
-    sweeps.check_resources(plan, 1)
+    sweep_resources.check_resources(plan, 1)
     with pytest.raises(ConfigError) as error:
-        sweeps.check_resources(plan, 2)
+        sweep_resources.check_resources(plan, 2)
     [line] = error.value.lines
     assert line.startswith("--jobs 2: 2 runs at once need up to ") and line.endswith("; use --jobs 1 or fewer"), line
     assert "model.width=64" in line

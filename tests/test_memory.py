@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from gradlab.config.experiment import validate
-from gradlab.orchestrate.sweep import load_experiments
+from gradlab.orchestrate.sweep_plan import load_experiments
 from gradlab.build.memory import check_fits, estimate, known_input_shape, parameter_count
 from gradlab.build.models import build_model
 

@@ -22,7 +22,7 @@ def papers_tool():
 
 @pytest.mark.parametrize("path", PAPERS, ids=[p.stem for p in PAPERS])
 def test_each_paper_config_states_its_result_and_validates(path, monkeypatch):
-    from gradlab.orchestrate import sweep
+    from gradlab.orchestrate import sweep_plan
     from gradlab.config.experiment import read_yaml
 
     meta = papers_tool().metadata(path)
@@ -34,7 +34,7 @@ def test_each_paper_config_states_its_result_and_validates(path, monkeypatch):
     monkeypatch.chdir(ROOT)
     if data_path and not (ROOT / data_path).exists():
         pytest.skip(f"no {data_path}")
-    for exp in sweep.load_experiments(path):
+    for exp in sweep_plan.load_experiments(path):
         assert exp.train.steps <= 10 and exp.device == "cpu"  # a result at initialization: seconds on a CPU
 
 

@@ -17,7 +17,7 @@ from gradlab.vocab import specs  # noqa: E402
 from gradlab.config.experiment import Experiment, validate  # noqa: E402
 from gradlab.vocab.errors import ConfigError  # noqa: E402
 from gradlab.config.json_schema import COMPONENT_FIELDS, config_json_schema  # noqa: E402
-from gradlab.orchestrate.sweep import plan_sweep  # noqa: E402
+from gradlab.orchestrate.sweep_plan import plan_sweep  # noqa: E402
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 

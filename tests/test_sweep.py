@@ -20,7 +20,11 @@ import pandas as pd
 import pytest
 import yaml
 
+from gradlab.records import layout
 from gradlab.orchestrate import sweep as sweeps
+from gradlab.orchestrate import sweep_axes
+from gradlab.orchestrate import sweep_names
+from gradlab.orchestrate import sweep_plan
 from gradlab.vocab.quantities import layers_columns
 from gradlab.vocab.errors import ConfigError
 from gradlab.orchestrate.executors import MemberTask, default_threads, run_member
@@ -55,12 +59,12 @@ def write_config(path: Path, out: Path, **changes) -> Path:
 
 
 def the_sweep_dir(out: Path) -> Path:
-    [sweep_dir] = [p.parent for p in out.rglob(sweeps.INDEX_FILE)]
+    [sweep_dir] = [p.parent for p in out.rglob(layout.SWEEP_INDEX_FILE)]
     return sweep_dir
 
 
 def read_index(sweep_dir: Path) -> list[dict[str, str]]:
-    with open(sweep_dir / sweeps.INDEX_FILE, newline="") as file:
+    with open(sweep_dir / layout.SWEEP_INDEX_FILE, newline="") as file:
         return list(csv.DictReader(file))
 
 
@@ -83,7 +87,7 @@ def serial_sweep(tmp_path_factory, invoke) -> Path:
 
 
 def test_the_grid_is_the_product_of_the_axes_with_the_seed_last():
-    plan = sweeps.plan_sweep({**BASE, "seeds": [0, 1], "sweep": GRID})
+    plan = sweep_plan.plan_sweep({**BASE, "seeds": [0, 1], "sweep": GRID})
     assert [m.name for m in plan.members] == NAMES
     assert plan.shape() == "model.activation (2) x model.norm (2) x seed (2)"
     member = plan.members[3]
@@ -95,8 +99,8 @@ def test_the_grid_is_the_product_of_the_axes_with_the_seed_last():
 
 
 def test_command_line_axes_replace_or_add_and_seeds_stay_last():
-    axes = [sweeps.parse_axis("model.depth=2,3"), sweeps.parse_axis("model.activation=tanh"), sweeps.parse_axis("seeds=5,6,7")]
-    plan = sweeps.plan_sweep({**BASE, "seeds": [0, 1], "sweep": GRID}, axes=axes)
+    axes = [sweep_axes.parse_axis("model.depth=2,3"), sweep_axes.parse_axis("model.activation=tanh"), sweep_axes.parse_axis("seeds=5,6,7")]
+    plan = sweep_plan.plan_sweep({**BASE, "seeds": [0, 1], "sweep": GRID}, axes=axes)
     assert [(a.key, a.values) for a in plan.axes] == [
         ("model.activation", ("tanh",)),
         ("model.norm", ("none", {"name": "batchnorm", "placement": "post"})),
@@ -108,10 +112,10 @@ def test_command_line_axes_replace_or_add_and_seeds_stay_last():
 
 
 def test_sweep_option_values_are_a_yaml_list_without_brackets():
-    axis = sweeps.parse_axis("model.norm=none,{name: batchnorm, placement: post},layernorm")
+    axis = sweep_axes.parse_axis("model.norm=none,{name: batchnorm, placement: post},layernorm")
     assert axis.values == ("none", {"name": "batchnorm", "placement": "post"}, "layernorm")
-    assert sweeps.parse_axis("optim.lr=0.1,1e-3").values == (0.1, "1e-3")  # YAML 1.1: 1e-3 is a string; 1.0e-3 a float
-    assert sweeps.parse_axis("log.probes=[weights],[weights, deltas]").values == (["weights"], ["weights", "deltas"])
+    assert sweep_axes.parse_axis("optim.lr=0.1,1e-3").values == (0.1, "1e-3")  # YAML 1.1: 1e-3 is a string; 1.0e-3 a float
+    assert sweep_axes.parse_axis("log.probes=[weights],[weights, deltas]").values == (["weights"], ["weights", "deltas"])
 
 
 @pytest.mark.parametrize(
@@ -126,13 +130,13 @@ def test_sweep_option_values_are_a_yaml_list_without_brackets():
     ],
 )  # fmt: skip
 def test_values_are_named_compactly_and_safely(value, text):
-    assert sweeps.render_value(value) == text
+    assert sweep_names.render_value(value) == text
 
 
 def test_labels_are_the_last_part_of_the_key_unless_that_is_ambiguous():
-    assert sweeps.axis_labels(["model.activation", "model.norm", "seed"]) == {"model.activation": "activation", "model.norm": "norm", "seed": "seed"}
-    assert sweeps.axis_labels(["data.name", "model.norm.name", "model.norm.placement"]) == {"data.name": "data", "model.norm.name": "norm", "model.norm.placement": "placement"}
-    assert sweeps.axis_labels(["model.depth", "data.depth"]) == {"model.depth": "model.depth", "data.depth": "data.depth"}
+    assert sweep_names.axis_labels(["model.activation", "model.norm", "seed"]) == {"model.activation": "activation", "model.norm": "norm", "seed": "seed"}
+    assert sweep_names.axis_labels(["data.name", "model.norm.name", "model.norm.placement"]) == {"data.name": "data", "model.norm.name": "norm", "model.norm.placement": "placement"}
+    assert sweep_names.axis_labels(["model.depth", "data.depth"]) == {"model.depth": "model.depth", "data.depth": "data.depth"}
 
 
 @pytest.mark.parametrize(
@@ -149,25 +153,25 @@ def test_labels_are_the_last_part_of_the_key_unless_that_is_ambiguous():
 )
 def test_a_malformed_sweep_section_is_one_line(raw, line):
     with pytest.raises(ConfigError) as error:
-        sweeps.plan_sweep({**BASE, **raw})
+        sweep_plan.plan_sweep({**BASE, **raw})
     assert error.value.lines == [line]
 
 
 def test_set_on_a_swept_key_is_refused():
     with pytest.raises(ConfigError) as error:
-        sweeps.plan_sweep({**BASE, "sweep": GRID, "seeds": [0]}, overrides=["seed=3"])
+        sweep_plan.plan_sweep({**BASE, "sweep": GRID, "seeds": [0]}, overrides=["seed=3"])
     assert error.value.lines == ["seed: set by --set (or --seed/--steps/...) but also swept; change the axis with --sweep seed=v1,v2"]
 
 
 def test_shipped_configs_expand_validate_and_fit():
     from gradlab.build.memory import check_fits, known_input_shape
 
-    plan = sweeps.load_plan(ROOT / "configs" / "sweep-activations.yaml")
+    plan = sweep_plan.load_plan(ROOT / "configs" / "sweep-activations.yaml")
     assert len(plan.members) == 4 * 2 * 3
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         if "mnist" in path.name and not (ROOT.parent / "shared" / "data" / "mnist").is_dir():
             continue
-        for exp in sweeps.load_experiments(path):
+        for exp in sweep_plan.load_experiments(path):
             check_fits(exp, known_input_shape(exp), exp.data.classes)
 
 
@@ -239,8 +243,8 @@ def test_sweep_options_on_a_plain_config_are_refused(tmp_path, invoke):
 
 def test_the_sweep_directory_holds_an_index_and_a_normal_run_per_combination(serial_sweep):
     sweep_dir = serial_sweep
-    assert sweep_dir.parent.name == "grid" and sweeps.SPEC_FILE in {p.name for p in sweep_dir.iterdir()}
-    lines = (sweep_dir / sweeps.INDEX_FILE).read_text().splitlines()
+    assert sweep_dir.parent.name == "grid" and layout.SWEEP_SPEC_FILE in {p.name for p in sweep_dir.iterdir()}
+    lines = (sweep_dir / layout.SWEEP_INDEX_FILE).read_text().splitlines()
     assert lines[0] == "run,model.activation,model.norm,seed,status,duration_s,error"
     rows = read_index(sweep_dir)
     assert [row["run"] for row in rows] == NAMES
@@ -259,7 +263,7 @@ def test_the_sweep_directory_holds_an_index_and_a_normal_run_per_combination(ser
         has_norm = config["model"]["norm"]["name"] != "none"  # a norm adds its columns (quantities.NORM)
         assert list(pd.read_csv(run / "layers.csv").columns) == layers_columns(norm=has_norm)
     # sweep.yaml plans the same sweep again
-    assert [m.name for m in sweeps.load_plan(sweep_dir / sweeps.SPEC_FILE).members] == NAMES
+    assert [m.name for m in sweep_plan.load_plan(sweep_dir / layout.SWEEP_SPEC_FILE).members] == NAMES
 
 
 def test_run_prints_a_line_per_run_and_a_summary(tmp_path, invoke):
@@ -363,7 +367,7 @@ def test_each_run_computes_with_the_threads_it_is_given(tmp_path):
             seen.append(torch.get_num_threads())
 
     before = torch.get_num_threads()
-    plan = sweeps.plan_sweep({**BASE, "seeds": [0]})
+    plan = sweep_plan.plan_sweep({**BASE, "seeds": [0]})
     task = MemberTask(0, "seed=0", str(tmp_path / "seed=0"), plan.members[0].config, threads=1)
     assert run_member(task, spy).status == "completed"
     assert seen == [1] and torch.get_num_threads() == before
@@ -382,7 +386,7 @@ def test_resume_runs_only_what_is_not_completed_or_diverged(tmp_path, monkeypatc
             meta_path = sweep_dir / row["run"] / "meta.json"
             meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "status": status}))
     (sweep_dir / rows[1]["run"] / "layers.csv").unlink()
-    with open(sweep_dir / sweeps.INDEX_FILE, "w", newline="") as file:
+    with open(sweep_dir / layout.SWEEP_INDEX_FILE, "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)

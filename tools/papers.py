@@ -95,15 +95,17 @@ def measure(quantity: str, exp, run) -> tuple[str, str]:
 
 def experiments(path: Path, out: str) -> list[tuple[str, object]]:
     """(member label, Experiment) for a config, its sweep expanded; runs written under `out`."""
-    from gradlab.orchestrate import sweep
     from gradlab.config.experiment import read_yaml, validate
+    from gradlab.orchestrate.sweep_axes import has_sweep
+    from gradlab.orchestrate.sweep_plan import plan_sweep
+    from gradlab.vocab.values import flow
 
     raw = read_yaml(path)
     raw.setdefault("log", {})["out"] = out
-    if not sweep.has_sweep(raw):
+    if not has_sweep(raw):
         return [("", validate(raw))]
-    plan = sweep.plan_sweep(raw)
-    return [(", ".join(f"{key}={sweep.flow(value)}" for key, value in m.values.items() if key != "seed"), validate(m.config))
+    plan = plan_sweep(raw)
+    return [(", ".join(f"{key}={flow(value)}" for key, value in m.values.items() if key != "seed"), validate(m.config))
             for m in plan.members]  # fmt: skip
 
 

@@ -17,11 +17,11 @@ Plain Python and the config schema: no pandas, no torch (a sweep can plan its me
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from typing import Any, Callable, Sequence
 
 from gradlab.config.experiment import component_keys
+from gradlab.vocab.values import canonical as canonical_value
 
 # Config fields that hold a component ({name: ..., params...}): one value, shown as name(params).
 # Read off the config schema (which imports neither torch nor pandas), so a new component field is
@@ -80,8 +80,8 @@ def flatten_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def canonical(value: Any) -> str:
-    """A text equal for equal values (mappings in any key order); MISSING is its own value."""
-    return "<missing>" if value is MISSING else json.dumps(value, sort_keys=True, default=str)
+    """vocab.values.canonical, with MISSING its own value (never equal to a value a config holds)."""
+    return "<missing>" if value is MISSING else canonical_value(value)
 
 
 def is_experimental(key: str) -> bool:

@@ -17,11 +17,12 @@ from typing import Any
 
 from gradlab.analysis import summaries
 from gradlab.config.experiment import Bound, Expectations, parse_expectations
-from gradlab.records.layout import CONFIG_FILE, discover_runs, shown_path
+from gradlab.records.layout import CONFIG_FILE, SWEEP_INDEX_FILE, SWEEP_SPEC_FILE, discover_runs, shown_path
 from gradlab.records.read import read_config
 from gradlab.records.run import Run, load_run
 from gradlab.vocab.errors import GradlabError, RunError
 from gradlab.vocab.quantities import PROFILE_QUANTITIES, TIME_QUANTITIES
+from gradlab.vocab.values import canonical
 
 # --------------------------------------------------------------------------------------------
 # Checking
@@ -146,7 +147,7 @@ def _states_claims(sweep_dir: Path) -> bool:
     try:
         from gradlab.config.experiment import read_yaml
 
-        return "claims" in read_yaml(sweep_dir / SWEEP_SPEC)
+        return "claims" in read_yaml(sweep_dir / SWEEP_SPEC_FILE)
     except GradlabError:
         return False
 
@@ -171,7 +172,7 @@ def check_paths(paths: list[str | Path]) -> tuple[list[RunCheck], list[str]]:
     if not run_dirs:
         raise RunError(*problems, "no runs to check")
     checks = []
-    sweeps = dict.fromkeys(d.parent for d in run_dirs if (d.parent / SWEEP_SPEC).is_file() and (d.parent / SWEEP_INDEX).is_file())
+    sweeps = dict.fromkeys(d.parent for d in run_dirs if (d.parent / SWEEP_SPEC_FILE).is_file() and (d.parent / SWEEP_INDEX_FILE).is_file())
     with_claims = {d for d in sweeps if _states_claims(d)}
     for run_dir in run_dirs:
         try:
@@ -201,7 +202,6 @@ def check_paths(paths: list[str | Path]) -> tuple[list[RunCheck], list[str]]:
 # Gains and ratios are averaged over seeds geometrically (a linear mean of 1e-9 and 5e-8 says
 # nothing about either), as gradlab compare averages them (compare.GEOMETRIC, _geometric_mean_spread).
 GEOMETRIC = ("gain", "layer_factor", "weight_grad_gain", "first_delta_norm", "last_delta_norm")
-SWEEP_SPEC, SWEEP_INDEX = "sweep.yaml", "sweep.csv"  # (as sweep.py writes them; this floor does not import it)
 SWEEP_COLUMNS_AFTER = ("status", "duration_s", "error")
 
 
@@ -212,7 +212,7 @@ def _sweep_members(sweep_dir: Path) -> tuple[dict[str, list[Any]], list[tuple[st
 
     import yaml
 
-    path = sweep_dir / SWEEP_INDEX
+    path = sweep_dir / SWEEP_INDEX_FILE
     try:
         with open(path, newline="", encoding="utf-8") as file:
             reader = csv.reader(file)
@@ -237,8 +237,6 @@ def _sweep_members(sweep_dir: Path) -> tuple[dict[str, list[Any]], list[tuple[st
 
 
 def _same(a: Any, b: Any) -> bool:
-    from gradlab.config.claims import canonical
-
     return canonical(a) == canonical(b)
 
 
@@ -260,7 +258,7 @@ def check_sweep(sweep_dir: str | Path) -> list[Outcome] | None:
     from gradlab.config.experiment import read_yaml
 
     sweep_dir = Path(sweep_dir)
-    spec = read_yaml(sweep_dir / SWEEP_SPEC)
+    spec = read_yaml(sweep_dir / SWEEP_SPEC_FILE)
     if CLAIMS_KEY not in spec:
         return None
     axes, members = _sweep_members(sweep_dir)
@@ -269,7 +267,7 @@ def check_sweep(sweep_dir: str | Path) -> list[Outcome] | None:
     configs: dict[str, dict[str, Any]] = {}  # one per configuration: its values and runs
     for name, values, status in members:
         config_values = {k: values[k] for k in config_keys}
-        entry = configs.setdefault(_canonical_values(config_values), {"values": config_values, "runs": []})
+        entry = configs.setdefault(canonical(config_values), {"values": config_values, "runs": []})
         entry["runs"].append((name, status))
     loaded: dict[str, Run | None] = {}
 
@@ -320,7 +318,7 @@ def check_sweep(sweep_dir: str | Path) -> list[Outcome] | None:
                 outcomes.append(Outcome(name, measured, f"{bound.describe()}; {per}", bound.holds(measured), edges))
                 continue
             partner_values = {**entry["values"], **claim.partner}
-            partner = configs.get(_canonical_values(partner_values))
+            partner = configs.get(canonical(partner_values))
             word = "above" if claim.above is not None else "below"
             if partner is None:
                 outcomes.append(Outcome(name, measured, f"{word} {describe_selection(claim.partner)}, which this sweep does not have with the other values", False))
@@ -331,12 +329,6 @@ def check_sweep(sweep_dir: str | Path) -> list[Outcome] | None:
             bound = f"{word} {describe_selection(claim.partner)}'s {_short(other)}{margin}; {per}"
             outcomes.append(Outcome(name, measured, bound, bool(holds) and not math.isnan(other)))
     return outcomes
-
-
-def _canonical_values(values: dict[str, Any]) -> str:
-    from gradlab.config.claims import canonical
-
-    return canonical(values)
 
 
 def _short(value: float) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+from gradlab.vocab.errors import ConfigError
+
 
 def available_cores() -> int:
     """Cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
@@ -12,6 +14,14 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not on Linux
         return os.cpu_count() or 1
+
+
+def check_threads(threads: int, where: str) -> None:
+    """ConfigError when `threads` is more than 4 per core here: 100000 threads fail allocating them
+    (after the run's folder exists), and beyond a few per core none helps."""
+    cores = available_cores()
+    if threads > 4 * cores:
+        raise ConfigError(f"{where}: {threads} is more than 4 x the {cores} cores here; give at most {4 * cores}")
 
 
 def available_bytes(device_type: str = "cpu") -> int | None:

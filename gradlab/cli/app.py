@@ -158,14 +158,16 @@ def validate(config: ConfigArg, set_: SetOpt = None, sweep: SweepOpt = None) -> 
     resolved values that differ between them.
     """
     if sweep or _is_sweep(config):
-        from gradlab.orchestrate import sweep as sweeps
+        from gradlab.orchestrate.sweep_axes import parse_axis
+        from gradlab.orchestrate.sweep_plan import differing_values, load_plan
+        from gradlab.vocab.values import flow
 
-        plan = sweeps.load_plan(config, _overrides(set_), [sweeps.parse_axis(item) for item in sweep or []])
+        plan = load_plan(config, _overrides(set_), [parse_axis(item) for item in sweep or []])
         print(f"{len(plan.members)} combinations ({plan.shape()}), all valid")
         if plan.claims is not None:
             print(f"{len(plan.claims)} {'claim' if len(plan.claims) == 1 else 'claims'} over them, all valid")
-        for member, values in zip(plan.members, sweeps.differing_values(plan)):
-            print(f"{member.name}: {', '.join(f'{key}={sweeps.flow(value)}' for key, value in values.items())}")
+        for member, values in zip(plan.members, differing_values(plan)):
+            print(f"{member.name}: {', '.join(f'{key}={flow(value)}' for key, value in values.items())}")
         return
     exp = _load(config, _overrides(set_))
     print(exp.to_yaml(), end="")
@@ -173,103 +175,48 @@ def validate(config: ConfigArg, set_: SetOpt = None, sweep: SweepOpt = None) -> 
 
 def _is_sweep(config: Path) -> bool:
     from gradlab.config.experiment import read_yaml
-    from gradlab.orchestrate.sweep import has_sweep
+    from gradlab.orchestrate.sweep_axes import has_sweep
 
     return has_sweep(read_yaml(config))
 
 
 def _run_sweep(config, overrides, axis_items, resume, jobs, threads, executor, ray_address, quiet, plot) -> None:
     """`gradlab run` of a sweep, or `--resume` of one: plan (everything validated), run, summarize."""
-    from gradlab.orchestrate import executors
-
-    executors.start_workers_early(executor.value, jobs)
-    try:
-        with executors.ray_session(ray_address) if executor is ExecutorChoice.ray else nullcontext():
-            _plan_and_run_sweep(config, overrides, axis_items, resume, jobs, threads, executor, ray_address, quiet, plot)
-    finally:
-        executors.discard_early_workers()  # the sweep did not start (a config error): not needed
-
-
-def _plan_and_run_sweep(config, overrides, axis_items, resume, jobs, threads, executor, ray_address, quiet, plot) -> None:
-    from contextlib import ExitStack
-
-    from gradlab.build.system import available_cores
-    from gradlab.orchestrate import sweep as sweeps
-
-    cores = available_cores()
-    if threads is not None and threads > 4 * cores:  # (100000 threads per run: every run fails allocating them)
-        raise ConfigError(f"--threads: {threads} is more than 4 x the {cores} cores here; give at most {4 * cores}")
-    with ExitStack() as held:  # the sweep directory has one owner at a time: this command, from here on
-        if resume is not None:
-            if config is not None:
-                raise ConfigError("--resume: give the sweep directory alone; it runs the sweep as planned in its sweep.yaml (CONFIG starts a new sweep)")
-            if overrides or axis_items:
-                raise ConfigError("--resume: --set, --sweep, --out, --device, --seed and --steps cannot change a planned sweep; start a new one instead")
-            if resume.is_dir() and (resume / sweeps.SPEC_FILE).is_file():
-                held.enter_context(sweeps.sweep_lock(resume))
-            plan, index = sweeps.open_sweep(resume)
-            if executor is ExecutorChoice.local and (jobs or 1) > 1:
-                sweeps.check_resources(plan, jobs or 1)  # (the machine, or --jobs, may differ from the first time)
-            sweep_dir = resume
-        else:
-            from gradlab.config.experiment import read_yaml
-
-            plan = sweeps.plan_sweep(read_yaml(config), overrides, [sweeps.parse_axis(item) for item in axis_items or []])
-            if executor is ExecutorChoice.local:
-                sweeps.check_resources(plan, jobs or 1)
-            sweep_dir = sweeps.create_sweep_dir(plan)
-            held.enter_context(sweeps.sweep_lock(sweep_dir))
-            index = None
-        _run_planned_sweep(plan, index, sweep_dir, jobs, threads, executor, ray_address, quiet, plot)
-
-
-def _run_planned_sweep(plan, index, sweep_dir, jobs, threads, executor, ray_address, quiet, plot) -> None:
-    from gradlab.build.system import available_cores
-    from gradlab.orchestrate import executors
     from gradlab.orchestrate import sweep as sweeps
     from gradlab.orchestrate.progress import SweepLines
 
-    given = threads  # None: each run's config says (a number there), else executors.default_threads()
-    threads = threads or executors.default_threads()
-    cores = available_cores()
-    if executor is ExecutorChoice.local and (jobs or 1) * threads > cores:
-        _warn([f"--jobs {jobs or 1} x --threads {threads} is more than the {cores} cores here; the runs will share them"])
-    if not quiet:
-        runs = f"{len(plan.members)} runs"
-        if index is not None:  # resuming
-            runs = f"{sum(row.status not in sweeps.FINISHED for row in index.rows)} of {runs} to run"
-        err_console.print(f"sweep {plan.name}: {runs} ({plan.shape()}) in {sweep_dir}", markup=False, highlight=False, soft_wrap=True)
-    outcome = sweeps.run_sweep(
-        plan, sweep_dir, jobs=jobs if executor is ExecutorChoice.ray else (jobs or 1), threads=given,
-        executor=executor.value, ray_address=ray_address, progress=None if quiet else SweepLines(err_console), index=index,
-    )  # fmt: skip
-    if plot:
-        _warn(outcome.plot())
-    if quiet:
-        print(sweep_dir)
-    else:
-        console.print(outcome.summary(), markup=False, highlight=False, soft_wrap=True)
-        for row in outcome.rows:
-            if row.status == "failed":
-                console.print(f"failed: {row.run}: {row.error}", markup=False, highlight=False, soft_wrap=True)
-        if outcome.signum is not None or any(row.status not in sweeps.FINISHED for row in outcome.rows):
-            console.print(f"to run what is left: gradlab run --resume {sweep_dir}", markup=False, highlight=False, soft_wrap=True)
-        console.print(f"sweep directory: {sweep_dir}", markup=False, highlight=False, soft_wrap=True)
-    if outcome.signum is not None:
-        raise typer.Exit(outcome.exit_code)
-    failed = outcome.failed_expectations()
-    if plan.claims is not None and not any(row.status not in sweeps.FINISHED for row in outcome.rows):
-        from gradlab.analysis.expectations import check_sweep
-
-        for claim in check_sweep(sweep_dir) or []:  # the claims: between the configurations, once all ran
+    with sweeps.executor_session(executor.value, jobs, ray_address), sweeps.planned_sweep(
+        config, overrides, axis_items, resume, jobs=jobs, threads=threads, executor=executor.value
+    ) as planned:  # fmt: skip
+        _warn(planned.warnings(jobs, threads, executor.value))
+        if not quiet:
+            err_console.print(planned.heading(), markup=False, highlight=False, soft_wrap=True)
+        outcome = planned.run(jobs=jobs, threads=threads, executor=executor.value, ray_address=ray_address, progress=None if quiet else SweepLines(err_console))
+        if plot:
+            _warn(outcome.plot())
+        sweep_dir = planned.sweep_dir
+        if quiet:
+            print(sweep_dir)
+        else:
+            console.print(outcome.summary(), markup=False, highlight=False, soft_wrap=True)
+            for row in outcome.rows:
+                if row.status == "failed":
+                    console.print(f"failed: {row.run}: {row.error}", markup=False, highlight=False, soft_wrap=True)
+            if outcome.signum is not None or not outcome.complete:
+                console.print(f"to run what is left: gradlab run --resume {sweep_dir}", markup=False, highlight=False, soft_wrap=True)
+            console.print(f"sweep directory: {sweep_dir}", markup=False, highlight=False, soft_wrap=True)
+        if outcome.signum is not None:
+            raise typer.Exit(outcome.exit_code)
+        failed = outcome.failed_expectations()
+        for claim in planned.claims(outcome):  # the claims: between the configurations, once all ran
             if not quiet:
                 console.print(f"claim {claim.line()}", markup=False, highlight=False, soft_wrap=True, style=None if claim.passed else "red")
             if not claim.passed:
                 failed.append(f"claim failed: {claim.failure()}")
-    if failed:
-        raise ExpectationFailed(*failed)
-    if outcome.exit_code:
-        raise typer.Exit(outcome.exit_code)
+        if failed:
+            raise ExpectationFailed(*failed)
+        if outcome.exit_code:
+            raise typer.Exit(outcome.exit_code)
 
 
 @app.command()
@@ -590,7 +537,11 @@ def theory_command(
     if sweep or _is_sweep(config):
         # the table leaves out xi_c, the correlation map's depth scale (a 2-D quadrature per
         # combination, most of the time): JSON has every number
-        named = _sweep_predictions(config, _overrides(set_), sweep or [], correlations=format_ is TheoryFormat.json)
+        from gradlab.orchestrate.sweep_axes import parse_axis
+        from gradlab.orchestrate.sweep_plan import load_plan, predictions
+
+        plan = load_plan(config, _overrides(set_), [parse_axis(item) for item in sweep or []])
+        named = predictions(plan, correlations=format_ is TheoryFormat.json)
         if format_ is TheoryFormat.json:
             print(json.dumps([{"combination": name, "values": values, **prediction.to_json()} for name, values, prediction in named], indent=2, ensure_ascii=False))
             return
@@ -603,27 +554,6 @@ def theory_command(
         return
     for line in table_lines(prediction):
         print(line)
-
-
-def _sweep_predictions(config: Path, overrides: list[str], axis_items: list[str], correlations: bool) -> list[tuple[str, dict, Any]]:
-    """(combination's name, its axis values, Prediction) for each combination of a sweep config,
-    seeds left out: the seed changes no prediction. `correlations`: with xi_c."""
-    from gradlab.analysis.configdiff import labels
-    from gradlab.config.experiment import validate
-    from gradlab.orchestrate import sweep as sweeps
-    from gradlab.theory.predict import predict
-
-    plan = sweeps.load_plan(config, overrides, [sweeps.parse_axis(item) for item in axis_items])
-    members: dict[str, Any] = {}  # one per combination of the axes other than the seed
-    for member in plan.members:
-        values = {key: value for key, value in member.values.items() if key != sweeps.SEED_AXIS}
-        members.setdefault(sweeps.describe_values(values), (values, member.config))
-    if all(not isinstance(value, (dict, list)) for values, _ in members.values() for value in values.values()):
-        keys = [axis.key for axis in plan.axes if axis.key != sweeps.SEED_AXIS]
-        names = [sweeps.run_name(values, sweeps.axis_labels(keys)) for values, _ in members.values()]  # the run folders' names
-    else:  # a whole section swept: named by the settings that differ, as compare labels runs
-        names = labels([{key: value for key, value in config.items() if key != "seed"} for _, config in members.values()])
-    return [(name, values, predict(validate(config), correlations=correlations)) for name, (values, config) in zip(names, members.values())]
 
 
 def main() -> None:

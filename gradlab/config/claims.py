@@ -32,7 +32,6 @@ expectations.check_sweep.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +39,7 @@ from typing import Any
 from gradlab.vocab.errors import ConfigError
 from gradlab.vocab.quantities import PROFILE_QUANTITIES, STATUSES, SUMMARY_QUANTITIES
 from gradlab.vocab.registry import describe_value, did_you_mean
+from gradlab.vocab.values import canonical, flow
 
 CLAIMS_KEY = "claims"
 KEYS = ("name", "quantity", "of", "above", "below", "margin", "min", "max", "status", "step", "target_loss")
@@ -64,10 +64,6 @@ class Claim:
     @property
     def partner(self) -> dict[str, Any] | None:
         return self.above if self.above is not None else self.below
-
-
-def canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
 
 
 def _number(value: Any, where: str) -> float:
@@ -169,14 +165,6 @@ def parse_claims(raw: Any, axes: dict[str, list[Any]]) -> list[Claim]:
     if errors:
         raise ConfigError(*errors)
     return claims
-
-
-def flow(value: Any) -> str:
-    """A value as a one-line YAML flow, as the sweep writes it (`{name: batchnorm, placement: post}`, `0.5`)."""
-    import yaml
-
-    text = yaml.safe_dump(value, default_flow_style=True, width=10**9, sort_keys=False).strip()
-    return text[: -len("\n...")].strip() if text.endswith("\n...") else text
 
 
 def _describe(values: dict[str, Any]) -> str:

@@ -23,11 +23,10 @@ import torch
 from gradlab.build.components import build_optimizer, get_loss, schedule_factor
 from gradlab.build.data import Dataset
 from gradlab.build.models import Stack, build_model
-from gradlab.build.system import available_cores
+from gradlab.build.system import available_cores, check_threads
 from gradlab.config.experiment import Experiment
 from gradlab.measure.recurrent_probe import probe_for
 from gradlab.records.write import RunRecords
-from gradlab.vocab.errors import ConfigError
 
 EVAL_CHUNK = 1024  # test examples per forward pass in evaluation
 
@@ -114,9 +113,7 @@ def resolve_threads(setting: int | str, exp: Experiment, input_shape: tuple[int,
     """The torch thread count for a run: `setting` if it is a number, else (`auto`) from the model's
     size, out of the cores left to each of `share` runs working side by side (a sweep's --jobs)."""
     if setting != "auto":
-        cores = available_cores()
-        if int(setting) > 4 * cores:  # (100000 threads: the run fails allocating them, after its folder exists)
-            raise ConfigError(f"threads: {setting} is more than 4 x the {cores} cores here; give at most {4 * cores}")
+        check_threads(int(setting), "threads")
         return int(setting)
     if largest_layer_macs(exp, input_shape) < PARALLEL_MIN_MACS:
         return 1
