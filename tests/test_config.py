@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from gradlab.config.experiment import apply_overrides, load_config, read_yaml, validate
+from gradlab.config.experiment import validate
+from gradlab.config.load import apply_overrides, load_config, read_yaml
 from gradlab.vocab.errors import ConfigError
 
 

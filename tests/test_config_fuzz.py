@@ -37,7 +37,8 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from gradlab.vocab import specs
-from gradlab.config.experiment import Experiment, read_yaml, validate
+from gradlab.config.experiment import Experiment, validate
+from gradlab.config.load import read_yaml
 from gradlab.vocab.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gradlab.config.experiment import parse_expectations
+from gradlab.config.expect import parse_expectations
 from gradlab.vocab.errors import ConfigError
 from gradlab.analysis.expectations import check
 from run_factory import one_run, recurrent_run

@@ -23,7 +23,7 @@ def papers_tool():
 @pytest.mark.parametrize("path", PAPERS, ids=[p.stem for p in PAPERS])
 def test_each_paper_config_states_its_result_and_validates(path, monkeypatch):
     from gradlab.orchestrate import sweep_plan
-    from gradlab.config.experiment import read_yaml
+    from gradlab.config.load import read_yaml
 
     meta = papers_tool().metadata(path)
     assert set(meta) >= {"paper", "where", "quantity", "published", "measured here"}, meta

@@ -15,7 +15,7 @@ import pytest
 
 from gradlab.records import layout, read, write
 from gradlab.records import run as records
-from gradlab.orchestrate import runner
+from gradlab.orchestrate import runner, signals
 from gradlab.config.experiment import validate
 from gradlab.orchestrate.progress import RunEnded, RunStarted, StepLogged, Throttled
 from gradlab.vocab.errors import RunError
@@ -68,7 +68,7 @@ def test_the_finished_run_is_read_back_once_for_table_figures_and_expectations(t
 
 def test_a_stop_asked_for_at_the_start_closes_the_records_as_interrupted(tmp_path):
     events = []
-    with pytest.raises(runner.RunInterrupted) as stopped:
+    with pytest.raises(signals.RunInterrupted) as stopped:
         runner.run_experiment(experiment(tmp_path), events.append, stop_poll=lambda: signal.SIGTERM)
     assert stopped.value.exit_code == 143 and stopped.value.run_dir is not None
     meta = json.loads((stopped.value.run_dir / "meta.json").read_text())
@@ -83,7 +83,7 @@ def test_a_stop_asked_for_after_a_logged_step_keeps_that_step_whole(tmp_path):
         asked.append(None)
         return signal.SIGINT if len(asked) == 3 else None  # the start, step 0, then step 5
 
-    with pytest.raises(runner.RunInterrupted) as stopped:
+    with pytest.raises(signals.RunInterrupted) as stopped:
         runner.run_experiment(experiment(tmp_path), stop_poll=poll)
     layers = pd.read_csv(stopped.value.run_dir / "layers.csv")
     meta = json.loads((stopped.value.run_dir / "meta.json").read_text())
@@ -92,7 +92,7 @@ def test_a_stop_asked_for_after_a_logged_step_keeps_that_step_whole(tmp_path):
 
 
 def test_stop_signals_note_in_order_and_insist_on_the_second():
-    noted = runner.StopSignals()
+    noted = signals.StopSignals()
     with noted.installed():
         assert signal.getsignal(signal.SIGINT) is noted and signal.getsignal(signal.SIGTERM) is noted
         os.kill(os.getpid(), signal.SIGTERM)
@@ -102,9 +102,9 @@ def test_stop_signals_note_in_order_and_insist_on_the_second():
     noted.reset()
     assert noted.signum is None
 
-    insisting = runner.StopSignals(insist=True)
+    insisting = signals.StopSignals(insist=True)
     insisting(signal.SIGINT, None)
-    with pytest.raises(runner.RunInterrupted) as stopped:
+    with pytest.raises(signals.RunInterrupted) as stopped:
         insisting(signal.SIGINT, None)
     assert stopped.value.exit_code == 130
 

@@ -27,7 +27,7 @@ from gradlab.orchestrate import sweep_names
 from gradlab.orchestrate import sweep_plan
 from gradlab.vocab.quantities import layers_columns
 from gradlab.vocab.errors import ConfigError
-from gradlab.orchestrate.executors import MemberTask, default_threads, run_member
+from gradlab.orchestrate.member import MemberTask, default_threads, run_member
 from gradlab.orchestrate.progress import RunStarted
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -467,19 +467,19 @@ def test_duration_s_starts_after_the_workers_start_up(tmp_path):
 
     script = f"""
 import sys, time
-from gradlab.orchestrate import executors
+from gradlab.orchestrate import member
 from gradlab.config.experiment import validate
 seen = []
 real = time.perf_counter
 def clock():
-    seen.append(sorted(m for m in executors.WARM_MODULES if m in sys.modules))
+    seen.append(sorted(m for m in member.WARM_MODULES if m in sys.modules))
     return real()
-executors.time.perf_counter = clock
+member.time.perf_counter = clock
 config = validate({{"name": "w", "device": "cpu", "data": {{"name": "gaussian", "dim": 4, "classes": 2, "n_train": 16, "n_test": 8, "batch_size": 8}},
                     "model": {{"depth": 1, "width": 4}}, "train": {{"steps": 2, "eval_every": 2}}, "log": {{"every": 1}}}}).model_dump(mode="json")
-result = executors.run_member(executors.MemberTask(0, "w", {str(tmp_path / 'w')!r}, config, 1))
+result = member.run_member(member.MemberTask(0, "w", {str(tmp_path / 'w')!r}, config, 1))
 assert result.status == "completed", result
-assert seen[0] == sorted(executors.WARM_MODULES), seen[0]
+assert seen[0] == sorted(member.WARM_MODULES), seen[0]
 print("ok")
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -489,10 +489,10 @@ print("ok")
 def test_workers_started_early_are_stopped_when_the_sweep_does_not_run(tmp_path, invoke):
     # --jobs N starts its workers before the sweep is planned, so that their start-up overlaps the
     # planning and the memory check; a sweep refused by that check must not leave them behind.
-    from gradlab.orchestrate import executors
+    from gradlab.orchestrate import local_pool
 
     killed = []
-    real_kill = executors._Pool.kill
+    real_kill = local_pool._Pool.kill
 
     def kill(pool):
         killed.append((pool, list((pool.executor._processes or {}).values())))
@@ -501,13 +501,13 @@ def test_workers_started_early_are_stopped_when_the_sweep_does_not_run(tmp_path,
     out = tmp_path / "out"
     config = write_config(tmp_path / "grid.yaml", out, sweep={"model.activation": ["relu", "tanh"], "model.norm": ["none", {"name": "groupnorm", "groups": 4}]})
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(executors._Pool, "kill", kill)
+        patch.setattr(local_pool._Pool, "kill", kill)
         result = invoke("run", config, "--sweep", "model.width=16,10", "--jobs", "2")
     assert result.exit_code == 2
     assert result.stderr.startswith("error: sweep model.norm={name: groupnorm, groups: 4}, model.width=10: ")
     assert not out.exists()
     [(pool, processes)] = killed
-    assert executors._EARLY is None
+    assert local_pool._EARLY is None
     manager = pool.executor._executor_manager_thread
     if manager is not None:  # a worker still starting when it was killed is sent away by the manager
         manager.join(timeout=120)
@@ -518,17 +518,17 @@ def test_workers_started_early_are_stopped_when_the_sweep_does_not_run(tmp_path,
 
 
 def test_a_parallel_sweep_runs_on_the_workers_started_early(tmp_path, serial_sweep, invoke):
-    from gradlab.orchestrate import executors
+    from gradlab.orchestrate import local_pool
 
     created = []
-    real_create = executors._Pool.create
+    real_create = local_pool._Pool.create
 
     def create(jobs):
         created.append(jobs)
         return real_create(jobs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(executors._Pool, "create", staticmethod(create))
+        patch.setattr(local_pool._Pool, "create", staticmethod(create))
         result = invoke("run", write_config(tmp_path / "grid.yaml", tmp_path / "out"), "--quiet", "--jobs", "2")
     assert result.exit_code == 0, result.output
     assert created == [2]  # one pool: the one started before planning
@@ -540,9 +540,9 @@ def test_a_parallel_sweep_runs_on_the_workers_started_early(tmp_path, serial_swe
 def test_the_forkserver_ends_without_finalizing_so_a_pipe_on_the_output_closes_with_the_sweep():
     # the forkserver holds the command's stdout and stderr; finalizing an interpreter with torch
     # loaded kept a reader's pipe open ~1.5 s after `gradlab run --jobs 2` had exited
-    from gradlab.orchestrate import executors
+    from gradlab.orchestrate import local_pool
 
-    assert executors.WORKER_PRELOAD[-1] == "gradlab.orchestrate.forkserver_exit"
+    assert local_pool.WORKER_PRELOAD[-1] == "gradlab.orchestrate.forkserver_exit"
     script = "import atexit\natexit.register(print, 'finalized')\nimport gradlab.orchestrate.forkserver_exit\nraise SystemExit(3)\n"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")

@@ -12,7 +12,8 @@ from typing import get_args
 from gradlab.config import experiment as config
 from gradlab.vocab import quantities
 from gradlab.vocab import specs
-from gradlab.config.experiment import Expectations, LogConfig, component_keys, validate
+from gradlab.config.expect import Expectations
+from gradlab.config.experiment import LogConfig, component_keys, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,14 +27,14 @@ def modules_loaded_by(code: str) -> dict[str, bool]:
 
 def test_loading_and_validating_a_config_loads_neither_torch_nor_pandas():
     loaded = modules_loaded_by(
-        "import gradlab.config.experiment as c\n"
+        "import gradlab.config.experiment as c, gradlab.config.expect as e, gradlab.config.load as l\n"
         "for path in ['configs/smoke.yaml', 'configs/example.yaml']:  # (the shipped configs without a sweep)\n"
-        "    exp = c.load_config(path, ['model.activation={name: leaky_relu}', 'expect={gain: {min: 0.01}}'])\n"
+        "    exp = l.load_config(path, ['model.activation={name: leaky_relu}', 'expect={gain: {min: 0.01}}'])\n"
         "    exp.to_yaml()\n"
-        "c.parse_expectations({'status': 'completed', 'dead_frac': {'max': 0.5}})\n"
+        "e.parse_expectations({'status': 'completed', 'dead_frac': {'max': 0.5}})\n"
         "try:\n"
-        "    c.load_config('configs/smoke.yaml', ['model.activation=relo'])\n"
-        "except c.ConfigError as exc:\n"
+        "    l.load_config('configs/smoke.yaml', ['model.activation=relo'])\n"
+        "except l.ConfigError as exc:\n"
         "    assert 'did you mean' in str(exc)\n"
         "c.component_keys()"
     )
@@ -53,7 +54,7 @@ def test_every_component_with_its_parameters_is_listable_without_torch():
 def test_activation_records_and_initializer_variances_need_no_torch():
     # what the torch-free theory module reads: numpy forms, gains, moments, initializer variances
     loaded = modules_loaded_by(
-        "from gradlab import activations, initializers\n"
+        "from gradlab.theory import activations, initializers\n"
         "activations.gaussian_moments('tanh', 1.0); activations.gain('elu'); activations.max_derivative('silu')\n"
         "activations.forward('gelu', [0.5]); activations.derivative('gelu', [0.5])\n"
         "initializers.variance({'name': 'xavier_normal', 'gain': 'auto'}, 64, 64, 'elu'); initializers.mean('default')"

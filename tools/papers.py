@@ -95,7 +95,8 @@ def measure(quantity: str, exp, run) -> tuple[str, str]:
 
 def experiments(path: Path, out: str) -> list[tuple[str, object]]:
     """(member label, Experiment) for a config, its sweep expanded; runs written under `out`."""
-    from gradlab.config.experiment import read_yaml, validate
+    from gradlab.config.experiment import validate
+    from gradlab.config.load import read_yaml
     from gradlab.orchestrate.sweep_axes import has_sweep
     from gradlab.orchestrate.sweep_plan import plan_sweep
     from gradlab.vocab.values import flow
@@ -111,7 +112,7 @@ def experiments(path: Path, out: str) -> list[tuple[str, object]]:
 
 def main() -> int:
     os.chdir(ROOT)  # data paths in the configs are relative to the repository root
-    from gradlab.config.experiment import read_yaml
+    from gradlab.config.load import read_yaml
     from gradlab.analysis.expectations import check
     from gradlab.records.run import load_run
     from gradlab.orchestrate.runner import run_experiment

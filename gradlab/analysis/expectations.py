@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gradlab.analysis import summaries
-from gradlab.config.experiment import Bound, Expectations, parse_expectations
+from gradlab.config.expect import Bound, Expectations, parse_expectations
 from gradlab.records.layout import CONFIG_FILE, SWEEP_INDEX_FILE, SWEEP_SPEC_FILE, discover_runs, shown_path
 from gradlab.records.read import read_config
 from gradlab.records.run import Run, load_run
@@ -145,7 +145,7 @@ NO_EXPECT = "its config has no expect section; nothing to check"
 
 def _states_claims(sweep_dir: Path) -> bool:
     try:
-        from gradlab.config.experiment import read_yaml
+        from gradlab.config.load import read_yaml
 
         return "claims" in read_yaml(sweep_dir / SWEEP_SPEC_FILE)
     except GradlabError:
@@ -255,7 +255,7 @@ def check_sweep(sweep_dir: str | Path) -> list[Outcome] | None:
     """The `claims:` of a sweep directory's sweep.yaml checked against its runs; None when it
     states none. Raises ConfigError for an invalid section, RunError when the sweep cannot be read."""
     from gradlab.config.claims import CLAIMS_KEY, SEED, describe_selection, parse_claims
-    from gradlab.config.experiment import read_yaml
+    from gradlab.config.load import read_yaml
 
     sweep_dir = Path(sweep_dir)
     spec = read_yaml(sweep_dir / SWEEP_SPEC_FILE)

@@ -71,7 +71,7 @@ def _overrides(sets: list[str] | None, **shortcuts) -> list[str]:
 
 
 def _load(config: Path, overrides: list[str]):
-    from gradlab.config.experiment import load_config
+    from gradlab.config.load import load_config
 
     return load_config(config, overrides)
 
@@ -128,10 +128,11 @@ def run(
 
     from gradlab.orchestrate import runner
     from gradlab.orchestrate.progress import RunBar
+    from gradlab.orchestrate.signals import RunInterrupted
 
     try:
         report = runner.run(exp, None if quiet else RunBar(err_console), profile=not quiet, plot=plot)
-    except runner.RunInterrupted as exc:
+    except RunInterrupted as exc:
         err_console.print(f"interrupted ({exc}); records kept in {exc.run_dir}", markup=False)
         raise typer.Exit(exc.exit_code) from None
     result = report.result
@@ -174,7 +175,7 @@ def validate(config: ConfigArg, set_: SetOpt = None, sweep: SweepOpt = None) -> 
 
 
 def _is_sweep(config: Path) -> bool:
-    from gradlab.config.experiment import read_yaml
+    from gradlab.config.load import read_yaml
     from gradlab.orchestrate.sweep_axes import has_sweep
 
     return has_sweep(read_yaml(config))

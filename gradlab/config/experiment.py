@@ -1,19 +1,18 @@
-"""The experiment config: schema, YAML loading, `--set` overrides, and readable errors.
+"""The experiment config's schema, and validating a mapping against it.
 
-The schema is the user's contract (its names are documented in README.md). Every section forbids unknown keys and
-is strict about types, so a typo or a quoted number is an error that names the key instead of a
+The schema is the user's contract (docs/config.md). Every section forbids unknown keys and is
+strict about types, so a typo or a quoted number is an error that names the key instead of a
 silently ignored setting. Components (activation, norm, init, optim) are validated by their
 registries and come out fully resolved: `{name: leaky_relu, negative_slope: 0.01}`, never `relu`
 with hidden defaults. `Experiment.to_yaml()` is what a run directory stores as `config.yaml`.
 
-The `expect:` section's schema (`Bound`, `Expectations`) is here too; checking it against a finished
-run is expectations.py. This module imports neither torch nor pandas (a test checks it): the
-component names come from specs.py, the quantity names from quantities.py.
+The `expect:` section's schema is config/expect.py; reading a config file and `--set` overrides
+are config/load.py. This module imports neither torch nor pandas (a test checks it): the component
+names come from specs.py, the quantity names from quantities.py.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import typing
 from dataclasses import dataclass
@@ -27,35 +26,19 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    ValidationInfo,
-    create_model,
     field_validator,
     model_serializer,
     model_validator,
 )  # fmt: skip
 from pydantic_core import PydanticCustomError
 
+from gradlab.config.expect import Expectations
+from gradlab.config.expect import parse_expectations  # noqa: F401  (measure/watch.py imports it from here)
+from gradlab.config.messages import format_error
 from gradlab.vocab import specs
 from gradlab.vocab.errors import ConfigError
-from gradlab.vocab.quantities import (
-    FINAL_QUANTITIES,
-    GROUPS,
-    PROFILE_QUANTITIES,
-    RECURRENT_KINDS,
-    SATURATION_THRESHOLD,
-    STATUSES,
-    SUMMARY_QUANTITIES,
-    TIME_QUANTITIES,
-)
-from gradlab.vocab.registry import (
-    Registry,
-    SpecError,
-    describe_value,
-    did_you_mean,
-    pydantic_message,
-    with_article,
-)
-from gradlab.vocab.yamlio import TooLarge, load_guarded, read_capped
+from gradlab.vocab.quantities import GROUPS, RECURRENT_KINDS, SATURATION_THRESHOLD
+from gradlab.vocab.registry import Registry, SpecError, describe_value
 
 
 class Section(BaseModel):
@@ -314,182 +297,6 @@ class LogConfig(Section):
         return data
 
 
-# --------------------------------------------------------------------------------------------
-# The `expect:` section: what must hold when a run ends (a CI smoke test)
-# --------------------------------------------------------------------------------------------
-#
-#     expect:
-#       status: completed                           # or a list: [completed, diverged]
-#       gain: {step: 0, between: [0.01, 100]}       # any summary quantity of `gradlab compare`
-#       final_test_accuracy: {min: 0.9}
-#       dead_frac: {max: 0.5}                       # step defaults to last
-#       steps_to_target: {target_loss: 0.5, max: 200}
-#
-# The quantity names are quantities.SUMMARY_QUANTITIES: the schema below is built from them, so a
-# quantity declared there can be bounded here with no other change. Checking a run against the
-# section is expectations.py. Errors are PydanticCustomErrors of kind "experiment" carrying the
-# offending key in ctx['key']: one line naming the dotted key (`expect.gain.betwen: ...`).
-
-# The error kind _format_error prints as '<dotted key>: <message>'.
-_ERROR_KIND = "experiment"
-
-
-def _expect_error(message: str, key: str = "") -> PydanticCustomError:
-    return PydanticCustomError(_ERROR_KIND, "{message}", {"message": message, "key": key})
-
-
-def _check_keys(data: Any, allowed: list[str], what: str) -> None:
-    if not isinstance(data, dict):
-        return
-    for key in data:
-        if key not in allowed:
-            raise _expect_error(f"unknown {what}{did_you_mean(str(key), allowed)}; allowed: {', '.join(allowed)}", str(key))
-
-
-def _exact(number: float) -> str:
-    """'100' for 100.0, '0.6000001' for 0.6000001: short, but never a rounded bound."""
-    short = f"{number:g}"
-    return short if float(short) == number else repr(number)
-
-
-class Bound(BaseModel):
-    """Bounds on one quantity: `min`, `max` (either or both) or `between: [low, high]`, inclusive."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
-
-    min: Optional[float] = None
-    max: Optional[float] = None
-    between: Optional[list[float]] = None
-    step: int | Literal["last"] = Field("last", description="0, last or a logged step (gradient-profile quantities only)")
-    target_loss: Optional[float] = Field(None, description="steps_to_target only: the train loss to reach")
-    within_theory: Optional[float] = Field(
-        None, gt=0, description="layer_factor and step_factor only: at most this far from theory's prediction at initialization, relative to it "
-                                "(step 0; for a bound, such as Pascanu's on step_factor, at most this far above it)"
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            raise _expect_error(f"got {describe_value(data)}; expected a mapping such as {{min: 0.9}} or {{step: 0, between: [0.01, 100]}}")
-        _check_keys(data, list(cls.model_fields), "key")
-        if "within_theory" in data and "step" not in data:
-            data = {**data, "step": 0}  # theory predicts the network at initialization
-        return data
-
-    @field_validator("step", mode="before")
-    @classmethod
-    def _step(cls, value: Any) -> Any:
-        if value == "last" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
-            return value
-        raise _expect_error(f"got {describe_value(value)}; expected 0, last or a step number")
-
-    @field_validator("between")
-    @classmethod
-    def _pair(cls, value: list[float] | None) -> list[float] | None:
-        if value is not None and (len(value) != 2 or value[0] > value[1]):
-            raise _expect_error(f"got {describe_value(value)}; expected [low, high] with low <= high")
-        return value
-
-    @model_validator(mode="after")
-    def _one_bound(self):
-        if self.within_theory is not None:
-            if self.between is not None or self.min is not None or self.max is not None:
-                raise _expect_error("give within_theory alone, without min, max or between", "within_theory")
-            if self.step != 0:
-                raise _expect_error("within_theory compares with theory's prediction at initialization: step must be 0", "step")
-            return self
-        if self.between is not None and (self.min is not None or self.max is not None):
-            raise _expect_error("give either between or min/max, not both", "between")
-        if self.between is None and self.min is None and self.max is None:
-            raise _expect_error("needs a bound: min, max or between")
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise _expect_error(f"min {self.min:g} is above max {self.max:g}", "min")
-        return self
-
-    @model_serializer(mode="wrap")
-    def _without_nulls(self, handler):
-        # The resolved config.yaml stays as short as what the user wrote (plus the step).
-        return {key: value for key, value in handler(self).items() if value is not None}
-
-    @property
-    def low(self) -> float:
-        return self.between[0] if self.between is not None else (self.min if self.min is not None else -math.inf)
-
-    @property
-    def high(self) -> float:
-        return self.between[1] if self.between is not None else (self.max if self.max is not None else math.inf)
-
-    def holds(self, value: float) -> bool:
-        return not math.isnan(value) and self.low <= value <= self.high
-
-    def describe(self) -> str:
-        if self.within_theory is not None:
-            return f"within {_exact(self.within_theory)} of theory, relative"
-        if self.between is not None:
-            return f"between [{_exact(self.between[0])}, {_exact(self.between[1])}]"
-        parts = [f"min {_exact(self.min)}" if self.min is not None else "", f"max {_exact(self.max)}" if self.max is not None else ""]
-        return " and ".join(p for p in parts if p)
-
-
-class _ExpectationsBase(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-    status: Optional[list[str]] = Field(None, description="the run's status must be one of these")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            raise _expect_error(f"got {describe_value(data)}; expected a mapping of quantity: bound, such as {{gain: {{step: 0, between: [0.01, 100]}}}}")
-        _check_keys(data, list(cls.model_fields), "expectation")
-        return data
-
-    @field_validator("status", mode="before")
-    @classmethod
-    def _statuses(cls, value: Any) -> Any:
-        values = [value] if isinstance(value, str) else value
-        if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
-            raise _expect_error(f"got {describe_value(value)}; expected a status or a list of them: {', '.join(STATUSES)}")
-        for status in values:
-            if status not in STATUSES:
-                raise _expect_error(f"unknown status {describe_value(status)}{did_you_mean(status, list(STATUSES))}; allowed: {', '.join(STATUSES)}")
-        return values
-
-    @field_validator(*SUMMARY_QUANTITIES, check_fields=False)
-    @classmethod
-    def _fits_quantity(cls, bound: Bound | None, info: ValidationInfo) -> Bound | None:
-        if bound is None:
-            return bound
-        quantity = info.field_name
-        if quantity in FINAL_QUANTITIES and bound.step != "last":
-            raise _expect_error(f"{quantity} is measured over the whole run; only the gradient-profile quantities ({', '.join([*PROFILE_QUANTITIES, *TIME_QUANTITIES])}) take a step", "step")
-        if quantity == "steps_to_target" and bound.target_loss is None:
-            raise _expect_error("steps_to_target needs target_loss: the train loss to reach", "target_loss")
-        if quantity != "steps_to_target" and bound.target_loss is not None:
-            raise _expect_error("target_loss belongs to steps_to_target only", "target_loss")
-        if quantity not in ("layer_factor", "step_factor") and bound.within_theory is not None:
-            raise _expect_error("within_theory belongs to layer_factor and step_factor only (theory predicts the per-layer and the per-step factor)", "within_theory")
-        return bound
-
-    @model_serializer(mode="wrap")
-    def _without_nulls(self, handler):
-        return {key: value for key, value in handler(self).items() if value is not None}
-
-    def bounds(self) -> dict[str, Bound]:
-        """{quantity: bound} for the quantities that are bounded, in SUMMARY_QUANTITIES order."""
-        return {name: getattr(self, name) for name in SUMMARY_QUANTITIES if getattr(self, name) is not None}
-
-
-# One optional Bound per summary quantity, named as in `gradlab compare`.
-Expectations = create_model(
-    "Expectations",
-    __base__=_ExpectationsBase,
-    __doc__="The `expect:` section: `status` and a Bound for any summary quantity.",
-    **{name: (Optional[Bound], Field(None, description=text)) for name, text in SUMMARY_QUANTITIES.items()},
-)
-
-
 class Experiment(Section):
     name: str = Field("experiment", description="run folder name under log.out")
     seed: int = Field(0, ge=0, le=2**63 - 1, description="random seed")
@@ -594,189 +401,16 @@ class Experiment(Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, default_flow_style=None, width=100)
 
 
-# --------------------------------------------------------------------------------------------
-# Loading, overrides, errors
-# --------------------------------------------------------------------------------------------
-
-
-class _Loader(yaml.SafeLoader):
-    """yaml.safe_load's loader, but a key given twice in one mapping is an error: PyYAML would
-    silently keep the last value, a setting the user wrote but that never applies."""
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[Any, Any] = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    first = seen.setdefault(key, key_node)
-                except TypeError:  # an unhashable key: the base class reports it
-                    continue
-                if first is not key_node:
-                    # named as written: `1:` and `true:` are one key to Python (1 == True), not "True" twice
-                    written, before = _key_text(key_node), _key_text(first)
-                    same = f"duplicate key {written}" if written == before else f"key {written}, the same key as {before}"
-                    raise yaml.constructor.ConstructorError(
-                        "while constructing a mapping", node.start_mark,
-                        f"found {same} (first given at line {first.start_mark.line + 1})", key_node.start_mark,
-                    )
-        return super().construct_mapping(node, deep)
-
-
-def _key_text(node: Any) -> str:
-    text = node.value if isinstance(node, yaml.ScalarNode) else f"a {node.id}"
-    return repr(text) if len(text) <= 40 else repr(text[:37] + "...")
-
-
-def _load_yaml(text: str) -> Any:
-    """The YAML document in `text`; yaml.YAMLError for anything that stops it being read (an alias
-    bomb, a reference cycle: yamlio.load_guarded)."""
-    try:
-        return load_guarded(text, _Loader)
-    except RecursionError:
-        raise yaml.YAMLError("nested too deeply") from None
-    except ValueError as exc:  # e.g. an integer beyond Python's 4300-digit conversion limit
-        problem = "an integer has too many digits" if "integer string conversion" in str(exc) else str(exc).splitlines()[0]
-        raise yaml.YAMLError(problem) from None
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """The YAML mapping in `path`, or a ConfigError that says what is wrong with the file."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config: {str(path)!r} does not exist")
-    if path.is_dir():
-        raise ConfigError(f"config: {str(path)!r} is a folder; give a YAML file")
-    try:
-        text = read_capped(path)  # a regular file of sane size only: never a FIFO or /dev/zero
-    except ValueError as exc:
-        raise ConfigError(f"config: {str(path)!r} {exc}") from None
-    except OSError as exc:
-        raise ConfigError(f"config: cannot read {str(path)!r}: {exc.strerror}") from None
-    try:
-        data = _load_yaml(text)
-    except TooLarge as exc:
-        raise ConfigError(f"config: {str(path)!r} {exc.problem}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"config: {str(path)!r} is not valid YAML{where}: {problem}") from None
-    if data is None:
-        raise ConfigError(f"config: {str(path)!r} is empty; it needs at least a mapping such as 'name: my-run'")
-    if not isinstance(data, dict):
-        raise ConfigError(f"config: the top level of {str(path)!r} must be a mapping of sections (name, data, model, ...), got {with_article(type(data).__name__)}")
-    return data
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `key.path=value` overrides; the value is parsed as YAML (`[weights]`, `{name: bn}`)."""
-    data = dict(data)
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"--set {describe_value(item)}: expected key.path=value, e.g. model.depth=30")
-        try:
-            value = _load_yaml(raw) if raw.strip() else None
-        except TooLarge as exc:
-            raise ConfigError(f"--set {key}: the value {exc.problem}") from None
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {key}: {describe_value(raw)} is not a valid YAML value") from None
-        if key.split(".")[0] in ("seeds", "sweep"):
-            # a sweep is not a config value: say where it is given instead of "unknown key (did you mean 'seed'?)"
-            raise ConfigError(
-                f"--set {key}: {key.split('.')[0]} makes a sweep, not a config value; sweep from the command line with "
-                f"--sweep (e.g. --sweep seed=0,1,2 or --sweep model.depth=10,30), or write {key.split('.')[0]}: in the config file"
-            )
-        set_dotted(data, key, value, where=f"--set {key}")
-    return data
-
-
-def set_dotted(data: dict[str, Any], key: str, value: Any, where: str | None = None) -> None:
-    """Set `a.b.c` in nested mappings, copying each mapping on the way (the caller's stay intact).
-
-    Missing levels are created, and a component given by name (`model.activation: relu`) becomes
-    `{name: relu}` when a parameter is set below it (`model.activation.negative_slope=0.2`).
-    """
-    node = data
-    parts = key.split(".")
-    for depth, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if isinstance(child, str) and depth >= 1:
-            child = {"name": child}
-        elif child is None:
-            child = {}
-        elif not isinstance(child, dict):
-            raise ConfigError(f"{where or key}: {'.'.join(parts[: depth + 1])} is {describe_value(child)}, not a mapping")
-        else:
-            child = dict(child)
-        node[part] = child
-        node = child
-    node[parts[-1]] = value
-
-
-def _allowed_keys(loc: tuple, root: type[BaseModel]) -> list[str]:
-    """The field names of the section at `loc` under `root` (for 'unknown key' errors)."""
-    model: type[BaseModel] = root
-    for part in loc:
-        field = model.model_fields.get(str(part))
-        annotation = getattr(field, "annotation", None)
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            model = annotation
-        else:
-            return []
-    return list(model.model_fields)
-
-
-def _format_error(error: dict[str, Any], where: str = "", root: type[BaseModel] | None = None) -> str:
-    """One line for one pydantic error: '<dotted key>: <what is wrong>'. `where` prefixes the key
-    (a section validated on its own); `root` is the model the error's loc starts from."""
-    loc = tuple(error["loc"])
-    ctx = error.get("ctx") or {}
-    key = ".".join([*([where] if where else []), *(str(part) for part in loc)])
-    extra_key = ctx.get("key") or ctx.get("subpath")
-    if extra_key:
-        key = f"{key}.{extra_key}" if key else extra_key
-    key = key or "config"
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1], root or Experiment)
-        return f"{key}: unknown key{did_you_mean(str(loc[-1]), allowed)}; allowed here: {', '.join(allowed)}"
-    if kind in ("component", "data", "model", "experiment", "name", "device"):
-        return f"{key}: {ctx['message']}"
-    if kind == "literal_error":
-        expected = re.findall(r"'([^']*)'", ctx.get("expected", ""))
-        hint = did_you_mean(str(error["input"]), expected) if isinstance(error["input"], str) else ""
-        return f"{key}: got {describe_value(error['input'])}{hint}; allowed: {', '.join(expected)}"
-    return f"{key}: got {describe_value(error['input'])}; {pydantic_message(error)}"
-
-
 def validate(data: dict[str, Any]) -> Experiment:
     try:
         return Experiment.model_validate(data)
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
-            line = _format_error(error)
+            line = format_error(error, Experiment)
             if line not in lines:
                 lines.append(line)
         raise ConfigError(*lines) from None
-
-
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Experiment:
-    return validate(apply_overrides(read_yaml(path), overrides or []))
-
-
-def parse_expectations(section: Any, where: str = "expect") -> Expectations:
-    """Validate an `expect:` mapping outside a full config (`gradlab check` reads it from a run's
-    config.yaml); the error lines are those of a full config, with keys under `where`."""
-    try:
-        return Expectations.model_validate(section)
-    except ValidationError as exc:
-        raise ConfigError(*dict.fromkeys(_format_error(error, where, Expectations) for error in exc.errors())) from None
 
 
 def component_keys(model: type[BaseModel] | None = None, prefix: str = "") -> tuple[str, ...]:

@@ -43,9 +43,10 @@ def experiment(config: str | Path | Mapping[str, Any] | Experiment, overrides: S
     """The validated `Experiment` for `config`: a YAML file, a mapping as the YAML would hold it,
     or an Experiment; `overrides` are `--set` strings (`["model.depth=30"]`, values parsed as
     YAML) or a mapping of dotted keys to values (`{"model.depth": 30}`). Raises ConfigError."""
-    from gradlab.config import experiment as configs
+    from gradlab.config import load as configs
+    from gradlab.config.experiment import Experiment, validate
 
-    if isinstance(config, configs.Experiment):
+    if isinstance(config, Experiment):
         if not overrides:
             return config
         data = config.model_dump(mode="json")
@@ -62,7 +63,7 @@ def experiment(config: str | Path | Mapping[str, Any] | Experiment, overrides: S
         if isinstance(overrides, str):
             overrides = [overrides]
         data = configs.apply_overrides(data, list(overrides))
-    return configs.validate(data)
+    return validate(data)
 
 
 def run(

@@ -1,4 +1,4 @@
-"""Imported only by the forkserver of a `--jobs N` sweep (executors.WORKER_PRELOAD): when the sweep's
+"""Imported only by the forkserver of a `--jobs N` sweep (local_pool.WORKER_PRELOAD): when the sweep's
 process has exited, the server ends at once instead of finalizing the interpreter.
 
 The forkserver inherits the command's standard output and error, so a pipe reading them (`gradlab

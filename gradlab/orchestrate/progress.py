@@ -7,7 +7,7 @@ Whoever has progress to report calls a `Progress`, a plain callable taking one e
     RunEnded(index, status)          the runner: the loop is over, however it ended
     SweepStarted(names, todo)        the sweep: its runs (by index) and how many run now
     RunSubmitted(index)              the executors: a run was handed to a worker
-    RunFinished(index, result)       the executors: a run's outcome (an executors.MemberResult)
+    RunFinished(index, result)       the executors: a run's outcome (a member.MemberResult)
     SweepEnded()                     the sweep: nothing more will come
 
 `index` is the run's row in the sweep (0 for a single run). Events are frozen dataclasses, so they
@@ -64,7 +64,7 @@ class RunSubmitted:
 @dataclass(frozen=True)
 class RunFinished:
     index: int
-    result: Any  # executors.MemberResult: status, duration_s, error, started
+    result: Any  # member.MemberResult: status, duration_s, error, started
 
 
 @dataclass(frozen=True)

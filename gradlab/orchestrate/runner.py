@@ -6,29 +6,24 @@ back once for what is shown and checked at its end.
     report(exp, result, ...)           -> RunReport   the reading half: the run loaded once for the
                                                       profile table, --plot's figures and expect:
 
-A sweep member (executors.run_member) calls the two halves itself, because a member whose records
+A sweep member (member.run_member) calls the two halves itself, because a member whose records
 cannot be read back is still the result its training says.
 
-Stopping. `StopSignals` is the one SIGINT/SIGTERM handler: it notes signals for whoever installed it
-to act on at a safe point. The training loop installs one that insists: the first signal stops the
+Stopping: the training loop installs a signals.StopSignals that insists. The first signal stops the
 run between two steps (a step's rows are never cut in half), the records are closed as
-`interrupted` and RunInterrupted is raised; a second signal raises at once. The executors install
-one that only notes, and pass the signals on to their workers.
+`interrupted` and RunInterrupted is raised; a second signal raises at once.
 
-Nothing here imports torch at module level (the executors import this module, and Ray's control
-actor imports the executors); the training does, when a run starts.
+Nothing here imports torch at module level (a sweep's member runs import this module, and Ray's
+control actor imports them); the training does, when a run starts.
 """
 
 from __future__ import annotations
 
 import math
-import signal
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from gradlab.orchestrate.progress import (
     Progress,
@@ -37,6 +32,7 @@ from gradlab.orchestrate.progress import (
     StepLogged,
     silent,
 )
+from gradlab.orchestrate.signals import RunInterrupted, StopPoll, StopSignals
 from gradlab.records.layout import new_named_run_dir, new_run_dir, prepare_out_dir
 from gradlab.records.run import run_meta
 from gradlab.records.write import META_EVERY_S, RunRecords, disk_full, is_disk_full
@@ -47,69 +43,6 @@ if TYPE_CHECKING:
 
     from gradlab.analysis.expectations import Outcome
     from gradlab.config.experiment import Experiment
-
-# SIGHUP (the terminal closed) is a stop like SIGTERM: the records are closed, not left running
-SIGNALS = (signal.SIGINT, signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()))
-
-StopPoll = Callable[[], "int | None"]  # asked at the start and after every logged step: a signal to stop on
-
-
-# --------------------------------------------------------------------------------------------
-# Stopping
-# --------------------------------------------------------------------------------------------
-
-
-class RunInterrupted(Exception):
-    """SIGINT or SIGTERM arrived during a run; the records were closed as `interrupted`."""
-
-    def __init__(self, signum: int, run_dir: Path | None = None):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-        self.run_dir = run_dir
-        self.exit_code = 128 + signum  # 130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP, as shells report them
-
-
-class StopSignals:
-    """SIGINT/SIGTERM noted in arrival order (`signals`; `signum` is the first), to be acted on by
-    whoever installed the handler, at a point where stopping leaves everything whole.
-
-    `insist`: a second signal raises RunInterrupted at once (the user insists); without it every
-    signal is only noted.
-    """
-
-    def __init__(self, insist: bool = False):
-        self.insist = insist
-        self.signals: list[int] = []
-
-    @property
-    def signum(self) -> int | None:
-        return self.signals[0] if self.signals else None
-
-    def reset(self) -> None:
-        self.signals = []
-
-    def __call__(self, signum, frame) -> None:
-        if self.insist and self.signals:
-            raise RunInterrupted(signum)
-        self.signals.append(signum)
-
-    @contextmanager
-    def installed(self):
-        """This handler for SIGINT and SIGTERM during the block, the previous ones restored after.
-        Outside the main thread signals belong to the main thread's owner: nothing is installed."""
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-        try:
-            previous = {s: signal.signal(s, self) for s in SIGNALS}
-        except ValueError:  # not the main interpreter
-            yield self
-            return
-        try:
-            yield self
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,6 +25,9 @@ from typing import Iterator, Sequence
 
 from gradlab.build.system import available_cores, check_threads
 
+from gradlab.orchestrate.executors import execute
+from gradlab.orchestrate.local_pool import discard_early_workers, start_workers_early
+from gradlab.orchestrate.member import MemberTask, default_threads
 from gradlab.orchestrate.progress import (
     Event,
     Progress,
@@ -40,17 +43,18 @@ from gradlab.orchestrate.sweep_axes import parse_axis
 from gradlab.orchestrate.sweep_index import FINISHED, IndexRow, SweepIndex, create_sweep_dir, open_sweep, recorded_duration, recorded_status
 from gradlab.orchestrate.sweep_lock import sweep_lock
 from gradlab.orchestrate.sweep_plan import SweepPlan, plan_sweep
+from gradlab.orchestrate.ray_tasks import ray_session
 from gradlab.orchestrate.sweep_resources import check_resources
 from gradlab.records.layout import SWEEP_SPEC_FILE
 from gradlab.vocab.errors import ConfigError
 
-ORPHANS_SETTLE_S = 12.0  # > 2 x executors.ORPHAN_GRACE_S: how long a killed sweep's workers may still write
+ORPHANS_SETTLE_S = 12.0  # > 2 x local_pool.ORPHAN_GRACE_S: how long a killed sweep's workers may still write
 
 
 def _let_orphans_finish(sweep_dir: Path, names: list[str]) -> None:
     """Wait, when a folder about to be removed was written in the last ORPHANS_SETTLE_S seconds,
     until that long has passed: the workers of a sweep killed a moment ago stop on their own
-    (executors: parent-death signal) and close their records; removing the folders under them
+    (local_pool: parent-death signal) and close their records; removing the folders under them
     would have them re-create the folder as a stub."""
     newest = 0.0
     for name in names:
@@ -155,8 +159,6 @@ def run_sweep(
 
 
 def _run_sweep_locked(plan, sweep_dir: Path, jobs, threads, executor, ray_address, progress, index) -> SweepOutcome:
-    from gradlab.orchestrate import executors
-
     display = progress or silent
     index = index or SweepIndex.read(sweep_dir, plan)
     members = {member.name: member for member in plan.members}
@@ -165,7 +167,7 @@ def _run_sweep_locked(plan, sweep_dir: Path, jobs, threads, executor, ray_addres
         """--threads; else the run's own `threads:` when it is a number; else one per run (auto in a
         sweep: records the same whatever --jobs)."""
         own = config.get("threads")
-        return threads or (own if isinstance(own, int) and not isinstance(own, bool) else executors.default_threads())
+        return threads or (own if isinstance(own, int) and not isinstance(own, bool) else default_threads())
 
     _let_orphans_finish(sweep_dir, [row.run for row in index.rows if row.status not in FINISHED])
     todo = []
@@ -185,7 +187,7 @@ def _run_sweep_locked(plan, sweep_dir: Path, jobs, threads, executor, ray_addres
 
     todo_names = {row.run for row in todo}
     tasks = [
-        executors.MemberTask(i, row.run, str(sweep_dir / row.run), members[row.run].config, threads_of(members[row.run].config))
+        MemberTask(i, row.run, str(sweep_dir / row.run), members[row.run].config, threads_of(members[row.run].config))
         for i, row in enumerate(index.rows) if row.run in todo_names
     ]  # fmt: skip
     rows = index.rows
@@ -212,7 +214,7 @@ def _run_sweep_locked(plan, sweep_dir: Path, jobs, threads, executor, ray_addres
 
     display(SweepStarted(tuple(row.run for row in rows), len(tasks)))
     try:
-        outcome.signum = executors.execute(tasks, on_event, executor=executor, jobs=jobs, ray_address=ray_address)
+        outcome.signum = execute(tasks, on_event, executor=executor, jobs=jobs, ray_address=ray_address)
     finally:
         # whatever happened, no row claims a run is going on when this command is over; a run
         # whose own records say it finished (its result lost on the way here) is what they say
@@ -234,14 +236,12 @@ def _run_sweep_locked(plan, sweep_dir: Path, jobs, threads, executor, ray_addres
 def executor_session(executor: str, jobs: int | None, ray_address: str | None) -> Iterator[None]:
     """The executor of a sweep, for the block: local workers started at once (they start while the
     sweep is planned), or a Ray session; workers no sweep took (a config error) are stopped."""
-    from gradlab.orchestrate import executors
-
-    executors.start_workers_early(executor, jobs)
+    start_workers_early(executor, jobs)
     try:
-        with executors.ray_session(ray_address) if executor == "ray" else nullcontext():
+        with ray_session(ray_address) if executor == "ray" else nullcontext():
             yield
     finally:
-        executors.discard_early_workers()  # the sweep did not start (a config error): not needed
+        discard_early_workers()  # the sweep did not start (a config error): not needed
 
 
 @dataclass
@@ -254,9 +254,7 @@ class PlannedSweep:
 
     def warnings(self, jobs: int | None, threads: int | None, executor: str) -> list[str]:
         """Lines to warn of: more threads at once than cores (the runs share them)."""
-        from gradlab.orchestrate import executors
-
-        threads = threads or executors.default_threads()
+        threads = threads or default_threads()
         cores = available_cores()
         if executor == "local" and (jobs or 1) * threads > cores:
             return [f"--jobs {jobs or 1} x --threads {threads} is more than the {cores} cores here; the runs will share them"]
@@ -271,7 +269,7 @@ class PlannedSweep:
 
     def run(self, *, jobs: int | None, threads: int | None, executor: str, ray_address: str | None, progress: Progress | None) -> SweepOutcome:
         """run_sweep on this sweep; `threads` None: each run's config says (a number there), else
-        executors.default_threads()."""
+        default_threads()."""
         return run_sweep(
             self.plan, self.sweep_dir, jobs=jobs if executor == "ray" else (jobs or 1), threads=threads,
             executor=executor, ray_address=ray_address, progress=progress, index=self.index,
@@ -316,7 +314,7 @@ def planned_sweep(
                 check_resources(plan, jobs or 1)  # (the machine, or --jobs, may differ from the first time)
             sweep_dir = resume
         else:
-            from gradlab.config.experiment import read_yaml
+            from gradlab.config.load import read_yaml
 
             plan = plan_sweep(read_yaml(config), overrides, [parse_axis(item) for item in axis_items or []])
             if executor == "local":

@@ -166,13 +166,11 @@ def parse_axis(item: str) -> Axis:
     if not sep or not key.strip():
         raise ConfigError(f"--sweep {_describe(item)}: expected key.path=v1,v2,..., e.g. model.depth=10,30")
     key = _check_key(key, f"--sweep {key.strip()}")
-    from gradlab.config.experiment import (
-        _load_yaml,  # duplicate keys refused, nesting and expanded size bounded, as for --set
-    )
+    from gradlab.config.load import load_yaml  # duplicate keys refused, nesting and expanded size bounded, as for --set
     from gradlab.vocab.yamlio import TooLarge
 
     try:
-        values = _load_yaml(f"[{raw}]")
+        values = load_yaml(f"[{raw}]")
     except TooLarge as exc:
         raise ConfigError(f"--sweep {key}: the values {exc.problem}") from None
     except yaml.YAMLError as exc:

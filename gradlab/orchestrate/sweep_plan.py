@@ -18,7 +18,8 @@ from typing import Any, Sequence
 
 from gradlab.analysis.configdiff import flatten, labels
 from gradlab.config.claims import CLAIMS_KEY, parse_claims
-from gradlab.config.experiment import apply_overrides, read_yaml, set_dotted, validate
+from gradlab.config.experiment import validate
+from gradlab.config.load import apply_overrides, read_yaml, set_dotted
 from gradlab.orchestrate.sweep_axes import SEED_AXIS, SWEEP_KEY, ZIP_KEY, Axis, check_disjoint, dimensions, has_sweep, merge_axes, overlaps, split_sweep
 from gradlab.orchestrate.sweep_names import axis_labels, describe_values, run_name
 from gradlab.vocab.errors import ConfigError

@@ -1,0 +1,267 @@
+"""The local pool: a sweep's runs in N worker processes (ProcessPoolExecutor, "forkserver" or
+"spawn"), a run each.
+
+Progress travels as the typed events of gradlab.orchestrate.progress, as they are, through a queue
+from a worker. SIGINT/SIGTERM/SIGHUP reach the sweep's process only: workers sit in their own
+process group, so the terminal's Ctrl-C does not hit them behind our back. The first signal stops
+submitting; it is passed on once to every worker, whose run stops at its next step and closes its
+records as interrupted; a worker still setting a run up notes the signal and stops the run at step
+0. A second signal is passed on too (a run stops at once). Workers die with the sweep's process: a
+worker whose parent is gone (SIGKILL, a crash) stops its run as on SIGTERM and exits (Linux's
+parent-death signal, and a thread that watches the parent's pid everywhere).
+"""
+
+from __future__ import annotations
+
+import os
+import queue as queue_module
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gradlab.orchestrate.member import MemberResult, MemberTask, one_line, run_member
+from gradlab.orchestrate.progress import Progress, RunFinished, RunSubmitted
+from gradlab.orchestrate.signals import POLL_S, SIGNALS, STOP, signals_held
+
+_QUEUE = None  # a worker's channel to the parent: progress events, as they are
+
+
+PARENT_POLL_S = 0.5  # how often a worker checks that the sweep's process is still alive
+ORPHAN_GRACE_S = 5.0  # an orphaned worker's run gets this long to close its records, twice
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel sends this process SIGTERM when its parent (the forkserver, which itself
+    ends with the sweep's process) dies."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the watcher thread alone
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _watch_parent(parent: int) -> None:
+    """A worker whose sweep process died (SIGKILL, a closed terminal, a crash) must not train on
+    behind its back: its run is stopped as on SIGTERM (records closed as interrupted at the next
+    logged step), insisted on after ORPHAN_GRACE_S, and the process exits after twice that, even
+    if a result or an event it cannot deliver any more holds it up."""
+    while _alive(parent):
+        time.sleep(PARENT_POLL_S)
+    if _QUEUE is not None:
+        try:
+            _QUEUE.cancel_join_thread()  # nobody reads the queue any more: do not wait for it at exit
+        except Exception:
+            pass
+    for _ in range(2):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(ORPHAN_GRACE_S)
+    os._exit(128 + int(signal.SIGTERM))
+
+
+def _init_worker(channel, parent: int | None = None) -> None:
+    global _QUEUE
+    _QUEUE = channel
+    try:
+        os.setpgrp()  # the terminal's Ctrl-C goes to the parent only; it passes it on once
+    except (AttributeError, OSError):
+        pass
+    _die_with_parent()
+    STOP.reset()
+    for s in SIGNALS:
+        signal.signal(s, STOP)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)  # held back since the parent started us
+    if parent is not None:
+        import threading
+
+        threading.Thread(target=_watch_parent, args=(parent,), name="gradlab-parent-watch", daemon=True).start()
+        if not _alive(parent):  # it died while this worker started
+            os.kill(os.getpid(), signal.SIGTERM)
+    import gradlab.orchestrate.train  # noqa: F401  (torch: paid once per worker, not by its first run)
+
+
+# What a worker imports before its first run, loaded once in the forkserver so that every worker,
+# a fork of it, starts with them: the run's own modules, and what the memory estimate's forward pass
+# on the meta device pulls in (PyTorch's Python meta kernels, whose wrappers import torch._dynamo: a
+# second and more that each worker's first run otherwise paid while the other waited). Last, the
+# server's own quick exit (gradlab.orchestrate.forkserver_exit).
+WORKER_PRELOAD = (
+    "gradlab.orchestrate.local_pool", "gradlab.orchestrate.runner", "gradlab.orchestrate.train", "gradlab.build.memory",
+    "torch._meta_registrations", "torch._decomp", "torch._dynamo", "gradlab.orchestrate.forkserver_exit",
+)  # fmt: skip
+def _context():
+    """"forkserver" where there is one: a server process imports torch and gradlab once, and each
+    worker is a fork of it (about a second to start two workers, where "spawn" takes three and
+    imports the command's own main module again); "spawn" elsewhere. Never plain "fork" of a
+    process that may have started torch's threads."""
+    import multiprocessing
+
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(list(WORKER_PRELOAD))
+        return context
+    return multiprocessing.get_context("spawn")
+
+
+@dataclass
+class _Pool:
+    """`jobs` worker processes and the queue on which they report progress events."""
+
+    executor: Any  # concurrent.futures.ProcessPoolExecutor
+    channel: Any  # the context's Queue
+    jobs: int
+
+    @classmethod
+    def create(cls, jobs: int) -> "_Pool":
+        context = _context()
+        channel = context.Queue()
+        return cls(_new_executor(context, channel, jobs), channel, jobs)
+
+    def restart(self) -> None:
+        """A fresh executor on the same queue (after a worker died and broke the old one)."""
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.executor = _new_executor(_context(), self.channel, self.jobs)
+
+    def kill(self) -> None:
+        """Stop the workers now (the sweep ended before they were used)."""
+        for process in list((getattr(self.executor, "_processes", None) or {}).values()):
+            process.kill()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _new_executor(context, channel, jobs: int):
+    from concurrent.futures import ProcessPoolExecutor
+
+    with signals_held():  # the workers start with the signals held; _init_worker lets them in
+        return ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker, initargs=(channel, os.getpid()))
+
+
+def _ready() -> None:
+    """A worker's first task when the pool is started early: nothing (starting is the point)."""
+
+
+_EARLY: _Pool | None = None  # the pool start_workers_early started, until run_pool takes it
+
+
+def start_workers_early(executor: str = "local", jobs: int | None = 1) -> None:
+    """Start the `jobs` workers now, on a thread of their own, so that the forkserver's imports and
+    the workers' start overlap with what this process does before the runs (its own imports,
+    planning the sweep and checking its memory); the sweep then finds them ready. No-op for serial
+    and Ray. `discard_early_workers` stops them when the sweep does not run (a config error)."""
+    global _EARLY
+    if executor != "local" or (jobs or 1) <= 1:
+        return
+    import threading
+
+    pool = _Pool.create(jobs)
+
+    def spawn() -> None:  # submit() forks a worker, and waits for the forkserver to have preloaded
+        with signals_held():
+            try:
+                for _ in range(jobs):
+                    pool.executor.submit(_ready)
+            except RuntimeError:  # discarded meanwhile ("cannot schedule new futures after shutdown")
+                pass
+
+    threading.Thread(target=spawn, name="gradlab-start-workers", daemon=True).start()
+    _EARLY = pool
+
+
+def discard_early_workers() -> None:
+    """Stop the workers start_workers_early started, if no sweep took them."""
+    global _EARLY
+    if _EARLY is not None:
+        _EARLY.kill()
+        _EARLY = None
+
+
+def _pool_member(task: MemberTask) -> MemberResult:
+    return run_member(task, _QUEUE.put)
+
+
+def run_pool(tasks: list[MemberTask], on_event: Progress, jobs: int) -> None:
+    from concurrent.futures import FIRST_COMPLETED, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    global _EARLY
+    pool, _EARLY = (_EARLY, None) if _EARLY is not None and _EARLY.jobs == jobs else (_Pool.create(jobs), _EARLY)
+    discard_early_workers()  # (started for another --jobs: not expected)
+    pending = deque(tasks)
+    running: dict[Any, MemberTask] = {}
+    forwarded = 0
+
+    def drain() -> None:
+        while True:
+            try:
+                event = pool.channel.get_nowait()
+            except queue_module.Empty:
+                return
+            on_event(event)
+
+    try:
+        while pending or running:
+            while pending and len(running) < jobs and STOP.signum is None:
+                task = pending.popleft()
+                with signals_held():  # submit may start a worker process
+                    running[pool.executor.submit(_pool_member, task)] = task
+                on_event(RunSubmitted(task.index))
+            done, _ = wait(list(running), timeout=POLL_S, return_when=FIRST_COMPLETED)
+            if len(STOP.signals) > forwarded:
+                for pid in list(getattr(pool.executor, "_processes", None) or {}):
+                    for signum in STOP.signals[forwarded:]:
+                        try:
+                            os.kill(pid, signum)
+                        except (ProcessLookupError, PermissionError):
+                            pass
+                forwarded = len(STOP.signals)
+            drain()
+            broken = False
+            for future in done:
+                task = running.pop(future)
+                try:
+                    result = future.result()
+                except BrokenProcessPool:
+                    broken = True
+                    result = _died(task, STOP.signum)
+                except Exception as exc:  # not expected: run_member catches what a run raises
+                    result = MemberResult(task.index, "failed", 0.0, one_line(f"{type(exc).__name__}: {exc}"))
+                on_event(RunFinished(task.index, result))
+            if broken:
+                for future, task in list(running.items()):
+                    on_event(RunFinished(task.index, _died(task, STOP.signum)))
+                running.clear()
+                pool.restart()
+            if STOP.signum is not None and not running:
+                break
+    finally:
+        pool.executor.shutdown(wait=True, cancel_futures=True)
+        drain()
+        pool.channel.close()
+        pool.channel.join_thread()
+
+
+def _died(task: MemberTask, signum: int | None) -> MemberResult:
+    """A worker process that died under a run (killed, out of memory, crashed): failed, or
+    interrupted when the sweep is being stopped. meta.json, if any, says so too."""
+    from gradlab.records.write import close_abandoned
+
+    status = "failed" if signum is None else "interrupted"
+    error = "the worker process died during the run (killed, out of memory or crashed)" if signum is None else ""
+    begun = close_abandoned(Path(task.run_dir), status, error or None)
+    return MemberResult(task.index, status, 0.0, error, started=begun or signum is None, signum=signum)
