@@ -1,4 +1,4 @@
-"""Zipped sweep axes and claims over a sweep (issue 11): planning, validation up front, checking
+"""Zipped sweep axes and claims over a sweep: planning, validation up front, checking
 against records with known numbers, and `gradlab check SWEEP_DIR` with exact output."""
 
 from __future__ import annotations

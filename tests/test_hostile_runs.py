@@ -1,5 +1,5 @@
-"""Attacks on gradlab that are not fuzzing (see test_config_fuzz.py for that): a run that explodes, a run
-killed outright, run directories that must never be reused or overflowed, broken data files at
+"""Hostile conditions around single runs (test_config_fuzz.py fuzzes configs, and
+test_hostile_sweeps_disks_and_files.py attacks sweeps and files): a run that explodes, a run killed outright, run directories that must never be reused or overflowed, broken data files at
 the command line, and byte-for-byte determinism. Nothing may be lost and nothing may show a
 traceback; bad input is one `error: ` line, exit code 2, and nothing written.
 """

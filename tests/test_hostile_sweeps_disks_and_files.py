@@ -1,5 +1,5 @@
-"""Attacks, round two (issue 14): concurrent commands on one sweep, orphaned workers, full disks,
-hostile files and silently wrong numbers. Each test reproduces what broke: bad input is one
+"""Hostile conditions around sweeps and files: concurrent commands on one sweep, orphaned workers,
+full disks, hostile files and silently wrong numbers (test_hostile_runs.py has the runs). Each test reproduces what broke: bad input is one
 `error: ` line and exit 2, nothing already written is lost, and no number is made up.
 """
 
