@@ -10,13 +10,10 @@ import pytest
 from gradlab.cli.app import app
 from gradlab.vocab.specs import REGISTRIES
 from gradlab.config.load import load_config
+from run_factory import run_dirs
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
-
-
-def run_dirs(out: Path) -> list[Path]:
-    return sorted(p.parent for p in out.rglob("meta.json"))
 
 
 def test_run_quiet_prints_only_the_run_directory(tmp_path, invoke):

@@ -29,6 +29,7 @@ from gradlab.orchestrate import sweep_lock
 from gradlab.orchestrate import sweep_plan
 from gradlab.orchestrate import sweep_resources
 from gradlab.vocab.errors import ConfigError
+from run_factory import start_long_run, wait_for_rows, write_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,14 +44,9 @@ BASE = {
 }
 
 
-def write(path: Path, data) -> Path:
-    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    return path
-
-
 def sweep_config(tmp_path: Path, **changes) -> Path:
     data = {**BASE, "log": {**BASE["log"], "out": str(tmp_path / "out")}, "sweep": {"model.activation": ["relu", "tanh"]}, "seeds": [0], **changes}
-    return write(tmp_path / "grid.yaml", data)
+    return write_yaml(tmp_path / "grid.yaml", data)
 
 
 def read_index(sweep_dir: Path) -> dict[str, dict[str, str]]:
@@ -182,7 +178,6 @@ def test_workers_of_a_killed_parallel_sweep_stop_and_close_their_records(tmp_pat
 
 
 def test_sighup_closes_a_run_as_interrupted(tmp_path):
-    from test_interrupt import start_long_run, wait_for_rows
 
     process = start_long_run(tmp_path)
     try:
@@ -212,7 +207,7 @@ def test_overlapping_sweep_axes_are_a_config_error(tmp_path, axes, line, invoke_
     with pytest.raises(ConfigError) as error:
         sweep_plan.plan_sweep({**BASE, "sweep": axes})
     assert error.value.lines == [line]
-    config = write(tmp_path / "c.yaml", {**BASE, "sweep": {"model.depth": [1, 2]}})
+    config = write_yaml(tmp_path / "c.yaml", {**BASE, "sweep": {"model.depth": [1, 2]}})
     assert_one_error(invoke_wide("validate", config, "--sweep", "model={width: 4}"), "sweep: the axes model and model.depth overlap")
 
 
@@ -280,7 +275,7 @@ def test_a_full_disk_is_an_error_of_its_own_with_its_documented_exit_code():
 
 
 def test_a_disk_that_fills_during_a_run_is_one_line_and_a_failed_run_with_whole_steps(tmp_path, small_disk, invoke_wide):
-    config = write(tmp_path / "tiny.yaml", TINY)
+    config = write_yaml(tmp_path / "tiny.yaml", TINY)
     result = invoke_wide("run", config, "--out", small_disk / "out", "--quiet")
     line = assert_one_error(result, "no space left on the device while writing", code=74)
     [run] = [p.parent for p in (small_disk / "out").rglob("meta.json")]
@@ -292,7 +287,7 @@ def test_a_disk_that_fills_during_a_run_is_one_line_and_a_failed_run_with_whole_
 
 
 def test_a_full_disk_at_the_start_leaves_no_half_made_run_directory(tmp_path, small_disk, invoke_wide):
-    config = write(tmp_path / "tiny.yaml", TINY)
+    config = write_yaml(tmp_path / "tiny.yaml", TINY)
     (small_disk / "out").mkdir()
     fill(small_disk)
     result = invoke_wide("run", config, "--out", small_disk / "out", "--quiet")
@@ -391,14 +386,14 @@ def test_an_alias_bomb_anywhere_in_a_config_is_refused_at_once(tmp_path, where, 
 
 
 def test_alias_bombs_in_set_and_sweep_values_are_refused(tmp_path, invoke_wide):
-    config = write(tmp_path / "c.yaml", {**BASE, "log": {**BASE["log"], "out": str(tmp_path / "out")}})
+    config = write_yaml(tmp_path / "c.yaml", {**BASE, "log": {**BASE["log"], "out": str(tmp_path / "out")}})
     assert_one_error(invoke_wide("validate", config, "--set", f"name={FLOW_BOMB}"), f"--set name: the value {TOO_LARGE}")
     assert_one_error(invoke_wide("validate", config, "--sweep", f"model.depth={FLOW_BOMB}"), f"--sweep model.depth: the values {TOO_LARGE}")
     assert_one_error(invoke_wide("validate", config, "--set", "name=&a [*a]"), "--set name")
 
 
 def test_a_huge_value_is_never_formatted_whole_in_an_error(tmp_path, invoke_wide):
-    config = write(tmp_path / "c.yaml", {**BASE, "name": "n" * 500_000, "device": "d" * 500_000})
+    config = write_yaml(tmp_path / "c.yaml", {**BASE, "name": "n" * 500_000, "device": "d" * 500_000})
     began = time.perf_counter()
     result = invoke_wide("validate", config)
     assert time.perf_counter() - began < 5
@@ -540,7 +535,7 @@ def test_a_float_parameter_beyond_float32_is_refused_at_validation(tmp_path, cha
     config = {**BASE, "log": {**BASE["log"], "out": str(tmp_path / "out")}, **change}
     if "model" in change:
         config["model"] = {**BASE["model"], **change["model"]}
-    path = write(tmp_path / "c.yaml", config)
+    path = write_yaml(tmp_path / "c.yaml", config)
     assert_one_error(invoke_wide("validate", path), f"{key}; {BEYOND}")
     assert_one_error(invoke_wide("run", path), f"{key}; {BEYOND}")
     assert not (tmp_path / "out").exists()
@@ -548,7 +543,7 @@ def test_a_float_parameter_beyond_float32_is_refused_at_validation(tmp_path, cha
 
 def test_a_uniform_interval_wider_than_float32_is_refused(tmp_path, invoke_wide):
     config = {**BASE, "model": {**BASE["model"], "init": {"weight": {"name": "uniform", "a": -3e38, "b": 3e38}}}}
-    assert_one_error(invoke_wide("validate", write(tmp_path / "c.yaml", config)), "b - a (6e+38) must be at most 3.4e+38, float32's largest number")
+    assert_one_error(invoke_wide("validate", write_yaml(tmp_path / "c.yaml", config)), "b - a (6e+38) must be at most 3.4e+38, float32's largest number")
 
 
 def test_a_cnn_on_vectors_from_an_npz_is_the_shape_error(tmp_path, invoke_wide):
@@ -556,7 +551,7 @@ def test_a_cnn_on_vectors_from_an_npz_is_the_shape_error(tmp_path, invoke_wide):
     np.savez(tmp_path / "v.npz", x_train=rng.random((64, 10), dtype=np.float32), y_train=np.arange(64) % 3, x_test=rng.random((32, 10), dtype=np.float32), y_test=np.arange(32) % 3)
     config = {**BASE, "data": {"name": "npz", "path": str(tmp_path / "v.npz"), "classes": 3, "n_train": 64, "n_test": 32, "batch_size": 32},
               "model": {"kind": "cnn", "depth": 2, "width": 4}, "log": {"every": 5, "out": str(tmp_path / "out")}}  # fmt: skip
-    assert_one_error(invoke_wide("run", write(tmp_path / "c.yaml", config)), "model.kind cnn needs (channels, height, width) inputs; the data has shape (10,)")
+    assert_one_error(invoke_wide("run", write_yaml(tmp_path / "c.yaml", config)), "model.kind cnn needs (channels, height, width) inputs; the data has shape (10,)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -608,7 +603,7 @@ def lying_npz(path: Path, rows_declared: int, features: int, rows_present: int) 
 
 
 def npz_config(tmp_path: Path, path: Path, **data) -> Path:
-    return write(tmp_path / "c.yaml", {**BASE, "data": {"name": "npz", "path": str(path), "classes": 4, "n_train": 256, "n_test": 64, "batch_size": 64, **data}, "log": {"every": 5, "out": str(tmp_path / "out")}})
+    return write_yaml(tmp_path / "c.yaml", {**BASE, "data": {"name": "npz", "path": str(path), "classes": 4, "n_train": 256, "n_test": 64, "batch_size": 64, **data}, "log": {"every": 5, "out": str(tmp_path / "out")}})
 
 
 def test_an_npz_declaring_gigabytes_is_read_only_as_far_as_the_examples_used(tmp_path, invoke_wide):
@@ -635,7 +630,7 @@ def test_an_idx_file_declaring_or_inflating_to_gigabytes_is_refused_without_deco
     for prefix, n in (("train", 256), ("t10k", 64)):
         (folder / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_header(2051, n, 28, 28) + bytes(n * 784)))
         (folder / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_header(2049, n) + bytes(i % 10 for i in range(n))))
-    config = write(tmp_path / "c.yaml", {**BASE, "data": {"name": "mnist", "path": str(folder), "classes": 10, "n_train": 256, "n_test": 64, "batch_size": 64}, "log": {"every": 5, "out": str(tmp_path / "out")}})
+    config = write_yaml(tmp_path / "c.yaml", {**BASE, "data": {"name": "mnist", "path": str(folder), "classes": 10, "n_train": 256, "n_test": 64, "batch_size": 64}, "log": {"every": 5, "out": str(tmp_path / "out")}})
     images = folder / "train-images-idx3-ubyte.gz"
     labels = folder / "train-labels-idx1-ubyte.gz"
     # declares 3 TB and holds the 256 images used: only those are read
@@ -663,9 +658,10 @@ def test_jobs_n_checks_that_n_runs_fit_in_memory_together(tmp_path, monkeypatch)
     sizes = []
     for member in plan.members:
         from gradlab.config.experiment import validate
+        from gradlab.vocab.datasets import known_input_shape
 
         exp = validate(member.config)
-        need = memory.estimate(exp, memory.known_input_shape(exp), exp.data.classes)
+        need = memory.estimate(exp, known_input_shape(exp.data), exp.data.classes)
         sizes.append(max(need.total, max(need.peak_training, need.peak_evaluation)))
     free = sorted(sizes)[-1] + sorted(sizes)[-2] - 1  # the two largest do not fit together; each alone does
     monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": free)
@@ -692,7 +688,7 @@ def test_plot_of_many_runs_draws_their_median_and_band_and_says_so(tmp_path):
     figures = plots.build_figures(runs)
     assert set(figures) == set(plots.FIGURES)
     for stem, figure in figures.items():
-        assert f"{count} runs, too many" in figure._suptitle.get_text(), stem
+        assert f"{count} runs, too many" in figure.get_suptitle(), stem
     step0 = figures["depth_profile_delta_norm"].axes[0]
     [median] = [line for line in step0.get_lines() if line.get_label() == "median of the runs"]
     expected = [float(np.median([2.0 ** (k + i % 5) for i in range(count)])) for k in range(3)]
@@ -709,7 +705,7 @@ def test_plot_of_many_runs_draws_their_median_and_band_and_says_so(tmp_path):
 
 
 def test_sweep_values_nested_thousands_deep_or_with_duplicate_keys_are_one_line(tmp_path, invoke_wide):
-    config = write(tmp_path / "c.yaml", BASE)
+    config = write_yaml(tmp_path / "c.yaml", BASE)
     deep = "[" * 3000 + "]" * 3000
     assert_one_error(invoke_wide("validate", config, "--sweep", f"model.depth={deep}"), "--sweep model.depth: ", "is not a comma-separated list of YAML values (nested too deeply)")
     line = assert_one_error(invoke_wide("validate", config, "--sweep", "model.activation={name: elu, alpha: 1, alpha: 2}"), "--sweep model.activation: ")
@@ -734,7 +730,7 @@ def test_odd_layer_and_kind_values_in_layers_csv_are_said(tmp_path, invoke_wide)
 
 def test_a_dangling_symlink_as_log_out_is_called_a_link(tmp_path, invoke_wide):
     (tmp_path / "out").symlink_to(tmp_path / "nowhere")
-    config = write(tmp_path / "c.yaml", {**BASE, "log": {**BASE["log"], "out": str(tmp_path / "out")}})
+    config = write_yaml(tmp_path / "c.yaml", {**BASE, "log": {**BASE["log"], "out": str(tmp_path / "out")}})
     assert_one_error(invoke_wide("run", config), f"log.out: {str(tmp_path / 'out')!r} is a symbolic link to {str(tmp_path / 'nowhere')!r}, which does not exist")
 
 
@@ -742,7 +738,7 @@ def test_a_planted_symlink_at_out_name_is_followed_and_the_real_path_printed(tmp
     (tmp_path / "out").mkdir()
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "out" / "tiny").symlink_to(tmp_path / "elsewhere")
-    config = write(tmp_path / "c.yaml", {**BASE, "name": "tiny", "log": {**BASE["log"], "out": str(tmp_path / "out")}})
+    config = write_yaml(tmp_path / "c.yaml", {**BASE, "name": "tiny", "log": {**BASE["log"], "out": str(tmp_path / "out")}})
     result = invoke_wide("run", config, "--quiet")
     assert result.exit_code == 0, result.output
     printed = Path(result.stdout.strip())
@@ -756,7 +752,7 @@ def test_absurd_threads_are_refused_before_anything_is_written(tmp_path, invoke_
 
 
 def test_a_run_of_zero_steps_shows_step_0_once(tmp_path, invoke_wide):
-    config = write(tmp_path / "c.yaml", {**BASE, "train": {"steps": 0, "eval_every": 10}, "log": {**BASE["log"], "out": str(tmp_path / "out")}})
+    config = write_yaml(tmp_path / "c.yaml", {**BASE, "train": {"steps": 0, "eval_every": 10}, "log": {**BASE["log"], "out": str(tmp_path / "out")}})
     result = invoke_wide("run", config)
     assert result.exit_code == 0, result.output
     assert result.stdout.count("delta_norm @ step 0") == 1, result.stdout
