@@ -125,6 +125,12 @@ class RecurrentLayer(nn.Module):
             tap.tensor(self.site, "output", f"{self.site.name} output", out)
         return out
 
+    def step(self, gi: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None, tap, t: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One time step, as `forward` takes it: (h_t, c_t) from gi = W_ih x_t + b_ih (B, blocks * H)
+        and (h_{t-1}, c_{t-1}) (c None but for lstm), tapping at `time_site(t)` when `tap` is given.
+        For callers that run the steps themselves (gradlab.watch runs nn.LSTM's through it)."""
+        return {"rnn": self._rnn_step, "lstm": self._lstm_step, "gru": self._gru_step}[self.kind](gi, h, c, tap, t)
+
     # Each step does PyTorch's CPU cell (aten/src/ATen/native/RNN.cpp: SimpleCell, LSTMCell, GRUCell)
     # operation for operation, in its order, out of place (the taps need the tensors the in-place
     # versions overwrite; an in-place op computes the same values): W_hh h_{t-1} + b_hh is one
