@@ -193,7 +193,8 @@ def _floors() -> str:
     contracts = project["tool"]["importlinter"]["contracts"]
     layers = next(c["layers"] for c in contracts if c.get("type") == "layers")
     rows = []
-    for layer in layers:
+    # "gradlab.cli | gradlab.integrations": siblings on one floor (neither imports the other)
+    for layer in (sibling.strip() for floor in layers for sibling in floor.split("|")):
         folder = ROOT / Path(*layer.split("."))
         rows.append((f"**`{layer.split('.')[-1]}/`**", "", _summary(folder / "__init__.py")))
         for module in sorted(folder.glob("*.py")):

@@ -1,0 +1,1 @@
+"""Other tools' training loops: a Lightning callback that watches any LightningModule."""
