@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from gradlab.theory import mean_field as theory
+from gradlab.theory import batchnorm
 from gradlab.config.experiment import validate
 from gradlab.theory.predict import DEPARTS_TOLERANCE, SPIRAL_JITTER, input_moments, predict
 
@@ -83,7 +83,7 @@ def test_batchnorm_relu_grows_by_yang_2019s_factor():
     # Yang's large-batch limit, and between hidden blocks the factor at the config's batch size (128)
     assert p.extra["large_batch_factor"] == pytest.approx(math.sqrt(math.pi / (math.pi - 1)))
     assert p.inputs["batch_size"] == 128
-    assert p.predicted_factor == pytest.approx(theory.batchnorm_gradient_factor_finite_batch(0.0, 128)) and p.predicted_factor == pytest.approx(1.2164215)
+    assert p.predicted_factor == pytest.approx(batchnorm.batchnorm_gradient_factor_finite_batch(0.0, 128)) and p.predicted_factor == pytest.approx(1.2164215)
     assert p.layers[1:] == pytest.approx([1.2164215] * 8)
     # block 0 reads the input: factor² = σw²₁ E[φ'²] / (σw²₀ · the input's batch variance)
     assert p.layers[0] == pytest.approx(math.sqrt(0.5 / (1 - 1 / 10 + 1)))
@@ -172,4 +172,4 @@ def test_batchnorm_other_activations_keep_the_large_batch_limit():
     assert tanh.predicted_factor == tanh.extra["large_batch_factor"]
     assert any(note.startswith("the large-batch limit: the finite-batch factor is derived for relu") for note in tanh.notes)
     leaky = predict(exp(activation={"name": "leaky_relu", "negative_slope": 0.2}, norm="batchnorm", data={"batch_size": 16}))
-    assert leaky.predicted_factor == pytest.approx(theory.batchnorm_gradient_factor_finite_batch(0.2, 16))
+    assert leaky.predicted_factor == pytest.approx(batchnorm.batchnorm_gradient_factor_finite_batch(0.2, 16))

@@ -5,7 +5,7 @@ layers.csv -> summaries.profile_at.
 
 Tolerances (relative, on layer_factor = (first/last delta_norm)^(1/(depth-1))): 2% for the mean
 field of unnormalized stacks (measured: within 0.5% for tanh, ReLU and sigmoid at several σw²), 3%
-for BatchNorm (ReLU's prediction is at the batch's size, theory.batchnorm_gradient_factor_finite_batch:
+for BatchNorm (ReLU's prediction is at the batch's size, theory.batchnorm.batchnorm_gradient_factor_finite_batch:
 between hidden blocks measured +0.3% at batch 256 and -0.1% at batch 16; tanh's is Yang et al.'s
 large-batch limit, measured +1.5%)."""
 

@@ -1,5 +1,5 @@
 """Residual networks, prediction against measurement at initialization: the stream's second moment
-and variance per block (predict's `extra`, from theory.residual_moments) against Brock et al.'s
+and variance per block (predict's `extra`, from theory.residual.residual_moments) against Brock et al.'s
 statistics measured at the stream (spp_sq_mean + spp_var = mean(x²) exactly), the stream gradient's
 per-block factor against stream_delta_norm, and the predicted layer_factor, on width-512 stacks of
 10 blocks (teacher data: x ~ N(0, I), so q⁰ = 1 up to 1/√(batch·dim)).

@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 
+from gradlab.theory import batchnorm, gaussian, recurrent, residual
 from gradlab.theory import mean_field as T
 
 
@@ -38,7 +39,7 @@ hardtanh = Act(lambda x: np.clip(x, -1.0, 1.0), lambda x: (np.abs(x) < 1).astype
 
 
 def test_theory_imports_neither_torch_nor_pandas():
-    code = "import sys, gradlab.theory.mean_field; print('torch' in sys.modules, 'pandas' in sys.modules)"
+    code = "import sys, gradlab.theory.mean_field, gradlab.theory.batchnorm, gradlab.theory.residual, gradlab.theory.recurrent; print('torch' in sys.modules, 'pandas' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
 
@@ -47,7 +48,7 @@ def test_theory_imports_neither_torch_nor_pandas():
 
 
 def test_hermite_rule_is_a_probability_rule_exact_on_moments():
-    nodes, weights = T.gauss_hermite(20)
+    nodes, weights = gaussian.gauss_hermite(20)
     assert weights.sum() == pytest.approx(1.0, abs=1e-14)
     for power, moment in [(1, 0.0), (2, 1.0), (4, 3.0), (6, 15.0), (8, 105.0)]:
         assert np.dot(weights, nodes**power) == pytest.approx(moment, abs=1e-10)
@@ -57,15 +58,15 @@ def test_hermite_rule_is_a_probability_rule_exact_on_moments():
 def test_expectation_of_exponential_matches_closed_form(method):
     # E[exp(a √q z)] = exp(a² q / 2)
     for a, q in [(0.5, 1.0), (1.0, 2.0), (-0.7, 0.3)]:
-        got = T.gaussian_expectation(lambda u: np.exp(a * u), q, method=method)
+        got = gaussian.expectation(lambda u: np.exp(a * u), q, method=method)
         assert got == pytest.approx(math.exp(a * a * q / 2), rel=1e-10)
 
 
 def test_legendre_is_exact_across_a_kink_where_hermite_is_not():
     # E|√q z| = √(2q/π): the kink at 0 costs Gauss–Hermite ~3e-3, the cut rule nothing.
     exact = math.sqrt(2 * 2.0 / math.pi)
-    assert T.gaussian_expectation(np.abs, 2.0) == pytest.approx(exact, rel=1e-10)
-    assert abs(T.gaussian_expectation(np.abs, 2.0, method="hermite") - exact) > 1e-4
+    assert gaussian.expectation(np.abs, 2.0) == pytest.approx(exact, rel=1e-10)
+    assert abs(gaussian.expectation(np.abs, 2.0, method="hermite") - exact) > 1e-4
 
 
 def test_declared_kinks_are_cut():
@@ -75,7 +76,7 @@ def test_declared_kinks_are_cut():
     phi = math.exp(-a * a / 2) / math.sqrt(2 * math.pi)
     p_in = math.erf(a / math.sqrt(2))
     exact = (1 - p_in) + 4 * (-2 * a * phi + p_in)
-    got = T.gaussian_expectation(lambda u: hardtanh.f(u) ** 2, 4.0, kinks=T.kinks_of(hardtanh))
+    got = gaussian.expectation(lambda u: hardtanh.f(u) ** 2, 4.0, kinks=T.kinks_of(hardtanh))
     assert got == pytest.approx(exact, rel=1e-10)
 
 
@@ -84,7 +85,7 @@ def test_2d_expectation_relu_arccosine_kernel():
     q = 1.7
     for c in [-0.9, -0.3, 0.0, 0.3, 0.9, 0.999, 1.0]:
         exact = q / (2 * math.pi) * (math.sqrt(1 - c * c) + (math.pi - math.acos(c)) * c)
-        got = T.gaussian_expectation_2d(lambda a, b: relu.f(a) * relu.f(b), q, q, c)
+        got = gaussian.expectation_2d(lambda a, b: relu.f(a) * relu.f(b), q, q, c)
         assert got == pytest.approx(exact, rel=1e-8, abs=1e-12)
 
 
@@ -121,9 +122,9 @@ def test_a_feature_scale_stretches_the_grid():
 
 def test_bad_quadrature_input_is_refused():
     with pytest.raises(ValueError, match="variance"):
-        T.gaussian_expectation(np.abs, -1.0)
+        gaussian.expectation(np.abs, -1.0)
     with pytest.raises(ValueError, match="correlation"):
-        T.gaussian_expectation_2d(lambda a, b: a * b, 1.0, 1.0, 1.5)
+        gaussian.expectation_2d(lambda a, b: a * b, 1.0, 1.0, 1.5)
 
 
 # ---------------------------------------------------------------- mean field: closed forms
@@ -256,7 +257,7 @@ def _simulate_mlp(act, x, sigma_w2, sigma_b2, width, rng):
     # one step of the length map, checked locally: the mean of φ(z)² over units against
     # E[φ(√q̂ z)²] with q̂ each example's measured mean of z² (no drift accumulated from below)
     local = [
-        (float(np.mean(act.f(z) ** 2)), float(np.mean([T.gaussian_expectation(lambda u: act.f(u) ** 2, qb) for qb in np.mean(z * z, axis=0)])))
+        (float(np.mean(act.f(z) ** 2)), float(np.mean([gaussian.expectation(lambda u: act.f(u) ** 2, qb) for qb in np.mean(z * z, axis=0)])))
         for z in zs
     ]
     delta = act.df(zs[-1]) * rng.standard_normal(zs[-1].shape)
@@ -345,14 +346,14 @@ def test_sigmoid_at_unit_variances_vanishes_at_021_per_layer():
 
 
 def test_batchnorm_factor_values_and_where_there_is_none():
-    assert T.batchnorm_gradient_factor(relu) == pytest.approx(math.sqrt(math.pi / (math.pi - 1)), rel=1e-10)
-    assert T.batchnorm_gradient_factor(relu) == pytest.approx(1.2112, abs=1e-4)
-    assert T.batchnorm_gradient_factor(identity) == pytest.approx(1.0, rel=1e-10)
-    assert T.batchnorm_gradient_factor(relu, norm="layernorm") is None
-    assert T.batchnorm_gradient_factor(relu, norm="lrn") is None
-    assert T.batchnorm_gradient_factor(relu, placement="post") is None
+    assert batchnorm.batchnorm_gradient_factor(relu) == pytest.approx(math.sqrt(math.pi / (math.pi - 1)), rel=1e-10)
+    assert batchnorm.batchnorm_gradient_factor(relu) == pytest.approx(1.2112, abs=1e-4)
+    assert batchnorm.batchnorm_gradient_factor(identity) == pytest.approx(1.0, rel=1e-10)
+    assert batchnorm.batchnorm_gradient_factor(relu, norm="layernorm") is None
+    assert batchnorm.batchnorm_gradient_factor(relu, norm="lrn") is None
+    assert batchnorm.batchnorm_gradient_factor(relu, placement="post") is None
     constant = Act(lambda x: np.ones_like(x), lambda x: np.zeros_like(x))
-    assert T.batchnorm_gradient_factor(constant) is None
+    assert batchnorm.batchnorm_gradient_factor(constant) is None
 
 
 def _simulate_bn_mlp(act, x, sigma_w2, width, rng, eps=1e-5):
@@ -384,11 +385,11 @@ def test_wide_batchnorm_mlp_gradient_grows_as_predicted(act):
     x = rng.standard_normal((200, 256)) * math.sqrt(0.5) + 3.0  # the mean is removed by BN
     w2 = [3.0] + [2.0] * (depth - 1)
     norms = _simulate_bn_mlp(act, x, w2, 500, rng)
-    predicted = T.batchnorm_gradient_factors(act, w2, depth, input_batch_variance=0.5)
+    predicted = batchnorm.batchnorm_gradient_factors(act, w2, depth, input_batch_variance=0.5)
     # blocks 1 … depth−1: the geometric mean of the measured factors within 2% of the prediction
     measured = (norms[1] / norms[-1]) ** (1 / (depth - 2))
-    assert measured == pytest.approx(T.batchnorm_gradient_factor(act), rel=0.02)
-    assert predicted[1:] == pytest.approx([T.batchnorm_gradient_factor(act)] * (depth - 2))
+    assert measured == pytest.approx(batchnorm.batchnorm_gradient_factor(act), rel=0.02)
+    assert predicted[1:] == pytest.approx([batchnorm.batchnorm_gradient_factor(act)] * (depth - 2))
     # block 0 → 1, with its own σw² and input variance, within 5%
     assert norms[0] / norms[1] == pytest.approx(predicted[0], rel=0.05)
 
@@ -396,14 +397,14 @@ def test_wide_batchnorm_mlp_gradient_grows_as_predicted(act):
 def test_finite_batch_batchnorm_factor_closed_forms():
     # a linear BatchNorm stack: (B - 2)/(B - 3) (1/chi2 and the projection by hand); ReLU and leaky: the large-batch limit as B grows
     for B in (4, 5, 8, 33, 1000):
-        assert T.batchnorm_gradient_factor_finite_batch(1.0, B) == pytest.approx(math.sqrt((B - 2) / (B - 3)), rel=1e-13)
-    assert T.batchnorm_gradient_factor_finite_batch(0.0, 10**8) == pytest.approx(math.sqrt(math.pi / (math.pi - 1)), rel=1e-7)
-    leaky = T.batchnorm_gradient_factor(NumpyLeaky(0.2), "batchnorm", "pre")
-    assert T.batchnorm_gradient_factor_finite_batch(0.2, 10**8) == pytest.approx(leaky, rel=1e-7)
-    factors = [T.batchnorm_gradient_factor_finite_batch(0.0, B) for B in (4, 8, 16, 64, 256)]
+        assert batchnorm.batchnorm_gradient_factor_finite_batch(1.0, B) == pytest.approx(math.sqrt((B - 2) / (B - 3)), rel=1e-13)
+    assert batchnorm.batchnorm_gradient_factor_finite_batch(0.0, 10**8) == pytest.approx(math.sqrt(math.pi / (math.pi - 1)), rel=1e-7)
+    leaky = batchnorm.batchnorm_gradient_factor(NumpyLeaky(0.2), "batchnorm", "pre")
+    assert batchnorm.batchnorm_gradient_factor_finite_batch(0.2, 10**8) == pytest.approx(leaky, rel=1e-7)
+    factors = [batchnorm.batchnorm_gradient_factor_finite_batch(0.0, B) for B in (4, 8, 16, 64, 256)]
     assert factors == sorted(factors, reverse=True)  # smaller batches explode faster
     with pytest.raises(ValueError, match="at least 4"):
-        T.batchnorm_gradient_factor_finite_batch(0.0, 3)
+        batchnorm.batchnorm_gradient_factor_finite_batch(0.0, 3)
 
 
 class NumpyLeaky:
@@ -441,7 +442,7 @@ def test_finite_batch_batchnorm_factor_against_a_monte_carlo_of_wide_relu_stacks
         norms = [float(z.grad.norm()) for z in zs]
         logs.append(math.log(norms[first] / norms[depth - 2]) / (depth - 2 - first))
     measured = math.exp(sum(logs) / len(logs))
-    predicted = T.batchnorm_gradient_factor_finite_batch(0.0, batch)
+    predicted = batchnorm.batchnorm_gradient_factor_finite_batch(0.0, batch)
     assert measured == pytest.approx(predicted, rel=0.015)
     assert abs(measured / math.sqrt(math.pi / (math.pi - 1)) - 1) > 0.03  # the correction is what is measured
 
@@ -450,17 +451,17 @@ def test_finite_batch_batchnorm_factor_against_a_monte_carlo_of_wide_relu_stacks
 
 
 def test_max_derivative_and_top_singular_values():
-    assert T.max_abs_derivative(tanh) == pytest.approx(1.0)
-    assert T.max_abs_derivative(sigmoid) == pytest.approx(0.25)
+    assert recurrent.max_abs_derivative(tanh) == pytest.approx(1.0)
+    assert recurrent.max_abs_derivative(sigmoid) == pytest.approx(0.25)
     rng = np.random.default_rng(2)
     n, std = 400, 0.05
     W = rng.standard_normal((n, n)) * std
-    assert np.linalg.norm(W, 2) == pytest.approx(T.top_singular_value("normal", n, std=std), rel=0.03)
+    assert np.linalg.norm(W, 2) == pytest.approx(recurrent.top_singular_value("normal", n, std=std), rel=0.03)
     Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
-    assert np.linalg.norm(1.3 * Q, 2) == pytest.approx(T.top_singular_value("orthogonal", n, gain=1.3), rel=1e-10)
-    assert T.top_singular_value("identity", n, gain=0.9) == 0.9
+    assert np.linalg.norm(1.3 * Q, 2) == pytest.approx(recurrent.top_singular_value("orthogonal", n, gain=1.3), rel=1e-10)
+    assert recurrent.top_singular_value("identity", n, gain=0.9) == 0.9
     with pytest.raises(ValueError, match="init"):
-        T.top_singular_value("sparse", n)
+        recurrent.top_singular_value("sparse", n)
 
 
 def test_recurrent_step_bound_holds_and_is_tight_for_a_linear_orthogonal_rnn():
@@ -468,13 +469,13 @@ def test_recurrent_step_bound_holds_and_is_tight_for_a_linear_orthogonal_rnn():
     n = 64
     Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
     W = 1.1 * Q
-    bound = T.recurrent_step_bound(T.max_abs_derivative(tanh), T.top_singular_value("orthogonal", n, gain=1.1))
+    bound = recurrent.recurrent_step_bound(recurrent.max_abs_derivative(tanh), recurrent.top_singular_value("orthogonal", n, gain=1.1))
     for _ in range(5):  # Jacobian of h_t = tanh(W h_{t-1} + x_t) at random states
         pre = W @ rng.standard_normal(n) + rng.standard_normal(n)
         jac = np.diag(tanh.df(pre)) @ W
         assert np.linalg.norm(jac, 2) <= bound + 1e-12
     # identity activation (γ = 1): the bound is attained
-    assert np.linalg.norm(np.eye(n) @ W, 2) == pytest.approx(T.recurrent_step_bound(1.0, 1.1))
+    assert np.linalg.norm(np.eye(n) @ W, 2) == pytest.approx(recurrent.recurrent_step_bound(1.0, 1.1))
 
 
 @pytest.mark.parametrize("forget_bias", [0.0, 1.0, 3.0])
@@ -501,32 +502,32 @@ def test_lstm_cell_path_factor_with_small_weights(forget_bias):
     e = np.zeros(n)
     e[0] = 1e-6
     ratio = (run(c0 + e)[0] - run(c0 - e)[0]) / (2e-6)
-    assert ratio ** (1 / steps) == pytest.approx(T.lstm_cell_factor(forget_bias), rel=2e-3)
+    assert ratio ** (1 / steps) == pytest.approx(recurrent.lstm_cell_factor(forget_bias), rel=2e-3)
 
 
 # ---------------------------------------------------------------- residual networks
 
 
 def test_residual_recursion_closed_forms():
-    he_relu = [T.BranchLayer(2.0, 0.0, relu)]
-    m = T.residual_moments(he_relu, 3, 1.0, x_second_moment=1.0)
+    he_relu = [residual.BranchLayer(2.0, 0.0, relu)]
+    m = residual.residual_moments(he_relu, 3, 1.0, x_second_moment=1.0)
     assert m[1].second_moment == pytest.approx(2.0)  # centred stream: (1 + α²) q
     assert m[1].mean == pytest.approx(math.sqrt(1 / math.pi))  # α E[relu(√2 z)]
     assert m[1].variance == pytest.approx(1.0 + (1 - 1 / math.pi))
     q1, m1 = m[1].second_moment, m[1].mean
     assert m[2].second_moment == pytest.approx(2 * q1 + 2 * m1 * math.sqrt(q1 / math.pi))
-    assert T.residual_gradient_factors(he_relu, 1.0, m) == pytest.approx([math.sqrt(2)] * 3)
-    assert T.residual_gradient_factors(he_relu, 0.5, m) == pytest.approx([math.sqrt(1.25)] * 3)
+    assert residual.residual_gradient_factors(he_relu, 1.0, m) == pytest.approx([math.sqrt(2)] * 3)
+    assert residual.residual_gradient_factors(he_relu, 0.5, m) == pytest.approx([math.sqrt(1.25)] * 3)
     # a branch ending in a linear layer has a zero-mean output: exact doubling at α = 1
-    linear_end = [T.BranchLayer(2.0, 0.0, relu), T.BranchLayer(1.0)]
-    m = T.residual_moments(linear_end, 4, 1.0, x_second_moment=0.7)
+    linear_end = [residual.BranchLayer(2.0, 0.0, relu), residual.BranchLayer(1.0)]
+    m = residual.residual_moments(linear_end, 4, 1.0, x_second_moment=0.7)
     assert [s.second_moment for s in m] == pytest.approx([0.7 * 2**k for k in range(5)])
     # BatchNorm: variance grows by α² Var relu(z) = α² (1/2 − 1/(2π)) per block, linearly
-    bn = [T.BranchLayer(2.0, 0.0, relu, batchnorm=True)]
-    m = T.residual_moments(bn, 5, 0.5, x_second_moment=1.0)
+    bn = [residual.BranchLayer(2.0, 0.0, relu, batchnorm=True)]
+    m = residual.residual_moments(bn, 5, 0.5, x_second_moment=1.0)
     assert [s.variance for s in m] == pytest.approx([1.0 + k * 0.25 * (0.5 - 0.5 / math.pi) for k in range(6)])
     with pytest.raises(ValueError, match="normalizes some"):
-        T.residual_moments([T.BranchLayer(2.0, 0.0, relu, True), T.BranchLayer(1.0)], 2, 1.0, 1.0)
+        residual.residual_moments([residual.BranchLayer(2.0, 0.0, relu, True), residual.BranchLayer(1.0)], 2, 1.0, 1.0)
 
 
 def _simulate_residual(branch_kind, alpha, depth, width, batch, rng, branch_layers=1):
@@ -570,15 +571,15 @@ def test_wide_residual_relu_stream_and_gradient(alpha, layers):
     # 8 networks of width 500, 8 examples, 8 blocks, ensemble means (spread over 4 seeds, one-layer
     # branches: q ≤ 8%, mean ≤ 4%, gradient profile ≤ 5.5%).
     rng = np.random.default_rng(5)
-    depth, branch = 8, [T.BranchLayer(2.0, 0.0, relu)] * layers
+    depth, branch = 8, [residual.BranchLayer(2.0, 0.0, relu)] * layers
     runs = [_simulate_residual("plain", alpha, depth, 500, 8, rng, layers) for _ in range(8)]
     q = np.mean([[s[0] for s in stats] for stats, _ in runs], axis=0)
     m = np.mean([[s[1] for s in stats] for stats, _ in runs], axis=0)
     profile = np.sqrt(np.mean([np.square(norms) / norms[-1] ** 2 for _, norms in runs], axis=0))
-    moments = T.residual_moments(branch, depth, alpha, x_second_moment=q[0], x_mean=m[0])
+    moments = residual.residual_moments(branch, depth, alpha, x_second_moment=q[0], x_mean=m[0])
     np.testing.assert_allclose(q, [s.second_moment for s in moments], rtol=0.12)
     np.testing.assert_allclose(m[1:], [s.mean for s in moments[1:]], rtol=0.08)
-    factors = T.residual_gradient_factors(branch, alpha, moments)
+    factors = residual.residual_gradient_factors(branch, alpha, moments)
     np.testing.assert_allclose(profile[:-1], np.cumprod(factors[::-1])[::-1], rtol=0.08)
 
 
@@ -586,11 +587,11 @@ def test_wide_residual_batchnorm_variance_grows_linearly():
     rng = np.random.default_rng(6)
     depth, alpha = 20, 1.0
     stats, norms = _simulate_residual("bn", alpha, depth, 400, 128, rng)
-    branch = [T.BranchLayer(2.0, 0.0, relu, batchnorm=True)]
-    moments = T.residual_moments(branch, depth, alpha, stats[0][0], stats[0][1], x_batch_variance=stats[0][2])
+    branch = [residual.BranchLayer(2.0, 0.0, relu, batchnorm=True)]
+    moments = residual.residual_moments(branch, depth, alpha, stats[0][0], stats[0][1], x_batch_variance=stats[0][2])
     # per-unit batch variance of the stream: Var(x_0) + l α² (1/2 − 1/(2π)), within 5%
     np.testing.assert_allclose([s[2] for s in stats], [m.batch_variance for m in moments], rtol=0.05)
-    factors = T.residual_gradient_factors(branch, alpha, moments)
+    factors = residual.residual_gradient_factors(branch, alpha, moments)
     predicted_profile = np.cumprod(factors[::-1])[::-1]
     np.testing.assert_allclose(np.array(norms[:-1]) / norms[-1], predicted_profile, rtol=0.05)
 
@@ -612,20 +613,20 @@ class _Relu:
 
 def test_branch_delta_gain_closed_forms():
     relu = _Relu()
-    stream = T.StreamMoments(second_moment=3.0, mean=0.0, variance=3.0, batch_variance=2.5)
+    stream = residual.StreamMoments(second_moment=3.0, mean=0.0, variance=3.0, batch_variance=2.5)
     # one ReLU layer, no norm: E[relu'(u)^2] = 1/2 whatever the pre-activation variance
-    assert T.branch_delta_gain([T.BranchLayer(2.0, 0.0, relu)], stream) == pytest.approx(0.5)
+    assert residual.branch_delta_gain([residual.BranchLayer(2.0, 0.0, relu)], stream) == pytest.approx(0.5)
     # two: 1/2 * sigma_w2 of the second layer * 1/2
-    two = [T.BranchLayer(2.0, 0.0, relu), T.BranchLayer(1.5, 0.0, relu)]
-    assert T.branch_delta_gain(two, stream) == pytest.approx(0.25 * 1.5)
+    two = [residual.BranchLayer(2.0, 0.0, relu), residual.BranchLayer(1.5, 0.0, relu)]
+    assert residual.branch_delta_gain(two, stream) == pytest.approx(0.25 * 1.5)
     # BatchNorm: divided by the batch std^2 of z = sigma_w2 * the stream's batch variance
-    assert T.branch_delta_gain([T.BranchLayer(2.0, 0.0, relu, batchnorm=True)], stream) == pytest.approx(0.5 / (2.0 * 2.5))
+    assert residual.branch_delta_gain([residual.BranchLayer(2.0, 0.0, relu, batchnorm=True)], stream) == pytest.approx(0.5 / (2.0 * 2.5))
     # two BN layers: the second divides by sigma_w2 * Var relu(z) = sigma_w2 (1/2 - 1/(2 pi)), then sigma_w2 comes back
-    bn2 = [T.BranchLayer(2.0, 0.0, relu, batchnorm=True), T.BranchLayer(3.0, 0.0, relu, batchnorm=True)]
+    bn2 = [residual.BranchLayer(2.0, 0.0, relu, batchnorm=True), residual.BranchLayer(3.0, 0.0, relu, batchnorm=True)]
     expected = 0.5 / (2.0 * 2.5) * 0.5 / (3.0 * (0.5 - 1 / (2 * math.pi))) * 3.0
-    assert T.branch_delta_gain(bn2, stream) == pytest.approx(expected)
+    assert residual.branch_delta_gain(bn2, stream) == pytest.approx(expected)
     # a linear layer (no activation) without norm: only its sigma_w2 when it is not the first
-    assert T.branch_delta_gain([T.BranchLayer(2.0, 0.0, relu), T.BranchLayer(4.0, 0.0, None)], stream) == pytest.approx(0.5 * 4.0)
+    assert residual.branch_delta_gain([residual.BranchLayer(2.0, 0.0, relu), residual.BranchLayer(4.0, 0.0, None)], stream) == pytest.approx(0.5 * 4.0)
 
 
 def test_branch_delta_gain_against_a_wide_numpy_branch():
@@ -641,6 +642,6 @@ def test_branch_delta_gain_against_a_wide_numpy_branch():
     dz2 = g * (z2 > 0)
     dz1 = (dz2 @ w2) * (z1 > 0)
     measured = (np.linalg.norm(dz1) / np.linalg.norm(g)) ** 2
-    stream = T.StreamMoments(3.0, 0.0, 3.0)
-    predicted = T.branch_delta_gain([T.BranchLayer(2.0, 0.0, _Relu()), T.BranchLayer(1.5, 0.0, _Relu())], stream)
+    stream = residual.StreamMoments(3.0, 0.0, 3.0)
+    predicted = residual.branch_delta_gain([residual.BranchLayer(2.0, 0.0, _Relu()), residual.BranchLayer(1.5, 0.0, _Relu())], stream)
     assert measured == pytest.approx(predicted, rel=0.03)

@@ -533,7 +533,8 @@ def theory_command(
     """
     import json
 
-    from gradlab.theory.predict import predict, sweep_table_lines, table_lines
+    from gradlab.show.theory_table import sweep_table_lines, table_lines
+    from gradlab.theory.predict import predict
 
     if sweep or _is_sweep(config):
         # the table leaves out xi_c, the correlation map's depth scale (a 2-D quadrature per

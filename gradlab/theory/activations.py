@@ -529,17 +529,10 @@ class GaussianMoments(NamedTuple):
     derivative_second_moment: float  # E[f'(sqrt(q) z)^2]
 
 
-# Quadrature for E[g(sqrt(q) z)], z ~ N(0, 1): gradlab.theory.gaussian, the one home of the rule theory.py
-# uses too (composite Gauss-Legendre on panels cut at every unit of z, at every unit of x = sqrt(q) z
-# times the activation's feature scale up to 64 units, and at its kinks; why not Gauss-Hermite is
-# written there). Exact to double precision here at any q: tested against mpmath to 1e-10 and
-# against the asymptotic forms at q = 1e12.
-
-
-def gaussian_expectation(g: Callable[[np.ndarray], np.ndarray], q: float, kinks: tuple[float, ...] = (), scale: float = 1.0) -> float:
-    """E[g(sqrt(q) z)] for z ~ N(0, 1), g smooth apart from `kinks` (in x = sqrt(q) z) and bending
-    only within |x| < 64 * `scale` (gaussian.expectation)."""
-    return gaussian.expectation(g, q, kinks, scale=scale)
+# E[g(sqrt(q) z)], z ~ N(0, 1), is gaussian.expectation: composite Gauss-Legendre on panels cut at
+# every unit of z, at every unit of x = sqrt(q) z times the activation's feature scale up to 64
+# units, and at its kinks (why not Gauss-Hermite is written there). Exact to double precision here
+# at any q: tested against mpmath to 1e-10 and against the asymptotic forms at q = 1e12.
 
 
 def gaussian_moments(spec: Any, q: float) -> GaussianMoments:
@@ -548,6 +541,6 @@ def gaussian_moments(spec: Any, q: float) -> GaussianMoments:
     record, p = _record(spec)
     kinks, scale = record.kinks(p), record.scale(p)
     return GaussianMoments(
-        gaussian_expectation(lambda x: record.f(p, x) ** 2, q, kinks, scale),
-        gaussian_expectation(lambda x: record.df(p, x) ** 2, q, kinks, scale),
+        gaussian.expectation(lambda x: record.f(p, x) ** 2, q, kinks, scale=scale),
+        gaussian.expectation(lambda x: record.df(p, x) ** 2, q, kinks, scale=scale),
     )

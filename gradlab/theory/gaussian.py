@@ -1,7 +1,8 @@
 """Expectations over a Gaussian: E[g(√q z)] for z ~ N(0, 1), and over a correlated Gaussian pair.
 
-The one home of the quadrature that activations.py (an activation's Gaussian moments) and
-theory.py (length map, χ₁, BatchNorm and residual moments, correlation map) integrate with.
+The one home of the quadrature that activations.py (an activation's Gaussian moments) and the
+theory modules (mean_field.py's length map, χ₁ and correlation map; batchnorm.py; residual.py)
+integrate with; `expectation` and `expectation_2d` are its entry points.
 numpy only: `gradlab theory` must not import torch.
 
 The rule (`legendre_rule`): composite Gauss–Legendre, NODES nodes per panel, over z in

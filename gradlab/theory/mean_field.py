@@ -1,11 +1,14 @@
-"""What signal-propagation theory predicts a network's gradients look like at initialization.
+"""Mean-field theory of a fully connected stack without normalization (Poole et al. 2016, Schoenholz
+et al. 2017): the length map and its fixed point, χ₁, the per-layer gradient factors, depth scales,
+the phase and the correlation map; and the conventions every theory module shares (batchnorm.py,
+residual.py, recurrent.py).
 
 Pure functions on numbers (numpy only: no torch, no pandas), so `gradlab theory` and `gradlab
-compare` can predict without building a model. A later step wires them to configs: an activation
+compare` can predict without building a model. predict.py wires them to configs: an activation
 record supplies the numpy forms, the initializers supply σw² and σb².
 
-Conventions used throughout
----------------------------
+Conventions used throughout the theory modules
+----------------------------------------------
 * An *activation* is any object with numpy forms ``f(x)`` (the function) and ``df(x)`` (its
   derivative), both elementwise on float arrays.
 * ``z ~ N(0, 1)``. ``E[g(√q z)]`` is computed by gradlab.theory.gaussian, the one home of gradlab's
@@ -41,15 +44,7 @@ from typing import Callable, Literal, Protocol, Sequence
 
 import numpy as np
 
-from gradlab.theory.gaussian import gauss_hermite  # noqa: F401  (theory.gauss_hermite: part of this module's API)
 from gradlab.theory import gaussian
-
-# Re-exported from gradlab.theory.gaussian, where the rule is designed and documented.
-DEFAULT_NODES_2D = gaussian.NODES_2D
-HERMITE_NODES = gaussian.HERMITE_NODES
-Z_MAX = gaussian.Z_MAX
-
-Method = gaussian.Method
 
 
 class Activation(Protocol):
@@ -66,7 +61,7 @@ class Activation(Protocol):
 
 
 # ----------------------------------------------------------------------------------------------
-# Gaussian expectations (gradlab.theory.gaussian)
+# Expectations over an activation's pieces (gradlab.theory.gaussian)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -80,37 +75,13 @@ def scale_of(act: Activation) -> float:
     return float(getattr(act, "scale", 1.0) or 1.0)
 
 
-def gaussian_expectation(
-    fn: Callable[[np.ndarray], np.ndarray],
-    q: float = 1.0,
-    n: int | None = None,
-    kinks: Sequence[float] = (0.0,),
-    method: Method = "legendre",
-    scale: float = 1.0,
-) -> float:
-    """E[fn(√q · z)] for z ~ N(0, 1): `gaussian.expectation` (this module's argument order)."""
-    return gaussian.expectation(fn, q, kinks, n=n, scale=scale, method=method)
-
-
-def gaussian_expectation_2d(
-    fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
-    q1: float,
-    q2: float,
-    c: float,
-    n: int = DEFAULT_NODES_2D,
-    kinks: Sequence[float] = (0.0,),
-) -> float:
-    """E[fn(u1, u2)] for a centred Gaussian pair with Var u1 = q1, Var u2 = q2, corr(u1, u2) = c:
-    `gaussian.expectation_2d`."""
-    return gaussian.expectation_2d(fn, q1, q2, c, n, kinks)
-
-
-def _expect(act: Activation, fn: Callable[[np.ndarray], np.ndarray], q: float, n: int | None = None) -> float:
+def expect(act: Activation, fn: Callable[[np.ndarray], np.ndarray], q: float, n: int | None = None) -> float:
+    """E[fn(√q · z)], z ~ N(0, 1), by gaussian.expectation cut at the activation's kinks and on its scale."""
     return gaussian.expectation(fn, q, kinks_of(act), n=n, scale=scale_of(act))
 
 
-def _expect_2d(act: Activation, fn, q1: float, q2: float, c: float, n: int = DEFAULT_NODES_2D) -> float:
-    return gaussian_expectation_2d(fn, q1, q2, c, n, kinks=kinks_of(act))
+def _expect_2d(act: Activation, fn, q1: float, q2: float, c: float, n: int = gaussian.NODES_2D) -> float:
+    return gaussian.expectation_2d(fn, q1, q2, c, n, kinks_of(act))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -123,7 +94,7 @@ def length_map(act: Activation, q: float, sigma_w2: float, sigma_b2: float, n: i
 
     q is the previous layer's pre-activation variance; returns the next one's.
     """
-    return sigma_w2 * _expect(act, lambda u: act.f(u) ** 2, q, n) + sigma_b2
+    return sigma_w2 * expect(act, lambda u: act.f(u) ** 2, q, n) + sigma_b2
 
 
 def first_layer_variance(x_second_moment: float, sigma_w2: float, sigma_b2: float) -> float:
@@ -137,7 +108,7 @@ def first_layer_variance(x_second_moment: float, sigma_w2: float, sigma_b2: floa
     return sigma_w2 * x_second_moment + sigma_b2
 
 
-def _per_layer(value: float | Sequence[float], depth: int, name: str) -> list[float]:
+def per_layer(value: float | Sequence[float], depth: int, name: str) -> list[float]:
     if isinstance(value, (int, float, np.floating, np.integer)):
         return [float(value)] * depth
     values = [float(v) for v in value]
@@ -161,8 +132,8 @@ def layer_variances(
     """
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
-    w2 = _per_layer(sigma_w2, depth, "sigma_w2")
-    b2 = _per_layer(sigma_b2, depth, "sigma_b2")
+    w2 = per_layer(sigma_w2, depth, "sigma_w2")
+    b2 = per_layer(sigma_b2, depth, "sigma_b2")
     qs = [first_layer_variance(x_second_moment, w2[0], b2[0])]
     for layer in range(1, depth):
         qs.append(length_map(act, qs[-1], w2[layer], b2[layer], n))
@@ -278,7 +249,7 @@ def chi1(act: Activation, q: float, sigma_w2: float, n: int | None = None) -> fl
     At q = q* it is the slope of the correlation map at c = 1 and the factor by which the mean
     squared back-propagated gradient changes per layer: E‖δ_l‖² = χ₁ · E‖δ_{l+1}‖².
     """
-    return sigma_w2 * _expect(act, lambda u: act.df(u) ** 2, q, n)
+    return sigma_w2 * expect(act, lambda u: act.df(u) ** 2, q, n)
 
 
 def length_map_slope(act: Activation, q: float, sigma_w2: float, n: int | None = None) -> float:
@@ -288,7 +259,7 @@ def length_map_slope(act: Activation, q: float, sigma_w2: float, n: int | None =
     """
     if q <= 0:
         raise ValueError(f"the slope needs q > 0, got {q}")
-    return sigma_w2 * _expect(act, lambda u: act.f(u) * act.df(u) * u, q, n) / q
+    return sigma_w2 * expect(act, lambda u: act.f(u) * act.df(u) * u, q, n) / q
 
 
 def gradient_factors(
@@ -305,7 +276,7 @@ def gradient_factors(
     variances: q[l] for every block (`layer_variances`); sigma_w2: one number or one per block.
     """
     depth = len(variances)
-    w2 = _per_layer(sigma_w2, depth, "sigma_w2")
+    w2 = per_layer(sigma_w2, depth, "sigma_w2")
     return [math.sqrt(chi1(act, variances[l], w2[l + 1], n)) for l in range(depth - 1)]
 
 
@@ -318,17 +289,20 @@ def geometric_mean_factor(factors: Sequence[float]) -> float | None:
     return float(math.exp(sum(math.log(f) for f in factors) / len(factors)))
 
 
-def depth_scale(chi: float) -> float:
+def depth_scale(chi: float, tol: float = 0.0) -> float:
     """ξ = −1/ln χ (Schoenholz et al. 2017, eqs. 9 and 13): the depth over which a ratio that changes
     by χ per layer changes by a factor e. Signed: positive when χ < 1 (decay over ξ layers), negative
     when χ > 1 (growth over |ξ| layers), infinite at χ = 1; 0 when χ = 0.
     Used with χ₁ for gradients (ξ_∇, of the squared gradient norm) and χ_c for correlations (ξ_c).
+    χ within `tol` of 1 counts as exactly 1 (predict passes 1e-12: the stated variances carry
+    rounding, He init's σw² reads 2.0000000000000004, which must not turn an exactly critical network
+    into one with a depth scale of 4e15).
     """
     if chi < 0:
         raise ValueError(f"chi must be >= 0, got {chi}")
     if chi == 0.0:
         return 0.0
-    if chi == 1.0:
+    if chi == 1.0 or abs(chi - 1.0) <= tol:
         return math.inf
     return -1.0 / math.log(chi)
 
@@ -345,7 +319,7 @@ def phase(chi: float, tol: float = 1e-3) -> Phase:
 
 
 def correlation_map(
-    act: Activation, c: float, q: float, sigma_w2: float, sigma_b2: float, n: int = DEFAULT_NODES_2D
+    act: Activation, c: float, q: float, sigma_w2: float, sigma_b2: float, n: int = gaussian.NODES_2D
 ) -> float:
     """The correlation map (Poole et al. 2016, eq. 5; Schoenholz et al. 2017, eq. 4), at q = q*:
 
@@ -355,7 +329,7 @@ def correlation_map(
     return (sigma_w2 * _expect_2d(act, lambda a, b: act.f(a) * act.f(b), q, q, c, n) + sigma_b2) / q
 
 
-def chi_c(act: Activation, c: float, q: float, sigma_w2: float, n: int = DEFAULT_NODES_2D) -> float:
+def chi_c(act: Activation, c: float, q: float, sigma_w2: float, n: int = gaussian.NODES_2D) -> float:
     """χ_c = ∂c^{l+1}/∂c^l = σw² · E[φ'(u1) φ'(u2)] at correlation c and q = q*
     (Schoenholz et al. 2017, eq. 9). At c = 1 it equals χ₁."""
     return sigma_w2 * _expect_2d(act, lambda a, b: act.df(a) * act.df(b), q, q, c, n)
@@ -368,7 +342,7 @@ def correlation_fixed_point(
     sigma_b2: float,
     chi1_value: float | None = None,
     tol: float = 1e-10,
-    n: int = DEFAULT_NODES_2D,
+    n: int = gaussian.NODES_2D,
 ) -> float:
     """The stable fixed point c* of the correlation map (Schoenholz et al. 2017, Section 3).
 
@@ -485,358 +459,3 @@ def mean_field_prediction(
         layer_factor=geometric_mean_factor(factors),
         detail=fp.detail,
     )
-
-
-# ----------------------------------------------------------------------------------------------
-# Batch normalization before the nonlinearity: Yang et al. 2019
-# ----------------------------------------------------------------------------------------------
-
-
-def _standard_moments(act: Activation, n: int | None = None) -> tuple[float, float, float]:
-    """E[φ(z)], E[φ(z)²], E[φ'(z)²] for z ~ N(0, 1)."""
-    mean = _expect(act, act.f, 1.0, n)
-    second = _expect(act, lambda u: act.f(u) ** 2, 1.0, n)
-    slope2 = _expect(act, lambda u: act.df(u) ** 2, 1.0, n)
-    return mean, second, slope2
-
-
-def batchnorm_gradient_factor(
-    act: Activation, norm: str = "batchnorm", placement: str = "pre", n: int | None = None
-) -> float | None:
-    """Per-layer growth of ‖∂L/∂z‖ toward the input in a deep batch-normalized stack at init.
-
-    Yang et al. 2019 ("A mean field theory of batch normalization", ICLR) show the gradient explodes
-    at a rate set by the nonlinearity alone; in their large-batch limit (and Luther 2020's
-    derivation of the same value) it is
-
-        factor² = E[φ'(z)²] / Var[φ(z)],  z ~ N(0, 1),
-
-    for the block linear → BatchNorm → φ (BN's affine at its init, γ = 1, β = 0). Why: BN feeds φ a
-    unit-variance input whatever the scale of W, and divides the backward signal by the batch std
-    s = √(σw² · Var φ) of its own input, while Wᵀ and φ' multiply the squared gradient by σw² · E[φ'²];
-    σw² cancels. For ReLU: (1/2) / (1/2 − 1/(2π)) = π/(π − 1), a factor √(π/(π−1)) ≈ 1.2112 per layer.
-    Finite batches B change it by O(1/B). Assumes equal σw² in consecutive blocks (else see
-    `batchnorm_gradient_factors`).
-
-    Returns None where the derivation does not apply: any norm other than BatchNorm (LayerNorm and
-    LRN normalize over units, not the batch), post placement (the norm is not between W and φ), or
-    an activation whose output has no variance.
-    """
-    if norm != "batchnorm" or placement != "pre":
-        return None
-    mean, second, slope2 = _standard_moments(act, n)
-    variance = second - mean * mean
-    if not variance > 1e-15:
-        return None
-    return math.sqrt(slope2 / variance)
-
-
-def batchnorm_gradient_factor_finite_batch(negative_slope: float, batch: int) -> float:
-    """The per-layer growth of ‖∂L/∂z‖ toward the input in a deep linear → BatchNorm → φ stack at
-    initialization with batch size B, for φ(x) = x (x > 0), a·x (x < 0): relu (a = 0), leaky
-    ReLUs and PReLU at its init (a), identity (a = 1). Tends to `batchnorm_gradient_factor` as B → ∞
-    (ReLU: √(π/(π−1)) ≈ 1.2112) and is larger at small B (ReLU: 1.2609 at B = 16, 1.3372 at B = 8).
-
-    Derivation (derived here, not quoted: mean field over the width at fixed B, as Yang et al. 2019
-    set the problem up; for a = 1, a linear stack, it gives factor² = (B−2)/(B−3)). Deep in the stack the batch sits at BatchNorm's
-    symmetric fixed point: each unit's normalized pre-activations y ∈ R^B are uniform on the sphere
-    ‖y‖² = B in the (B−1)-dimensional subspace ⊥ 1. A unit's pre-activation z = Φw (Φ the previous
-    block's outputs, w ~ N(0, σw²/n)) is then Gaussian with P1·z isotropic in that subspace, so
-    BatchNorm's batch variance is σ² = σw²·α·χ²_(B−1)/B with α = E[φ(y1)²] − E[φ(y1)φ(y2)], and
-    E[1/σ²] = B/(σw² α (B−3)) — larger than 1/E[σ²] (Jensen), which is the finite-batch explosion.
-    Backward, ∂L/∂z = (1/σ)·P_{1,y}·diag φ'(y)·g with P_{1,y} the projection ⊥ {1, y} and g = Wᵀ(next
-    gradient), isotropic in the subspace ⊥ 1 with E‖g‖² = σw² times the next block's mean squared
-    gradient per unit; σw² cancels:
-
-        factor² = B·T / (α (B−1)(B−3)),   T = E tr(P_{1,y} D P1 D),  D = diag φ'(y),
-
-    with P1 the projection ⊥ 1. φ is positively homogeneous, so every expectation over the sphere is
-    one over u ~ N(0, P1) (Var u_b = 1 − 1/B, corr(u_b, u_c) = ρ = −1/(B−1)) rescaled by B/(B−1)
-    for degree-2 terms, and the pair terms are closed forms in ρ: P(u1 > 0, u2 > 0) =
-    1/4 + arcsin ρ/(2π) and E[relu(z1) relu(z2)] = (√(1−ρ²) + (π − arccos ρ) ρ)/(2π) (Cho & Saul
-    2009). Tested against a Monte Carlo of wide BN-ReLU stacks at B = 8 and 16. Needs B ≥ 4
-    (E[1/χ²_(B−1)] is infinite below); at B = 4 a width-1024 stack's measured growth converges slowly
-    to it (1/χ²_3 has no variance).
-    """
-    if batch < 4:
-        raise ValueError(f"the finite-batch factor needs a batch of at least 4 (E[1/chi2_(B-1)] is infinite below), got {batch}")
-    B, slope = float(batch), float(negative_slope)
-    rho = -1.0 / (B - 1.0)
-    v = 1.0 - 1.0 / B  # Var u_b
-    half = (1.0 + slope * slope) / 2.0  # E[φ'(u)²], and E[φ(u)²] / Var u
-    relu_pair = (math.sqrt(1.0 - rho * rho) + (math.pi - math.acos(rho)) * rho) / (2.0 * math.pi)
-    pair = slope * slope * rho + slope * (1.0 - slope) * rho + (1.0 - slope) ** 2 * relu_pair  # E[φ(z1)φ(z2)], corr ρ
-    same_sign = 0.25 + math.asin(rho) / (2.0 * math.pi)
-    slopes_pair = same_sign * (1.0 + slope * slope) + 2.0 * (0.5 - same_sign) * slope  # E[φ'(u1)φ'(u2)]
-    alpha = B / (B - 1.0) * v * (half - pair)
-    trace = (B - 1.0) * half  # E tr(D P1 D)
-    ones = (B * half - (B * half + B * (B - 1.0) * slopes_pair) / B) / B  # E (D1)ᵀ P1 (D1) / B
-    along_y = (B * v * half - (B * v * half + B * (B - 1.0) * v * pair) / B) / (B - 1.0)  # E (Dy)ᵀ P1 (Dy) / B
-    t = trace - ones - along_y
-    return math.sqrt(B * t / (alpha * (B - 1.0) * (B - 3.0)))
-
-
-def batchnorm_gradient_factors(
-    act: Activation,
-    sigma_w2: float | Sequence[float],
-    depth: int,
-    input_batch_variance: float,
-    n: int | None = None,
-) -> list[float]:
-    """The per-layer factors ‖∂L/∂z_l‖ / ‖∂L/∂z_{l+1}‖ (l = 0 … depth−2) of a linear → BN → φ stack.
-
-    Same derivation as `batchnorm_gradient_factor`, keeping each block's σw²:
-    factor[l]² = σw²_{l+1} · E[φ'(z)²] / (σw²_l · v_{l−1}), where v_{l−1} is the per-unit batch
-    variance of block l's input: Var φ(z) for l ≥ 1, and for block 0 the input's per-feature batch
-    variance averaged over features (input_batch_variance; BN removes the input's mean).
-    """
-    w2 = _per_layer(sigma_w2, depth, "sigma_w2")
-    mean, second, slope2 = _standard_moments(act, n)
-    variance = second - mean * mean
-    factors = []
-    for layer in range(depth - 1):
-        v_in = input_batch_variance if layer == 0 else variance
-        factors.append(math.sqrt(w2[layer + 1] * slope2 / (w2[layer] * v_in)))
-    return factors
-
-
-# ----------------------------------------------------------------------------------------------
-# Recurrent networks: Pascanu et al. 2013
-# ----------------------------------------------------------------------------------------------
-
-
-def max_abs_derivative(act: Activation, lo: float = -30.0, hi: float = 30.0, points: int = 600001) -> float:
-    """γ = sup |φ'(x)|, read off a fine grid on [lo, hi] that includes 0 (tanh: 1, sigmoid: 1/4).
-
-    Use an activation record's stated maximum where it has one; this is the fallback and the check.
-    """
-    grid = np.linspace(lo, hi, points)
-    return float(np.max(np.abs(act.df(grid))))
-
-
-def top_singular_value(init: str, n: int, gain: float = 1.0, std: float | None = None) -> float:
-    """λ₁, the largest singular value of an n × n recurrent matrix as initialized.
-
-    orthogonal (scaled by gain): every singular value is the gain, λ₁ = gain. identity (scaled):
-    λ₁ = gain. normal with entry std s: λ₁ → 2 s √n as n grows (the edge of the quarter-circle law,
-    Bai & Yin 1988); a prediction for large n, a few percent off for n ~ 100.
-    """
-    if init in ("orthogonal", "identity", "eye"):
-        return float(abs(gain))
-    if init == "normal":
-        if std is None:
-            raise ValueError("the normal init needs its std")
-        return 2.0 * float(std) * math.sqrt(n)
-    raise ValueError(f"no singular-value prediction for init {init!r}; known: orthogonal, identity, normal")
-
-
-def recurrent_step_bound(gamma: float, lambda1: float) -> float:
-    """Pascanu, Mikolov & Bengio 2013 (eq. 7): ‖∂h_t/∂h_{t−1}‖ ≤ ‖W_recᵀ‖ ‖diag φ'(·)‖ ≤ γ · λ₁.
-
-    An upper bound on the per-step factor of the gradient going back in time: below 1 the gradient
-    must vanish (λ₁ < 1/γ is their sufficient condition); above 1 it may, but need not, explode.
-    """
-    return float(gamma) * float(lambda1)
-
-
-def lstm_cell_factor(forget_bias: float) -> float:
-    """The per-step factor along an LSTM's cell path, ∂c_t/∂c_{t−1} = diag(f_t), with small weights.
-
-    c_t = f_t ⊙ c_{t−1} + i_t ⊙ g_t and f_t = σ(W_f x_t + U_f h_{t−1} + b_f); when the weights are
-    small f_t ≈ σ(b_f), so the cell gradient decays (or is kept) by σ(forget_bias) per step
-    (Gers et al. 2000; Jozefowicz et al. 2015 for the forget-bias-of-1 recommendation).
-    """
-    return 1.0 / (1.0 + math.exp(-float(forget_bias)))
-
-
-# ----------------------------------------------------------------------------------------------
-# Residual networks: x_{l+1} = x_l + α · branch(x_l)
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BranchLayer:
-    """One layer of a residual branch: linear (σw² = Var W · fan_in, σb²), then BatchNorm if
-    `batchnorm` (pre placement; the linear bias is then irrelevant), then `activation` (None: none)."""
-
-    sigma_w2: float
-    sigma_b2: float = 0.0
-    activation: Activation | None = None
-    batchnorm: bool = False
-
-
-@dataclass(frozen=True)
-class StreamMoments:
-    """Moments of the residual stream x_l, pooled over units (and examples).
-
-    second_moment q_l = mean(x²); mean m_l = mean(x); variance v_l = q_l − m_l²; batch_variance: the
-    per-unit variance over the batch averaged over units (what a BatchNorm in the next branch
-    divides by), None when it is not predicted (branches without BatchNorm).
-    """
-
-    second_moment: float
-    mean: float
-    variance: float
-    batch_variance: float | None = None
-
-
-def _branch_output(branch: Sequence[BranchLayer], q_in: float, n: int) -> tuple[float, float]:
-    """Mean and second moment of one unit of branch(x) for a stream of second moment q_in."""
-    q = q_in
-    mean = 0.0
-    for layer in branch:
-        pre = 1.0 if layer.batchnorm else layer.sigma_w2 * q + layer.sigma_b2
-        if layer.activation is None:
-            mean, q = 0.0, pre
-        else:
-            act = layer.activation
-            mean = _expect(act, act.f, pre, n)
-            q = _expect(act, lambda u: act.f(u) ** 2, pre, n)
-    return mean, q
-
-
-def _check_branch(branch: Sequence[BranchLayer]) -> bool:
-    if len(branch) == 0:
-        raise ValueError("a residual branch needs at least one layer")
-    uses_bn = [layer.batchnorm for layer in branch]
-    if any(uses_bn) and not all(uses_bn):
-        raise ValueError("no prediction for a branch that normalizes some layers and not others")
-    return all(uses_bn)
-
-
-def residual_moments(
-    branch: Sequence[BranchLayer],
-    depth: int,
-    alpha: float,
-    x_second_moment: float,
-    x_mean: float = 0.0,
-    x_batch_variance: float | None = None,
-    n: int | None = None,
-) -> list[StreamMoments]:
-    """The stream's moments before block 0 and after each of `depth` residual blocks (depth+1 entries).
-
-    Mean field, wide layers: the branch's last W is fresh, so each unit of branch(x_l) is
-    independent of the same unit of x_l, with mean μ_l and second moment s_l (`_branch_output`: a
-    layer without BatchNorm sees a pre-activation of variance σw² · (its input's second moment) + σb²;
-    with BatchNorm it sees N(0, 1) whatever the stream's scale). Hence, exactly in that limit,
-
-        m_{l+1} = m_l + α μ_l,   q_{l+1} = q_l + 2 α m_l μ_l + α² s_l,
-        Var(x_{l+1}) = Var(x_l) + α² (s_l − μ_l²).
-
-    Unnormalized ReLU, one-layer branch φ(W x), He init (σw² = 2): s_l = q_l, μ_l = √(q_l/π), so the
-    second moment grows by (1 + α²) plus the cross term 2α m_l μ_l (zero only while the stream is
-    centred: exactly doubling at α = 1 for the branch relu(W₁ ·) then a linear W₂ with σw² = 1,
-    whose output has mean 0 and second moment q_l; faster than doubling for a branch ending in ReLU,
-    whose output mean accumulates in the stream); the variance grows by α²(1 − 1/π) q_l. Both grow
-    exponentially in depth.
-    With BatchNorm in the branch (De & Smith 2020), s and μ are constants, so the variance grows
-    linearly: Var(x_l) = Var(x_0) + l α² (s − μ²) (= Var(x_0) + l α² when the branch's output has
-    unit variance, De & Smith's statement), and the second moment quadratically once a nonzero
-    branch mean accumulates.
-    x_batch_variance (the input's per-feature batch variance averaged over features) is needed only
-    for the gradient prediction of BatchNorm branches; it defaults to Var(x_0) = q_0 − m_0².
-    """
-    batchnorm = _check_branch(branch)
-    if depth < 0:
-        raise ValueError(f"depth must be >= 0, got {depth}")
-    q, m = float(x_second_moment), float(x_mean)
-    v_batch = None
-    if batchnorm:
-        v_batch = float(x_batch_variance) if x_batch_variance is not None else q - m * m
-    out = [StreamMoments(q, m, q - m * m, v_batch)]
-    for _ in range(depth):
-        mu, s = _branch_output(branch, q, n)
-        q = q + 2.0 * alpha * m * mu + alpha * alpha * s
-        m = m + alpha * mu
-        if v_batch is not None:
-            v_batch = v_batch + alpha * alpha * (s - mu * mu)
-        out.append(StreamMoments(q, m, q - m * m, v_batch))
-    return out
-
-
-def residual_gradient_factors(
-    branch: Sequence[BranchLayer],
-    alpha: float,
-    moments: Sequence[StreamMoments],
-    n: int | None = None,
-) -> list[float]:
-    """Per-block factors ‖∂L/∂x_l‖ / ‖∂L/∂x_{l+1}‖ on the residual stream (toward the input), one per
-    block, from `residual_moments` (the factor of block l uses moments[l], the stream entering it).
-
-    ∂L/∂x_l = (I + α J_l)ᵀ ∂L/∂x_{l+1} with J_l the branch's Jacobian; the cross term has mean 0 (the
-    branch's W is independent of the signal), so in mean field
-        factor_l² = 1 + α² · Π_k χ_k,
-    one χ per branch layer k: without BatchNorm χ_k = σw²_k · E[φ'(√pre_k z)²] (1 without an
-    activation), the `chi1` of that layer at its pre-activation variance; with BatchNorm the batch
-    std s_k = √(σw²_k · v_k) divides the signal and σw²_k cancels: χ_k = E[φ'(z)²] / v_k, where v_k is
-    the per-unit batch variance of layer k's input (the stream's `batch_variance` for k = 0, the
-    previous layer's output variance after). For ReLU with He init (no norm, one layer): 1 + α², a
-    factor √2 per block at α = 1 — the same (1 + α²) as the forward variance of a centred stream.
-    With BatchNorm the factor tends to 1 as the stream's variance grows linearly, so the gradient grows
-    toward the input only as a power of depth (De & Smith 2020).
-    """
-    batchnorm = _check_branch(branch)
-    factors = []
-    for moment in moments[:-1]:
-        q_in = moment.second_moment
-        v_in = moment.batch_variance
-        if batchnorm and v_in is None:
-            raise ValueError("a BatchNorm branch needs the stream's batch_variance (see residual_moments)")
-        product = 1.0
-        for layer in branch:
-            act = layer.activation
-            if batchnorm:
-                slope2 = 1.0 if act is None else _expect(act, lambda u: act.df(u) ** 2, 1.0, n)
-                product *= slope2 / v_in
-                if act is None:
-                    q_in, v_in = 1.0, 1.0
-                else:
-                    mean = _expect(act, act.f, 1.0, n)
-                    q_in = _expect(act, lambda u: act.f(u) ** 2, 1.0, n)
-                    v_in = q_in - mean * mean
-            else:
-                pre = layer.sigma_w2 * q_in + layer.sigma_b2
-                if act is None:
-                    product *= layer.sigma_w2
-                    q_in = pre
-                else:
-                    product *= chi1(act, pre, layer.sigma_w2, n)
-                    q_in = _expect(act, lambda u: act.f(u) ** 2, pre, n)
-        factors.append(math.sqrt(1.0 + alpha * alpha * product))
-    return factors
-
-
-def branch_delta_gain(branch: Sequence[BranchLayer], moment: StreamMoments) -> float:
-    """‖∂L/∂z‖² / ‖∂L/∂(α·branch(x))‖² for one block, z its branch's first linear output: how much of
-    the stream's gradient reaches the branch's first layer, in mean field.
-
-    Going back from the branch's output: through each layer's φ a factor E[φ'(u)²] (u its input:
-    N(0, pre) without BatchNorm, N(0, 1) with it), through BatchNorm 1/(σw²_k · v_k) (it divides by
-    the batch std of its input, whose variance is σw²_k times the per-unit batch variance v_k of the
-    layer's input), and through the weights of every layer but the first σw²_k (‖Wᵀg‖² = σw² ‖g‖²).
-    A layer without an activation contributes its BatchNorm and weights only. gradlab's
-    `layer_factor` of a residual stack follows: ‖δ_l‖ = α √gain_l ‖∂L/∂x_{l+1}‖ (predict.py).
-    """
-    batchnorm = _check_branch(branch)
-    if batchnorm and moment.batch_variance is None:
-        raise ValueError("a BatchNorm branch needs the stream's batch_variance (see residual_moments)")
-    q_in, v_in = moment.second_moment, moment.batch_variance
-    gain = 1.0
-    for k, layer in enumerate(branch):
-        act = layer.activation
-        if act is None:
-            gain /= layer.sigma_w2 * v_in if layer.batchnorm else 1.0
-            q_in, v_in = (1.0, 1.0) if layer.batchnorm else (layer.sigma_w2 * q_in + layer.sigma_b2, v_in)
-        elif layer.batchnorm:
-            slope2 = _expect(act, lambda u: act.df(u) ** 2, 1.0)
-            gain *= slope2 / (layer.sigma_w2 * v_in)
-            mean = _expect(act, act.f, 1.0)
-            q_in = _expect(act, lambda u: act.f(u) ** 2, 1.0)
-            v_in = q_in - mean * mean
-        else:
-            pre = layer.sigma_w2 * q_in + layer.sigma_b2
-            gain *= _expect(act, lambda u: act.df(u) ** 2, pre)
-            q_in = _expect(act, lambda u: act.f(u) ** 2, pre)
-        if k > 0:
-            gain *= layer.sigma_w2
-    return gain

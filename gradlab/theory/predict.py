@@ -3,10 +3,11 @@ at initialization, or why it says nothing.
 
     predict(exp) -> Prediction          (numpy only: no torch, no pandas)
 
-theory.py holds the math on plain numbers (length map, χ₁, BatchNorm's factor, residual moments);
-this module reads a config and hands the math its numbers, so the two can be tested apart: theory
-against closed forms and published values, this mapping against the networks gradlab builds
-(tests/test_predict.py measures wide networks at step 0).
+mean_field.py, batchnorm.py, residual.py and recurrent.py hold the math on plain numbers (length
+map, χ₁, BatchNorm's factor, residual moments, Pascanu's bound); this module reads a config and
+hands the math its numbers, so the two can be tested apart: the math against closed forms and
+published values, this mapping against the networks gradlab builds (tests/test_predict.py measures
+wide networks at step 0). show/theory_table.py renders a Prediction as `gradlab theory` prints it.
 
 What a config supplies
 ----------------------
@@ -55,7 +56,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gradlab.theory import activations, initializers
+from gradlab.theory import batchnorm as batchnorm_theory
 from gradlab.theory import mean_field as theory
+from gradlab.theory import recurrent as recurrent_theory
+from gradlab.theory import residual as residual_theory
 from gradlab.vocab import specs
 
 # How far a measured layer_factor may be from the predicted one, relative to the prediction, before
@@ -64,6 +68,9 @@ from gradlab.vocab import specs
 # (finite width and batch); 5% leaves room for that and still catches a wrong init or a broken
 # network. `expect: {layer_factor: {within_theory: x}}` sets its own.
 DEPARTS_TOLERANCE = 0.05
+# χ within this of 1 is exactly 1 (an infinite depth scale): the stated variances carry rounding
+# (mean_field.depth_scale says why)
+CRITICAL_TOL = 1e-12
 
 SPIRAL_JITTER = 0.1  # data.py's SPIRAL_JITTER (tests/test_predict.py checks they agree)
 
@@ -156,13 +163,6 @@ def _json_number(value: Any) -> Any:
     if isinstance(value, float) and math.isinf(value):
         return "inf" if value > 0 else "-inf"
     return value
-
-
-def depth_scale(chi: float) -> float:
-    """theory.depth_scale, with χ within 1e-12 of 1 taken as exactly 1 (infinite ξ): the stated
-    variances carry rounding (He init's σw² reads 2.0000000000000004), which must not turn an
-    exactly critical network into one with a depth scale of 4e15."""
-    return math.inf if abs(chi - 1.0) <= 1e-12 else theory.depth_scale(chi)
 
 
 def none(reason: str, **inputs: Any) -> Prediction:
@@ -291,9 +291,9 @@ def _mean_field(exp: Any, act: NumpyActivation, moments: InputMoments, correlati
     if correlations:
         c_star = theory.correlation_fixed_point(act, fp.q_star, w2, b2, chi1_value=x1)
         chi_c = x1 if c_star == 1.0 else theory.chi_c(act, c_star, fp.q_star, w2)
-        xi_c = depth_scale(chi_c)
+        xi_c = theory.depth_scale(chi_c, CRITICAL_TOL)
     return Prediction(
-        "mean_field", q_star=fp.q_star, chi1=x1, predicted_factor=math.sqrt(x1), xi_grad=depth_scale(x1),
+        "mean_field", q_star=fp.q_star, chi1=x1, predicted_factor=math.sqrt(x1), xi_grad=theory.depth_scale(x1, CRITICAL_TOL),
         xi_c=xi_c, phase=theory.phase(x1), notes=tuple(notes), **base,
     )  # fmt: skip
 
@@ -307,36 +307,36 @@ def _batchnorm(exp: Any, act: NumpyActivation, moments: InputMoments) -> Predict
     model = exp.model
     first_w2, _ = _init_variances(exp, *_fans(exp, 0), False)
     w2, _ = _init_variances(exp, *_fans(exp, 1), False)
-    large_batch = theory.batchnorm_gradient_factor(act, "batchnorm", "pre")
+    large_batch = batchnorm_theory.batchnorm_gradient_factor(act, "batchnorm", "pre")
     if large_batch is None:
         return none(f"no prediction: {act.name}'s output has no variance under N(0, 1), so BatchNorm's factor is undefined")
-    factors = theory.batchnorm_gradient_factors(act, [first_w2] + [w2] * (model.depth - 1), model.depth, moments.batch_variance)
+    factors = batchnorm_theory.batchnorm_gradient_factors(act, [first_w2] + [w2] * (model.depth - 1), model.depth, moments.batch_variance)
     batch = exp.data.batch_size  # every training batch, step 0's included, has exactly this many examples
     inputs = {"sigma_w2": w2, "first_sigma_w2": first_w2, "input_batch_variance": moments.batch_variance, "batch_size": batch}
     notes = [moments.how, "σw² cancels between blocks of equal σw²; the first factor uses block 0's σw² and the input's batch variance"]
     steady = large_batch
     if act.name in _NEGATIVE_SLOPE and batch >= 4:
         # between hidden blocks, the factor at this batch size (block 0 reads the data, not BatchNorm's fixed point)
-        steady = theory.batchnorm_gradient_factor_finite_batch(_NEGATIVE_SLOPE[act.name](act._params), batch)
+        steady = batchnorm_theory.batchnorm_gradient_factor_finite_batch(_NEGATIVE_SLOPE[act.name](act._params), batch)
         factors = factors[:1] + [f * steady / large_batch for f in factors[1:]]
         notes.append(f"between hidden blocks the factor at batch size {batch}: {steady:.6g} (the large-batch limit {large_batch:.6g} grows by O(1/B))")
     else:
         why = f"a batch of {batch} < 4" if batch < 4 else f"{act.name} is not x / a·x"
         notes.append(f"the large-batch limit: the finite-batch factor is derived for relu, leaky_relu, prelu and identity with batches of 4 or more ({why})")
     return Prediction(
-        "batchnorm", predicted_factor=steady, xi_grad=depth_scale(steady**2), layers=tuple(factors),
+        "batchnorm", predicted_factor=steady, xi_grad=theory.depth_scale(steady**2, CRITICAL_TOL), layers=tuple(factors),
         layer_factor=theory.geometric_mean_factor(factors), inputs=inputs, extra={"large_batch_factor": large_batch}, notes=tuple(notes),
     )  # fmt: skip
 
 
-def _branch(exp: Any, act: NumpyActivation, fan_in: int, batchnorm: bool) -> list[theory.BranchLayer]:
+def _branch(exp: Any, act: NumpyActivation, fan_in: int, batchnorm: bool) -> list[residual_theory.BranchLayer]:
     """The branch of one residual block as theory sees it: `branch_depth` layers linear → [BN] → φ,
     the first reading `fan_in` features, the others `width`."""
     model = exp.model
     layers = []
     for k in range(getattr(model, "branch_depth", 1)):
         w2, b2 = _init_variances(exp, fan_in if k == 0 else model.width, model.width, model.bias and not batchnorm)
-        layers.append(theory.BranchLayer(w2, b2, act, batchnorm))
+        layers.append(residual_theory.BranchLayer(w2, b2, act, batchnorm))
     return layers
 
 
@@ -352,12 +352,12 @@ def _residual(exp: Any, act: NumpyActivation, moments: InputMoments) -> Predicti
         return none("fixup zero-initializes each branch's last layer: every branch's gradient at z is exactly zero at initialization, so the gain is undefined")
     first = _branch(exp, act, _fans(exp, 0)[0], batchnorm)
     rest = _branch(exp, act, model.width, batchnorm)
-    stream = theory.residual_moments(first, 1, alpha, moments.second_moment, 0.0, moments.batch_variance)
+    stream = residual_theory.residual_moments(first, 1, alpha, moments.second_moment, 0.0, moments.batch_variance)
     if depth > 1:
         last = stream[-1]
-        stream += theory.residual_moments(rest, depth - 1, alpha, last.second_moment, last.mean, last.batch_variance)[1:]
+        stream += residual_theory.residual_moments(rest, depth - 1, alpha, last.second_moment, last.mean, last.batch_variance)[1:]
     # stream[l] enters block l; stream[depth] feeds the head
-    stream_factors = theory.residual_gradient_factors(rest, alpha, stream[1:]) if depth > 1 else []
+    stream_factors = residual_theory.residual_gradient_factors(rest, alpha, stream[1:]) if depth > 1 else []
     inputs = {"alpha": alpha, "sigma_w2": rest[0].sigma_w2, "sigma_b2": rest[0].sigma_b2, "first_sigma_w2": first[0].sigma_w2,
               "q0": moments.second_moment, "branch_depth": len(rest)}  # fmt: skip
     extra = {
@@ -368,7 +368,7 @@ def _residual(exp: Any, act: NumpyActivation, moments: InputMoments) -> Predicti
     base = dict(q=tuple(m.second_moment for m in stream[1:]), inputs=inputs, extra=extra, notes=(moments.how,))
     if alpha == 0.0:
         return Prediction("residual", reason="residual_scale 0 (SkipInit): every branch's gradient is exactly zero at initialization, so delta_norm is 0 and the gain undefined", **base)
-    gains = [theory.branch_delta_gain(first, stream[0])] + [theory.branch_delta_gain(rest, m) for m in stream[1:depth]]
+    gains = [residual_theory.branch_delta_gain(first, stream[0])] + [residual_theory.branch_delta_gain(rest, m) for m in stream[1:depth]]
     # ‖δ_l‖ = α √gains[l] ‖g_{l+1}‖, g_l = ∂L/∂x_l, ‖g_l‖ / ‖g_{l+1}‖ = stream_factors[l − 1]
     layers = [math.sqrt(gains[l] / gains[l + 1]) * stream_factors[l] for l in range(depth - 1)]
     return Prediction("residual", layers=tuple(layers), layer_factor=theory.geometric_mean_factor(layers), **base)
@@ -384,8 +384,8 @@ def _recurrent(exp: Any) -> Prediction:
         forget_bias = getattr(model, "forget_bias", None)
         if forget_bias is None:
             return none("no prediction for this lstm: the config has no forget_bias")
-        factor = theory.lstm_cell_factor(forget_bias)
-        return Prediction("recurrent", predicted_factor=factor, xi_grad=depth_scale(factor**2), inputs={"forget_bias": forget_bias},
+        factor = recurrent_theory.lstm_cell_factor(forget_bias)
+        return Prediction("recurrent", predicted_factor=factor, xi_grad=theory.depth_scale(factor**2, CRITICAL_TOL), inputs={"forget_bias": forget_bias},
                           extra={"cell_step_factor": factor},
                           notes=("the cell path's per-step factor diag(f_t) ≈ σ(forget bias) while the weights are small",
                                  "no step_factor: σ(forget bias) is the direct cell path's factor alone, while step_factor measures "
@@ -398,11 +398,11 @@ def _recurrent(exp: Any) -> Prediction:
     if gain == "auto":
         gain = activations.gain(model.activation)
     try:
-        lambda1 = theory.top_singular_value(name, model.width, float(gain), recurrent.get("std"))
+        lambda1 = recurrent_theory.top_singular_value(name, model.width, float(gain), recurrent.get("std"))
     except ValueError as exc:
         return none(str(exc))
     gamma = activations.max_derivative(model.activation)
-    bound = theory.recurrent_step_bound(gamma, lambda1)
+    bound = recurrent_theory.recurrent_step_bound(gamma, lambda1)
     notes = ["an upper bound on ‖∂a_t/∂a_{t−1}‖ = ‖W_hh diag φ'(a_{t−1})‖, not an estimate: below 1 the gradient must vanish in time"]
     step_factor, relation = None, None
     if getattr(model, "readout", "last") != "last":
@@ -432,84 +432,6 @@ def step_departs(measured: float, prediction: Prediction, tolerance: float = DEP
             return None
         return measured > (1.0 + tolerance) * predicted
     return departs(measured, predicted, tolerance)
-
-
-# --------------------------------------------------------------------------------------------
-# The table `gradlab theory` prints
-# --------------------------------------------------------------------------------------------
-
-TABLE_KEYS = ("q_star", "chi1", "predicted_factor", "xi_grad", "xi_c", "phase", "layer_factor")
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return "inf" if value == math.inf else f"{value:.6g}"
-    return str(value)
-
-
-def table_lines(prediction: Prediction) -> list[str]:
-    """What `gradlab theory CONFIG` prints: the theory and its source, the numbers it started from,
-    the predictions ('-' where the theory makes none), then one line per block."""
-    p = prediction
-    if p.theory == "none":
-        return [f"no prediction: {p.reason}"]
-    lines = [f"theory: {p.theory} ({p.source})"]
-    if p.inputs:
-        lines.append("from: " + ", ".join(f"{key} = {_text(value)}" for key, value in p.inputs.items()))
-    lines += [f"note: {note}" for note in p.notes]
-    if p.reason:
-        lines.append(f"no gradient prediction: {p.reason}")
-    width = max(len(key) for key in (*TABLE_KEYS, *(k for k, v in p.extra.items() if not isinstance(v, (list, tuple)))))
-    lines += [f"{key:<{width}}  {_text(getattr(p, key))}" for key in TABLE_KEYS]
-    if p.theory == "recurrent":
-        verb = {STEP_EQUALS: "equals", STEP_AT_MOST: "is at most"}.get(p.step_relation or "", "")
-        relation = f" (the measured step_factor@0 {verb} this)" if verb else ""
-        lines.append(f"{'step_factor':<{width}}  {_text(p.step_factor)}{relation}")
-    for key, value in p.extra.items():
-        if not isinstance(value, (list, tuple)):
-            lines.append(f"{key:<{width}}  {_text(value)}")
-    if p.theory == "residual":
-        # per block: the stream after it (second moment, variance), the stream gradient's factor
-        # ||dL/dx_l|| / ||dL/dx_(l+1)|| into it (blocks 1 and up), and delta_norm's factor
-        second, variance = p.extra["stream_second_moment"][1:], p.extra["stream_variance"][1:]
-        stream_factors = [None, *p.extra["stream_factors"]]
-        lines.append(f"{'layer':>5}  {'stream_q':>12}  {'stream_var':>12}  {'stream_factor':>13}  {'factor':>12}")
-        for layer in range(len(second)):
-            factor = _text(p.layers[layer]) if layer < len(p.layers) else "-"
-            lines.append(f"{layer:>5}  {_text(second[layer]):>12}  {_text(variance[layer]):>12}  {_text(stream_factors[layer]):>13}  {factor:>12}")
-    elif p.q or p.layers:
-        lines.append(f"{'layer':>5}  {'q':>12}  {'factor':>12}")
-        for layer in range(max(len(p.q), len(p.layers) + 1)):
-            q = _text(p.q[layer]) if layer < len(p.q) else "-"
-            factor = _text(p.layers[layer]) if layer < len(p.layers) else "-"
-            lines.append(f"{layer:>5}  {q:>12}  {factor:>12}")
-    return lines
-
-
-SWEEP_KEYS = ("phase", "chi1", "predicted_factor", "layer_factor", "xi_grad", "step_factor")
-
-
-def sweep_table_lines(named: list[tuple[str, Prediction]]) -> list[str]:
-    """What `gradlab theory SWEEP` prints: a row per combination with its theory and the headline
-    numbers (the columns some combination has), and the reason where a combination has none;
-    `--format json` holds every number of every combination."""
-    keys = [key for key in SWEEP_KEYS if any(getattr(p, key) is not None for _, p in named)]
-    header = ["combination", "theory", *keys]
-    def cell(p: Prediction, key: str) -> str:
-        if key == "step_factor" and p.step_factor is not None and p.step_relation == STEP_AT_MOST:
-            return f"<= {_text(p.step_factor)}"  # Pascanu's bound: the measurement is at most this
-        return _text(getattr(p, key))
-
-    rows = [[name, p.theory, *(cell(p, key) for key in keys)] for name, p in named]
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
-    sources = dict.fromkeys(p.theory for _, p in named if p.theory != "none")
-    lines += [f"{theory}: {SOURCES[theory]}" for theory in sources]
-    lines += [f"{name}: no prediction: {p.reason}" for name, p in named if p.theory == "none" or (p.reason and p.theory == "recurrent" and p.step_factor is None)]
-    lines.append("per-layer factors and every other number: --format json")
-    return lines
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,82 @@
+"""The tables `gradlab theory` prints: one prediction (its theory, inputs, headline numbers and one
+line per block), or a row per combination of a sweep. The numbers are theory.predict's."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from gradlab.theory.predict import SOURCES, STEP_AT_MOST, STEP_EQUALS, Prediction
+
+TABLE_KEYS = ("q_star", "chi1", "predicted_factor", "xi_grad", "xi_c", "phase", "layer_factor")
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "inf" if value == math.inf else f"{value:.6g}"
+    return str(value)
+
+
+def table_lines(prediction: Prediction) -> list[str]:
+    """What `gradlab theory CONFIG` prints: the theory and its source, the numbers it started from,
+    the predictions ('-' where the theory makes none), then one line per block."""
+    p = prediction
+    if p.theory == "none":
+        return [f"no prediction: {p.reason}"]
+    lines = [f"theory: {p.theory} ({p.source})"]
+    if p.inputs:
+        lines.append("from: " + ", ".join(f"{key} = {_text(value)}" for key, value in p.inputs.items()))
+    lines += [f"note: {note}" for note in p.notes]
+    if p.reason:
+        lines.append(f"no gradient prediction: {p.reason}")
+    width = max(len(key) for key in (*TABLE_KEYS, *(k for k, v in p.extra.items() if not isinstance(v, (list, tuple)))))
+    lines += [f"{key:<{width}}  {_text(getattr(p, key))}" for key in TABLE_KEYS]
+    if p.theory == "recurrent":
+        verb = {STEP_EQUALS: "equals", STEP_AT_MOST: "is at most"}.get(p.step_relation or "", "")
+        relation = f" (the measured step_factor@0 {verb} this)" if verb else ""
+        lines.append(f"{'step_factor':<{width}}  {_text(p.step_factor)}{relation}")
+    for key, value in p.extra.items():
+        if not isinstance(value, (list, tuple)):
+            lines.append(f"{key:<{width}}  {_text(value)}")
+    if p.theory == "residual":
+        # per block: the stream after it (second moment, variance), the stream gradient's factor
+        # ||dL/dx_l|| / ||dL/dx_(l+1)|| into it (blocks 1 and up), and delta_norm's factor
+        second, variance = p.extra["stream_second_moment"][1:], p.extra["stream_variance"][1:]
+        stream_factors = [None, *p.extra["stream_factors"]]
+        lines.append(f"{'layer':>5}  {'stream_q':>12}  {'stream_var':>12}  {'stream_factor':>13}  {'factor':>12}")
+        for layer in range(len(second)):
+            factor = _text(p.layers[layer]) if layer < len(p.layers) else "-"
+            lines.append(f"{layer:>5}  {_text(second[layer]):>12}  {_text(variance[layer]):>12}  {_text(stream_factors[layer]):>13}  {factor:>12}")
+    elif p.q or p.layers:
+        lines.append(f"{'layer':>5}  {'q':>12}  {'factor':>12}")
+        for layer in range(max(len(p.q), len(p.layers) + 1)):
+            q = _text(p.q[layer]) if layer < len(p.q) else "-"
+            factor = _text(p.layers[layer]) if layer < len(p.layers) else "-"
+            lines.append(f"{layer:>5}  {q:>12}  {factor:>12}")
+    return lines
+
+
+SWEEP_KEYS = ("phase", "chi1", "predicted_factor", "layer_factor", "xi_grad", "step_factor")
+
+
+def sweep_table_lines(named: list[tuple[str, Prediction]]) -> list[str]:
+    """What `gradlab theory SWEEP` prints: a row per combination with its theory and the headline
+    numbers (the columns some combination has), and the reason where a combination has none;
+    `--format json` holds every number of every combination."""
+    keys = [key for key in SWEEP_KEYS if any(getattr(p, key) is not None for _, p in named)]
+    header = ["combination", "theory", *keys]
+    def cell(p: Prediction, key: str) -> str:
+        if key == "step_factor" and p.step_factor is not None and p.step_relation == STEP_AT_MOST:
+            return f"<= {_text(p.step_factor)}"  # Pascanu's bound: the measurement is at most this
+        return _text(getattr(p, key))
+
+    rows = [[name, p.theory, *(cell(p, key) for key in keys)] for name, p in named]
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    sources = dict.fromkeys(p.theory for _, p in named if p.theory != "none")
+    lines += [f"{theory}: {SOURCES[theory]}" for theory in sources]
+    lines += [f"{name}: no prediction: {p.reason}" for name, p in named if p.theory == "none" or (p.reason and p.theory == "recurrent" and p.step_factor is None)]
+    lines.append("per-layer factors and every other number: --format json")
+    return lines
