@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -37,12 +36,6 @@ def texts() -> dict[Path, str]:
 
 def code_blocks(text: str, lang: str = "bash") -> list[str]:
     return re.findall(rf"```{lang}\n(.*?)```", text, re.S)
-
-
-def invoke(*args: str):
-    from gradlab.cli.app import app
-
-    return CliRunner().invoke(app, [str(a) for a in args], prog_name="gradlab")
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,13 +153,13 @@ def gradlab_commands(text: str) -> list[list[str]]:
     return commands
 
 
-def test_the_readme_run_commands_are_valid_configs():
+def test_the_readme_run_commands_are_valid_configs(invoke):
     # what `gradlab run` would train, validated as it would be (no training: no torch, a second)
     runs = [args for args in gradlab_commands(README.read_text(encoding="utf-8")) if args[0] == "run"]
     assert len(runs) >= 3
     for args in runs:
         config, sets = args[1], [args[i + 1] for i, a in enumerate(args) if a == "--set"]
-        result = invoke("validate", config, *(item for value in sets for item in ("--set", value)))
+        result = invoke("validate", config, *(item for value in sets for item in ("--set", value)), prog_name="gradlab")
         assert result.exit_code == 0, (args, result.output)
 
 
@@ -182,10 +175,10 @@ def test_the_readme_commands_name_real_options():
         assert used <= options, (args, used - options)
 
 
-def test_what_the_readme_says_theory_predicts_is_what_it_prints():
+def test_what_the_readme_says_theory_predicts_is_what_it_prints(invoke):
     readme = README.read_text(encoding="utf-8")
     quoted = re.search(r"`(layer_factor \d\.\d+)` from this input", readme)[1]
-    result = invoke("theory", "configs/example.yaml")
+    result = invoke("theory", "configs/example.yaml", prog_name="gradlab")
     assert result.exit_code == 0, result.output
     assert quoted.split() in [line.split() for line in result.output.splitlines()]
 
