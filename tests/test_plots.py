@@ -139,15 +139,11 @@ def test_runs_without_delta_norm_say_so_instead_of_drawing(tmp_path):
     assert [t.get_text() for t in figure.axes[0].texts] == ["no delta_norm recorded"]
 
 
-def test_plot_refuses_unreadable_runs(tmp_path):
-    from typer.testing import CliRunner
-
-    from gradlab.cli.app import app
-
+def test_plot_refuses_unreadable_runs(tmp_path, invoke):
     config = resolved_config("broken", depth=2)
     run_dir = write_run(tmp_path, config, layer_rows(0, [1.0, 1.0]), METRICS)
     (run_dir / "metrics.csv").unlink()
-    result = CliRunner().invoke(app, ["plot", str(run_dir), "--output", str(tmp_path / "figures")])
+    result = invoke("plot", run_dir, "--output", tmp_path / "figures")
     assert result.exit_code == 2 and "no metrics.csv" in result.stderr
     assert not (tmp_path / "figures").exists() or not any((tmp_path / "figures").iterdir())
 
