@@ -513,15 +513,15 @@ def test_sequential_mnist_config_reads_the_folder_of_idx_files():
     assert str(info.value) == "data.seq_len: sequential_mnist reads rows (28) or pixels (784), got 100"
 
 
-def test_the_readme_tables_of_recurrent_runs_are_the_declarations():
-    from test_records import readme_table
+def test_the_records_reference_tables_of_recurrent_runs_are_the_declarations():
+    from test_records import reference_table
 
     from gradlab.vocab import quantities
 
     declared = [*quantities.TIMESTEPS_KEYS.items(), *((q.name, q.meaning) for q in quantities.TIMESTEP_QUANTITIES)]
-    assert readme_table("and a recurrent run writes `timesteps.csv`") == declared
+    assert reference_table("## timesteps.csv") == declared
     assert [name for name, _ in declared] == quantities.TIMESTEPS_COLUMNS
-    assert readme_table("a recurrent run's `layers.csv` adds each family's") == [(q.name, q.meaning) for q in quantities.RECURRENT_LAYER_QUANTITIES]
+    assert reference_table("### Recurrent runs") == [(q.name, q.meaning) for q in quantities.RECURRENT_LAYER_QUANTITIES]
 
 
 def test_copy_task_run_with_a_label_per_step(tmp_path):
