@@ -80,6 +80,14 @@ def delta_through_time(step_norms: torch.Tensor, steps: Sequence[Sequence[torch.
     return [Measured("delta_norm", total), Measured("delta_rms", per_unit, 1 / math.sqrt(steps[0][0].shape[0]))]
 
 
+def input_delta_norms(grad: torch.Tensor, batch_sizes: Sequence[int] | None = None) -> torch.Tensor:
+    """input_delta_norm, ||dL/dx_t|| over the batch, of each t at once: `grad` is dL/dx time-major
+    (T, B, features), or a packed sequence's (sum_t B_t, features) with its `batch_sizes` B_t."""
+    if batch_sizes is None:
+        return norm_rows(grad)
+    return norms(list(grad.split(list(batch_sizes))))
+
+
 def hidden_norms(stacked: torch.Tensor) -> torch.Tensor:
     """hidden_norm, ||h_t|| over the batch, of each (layer, t) at once: `stacked` is (steps, B, H)."""
     return norm_rows(stacked)
@@ -202,6 +210,7 @@ KERNELS: dict[str, Kernel] = {
 # timesteps.csv's quantities, at a recurrent layer's time step t.
 TIME_STEP_KERNELS: dict[str, Kernel] = {
     "delta_norm": step_delta, "hidden_delta_norm": norms, "cell_delta_norm": norms, "hidden_norm": hidden_norms,
+    "input_delta_norm": input_delta_norms,
     "saturated_frac": activation_regions,
     **{f"{gate}_{stat}": gate_statistics for gate in GATE_ACTIVATION for stat in ("mean", "saturated_frac")},
 }  # fmt: skip

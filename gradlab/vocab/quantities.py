@@ -25,7 +25,7 @@ SATURATION_THRESHOLD = 0.05
 # Where a measured quantity is taken: a site of the model (see sites.py). A feed-forward block's
 # sites are its weight-bearing module (`layer`), the output z of that module before normalization and
 # activation (`preactivation`), and what the block passes on (`output`).
-Site = Literal["layer", "preactivation", "activation", "output", "logits", "stream", "branch", "hidden", "cell", "gate"]
+Site = Literal["layer", "preactivation", "activation", "output", "logits", "stream", "branch", "hidden", "cell", "gate", "input"]
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,10 @@ LAYERS_COLUMNS: list[str] = [*LAYERS_KEYS, *QUANTITIES]
 
 # Columns added after runs had been recorded without them (issue 11): a run that lacks them is read
 # with them empty (records.read.read_table), never refused.
-ADDED_COLUMNS: tuple[str, ...] = ("delta_rms", "preact_mean", "preact_std", "dact_mean", "dact_factor", "inactive_frac", "clipped_grad_norm")
+ADDED_COLUMNS: tuple[str, ...] = (
+    "delta_rms", "preact_mean", "preact_std", "dact_mean", "dact_factor", "inactive_frac", "clipped_grad_norm",
+    "loss_scale", "skipped_update", "input_delta_norm",  # issue 20: gradlab.watch with a GradScaler, and time=True
+)  # fmt: skip
 
 
 def layers_columns(residual: bool = False, norm: bool = False, recurrent: bool = False) -> list[str]:
@@ -161,6 +164,12 @@ METRICS_COLUMNS: dict[str, str] = {
     "clipped_grad_norm": "the global gradient norm after optim.grad_clip: grad_norm * min(1, grad_clip / (grad_norm + 1e-6)), "
                          "PyTorch's clip_grad_norm_ rule; clip factor = clipped_grad_norm / grad_norm (train rows of runs with grad_clip only)",
     "lr": "the learning rate of the optimizer's first parameter group for this step's update (train rows) or the next update (test rows): with optim.schedule, lr * schedule factor",
+    "loss_scale": "gradlab.watch with scaler=: the GradScaler's scale S that this step's backward pass used (the loss was multiplied by S); "
+                  "every gradient column of the step (grad_norm, delta_norm, delta_rms, *_grad_norm, the time steps' deltas) is divided by S, "
+                  "so they are the unscaled loss's (train rows of a watch with a scaler only)",
+    "skipped_update": "gradlab.watch with scaler=: 1 when this step's gradients held inf or NaN, so the GradScaler skipped the optimizer update "
+                      "(its layers.csv and timesteps.csv rows are not written, grad_norm is empty, and the next step is measured instead), "
+                      "0 when the update was taken (train rows of a watch with a scaler only)",
     "time_s": "seconds since training started",
 }
 
@@ -288,5 +297,10 @@ TIMESTEP_QUANTITIES: tuple[Quantity, ...] = (
                      "(default 0.05) times its maximum: sigmoid g(1-g) < 0.05/4, tanh 1-g^2 < 0.05 at the default", "timesteps"),
         )
     ),
+    Quantity("input_delta_norm", "deltas", "input",
+             "gradlab.watch(time=True): ||dL/dx_t|| over the batch, x_t what an nn.RNN/nn.LSTM/nn.GRU module reads at step t (its first layer's "
+             "input), the gradient through that module alone (its whole recurrence); on the row of the module's first layer. Where the unrolled "
+             "cells cannot reproduce the module's fused kernel (cuDNN, oneDNN's LSTM, packed sequences, proj_size) it is the only time-step "
+             "column watch fills (config.yaml's model.time says why); empty where x_t takes no gradient (the data itself) and in gradlab run", "timesteps"),
 )  # fmt: skip
 TIMESTEPS_COLUMNS: list[str] = [*TIMESTEPS_KEYS, *(q.name for q in TIMESTEP_QUANTITIES)]
