@@ -88,7 +88,7 @@ def test_export_twice_into_one_folder_is_refused_and_keeps_the_first(runs, tenso
 
 
 def test_export_errors(runs, tensorboard, invoke):
-    assert_error(invoke("export", "runs"), "export: say where to: --tensorboard DIR")
+    assert_error(invoke("export", "runs"), "export: say where to: --tensorboard DIR or --mlflow")
     assert_error(invoke("export", "--tensorboard", "tb"), "export: give at least one PATH (a run directory or a folder holding runs)")
     assert_error(invoke("export", "nothing-here", "--tensorboard", "tb"), "nothing-here: does not exist", "no run could be read")
     Path("afile").write_text("kept")
@@ -104,6 +104,77 @@ def test_export_without_tensorboard_says_how_to_install(runs, monkeypatch, invok
         "--tensorboard: the tensorboard package is not installed; pip install 'gradlab[tensorboard]'",
     )
     assert not Path("tb").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# export --mlflow
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mlflow_client():
+    """MLflow's own client, to read back what was logged."""
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed (pip install 'gradlab[mlflow]')")
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient
+
+
+# SQLAlchemy 2.1 deprecates a loader option MLflow's SQL store still uses
+MLFLOW_WARNINGS = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
+MLFLOW_LINE = r"(?P<label>[\w/-]+): MLflow run (?P<id>[0-9a-f]{32}), 3 steps, (?P<points>\d+) metric points, (?P<params>\d+) params, 9 artifacts \(from (?P<dir>\S+)\)"
+
+
+@MLFLOW_WARNINGS
+def test_export_mlflow_exact_lines(runs, mlflow_client, invoke):
+    import re
+
+    result = invoke("export", "runs", "--mlflow", "--tracking-uri", "sqlite:///mlflow.db", "--experiment", "cli")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    *lines, last = result.stdout.splitlines()
+    assert last == "exported 2 runs to MLflow experiment 'cli'; view them with: mlflow ui --backend-store-uri sqlite:///mlflow.db"
+    matches = [re.fullmatch(MLFLOW_LINE, line) for line in lines]
+    assert all(matches), lines
+    assert [(m["label"], m["dir"]) for m in matches] == [("relu/20240101-000000-rel000", RELU_DIR), ("sigmoid/20240101-000000-sig000", SIGMOID_DIR)]
+    # the counts printed are those of the store: every point, every param
+    client = mlflow_client("sqlite:///mlflow.db")
+    for m in matches:
+        run = client.get_run(m["id"])
+        assert run.info.run_name == m["label"] and run.info.experiment_id == client.get_experiment_by_name("cli").experiment_id
+        assert int(m["points"]) == sum(len(client.get_metric_history(m["id"], key)) for key in run.data.metrics)
+        assert int(m["params"]) == len(run.data.params)
+
+
+@MLFLOW_WARNINGS
+def test_export_to_tensorboard_and_mlflow_at_once(runs, tensorboard, mlflow_client, invoke):
+    result = invoke("export", RELU_DIR, "nothing-here", "--tensorboard", "tb", "--mlflow", "--tracking-uri", "sqlite:///mlflow.db")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == ["warning: nothing-here: does not exist"]  # said once
+    out = result.stdout.splitlines()
+    assert out[:2] == [EXPORTED_RELU, "exported 1 run; view them with: tensorboard --logdir tb"]
+    assert out[-1] == "exported 1 run to MLflow experiment 'Default'; view them with: mlflow ui --backend-store-uri sqlite:///mlflow.db"
+
+
+@MLFLOW_WARNINGS
+def test_export_mlflow_errors(runs, mlflow_client, invoke):
+    import socket
+
+    assert_error(invoke("export", "runs", "--tracking-uri", "sqlite:///mlflow.db"), "export: --tracking-uri goes with --mlflow")
+    assert_error(invoke("export", "runs", "--experiment", "x"), "export: --experiment goes with --mlflow")
+    assert_error(invoke("export", "nothing-here", "--mlflow", "--tracking-uri", "sqlite:///mlflow.db"), "nothing-here: does not exist", "no run could be read")
+    Path("empty").mkdir()
+    assert_error(invoke("export", "empty", "--mlflow", "--tracking-uri", "sqlite:///mlflow.db"), "empty: no runs found (a run directory holds meta.json)", "no run could be read")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{s.getsockname()[1]}"
+    assert_error(invoke("export", "runs", "--mlflow", "--tracking-uri", uri), f"--tracking-uri {uri}: cannot reach the tracking server (is it running, and is the address right?)")
+    assert not Path("mlflow.db").exists() and not Path("mlruns").exists()  # nothing written anywhere
+
+
+def test_export_mlflow_without_mlflow_says_how_to_install(runs, monkeypatch, invoke):
+    monkeypatch.setitem(sys.modules, "mlflow.tracking", None)
+    assert_error(invoke("export", "runs", "--mlflow"), "--mlflow: the mlflow package is not installed; pip install 'gradlab[mlflow]'")
 
 
 # --------------------------------------------------------------------------------------------

@@ -441,22 +441,43 @@ def check(
 def export_runs(
     paths: RunPathsArg = None,
     tensorboard: Annotated[Optional[Path], typer.Option("--tensorboard", help="folder for TensorBoard event files, one subfolder per run (needs: pip install 'gradlab[tensorboard]')", show_default=False)] = None,
+    mlflow: Annotated[bool, typer.Option("--mlflow", help="log each run as an MLflow run (needs: pip install 'gradlab[mlflow]')")] = False,
+    tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="with --mlflow: the tracking store, e.g. sqlite:///mlflow.db or http://host:5000 (default: MLflow's, MLFLOW_TRACKING_URI or ./mlflow.db with ./mlruns/)", show_default=False)] = None,
+    experiment: Annotated[Optional[str], typer.Option("--experiment", help="with --mlflow: the MLflow experiment, created if needed (default: MLFLOW_EXPERIMENT_NAME or Default)", show_default=False)] = None,
 ) -> None:
-    """Export runs for other tools: TensorBoard event files (--tensorboard DIR).
+    """Export runs for other tools: TensorBoard event files (--tensorboard DIR), MLflow runs (--mlflow).
 
-    Per-layer scalars as <quantity>/<layer> (delta_norm/blocks.3), train/ and test/ metrics, the
-    gradient profile of compare (profile/gain, ...), histograms over the hidden layers, and the
-    config as text. View them with: tensorboard --logdir DIR
+    TensorBoard: per-layer scalars as <quantity>/<layer> (delta_norm/blocks.3), train/ and test/
+    metrics, the gradient profile of compare (profile/gain, ...), histograms over the hidden layers,
+    and the config as text. View them with: tensorboard --logdir DIR
+
+    MLflow: the same series as metrics with their steps, the config as params, the expect: results
+    as tags, the records and the figures of plot as artifacts.
     """
-    from gradlab.show import export as exporting
+    if not mlflow and (tracking_uri is not None or experiment is not None):
+        raise RunError(f"export: {'--tracking-uri' if tracking_uri is not None else '--experiment'} goes with --mlflow")
+    if tensorboard is None and not mlflow:
+        raise RunError("export: say where to: --tensorboard DIR or --mlflow")
+    paths = _need_paths(paths, "export")
+    warned: list[str] = []
+    if tensorboard is not None:
+        from gradlab.show import export as exporting
 
-    if tensorboard is None:
-        raise RunError("export: say where to: --tensorboard DIR")
-    summary = exporting.export_tensorboard(_need_paths(paths, "export"), tensorboard)
-    _warn(summary.problems)
-    for run in summary.runs:
-        console.print(f"{run.log_dir}: {run.steps} steps, {run.scalars} scalars, {run.histograms} histograms (from {run.run_dir})", markup=False, highlight=False, soft_wrap=True)
-    console.print(f"exported {len(summary.runs)} {'run' if len(summary.runs) == 1 else 'runs'}; view them with: tensorboard --logdir {summary.out_dir}", markup=False, highlight=False, soft_wrap=True)
+        summary = exporting.export_tensorboard(paths, tensorboard)
+        _warn(summary.problems)
+        warned = summary.problems
+        for run in summary.runs:
+            console.print(f"{run.log_dir}: {run.steps} steps, {run.scalars} scalars, {run.histograms} histograms (from {run.run_dir})", markup=False, highlight=False, soft_wrap=True)
+        console.print(f"exported {len(summary.runs)} {'run' if len(summary.runs) == 1 else 'runs'}; view them with: tensorboard --logdir {summary.out_dir}", markup=False, highlight=False, soft_wrap=True)
+    if mlflow:
+        from gradlab.show.export_mlflow import export_mlflow
+
+        logged = export_mlflow(paths, tracking_uri, experiment)
+        _warn([line for line in logged.problems if line not in warned])  # (a run skipped is said once)
+        for run in logged.runs:
+            console.print(f"{run.label}: MLflow run {run.run_id}, {run.steps} steps, {run.metrics} metric points, {run.params} params, {run.artifacts} artifacts (from {run.run_dir})", markup=False, highlight=False, soft_wrap=True)
+        view = f"open {logged.tracking_uri}" if logged.tracking_uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {logged.tracking_uri}"
+        console.print(f"exported {len(logged.runs)} {'run' if len(logged.runs) == 1 else 'runs'} to MLflow experiment {logged.experiment!r}; view them with: {view}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("schema")

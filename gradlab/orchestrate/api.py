@@ -9,6 +9,7 @@
     gradlab.plot(runs, out_dir) -> list[Path]                               ... written as PNG files
     gradlab.check(run) -> list[Outcome]                                     a run's expect: section
     gradlab.write_report(paths, out_file, ...), gradlab.export_tensorboard(paths, out_dir)
+    gradlab.export_mlflow(paths, tracking_uri=None, experiment=None)        one MLflow run per run
 
 Wherever runs are taken, a run directory, a folder holding runs (searched recursively) and a `Run`
 already loaded are all accepted. Errors are `gradlab.vocab.errors.GradlabError`s with the lines the CLI
@@ -191,3 +192,12 @@ def export_tensorboard(paths: Iterable[str | Path], out_dir: str | Path):
     from gradlab.show.export import export_tensorboard as export
 
     return export(paths, out_dir)
+
+
+def export_mlflow(paths: Iterable[str | Path], tracking_uri: str | None = None, experiment: str | None = None):
+    """MLflow runs as `gradlab export --mlflow` logs them (export_mlflow.export_mlflow): per-layer
+    metrics with their steps, the config as params, expect: results as tags, records and figures as
+    artifacts. tracking_uri: e.g. "sqlite:///mlflow.db" (default: MLflow's); experiment: created if needed."""
+    from gradlab.show.export_mlflow import export_mlflow as export
+
+    return export(paths, tracking_uri, experiment)

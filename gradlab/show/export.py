@@ -92,7 +92,7 @@ def run_labels(runs: list[Run]) -> list[str]:
     return labels
 
 
-def _wall_times(run: Run) -> dict[int, float]:
+def wall_times(run: Run) -> dict[int, float]:
     """Seconds since the epoch of each logged step: the run's start plus the train row's time_s.
     TensorBoard's 'relative' axis then shows training time, as it would have live."""
     started = run.meta.get("started")
@@ -197,7 +197,7 @@ def export_tensorboard(paths: Iterable[str | Path], out_dir: str | Path) -> Expo
     exported = []
     for run, label in zip(loaded.runs, labels):
         events, scalars, histograms = _run_events(run, summary_pb2)
-        wall_times = _wall_times(run)
+        times = wall_times(run)
         log_dir = out_dir / label
         try:
             log_dir.mkdir(parents=True, exist_ok=True)
@@ -205,12 +205,12 @@ def export_tensorboard(paths: Iterable[str | Path], out_dir: str | Path) -> Expo
             raise RunError(f"--tensorboard: cannot create {str(log_dir)!r}: {exc.strerror}") from None
         writer = EventFileWriter(str(log_dir))
         try:
-            first = min(wall_times.values(), default=0.0)
+            first = min(times.values(), default=0.0)
             config = _config_text(run, summary_pb2, TensorProto, TensorShapeProto)
             writer.add_event(event_pb2.Event(wall_time=first, step=0, summary=summary_pb2.Summary(value=[config])))
             for step in sorted(events):
                 summary = summary_pb2.Summary(value=events[step])
-                writer.add_event(event_pb2.Event(wall_time=wall_times.get(step, first), step=step, summary=summary))
+                writer.add_event(event_pb2.Event(wall_time=times.get(step, first), step=step, summary=summary))
         finally:
             writer.close()
         exported.append(ExportedRun(run.dir, log_dir, len(events), scalars, histograms))
