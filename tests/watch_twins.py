@@ -64,8 +64,15 @@ def delta_rms(grad: torch.Tensor, units: int = -1) -> float:
     return math.sqrt(sum((g[b] ** 2).sum().item() for b in range(B)) / B)
 
 
-def reference_step(twin: nn.Module, optimizer, x, y, loss_fn) -> dict[str, dict[str, float | None]]:
-    """One training step of the twin, measured by hand: {site name: {quantity: value}}."""
+def norm(tensor: torch.Tensor) -> float:
+    """||tensor||, float16 and bfloat16 ones with float32 arithmetic."""
+    return (tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor).norm().item()
+
+
+def reference_step(twin: nn.Module, optimizer, x, y, loss_fn, scaler=None, autocast=None) -> dict[str, dict[str, float | None]]:
+    """One training step of the twin, measured by hand: {site name: {quantity: value}}. With a
+    GradScaler, the gradients are the scaled loss's, divided here by the scale the step used;
+    with `autocast` (a dtype), the forward pass runs under CPU autocast."""
     kept: list[tuple[str, torch.Tensor, nn.Parameter, nn.Parameter | None, int | None, int]] = []
 
     def keep(name, z, weight, bias=None, examples=True, units=-1):
@@ -73,20 +80,27 @@ def reference_step(twin: nn.Module, optimizer, x, y, loss_fn) -> dict[str, dict[
         kept.append((name, z, weight, bias, examples, units))
 
     optimizer.zero_grad()
-    loss = loss_fn(twin(x, keep=keep), y)
-    loss.backward()
+    with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
+        loss = loss_fn(twin(x, keep=keep), y)
+    scale = 1.0 if scaler is None else scaler.get_scale()
+    (loss if scaler is None else scaler.scale(loss)).backward()
     before = {id(w): w.detach().clone() for _, _, w, _, _, _ in kept}
-    optimizer.step()
+    grads = {id(p): norm(p.grad) / scale for _, _, w, b, _, _ in kept for p in (w, b) if p is not None and p.grad is not None}
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
     measured = {}
     for name, z, w, b, examples, units in kept:
         g = z.grad
         measured[name] = {
-            "delta_norm": g.norm().item() if g is not None else None,
-            "delta_rms": delta_rms(g, units) if g is not None and examples else None,
-            "weight_norm": before[id(w)].norm().item(),
-            "weight_grad_norm": w.grad.norm().item() if w.grad is not None else None,
-            "bias_grad_norm": b.grad.norm().item() if b is not None and b.grad is not None else None,
-            "update_ratio": (w.detach() - before[id(w)]).norm().item() / before[id(w)].norm().item(),
+            "delta_norm": norm(g) / scale if g is not None else None,
+            "delta_rms": delta_rms(g, units) / scale if g is not None and examples else None,
+            "weight_norm": norm(before[id(w)]),
+            "weight_grad_norm": grads.get(id(w)),
+            "bias_grad_norm": grads.get(id(b)) if b is not None else None,
+            "update_ratio": norm(w.detach() - before[id(w)]) / norm(before[id(w)]),
         }
     return measured
 
