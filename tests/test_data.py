@@ -745,10 +745,10 @@ def test_sequential_mnist_rows_pixels_and_a_fixed_permutation():
 
 @pytest.mark.parametrize("name,seq_len", [("adding", None), ("adding", 7), ("copy", 25), ("sequential_mnist", 28), ("sequential_mnist", 784)])
 def test_sequence_shape_from_the_config_is_the_loaded_one(name, seq_len):
-    from gradlab.build.data import sequence_shape
+    from gradlab.vocab.datasets import known_input_shape
 
     folder = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
     if name == "sequential_mnist" and not folder.is_dir():
         pytest.skip("real MNIST files not found")
     cfg = seq_cfg(name, seq_len=seq_len, path=str(folder), n_train=20, n_test=10)
-    assert sequence_shape(cfg) == SEQUENCE_LOADERS[name](cfg, 0).input_shape
+    assert known_input_shape(cfg) == SEQUENCE_LOADERS[name](cfg, 0).input_shape

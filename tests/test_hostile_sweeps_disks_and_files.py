@@ -658,9 +658,10 @@ def test_jobs_n_checks_that_n_runs_fit_in_memory_together(tmp_path, monkeypatch)
     sizes = []
     for member in plan.members:
         from gradlab.config.experiment import validate
+        from gradlab.vocab.datasets import known_input_shape
 
         exp = validate(member.config)
-        need = memory.estimate(exp, memory.known_input_shape(exp), exp.data.classes)
+        need = memory.estimate(exp, known_input_shape(exp.data), exp.data.classes)
         sizes.append(max(need.total, max(need.peak_training, need.peak_evaluation)))
     free = sorted(sizes)[-1] + sorted(sizes)[-2] - 1  # the two largest do not fit together; each alone does
     monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": free)

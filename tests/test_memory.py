@@ -13,7 +13,8 @@ import yaml
 
 from gradlab.config.experiment import validate
 from gradlab.orchestrate.sweep_plan import load_experiments
-from gradlab.build.memory import check_fits, estimate, known_input_shape, parameter_count
+from gradlab.build.memory import check_fits, estimate, parameter_count
+from gradlab.vocab.datasets import known_input_shape
 from gradlab.build.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 )
 def test_parameter_count_matches_the_built_model(model, data):
     exp = validate({"model": model, "data": data})
-    shape = known_input_shape(exp)
+    shape = known_input_shape(exp.data)
     built = build_model(exp.model, shape, exp.data.classes)
     # independent: every parameter of the real model, norms and PReLU slopes included
     assert parameter_count(exp, shape, exp.data.classes) == sum(p.numel() for p in built.parameters())
@@ -43,7 +44,7 @@ def test_shipped_configs_fit():
         if "mnist" in path.name and not (ROOT.parent / "shared" / "data" / "mnist").is_dir():
             continue
         for exp in load_experiments(path):
-            check_fits(exp, known_input_shape(exp), exp.data.classes)
+            check_fits(exp, known_input_shape(exp.data), exp.data.classes)
 
 
 def test_estimate_counts_by_hand():
@@ -118,7 +119,7 @@ def test_the_estimate_bounds_the_real_peak_within_a_factor_of_2(tmp_path):
     baseline = _peak_rss(TINY_RUN, tmp_path)  # the interpreter, torch and gradlab themselves
     for label, config in PEAK_GRID.items():
         exp = validate({"device": "cpu", **config})
-        need = estimate(exp, known_input_shape(exp), exp.data.classes).total
+        need = estimate(exp, known_input_shape(exp.data), exp.data.classes).total
         real = _peak_rss(config, tmp_path) - baseline
         assert real <= need <= 2 * real, f"{label}: real peak {real / 1e6:.0f} MB, estimate {need / 1e6:.0f} MB"
 

@@ -11,7 +11,7 @@ import pytest
 
 from gradlab.theory import batchnorm
 from gradlab.config.experiment import validate
-from gradlab.theory.predict import DEPARTS_TOLERANCE, SPIRAL_JITTER, input_moments, predict
+from gradlab.theory.predict import DEPARTS_TOLERANCE, input_moments, predict
 
 
 def exp(data=None, **model):
@@ -26,10 +26,8 @@ def critical_tanh(scale=1.76, depth=10):
 
 def test_input_moments_of_the_synthetic_datasets_match_the_generated_data():
     torch = pytest.importorskip("torch")
-    from gradlab.build.data import SPIRAL_JITTER as data_jitter
     from gradlab.build.data import load_dataset
 
-    assert SPIRAL_JITTER == data_jitter
     for data, tol in [({"name": "gaussian", "dim": 512, "classes": 20, "noise": 0.5}, 0.03),
                       ({"name": "teacher", "dim": 64}, 0.01),
                       ({"name": "spirals", "dim": 8, "noise": 2.0}, 0.02)]:  # fmt: skip

@@ -164,7 +164,8 @@ def test_set_on_a_swept_key_is_refused():
 
 
 def test_shipped_configs_expand_validate_and_fit():
-    from gradlab.build.memory import check_fits, known_input_shape
+    from gradlab.build.memory import check_fits
+    from gradlab.vocab.datasets import known_input_shape
 
     plan = sweep_plan.load_plan(ROOT / "configs" / "sweep-activations.yaml")
     assert len(plan.members) == 4 * 2 * 3
@@ -172,7 +173,7 @@ def test_shipped_configs_expand_validate_and_fit():
         if "mnist" in path.name and not (ROOT.parent / "shared" / "data" / "mnist").is_dir():
             continue
         for exp in sweep_plan.load_experiments(path):
-            check_fits(exp, known_input_shape(exp), exp.data.classes)
+            check_fits(exp, known_input_shape(exp.data), exp.data.classes)
 
 
 # --------------------------------------------------------------------------------------------

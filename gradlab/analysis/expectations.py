@@ -1,7 +1,7 @@
 """Checking a config's `expect:` section against a finished run (a CI smoke test), and the JUnit
 report CI systems display.
 
-The section's schema (`Bound`, `Expectations`) is vocabulary and lives in config.py; the quantity
+The section's schema (`Bound`, `Expectations`) is vocabulary and lives in config/expect.py; the quantity
 names are quantities.SUMMARY_QUANTITIES. A measurement is the very number `gradlab compare` shows
 for a single run (summaries.py computes it). This module is read-and-show floor: it reads records
 and may use pandas, never torch.
@@ -19,7 +19,8 @@ from gradlab.analysis import summaries
 from gradlab.config.expect import Bound, Expectations, parse_expectations
 from gradlab.records.layout import CONFIG_FILE, SWEEP_INDEX_FILE, SWEEP_SPEC_FILE, discover_runs, shown_path
 from gradlab.records.read import read_config
-from gradlab.records.run import Run, load_run
+from gradlab.records import run as records_run  # (records_run.load_run: read where a test can count the reads)
+from gradlab.records.run import Run
 from gradlab.vocab.errors import GradlabError, RunError
 from gradlab.vocab.quantities import PROFILE_QUANTITIES, TIME_QUANTITIES
 from gradlab.vocab.values import canonical
@@ -159,7 +160,7 @@ def _check_run_dir(run_dir: Path) -> RunCheck:
     if section is None:
         return RunCheck(run_dir, [], notes=(f"{run_dir}: {NO_EXPECT}",))
     expectations = parse(section, where=f"{run_dir / CONFIG_FILE}: expect")
-    run = load_run(run_dir, config)  # (config.yaml read once: a thousand runs pay it a thousand times)
+    run = records_run.load_run(run_dir, config)  # (config.yaml read once: a thousand runs pay it a thousand times)
     return RunCheck(run_dir, check(run, expectations), notes=tuple(run.notes))
 
 
@@ -274,7 +275,7 @@ def check_sweep(sweep_dir: str | Path) -> list[Outcome] | None:
     def run_of(name: str) -> Run | None:
         if name not in loaded:
             try:
-                loaded[name] = load_run(sweep_dir / name)
+                loaded[name] = records_run.load_run(sweep_dir / name)
             except GradlabError:
                 loaded[name] = None
         return loaded[name]

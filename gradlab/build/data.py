@@ -11,6 +11,9 @@ File sets (`mnist`, `npz`, `csv`) are read with the standard library and numpy. 
 a file is a `DataError` whose single line names the file and what is wrong with it; a bad file
 never shows a traceback.
 
+What each dataset is (its name, family, input shape and the facts of its generation that theory
+and the memory estimate read) is declared in gradlab.vocab.datasets; this module makes the tensors.
+
 Shapes: x is (N, *input_shape) float32 with input_shape (dim,) for vectors, (C, H, W) for
 images or (T, features) for sequences; y is (N,) int64 with values in [0, classes), except for the
 sequence tasks: `adding` has float32 targets (N,) (a regression, one output: `classes` 1) and
@@ -34,9 +37,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from gradlab.config.experiment import DataConfig
-from gradlab.vocab.errors import DataError
 from gradlab.build.system import available_bytes, human
+from gradlab.config.experiment import DataConfig
+from gradlab.vocab.datasets import COPY_LENGTH, COPY_SYMBOLS, IMAGE_SIZE, MNIST_SIDE, SEQUENCE_CLASSES, SEQUENCE_DATASETS, SPIRAL_JITTER, seq_len
+from gradlab.vocab.errors import DataError
 
 
 @dataclass
@@ -247,7 +251,6 @@ def _teacher(cfg: DataConfig, seed: int) -> Dataset:
 
 
 SPIRAL_TWIST = 4.0  # radians an arm turns from the centre to radius 1 (as in the CS231n spirals)
-SPIRAL_JITTER = 0.1  # jitter std at noise 1.0, in units of the outer radius
 
 
 def _spirals(cfg: DataConfig, seed: int) -> Dataset:
@@ -274,7 +277,6 @@ def _spirals(cfg: DataConfig, seed: int) -> Dataset:
     return _split(cfg, points, y)
 
 
-IMAGE_SIZE = 28
 IMAGE_SHIFT = 2  # examples are their template shifted by up to this many pixels each way
 IMAGE_STROKES = 3  # strokes (bars or blobs) per class template
 
@@ -703,24 +705,6 @@ def _csv(cfg: DataConfig, seed: int) -> Dataset:
 # --------------------------------------------------------------------------------------------
 
 ADDING_BASELINE_MSE = 1 / 6  # always predicting 1: Var(U + U') = 2 * 1/12 for two U[0, 1] values
-COPY_LENGTH = 10  # symbols to remember (Arjovsky et al. 2016)
-COPY_SYMBOLS = 8  # an alphabet of 8 symbols; class 0 is the blank, 9 (input only) the delimiter
-COPY_CLASSES = COPY_SYMBOLS + 1  # what the network predicts per step: blank or a symbol
-MNIST_SIDE = 28
-
-
-SEQUENCE_DEFAULT_LENGTHS = {"adding": 50, "copy": 30, "sequential_mnist": MNIST_SIDE}
-
-
-def _seq_len(cfg: DataConfig, default: int) -> int:
-    return getattr(cfg, "seq_len", None) or default
-
-
-def sequence_shape(cfg: DataConfig) -> tuple[int, int]:
-    """(T, features) of a sequence dataset, from its config alone (memory's size check uses it)."""
-    steps = _seq_len(cfg, SEQUENCE_DEFAULT_LENGTHS[cfg.name])
-    features = {"adding": 2, "copy": COPY_SYMBOLS + 2}.get(cfg.name) or MNIST_SIDE * MNIST_SIDE // steps
-    return steps, features
 
 
 def _adding(cfg: DataConfig, seed: int) -> Dataset:
@@ -729,7 +713,7 @@ def _adding(cfg: DataConfig, seed: int) -> Dataset:
     (first half [0, T//2), second [T//2, T)); the target is the sum of the two marked values, y float32
     (N,), one output. Always predicting 1 has an MSE of 1/6: a model that does not beat it has not
     learned to find the marked values."""
-    steps = _seq_len(cfg, SEQUENCE_DEFAULT_LENGTHS["adding"])
+    steps = seq_len(cfg)
     if steps < 2:
         raise DataError(f"data.seq_len: the adding problem needs at least 2 steps, got {steps}")
     g = _generator(seed, "adding")
@@ -754,7 +738,7 @@ def _copy(cfg: DataConfig, seed: int) -> Dataset:
     at step T-11, then 10 blanks; the target per step is blank (0) except for the last 10 steps, which
     repeat the 10 symbols: y int64 (N, T), a label per step (readout: every). Predicting blanks and then
     uniform guesses scores a cross-entropy of 10 ln(8) / T: the memoryless baseline."""
-    steps = _seq_len(cfg, SEQUENCE_DEFAULT_LENGTHS["copy"])
+    steps = seq_len(cfg)
     if steps < 2 * COPY_LENGTH + 1:
         raise DataError(f"data.seq_len: the copy task needs at least {2 * COPY_LENGTH + 1} steps (10 symbols, the delimiter, 10 to recall), got {steps}")
     g = _generator(seed, "copy")
@@ -767,14 +751,14 @@ def _copy(cfg: DataConfig, seed: int) -> Dataset:
     y[:, steps - COPY_LENGTH :] = symbols
     x = torch.nn.functional.one_hot(tokens, COPY_SYMBOLS + 2).float()  # (N, T, 10)
     m = cfg.n_train
-    return Dataset(x[:m].contiguous(), y[:m].contiguous(), x[m:].contiguous(), y[m:].contiguous(), (steps, COPY_SYMBOLS + 2), COPY_CLASSES)
+    return Dataset(x[:m].contiguous(), y[:m].contiguous(), x[m:].contiguous(), y[m:].contiguous(), (steps, COPY_SYMBOLS + 2), SEQUENCE_CLASSES["copy"])
 
 
 def _sequential_mnist(cfg: DataConfig, seed: int) -> Dataset:
     """MNIST read as a sequence (Le et al. 2015): row by row (seq_len 28: 28 steps of 28 pixels) or
     pixel by pixel (seq_len 784: 784 steps of one pixel), in row-major order, or, with `permute`, in a
     fixed order drawn once from the seed (the same for training and test)."""
-    steps = _seq_len(cfg, SEQUENCE_DEFAULT_LENGTHS["sequential_mnist"])
+    steps = seq_len(cfg)
     if steps not in (MNIST_SIDE, MNIST_SIDE * MNIST_SIDE):
         raise DataError(f"data.seq_len: sequential_mnist reads rows (28) or pixels (784), got {steps}")
     images = _mnist(cfg, seed)
@@ -792,7 +776,7 @@ def _sequential_mnist(cfg: DataConfig, seed: int) -> Dataset:
     return Dataset(as_sequence(images.x_train), images.y_train, as_sequence(images.x_test), images.y_test, (steps, pixels // steps), 10)
 
 
-# Exactly the names of `gradlab.vocab.specs.datasets` (checked by the tests).
+# Exactly the names of `gradlab.vocab.datasets.DATASETS` (checked by the tests).
 LOADERS: dict[str, Callable[[DataConfig, int], Dataset]] = {
     "gaussian": _gaussian,
     "teacher": _teacher,
@@ -805,4 +789,4 @@ LOADERS: dict[str, Callable[[DataConfig, int], Dataset]] = {
     "copy": _copy,
     "sequential_mnist": _sequential_mnist,
 }
-SEQUENCE_LOADERS = {name: LOADERS[name] for name in ("adding", "copy", "sequential_mnist")}
+SEQUENCE_LOADERS = {name: LOADERS[name] for name in SEQUENCE_DATASETS}

@@ -84,20 +84,6 @@ class Estimate:
         return max(self.data + self.generation, self.peak_training, self.peak_evaluation)
 
 
-def known_input_shape(exp: Experiment) -> tuple[int, ...] | None:
-    """The input shape when the config alone determines it (synthetic data and MNIST)."""
-    data = exp.data
-    if data.name in ("gaussian", "teacher", "spirals"):
-        return (data.dim,)
-    if data.name in ("images", "mnist"):
-        return (1, 28, 28)
-    if data.name in ("adding", "copy", "sequential_mnist"):  # sequences: (T, features)
-        from gradlab.build.data import sequence_shape
-
-        return sequence_shape(data)
-    return None  # npz / csv: known once the file is read
-
-
 def _advice(exp: Experiment) -> str:
     lrn = "model.norm.size, " if exp.model.norm["name"] == "lrn" else ""
     return f"reduce model.depth, model.width, {lrn}data.batch_size, data.classes or data.n_train"

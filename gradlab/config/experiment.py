@@ -36,6 +36,16 @@ from gradlab.config.expect import Expectations
 from gradlab.config.expect import parse_expectations  # noqa: F401  (measure/watch.py imports it from here)
 from gradlab.config.messages import format_error
 from gradlab.vocab import specs
+from gradlab.vocab.datasets import (
+    FILE_DATASETS,
+    IMAGE_DATASETS,
+    MIN_SEQ_LEN,
+    MNIST_SEQ_LENS,
+    SEQUENCE_CLASSES,
+    SEQUENCE_DATASETS,
+    SEQUENCE_LOSSES,
+    SEQUENCE_READOUT,
+)
 from gradlab.vocab.errors import ConfigError
 from gradlab.vocab.quantities import GROUPS, RECURRENT_KINDS, SATURATION_THRESHOLD
 from gradlab.vocab.registry import Registry, SpecError, describe_value
@@ -80,15 +90,6 @@ def _name_in(registry: Registry, value: str) -> str:
 
 
 PROBES = GROUPS  # the `log.probes` choices: the probe groups of quantities.py
-FILE_DATASETS = ("mnist", "npz", "csv", "sequential_mnist")
-IMAGE_DATASETS = ("images", "mnist", "npz")
-# Sequence datasets (x of shape (T, features)) for the recurrent kinds, with what each needs.
-SEQUENCE_DATASETS = ("adding", "copy", "sequential_mnist")
-SEQUENCE_READOUT = {"adding": "last", "copy": "every", "sequential_mnist": "last"}
-SEQUENCE_LOSSES = {"adding": ("mse",), "copy": ("cross_entropy",), "sequential_mnist": ("cross_entropy", "bce", "mse")}
-SEQUENCE_CLASSES = {"adding": 1, "copy": 9}  # outputs fixed by the task (sequential_mnist: 10, as mnist)
-MIN_SEQ_LEN = {"adding": 2, "copy": 21}  # copy: 10 symbols, the delimiter, 10 steps to recall them
-MNIST_SEQ_LENS = (28, 784)  # rows of 28 pixels, or pixels one by one
 
 
 class DataConfig(Section):

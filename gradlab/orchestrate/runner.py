@@ -36,6 +36,7 @@ from gradlab.orchestrate.signals import RunInterrupted, StopPoll, StopSignals
 from gradlab.records.layout import new_named_run_dir, new_run_dir, prepare_out_dir
 from gradlab.records.run import run_meta
 from gradlab.records.write import META_EVERY_S, RunRecords, disk_full, is_disk_full
+from gradlab.vocab.datasets import known_input_shape
 from gradlab.vocab.errors import ConfigError, GradlabError
 
 if TYPE_CHECKING:
@@ -105,14 +106,14 @@ def run_experiment(
     import torch
 
     from gradlab.build.data import load_dataset
-    from gradlab.build.memory import check_fits, known_input_shape
+    from gradlab.build.memory import check_fits
     from gradlab.orchestrate.train import resolve_threads
 
     emit = progress or silent
     device = resolve_device(exp.device)
     if run_dir is None:
         prepare_out_dir(exp.log.out)
-    shape = known_input_shape(exp)
+    shape = known_input_shape(exp.data)
     if shape is not None:  # refuse an impossible size before generating data or building anything
         check_fits(exp, shape, exp.data.classes, device.type)
     data = load_dataset(exp.data, exp.seed)

@@ -9,6 +9,7 @@ from typing import Any
 from gradlab.config.experiment import validate
 from gradlab.orchestrate.sweep_names import describe_values
 from gradlab.orchestrate.sweep_plan import Member, SweepPlan, error_lines
+from gradlab.vocab.datasets import known_input_shape
 from gradlab.vocab.errors import ConfigError, GradlabError
 
 
@@ -17,12 +18,7 @@ def check_resources(plan: SweepPlan, jobs: int = 1) -> None:
     every combination up front; ConfigError with every problem, naming the combinations. With
     `jobs` runs at once, the `jobs` largest of them must also fit together, in host memory (and
     on each device they share)."""
-    from gradlab.build.memory import (
-        available_bytes,
-        check_fits,
-        human,
-        known_input_shape,
-    )
+    from gradlab.build.memory import available_bytes, check_fits, human
     from gradlab.orchestrate.runner import resolve_device
 
     errors: list[tuple[dict[str, Any], list[str]]] = []
@@ -31,7 +27,7 @@ def check_resources(plan: SweepPlan, jobs: int = 1) -> None:
         exp = validate(member.config)
         try:
             device = resolve_device(exp.device)
-            shape = known_input_shape(exp)
+            shape = known_input_shape(exp.data)
             if shape is not None:
                 need = check_fits(exp, shape, exp.data.classes, device.type)
                 on_device = max(need.peak_training, need.peak_evaluation) - need.data

@@ -61,6 +61,7 @@ from gradlab.theory import mean_field as theory
 from gradlab.theory import recurrent as recurrent_theory
 from gradlab.theory import residual as residual_theory
 from gradlab.vocab import specs
+from gradlab.vocab.datasets import SPIRAL_JITTER
 
 # How far a measured layer_factor may be from the predicted one, relative to the prediction, before
 # `gradlab compare` flags the run as departing from theory (its `departs` column). The measured
@@ -71,8 +72,6 @@ DEPARTS_TOLERANCE = 0.05
 # χ within this of 1 is exactly 1 (an infinite depth scale): the stated variances carry rounding
 # (mean_field.depth_scale says why)
 CRITICAL_TOL = 1e-12
-
-SPIRAL_JITTER = 0.1  # data.py's SPIRAL_JITTER (tests/test_predict.py checks they agree)
 
 SOURCES = {
     "mean_field": "Poole et al. 2016 (eq. 3), Schoenholz et al. 2017 (eqs. 5-13)",

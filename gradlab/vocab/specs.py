@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from gradlab.vocab.datasets import DATASETS
 from gradlab.vocab.registry import (
     FLOAT32_MAX,
     Component,
@@ -340,22 +341,11 @@ for _component in [
     optimizers.add(_component)
 
 # --------------------------------------------------------------------------------------------
-# Datasets (the loaders live in data.py)
+# Datasets (declared in vocab/datasets.py; the loaders live in build/data.py)
 # --------------------------------------------------------------------------------------------
 
 datasets = Registry("dataset")
-for _name, _doc in {
-    "gaussian": "synthetic: one Gaussian cluster per class in `dim` dimensions (spread `noise`)",
-    "teacher": "synthetic: N(0, 1) inputs labelled by a fixed random teacher network",
-    "spirals": "synthetic: `classes` interleaved spiral arms in 2-D, embedded in `dim` dimensions",
-    "images": "synthetic 1x28x28 images: a class template shifted and noised (no download; for CNNs)",
-    "mnist": "the four MNIST IDX files (gzipped or not) in the folder `path`; pixels in [0, 1]",
-    "npz": "a NumPy .npz at `path` with x_train, y_train, x_test, y_test (or x, y, split by n_train/n_test)",
-    "csv": "a CSV at `path` with a header; the `target` column holds labels, the rest are features",
-    "adding": "sequences: the adding problem, two channels (values, two markers), target the sum of the marked values (mse; T = seq_len)",
-    "copy": "sequences: the copy task, 10 symbols to recall after a gap, a label per step (readout every; T = seq_len)",
-    "sequential_mnist": "sequences: the MNIST IDX files in `path` read row by row (seq_len 28) or pixel by pixel (784), `permute` for a fixed permutation",
-}.items():
+for _name, _doc in DATASETS.items():
     datasets.add(Component(_name, _doc, NoParams))
 
 # What `gradlab components` lists, under these titles.
