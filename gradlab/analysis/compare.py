@@ -28,6 +28,7 @@ from gradlab.analysis.summaries import (
     missing_step_notes,
     profile_at,
     summarize_run,
+    time_profile_at,
     verdict,
 )
 from gradlab.records.run import STATUSES, Run, Step
@@ -220,7 +221,6 @@ def compare_runs(
 def _step_theory(row: dict[str, Any], members: list[Run], prediction: Any, tolerance: float, notes: list[str]) -> dict[str, Any]:
     """predicted_step_factor and step_departs of a recurrent row (seeds: the geometric mean of
     their step_factor@0), with a note saying when the number is a bound or why there is none."""
-    from gradlab.analysis.summaries import time_profile_at
     from gradlab.theory import predict
 
     label = row["label"]

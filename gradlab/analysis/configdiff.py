@@ -31,7 +31,7 @@ COMPONENT_KEYS: tuple[str, ...] = component_keys()
 # Keys that do not change the experiment, only its bookkeeping; `seed` is what groups runs.
 NOT_EXPERIMENTAL = ("name", "seed", "device", "log", "train.eval_every", "expect")
 
-# Keys a run's resolved config holds that act only for some model kinds (config.py refuses a value
+# Keys a run's resolved config holds that act only for some model kinds (config/experiment.py refuses a value
 # elsewhere): a label leaves them out for runs of other kinds, so a GRU beside two LSTMs is not
 # labelled forget_bias=null.
 KIND_SPECIFIC: dict[str, tuple[str, ...]] = {"model.forget_bias": ("lstm",)}

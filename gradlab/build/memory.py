@@ -37,7 +37,7 @@ from gradlab.build.system import available_bytes, human
 from gradlab.vocab.errors import ConfigError
 
 BYTES = 4  # float32 everywhere
-EVAL_CHUNK = 1024  # test examples per forward pass in evaluation (train.evaluate uses it)
+EVAL_CHUNK = 1024  # test examples per forward pass in evaluation (orchestrate.train.evaluate), and in the estimate
 EXACT_DEPTH = 64  # models up to this depth are built whole on the meta device
 BACKWARD_TRANSIENTS = 6  # tensors of the largest kept size alive at once in a backward pass (see above)
 

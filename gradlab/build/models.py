@@ -107,8 +107,6 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, index: int, in_size: int, cfg: ModelConfig, conv: bool):
         super().__init__()
-        from gradlab.theory.activations import build as build_act
-
         self.index = index
         width = cfg.width
         norm_spec = cfg.norm
@@ -122,11 +120,11 @@ class ResidualBlock(nn.Module):
 
         self.linear = linear(in_size)
         self.norm = build_norm(norm_spec, width, conv)
-        self.act = build_act(cfg.activation, width)
+        self.act = activations.build(cfg.activation, width)
         self.activation = cfg.activation["name"]
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else None  # on the branch, before alpha
         self.inner = nn.ModuleList(
-            _BranchLayer(linear(width), build_norm(norm_spec, width, conv), build_act(cfg.activation, width), self.norm_first)
+            _BranchLayer(linear(width), build_norm(norm_spec, width, conv), activations.build(cfg.activation, width), self.norm_first)
             for _ in range(cfg.branch_depth - 1)
         )
         if in_size == width:

@@ -25,7 +25,7 @@ import copy
 from typing import Any, Iterator
 
 from gradlab.vocab import specs
-from gradlab.vocab.quantities import STATUSES
+from gradlab.vocab.quantities import STATUSES, SUMMARY_QUANTITIES
 from gradlab.vocab.registry import Registry
 
 # Draft 7, the newest draft VS Code's YAML extension (yaml-language-server) validates with; pydantic's
@@ -155,7 +155,6 @@ def _sweep_schema(schema: dict[str, Any]) -> dict[str, Any]:
 def _claims_schema() -> dict[str, Any]:
     """`claims:` (claims.py): comparisons between a sweep's configurations."""
     from gradlab.config.claims import KEYS
-    from gradlab.vocab.quantities import SUMMARY_QUANTITIES
 
     selector = {"type": "object", "description": "swept keys and their values, as written in sweep:"}
     number = {"type": "number"}

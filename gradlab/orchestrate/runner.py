@@ -34,6 +34,7 @@ from gradlab.orchestrate.progress import (
 )
 from gradlab.orchestrate.signals import RunInterrupted, StopPoll, StopSignals
 from gradlab.records.layout import new_named_run_dir, new_run_dir, prepare_out_dir
+from gradlab.records import run as records_run  # (records_run.load_run: read where a test can count the reads)
 from gradlab.records.run import run_meta
 from gradlab.records.write import META_EVERY_S, RunRecords, disk_full, is_disk_full
 from gradlab.vocab.datasets import known_input_shape
@@ -242,9 +243,8 @@ def report(exp: Experiment, result: RunResult, *, profile: bool = False, plot: b
     out = RunReport(result)
     if not (profile or plot or exp.expect is not None):
         return out
-    from gradlab.records.run import load_run
 
-    run = load_run(result.run_dir)
+    run = records_run.load_run(result.run_dir)
     if plot:
         from gradlab.show import plots
 

@@ -6,7 +6,7 @@ initialization; after the last update one more batch is measured without updatin
 profile at step `train.steps` is the trained network.
 
 A step that is not logged is the plain PyTorch step plus one read of the loss to catch
-divergence. A logged step attaches the probe for that step only (see probes.py).
+divergence. A logged step attaches the probe for that step only (see measure/probe.py).
 """
 
 from __future__ import annotations
@@ -22,14 +22,12 @@ import torch
 
 from gradlab.build.components import build_optimizer, get_loss, schedule_factor
 from gradlab.build.data import Dataset
+from gradlab.build.memory import EVAL_CHUNK
 from gradlab.build.models import Stack, build_model
 from gradlab.build.system import available_cores, check_threads
 from gradlab.config.experiment import Experiment
 from gradlab.measure.recurrent_probe import probe_for
 from gradlab.records.write import RunRecords
-
-EVAL_CHUNK = 1024  # test examples per forward pass in evaluation
-
 
 def evaluate(model: Stack, data: Dataset, loss_fn, device: torch.device) -> tuple[float, float]:
     """Test-set loss and accuracy in evaluation mode (BatchNorm uses its running statistics)."""

@@ -252,7 +252,7 @@ def _view_rows(comparison: Comparison, cells) -> list[tuple[str, list[str] | Non
         rows.append((column, list(cells[column])))
     rows.append(("", None))
     for step in comparison.steps:
-        rows.append((_step_heading(comparison, step), None))
+        rows.append((step_heading(comparison, step), None))
         for quantity in PROFILE_QUANTITIES:
             if column_name(quantity, step) in cells:
                 rows.append((quantity, list(cells[column_name(quantity, step)])))
@@ -299,7 +299,7 @@ def _view_table(comparison: Comparison, rows, cells, chunk: list[int]) -> Table:
     return table
 
 
-def _step_heading(comparison: Comparison, step: Step) -> str:
+def step_heading(comparison: Comparison, step: Step) -> str:
     if step == 0:
         return "at step 0 (initialization)"
     if step != "last":

@@ -27,7 +27,7 @@ from typing import Iterable, Sequence
 from gradlab.analysis.compare import Comparison, compare_runs, explain
 from gradlab.analysis.summaries import DEFAULT_THRESHOLDS, Thresholds, column_name
 from gradlab.records.run import Step, load_runs
-from gradlab.show.display import display_cells
+from gradlab.show.display import display_cells, step_heading
 from gradlab.vocab.errors import RunError
 from gradlab.vocab.quantities import FINAL_QUANTITIES, PROFILE_QUANTITIES
 from gradlab.vocab.version import __version__
@@ -74,15 +74,6 @@ def _e(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _step_heading(comparison: Comparison, step: Step) -> str:
-    if step == 0:
-        return "at step 0 (initialization)"
-    if step != "last":
-        return f"at step {step}"
-    last_steps = set(comparison.table["last_step"].dropna().astype(int))
-    return f"at the last step ({last_steps.pop()})" if len(last_steps) == 1 else "at each run's last step"
-
-
 def _cell_class(column: str, text: str) -> str:
     if column.startswith("verdict@"):
         if text in VERDICT_CLASSES:
@@ -124,7 +115,7 @@ def comparison_table(comparison: Comparison) -> str:
     for column in ("status", "seeds", "last_step"):
         row(column, column)
     for step in comparison.steps:
-        section(_step_heading(comparison, step))
+        section(step_heading(comparison, step))
         for quantity in PROFILE_QUANTITIES:
             row(quantity, column_name(quantity, step))
         row("verdict", column_name("verdict", step))
