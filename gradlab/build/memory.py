@@ -11,6 +11,8 @@ moments of a run:
                           of square, pool, power and division needs about five) + the loss's
                           tensors of logits size (3 for cross-entropy; 7 for bce/mse, whose
                           one-hot targets are int64 before they become float)
+    a logged step         a training step + what the probe keeps: for a recurrent stack its
+                          per-time-step tensors (probe_bytes)
     an evaluation         the same resident state + one test chunk's forward without a graph
                           (4 tensors the size of the largest activation, at the chunk's size) and
                           its logits
@@ -35,10 +37,13 @@ from dataclasses import dataclass
 from gradlab.config.experiment import Experiment
 from gradlab.build.system import available_bytes, human
 from gradlab.vocab.errors import ConfigError
+from gradlab.vocab.quantities import GATES, RECURRENT_KINDS
 
 BYTES = 4  # float32 everywhere
 EVAL_CHUNK = 1024  # test examples per forward pass in evaluation (orchestrate.train.evaluate), and in the estimate
 EXACT_DEPTH = 64  # models up to this depth are built whole on the meta device
+EXACT_STEPS = 16  # recurrent models up to this many time steps are run whole on the meta device
+STEPS_FROM = 8  # beyond, extrapolated from 8 and 9 steps (see footprint)
 BACKWARD_TRANSIENTS = 6  # tensors of the largest kept size alive at once in a backward pass (see above)
 
 # optimizer state in copies of the parameters
@@ -66,6 +71,7 @@ class Estimate:
     activations: int  # kept for the backward pass, plus backward's transients
     logits: int  # the loss's tensors of logits size, at the training batch
     evaluation: int  # one test chunk's forward without a graph, and its logits
+    probe: int = 0  # what a logged step's probe keeps on top (a recurrent stack's per-time-step tensors)
 
     @property
     def resident(self) -> int:
@@ -73,7 +79,7 @@ class Estimate:
 
     @property
     def peak_training(self) -> int:
-        return self.resident + self.activations + self.logits
+        return self.resident + self.activations + self.logits + self.probe
 
     @property
     def peak_evaluation(self) -> int:
@@ -143,8 +149,23 @@ def _footprint(exp: Experiment, input_shape: tuple[int, ...], classes: int, dept
 
 
 def footprint(exp: Experiment, input_shape: tuple[int, ...], classes: int) -> Footprint:
-    """The model's Footprint at the config's depth (extrapolated linearly beyond EXACT_DEPTH, so that
-    a depth of 10**30 is counted, not built)."""
+    """The model's Footprint at the config's depth and, for a recurrent stack, its number of time
+    steps T = input_shape[0]: extrapolated linearly beyond EXACT_DEPTH layers (from 2 and 3 of them:
+    exact for a stack of identical blocks) and beyond EXACT_STEPS time steps, so that a depth of
+    10**30 or 10**7 time steps is counted, not built or run step by step."""
+    steps = input_shape[0] if exp.model.kind in RECURRENT_KINDS else 0
+    if steps > EXACT_STEPS:
+        # Every time step keeps the same tensors, so what autograd keeps grows by the same amount
+        # from one step to the next. The largest tensor kept is, from 8 steps on, one that grows
+        # with T (the input sequence (B, T, F) or the hidden states (B, T, H)): no tensor of one
+        # step (B x 4H at most, or B x F) is larger than 8 steps of those.
+        a, b = (_footprint_at_depth(exp, (t, *input_shape[1:]), classes) for t in (STEPS_FROM, STEPS_FROM + 1))
+        return Footprint(a.parameters, a.saved + (steps - STEPS_FROM) * (b.saved - a.saved),
+                         b.largest + (steps - STEPS_FROM - 1) * max(0, b.largest - a.largest))  # fmt: skip
+    return _footprint_at_depth(exp, input_shape, classes)
+
+
+def _footprint_at_depth(exp: Experiment, input_shape: tuple[int, ...], classes: int) -> Footprint:
     depth = exp.model.depth
     if depth <= EXACT_DEPTH:
         return _footprint(exp, input_shape, classes, depth)
@@ -154,6 +175,25 @@ def footprint(exp: Experiment, input_shape: tuple[int, ...], classes: int) -> Fo
         two.saved + (depth - 2) * (three.saved - two.saved),
         max(two.largest, three.largest),
     )
+
+
+def probe_bytes(exp: Experiment, input_shape: tuple[int, ...]) -> int:
+    """What the recurrent probe keeps through a logged step (measure/recurrent_probe.py), per
+    example, layer and time step, in units of the width H, with g the gates (lstm 4, gru 3, rnn 0)
+    and G = max(g, 1) the blocks of a_t: deltas keep dL/da_t (G), dL/dh_t (1), dL/dc_t (lstm: 1)
+    and sum |dL/da_t| over t for delta_rms (G); activations keep h_t and the gates' values (1 + g)
+    and stack them to reduce (1 + g). A feed-forward probe keeps scalars only.
+    tests/test_memory_recurrent.py holds the estimate against the real peak of recurrent runs."""
+    m = exp.model
+    if m.kind not in RECURRENT_KINDS:
+        return 0
+    gates = len(GATES[m.kind])
+    per_step = 0
+    if "deltas" in exp.log.probes:
+        per_step += 2 * max(gates, 1) + 1 + (m.kind == "lstm")
+    if "activations" in exp.log.probes:
+        per_step += 2 * (1 + gates)
+    return m.depth * input_shape[0] * exp.data.batch_size * per_step * m.width * BYTES
 
 
 def parameter_count(exp: Experiment, input_shape: tuple[int, ...], classes: int) -> int:
@@ -171,12 +211,18 @@ def estimate(exp: Experiment, input_shape: tuple[int, ...], classes: int, with_d
     logits = loss_tensors * batch * classes * BYTES
     # without a graph, a forward holds a block's input, its output and two temporaries at a time
     evaluation = math.ceil(4 * model.largest * chunk / batch) + loss_tensors * chunk * classes * BYTES
-    examples = exp.data.n_train + exp.data.n_test
-    data = examples * math.prod(input_shape) * BYTES + examples * 8 if with_data else 0
+    data = data_bytes(exp, input_shape) if with_data else 0
     return Estimate(
         data=data, generation=generation_bytes(exp, input_shape) if with_data else 0, parameters=params,
         training=params * copies, activations=model.saved + BACKWARD_TRANSIENTS * model.largest, logits=logits, evaluation=evaluation,
+        probe=probe_bytes(exp, input_shape),
     )  # fmt: skip
+
+
+def data_bytes(exp: Experiment, input_shape: tuple[int, ...]) -> int:
+    """The dataset in memory: float32 features and int64 labels of every train and test example."""
+    examples = exp.data.n_train + exp.data.n_test
+    return examples * math.prod(input_shape) * BYTES + examples * 8
 
 
 def check_shapes(exp: Experiment, input_shape: tuple[int, ...]) -> None:
@@ -209,6 +255,11 @@ def check_fits(exp: Experiment, input_shape: tuple[int, ...], classes: int, devi
     its gradients, optimizer state and activations live on `device_type`.
     """
     check_shapes(exp, input_shape)
+    if with_data:  # before anything is built: a dataset alone too large is refused at once
+        free, data = available_bytes("cpu"), data_bytes(exp, input_shape)
+        if free is not None and data > free:
+            sizes = "data.n_train, data.n_test" + (", data.seq_len" if exp.model.kind in RECURRENT_KINDS else "")
+            raise ConfigError(f"data: the dataset alone needs {human(data)} of cpu memory but {human(free)} is available; reduce {sizes}")
     need = estimate(exp, input_shape, classes, with_data)
     on_device = max(need.peak_training, need.peak_evaluation) - need.data
     if device_type == "cpu":
