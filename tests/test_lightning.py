@@ -319,3 +319,18 @@ def test_bad_arguments(tmp_path, pl):
     with pytest.raises(ConfigError, match="every got 0"):
         trainer(pl, tmp_path, [GradlabCallback(every=0, out=tmp_path / "results")]).fit(module, loader(data(2)))
     assert module.batches == 0 and not (tmp_path / "results").exists()
+
+
+def test_without_lightning_the_import_says_how_to_install():
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\nsys.modules['lightning'] = sys.modules['pytorch_lightning'] = None\n"
+        "try:\n    import gradlab.integrations.lightning\nexcept ModuleNotFoundError as exc:\n    print(exc.name, '|', exc)"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == (
+        "lightning | gradlab.integrations.lightning needs Lightning (lightning or pytorch_lightning); pip install 'gradlab[lightning]'"
+    )

@@ -17,8 +17,9 @@ What it does, hook by hook:
     training_step             runs as one call of a module that holds the LightningModule's
                               submodules and parameters under their own names (`net.0`), so that
                               watch sees one forward pass per step however `training_step` reaches
-                              its layers (`self(x)`, `self.net(x)`, several models): every Linear,
-                              convolution and recurrent layer it calls is a site
+                              its layers (`self(x)`, `self.net(x)`, several models): every use of a
+                              parameter it makes is a site. The batch's first tensor (x of (x, y))
+                              counts the examples, as a model's input does
     on_before_optimizer_step  watch's copy of the weights before the update (Lightning runs
                               training_step and backward *inside* `optimizer.step(closure)`, so a
                               torch step pre-hook would fire before the forward pass); gradients are
@@ -45,7 +46,6 @@ its weight gradients the reduced ones.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import warnings
 from collections import OrderedDict
@@ -68,10 +68,13 @@ def _callback_bases() -> tuple[type, ...]:
     Trainer accepts only callbacks of its own package."""
     bases = []
     for package, module in (("lightning", "lightning.pytorch"), ("pytorch_lightning", "pytorch_lightning")):
-        if importlib.util.find_spec(package) is not None:
+        try:
             bases.append(importlib.import_module(module).Callback)
+        except ModuleNotFoundError as exc:
+            if exc.name not in (package, module):  # installed, but something it needs is not: its own error says what
+                raise
     if not bases:
-        raise ImportError(f"gradlab.integrations.lightning needs Lightning (lightning or pytorch_lightning); {INSTALL}")
+        raise ModuleNotFoundError(f"gradlab.integrations.lightning needs Lightning (lightning or pytorch_lightning); {INSTALL}", name="lightning")
     return tuple(bases)
 
 
@@ -88,7 +91,9 @@ class _TrainingStep(nn.Module):
             self.register_parameter(name, param)
         self._training_step = training_step
 
-    def forward(self, *args, **kwargs):
+    def forward(self, examples: torch.Tensor | None, *args, **kwargs):
+        # `examples` (the batch's first tensor) is there for watch alone: dimension 0 of the first
+        # tensor a forward pass takes counts the examples, as in any model's forward(x)
         return self._training_step(*args, **kwargs)
 
 
@@ -206,7 +211,7 @@ class GradlabCallback(*_callback_bases()):
         self._own_step = ("training_step" in vars(pl_module), vars(pl_module).get("training_step"))
 
         def through_the_module(*args, **kwargs):
-            return step_module(*args, **kwargs)
+            return step_module(_first_tensor(args[0] if args else kwargs.get("batch")), *args, **kwargs)
 
         vars(pl_module)["training_step"] = through_the_module  # an instance attribute: the class's method stays as it is
         self._reset_step(trainer.global_step)
@@ -273,6 +278,18 @@ class GradlabCallback(*_callback_bases()):
             return  # no optimizer step after this batch (gradient accumulation): the step goes on
         w.step(loss=self._loss, accuracy=_mean(self._accuracy))
         self._reset_step(trainer.global_step)
+
+
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    """The first tensor of a batch, depth first through tuples, lists and mappings: x of (x, y)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    items = value.values() if isinstance(value, Mapping) else value if isinstance(value, (list, tuple)) else ()
+    for item in items:
+        found = _first_tensor(item)
+        if found is not None:
+            return found
+    return None
 
 
 def _mean(values: list[Any]) -> Any:
