@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 $(BIN)/gradlab: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,ray,tensorboard,docs]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,ray,tensorboard,lightning,mlflow,docs]'
 	touch $(BIN)/gradlab
 
 install: $(BIN)/gradlab
