@@ -146,7 +146,9 @@ def test_preactivation_statistics_and_dact_against_autograd(activation, norm):
         assert row["preact_mean"] == pytest.approx(un.mean(), rel=1e-5, abs=1e-7)
         assert row["preact_std"] == pytest.approx(un.std(), rel=1e-5)
         assert row["dact_mean"] == pytest.approx(slope.abs().double().mean().item(), rel=1e-5)
-        assert row["dact_factor"] == pytest.approx(row["dact_mean"] * following.weight.detach().abs().double().mean().item(), rel=1e-5)
+        weight = following.weight.detach().double()
+        rms_slope = slope.double().pow(2).mean().sqrt().item()
+        assert row["dact_factor"] == pytest.approx(rms_slope * weight.norm().item() / weight.shape[0] ** 0.5, rel=1e-5)
         h = block(h)
     head = rows[-1]
     assert head["kind"] == "head" and head["dact_factor"] is None and head["preact_mean"] is None

@@ -29,6 +29,7 @@ from gradlab.measure.norms import float32_held, norm, norm_of, norm_rows, norms
 from gradlab.theory.activations import region_counts, saturation_mask
 
 UNITS_FIRST, UNITS_LAST = 1, -1  # where the units are in a (B, ...) tensor
+DACT_SQUARE_MEAN = "dact_square_mean"  # not a column: mean f'(u)^2, the square of dact_factor's rms(f')
 
 
 @dataclass(frozen=True)
@@ -127,10 +128,11 @@ def activation_regions(activation: str, act: nn.Module, u: torch.Tensor, y: torc
         return [
             Measured("inactive_frac", active, n, complement=True),
             Measured("dact_mean", active, n),
+            Measured(DACT_SQUARE_MEAN, active, n),  # relu'^2 = relu'
             Measured("dead_frac", unit_maxima, u.shape[1], complement=True, positives=True),
         ]
     counts = region_counts(activation, act, u, y, threshold)
-    measured = [Measured("dact_mean", counts["dact"], n)]
+    measured = [Measured("dact_mean", counts["dact"], n), Measured(DACT_SQUARE_MEAN, counts["dact_sq"], n)]
     if "inactive" in counts:
         measured.append(Measured("inactive_frac", counts["inactive"], n))
     if "saturated" in counts:
@@ -176,11 +178,19 @@ def ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
     return torch.where(float32_held(numerator) & float32_held(denominator), narrow, wide)
 
 
-def weight_abs_mean(weights: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, float]]:
-    """Mean |w| of each weight (what dact_factor multiplies the layer before's dact_mean by): one
-    batched L1 norm (no squares: it cannot underflow), divided by the size on the host."""
-    l1 = torch.stack(torch._foreach_norm([w.detach() for w in weights], 1))
-    return [(l1[k], float(w.numel())) for k, w in enumerate(weights)]
+def weight_scale(weights: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[float]]:
+    """||W||_F / sqrt(n_out) of each weight, n_out its rows (a Linear's outputs, a convolution's
+    output channels), as (norms, divisors): sqrt(fan_in * var(w)), the factor by which W^T scales a
+    random vector's norm (E||W^T d||^2 = ||W||_F^2 / n_out * ||d||^2 for W with i.i.d. entries)."""
+    return norms([w.detach() for w in weights]), [math.sqrt(w.shape[0]) for w in weights]
+
+
+def dact_factor(dact_square_mean: float, next_weight_scale: float) -> float:
+    """dact_factor of a layer (on the host): rms(f'(u)) times the next layer's weight_scale, the
+    factor by which the back-propagated signal changes from layer l+1 to layer l in a wide random
+    network (||d_l||^2 = mean f'^2 * ||W_(l+1)^T d_(l+1)||^2); for one unit and one example exactly
+    |w| |f'(u)|."""
+    return math.sqrt(dact_square_mean) * next_weight_scale
 
 
 # -- the index -------------------------------------------------------------------------------------
@@ -202,7 +212,7 @@ KERNELS: dict[str, Kernel] = {
     "act_mean": moments, "act_std": moments, "preact_mean": moments, "preact_std": moments,
     "dact_mean": activation_regions, "inactive_frac": activation_regions, "saturated_frac": activation_regions,
     "dead_frac": activation_regions,
-    "dact_factor": weight_abs_mean,
+    "dact_factor": dact_factor,
     "bn_stat_distance": bn_stat_distance,
     "spp_sq_mean": signal_propagation, "spp_var": signal_propagation, "spp_branch_var": signal_propagation,
 }  # fmt: skip

@@ -37,7 +37,7 @@ from gradlab.measure.pending import Column, PendingMeasurement, SiteKey
 from gradlab.measure.rows import layer_rows
 from gradlab.vocab.quantities import GROUPS, NORM, QUANTITIES, RESIDUAL, SATURATION_THRESHOLD
 
-_WEIGHT_ABS_MEAN = "weight_abs_mean"  # not a column: what dact_factor multiplies dact_mean by
+_WEIGHT_SCALE = "weight_scale"  # not a column: ||W||_F / sqrt(n_out), what dact_factor multiplies rms(f') by
 
 
 @dataclass(frozen=True)
@@ -164,10 +164,10 @@ class Probe:
             if self.bias_entries:
                 _by_family(pending, "bias_grad_norm", self.bias_entries, grad_norms[[e.at for e in self.bias_entries]])
         if "activations" in self.groups and "dact_mean" in pending.columns:
-            # mean |w| of each layer's weight, for dact_factor (computed from the host values in `rows`)
+            # each layer's weight scale, for dact_factor (computed from the host values in `rows`)
             every_site = [site.key for site in self.sites]
-            means = kernels.weight_abs_mean([layer.weight for layer in self.layers])
-            pending.columns[_WEIGHT_ABS_MEAN] = (every_site, torch.stack([m for m, _ in means]), [n for _, n in means])
+            scales, divisors = kernels.weight_scale([layer.weight for layer in self.layers])
+            pending.columns[_WEIGHT_SCALE] = (every_site, scales, divisors)
         self._measure_norm_parts(pending, grad_norms)
         self._measure_more(pending)
         pending.extras["loss"] = loss.detach()
@@ -228,12 +228,12 @@ class Probe:
     # -- rows -------------------------------------------------------------------------------
 
     def _dact_factors(self, columns: dict[str, Column]) -> Column:
-        """dact_factor of each hidden layer: its dact_mean times the next layer's mean |w|."""
-        dact, weight_abs = columns.get("dact_mean", {}), columns.get(_WEIGHT_ABS_MEAN, {})
+        """dact_factor of each hidden layer: its rms(f') times the next layer's weight scale."""
+        square, scale = columns.get(kernels.DACT_SQUARE_MEAN, {}), columns.get(_WEIGHT_SCALE, {})
         factors: Column = {}
         for site, following in zip(self.sites, self.sites[1:]):
-            if site.key in dact and following.key in weight_abs:
-                factors[site.key] = dact[site.key] * weight_abs[following.key]
+            if site.key in square and following.key in scale:
+                factors[site.key] = kernels.dact_factor(square[site.key], scale[following.key])
         return factors
 
     def columns_written(self, columns: dict[str, Column]) -> list[str]:

@@ -431,6 +431,7 @@ def region_counts(name: str, act: "nn.Module", u: "torch.Tensor", y: "torch.Tens
         saturated entries in a flat tail (`Regions`, threshold t)      (absent: no tail)
         alive     units whose f'(u) is nonzero somewhere in the batch  (dead = C - alive)
         dact      sum of |f'(u)| over all entries                      (dact_mean = dact / u.numel())
+        dact_sq   sum of f'(u)^2 over all entries                      (rms f' = sqrt(dact_sq / u.numel()))
 
     ReLU's are read off y (relu' is 1 exactly where y > 0, else 0): its inactive count is the
     complement of a sign sum, and |f'| sums to the active count."""
@@ -443,11 +444,12 @@ def region_counts(name: str, act: "nn.Module", u: "torch.Tensor", y: "torch.Tens
         active = y.sign().sum() if y.numel() < 2**24 else (y > 0).sum()  # exact: a float sum of ones below 2^24
         counts["inactive"] = u.numel() - active
         counts["alive"] = (y.amax(dim=unit_dims) > 0).sum()
-        counts["dact"] = active
+        counts["dact"] = counts["dact_sq"] = active
         return counts
     slope = record.derivative(act, u, y)
     magnitude = slope.abs()
     counts["dact"] = magnitude.sum()
+    counts["dact_sq"] = (magnitude * magnitude).sum()
     counts["alive"] = (magnitude.amax(dim=unit_dims) > 0).sum()
     if regions.inactive:
         counts["inactive"] = (u <= 0).sum()

@@ -65,8 +65,11 @@ LAYER_QUANTITIES: tuple[Quantity, ...] = (
     Quantity("dact_mean", "activations", "activation",
              "mean of |f'(u)| over batch and units (and positions), f the activation and u its input: sigmoid's is at most 1/4"),
     Quantity("dact_factor", "activations", "activation",
-             "dact_mean of this layer times the mean |w| over the entries of the next layer's weight (the head's for the last "
-             "hidden layer): the lecture's |w| |f'| factor by which the back-propagated signal changes per layer (empty for the head)"),
+             "rms(f'(u)) of this layer, the root mean square of the activation's derivative over batch and units (and positions), "
+             "times ||W||_F / sqrt(n_out) of the next layer's weight W (the head's for the last hidden layer; n_out its rows, or output "
+             "channels): the factor by which the back-propagated signal changes from the next layer to this one in a wide random "
+             "network (E||W^T d||^2 = ||W||_F^2 / n_out ||d||^2 for i.i.d. entries), so it predicts the measured per-layer ratio of "
+             "delta_norm; for one unit and one example it is exactly the lecture's |w| |f'(u)| (empty for the head)"),
     Quantity("inactive_frac", "activations", "activation",
              "share of (example, unit) pairs with u <= 0, u the activation's input, whatever the slope there: the ReLU family's off side, "
              "the negative side of ELU, SELU, GELU, SiLU, softplus; empty for sigmoid, tanh, hardtanh, identity "
