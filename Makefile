@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test bench papers install clean claims claims-all docs
+.PHONY: demo test test-fast bench papers install clean claims claims-all docs
 
 $(BIN)/gradlab: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,13 @@ install: $(BIN)/gradlab
 demo: install
 	$(BIN)/gradlab run configs/example.yaml
 
+# the suite on every core (pytest-xdist: a worker per core, each test file on one worker, one torch
+# thread each); test-fast leaves out the end-to-end runs marked slow
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile
+
+test-fast: install
+	$(BIN)/python -m pytest -n auto --dist loadfile -m 'not slow'
 
 bench: install
 	$(BIN)/python benchmarks/overhead.py

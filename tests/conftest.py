@@ -13,9 +13,16 @@ formats the loaders read).
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import pytest
+
+# Under pytest-xdist (`-n auto`, as `make test` runs) every worker gets one torch thread, and so
+# does every process a test starts: two workers with torch's default thread count on two cores slow
+# each other down by an order of magnitude. Set before any test module imports torch.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
 
 def _invoker(base_env: dict[str, str]) -> Callable[..., Any]:
