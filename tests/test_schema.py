@@ -100,6 +100,8 @@ def test_a_resolved_config_as_a_run_stores_it_is_valid(validator):
         ("sweep", {"name": ["a", "b"]}),  # not sweepable
         ("sweep", {"model.depth": []}),
         ("seeds", [0, "1"]),
+        ("seeds", 0),  # a count of seeds is at least 1
+        ("seeds", "3"),
     ],
 )
 def test_what_the_loader_rejects_the_schema_rejects(validator, dotted, value):
@@ -123,6 +125,7 @@ SWEEP_BASE = {"name": "ok", "model": {"activation": {"name": "leaky_relu"}}, "op
         (SWEEP_BASE, "sweep", {"model.activation": ["relu", {"name": "leaky_relu", "negative_slope": 0.2}], "optim.lr": [0.1, 0.01], "seed": [0, 1]}),
         (SWEEP_BASE, "sweep", {"model.activation.negative_slope": [0.01, 0.2]}),
         ({}, "seeds", [0, 1, 2]),
+        ({}, "seeds", 3),  # a count: range(3)
     ],
 )
 def test_what_the_loader_accepts_the_schema_accepts(validator, base, dotted, value):

@@ -157,6 +157,21 @@ def test_a_malformed_sweep_section_is_one_line(raw, line):
     assert error.value.lines == [line]
 
 
+def test_seeds_as_a_count_are_range_n_and_a_list_is_kept():
+    def seeds(value):
+        return [run.config["seed"] for run in sweep_plan.plan_sweep({**BASE, "seeds": value}).members]
+
+    assert seeds(3) == [0, 1, 2]
+    assert seeds([5, 7]) == [5, 7]
+    assert seeds(1) == [0]
+    for bad, line in [(0, "seeds: a count of seeds is at least 1, got 0; or list them, e.g. [0, 1, 2]"),
+                      (True, "seeds: expected a count (3: seeds 0, 1, 2) or a list of integer seeds, e.g. [0, 1, 2], got true"),
+                      ("3", "seeds: expected a count (3: seeds 0, 1, 2) or a list of integer seeds, e.g. [0, 1, 2], got '3'")]:
+        with pytest.raises(ConfigError) as error:
+            sweep_plan.plan_sweep({**BASE, "seeds": bad})
+        assert error.value.lines == [line]
+
+
 def test_set_on_a_swept_key_is_refused():
     with pytest.raises(ConfigError) as error:
         sweep_plan.plan_sweep({**BASE, "sweep": GRID, "seeds": [0]}, overrides=["seed=3"])

@@ -207,8 +207,11 @@ def config_json_schema() -> dict[str, Any]:
     schema["properties"]["sweep"] = _sweep_schema(schema)
     schema["properties"]["claims"] = _claims_schema()
     schema["properties"]["seeds"] = {
-        "type": "array", "minItems": 1, "uniqueItems": True, "items": {"type": "integer", "minimum": 0},
-        "description": "run every configuration once per seed (the seed axis of a sweep)",
+        "anyOf": [
+            {"type": "integer", "minimum": 1, "description": "a count n: seeds 0, 1, ..., n - 1 (range(n))"},
+            {"type": "array", "minItems": 1, "uniqueItems": True, "items": {"type": "integer", "minimum": 0}, "description": "the seeds themselves"},
+        ],
+        "description": "run every configuration once per seed (the seed axis of a sweep): a count (3: seeds 0, 1, 2) or a list ([0, 1, 2])",
     }  # fmt: skip
     return {
         "$schema": SCHEMA_DIALECT,

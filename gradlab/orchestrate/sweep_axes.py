@@ -1,7 +1,7 @@
 """What a sweep varies: the axes of a config's `sweep:` and `seeds:` and of `--sweep`.
 
     sweep: {model.activation: [sigmoid, tanh, relu, elu], model.norm: [none, batchnorm]}
-    seeds: [0, 1, 2]
+    seeds: [0, 1, 2]          # or a count: `seeds: 3` is seeds 0, 1, 2 (range(3))
 
 Values that vary together rather than in a grid (a weight std with its bias mean) are zipped:
 
@@ -82,6 +82,17 @@ def _axis(key: str, values: Any, where: str) -> Axis:
     return Axis(key, tuple(values))
 
 
+def seed_list(seeds: Any) -> Any:
+    """`seeds: 3` is range(3), seeds 0, 1, 2; a list is kept as it is (checked by _axis)."""
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        if seeds < 1:
+            raise ConfigError(f"seeds: a count of seeds is at least 1, got {seeds}; or list them, e.g. [0, 1, 2]")
+        return list(range(seeds))
+    if not isinstance(seeds, list):
+        raise ConfigError(f"seeds: expected a count (3: seeds 0, 1, 2) or a list of integer seeds, e.g. [0, 1, 2], got {_brief(seeds)}")
+    return seeds
+
+
 def has_sweep(raw: dict[str, Any]) -> bool:
     return SWEEP_KEY in raw or SEEDS_KEY in raw or CLAIMS_KEY in raw  # (claims without a sweep: planning says so)
 
@@ -107,7 +118,7 @@ def split_sweep(raw: dict[str, Any]) -> tuple[dict[str, Any], list[Axis]]:
     if SEEDS_KEY in raw:
         if any(axis.key == SEED_AXIS for axis in axes):
             raise ConfigError("seeds: the seeds are given twice (seeds: and sweep: {seed: ...}); keep one")
-        axes.append(_axis(SEED_AXIS, seeds, "seeds"))
+        axes.append(_axis(SEED_AXIS, seed_list(seeds), "seeds"))
     return base, _seed_last(axes)
 
 
