@@ -271,3 +271,16 @@ def test_compare_table_at_80_columns_breaks_no_label_and_keeps_mean_and_std_toge
     final_loss = [line.split(maxsplit=1)[1].split("   ") for line in out if line.strip().startswith("final_train_loss")]
     assert [cell.strip() for row in final_loss for cell in row if cell.strip()] == ["0.812 ± 0.0884"] * 4
     assert not any(line.rstrip().endswith(("±", "×/÷")) for line in out)
+
+
+def test_a_swept_learning_rate_is_the_column_optim_lr(tmp_path, invoke):
+    # issue 24: sweeping optim.lr named the column `optim`, its values sgd(lr=0.3)
+    for lr, run_id in ((0.3, "a"), (0.1, "b")):
+        config = resolved_config("lr", 0, depth=3, optim={"name": "sgd", "lr": lr})
+        layers = layer_rows(0, **RELU) + layer_rows(10, **RELU)
+        write_run(tmp_path, config, layers, METRICS, run_id=run_id)
+    result = invoke("compare", tmp_path, "-f", "csv", "--step", "0")
+    assert result.exit_code == 0, result.output
+    table = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert list(table[0])[:2] == ["label", "optim.lr"]
+    assert [(row["label"], row["optim.lr"]) for row in table] == [("lr#lr=0.1", "0.1"), ("lr#lr=0.3", "0.3")]

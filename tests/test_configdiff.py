@@ -88,6 +88,20 @@ def test_canonical_values_ignore_key_order_and_tell_missing_from_null():
     assert configdiff.config_columns([a, b]) == {"model.extra": ["-", "null"]}
 
 
+def test_a_component_of_one_name_is_named_by_the_parameter_that_differs():
+    # issue 24: sweeping optim.lr gave a column `optim` holding sgd(lr=0.3)
+    fast, slow = (resolved_config(optim={"name": "sgd", "lr": lr}) for lr in (0.3, 0.1))
+    assert configdiff.config_columns([fast, slow]) == {"optim.lr": ["0.3", "0.1"]}
+    assert configdiff.differing_keys([fast, slow]) == ["optim.lr"]
+    assert configdiff.labels([fast, slow]) == ["optim.lr=0.3", "optim.lr=0.1"]
+    # two parameters: a column each; different components: one column, name(parameters)
+    both = resolved_config(optim={"name": "sgd", "lr": 0.1, "momentum": 0.9})
+    assert configdiff.config_columns([fast, both]) == {"optim.lr": ["0.3", "0.1"], "optim.momentum": ["0", "0.9"]}
+    adam = resolved_config(optim={"name": "adam", "lr": 0.1})
+    assert list(configdiff.config_columns([slow, adam])) == ["optim"]
+    assert configdiff.config_columns([slow, adam])["optim"][1].startswith("adam(")
+
+
 def test_labels_and_seed_groups():
     sig = [resolved_config("sig", seed=s, model__activation="sigmoid") for s in (0, 1)]
     relu = resolved_config("relu", seed=0)
@@ -113,7 +127,7 @@ def test_row_labels_come_from_config_values_not_folder_names():
     assert configdiff.row_labels(["sweep", "sweep"], [a, b]) == ["sweep#path=data/set-a.csv", "sweep#path=data/run-a.csv"]
     c = {"name": "s", "model": {"norm": {"name": "batchnorm", "momentum": 0.1}}}
     d = {"name": "s", "model": {"norm": {"name": "batchnorm", "momentum": 0.5}}}
-    assert configdiff.row_labels(["s", "s"], [c, d]) == ["s#norm=batchnorm(momentum=0.1)", "s#norm=batchnorm(momentum=0.5)"]
+    assert configdiff.row_labels(["s", "s"], [c, d]) == ["s#momentum=0.1", "s#momentum=0.5"]  # model.norm.momentum
     # distinct names stay as they are; rows of one name and one config are numbered
     assert configdiff.row_labels(["x", "y"], [a, b]) == ["x", "y"]
     assert configdiff.row_labels(["x", "x"], [a, a]) == ["x#1", "x#2"]

@@ -5,7 +5,7 @@ between configs, how their values are shown, and the labels and seed groups buil
     flatten_config(config)        a run's config flattened, each component one value
     canonical(value)              a text that is equal exactly when two values are
     differing_keys(configs)       the experimental keys whose values are not the same everywhere
-    config_columns(configs)       {differing key: each config's value as shown}
+    config_columns(configs)       {differing key: each config's value as shown} (optim.lr, not optim)
     labels(configs)               a legend label per config
     applies(key, config)          whether a key acts for the config's model kind (labels skip those that do not)
     group_by_config(configs)      configs that differ only by seed, grouped; numbers in numeric order
@@ -90,8 +90,10 @@ def is_experimental(key: str) -> bool:
 
 
 def differing_keys(configs: Sequence[dict[str, Any]]) -> list[str]:
-    """Dotted keys whose values are not the same in every config (a missing key counts as a value)."""
-    return _differing([flatten_config(config) for config in configs])
+    """Dotted keys whose values are not the same in every config (a missing key counts as a value),
+    named as config_columns names them: `optim.lr` where only the learning rate of one optimizer
+    differs, `optim` where the optimizers differ."""
+    return list(config_columns(configs))
 
 
 def _differing(flats: list[dict[str, Any]]) -> list[str]:
@@ -150,9 +152,34 @@ def display_values(key: str, values: Sequence[Any]) -> list[str]:
 
 
 def config_columns(configs: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
-    """{differing key: the displayed value of every config}, keys in config order."""
+    """{differing key: the displayed value of every config}, keys in config order.
+
+    A component whose name is the same in every config is named by the parameters that differ:
+    sweeping the learning rate gives a column `optim.lr` holding 0.3, 0.1, ..., not `optim` holding
+    sgd(lr=0.3); one column per differing parameter. Where the names differ (sgd and adam), the
+    component is one column, `optim`, shown as display_values shows it."""
     flats = [flatten_config(config) for config in configs]
-    return {key: display_values(key, [flat.get(key, MISSING) for flat in flats]) for key in _differing(flats)}
+    columns: dict[str, list[str]] = {}
+    for key in _differing(flats):
+        values = [flat.get(key, MISSING) for flat in flats]
+        params = _differing_params(key, values)
+        if params:
+            for param in params:
+                columns[f"{key}.{param}"] = [format_value(value.get(param, MISSING)) for value in values]
+        else:
+            columns[key] = display_values(key, values)
+    return columns
+
+
+def _differing_params(key: str, values: Sequence[Any]) -> list[str]:
+    """The parameters that differ when every value of component `key` is one component (one name);
+    [] otherwise (a plain key, a component missing somewhere, or different components)."""
+    if key not in COMPONENT_KEYS or not all(isinstance(value, dict) for value in values):
+        return []
+    if len({str(value.get("name")) for value in values}) > 1:
+        return []
+    params = list(dict.fromkeys(p for value in values for p in value if p != "name"))
+    return [p for p in params if len({canonical(value.get(p, MISSING)) for value in values}) > 1]
 
 
 def describe_config(config: dict[str, Any]) -> str:
@@ -181,6 +208,13 @@ def group_by_config(configs: Sequence[dict[str, Any]]) -> list[list[int]]:
     groups: dict[tuple[str, ...], list[int]] = {}
     for index, flat in enumerate(flats):
         groups.setdefault(tuple(canonical(flat.get(key, MISSING)) for key in keys), []).append(index)
+    # ordered as the columns are named: one component's differing parameters (optim.lr) are values of their own
+    for key in list(keys):
+        params = _differing_params(key, [flat.get(key, MISSING) for flat in flats])
+        if params:
+            for flat in flats:
+                flat.update({f"{key}.{p}": flat[key].get(p, MISSING) for p in params})
+            keys[keys.index(key) : keys.index(key) + 1] = [f"{key}.{p}" for p in params]
     first_seen: dict[str, dict[str, int]] = {key: {} for key in keys}
     for flat in flats:
         for key in keys:
