@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from gradlab.config.experiment import validate
-from gradlab.build.data import Dataset
+from gradlab.build.dataset import Dataset
 from gradlab.vocab.quantities import layers_columns
 from gradlab.records.write import RunRecords
 from gradlab.orchestrate.train import Trainer

@@ -1,4 +1,4 @@
-"""Tests for gradlab.build.data: synthetic sets, the minibatch iterator, and the file loaders."""
+"""Tests for the datasets (gradlab.build.data and its loaders): synthetic sets, the minibatch iterator, the file loaders and the sequences."""
 
 from __future__ import annotations
 
@@ -394,7 +394,7 @@ def _read_everything_then_slice(path: Path, magic: int, n: int) -> np.ndarray:
 
 @pytest.mark.parametrize("gz", [False, True])
 def test_idx_reads_only_the_first_examples_with_the_numbers_of_a_whole_read(tmp_path, gz):
-    from gradlab.build.data import IDX_IMAGES, IDX_LABELS, read_idx
+    from gradlab.build.data_files import IDX_IMAGES, IDX_LABELS, read_idx
 
     rng = np.random.default_rng(1)
     images, labels = rng.integers(0, 256, (40, 7, 5), dtype=np.uint8), rng.integers(0, 10, 40, dtype=np.uint8)
@@ -412,7 +412,7 @@ def test_idx_reads_only_the_first_examples_with_the_numbers_of_a_whole_read(tmp_
 
 
 def test_real_mnist_first_examples_are_those_of_a_whole_read():
-    from gradlab.build.data import IDX_IMAGES, IDX_LABELS
+    from gradlab.build.data_files import IDX_IMAGES, IDX_LABELS
 
     folder = real_mnist_dir()
     ds = load_dataset(make_cfg(name="mnist", path=str(folder), n_train=1000, n_test=100, batch_size=100), 0)
@@ -659,7 +659,9 @@ def test_file_vanished_after_validation(tmp_path):
 
 from types import SimpleNamespace  # noqa: E402
 
-from gradlab.build.data import ADDING_BASELINE_MSE, COPY_LENGTH, SEQUENCE_LOADERS  # noqa: E402
+from gradlab.build.data import SEQUENCE_LOADERS  # noqa: E402
+from gradlab.build.data_sequences import ADDING_BASELINE_MSE  # noqa: E402
+from gradlab.vocab.datasets import COPY_LENGTH  # noqa: E402
 
 
 def seq_cfg(name, **values):

@@ -21,7 +21,7 @@ import time
 import torch
 
 from gradlab.build.components import build_optimizer, get_loss, schedule_factor
-from gradlab.build.data import Dataset
+from gradlab.build.dataset import Dataset
 from gradlab.build.memory import EVAL_CHUNK
 from gradlab.build.models import Stack, build_model
 from gradlab.build.system import available_cores, check_threads
