@@ -14,6 +14,12 @@ instead, each on its own copy of the plain model, every step:
                              norm, the weight gradient's norm and the update-to-data ratio, each
                              with .item() (makemore part 3's diagnostics, written plainly)
 
+and `gradlab.watch` on the plain loop, every step and every 10 steps. Beside the MLP, a transformer
+block (issue 20): nn.TransformerEncoderLayer (d_model 128, 4 heads, feed-forward 512, pre-norm, no
+dropout) and a Linear head on sequences of 32 tokens at batch 16, its watch rows timed against its own
+plain loop: there watch sees every parameter use through a TorchFunctionMode on measured steps
+(the attention's in_proj_weight and out_proj inside nn.MultiheadAttention included).
+
 Variants are interleaved round by round in one process so that machine noise hits them alike;
 each round times `--steps` steps per variant and the table reports the median ms/step over
 rounds and the median of the per-round ratios to the plain loop, by wall time and by the
@@ -42,7 +48,9 @@ from gradlab.build.dataset import Dataset
 from gradlab.records.write import RunRecords
 from gradlab.orchestrate.train import Trainer
 
-TARGETS = {"weights probe every step": 1.05, "all probes every step": 1.25, "all probes every 10 steps": 1.03}
+TARGETS = {"weights probe every step": 1.05, "all probes every step": 1.25, "all probes every 10 steps": 1.03,
+           "transformer: watch every 10 steps": 1.05}
+BASELINES = {"transformer: watch every step": "transformer: plain loop", "transformer: watch every 10 steps": "transformer: plain loop"}
 LR = 1e-3
 
 
@@ -122,6 +130,23 @@ class WatchedLoop(Plain):
         self.watch.step(loss=loss)
 
 
+class TransformerBlock(nn.Module):
+    """One pre-norm encoder layer over (B, T, d_model) and a Linear head on the first position."""
+
+    def __init__(self, d_model: int = 128, heads: int = 4, classes: int = 10):
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(d_model, heads, dim_feedforward=4 * d_model, dropout=0.0, batch_first=True, norm_first=True)
+        self.head = nn.Linear(d_model, classes)
+
+    def forward(self, x):
+        return self.head(self.layer(x)[:, 0])
+
+
+def on_own_batch(step, x, y):
+    """A step function that ignores the MLP's batch and trains on its own (x, y)."""
+    return lambda _x, _y: step(x, y)
+
+
 class KarpathyRetainGrad(Plain):
     """makemore part 3's diagnostics: keep every layer's output, retain_grad, read stats with .item()."""
 
@@ -181,6 +206,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: steadiest on a shared machine)")
+    parser.add_argument("--only", default=None, help="time only the variants whose name holds this text (and their plain loops)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -204,6 +230,17 @@ def main() -> None:
         "watch every step": WatchedLoop(copy.deepcopy(twin), out, 1).step,
         "watch every 10 steps": WatchedLoop(copy.deepcopy(twin), out, 10).step,
     }
+    transformer = TransformerBlock()
+    tokens, labels = torch.randn(16, 32, 128), torch.randint(0, 10, (16,))
+    variants |= {
+        "transformer: plain loop": on_own_batch(Plain(transformer).step, tokens, labels),
+        "transformer: watch every step": on_own_batch(WatchedLoop(copy.deepcopy(transformer), out, 1).step, tokens, labels),
+        "transformer: watch every 10 steps": on_own_batch(WatchedLoop(copy.deepcopy(transformer), out, 10).step, tokens, labels),
+    }
+    if args.only:
+        kept = {name for name in variants if args.only in name}
+        kept |= {BASELINES.get(name, "plain PyTorch loop") for name in kept}
+        variants = {name: step for name, step in variants.items() if name in kept}
     x = torch.randn(args.batch, args.width)
     y = torch.randint(0, 10, (args.batch,))
 
@@ -216,12 +253,14 @@ def main() -> None:
             times[name].append(timed(step, x, y, args.steps))
     load_after = os.getloadavg()
 
-    base = times["plain PyTorch loop"]
     print(f"{args.depth}-layer width-{args.width} ReLU MLP, batch {args.batch}, CPU, torch threads {torch.get_num_threads()}; "
           f"{args.rounds} interleaved rounds of {args.steps} steps; load average (1 min) {load_before[0]:.2f} before, "
           f"{load_after[0]:.2f} after, on {os.cpu_count()} cores")  # fmt: skip
+    print("transformer rows: one pre-norm nn.TransformerEncoderLayer (d_model 128, 4 heads, ff 512) + Linear head, batch 16 x 32 tokens; "
+          "their ratios are to the transformer's own plain loop")  # fmt: skip
     print(f"{'variant':34} {'wall ms/step':>12} {'ratio':>7} {'CPU ms/step':>12} {'ratio':>7} {'target':>8}")
     for name, samples in times.items():
+        base = times[BASELINES.get(name, "plain PyTorch loop")]  # the transformer's rows: against its own plain loop
         wall = statistics.median(t[0] / b[0] for t, b in zip(samples, base))
         cpu = statistics.median(t[1] / b[1] for t, b in zip(samples, base))
         target = TARGETS.get(name)

@@ -86,7 +86,7 @@ from torch import nn
 
 from gradlab.build.sites import Role, Site
 from gradlab.measure import kernels
-from gradlab.measure.norms import norm, norm_of, norms
+from gradlab.measure.norms import norm_of, norms
 from gradlab.measure.ops import OpTap, Use
 from gradlab.measure.pending import PendingMeasurement
 from gradlab.measure.rows import layer_rows
@@ -276,6 +276,7 @@ class Watch:
         step: a loop may replace a parameter or a module between steps)."""
         self._params = {id(p): p for p in self.model.parameters()}
         self._param_names = {id(p): n for n, p in self.model.named_parameters()}
+        self._descriptions: dict[tuple, str] = {}
         owners: dict[int, list[tuple[str, nn.Module]]] = {}
         recurrent: dict[int, tuple[str, nn.RNNBase]] = {}
         for path, module in self.model.named_modules(remove_duplicate=False):
@@ -310,6 +311,7 @@ class Watch:
         self._stack: list[nn.Module] = []  # the modules holding a shared parameter that are running
         self._param_norms: dict[int, torch.Tensor] = {}  # id(param) -> ||W|| in the measured forward pass
         self._grad_norms: dict[int, torch.Tensor] = {}  # id(param) -> ||grad||, as it accumulates
+        self._accumulated: dict[int, nn.Parameter] = {}  # the parameters this backward pass reached so far
         self._changes: dict[int, torch.Tensor] = {}  # id(weight) -> ||W_after - W_before||
         self._scale: torch.Tensor | None = None  # the GradScaler's scale in this step's backward
         self._status_changed = False
@@ -401,13 +403,21 @@ class Watch:
 
     def _on_use(self, use: Use) -> None:
         """A call whose weight is a parameter of the model (ops.OpTap)."""
-        described = ", ".join(f"{self._param_names.get(id(w), '?')} {tuple(w.shape)}" for w in use.weights)
-        if use.bias is not None:
-            described += f", bias {self._param_names.get(id(use.bias), '?')} {tuple(use.bias.shape)}"
-        parts = Parts(list(use.weights), [use.bias] if use.bias is not None else [], f"{use.kind}({described})", use.units)
+        parts = Parts(list(use.weights), [use.bias] if use.bias is not None else [], self._describe(use), use.units)
         site = self._site(self._name_of(use.weights[0]), parts)
         if "deltas" in self.groups and use.output.requires_grad:
             use.output.register_hook(self._delta_hook(site, use.units, use.examples))
+
+    def _describe(self, use: Use) -> str:
+        """config.yaml's line for a use: `linear(c_attn.weight (24, 8), bias c_attn.bias (24,))`."""
+        key = (use.kind, *(id(w) for w in use.weights), id(use.bias))
+        text = self._descriptions.get(key)
+        if text is None:
+            text = ", ".join(f"{self._param_names.get(id(w), '?')} {tuple(w.shape)}" for w in use.weights)
+            if use.bias is not None:
+                text += f", bias {self._param_names.get(id(use.bias), '?')} {tuple(use.bias.shape)}"
+            text = self._descriptions[key] = f"{use.kind}({text})"
+        return text
 
     def _on_recurrent(self, kind: str, func, args: tuple, kwargs: dict):
         """A recurrent module's fused call (ops.OpTap): one site, or with time=True its layers run
@@ -501,10 +511,19 @@ class Watch:
         return hook
 
     def _keep_grad_norm(self, param: torch.Tensor) -> None:
-        # the norm of the accumulated gradient (the last call wins: several backward passes add up)
-        self._grad_norms[id(param)] = norm(param.grad)
-        if self.scaler is not None and self._scale is None:
-            self._scale = _scale_of(self.scaler, param.grad.device)
+        """A parameter's gradient was accumulated: its norm is taken with the others' in one batched
+        call when this backward pass ends, before the loop can clip or unscale it (several backward
+        passes add up: each one's end norms the gradients it reached, the last one wins)."""
+        if not self._accumulated:
+            torch.autograd.Variable._execution_engine.queue_callback(self._norm_gradients)
+            if self.scaler is not None and self._scale is None:
+                self._scale = _scale_of(self.scaler, param.grad.device)
+        self._accumulated[id(param)] = param
+
+    def _norm_gradients(self) -> None:
+        reached, self._accumulated = list(self._accumulated.values()), {}
+        for param, value in zip(reached, norms([p.grad for p in reached])):
+            self._grad_norms[id(param)] = value
 
     def _updated_weights(self) -> list[nn.Parameter]:
         seen, weights = set(), []
@@ -643,28 +662,32 @@ class Watch:
 
     def _site_columns(self, pending: PendingMeasurement) -> None:
         """The weight, gradient and update columns of every site this step touched, from the
-        parameters' norms (a site of several parameters: the norm of all of them together)."""
+        parameters' norms (a site of several parameters: the norm of all of them together; the
+        update ratios of all sites in one call of their kernel)."""
         param_norms, grad_norms, changes = self._param_norms, self._grad_norms, self._changes
-        updates = "updates" in self.groups
+        ratios: list[tuple[str, Site, torch.Tensor, torch.Tensor]] = []
         for site in dict.fromkeys(self._touched):
             parts = self._parts[site]
             columns = [("", parts.weights, parts.biases)] + [(f"{family}_", w, b) for family, (w, b) in parts.families.items()]
             for prefix, weights, biases in columns:
-                sizes = [param_norms.get(id(w)) for w in weights]
-                if any(s is None for s in sizes):
+                size = _together([param_norms.get(id(w)) for w in weights])
+                if size is None:
                     continue
-                size = norm_of(sizes)
                 if "weights" in self.groups:
                     pending.add(f"{prefix}weight_norm", site, size)
-                    grads = [grad_norms.get(id(w)) for w in weights]
-                    if all(g is not None for g in grads):
-                        pending.add(f"{prefix}weight_grad_norm", site, norm_of(grads))
-                    bias_grads = [grad_norms.get(id(b)) for b in biases]
-                    if bias_grads and all(g is not None for g in bias_grads):
-                        pending.add(f"{prefix}bias_grad_norm", site, norm_of(bias_grads))
-                change = [changes.get(id(w)) for w in weights]
-                if updates and all(c is not None for c in change):
-                    pending.add(f"{prefix}update_ratio", site, kernels.ratio(norm_of(change), size))
+                    grads = _together([grad_norms.get(id(w)) for w in weights])
+                    if grads is not None:
+                        pending.add(f"{prefix}weight_grad_norm", site, grads)
+                    bias_grads = _together([grad_norms.get(id(b)) for b in biases]) if biases else None
+                    if bias_grads is not None:
+                        pending.add(f"{prefix}bias_grad_norm", site, bias_grads)
+                change = _together([changes.get(id(w)) for w in weights])
+                if "updates" in self.groups and change is not None:
+                    ratios.append((f"{prefix}update_ratio", site, change, size))
+        if ratios:
+            values = kernels.ratio(torch.stack([c for _, _, c, _ in ratios]), torch.stack([s for _, _, _, s in ratios]))
+            for (quantity, site, _, _), value in zip(ratios, values):
+                pending.add(quantity, site, value)
 
     def _metrics_row(self, split: str, values: dict[str, float | None], grad_norm: float | None) -> dict[str, Any]:
         return {
@@ -700,6 +723,13 @@ def watch(
     Returns a `Watch`: call `w.step(loss=..., accuracy=...)` after each optimizer step, and
     `w.close()` at the end, or use it as a context manager."""
     return Watch(model, out, every, name, optimizer=optimizer, groups=groups, seed=seed, expect=expect, time=time, scaler=scaler)
+
+
+def _together(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
+    """The norm of several tensors together from their norms (one: itself); None if one is missing."""
+    if any(part is None for part in parts):
+        return None
+    return parts[0] if len(parts) == 1 else norm_of(parts)
 
 
 def _clock() -> float:
