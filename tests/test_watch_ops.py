@@ -291,3 +291,28 @@ def test_unmeasured_steps_run_without_the_mode(tmp_path):
         assert not _get_current_function_mode_stack()
     assert seen == [1, 0, 1, 0]  # (the pass that raised never reached the head)
     assert [r["step"] for r in read_csv(w.run_dir, "metrics.csv")] == ["0", "2"]
+
+
+def test_a_sparse_embedding_and_keyword_arguments(tmp_path):
+    """nn.Embedding(sparse=True) has a sparse gradient (its norm: the coalesced values'), and a
+    functional call may name its weight."""
+
+    class Bag(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(11, E, sparse=True)
+            self.w = nn.Parameter(torch.randn(CLASSES, E))
+
+        def forward(self, idx):
+            return F.linear(input=self.embed(idx).mean(1), weight=self.w)
+
+    torch.manual_seed(0)
+    model = Bag()
+    idx, y = torch.tensor([[1, 2, 2], [3, 1, 0]]), torch.tensor([0, 2])
+    with gradlab.watch(model, out=tmp_path, every=1) as w:
+        F.cross_entropy(model(idx), y).backward()
+        w.step()
+    row = read_layers(w.run_dir)[0]
+    assert list(row) == ["embed", "w"]
+    assert math.isclose(row["embed"]["weight_grad_norm"], model.embed.weight.grad.to_dense().norm().item(), rel_tol=1e-6)
+    assert math.isclose(row["w"]["weight_grad_norm"], model.w.grad.norm().item(), rel_tol=1e-6)

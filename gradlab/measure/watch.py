@@ -522,7 +522,9 @@ class Watch:
 
     def _norm_gradients(self) -> None:
         reached, self._accumulated = list(self._accumulated.values()), {}
-        for param, value in zip(reached, norms([p.grad for p in reached])):
+        # a sparse gradient (nn.Embedding(sparse=True)): the norm of its coalesced values is its norm
+        grads = [p.grad.coalesce().values() if p.grad.is_sparse else p.grad for p in reached]
+        for param, value in zip(reached, norms(grads)):
             self._grad_norms[id(param)] = value
 
     def _updated_weights(self) -> list[nn.Parameter]:
