@@ -316,3 +316,18 @@ def test_a_sparse_embedding_and_keyword_arguments(tmp_path):
     assert list(row) == ["embed", "w"]
     assert math.isclose(row["embed"]["weight_grad_norm"], model.embed.weight.grad.to_dense().norm().item(), rel_tol=1e-6)
     assert math.isclose(row["w"]["weight_grad_norm"], model.w.grad.norm().item(), rel_tol=1e-6)
+
+
+def test_compare_plot_and_report_read_the_transformer_records(tmp_path):
+    torch.manual_seed(0)
+    for name in ("encoder", "gpt"):
+        make, data, sites = MODELS[name]
+        train_alone(make(), data(3), F.cross_entropy, watcher(tmp_path / "runs", name, 1))
+    runs = sorted((tmp_path / "runs").glob("*/*"))
+    comparison = gradlab.comparison(runs)
+    for (run_dir,), gain in zip(comparison.runs, comparison.table["gain@0"]):
+        rows = read_layers(run_dir)[0]
+        hidden = [n for n, r in rows.items() if r["kind"] == "hidden"]
+        assert math.isclose(gain, rows[hidden[0]]["delta_rms"] / rows[hidden[-1]]["delta_rms"], rel_tol=1e-12)
+    assert len(gradlab.plot(runs, tmp_path / "figures")) >= 4
+    assert gradlab.write_report(runs, tmp_path / "report.html").runs == 2
