@@ -98,7 +98,7 @@ def test_export_errors(runs, tensorboard, invoke):
 
 
 def test_export_without_tensorboard_says_how_to_install(runs, monkeypatch, invoke):
-    monkeypatch.setitem(sys.modules, "tensorboard.summary.writer.event_file_writer", None)
+    monkeypatch.setitem(sys.modules, "tensorboard.summary.writer.record_writer", None)
     assert_error(
         invoke("export", "runs", "--tensorboard", "tb"),
         "--tensorboard: the tensorboard package is not installed; pip install 'gradlab[tensorboard]'",

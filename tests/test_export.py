@@ -193,7 +193,7 @@ def test_unreadable_and_partial_runs(tmp_path):
 
 
 def test_without_tensorboard_one_line_says_how_to_install(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "tensorboard.summary.writer.event_file_writer", None)
+    monkeypatch.setitem(sys.modules, "tensorboard.summary.writer.record_writer", None)
     with pytest.raises(RunError) as caught:
         export.export_tensorboard([synthetic_run(tmp_path)], tmp_path / "tb")
     assert caught.value.lines == ["--tensorboard: the tensorboard package is not installed; pip install 'gradlab[tensorboard]'"]

@@ -367,7 +367,11 @@ def junit_xml(checks: list[RunCheck]) -> str:
 
 
 def write_junit(checks: list[RunCheck], path: str | Path) -> Path:
+    from gradlab.records.output import output_error, write_output
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(junit_xml(checks), encoding="utf-8")
-    return path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(exc, path, "--junit") from None
+    return write_output(path, junit_xml(checks), "--junit")  # whole or not at all, never over a record

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import sys
-from contextlib import nullcontext
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -263,6 +262,9 @@ def _writable_file(path: Path | None, option: str, make_folders: bool = False) -
 
     if path is None:
         return
+    from gradlab.records.output import refuse_records
+
+    refuse_records(path, option)  # outputs never replace a run's records
     shown = str(path)
     if path.is_dir():
         raise RunError(f"{option}: {shown!r} is a folder; give the file to write")
@@ -295,6 +297,14 @@ def _writable_folder(path: Path, option: str) -> None:
         raise RunError(f"{option}: {what}")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise RunError(f"{option}: cannot write into {str(existing)!r}: permission denied")
+
+
+def _write_output(path: Path, text: str, option: str) -> None:
+    """`text` into `path` whole or not at all (a temporary file renamed): one line on a full disk
+    (exit 74) or an unwritable path (exit 2); never over a run's records."""
+    from gradlab.records.output import write_output
+
+    write_output(path, text, option)
 
 
 def _need_paths(paths: list[Path] | None, command: str) -> list[Path]:
@@ -359,14 +369,19 @@ def compare(
     _warn(comparison.notes)
 
     if format_ is Format.table:
-        width = 200 if output else None
-        with open(output, "w", encoding="utf-8") if output else nullcontext(None) as file:
-            screen = Console(file=file, width=width, no_color=True) if file else console
+        if output:
+            import io
+
+            buffer = io.StringIO()
+            screen = Console(file=buffer, width=200, no_color=True)
             screen.print(display.rich_view(comparison, screen.width))
+            _write_output(output, buffer.getvalue(), "--output")
+        else:
+            console.print(display.rich_view(comparison, console.width))
     else:
         text = display.render(comparison, format_.value)
         if output:
-            output.write_text(text, encoding="utf-8")
+            _write_output(output, text, "--output")
         else:
             sys.stdout.write(text)
     if output:
@@ -496,10 +511,9 @@ def schema_command(
     if output is None:
         sys.stdout.write(text)
         return
-    try:
-        output.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise RunError(f"--output: cannot write {str(output)!r}: {exc.strerror}") from None
+    from gradlab.records.output import write_output
+
+    write_output(output, text, "--output")  # (whole or not at all; never over a run's records)
     console.print(f"JSON Schema of a gradlab config: {output}", markup=False, highlight=False, soft_wrap=True)
 
 
@@ -525,6 +539,9 @@ def report_command(
         vanish=DEFAULT_THRESHOLDS.vanish if vanish is None else vanish,
         explode=DEFAULT_THRESHOLDS.explode if explode is None else explode,
     )
+    from gradlab.records.output import refuse_records
+
+    refuse_records(output, "--output")  # before any work (write_report refuses it too)
     result = reporting.write_report(_need_paths(paths, "report"), output, steps=_steps(step), thresholds=thresholds, target_loss=target_loss)
     _warn(result.problems)
     runs_word = "run" if result.runs == 1 else "runs"

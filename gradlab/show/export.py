@@ -18,15 +18,18 @@ Nothing is recomputed: the scalars are the CSV cells, and the profile comes from
 TensorBoard stores a scalar as a 32-bit float, so a value is rounded to float32 (7 digits; a norm
 beyond 3.4e38 reads as inf there); the CSV keeps full precision.
 
-The events are written with TensorBoard's own writer (`tensorboard.summary.writer`) and its protocol
+The events are encoded with TensorBoard's own record writer (`tensorboard.summary.writer`) and its protocol
 buffers, not `torch.utils.tensorboard`: exporting reads records, and like every module on this floor
 it imports no torch. TensorBoard is an optional extra: `pip install 'gradlab[tensorboard]'`.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import os
+import socket
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -35,9 +38,11 @@ from typing import TYPE_CHECKING, Iterable
 import numpy as np
 
 from gradlab.analysis.summaries import profile_at
+from gradlab.records.output import output_error, write_output
 from gradlab.records.run import Run, load_runs
+from gradlab.records.write import is_disk_full
 from gradlab.vocab import quantities
-from gradlab.vocab.errors import RunError
+from gradlab.vocab.errors import GradlabError, RunError
 
 if TYPE_CHECKING:
     from tensorboard.compat.proto import summary_pb2
@@ -73,10 +78,10 @@ def _tensorboard():
         from tensorboard.compat.proto import event_pb2, summary_pb2
         from tensorboard.compat.proto.tensor_pb2 import TensorProto
         from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+        from tensorboard.summary.writer.record_writer import RecordWriter
     except ImportError:
         raise RunError("--tensorboard: the tensorboard package is not installed; pip install 'gradlab[tensorboard]'") from None
-    return event_pb2, summary_pb2, TensorProto, TensorShapeProto, EventFileWriter
+    return event_pb2, summary_pb2, TensorProto, TensorShapeProto, RecordWriter
 
 
 def run_labels(runs: list[Run]) -> list[str]:
@@ -176,6 +181,19 @@ def _config_text(run: Run, summary_pb2, TensorProto, TensorShapeProto):
     return summary_pb2.Summary.Value(tag=CONFIG_TAG, metadata=metadata, tensor=tensor)
 
 
+def _remove_if_empty(folder: Path, top: Path) -> None:
+    """Remove `folder` and the folders above it up to `top` (kept) while they are empty: a failed
+    export leaves no empty folder behind (quietly: on a read-only disk nothing was made)."""
+    top = top.absolute()
+    folder = folder.absolute()
+    while folder != top and top in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent
+
+
 def export_tensorboard(paths: Iterable[str | Path], out_dir: str | Path) -> ExportSummary:
     """Write TensorBoard event files for every run found under `paths` into `out_dir`/<label>/.
 
@@ -184,7 +202,7 @@ def export_tensorboard(paths: Iterable[str | Path], out_dir: str | Path) -> Expo
     folder under `out_dir` already holds events (a second export would show every point twice in
     TensorBoard; nothing is written then).
     """
-    event_pb2, summary_pb2, TensorProto, TensorShapeProto, EventFileWriter = _tensorboard()
+    event_pb2, summary_pb2, TensorProto, TensorShapeProto, RecordWriter = _tensorboard()
     loaded = load_runs(paths)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -202,16 +220,28 @@ def export_tensorboard(paths: Iterable[str | Path], out_dir: str | Path) -> Expo
         try:
             log_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
+            _remove_if_empty(log_dir.parent, out_dir)
+            if is_disk_full(exc):
+                raise output_error(exc, log_dir, "--tensorboard") from None
             raise RunError(f"--tensorboard: cannot create {str(log_dir)!r}: {exc.strerror}") from None
-        writer = EventFileWriter(str(log_dir))
+        # The events are encoded in memory with TensorBoard's record format and the file written
+        # whole (a temporary file renamed): a full disk is one line, never a writer thread's
+        # traceback and a 0-byte events file that would block the retry.
+        buffer = io.BytesIO()
+        records = RecordWriter(buffer)
+        first = min(times.values(), default=0.0)
+        header = event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2", source_metadata=event_pb2.SourceMetadata(writer="gradlab export"))
+        records.write(header.SerializeToString())
+        config = _config_text(run, summary_pb2, TensorProto, TensorShapeProto)
+        records.write(event_pb2.Event(wall_time=first, step=0, summary=summary_pb2.Summary(value=[config])).SerializeToString())
+        for step in sorted(events):
+            summary = summary_pb2.Summary(value=events[step])
+            records.write(event_pb2.Event(wall_time=times.get(step, first), step=step, summary=summary).SerializeToString())
+        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{len(exported)}"
         try:
-            first = min(times.values(), default=0.0)
-            config = _config_text(run, summary_pb2, TensorProto, TensorShapeProto)
-            writer.add_event(event_pb2.Event(wall_time=first, step=0, summary=summary_pb2.Summary(value=[config])))
-            for step in sorted(events):
-                summary = summary_pb2.Summary(value=events[step])
-                writer.add_event(event_pb2.Event(wall_time=times.get(step, first), step=step, summary=summary))
-        finally:
-            writer.close()
+            write_output(log_dir / name, buffer.getvalue(), "--tensorboard")
+        except GradlabError:
+            _remove_if_empty(log_dir, out_dir)
+            raise
         exported.append(ExportedRun(run.dir, log_dir, len(events), scalars, histograms))
     return ExportSummary(out_dir, exported, list(loaded.problems))

@@ -13,6 +13,7 @@ directory names. Runs that differ only by seed share a colour and a legend entry
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Sequence
@@ -24,6 +25,8 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from gradlab.analysis import configdiff
+from gradlab.records.output import output_error, write_output
+from gradlab.records.write import is_disk_full
 from gradlab.records.run import Run
 from gradlab.vocab.errors import RunError
 
@@ -545,10 +548,14 @@ def save_figures(figures: dict[str, Figure], out_dir: str | Path) -> list[Path]:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        if is_disk_full(exc):
+            raise output_error(exc, out_dir, "--output") from None
         raise RunError(f"--output: cannot create {str(out_dir)!r}: {exc.strerror}") from None
     paths = []
     for stem, figure in figures.items():
         path = out_dir / f"{stem}.png"
-        figure.savefig(path)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")  # drawn in memory, then written whole or not at all:
+        write_output(path, buffer.getvalue(), "--output")  # a full disk is one line, never a 0-byte PNG
         paths.append(path)
     return paths

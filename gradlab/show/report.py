@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Iterable, Sequence
 
 from gradlab.analysis.compare import Comparison, compare_runs, explain
 from gradlab.analysis.summaries import DEFAULT_THRESHOLDS, Thresholds, column_name
+from gradlab.records.output import refuse_records, write_output
 from gradlab.records.run import Step, load_runs
 from gradlab.show.display import display_cells, step_heading
 from gradlab.vocab.errors import RunError
@@ -227,12 +227,7 @@ def write_report(paths: Iterable[str | Path], out_file: str | Path, **options) -
         raise RunError(f"--output: {str(out_file)!r} is a folder; give the HTML file to write, e.g. report.html")
     if not out_file.parent.is_dir():
         raise RunError(f"--output: the folder {str(out_file.parent)!r} does not exist")
+    refuse_records(out_file, "--output")
     report = build_report(paths, **options)
-    tmp = out_file.with_name(f".{out_file.name}.tmp")
-    try:
-        tmp.write_text(report.html, encoding="utf-8")
-        os.replace(tmp, out_file)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise RunError(f"--output: cannot write {str(out_file)!r}: {exc.strerror}") from None
+    write_output(out_file, report.html, "--output")  # one line on a full disk (74) or a read-only one (2)
     return report
