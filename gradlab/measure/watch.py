@@ -209,6 +209,7 @@ class Watch:
         self._parts: dict[Site, Parts] = {}
         self._by_name: dict[str, Site] = {}
         self._time_status: dict[str, str] = {}  # recurrent module -> how its time steps are measured (time=True)
+        self._time_written: dict[str, str] = {}  # ... as config.yaml says it
         self._head: Site | None = None  # the last site of the first measured pass, labelled head for good
         recurrent = time and any(isinstance(m, nn.RNNBase) for m in model.modules())
         self._layer_quantities = RECURRENT_LAYERS_COLUMNS[4:] if recurrent else list(QUANTITIES)
@@ -314,7 +315,6 @@ class Watch:
         self._accumulated: dict[int, nn.Parameter] = {}  # the parameters this backward pass reached so far
         self._changes: dict[int, torch.Tensor] = {}  # id(weight) -> ||W_after - W_before||
         self._scale: torch.Tensor | None = None  # the GradScaler's scale in this step's backward
-        self._status_changed = False
         if hasattr(self, "_timesteps"):
             self._timesteps.begin(self._pending)
 
@@ -367,7 +367,7 @@ class Watch:
         self._provisional = []
         if self._head is None and self._touched:
             self._head = self._touched[-1]  # the last layer called in the first measured pass
-        if grown or self._status_changed:
+        if grown or self._time_status != self._time_written:
             self._write_config()
         if "weights" in self.groups or "updates" in self.groups:
             # every parameter used in this forward pass, normed in one batched call (on a GPU one
@@ -435,9 +435,7 @@ class Watch:
             return func(*args, **kwargs)
         why = exact_unavailable(call, module)
         status = why or EXACT
-        if self._time_status.get(path) != status:
-            self._time_status[path] = status
-            self._status_changed = True
+        self._time_status[path] = status
         sites = []
         for k, suffix in enumerate(layer_suffixes(module)):
             ih, hh = own[f"weight_ih_{suffix}"], own[f"weight_hh_{suffix}"]
@@ -625,7 +623,7 @@ class Watch:
         model["layers"] = {site.name: self._parts[site].description for site in self.sites}
         model["depth"] = len(self.sites) - 1
         if self.time:
-            model["time"] = dict(self._time_status)
+            model["time"] = self._time_written = dict(self._time_status)
         write_text_atomic(self.run_dir / CONFIG_FILE, self._config_yaml())
 
     def _write_step(self, loss: Number, accuracy: Number) -> bool:
