@@ -126,7 +126,24 @@ def open_sweep(sweep_dir: str | Path) -> tuple[SweepPlan, SweepIndex]:
     if not (sweep_dir / SWEEP_SPEC_FILE).is_file():
         raise RunError(f"--resume: {str(sweep_dir)!r} has no {SWEEP_SPEC_FILE}; give a sweep directory (results/<name>/<timestamp>-<id>)")
     plan = load_plan(sweep_dir / SWEEP_SPEC_FILE)
-    return plan, SweepIndex.read(sweep_dir, plan)
+    index = SweepIndex.read(sweep_dir, plan)
+    refuse_foreign_folders(sweep_dir, index)
+    return plan, index
+
+
+def refuse_foreign_folders(sweep_dir: Path, index: "SweepIndex") -> None:
+    """One line (exit 2), before anything is touched, when the folder of a run that --resume would
+    run again is a symbolic link or not a folder: resuming removes an unfinished run's folder, and
+    never follows a link to remove (or adopt) what lies elsewhere."""
+    for row in index.rows:
+        if row.status in FINISHED:
+            continue
+        folder = sweep_dir / row.run
+        if folder.is_symlink():
+            raise RunError(f"--resume: {str(folder)!r} is a symbolic link (to {str(folder.readlink())!r}), not the run's own folder; "
+                           "nothing was touched: replace it by the run's folder, or remove it to run that combination again")
+        if folder.exists() and not folder.is_dir():
+            raise RunError(f"--resume: {str(folder)!r} is not a folder; nothing was touched: remove it to run that combination again")
 
 
 def recorded_status(run_dir: Path) -> str | None:

@@ -1,0 +1,64 @@
+"""Damaged or hostile records read back, attacked (issue 23, items 9, 12, 13 and 14): a run whose
+steps cannot exist, a table far larger than its config can produce, a sweep whose run folder was
+replaced by a symbolic link, and terminal escape sequences in names and values. Each is one line
+(a run skipped, or the command refused), the same in every command, and never a traceback."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gradlab.records import layout
+from run_factory import write_yaml
+
+BASE = {
+    "name": "grid",
+    "device": "cpu",
+    "data": {"name": "gaussian", "dim": 16, "classes": 4, "n_train": 256, "n_test": 128, "batch_size": 64},
+    "model": {"depth": 3, "width": 8, "activation": "relu", "init": {"weight": "kaiming_normal", "bias": "zeros"}},
+    "optim": {"name": "sgd", "lr": 0.05},
+    "train": {"steps": 10, "eval_every": 10},
+    "log": {"every": 5},
+}
+
+
+def assert_one_error(result, *fragments: str, code: int = 2) -> str:
+    assert result.exit_code == code, (result.exit_code, result.output)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink() and p.name != ".gradlab.lock"}  # (the lock says who held it last)
+
+
+# --------------------------------------------------------------------------------------------
+# 13. --resume on a sweep whose run folder is a symbolic link
+# --------------------------------------------------------------------------------------------
+
+
+def test_resume_with_a_run_folder_replaced_by_a_link_is_one_line_and_touches_nothing(tmp_path, invoke_wide):
+    config = write_yaml(tmp_path / "grid.yaml", {**BASE, "log": {**BASE["log"], "out": str(tmp_path / "out")}, "sweep": {"model.activation": ["relu", "tanh"]}, "seeds": [0]})
+    sweep_dir = Path(invoke_wide("run", config, "--quiet").stdout.strip())
+    with open(sweep_dir / layout.SWEEP_INDEX_FILE, newline="") as file:
+        rows = list(csv.DictReader(file))
+    rows[0]["status"] = "interrupted"
+    with open(sweep_dir / layout.SWEEP_INDEX_FILE, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(sweep_dir / rows[0]["run"], elsewhere)
+    (sweep_dir / rows[0]["run"]).symlink_to(elsewhere, target_is_directory=True)
+    sweep_before, elsewhere_before = snapshot(sweep_dir), snapshot(elsewhere)
+    result = invoke_wide("run", "--resume", sweep_dir)
+    assert_one_error(result, "--resume:", "is a symbolic link", "nothing was touched")
+    assert (sweep_dir / rows[0]["run"]).is_symlink()
+    assert snapshot(sweep_dir) == sweep_before and snapshot(elsewhere) == elsewhere_before
