@@ -62,3 +62,47 @@ def test_resume_with_a_run_folder_replaced_by_a_link_is_one_line_and_touches_not
     assert_one_error(result, "--resume:", "is a symbolic link", "nothing was touched")
     assert (sweep_dir / rows[0]["run"]).is_symlink()
     assert snapshot(sweep_dir) == sweep_before and snapshot(elsewhere) == elsewhere_before
+
+
+# --------------------------------------------------------------------------------------------
+# 9. A step that cannot be a step of the run
+# --------------------------------------------------------------------------------------------
+
+
+def _runs_with_a_damaged_step(tmp_path: Path, step: str) -> tuple[Path, Path]:
+    from run_factory import one_run
+
+    out = tmp_path / "results"
+    one_run(out, [1.0, 0.5, 0.25], name="good", expect={"gain": {"min": 0}})
+    damaged = one_run(out, [1.0, 0.5, 0.25], name="bad", run_id="000001", expect={"gain": {"min": 0}}).dir
+    layers = damaged / "layers.csv"
+    lines = layers.read_text().splitlines()
+    lines = [lines[0]] + [(step + line[2:]) if line.startswith("10,") else line for line in lines[1:]]
+    layers.write_text("\n".join(lines) + "\n")
+    return out, damaged
+
+
+HUGE_STEPS = ["1e20", "99999999999999999999999", "9223372036854775808", "-9223372036854775809", "-3", "501"]
+
+
+@pytest.mark.parametrize("step", HUGE_STEPS)
+def test_a_step_outside_the_run_is_damage_and_the_run_is_left_out_in_every_command(tmp_path, invoke_wide, step):
+    out, damaged = _runs_with_a_damaged_step(tmp_path, step)
+    from gradlab.records.run import load_run
+    from gradlab.vocab.errors import RunError
+
+    with pytest.raises(RunError, match="step"):
+        load_run(damaged)
+    for args in (["compare", out], ["compare", out, "-f", "json"], ["plot", out, "--output", tmp_path / "figures"],
+                 ["report", out, "-o", tmp_path / "r.html"], ["export", out, "--tensorboard", tmp_path / f"tb{len(step)}"]):
+        if args[0] == "export":
+            pytest.importorskip("tensorboard")
+        result = invoke_wide(*args)
+        assert result.exit_code == 0, (args, result.output)
+        assert "Traceback" not in result.output
+        said = [line for line in result.stderr.splitlines() if str(damaged.name) in line and "bad" in line]
+        assert len(said) == 1 and "step" in said[0] and "left out" in said[0], (args, result.stderr)
+    checked = invoke_wide("check", out)
+    assert checked.exit_code == 2 and "Traceback" not in checked.output
+    assert sum("left out" in line and "bad" in line for line in checked.output.splitlines()) >= 1, checked.output
+    assert "1 passed" in checked.output  # the good run is checked

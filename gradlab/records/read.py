@@ -264,8 +264,55 @@ class FrameColumns(Mapping):
         return len(self.frame.columns)
 
 
-def read_rows_fast(run_dir: Path, which: str, notes: list[str]) -> Table | pd.DataFrame:
-    """One table of a run: a Table where the file is as the writers write it, else `read_rows`'s DataFrame."""
+# The largest step a table may hold: a step is an int64 everywhere it is used (pandas, numpy,
+# TensorBoard's event step). A step outside 0 ... STEP_MAX, or beyond the run's train.steps, is damage.
+STEP_MAX = 2**63 - 1
+
+
+def checked_steps(table: Table | pd.DataFrame, run_dir: Path, which: str, last_step: int | None = None) -> Table | pd.DataFrame:
+    """`table` when every step it holds can be a step of the run: a whole number in 0 ... 2**63 - 1 and,
+    where the run's config gives train.steps (`last_step`), not beyond it. Otherwise RunError, one
+    line naming the file and the step: the run is skipped, the same in every command (a huge step
+    would overflow an int64 cast in compare, report and export). Empty or fractional steps are
+    _checked_keys's to say (run.py)."""
+    import numpy as np
+
+    step = table_column(table, "step")
+    if not len(step):
+        return table
+    if step.dtype.kind == "O":  # huge integers pandas keeps as Python ints or text
+        try:
+            step = np.array([float(value) for value in step], dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
+            return table  # (not numbers: read_rows's error)
+    if step.dtype.kind in "iu":
+        low, high = int(step.min()), int(step.max())
+    elif step.dtype.kind == "f":
+        finite = step[np.isfinite(step)]
+        if not len(finite):
+            return table
+        low, high = float(finite.min()), float(finite.max())
+    else:
+        return table
+    if low < 0 or high > STEP_MAX:
+        bad = low if low < 0 else high
+        raise RunError(f"{run_dir}: {which}: step {_shown_step(bad)} is outside 0 ... 2^63-1 (damaged records); the run is left out")
+    if last_step is not None and high > last_step:
+        raise RunError(f"{run_dir}: {which}: step {_shown_step(high)} is beyond the run's train.steps ({last_step}) (damaged records); the run is left out")
+    return table
+
+
+def _shown_step(value: float | int) -> str:
+    return str(value) if isinstance(value, int) or not float(value).is_integer() or abs(value) < 1e16 else f"{value:.6g}"
+
+
+def read_rows_fast(run_dir: Path, which: str, notes: list[str], last_step: int | None = None) -> Table | pd.DataFrame:
+    """One table of a run: a Table where the file is as the writers write it, else `read_rows`'s
+    DataFrame; RunError where a step cannot be a step of the run (checked_steps)."""
+    return checked_steps(_read_rows_fast(run_dir, which, notes), run_dir, which, last_step)
+
+
+def _read_rows_fast(run_dir: Path, which: str, notes: list[str]) -> Table | pd.DataFrame:
     path = Path(run_dir) / which
     if path.is_file():
         try:
