@@ -27,41 +27,57 @@ def test_the_floors_contract_holds():
 def test_no_import_cycle():
     grimp = pytest.importorskip("grimp", reason="grimp (import-linter's graph) is not installed")
     graph = grimp.build_graph("gradlab")
-    modules = sorted(graph.modules)
-    # Tarjan's strongly connected components over the direct imports: a component of two or more
-    # modules is a cycle
+    imports = {module: sorted(graph.find_modules_directly_imported_by(module)) for module in graph.modules}
+    assert strongly_connected_cycles(imports) == []
+
+
+def strongly_connected_cycles(imports: dict[str, list[str]]) -> list[list[str]]:
+    """The strongly connected components of two or more modules (each holds a cycle), by Tarjan's
+    algorithm with an explicit stack (no recursion limit to raise)."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
     on_stack: set[str] = set()
     cycles: list[list[str]] = []
-    sys.setrecursionlimit(10_000)
+    for root in sorted(imports):
+        if root in index:
+            continue
+        work = [(root, iter(imports.get(root, ())))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            module, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(imports.get(child, ()))))
+                elif child in on_stack:
+                    low[module] = min(low[module], index[child])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[module])
+            if low[module] == index[module]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == module:
+                        break
+                if len(component) > 1:
+                    cycles.append(sorted(component))
+    return cycles
 
-    def visit(module: str) -> None:
-        index[module] = low[module] = len(index)
-        stack.append(module)
-        on_stack.add(module)
-        for imported in graph.find_modules_directly_imported_by(module):
-            if imported not in index:
-                visit(imported)
-                low[module] = min(low[module], low[imported])
-            elif imported in on_stack:
-                low[module] = min(low[module], index[imported])
-        if low[module] == index[module]:
-            component = []
-            while True:
-                member = stack.pop()
-                on_stack.discard(member)
-                component.append(member)
-                if member == module:
-                    break
-            if len(component) > 1:
-                cycles.append(sorted(component))
 
-    for module in modules:
-        if module not in index:
-            visit(module)
-    assert cycles == []
+def test_the_cycle_finder_finds_a_cycle():
+    assert strongly_connected_cycles({"a": ["b"], "b": ["c"], "c": ["a"], "d": ["a"]}) == [["a", "b", "c"]]
+    assert strongly_connected_cycles({"a": ["b"], "b": [], "c": ["a"]}) == []
 
 
 def test_every_module_lives_on_a_floor():
