@@ -6,6 +6,7 @@ replaced by a symbolic link, and terminal escape sequences in names and values. 
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 from pathlib import Path
 
@@ -106,3 +107,55 @@ def test_a_step_outside_the_run_is_damage_and_the_run_is_left_out_in_every_comma
     assert checked.exit_code == 2 and "Traceback" not in checked.output
     assert sum("left out" in line and "bad" in line for line in checked.output.splitlines()) >= 1, checked.output
     assert "1 passed" in checked.output  # the good run is checked
+
+
+# --------------------------------------------------------------------------------------------
+# 12. A table far larger than its run can produce
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [2 * 2**30, 96 * 2**20])
+def test_a_table_padded_with_nul_bytes_is_refused_at_once_in_one_line(tmp_path, invoke_wide, size):
+    import time
+
+    from run_factory import one_run
+    from gradlab.records.run import load_run
+    from gradlab.vocab.errors import RunError
+
+    out = tmp_path / "results"
+    one_run(out, [1.0, 0.5, 0.25], name="good")
+    damaged = one_run(out, [1.0, 0.5, 0.25], name="bad", run_id="000001").dir
+    os.truncate(damaged / "layers.csv", size)  # NUL bytes (a sparse file: no disk used)
+    started = time.perf_counter()
+    with pytest.raises(RunError, match="far beyond what the run's config can produce"):
+        load_run(damaged)
+    assert time.perf_counter() - started < 2
+    result = invoke_wide("compare", out)
+    assert result.exit_code == 0 and "Traceback" not in result.output
+    assert [line for line in result.stderr.splitlines() if "bad" in line and "layers.csv" in line and "far beyond" in line]
+
+
+def test_a_large_table_of_a_run_without_a_bound_is_scanned_for_nul_bytes_in_bounded_memory(tmp_path):
+    import time
+    import tracemalloc
+
+    import yaml
+
+    from run_factory import one_run
+    from gradlab.records.run import load_run
+    from gradlab.vocab.errors import RunError
+
+    damaged = one_run(tmp_path / "results", [1.0, 0.5, 0.25], name="watched").dir
+    config = yaml.safe_load((damaged / "config.yaml").read_text())
+    del config["train"]  # as a run of watch writes it: no train.steps, so no bound from the config
+    (damaged / "config.yaml").write_text(yaml.safe_dump(config))
+    os.truncate(damaged / "layers.csv", 2 * 2**30)
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(RunError, match="holds a NUL byte at offset"):
+            load_run(damaged)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - started < 2 and peak < 64 * 2**20

@@ -306,10 +306,82 @@ def _shown_step(value: float | int) -> str:
     return str(value) if isinstance(value, int) or not float(value).is_integer() or abs(value) < 1e16 else f"{value:.6g}"
 
 
-def read_rows_fast(run_dir: Path, which: str, notes: list[str], last_step: int | None = None) -> Table | pd.DataFrame:
+def planned_steps(config: dict[str, Any] | None) -> int | None:
+    """train.steps of a config gradlab run wrote (its last step logged is at most that); None where
+    the config gives none (a run of watch or of the Lightning callback)."""
+    train = config.get("train") if isinstance(config, dict) else None
+    steps = train.get("steps") if isinstance(train, dict) else None
+    return steps if _whole(steps) else None
+
+
+def _whole(value: Any, least: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+# What a row of a table can take, generously: ~20 numbers at 24 characters, a long module name.
+ROW_BYTES_MAX = 4096
+# A table is refused when it is this many times larger than the most its run's config can produce.
+SIZE_MARGIN = 16
+# A table without such a bound (watch, Lightning) larger than this is scanned, in bounded memory,
+# for a NUL byte (which no table holds) before it is read.
+SCAN_ABOVE = 64 * 2**20
+SCAN_CHUNK = 8 * 2**20
+
+
+def table_cap(config: dict[str, Any] | None, which: str) -> int | None:
+    """The most bytes `which` of a run with this config can hold (SIZE_MARGIN times a generous
+    count of its rows), or None where the config does not say (no train.steps, log.every, model.depth)."""
+    steps = planned_steps(config)
+    log = config.get("log") if isinstance(config, dict) else None
+    model = config.get("model") if isinstance(config, dict) else None
+    every = log.get("every") if isinstance(log, dict) else None
+    depth = model.get("depth") if isinstance(model, dict) else None
+    if steps is None or not _whole(every, 1) or not _whole(depth):
+        return None
+    logged = steps // every + 2
+    if which == METRICS_FILE:
+        evaluate = config["train"].get("eval_every")
+        rows = 2 * (logged + steps // (evaluate if _whole(evaluate, 1) else 1) + 2)
+    else:
+        rows = logged * (depth + 4)
+        if which == TIMESTEPS_FILE:
+            data = config.get("data")
+            length = data.get("seq_len") if isinstance(data, dict) else None
+            rows *= length if _whole(length, 1) else 1000
+    return SIZE_MARGIN * rows * ROW_BYTES_MAX + 2**20
+
+
+def guard_table_size(path: Path, run_dir: Path, which: str, cap: int | None) -> None:
+    """RunError (one line; the run is left out) for a table far larger than its run's config can
+    produce, or, where the config gives no bound, a large one holding a NUL byte (found reading
+    SCAN_CHUNK bytes at a time): a 2 GB layers.csv of NUL bytes is refused in a moment, in bounded
+    memory, not parsed."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return  # (reading it says why)
+    if cap is not None and size > cap:
+        raise RunError(f"{run_dir}: {which} is {size:,} bytes, far beyond what the run's config can produce (at most {cap:,}); damaged records, the run is left out")
+    if size <= SCAN_ABOVE:
+        return
+    try:
+        with open(path, "rb") as file:
+            offset = 0
+            while chunk := file.read(SCAN_CHUNK):
+                at = chunk.find(b"\0")
+                if at >= 0:
+                    raise RunError(f"{run_dir}: {which} holds a NUL byte at offset {offset + at:,} of {size:,}: not a table (damaged records); the run is left out")
+                offset += len(chunk)
+    except OSError:
+        return
+
+
+def read_rows_fast(run_dir: Path, which: str, notes: list[str], config: dict[str, Any] | None = None) -> Table | pd.DataFrame:
     """One table of a run: a Table where the file is as the writers write it, else `read_rows`'s
-    DataFrame; RunError where a step cannot be a step of the run (checked_steps)."""
-    return checked_steps(_read_rows_fast(run_dir, which, notes), run_dir, which, last_step)
+    DataFrame. RunError, before reading, for a table far larger than the run's `config` can produce
+    (guard_table_size), and after, where a step cannot be a step of the run (checked_steps)."""
+    guard_table_size(Path(run_dir) / which, run_dir, which, table_cap(config, which))
+    return checked_steps(_read_rows_fast(run_dir, which, notes), run_dir, which, planned_steps(config))
 
 
 def _read_rows_fast(run_dir: Path, which: str, notes: list[str]) -> Table | pd.DataFrame:

@@ -153,9 +153,10 @@ def load_run(run_dir: str | Path, config: dict[str, Any] | None = None) -> Run:
     config = read_config(run_dir) if config is None else config  # (a caller that read it already)
     # a Table where the file is as the writers write it, else a DataFrame by pd.read_csv: the same
     # rows are kept from either, with the same notes (table_column and table_without take both)
-    last = _planned_steps(config)  # a step beyond it, or outside int64, is damage: the run is left out
-    layers = read_rows_fast(run_dir, LAYERS_FILE, notes, last)
-    metrics = read_rows_fast(run_dir, METRICS_FILE, notes, last)
+    # (a table far larger than the config can produce, or a step beyond train.steps or outside
+    # int64, is damage: RunError, and the run is left out)
+    layers = read_rows_fast(run_dir, LAYERS_FILE, notes, config)
+    metrics = read_rows_fast(run_dir, METRICS_FILE, notes, config)
     if not len(layers) and meta.get("status") != "diverged":
         # (a run that diverged at step 0 logged nothing, and is still a result to compare)
         raise RunError(f"{run_dir}: {LAYERS_FILE} has no rows (the run logged nothing)")
@@ -186,7 +187,7 @@ def load_run(run_dir: str | Path, config: dict[str, Any] | None = None) -> Run:
 
     timesteps = None
     if (run_dir / TIMESTEPS_FILE).is_file():  # a recurrent run
-        timesteps = read_rows_fast(run_dir, TIMESTEPS_FILE, notes, last)
+        timesteps = read_rows_fast(run_dir, TIMESTEPS_FILE, notes, config)
         if isinstance(timesteps, Table):
             timesteps = timesteps.frame()
         # the steps whose layers.csv rows are whole; a last step cut off while its time steps were
@@ -207,14 +208,6 @@ def load_run(run_dir: str | Path, config: dict[str, Any] | None = None) -> Run:
     elif run.status not in STATUSES:
         notes.append(f"{run_dir}: meta.json has status {run.status!r}, not one of {', '.join(STATUSES)}")
     return run
-
-
-def _planned_steps(config: dict[str, Any]) -> int | None:
-    """train.steps of a config gradlab run wrote (its last step logged is at most that); None where
-    the config gives none (a run of watch or of the Lightning callback)."""
-    train = config.get("train")
-    steps = train.get("steps") if isinstance(train, dict) else None
-    return steps if isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0 else None
 
 
 KNOWN_KINDS = ("hidden", "head")  # what the writers put in layers.csv's kind column
