@@ -325,8 +325,19 @@ class Watch:
         self._handles = []
 
     def _leave_mode(self) -> None:
+        """Leave this pass's mode (after the forward pass, or when a pass that raised is dropped). A
+        mode pushed after ours and never popped (code that raised inside the pass) goes first: the
+        stack of modes is last in, first out."""
         mode, self._mode = getattr(self, "_mode", None), None
-        if mode is not None:
+        if mode is None:
+            return
+        from torch.overrides import _get_current_function_mode_stack
+
+        stack = _get_current_function_mode_stack()
+        if any(m is mode for m in stack):
+            while stack and stack[-1] is not mode:
+                stack.pop().__exit__(None, None, None)
+                stack = _get_current_function_mode_stack()
             mode.__exit__(None, None, None)
 
     def _forward_starts(self, module, args, kwargs) -> None:
