@@ -513,10 +513,33 @@ def time_heatmap(runs: Sequence[Run], column: str = "hidden_delta_norm") -> Figu
     return figure
 
 
+# Labels are text: a config value, a run name or a layer name holding `$` (a data.path 'a$\\frac{x$.npz')
+# is drawn as written, never parsed as mathtext (whose errors sank plot and report). Figures are
+# built and drawn with this setting; nothing gradlab draws uses mathtext.
+PLAIN_TEXT = {"text.parse_math": False, "text.usetex": False}
+
+
 def build_figures(runs: Sequence[Run]) -> dict[str, Figure]:
     """Every figure of FIGURES for `runs` (drawn, not written). More than MAX_RUNS_DRAWN runs are
     drawn as their distribution (median and 10-90% band, one median heatmap), as each figure says:
-    a thousand lines (or panels) show nothing and take minutes to draw."""
+    a thousand lines (or panels) show nothing and take minutes to draw. Text is plain (PLAIN_TEXT)."""
+    import matplotlib
+
+    with matplotlib.rc_context(PLAIN_TEXT):
+        return _build_figures(runs)
+
+
+def png_bytes(figure: Figure) -> bytes:
+    """The figure as PNG bytes, drawn with plain text (PLAIN_TEXT: tick labels are made while drawing)."""
+    import matplotlib
+
+    buffer = io.BytesIO()
+    with matplotlib.rc_context(PLAIN_TEXT):
+        figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _build_figures(runs: Sequence[Run]) -> dict[str, Figure]:
     if not runs:
         raise RunError("no runs to plot")
     if len(runs) > MAX_RUNS_DRAWN:
@@ -554,8 +577,7 @@ def save_figures(figures: dict[str, Figure], out_dir: str | Path) -> list[Path]:
     paths = []
     for stem, figure in figures.items():
         path = out_dir / f"{stem}.png"
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png")  # drawn in memory, then written whole or not at all:
-        write_output(path, buffer.getvalue(), "--output")  # a full disk is one line, never a 0-byte PNG
+        # drawn in memory, then written whole or not at all: a full disk is one line, never a 0-byte PNG
+        write_output(path, png_bytes(figure), "--output")
         paths.append(path)
     return paths

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -127,9 +126,9 @@ def comparison_table(comparison: Comparison) -> str:
 
 
 def _png_data_url(figure) -> str:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    from gradlab.show.plots import png_bytes
+
+    return "data:image/png;base64," + base64.b64encode(png_bytes(figure)).decode("ascii")
 
 
 def _figures(runs) -> list[str]:
