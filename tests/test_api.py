@@ -96,7 +96,10 @@ def test_comparison_and_render_are_the_clis(runs, invoke):
     loaded = [gradlab.load(path) for path in runs]
     assert gradlab.comparison(loaded, steps=[0]).table.equals(comparison.table)
     assert gradlab.comparison([loaded[0], runs[1]], steps=[0]).table.equals(comparison.table)
-    assert list(gradlab.comparison(["runs"], steps=[0], vanish=1e-4).table["verdict@0"]) == ["stable", "stable"]
+    verdicts = gradlab.comparison(["runs"], steps=[0], vanish=1e-4).table["verdict@0"]
+    assert [text.split()[0] for text in verdicts] == ["stable", "vanishing"]  # the second falls 32x per layer: vanishing by its rate
+    verdicts = gradlab.comparison(["runs"], steps=[0], vanish=1e-4, depth_scale=0).table["verdict@0"]  # the gain alone
+    assert [text.split()[0] for text in verdicts] == ["stable", "stable"]
 
 
 def test_figures_and_plot(runs, tmp_path):

@@ -29,8 +29,8 @@ HEADER_AT_0 = (
     "label,model.activation,status,seeds,last_step,first_delta_norm@0,last_delta_norm@0,gain@0,layer_factor@0,"
     "weight_grad_gain@0,dead_frac@0,inactive_frac@0,saturated_frac@0,verdict@0,final_train_loss,final_train_accuracy,final_test_loss,final_test_accuracy"
 )
-RELU_AT_0 = "relu,relu,completed,1,10,1.0,1.0,1.0,1.0,1.0,0.0,0.625,0.0,stable,0.75,0.625,0.8,0.6"
-SIGMOID_AT_0 = "sigmoid,sigmoid,completed,1,10,0.0009765625,1.0,0.0009765625,0.03125,0.25,0.5,,0.75,vanishing,0.75,0.625,0.8,0.6"
+RELU_AT_0 = "relu,relu,completed,1,10,1.0,1.0,1.0,1.0,1.0,0.0,0.625,0.0,stable (×1/layer),0.75,0.625,0.8,0.6"
+SIGMOID_AT_0 = 'sigmoid,sigmoid,completed,1,10,0.0009765625,1.0,0.0009765625,0.03125,0.25,0.5,,0.75,"vanishing (×0.0312/layer, 1/e every 0.3 layers)",0.75,0.625,0.8,0.6'
 
 
 def add_run(name, profile, seed=0, expect=None, run_id=None, status="completed"):
@@ -70,13 +70,18 @@ def test_compare_csv_at_0_and_last_with_a_target_loss(runs, invoke):
     header, relu, sigmoid = lines(result.stdout)
     at_last = HEADER_AT_0.split(",")[5:14]
     assert header.split(",") == HEADER_AT_0.split(",")[:14] + [c.replace("@0", "@last") for c in at_last] + HEADER_AT_0.split(",")[14:] + ["steps_to_target"]
-    assert relu == "relu,relu,completed,1,10,1.0,1.0,1.0,1.0,1.0,0.0,0.625,0.0,stable,1.0,1.0,1.0,1.0,1.0,0.0,0.625,0.0,stable,0.75,0.625,0.8,0.6,5"
-    assert sigmoid.startswith("sigmoid,sigmoid,completed,1,10,0.0009765625,1.0,0.0009765625,0.03125,0.25,0.5,,0.75,vanishing,0.0009765625,")
+    assert relu == "relu,relu,completed,1,10,1.0,1.0,1.0,1.0,1.0,0.0,0.625,0.0,stable (×1/layer),1.0,1.0,1.0,1.0,1.0,0.0,0.625,0.0,stable (×1/layer),0.75,0.625,0.8,0.6,5"
+    assert sigmoid.startswith('sigmoid,sigmoid,completed,1,10,0.0009765625,1.0,0.0009765625,0.03125,0.25,0.5,,0.75,"vanishing (×0.0312/layer, 1/e every 0.3 layers)",0.0009765625,')
 
 
 def test_compare_other_thresholds_change_the_verdict(runs, invoke):
+    # the gain 1/1024 is above --vanish 1e-4, but it falls 32x per layer: vanishing by its rate ...
     result = invoke("compare", "runs", "-f", "csv", "--step", "0", "--vanish", "1e-4")
-    assert lines(result.stdout)[2] == SIGMOID_AT_0.replace("vanishing", "stable")
+    assert lines(result.stdout)[2] == SIGMOID_AT_0
+    # ... which --depth-scale 0 turns off (gain thresholds alone), and --scales 7 asks more of (ln 1024 = 6.9)
+    stable = SIGMOID_AT_0.replace('"vanishing (×0.0312/layer, 1/e every 0.3 layers)"', '"stable (×0.0312/layer, 1/e every 0.3 layers)"')
+    for more in (["--depth-scale", "0"], ["--scales", "7"]):
+        assert lines(invoke("compare", "runs", "-f", "csv", "--step", "0", "--vanish", "1e-4", *more).stdout)[2] == stable
 
 
 def test_compare_averages_seeds_in_one_row(runs, invoke):
@@ -95,10 +100,11 @@ def test_compare_averages_seeds_in_one_row(runs, invoke):
 def test_compare_markdown_and_json(runs, invoke):
     markdown = lines(invoke("compare", "runs", "-f", "markdown", "--step", "0").stdout)
     assert markdown[0] == "| " + HEADER_AT_0.replace(",", " | ") + " |"
-    assert markdown[3] == "| sigmoid | sigmoid | completed | 1 | 10 | 0.000977 | 1 | 0.000977 | 0.0312 | 0.25 | 0.5 |  | 0.75 | vanishing | 0.75 | 0.625 | 0.8 | 0.6 |"
+    assert markdown[3] == "| sigmoid | sigmoid | completed | 1 | 10 | 0.000977 | 1 | 0.000977 | 0.0312 | 0.25 | 0.5 |  | 0.75 | vanishing (×0.0312/layer, 1/e every 0.3 layers) | 0.75 | 0.625 | 0.8 | 0.6 |"
     document = json.loads(invoke("compare", "runs", "-f", "json").stdout)
     assert document["steps"] == ["0", "last"] and document["config_keys"] == ["model.activation"]
-    assert document["rows"][1]["gain@0"] == 1 / 1024 and document["rows"][1]["verdict@last"] == "vanishing"
+    assert document["rows"][1]["gain@0"] == 1 / 1024 and document["rows"][1]["verdict@last"] == "vanishing (×0.0312/layer, 1/e every 0.3 layers)"
+    assert document["thresholds"] == {"vanish": 0.01, "explode": 100.0, "depth_scale": 20.0, "scales": 2.0}
 
 
 def test_compare_table_for_the_terminal_has_a_column_per_configuration(runs, invoke):
@@ -107,16 +113,18 @@ def test_compare_table_for_the_terminal_has_a_column_per_configuration(runs, inv
     rows = [line.strip() for line in lines(result.stdout)]
     assert rows[1].split() == ["relu", "sigmoid"]  # the header: one column per configuration
     for expected in (
-        "model.activation             relu        sigmoid",
+        "model.activation             relu                sigmoid",
         "at step 0 (initialization)",
-        "gain                         1           0.000977",
-        "layer_factor                 1           0.0312",
-        "verdict                      stable      vanishing",
+        "gain                         1                   0.000977",
+        "layer_factor                 1                   0.0312",
+        "verdict                      stable (×1/layer)   vanishing (×0.0312/layer, 1/e every 0.3 layers)",
         "at the last step (10)",
-        "final_test_accuracy          0.6         0.6",
-        "verdict: vanishing below gain 0.01, exploding above 100",
+        "final_test_accuracy          0.6                 0.6",
     ):
         assert expected in rows, expected
+    assert " ".join(rows[rows.index("final_test_accuracy          0.6                 0.6") + 2:]).startswith(
+        "verdict: vanishing below gain 0.01, exploding above 100; or the rate: the signal changes by e in fewer than 20 steps"
+    )
 
 
 def test_compare_output_file(runs, invoke):

@@ -53,12 +53,15 @@ def test_runs_that_differ_only_by_seed_form_one_row(tmp_path):
 
 def test_a_row_of_seeds_is_judged_on_its_geometric_mean_gain(tmp_path):
     # gains 1 and 1e-4: geometric mean 1e-2 (stable at the vanish threshold 1e-2); the linear mean 0.5 hid 1e-4
+    # (the gain thresholds alone, depth_scale 0: in two layers a factor 0.01 is vanishing by its rate)
+    gain_alone = summaries.Thresholds(depth_scale=0)
     runs = [one_run(tmp_path, [1.0, 1.0], seed=0, run_id="a"), one_run(tmp_path, [1e-4, 1.0], seed=1, run_id="b")]
-    table = compare.compare_runs(runs, steps=[0]).table
-    assert table.at[0, "gain@0"] == pytest.approx(1e-2, rel=1e-12) and table.at[0, "verdict@0"] == "stable"
+    table = compare.compare_runs(runs, steps=[0], thresholds=gain_alone).table
+    assert table.at[0, "gain@0"] == pytest.approx(1e-2, rel=1e-12) and table.at[0, "verdict@0"] == "stable (×0.01/layer, 1/e every 0.2 layers)"
+    assert compare.compare_runs(runs, steps=[0]).table.at[0, "verdict@0"] == "vanishing (×0.01/layer, 1/e every 0.2 layers)"
     runs.append(one_run(tmp_path, [1e-6, 1.0], seed=2, run_id="c"))  # geometric mean 1e-10 ** (1/3)
-    table = compare.compare_runs(runs, steps=[0]).table
-    assert table.at[0, "gain@0"] == pytest.approx(10 ** (-10 / 3), rel=1e-12) and table.at[0, "verdict@0"] == "vanishing"
+    table = compare.compare_runs(runs, steps=[0], thresholds=gain_alone).table
+    assert table.at[0, "gain@0"] == pytest.approx(10 ** (-10 / 3), rel=1e-12) and summaries.word_of(table.at[0, "verdict@0"]) == "vanishing"
 
 
 def test_a_diverged_row_says_its_finals_are_from_before_it_diverged(tmp_path):
@@ -215,7 +218,7 @@ def test_compare_on_real_runs_matches_a_recomputation_from_the_csvs(real_runs):
 def test_verdicts_of_the_three_regimes_at_initialization(real_runs):
     out, runs = real_runs
     comparison = compare.compare_runs(records.load_runs([out]).runs, steps=[0])
-    verdicts = dict(zip(comparison.table["label"], comparison.table["verdict@0"]))
+    verdicts = dict(zip(comparison.table["label"], comparison.table["verdict@0"].map(summaries.word_of)))
     assert verdicts == {"vanishing": "vanishing", "stable": "stable", "exploding": "exploding", "stable30": "stable"}
     gains = dict(zip(comparison.table["label"], comparison.table["gain@0"]))
     # Well clear of the thresholds, not borderline: sigmoid ~1e-6, BatchNorm ~200x.

@@ -54,7 +54,7 @@ def test_cli_csv_exact(tmp_path, invoke):
     assert result.exit_code == 0, result.output
     header, row = result.stdout.strip().splitlines()
     assert header.endswith(",layer_factor@0,weight_grad_gain@0,dead_frac@0,inactive_frac@0,saturated_frac@0,verdict@0,final_train_loss,final_train_accuracy,final_test_loss,final_test_accuracy,predicted_factor,departs")
-    assert row == "grows,completed,1,10,4.0,1.0,4.0,2.0,1.0,0.0,,0.0,stable,0.75,0.625,0.8,0.6,1.0,yes"
+    assert row == "grows,completed,1,10,4.0,1.0,4.0,2.0,1.0,0.0,,0.0,\"stable (×2/layer, ×e every 1.4 layers)\",0.75,0.625,0.8,0.6,1.0,yes"
 
 
 def test_explain_gives_formula_paper_and_tolerance(tmp_path, invoke):
@@ -144,8 +144,8 @@ def test_the_terminal_table_shows_the_theory_beside_step_0(tmp_path, invoke):
     result = invoke("compare", tmp_path, "--theory", "--step", "0")
     assert result.exit_code == 0, result.output
     lines = [line.rstrip() for line in result.stdout.splitlines()]
-    assert lines[lines.index("  verdict                      stable"):lines.index("  training")] == [
-        "  verdict                      stable",
+    assert lines[lines.index("  verdict                      stable (×2/layer, ×e every 1.4 layers)"):lines.index("  training")] == [
+        "  verdict                      stable (×2/layer, ×e every 1.4 layers)",
         "",
         "  theory (at step 0)",
         "  predicted_factor             1",

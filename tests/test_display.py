@@ -34,7 +34,7 @@ def test_csv_and_json_keep_full_precision_and_empty_cells(tmp_path):
     assert document["rows"][0]["gain@0"] == (1 / 3) / 3.0
     assert document["rows"][1]["gain@0"] == "inf"
     assert document["rows"][0]["runs"] == [str(runs[0].dir)]
-    assert document["thresholds"] == {"vanish": 0.01, "explode": 100.0}
+    assert document["thresholds"] == {"vanish": 0.01, "explode": 100.0, "depth_scale": 20.0, "scales": 2.0}
     assert document["config_keys"] == ["model.width"]
     assert display.render(comparison, "csv") == display.to_csv(comparison)
     assert display.render(comparison, "json") == display.to_json(comparison)

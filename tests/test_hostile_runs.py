@@ -114,9 +114,10 @@ def test_compare_shows_a_diverged_run_as_diverged(tmp_path, invoke_wide):
     # that step (the run's fate is its status)
     assert result.stderr == f"warning: {row['label']}: diverged; its final_* values are the last ones logged before it diverged (step {row['last_step']})\n"
     assert row["status"] == "diverged"
-    from gradlab.analysis.summaries import verdict
+    from gradlab.analysis.summaries import stack_length, verdict, word_of
+    from gradlab.records.run import load_run
 
-    assert row["verdict@last"] == verdict(float(row["gain@last"]))
+    assert word_of(row["verdict@last"]) == verdict(float(row["gain@last"]), length=stack_length(load_run(run)))
     assert int(row["last_step"]) == divergence["step"] - 1  # the last finite measurement
     table = invoke_wide("compare", run)
     assert table.exit_code == 0

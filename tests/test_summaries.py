@@ -120,9 +120,9 @@ def test_a_diverged_run_is_judged_on_its_gain_at_each_step(tmp_path):
     # issue 11: verdict@0 describes step 0; the run's fate is its status
     run = one_run(tmp_path, [1.0, 1.0], status="diverged")
     row = summaries.summarize_run(run, steps=[0, "last"])
-    assert row["verdict@0"] == "stable" and row["verdict@last"] == "stable" and row["status"] == "diverged"
+    assert row["verdict@0"] == "stable (×1/layer)" and row["verdict@last"] == "stable (×1/layer)" and row["status"] == "diverged"
     exploding = one_run(tmp_path / "x", [1e6, 1.0], status="diverged")
-    assert summaries.summarize_run(exploding, steps=[0])["verdict@0"] == "exploding"
+    assert summaries.summarize_run(exploding, steps=[0])["verdict@0"] == "exploding (×1e+06/layer, ×e every 0.1 layers)"
 
 
 def test_the_gain_is_taken_on_delta_rms_when_recorded(tmp_path):

@@ -28,8 +28,13 @@ from gradlab.analysis.summaries import (
     missing_step_notes,
     profile_at,
     summarize_run,
+    group_verdict,
+    stack_judgement,
+    stack_length,
+    time_judgement,
+    time_length,
     time_profile_at,
-    verdict,
+    word_of,
 )
 from gradlab.records.run import STATUSES, Run, Step
 from gradlab.vocab.errors import RunError
@@ -47,10 +52,15 @@ OTHER_COLUMNS: dict[str, str] = {
     "status": "from meta.json: running | completed | diverged | interrupted | failed (a row of several seeds counts each status)",
     "seeds": "number of runs averaged in the row: runs that share every config value but the seed form one row",
     "last_step": "largest step in layers.csv: where 'last' measurements are taken",
-    "time_verdict": "recurrent runs: the verdict on time_gain, the gain through time, with the same thresholds as verdict (vanishing | stable | exploding | diverged)",
-    "verdict": "vanishing (gain below the vanish threshold) | stable | exploding (gain above the explode threshold), on the gain measured at that step "
-               "(a run that diverged later is judged on its gain at the step; its fate is its status); a row of several seeds is judged on "
-               "the geometric mean of its gains",
+    "time_verdict": "recurrent runs: the verdict along time, on time_gain over T - 1 time steps, by the same rule as verdict "
+                    "(vanishing | stable | exploding | dead, with the per-step factor and its depth scale in steps; "
+                    "dead: the gradient is exactly 0 from some time step back to t = 0, named)",
+    "verdict": "vanishing | stable | exploding | dead, with its rate: the per-layer factor and the depth scale xi = -1/ln(factor) in layers "
+               "(vanishing (×0.235/layer, 1/e every 0.7 layers)). vanishing: gain below the vanish threshold, or the signal falls by e in "
+               "fewer than depth_scale layers over a stack at least `scales` such depth scales deep; exploding: the same, growing; "
+               "dead: delta_norm is exactly 0 at the first hidden layer, naming the layer through which no gradient passes back. "
+               "On the signal measured at that step (a run that diverged later is judged there; its fate is its status); "
+               "a row of several seeds is judged on the geometric mean of its gains (mixed: ... where some seeds are dead)",
 }
 
 # Gains and ratios are averaged over seeds geometrically: the mean of their logarithms, and as spread
@@ -157,13 +167,21 @@ def compare_runs(
             if grouped:
                 row[f"{column}_std"] = std
         for step in steps:
-            gain = row.get(column_name("gain", step), math.nan)
-            row[column_name("verdict", step)] = verdict(gain, thresholds) if len(members) > 1 else summaries[members[0]][column_name("verdict", step)]
-            if column_name("time_verdict", step) in summaries[0]:  # recurrent runs: the verdict along time
-                time_gain = row.get(column_name("time_gain", step), math.nan)
-                row[column_name("time_verdict", step)] = (
-                    verdict(time_gain, thresholds) if len(members) > 1 else summaries[members[0]][column_name("time_verdict", step)]
-                )
+            for kind, gain_column, judging in (("verdict", "gain", stack_judgement), ("time_verdict", "time_gain", time_judgement)):
+                column = column_name(kind, step)
+                if column not in summaries[0]:  # (time_verdict: recurrent runs only)
+                    continue
+                texts = [summaries[i][column] for i in members]
+                judgements = {i: judging(runs[i], step, thresholds) for i, text in zip(members, texts) if word_of(text) == "dead"}
+                for i, judgement in judgements.items():  # what `dead` rests on, said once per run
+                    seed = f" (seed {runs[i].config.get('seed')})" if len(members) > 1 else ""
+                    notes.append(f"{label}{seed}: {judgement.note}")
+                if len(members) == 1:
+                    row[column] = texts[0]
+                    continue
+                run = runs[members[0]]  # (the seeds of a row share the config: one depth, one sequence length)
+                length, unit = (stack_length(run), "layer") if kind == "verdict" else (time_length(run, step), "step")
+                row[column] = group_verdict(texts, row.get(column_name(gain_column, step), math.nan), length, thresholds, unit)
         diverged = [runs[i] for i in members if runs[i].status == "diverged"]
         if diverged:
             steps_before = ", ".join(str(run.last_step) for run in diverged)
@@ -287,7 +305,8 @@ def describe_column(column: str, comparison: Comparison | None = None) -> str:
         )  # fmt: skip
     if base in ("verdict", "time_verdict"):
         thresholds = comparison.thresholds if comparison else DEFAULT_THRESHOLDS
-        return f"{OTHER_COLUMNS[base]}; thresholds vanish={thresholds.vanish:g}, explode={thresholds.explode:g}{where}"
+        return (f"{OTHER_COLUMNS[base]}; thresholds vanish={thresholds.vanish:g}, explode={thresholds.explode:g}, "
+                f"depth_scale={thresholds.depth_scale:g}, scales={thresholds.scales:g}{where}")
     if base in SUMMARY_QUANTITIES:
         text = SUMMARY_QUANTITIES[base]
         if base == "steps_to_target" and comparison and comparison.target_loss is not None:

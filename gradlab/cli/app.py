@@ -335,6 +335,8 @@ def compare(
     # (the defaults live in summaries.Thresholds, which imports numpy; --explain states them)
     vanish: Annotated[Optional[float], typer.Option("--vanish", help="gain across the stack below this: vanishing (default: see --explain)", show_default=False)] = None,
     explode: Annotated[Optional[float], typer.Option("--explode", help="gain across the stack above this: exploding (default: see --explain)", show_default=False)] = None,
+    depth_scale: Annotated[Optional[float], typer.Option("--depth-scale", help="a signal that changes by e in fewer layers (time steps) than this is vanishing/exploding once the stack spans --scales of them; 0: gain thresholds alone (default: see --explain)", show_default=False)] = None,
+    scales: Annotated[Optional[float], typer.Option("--scales", help="how many depth scales a stack must span for its rate to count (default: see --explain)", show_default=False)] = None,
     target_loss: Annotated[Optional[float], typer.Option("--target-loss", help="add steps_to_target: the first step with train loss at or below this")] = None,
     format_: Annotated[Format, typer.Option("--format", "-f", help="table (terminal), csv, markdown or json")] = Format.table,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write to this file instead of stdout")] = None,
@@ -358,6 +360,8 @@ def compare(
     thresholds = Thresholds(
         vanish=DEFAULT_THRESHOLDS.vanish if vanish is None else vanish,
         explode=DEFAULT_THRESHOLDS.explode if explode is None else explode,
+        depth_scale=DEFAULT_THRESHOLDS.depth_scale if depth_scale is None else depth_scale,
+        scales=DEFAULT_THRESHOLDS.scales if scales is None else scales,
     )
     steps = _steps(step)
     _writable_file(output, "--output")

@@ -131,6 +131,8 @@ def comparison(
     vanish: float | None = None,
     explode: float | None = None,
     target_loss: float | None = None,
+    depth_scale: float | None = None,
+    scales: float | None = None,
 ) -> Comparison:
     """The table of `gradlab compare` (compare.compare_runs): one row per configuration, seeds
     averaged. `.table` is a pandas DataFrame of numbers; `render(...)` formats it as the CLI does,
@@ -141,6 +143,8 @@ def comparison(
     thresholds = Thresholds(
         vanish=DEFAULT_THRESHOLDS.vanish if vanish is None else vanish,
         explode=DEFAULT_THRESHOLDS.explode if explode is None else explode,
+        depth_scale=DEFAULT_THRESHOLDS.depth_scale if depth_scale is None else depth_scale,
+        scales=DEFAULT_THRESHOLDS.scales if scales is None else scales,
     )
     return compare_runs(load_runs(runs), list(steps), thresholds, target_loss)
 

@@ -66,7 +66,7 @@ def profile_table(run: Run) -> Table:
     gains = []
     for step in dict.fromkeys((0, last_step)):
         gain = profile_at(run, step)["gain"]
-        gains.append(f"step {step}: {format_number(gain)} ({run_verdict(run, step, gain) or 'no verdict'})")
+        gains.append(f"step {step}: {format_number(gain) or 'none'} ({run_verdict(run, step) or 'no verdict'})")
     table.caption = escape("gain across the stack (first / last hidden layer): " + ", ".join(gains) + "\n" + final_line(run))
     return table
 
@@ -168,7 +168,8 @@ def to_json(comparison: Comparison) -> str:
         rows.append(row)
     document = {
         "steps": [step_label(s) for s in comparison.steps],
-        "thresholds": {"vanish": comparison.thresholds.vanish, "explode": comparison.thresholds.explode},
+        "thresholds": {"vanish": comparison.thresholds.vanish, "explode": comparison.thresholds.explode,
+                       "depth_scale": comparison.thresholds.depth_scale, "scales": comparison.thresholds.scales},
         "target_loss": comparison.target_loss,
         "config_keys": comparison.config_keys,
         "rows": rows,
@@ -193,7 +194,14 @@ def render(comparison: Comparison, fmt: str) -> str:
     return RENDERERS[fmt](comparison)
 
 
-VERDICT_STYLES = {"vanishing": "bold blue", "stable": "green", "exploding": "bold red", "diverged": "bold magenta"}
+VERDICT_STYLES = {"vanishing": "bold blue", "stable": "green", "exploding": "bold red", "diverged": "bold magenta", "dead": "bold white on red", "mixed": "yellow"}
+
+
+def verdict_style(text: str) -> str:
+    """The style of a verdict cell, by its first word ('vanishing (×0.235/layer, ...)' is vanishing's)."""
+    from gradlab.analysis.summaries import word_of
+
+    return VERDICT_STYLES.get(word_of(text), "")
 
 
 def header_text(label: str) -> str:
@@ -223,7 +231,7 @@ def rich_view(comparison: Comparison, width: int | None = None):
             chunks.append([])
         chunks[-1].append(i)
     tables = [_view_table(comparison, rows, cells, chunk) for chunk in chunks]
-    return Group(*tables, Text(f"verdict: vanishing below gain {thresholds.vanish:g}, exploding above {thresholds.explode:g}"))
+    return Group(*tables, Text(f"verdict: {thresholds.describe()}"))
 
 
 def _natural_width(table: Table) -> int:
@@ -293,7 +301,7 @@ def _view_table(comparison: Comparison, rows, cells, chunk: list[int]) -> Table:
         texts = []
         for i in chunk:
             text = values[i]
-            style = VERDICT_STYLES.get(text, "yellow" if text.startswith("mixed") else "") if name in verdict_rows else ""
+            style = verdict_style(text) if name in verdict_rows else ""
             texts.append(Text(text, style=style))
         table.add_row(Text(name), *texts)
     return table

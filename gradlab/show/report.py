@@ -33,7 +33,7 @@ from gradlab.vocab.version import __version__
 
 # Nothing may be fetched: images are data: URLs, styles inline, and there are no scripts.
 CONTENT_SECURITY_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-VERDICT_CLASSES = ("vanishing", "stable", "exploding", "diverged")
+VERDICT_CLASSES = ("vanishing", "stable", "exploding", "diverged", "dead")
 
 STYLE = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d2125; margin: 2em auto; max-width: 1180px; padding: 0 1.2em; }
@@ -50,7 +50,7 @@ tr.section th { text-align: left; background: #e9edf1; font-weight: 600; }
 td.verdict { font-weight: 600; border-radius: 3px; }
 td.vanishing { background: #dbe8ff; color: #0b3d91; } td.stable { background: #def5e3; color: #146c2e; }
 td.exploding { background: #ffdcdc; color: #a1111b; } td.diverged { background: #f6dcf6; color: #7a1a7a; }
-td.mixed { background: #fff1c2; color: #7a5a00; }
+td.mixed { background: #fff1c2; color: #7a5a00; } td.dead { background: #5c0a0a; color: #ffffff; }
 td.status-other { color: #a1111b; font-weight: 600; }
 .thresholds { color: #5b636b; font-size: 0.92em; }
 figure { margin: 1.5em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eceef1; }
@@ -75,8 +75,9 @@ def _e(text: object) -> str:
 
 def _cell_class(column: str, text: str) -> str:
     if column.startswith("verdict@"):
-        if text in VERDICT_CLASSES:
-            return f"verdict {text}"
+        word = text.split(" ", 1)[0]  # the verdict says its rate: 'vanishing (×0.235/layer, ...)'
+        if word in VERDICT_CLASSES:
+            return f"verdict {word}"
         return "verdict mixed" if text.startswith("mixed") else "verdict"
     if column == "status" and text and text != "completed":
         return "status-other"
@@ -190,8 +191,8 @@ def build_report(
         "<p>One column per configuration; runs that differ only by seed share a column (mean ± sample standard deviation). "
         "Hover a row name for its meaning; every row is defined under <a href='#columns'>What the rows mean</a>.</p>",
         f"<div class='scroll'>{comparison_table(comparison)}</div>",
-        f"<p class='thresholds'>verdict: vanishing below gain {comparison.thresholds.vanish:g}, exploding above {comparison.thresholds.explode:g} "
-        "(gain = delta_norm of the first hidden layer over that of the last)</p>",
+        f"<p class='thresholds'>verdict: {_e(comparison.thresholds.describe())} "
+        "(gain = delta_rms of the first hidden layer over that of the last; a step: one layer to the next)</p>",
         "<h2 id='figures'>Figures</h2>",
         *figures,
         "<h2 id='columns'>What the rows mean</h2>",
