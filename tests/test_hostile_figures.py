@@ -43,3 +43,37 @@ def test_dollar_signs_in_config_values_and_names_are_drawn_as_text(tmp_path, inv
     figures = plots.build_figures(load_runs([out]).runs)
     texts = [t.get_text() for f in figures.values() for t in f.findobj(lambda a: hasattr(a, "get_text"))]
     assert any("a$\\frac{x$.npz" in t for t in texts), texts  # drawn as written
+
+
+# --------------------------------------------------------------------------------------------
+# issue 23, item 14: terminal escape sequences in names and values
+# --------------------------------------------------------------------------------------------
+
+ESCAPES = "\x1b]0;PWNED\x07\x1b[31m"
+
+
+def test_escape_sequences_never_reach_a_terminal_or_markdown_but_csv_keeps_them(tmp_path, invoke_wide):
+    out = tmp_path / "results"
+    for i, path in enumerate([f"a{ESCAPES}.npz", "b.npz"]):
+        run = one_run(out, [1.0, 0.5, 0.25], name="escapes", run_id=f"00000{i}").dir
+        _set_config(run, data__path=path, **{f"x{ESCAPES}": 1})
+    damaged = out / "escapes" / "20240101-000000-000000"
+    layers = (damaged / "layers.csv").read_text().splitlines()
+    (damaged / "layers.csv").write_text("\n".join([layers[0] + f",col{ESCAPES}"] + [line + ",1" for line in layers[1:]]) + "\n")
+    for args in (["compare", out], ["compare", out, "-f", "markdown"], ["check", out], ["plot", out, "-o", tmp_path / "f"]):
+        result = invoke_wide(*args)
+        assert "Traceback" not in result.output, result.output
+        assert "\x1b" not in result.output and "\x07" not in result.output, (args, repr(result.output))
+    table = invoke_wide("compare", out).stdout
+    assert "\\x1b]0;PWNED\\x07\\x1b[31m" in table  # shown as visible escapes, not swallowed
+    csv_text = invoke_wide("compare", out, "-f", "csv").stdout
+    assert ESCAPES in csv_text  # csv keeps the bytes (quoted where csv needs it)
+
+
+def test_printable_escapes_controls_and_bidirectional_overrides():
+    from gradlab.vocab.text import printable
+
+    assert printable(ESCAPES) == "\\x1b]0;PWNED\\x07\\x1b[31m"
+    assert printable("relu\u202eevil") == "relu\\u202eevil"
+    assert printable("tanh\tσ\nb", keep_newlines=False) == "tanh\tσ\\nb"
+    assert printable("plain text, µ and ü") == "plain text, µ and ü"

@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 
 from gradlab.vocab.errors import ConfigError, ExpectationFailed, GradlabError, RunError
+from gradlab.vocab.text import printable
 
 app = typer.Typer(
     name="gradlab",
@@ -45,8 +46,8 @@ def reports_errors(command):
         try:
             return command(*args, **kwargs)
         except GradlabError as exc:
-            for line in exc.lines:
-                err_console.print(f"error: {line}", markup=False)
+            for line in exc.lines:  # (control characters of a damaged run's names as visible escapes)
+                err_console.print(f"error: {printable(line)}", markup=False)
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper
@@ -251,7 +252,7 @@ class Format(str, Enum):
 
 def _warn(lines: list[str]) -> None:
     for line in lines:
-        err_console.print(f"warning: {line}", markup=False)
+        err_console.print(f"warning: {printable(line)}", markup=False)
 
 
 def _writable_file(path: Path | None, option: str, make_folders: bool = False) -> None:

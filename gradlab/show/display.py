@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 from rich.table import Table
 
+from gradlab.vocab.text import printable
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -131,7 +133,7 @@ def display_cells(comparison: Comparison) -> pd.DataFrame:
                 std = format_number(table.at[i, std_column])
                 if std:  # gains and ratios: a geometric mean and its multiplicative spread (compare.GEOMETRIC)
                     text = f"{text} ×/÷ {std}" if column.partition("@")[0] in GEOMETRIC else f"{text} ± {std}"
-            texts.append(text)
+            texts.append(printable(text, keep_newlines=False))  # (no escape sequence reaches a terminal)
         cells[column] = texts
     return cells
 
@@ -179,7 +181,7 @@ def to_json(comparison: Comparison) -> str:
 
 def to_markdown(comparison: Comparison) -> str:
     cells = display_cells(comparison)
-    escape = lambda text: str(text).replace("|", "\\|")  # noqa: E731
+    escape = lambda text: printable(text, keep_newlines=False).replace("|", "\\|")  # noqa: E731
     lines = ["| " + " | ".join(map(escape, cells.columns)) + " |", "|" + "|".join("---" for _ in cells.columns) + "|"]
     for _, row in cells.iterrows():
         lines.append("| " + " | ".join(escape(v) for v in row) + " |")
@@ -288,7 +290,7 @@ def _view_table(comparison: Comparison, rows, cells, chunk: list[int]) -> Table:
     table = Table(box=box.SIMPLE_HEAD, header_style="bold")
     table.add_column("", no_wrap=True)
     for i in chunk:
-        table.add_column(Text(header_text(cells["label"].iloc[i]), style="bold"), overflow="fold")
+        table.add_column(Text(header_text(printable(cells["label"].iloc[i], keep_newlines=False)), style="bold"), overflow="fold")
     verdict_rows = {"verdict", "time_verdict"}
     for name, values in rows:
         if values is None:
@@ -303,7 +305,7 @@ def _view_table(comparison: Comparison, rows, cells, chunk: list[int]) -> Table:
             text = values[i]
             style = verdict_style(text) if name in verdict_rows else ""
             texts.append(Text(text, style=style))
-        table.add_row(Text(name), *texts)
+        table.add_row(Text(printable(name, keep_newlines=False)), *texts)
     return table
 
 
