@@ -242,11 +242,12 @@ def time_profile_at(run: Run, step: Step) -> dict[str, float]:
     return out
 
 
-def stack_judgement(run: Run, step: Step, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Judgement:
+def stack_judgement(run: Run, step: Step, thresholds: Thresholds = DEFAULT_THRESHOLDS, gain: float | None = None) -> Judgement:
     """The judgement across the stack at `step`: `dead` where delta_norm is exactly 0 at the first
     hidden layer (norms are exact: a 0 is no gradient at all, never an underflow), naming the
     highest layer of the run of zeros that reaches it, the layer through which nothing passes back;
-    otherwise the verdict on the gain over depth - 1 layer-to-layer steps."""
+    otherwise the verdict on the gain over depth - 1 layer-to-layer steps (`gain`: profile_at's,
+    where the caller has it already)."""
     layers = run.arrays("layers")
     first, last, depth = hidden_span(layers)
     target = run.resolve_step(step)
@@ -267,7 +268,7 @@ def stack_judgement(run: Run, step: Step, thresholds: Thresholds = DEFAULT_THRES
             note = (f"dead at step {target}: delta_norm is exactly 0 from layer {layer} ({name or layer}) {below}{why}: no gradient passes back "
                     f"through it, so nothing below it learns{rest}")  # fmt: skip
             return Judgement("dead", 0.0 if layer != last else math.nan, "layer", f"no gradient through {where}", note)
-    gain = profile_at(run, step)["gain"]
+    gain = profile_at(run, step)["gain"] if gain is None else gain
     return judge(gain, depth - 1 if depth > 1 else 0, thresholds, "layer")
 
 
@@ -379,7 +380,7 @@ def summarize_run(
         profile = profile_at(run, step)
         for quantity, number in profile.items():
             row[column_name(quantity, step)] = number
-        row[column_name("verdict", step)] = str(stack_judgement(run, step, thresholds)) or None
+        row[column_name("verdict", step)] = str(stack_judgement(run, step, thresholds, profile["gain"])) or None
         if run.timesteps is not None:  # a recurrent run: the same along time (feed-forward rows unchanged)
             along_time = time_profile_at(run, step)
             for quantity, number in along_time.items():
