@@ -42,7 +42,12 @@ def test_dollar_signs_in_config_values_and_names_are_drawn_as_text(tmp_path, inv
 
     figures = plots.build_figures(load_runs([out]).runs)
     texts = [t.get_text() for f in figures.values() for t in f.findobj(lambda a: hasattr(a, "get_text"))]
-    assert any("a$\\frac{x$.npz" in t for t in texts), texts  # drawn as written
+    assert any("a\\$\\frac{x\\$.npz" in t for t in texts), texts  # `$` escaped: drawn as written
+    # (gradlab's own mathtext, the log axes' tick labels, is still parsed: no '\\mathdefault' drawn)
+    figure = figures["depth_profile_delta_norm"]
+    plots.png_bytes(figure)
+    ticks = [t for axes in figure.axes for t in axes.get_yticklabels() if t.get_text()]
+    assert ticks and all(t.get_parse_math() for t in ticks)
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,3 +82,98 @@ def test_printable_escapes_controls_and_bidirectional_overrides():
     assert printable("relu\u202eevil") == "relu\\u202eevil"
     assert printable("tanh\tσ\nb", keep_newlines=False) == "tanh\tσ\\nb"
     assert printable("plain text, µ and ü") == "plain text, µ and ü"
+
+
+# --------------------------------------------------------------------------------------------
+# issue 24, item 5: a mixed set of runs (a gradlab run beside watch runs of other models)
+# --------------------------------------------------------------------------------------------
+
+
+def mixed_runs(out: Path) -> None:
+    """One `gradlab run` (a tanh MLP) and two `watch` runs of other models: they differ in ~35 keys."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    import gradlab
+    from run_factory import real_run
+
+    real_run(out, "gradlab-mlp", {"depth": 4, "activation": "tanh"}, steps=10)
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 16), torch.randint(0, 4, (64,))
+    models = {
+        "watch-mlp": nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4)),
+        "watch-deep": nn.Sequential(*[m for _ in range(5) for m in (nn.Linear(16, 16), nn.Tanh())], nn.Linear(16, 4)),
+    }
+    for name, model in models.items():
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        with gradlab.watch(model, out=out, every=2, name=name, optimizer=optimizer) as w:
+            for _ in range(10):
+                optimizer.zero_grad()
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+                loss.backward()
+                optimizer.step()
+                w.step(loss=loss, accuracy=(logits.argmax(1) == y).float().mean())
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    pytest.importorskip("torch")
+    out = tmp_path_factory.mktemp("mixed")
+    mixed_runs(out)
+    return out
+
+
+def test_a_mixed_set_is_labelled_by_run_name_with_bounded_legends_and_no_layout_warning(mixed):
+    from gradlab.records.run import load_runs
+    from gradlab.show import plots
+
+    runs = load_runs([mixed]).runs
+    assert len(runs) == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "constrained_layout not applied", a missing glyph: errors
+        figures = plots.build_figures(runs)
+        for figure in figures.values():
+            plots.png_bytes(figure)
+    for stem, figure in figures.items():
+        [legend] = figure.legends or [None]
+        if legend is not None:
+            texts = [t.get_text() for t in legend.get_texts()]
+            assert len(texts) <= plots.MAX_LEGEND_ENTRIES and sum(map(len, texts)) < 400, (stem, texts)
+            assert all(len(text) <= plots.MAX_LABEL_CHARS for text in texts), (stem, texts)
+            if stem in ("depth_profile_delta_norm", "training_curves"):
+                assert {"gradlab-mlp", "watch-mlp", "watch-deep"} <= set(texts), (stem, texts)
+        title = figure._suptitle.get_text()
+        assert len(title) < 200 and "config keys" in title, (stem, title)
+        for axes in figure.axes:
+            assert len(axes.get_title()) <= 2 * plots.MAX_LABEL_CHARS, (stem, axes.get_title())
+
+
+def test_many_configurations_get_a_capped_legend(mixed):
+    from gradlab.records.run import load_runs
+    from gradlab.show import plots
+
+    runs = load_runs([mixed]).runs
+    clones = []  # 18 configurations, told apart by one key
+    for i in range(18):
+        run = runs[0]
+        clone = type(run)(run.dir, {**run.config, "model": {**run.config["model"], "width": 8 + i}}, run.meta, run.layers, run.metrics)
+        clones.append(clone)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        figure = plots.build_figures(clones)["depth_profile_delta_norm"]
+        plots.png_bytes(figure)
+    texts = [t.get_text() for t in figure.legends[0].get_texts()]
+    assert len(texts) == plots.MAX_LEGEND_ENTRIES + 1  # 11 configurations, "... and 7 more", theory's line
+    assert any(text.startswith("... and 7 more") for text in texts)
+
+
+def test_markdown_of_a_mixed_set_leaves_the_config_keys_out(mixed, invoke_wide):
+    result = invoke_wide("compare", mixed, "-f", "markdown")
+    assert result.exit_code == 0, result.output
+    header = result.stdout.splitlines()[0]
+    assert header.count("|") - 1 <= 32, header
+    assert "config keys, left out here" in result.stdout
+    csv_header = invoke_wide("compare", mixed, "-f", "csv").stdout.splitlines()[0]
+    assert "model.class" in csv_header  # csv keeps every column

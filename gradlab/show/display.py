@@ -179,13 +179,24 @@ def to_json(comparison: Comparison) -> str:
     return json.dumps(document, indent=2) + "\n"
 
 
+# Markdown is read as a page: where the rows differ in more config keys than this (a gradlab run
+# beside watch runs differs in ~40), the keys' columns are left out and a line under the table says
+# so; csv and json keep every column, the terminal view turns the table (a row per key).
+MARKDOWN_CONFIG_KEYS = 4
+
+
 def to_markdown(comparison: Comparison) -> str:
     cells = display_cells(comparison)
     escape = lambda text: printable(text, keep_newlines=False).replace("|", "\\|")  # noqa: E731
+    after = []
+    if len(comparison.config_keys) > MARKDOWN_CONFIG_KEYS:
+        cells = cells.drop(columns=[key for key in comparison.config_keys if key in cells])
+        after = ["", f"The rows differ in {len(comparison.config_keys)} config keys, left out here; "
+                     "`gradlab compare -f csv` (or json, or the report) lists every one."]
     lines = ["| " + " | ".join(map(escape, cells.columns)) + " |", "|" + "|".join("---" for _ in cells.columns) + "|"]
     for _, row in cells.iterrows():
         lines.append("| " + " | ".join(escape(v) for v in row) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + after) + "\n"
 
 
 RENDERERS = {"csv": to_csv, "markdown": to_markdown, "json": to_json}

@@ -29,6 +29,7 @@ from gradlab.records.output import output_error, write_output
 from gradlab.records.write import is_disk_full
 from gradlab.records.run import Run
 from gradlab.vocab.errors import RunError
+from gradlab.vocab.text import printable
 
 FIGURES = {
     "depth_profile_delta_norm": "delta_norm (log scale) against hidden layer, at step 0 and at the last step; at step 0 theory's prediction dashed, where one exists",
@@ -44,6 +45,51 @@ GAP_LABEL = "grey: zero or non-finite (no log10), or not measured"
 DIVERGED_GID = "diverged"  # the marker at the end of a diverged run's curves (tests find it by gid)
 
 
+# Labels for any mix of runs. Runs that differ in at most MAX_LABEL_KEYS config keys are labelled by
+# those values (`model.activation=relu`); runs that differ in more (a gradlab run beside watch runs
+# differs in ~40) are labelled by their names, and the title says how many keys differ: the full
+# differences are compare's and the report's, not the legend's. A label is cut at MAX_LABEL_CHARS,
+# a legend lists at most MAX_LEGEND_ENTRIES entries (then "... and N more").
+MAX_LABEL_KEYS = 4
+MAX_LABEL_CHARS = 80
+MAX_LEGEND_ENTRIES = 12
+MAX_TITLE_KEYS = 6
+
+
+def plain(text: object) -> str:
+    """User text as matplotlib draws it literally: control characters as visible escapes, and `$`
+    escaped, so that a config value such as data.path 'a$\\frac{x$.npz' is never parsed as
+    mathtext (whose errors sank plot and report). gradlab's own labels use no mathtext."""
+    return printable(text).replace("$", "\\$")
+
+
+def _cut(text: str, limit: int = MAX_LABEL_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def by_name(runs: Sequence[Run]) -> bool:
+    """Whether the runs are labelled by name: they differ in more than MAX_LABEL_KEYS config keys."""
+    return len(configdiff.differing_keys([run.config for run in runs])) > MAX_LABEL_KEYS
+
+
+def run_labels(runs: Sequence[Run]) -> list[str]:
+    """A label per run, drawn as text (plain): the config values that differ, or, where the runs
+    differ in more than MAX_LABEL_KEYS keys, the run's name (with its id where names repeat)."""
+    if by_name(runs):
+        names = [str(run.name) for run in runs]
+        configs = [run.config for run in runs]
+        group_of = {i: g for g, group in enumerate(configdiff.group_by_config(configs)) for i in group}
+        first_of_name: dict[str, set[int]] = {}
+        for i, name in enumerate(names):
+            first_of_name.setdefault(name, set()).add(group_of[i])
+        labels = [name if len(first_of_name[name]) == 1 else f"{name} ({run.short_id})" for name, run in zip(names, runs)]
+    else:
+        labels = configdiff.labels([run.config for run in runs])
+    return [plain(_cut(label)) for label in labels]
+
+
+# legend entries that explain the drawing rather than name a run: never cut
+KEY_ENTRIES = ("theory at initialization", "X: diverged", "10-90% of the runs")
 LEGEND_CHARS_PER_INCH = 15  # characters of legend text (fontsize small) per inch of figure width
 TITLE_CHARS_PER_INCH = 11  # characters of a suptitle line (fontsize large) per inch of figure width
 LEGEND_ROW_INCHES = 0.22
@@ -60,6 +106,12 @@ def _legend(figure: Figure, extra: Sequence[tuple[object, str]] = ()) -> None:
     for axes in figure.axes:
         for handle, label in zip(*axes.get_legend_handles_labels()):
             entries.setdefault(label, handle)
+    keys = {label: handle for label, handle in entries.items() if label.startswith(KEY_ENTRIES)}
+    runs = {label: handle for label, handle in entries.items() if label not in keys}
+    if len(runs) > MAX_LEGEND_ENTRIES:  # (the report's table lists every run)
+        kept = dict(list(runs.items())[: MAX_LEGEND_ENTRIES - 1])
+        kept[f"... and {len(runs) - len(kept)} more (gradlab report lists every run)"] = Patch(visible=False)
+        entries = {**kept, **keys}
     for handle, label in extra:
         entries.setdefault(label, handle)
     if not entries:
@@ -102,7 +154,7 @@ class _Legend:
 
     def __init__(self, runs: Sequence[Run]):
         configs = [run.config for run in runs]
-        labels = configdiff.labels(configs)
+        labels = run_labels(runs)
         self.color: dict[int, str] = {}
         self.label: dict[int, str] = {}
         for number, group in enumerate(configdiff.group_by_config(configs)):
@@ -114,9 +166,11 @@ class _Legend:
 
 def _title(runs: Sequence[Run], what: str) -> str:
     keys = configdiff.differing_keys([run.config for run in runs])
+    if len(keys) > MAX_TITLE_KEYS or by_name(runs):
+        return plain(f"{what}\nruns differ in {len(keys)} config keys: labelled by run name (gradlab report lists every difference)")
     if keys:
-        return f"{what}\nruns differ in {', '.join(keys)}"
-    return f"{what}\n{configdiff.describe_config(runs[0].config)}"
+        return plain(f"{what}\nruns differ in {', '.join(keys)}")
+    return plain(f"{what}\n{_cut(configdiff.describe_config(runs[0].config), 2 * MAX_LABEL_CHARS)}")
 
 
 def _hidden_at(run: Run, step: int, column: str) -> tuple[np.ndarray, np.ndarray]:
@@ -225,7 +279,7 @@ def _heatmap_panels(axes_grid, runs: Sequence[Run], tables: Sequence["pd.DataFra
     """One panel per run of log10 of its (row x step) table, on one colour scale shared by every
     panel so that panels compare; cells without a log10 value (zero, negative, non-finite) show
     GAP_GREY. Returns the last mesh drawn (for the colour bar), or None."""
-    labels = configdiff.labels([run.config for run in runs]) if runs else []
+    labels = run_labels(runs) if runs else []
     grids = [
         (table.columns.to_numpy(dtype=float), table.index.to_numpy(dtype=float), np.log10(_positive(table.to_numpy(dtype=float))))
         for table in tables
@@ -236,8 +290,8 @@ def _heatmap_panels(axes_grid, runs: Sequence[Run], tables: Sequence["pd.DataFra
     for axes, run, label, (steps, rows, values) in zip(axes_grid, runs, labels, grids):
         if values.size:
             mesh = axes.pcolormesh(_edges(steps), _edges(rows), np.ma.masked_invalid(values), vmin=vmin, vmax=vmax, cmap="viridis", shading="flat")
-        seed = f" (seed {run.config.get('seed')})" if len(runs) > 1 else ""
-        axes.set_title(_wrap(label + seed), fontsize="small")
+        seed = f" (seed {run.config.get('seed')})" if len(runs) > 1 and run.config.get("seed") is not None else ""
+        axes.set_title(_wrap(label + plain(seed)), fontsize="small")
         axes.set_xlabel("step")
         axes.set_ylabel(ylabel)
         axes.set_facecolor(GAP_GREY)
@@ -513,33 +567,17 @@ def time_heatmap(runs: Sequence[Run], column: str = "hidden_delta_norm") -> Figu
     return figure
 
 
-# Labels are text: a config value, a run name or a layer name holding `$` (a data.path 'a$\\frac{x$.npz')
-# is drawn as written, never parsed as mathtext (whose errors sank plot and report). Figures are
-# built and drawn with this setting; nothing gradlab draws uses mathtext.
-PLAIN_TEXT = {"text.parse_math": False, "text.usetex": False}
+def png_bytes(figure: Figure) -> bytes:
+    """The figure as PNG bytes (drawn in memory: written whole or not at all by the caller)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
 
 
 def build_figures(runs: Sequence[Run]) -> dict[str, Figure]:
     """Every figure of FIGURES for `runs` (drawn, not written). More than MAX_RUNS_DRAWN runs are
     drawn as their distribution (median and 10-90% band, one median heatmap), as each figure says:
-    a thousand lines (or panels) show nothing and take minutes to draw. Text is plain (PLAIN_TEXT)."""
-    import matplotlib
-
-    with matplotlib.rc_context(PLAIN_TEXT):
-        return _build_figures(runs)
-
-
-def png_bytes(figure: Figure) -> bytes:
-    """The figure as PNG bytes, drawn with plain text (PLAIN_TEXT: tick labels are made while drawing)."""
-    import matplotlib
-
-    buffer = io.BytesIO()
-    with matplotlib.rc_context(PLAIN_TEXT):
-        figure.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
-def _build_figures(runs: Sequence[Run]) -> dict[str, Figure]:
+    a thousand lines (or panels) show nothing and take minutes to draw."""
     if not runs:
         raise RunError("no runs to plot")
     if len(runs) > MAX_RUNS_DRAWN:
