@@ -162,3 +162,12 @@ def test_a_recurrent_gradient_exactly_zero_from_a_time_step_back_is_dead(tmp_pat
     recurrent_records(tmp_path, "none", [0.0] * 10)
     table = gradlab.comparison([tmp_path / "none"], steps=[0]).table
     assert table.at[0, "time_verdict@0"] == "dead (no gradient at any time step)"
+
+
+def test_the_report_takes_the_same_thresholds(tmp_path, invoke):
+    one_run(tmp_path / "runs", [1.24 ** (14 - i) for i in range(15)], name="grow")
+    for options, verdict in (([], "exploding (×1.24/layer, ×e every 4.6 layers)"), (["--depth-scale", "0"], "stable (×1.24/layer, ×e every 4.6 layers)")):
+        page = tmp_path / f"report{len(options)}.html"
+        result = invoke("report", tmp_path / "runs", "-o", page, "--step", "0", *options)
+        assert result.exit_code == 0, result.output
+        assert f">{verdict}</td>" in page.read_text(encoding="utf-8")

@@ -530,6 +530,8 @@ def report_command(
     step: Annotated[Optional[list[str]], typer.Option("--step", help="0, last or a step number; repeat for several (default: 0 and last)", show_default=False)] = None,
     vanish: Annotated[Optional[float], typer.Option("--vanish", help="gain across the stack below this: vanishing (default: see compare --explain)", show_default=False)] = None,
     explode: Annotated[Optional[float], typer.Option("--explode", help="gain across the stack above this: exploding (default: see compare --explain)", show_default=False)] = None,
+    depth_scale: Annotated[Optional[float], typer.Option("--depth-scale", help="as compare's: a faster rate than e per this many layers (time steps) is vanishing/exploding over --scales of them; 0: gain thresholds alone", show_default=False)] = None,
+    scales: Annotated[Optional[float], typer.Option("--scales", help="as compare's: how many depth scales a stack must span for its rate to count", show_default=False)] = None,
     target_loss: Annotated[Optional[float], typer.Option("--target-loss", help="add steps_to_target: the first step with train loss at or below this")] = None,
 ) -> None:
     """Write one self-contained HTML page for a sweep or a set of runs.
@@ -543,6 +545,8 @@ def report_command(
     thresholds = Thresholds(
         vanish=DEFAULT_THRESHOLDS.vanish if vanish is None else vanish,
         explode=DEFAULT_THRESHOLDS.explode if explode is None else explode,
+        depth_scale=DEFAULT_THRESHOLDS.depth_scale if depth_scale is None else depth_scale,
+        scales=DEFAULT_THRESHOLDS.scales if scales is None else scales,
     )
     from gradlab.records.output import refuse_records
 
