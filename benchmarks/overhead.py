@@ -20,6 +20,13 @@ dropout) and a Linear head on sequences of 32 tokens at batch 16, its watch rows
 plain loop: there watch sees every parameter use through a TorchFunctionMode on measured steps
 (the attention's in_proj_weight and out_proj inside nn.MultiheadAttention included).
 
+With --per-step the variants take turns step by step within each round instead. The two differ for
+a variant that measures some steps only (watch every 10 steps): in blocks, the steps that follow a
+measured one run a few percent slower than a plain loop's (glibc's allocator gives back memory the
+measured step's temporaries took and takes it again; with MALLOC_TRIM_THRESHOLD_ and
+MALLOC_MMAP_THRESHOLD_ raised the difference is gone), which a loop that measures every 10th step
+pays too; taking turns step by step spreads that cost over every variant.
+
 Variants are interleaved round by round in one process so that machine noise hits them alike;
 each round times `--steps` steps per variant and the table reports the median ms/step over
 rounds and the median of the per-round ratios to the plain loop, by wall time and by the
@@ -27,7 +34,7 @@ process's CPU time. Ratios are far steadier than milliseconds on a loaded machin
 ratios steadier than wall-time ones (time spent waiting for a core is not counted); the first line
 says what load the figures were taken under. On a quiet machine the two agree.
 
-    python benchmarks/overhead.py [--rounds 15] [--steps 20] [--depth 50] [--width 256] [--threads 1]
+    python benchmarks/overhead.py [--rounds 15] [--steps 20] [--depth 50] [--width 256] [--threads 1] [--only TEXT] [--per-step]
 """
 
 from __future__ import annotations
@@ -207,6 +214,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: steadiest on a shared machine)")
     parser.add_argument("--only", default=None, help="time only the variants whose name holds this text (and their plain loops)")
+    parser.add_argument("--per-step", action="store_true",
+                        help="interleave the variants step by step instead of in blocks of --steps (see the module docstring)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -249,6 +258,16 @@ def main() -> None:
     for step in variants.values():
         timed(step, x, y, 10)  # warm-up
     for _ in range(args.rounds):
+        if args.per_step:  # one step of each variant in turn: what follows a variant's step is another's
+            spent = {name: [0.0, 0.0] for name in variants}
+            for _ in range(args.steps):
+                for name, step in variants.items():
+                    wall, cpu = timed(step, x, y, 1)
+                    spent[name][0] += wall / args.steps
+                    spent[name][1] += cpu / args.steps
+            for name in variants:
+                times[name].append(tuple(spent[name]))
+            continue
         for name, step in variants.items():
             times[name].append(timed(step, x, y, args.steps))
     load_after = os.getloadavg()
