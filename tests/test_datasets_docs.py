@@ -20,8 +20,8 @@ def documented_example() -> tuple[str, dict]:
     text = PAGE.read_text(encoding="utf-8")
     section = text[text.index("## Datasets from files") :]
     section = section[: section.index("\n## ", 1)]
-    csv_text = re.search(r"```csv\n(.*?)```", section, re.S).group(1)
-    config = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))
+    csv_text = re.search(r"```csv\n(.*?)```", section, re.DOTALL).group(1)
+    config = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.DOTALL).group(1))
     return csv_text, config
 
 
