@@ -30,6 +30,7 @@ def test_profile_matches_the_definitions(tmp_path):
         "dead_frac": 0.5,
         "inactive_frac": math.nan,  # not recorded by this run: NaN, never 0
         "saturated_frac": 0.75,
+        "bn_stat_distance": math.nan,  # no BatchNorm: NaN
     }
 
 
@@ -110,7 +111,7 @@ def test_final_metrics_and_steps_to_target(tmp_path):
     run = one_run(tmp_path, [1.0, 1.0])
     finals = summaries.final_metrics(run, target_loss=1.5)
     assert finals == {"final_train_loss": 0.75, "final_train_accuracy": 0.625, "final_test_loss": 0.8,
-                      "final_test_accuracy": 0.6, "steps_to_target": 5.0}  # fmt: skip
+                      "final_test_accuracy": 0.6, "final_test_batch_stats_accuracy": math.nan, "steps_to_target": 5.0}  # fmt: skip
     assert list(finals) == list(FINAL_QUANTITIES)
     assert math.isnan(summaries.final_metrics(run, target_loss=0.1)["steps_to_target"])  # never reached
     assert math.isnan(summaries.final_metrics(run)["steps_to_target"])

@@ -40,6 +40,7 @@ from gradlab.records.run import STATUSES, Run, Step
 from gradlab.vocab.errors import RunError
 from gradlab.vocab.quantities import (
     FINAL_QUANTITIES,
+    OPTIONAL_SUMMARIES,
     PROFILE_QUANTITIES,
     SUMMARY_QUANTITIES,
     THEORY_QUANTITIES,
@@ -221,6 +222,8 @@ def compare_runs(
     else:
         tolerance = None
     table = pd.DataFrame(rows, columns=order)
+    # bn_stat_distance and final_test_batch_stats_accuracy where some run has them (BatchNorm, log.test_batch_stats)
+    table = table.drop(columns=[c for c in table.columns if c.partition("@")[0].removesuffix("_std") in OPTIONAL_SUMMARIES and table[c].isna().all()])
     for column in INTEGER_COLUMNS:
         if column in table and _all_integral(table[column]):
             table[column] = table[column].astype("Int64")

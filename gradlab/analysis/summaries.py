@@ -174,7 +174,7 @@ def profile_at(run: Run, step: Step) -> dict[str, float]:
     rows_in_table = len(layers["step"])
     columns = {
         c: layers[c] if c in layers else np.full(rows_in_table, np.nan)
-        for c in ("step", "layer", "kind", "delta_norm", "delta_rms", "weight_grad_norm", "dead_frac", "inactive_frac", "saturated_frac")
+        for c in ("step", "layer", "kind", "delta_norm", "delta_rms", "weight_grad_norm", "dead_frac", "inactive_frac", "saturated_frac", "bn_stat_distance")
     }
     # the gain compares like with like on delta_rms (invariant to batch size and pooling); a run
     # recorded before delta_rms existed has only delta_norm (the same gain in an MLP)
@@ -208,6 +208,7 @@ def profile_at(run: Run, step: Step) -> dict[str, float]:
         "dead_frac": largest("dead_frac"),
         "inactive_frac": largest("inactive_frac"),
         "saturated_frac": largest("saturated_frac"),
+        "bn_stat_distance": largest("bn_stat_distance"),  # (BatchNorm runs only; empty for the others)
     }
 
 
@@ -350,6 +351,8 @@ def final_metrics(run: Run, target_loss: float | None = None) -> dict[str, float
         rows = in_step_order(which)
         for metric in ("loss", "accuracy"):
             out[f"final_{which}_{metric}"] = float(metrics[metric][rows[-1]]) if len(rows) else math.nan
+    batch_stats = in_step_order("test_batch_stats")  # (log.test_batch_stats only; empty for the others)
+    out["final_test_batch_stats_accuracy"] = float(metrics["accuracy"][batch_stats[-1]]) if len(batch_stats) else math.nan
     out["steps_to_target"] = math.nan
     if target_loss is not None:
         train = in_step_order("train")

@@ -38,6 +38,10 @@ FIGURES = {
     "training_curves": "loss and accuracy against step, train (solid) and test (dashed)",
     "saturation": "dead_frac, inactive_frac and saturated_frac against hidden layer, at step 0 and at the last step",
 }
+# Drawn where some run has what they show (BatchNorm; the recurrent figures: recurrent runs).
+OPTIONAL_FIGURES = {
+    "batchnorm": "BatchNorm runs: bn_stat_distance against hidden layer at step 0 and at the last step, and test accuracy against step with running and with batch statistics",
+}
 
 HEATMAP_COLUMNS = 3
 GAP_GREY = "0.85"  # a heatmap cell with no log10 value: zero, negative or non-finite
@@ -366,6 +370,34 @@ def _mark_divergence(axes, rows, metric: str, color: str) -> None:
 SATURATION_ROWS = ("dead_frac", "inactive_frac", "saturated_frac")
 
 
+def has_batchnorm(runs: Sequence[Run]) -> bool:
+    """Whether some run measured bn_stat_distance (BatchNorm): the batchnorm figure is drawn then."""
+    return any("bn_stat_distance" in run.layers and run.layers["bn_stat_distance"].notna().any() for run in runs)
+
+
+def batchnorm(runs: Sequence[Run]) -> Figure:
+    """BatchNorm's train/test gap: bn_stat_distance per hidden layer at step 0 and the last step (how
+    far the batch statistics are from the running ones), and test accuracy against step with the
+    running statistics (solid) and, where log.test_batch_stats was on, each batch's own (dashed)."""
+    figure = _figure(15, 4.8)
+    axes = figure.subplots(1, 3)
+    legend = _Legend(runs)
+    _profile_panels(figure, runs, legend, "bn_stat_distance", log=False, ylabel="bn_stat_distance", row=axes[:2])
+    accuracy_axes = axes[2]
+    for i, run in enumerate(runs):
+        for split, style in (("test", dict(linestyle="-", marker="o", markersize=3)), ("test_batch_stats", dict(linestyle="--", marker="s", markersize=3))):
+            rows = run.metrics[run.metrics["split"] == split].sort_values("step")
+            if not rows.empty:
+                accuracy_axes.plot(rows["step"], rows["accuracy"], color=legend.color[i], label=legend.label[i] if split == "test" else "_", **style)
+    accuracy_axes.set_title("test accuracy: running statistics solid,\nbatch statistics dashed (log.test_batch_stats)", fontsize="medium")
+    accuracy_axes.set_xlabel("step")
+    accuracy_axes.set_ylabel("test accuracy")
+    accuracy_axes.grid(True, alpha=0.3)
+    _legend(figure)
+    _suptitle(figure, _title(runs, "BatchNorm: batch statistics against running statistics"))
+    return figure
+
+
 def saturation(runs: Sequence[Run]) -> Figure:
     """dead_frac, inactive_frac and saturated_frac (top to bottom) per hidden layer, at step 0 and
     the last step: a ReLU run's blocked units show in the second row, a sigmoid run's in the third."""
@@ -597,6 +629,7 @@ def build_figures(runs: Sequence[Run]) -> dict[str, Figure]:
         "heatmap_delta_norm": heatmap(runs, "delta_norm"),
         "training_curves": training_curves(runs),
         "saturation": saturation(runs),
+        **({"batchnorm": batchnorm(runs)} if has_batchnorm(runs) else {}),  # BatchNorm runs: train/test statistics
         **({  # recurrent runs: the gradient along time
             "time_profile_hidden_delta_norm": time_profile(runs),
             "heatmap_time_hidden_delta_norm": time_heatmap(runs),

@@ -193,6 +193,9 @@ PROFILE_QUANTITIES: dict[str, str] = {
     "dead_frac": "largest dead_frac over the hidden layers: share of a layer's units through which no gradient passes on this batch (f'(u) = 0 on every example: a dead ReLU; a Leaky ReLU unit never is)",
     "inactive_frac": "largest inactive_frac over the hidden layers: share of a layer's (example, unit) pairs on the zero side of a ReLU-family activation (u <= 0 for relu), through which no gradient passes; empty for activations without one",
     "saturated_frac": "largest saturated_frac over the hidden layers: share of a layer's (example, unit) pairs in a flat tail of a saturating activation (empty for the ReLU family: see inactive_frac)",
+    "bn_stat_distance": "largest bn_stat_distance over the hidden layers: how far a BatchNorm layer's normalization with this batch's statistics is "
+                        "from the one with its running statistics (what the network uses at inference); 0 when they agree; BatchNorm runs only "
+                        "(the column is left out of compare when no run has it)",
 }
 
 # Measured over the whole run.
@@ -201,6 +204,9 @@ FINAL_QUANTITIES: dict[str, str] = {
     "final_train_accuracy": "train accuracy at the run's last logged step (on that step's training batch)",
     "final_test_loss": "loss on the test set at the run's last evaluation",
     "final_test_accuracy": "accuracy on the test set at the run's last evaluation",
+    "final_test_batch_stats_accuracy": "accuracy on the test set at the run's last evaluation with each batch's own BatchNorm statistics, "
+                                       "as in training (log.test_batch_stats: true; set beside final_test_accuracy, which uses the running "
+                                       "statistics); the column is left out of compare when no run has it",
     "steps_to_target": "first logged step at which the train loss is at or below the target loss; empty when it never got there",
 }
 
@@ -211,6 +217,10 @@ TIME_QUANTITIES: dict[str, str] = {
 }
 
 SUMMARY_QUANTITIES: dict[str, str] = {**PROFILE_QUANTITIES, **TIME_QUANTITIES, **FINAL_QUANTITIES}
+
+# Summary quantities of some runs only (BatchNorm, log.test_batch_stats): compare leaves their
+# columns out where every row's is empty.
+OPTIONAL_SUMMARIES: tuple[str, ...] = ("bn_stat_distance", "final_test_batch_stats_accuracy")
 
 
 # Theory beside measurement: what `gradlab compare --theory` puts beside the measured layer_factor
