@@ -241,11 +241,24 @@ def _same(a: Any, b: Any) -> bool:
     return canonical(a) == canonical(b)
 
 
+class _NotMeasured(Exception):
+    """A claim's quantity that a run does not measure (time_gain of a feed-forward run, a quantity
+    this gradlab does not know): the claim fails with this reason."""
+
+
 def _run_value(run: Run, claim) -> float:
     if claim.quantity in PROFILE_QUANTITIES:
         value = summaries.profile_at(run, claim.step)[claim.quantity]
+    elif claim.quantity in TIME_QUANTITIES:
+        if run.timesteps is None:
+            kind = (run.config.get("model") or {}).get("kind", "?") if isinstance(run.config, dict) else "?"
+            raise _NotMeasured(f"{claim.quantity} is measured along time on a recurrent layer; run {run.name} (model.kind {kind}) has no time steps")
+        value = summaries.time_profile_at(run, claim.step)[claim.quantity]
     else:
-        value = summaries.final_metrics(run, claim.target_loss)[claim.quantity]
+        values = summaries.final_metrics(run, claim.target_loss)
+        if claim.quantity not in values:
+            raise _NotMeasured(f"{claim.quantity} is not a quantity these runs have")
+        value = values[claim.quantity]
     value = math.nan if value is None else float(value)
     if claim.quantity == "steps_to_target" and math.isnan(value):
         return math.inf  # never reached the target: slower than any run that did
@@ -255,7 +268,7 @@ def _run_value(run: Run, claim) -> float:
 def check_sweep(sweep_dir: str | Path) -> list[Outcome] | None:
     """The `claims:` of a sweep directory's sweep.yaml checked against its runs; None when it
     states none. Raises ConfigError for an invalid section, RunError when the sweep cannot be read."""
-    from gradlab.config.claims import CLAIMS_KEY, SEED, describe_selection, parse_claims
+    from gradlab.config.claims import CLAIMS_KEY, SEED, describe_selection, parse_claims, unknown_quantity
     from gradlab.config.load import read_yaml
 
     sweep_dir = Path(sweep_dir)
@@ -263,7 +276,13 @@ def check_sweep(sweep_dir: str | Path) -> list[Outcome] | None:
     if CLAIMS_KEY not in spec:
         return None
     axes, members = _sweep_members(sweep_dir)
-    claims = parse_claims(spec[CLAIMS_KEY], axes)
+    raw_claims = spec[CLAIMS_KEY]
+    # a claim naming a quantity this gradlab does not know (a sweep.yaml edited, or written by
+    # another version) is a failed claim with the reason; the others are checked
+    unknown = [(i, why) for i, item in enumerate(raw_claims) if (why := unknown_quantity(item))] if isinstance(raw_claims, list) else []
+    skipped = {i for i, _ in unknown}
+    kept = [item for i, item in enumerate(raw_claims) if i not in skipped] if unknown else raw_claims
+    claims = parse_claims(kept, axes) if kept else []
     config_keys = [k for k in axes if k != SEED]
     configs: dict[str, dict[str, Any]] = {}  # one per configuration: its values and runs
     for name, values, status in members:
@@ -295,7 +314,8 @@ def check_sweep(sweep_dir: str | Path) -> list[Outcome] | None:
             return math.exp(sum(math.log(v) for v in values) / len(values)), len(values)
         return sum(values) / len(values), len(values)
 
-    outcomes: list[Outcome] = []
+    outcomes: list[Outcome] = [Outcome(raw_claims[i].get("name") or f"{CLAIMS_KEY}[{i}] ({raw_claims[i]['quantity']})", None, f"not checked: {why}", False)
+                                for i, why in unknown]  # fmt: skip
     for claim in claims:
         chosen = [e for e in configs.values() if all(_same(e["values"][k], v) for k, v in claim.of.items())]
         if not chosen:
@@ -310,7 +330,11 @@ def check_sweep(sweep_dir: str | Path) -> list[Outcome] | None:
                 shown = statuses[0] if len(set(statuses)) == 1 else ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses))
                 outcomes.append(Outcome(name, shown, f"one of {', '.join(claim.status)}, every seed", all(s in claim.status for s in statuses)))
                 continue
-            measured, seeds = value_of(entry, claim)
+            try:
+                measured, seeds = value_of(entry, claim)
+            except _NotMeasured as exc:
+                outcomes.append(Outcome(name, None, f"not checked: {exc}", False))
+                continue
             kind = "geometric mean" if claim.quantity in GEOMETRIC else "mean"
             per = f"{kind} of {seeds} seeds" if seeds > 1 else "one seed"
             if claim.partner is None:
@@ -324,7 +348,11 @@ def check_sweep(sweep_dir: str | Path) -> list[Outcome] | None:
             if partner is None:
                 outcomes.append(Outcome(name, measured, f"{word} {describe_selection(claim.partner)}, which this sweep does not have with the other values", False))
                 continue
-            other, _ = value_of(partner, claim)
+            try:
+                other, _ = value_of(partner, claim)
+            except _NotMeasured as exc:
+                outcomes.append(Outcome(name, measured, f"not checked: {exc}", False))
+                continue
             margin = f" by more than {claim.margin:g}" if claim.margin else ""
             holds = (measured > other + claim.margin) if word == "above" else (measured < other - claim.margin)
             bound = f"{word} {describe_selection(claim.partner)}'s {_short(other)}{margin}; {per}"

@@ -590,19 +590,40 @@ def theory_command(
         from gradlab.orchestrate.sweep_plan import load_plan, predictions
 
         plan = load_plan(config, _overrides(set_), [parse_axis(item) for item in sweep or []])
-        named = predictions(plan, correlations=format_ is TheoryFormat.json)
+        named = predictions(plan, correlations=format_ is TheoryFormat.json, progress=_theory_progress())
         if format_ is TheoryFormat.json:
             print(json.dumps([{"combination": name, "values": values, **prediction.to_json()} for name, values, prediction in named], indent=2, ensure_ascii=False))
             return
         for line in sweep_table_lines([(name, prediction) for name, _, prediction in named]):
             print(line)
         return
-    prediction = predict(_load(config, _overrides(set_)))
+    from gradlab.orchestrate.theory_limits import check_theory_fits
+
+    exp = _load(config, _overrides(set_))
+    check_theory_fits(exp)  # what `gradlab run` refuses for its size, with run's line
+    prediction = predict(exp)
     if format_ is TheoryFormat.json:
         print(json.dumps(prediction.to_json(), indent=2, ensure_ascii=False))
         return
     for line in table_lines(prediction):
         print(line)
+
+
+def _theory_progress(every: float = 2.0):
+    """A sweep's progress for `gradlab theory` on stderr: nothing for the first `every` seconds,
+    then a line every `every` seconds and one at the end (stdout stays the table or the JSON)."""
+    import time
+
+    start = time.monotonic()
+    last = [start]
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= every or (done == total and last[0] > start):
+            last[0] = now
+            print(f"theory: {done} of {total} combinations ({now - start:.0f} s)", file=sys.stderr, flush=True)
+
+    return report
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gradlab.vocab.errors import ConfigError
-from gradlab.vocab.quantities import PROFILE_QUANTITIES, STATUSES, SUMMARY_QUANTITIES
+from gradlab.vocab.quantities import FINAL_QUANTITIES, PROFILE_QUANTITIES, RECURRENT_KINDS, STATUSES, SUMMARY_QUANTITIES, TIME_QUANTITIES
 from gradlab.vocab.registry import describe_value, did_you_mean
 from gradlab.vocab.values import canonical, flow
 
@@ -124,7 +124,7 @@ def parse_claim(raw: Any, index: int, axes: dict[str, list[Any]]) -> Claim:
     step = raw.get("step", "last")
     if not (step == "last" or (isinstance(step, int) and not isinstance(step, bool) and step >= 0)):
         raise ConfigError(f"{where}.step: got {describe_value(step)}; expected 0, last or a step number")
-    if step != "last" and quantity not in PROFILE_QUANTITIES:
+    if step != "last" and quantity not in PROFILE_QUANTITIES and quantity not in TIME_QUANTITIES:
         raise ConfigError(f"{where}.step: {quantity} is measured over the whole run; only the gradient-profile quantities take a step")
     target_loss = raw.get("target_loss")
     if (quantity == "steps_to_target") != (target_loss is not None):
@@ -165,6 +165,40 @@ def parse_claims(raw: Any, axes: dict[str, list[Any]]) -> list[Claim]:
     if errors:
         raise ConfigError(*errors)
     return claims
+
+
+def unknown_quantity(raw: Any) -> str:
+    """Why a claim as written names a quantity no gradlab summary has ('' when it names a known one,
+    or none): `gradlab check` reports such a claim of a sweep.yaml as failed with this reason."""
+    if not isinstance(raw, dict) or "status" in raw or "quantity" not in raw or raw["quantity"] in SUMMARY_QUANTITIES:
+        return ""
+    quantity = raw["quantity"]
+    return f"unknown quantity {describe_value(quantity)}{did_you_mean(str(quantity), list(SUMMARY_QUANTITIES))}; allowed: {', '.join(SUMMARY_QUANTITIES)}"
+
+
+def measured_by(kind: str) -> list[str]:
+    """The summary quantities a run of this model.kind measures: the time quantities only on a
+    recurrent stack (a feed-forward run has no time steps)."""
+    return [*PROFILE_QUANTITIES, *(TIME_QUANTITIES if kind in RECURRENT_KINDS else ()), *FINAL_QUANTITIES]
+
+
+def check_measured(claims: list[Claim], configurations: list[tuple[dict[str, Any], str]]) -> None:
+    """Refuse a claim about a quantity that a configuration it compares does not measure: time_gain
+    or step_factor of a feed-forward configuration. `configurations`: (swept values as written,
+    model.kind) of each combination. One ConfigError line per such claim, naming the key and what
+    is allowed."""
+    errors = []
+    for index, claim in enumerate(claims):
+        if claim.quantity not in TIME_QUANTITIES:
+            continue
+        selections = [claim.of] + ([{**claim.of, **claim.partner}] if claim.partner is not None else [])
+        kinds = [kind for values, kind in configurations for chosen in selections
+                 if all(canonical(values.get(k)) == canonical(v) for k, v in chosen.items()) and kind not in RECURRENT_KINDS]  # fmt: skip
+        if kinds:
+            errors.append(f"{CLAIMS_KEY}[{index}].quantity: {claim.quantity} is measured along time on a recurrent layer, and {_describe(claim.of)} "
+                          f"has model.kind {kinds[0]} (no time steps); allowed for it: {', '.join(measured_by(kinds[0]))}")  # fmt: skip
+    if errors:
+        raise ConfigError(*errors)
 
 
 def _describe(values: dict[str, Any]) -> str:

@@ -14,10 +14,10 @@ import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from gradlab.analysis.configdiff import flatten, labels
-from gradlab.config.claims import CLAIMS_KEY, parse_claims
+from gradlab.analysis.configdiff import flatten
+from gradlab.config.claims import CLAIMS_KEY, check_measured, parse_claims
 from gradlab.config.experiment import validate
 from gradlab.config.load import apply_overrides, read_yaml, set_dotted
 from gradlab.orchestrate.sweep_axes import SEED_AXIS, SWEEP_KEY, ZIP_KEY, Axis, check_disjoint, dimensions, has_sweep, merge_axes, overlaps, split_sweep
@@ -90,8 +90,9 @@ def plan_sweep(raw: dict[str, Any], overrides: Sequence[str] = (), axes: Sequenc
         raise ConfigError(f"{what}sweep: no axes; give sweep: {{key.path: [values]}}, seeds: [0, 1, 2] or --sweep key.path=v1,v2")
     check_disjoint(all_axes)
     claims_raw = raw.get(CLAIMS_KEY)
+    claims = None
     if CLAIMS_KEY in raw:
-        parse_claims(claims_raw, {axis.key: list(axis.values) for axis in all_axes})  # every claim checked before anything runs
+        claims = parse_claims(claims_raw, {axis.key: list(axis.values) for axis in all_axes})  # every claim checked before anything runs
     for item in overrides:
         key = item.partition("=")[0].strip()
         for axis in all_axes:
@@ -121,6 +122,8 @@ def plan_sweep(raw: dict[str, Any], overrides: Sequence[str] = (), axes: Sequenc
             other = names[member.name]
             raise ConfigError(f"sweep: {describe_values(other.values)} and {describe_values(member.values)} would share the run directory {member.name!r}; make the values tell apart")
         names[member.name] = member
+    if claims is not None:  # a claim about time_gain of a feed-forward configuration: refused before anything runs
+        check_measured(claims, [(member.values, member.config["model"]["kind"]) for member in members])
     return SweepPlan(base, all_axes, members, claims_raw)
 
 
@@ -181,18 +184,36 @@ def differing_values(plan: SweepPlan) -> list[dict[str, Any]]:
     return [{key: flat.get(key) for key in differing} for flat in flats]
 
 
-def predictions(plan: SweepPlan, correlations: bool = True) -> list[tuple[str, dict[str, Any], Any]]:
+def predictions(plan: SweepPlan, correlations: bool = True, progress: Callable[[int, int], None] | None = None) -> list[tuple[str, dict[str, Any], Any]]:
     """(combination's name, its axis values, theory's Prediction) for each combination of a sweep,
-    seeds left out: the seed changes no prediction. `correlations`: with xi_c (a 2-D quadrature)."""
-    from gradlab.theory.predict import predict
+    seeds left out: the seed changes no prediction. `correlations`: with xi_c (a 2-D quadrature).
+
+    A combination is named as its run folder is (sweep_names.run_name, the seed left out), also
+    when a whole section is swept. Combinations that differ only in what theory does not read
+    (the optimizer, training length, logging) share one prediction; one that theory refuses or
+    cannot compute is a `none` with the reason, never an error that sinks the others
+    (predict.guarded). `progress(done, total)` is called after each combination."""
+    from gradlab.orchestrate.theory_limits import check_theory_fits
+    from gradlab.theory import predict
 
     members: dict[str, Any] = {}  # one per combination of the axes other than the seed
     for member in plan.members:
         values = {key: value for key, value in member.values.items() if key != SEED_AXIS}
         members.setdefault(describe_values(values), (values, member.config))
-    if all(not isinstance(value, (dict, list)) for values, _ in members.values() for value in values.values()):
-        keys = [axis.key for axis in plan.axes if axis.key != SEED_AXIS]
-        names = [run_name(values, axis_labels(keys)) for values, _ in members.values()]  # the run folders' names
-    else:  # a whole section swept: named by the settings that differ, as compare labels runs
-        names = labels([{key: value for key, value in config.items() if key != "seed"} for _, config in members.values()])
-    return [(name, values, predict(validate(config), correlations=correlations)) for name, (values, config) in zip(names, members.values())]
+    keys = [axis.key for axis in plan.axes if axis.key != SEED_AXIS]
+    short = axis_labels(keys)
+    named, shared = [], {}
+    for done, (values, config) in enumerate(members.values(), 1):
+        key = predict.config_key(config)
+        if key not in shared:
+            exp = validate(config)
+            try:
+                check_theory_fits(exp)  # what `gradlab run` refuses for its size: that row says so
+            except ConfigError as exc:
+                shared[key] = predict.none(f"`gradlab run` refuses this combination: {exc.lines[0]}")
+            else:
+                shared[key] = predict.guarded(exp, correlations=correlations)
+        named.append((run_name(values, short), values, shared[key]))
+        if progress is not None:
+            progress(done, len(members))
+    return named

@@ -65,6 +65,41 @@ class Activation(Protocol):
 # ----------------------------------------------------------------------------------------------
 
 
+# A variance beyond this is out of float range for theory: E[φ(√q z)²] squares values up to
+# 12·√q, which overflows a double (1.8e308) a little above q = 1e305. A length map that passes it
+# has no finite fixed point "beyond float range", and the layers after it carry q = inf; their
+# gradient factors are the q → ∞ limits, E[φ'(√q z)²] at q = Q_FLOAT (the corrections are
+# O(q^-1/2) = 1e-150 there for every activation whose q can grow without bound).
+Q_FLOAT = 1e300
+
+# E[g(√q z)] per (activation, what, q, nodes): combinations of a sweep, the layers of a stack at
+# its fixed point and the fixed-point search share them. Only activations with a hashable `key`
+# (predict.NumpyActivation: the resolved spec) are cached; the cache is cleared when it is full.
+_MOMENTS: dict[tuple, float] = {}
+_MOMENTS_MAX = 200_000
+
+
+def _moment(act: "Activation", what: str, q: float, n: int | None) -> float:
+    """E[f²], E[f'²] or E[f f' u] at variance q, cached per activation key."""
+    key = getattr(act, "key", None)
+    cache_key = (key, what, q, n)
+    if key is not None:
+        value = _MOMENTS.get(cache_key)
+        if value is not None:
+            return value
+    if what == "f2":
+        value = expect(act, lambda u: act.f(u) ** 2, q, n)
+    elif what == "df2":
+        value = expect(act, lambda u: act.df(u) ** 2, q, n)
+    else:
+        value = expect(act, lambda u: act.f(u) * act.df(u) * u, q, n)
+    if key is not None:
+        if len(_MOMENTS) >= _MOMENTS_MAX:
+            _MOMENTS.clear()
+        _MOMENTS[cache_key] = value
+    return value
+
+
 def kinks_of(act: Activation) -> tuple[float, ...]:
     """Where the activation (or its derivative) is not smooth: 0 and whatever it declares in ``kinks``."""
     return tuple(sorted({0.0, *(float(k) for k in getattr(act, "kinks", ()) or ())}))
@@ -94,7 +129,7 @@ def length_map(act: Activation, q: float, sigma_w2: float, sigma_b2: float, n: i
 
     q is the previous layer's pre-activation variance; returns the next one's.
     """
-    return sigma_w2 * expect(act, lambda u: act.f(u) ** 2, q, n) + sigma_b2
+    return sigma_w2 * _moment(act, "f2", q, n) + sigma_b2
 
 
 def first_layer_variance(x_second_moment: float, sigma_w2: float, sigma_b2: float) -> float:
@@ -135,9 +170,38 @@ def layer_variances(
     w2 = per_layer(sigma_w2, depth, "sigma_w2")
     b2 = per_layer(sigma_b2, depth, "sigma_b2")
     qs = [first_layer_variance(x_second_moment, w2[0], b2[0])]
+    uniform = _uniform_from(w2, b2)
+    homogeneous = getattr(act, "homogeneous", False)
     for layer in range(1, depth):
-        qs.append(length_map(act, qs[-1], w2[layer], b2[layer], n))
+        previous = qs[-1]
+        if not previous <= Q_FLOAT:  # beyond float range (or not a number): so is every later layer
+            qs.extend([math.inf] * (depth - layer))
+            break
+        if homogeneous and previous > 0:  # φ(λx) = λφ(x): E[φ(√q z)²] = q E[φ(z)²], one quadrature for the stack
+            q = w2[layer] * previous * _moment(act, "f2", 1.0, n) + b2[layer]
+        else:
+            q = length_map(act, previous, w2[layer], b2[layer], n)
+        if not q <= Q_FLOAT:
+            q = math.inf
+        qs.append(q)
+        if layer >= uniform and abs(q - previous) <= _SETTLED * abs(q):
+            # at the fixed point to double precision: the map gives this q to every later block
+            # (the cost of a stack no longer grows with its depth once it has converged)
+            qs.extend([q] * (depth - 1 - layer))
+            break
     return qs
+
+
+# |q − map(q)| within this of q: the fixed point to double precision (a few units in the last place)
+_SETTLED = 4e-16
+
+
+def _uniform_from(*per_block: list[float]) -> int:
+    """The first block from which every list holds one value to the end."""
+    start = len(per_block[0]) - 1
+    while start > 0 and all(values[start - 1] == values[-1] for values in per_block):
+        start -= 1
+    return start
 
 
 @dataclass(frozen=True)
@@ -162,7 +226,7 @@ def fixed_point(
     q_init: float = 1.0,
     rtol: float = 1e-10,
     max_iter: int = 1000,
-    q_max: float = 1e30,
+    q_max: float = Q_FLOAT,
     n: int | None = None,
 ) -> FixedPoint:
     """The fixed point q* = σw² E[φ(√q* z)²] + σb² reached by iterating the length map from q_init.
@@ -178,6 +242,15 @@ def fixed_point(
     """
     if q_init <= 0:
         raise ValueError(f"q_init must be > 0, got {q_init}")
+    if getattr(act, "homogeneous", False):
+        # φ(λx) = λφ(x): the map is linear, q → a·q + σb² with a = σw² E[φ(z)²], so whether a
+        # finite fixed point exists is known at once (a within 1e-12 of 1 is exactly 1, as for χ₁)
+        a = sigma_w2 * _moment(act, "f2", 1.0, n)
+        if a > 1.0 + 1e-12 or (abs(a - 1.0) <= 1e-12 and sigma_b2 > 0):
+            how = f"grows ×{a:.6g} per layer" if a > 1.0 + 1e-12 else f"grows by σb² = {sigma_b2:g} per layer"
+            return FixedPoint(None, "diverged", 0, f"q {how} without bound (σw² E[φ(z)²] = {a:.6g}): no fixed point")
+        if abs(a - 1.0) <= 1e-12:
+            return FixedPoint(float(q_init), "converged", 0, "every q is a fixed point (σw² E[φ(z)²] = 1, σb² = 0): the input's stays")
     q = float(q_init)
     previous_step = None
     zero_floor = rtol * q_init
@@ -185,7 +258,8 @@ def fixed_point(
     for k in range(1, max_iter + 1):
         q_next = length_map(act, q, sigma_w2, sigma_b2, n)
         if not math.isfinite(q_next) or q_next > q_max:
-            return FixedPoint(None, "diverged", k, f"q exceeded {q_max:g} after {k} iterations: no fixed point")
+            beyond = " (beyond float range)" if q_max >= Q_FLOAT else ""
+            return FixedPoint(None, "diverged", k, f"q exceeded {q_max:g}{beyond} after {k} iterations: no finite fixed point")
         step = q_next - q
         q = q_next
         history.append(q)
@@ -249,7 +323,7 @@ def chi1(act: Activation, q: float, sigma_w2: float, n: int | None = None) -> fl
     At q = q* it is the slope of the correlation map at c = 1 and the factor by which the mean
     squared back-propagated gradient changes per layer: E‖δ_l‖² = χ₁ · E‖δ_{l+1}‖².
     """
-    return sigma_w2 * expect(act, lambda u: act.df(u) ** 2, q, n)
+    return sigma_w2 * _moment(act, "df2", min(q, Q_FLOAT), n)
 
 
 def length_map_slope(act: Activation, q: float, sigma_w2: float, n: int | None = None) -> float:
@@ -259,7 +333,7 @@ def length_map_slope(act: Activation, q: float, sigma_w2: float, n: int | None =
     """
     if q <= 0:
         raise ValueError(f"the slope needs q > 0, got {q}")
-    return sigma_w2 * expect(act, lambda u: act.f(u) * act.df(u) * u, q, n) / q
+    return sigma_w2 * _moment(act, "fdfu", q, n) / q
 
 
 def gradient_factors(
@@ -277,7 +351,17 @@ def gradient_factors(
     """
     depth = len(variances)
     w2 = per_layer(sigma_w2, depth, "sigma_w2")
-    return [math.sqrt(chi1(act, variances[l], w2[l + 1], n)) for l in range(depth - 1)]
+    factors, last, value = [], None, 0.0
+    homogeneous = getattr(act, "homogeneous", False)
+    for l in range(depth - 1):
+        # a stack at its fixed point repeats one factor; for φ(λx) = λφ(x), E[φ'(√q z)²] is the
+        # same at every q > 0, so a growing q needs one quadrature, not one per layer
+        q = 1.0 if homogeneous and variances[l] > 0 else variances[l]
+        if (q, w2[l + 1]) != last:
+            last = (q, w2[l + 1])
+            value = math.sqrt(chi1(act, q, w2[l + 1], n))
+        factors.append(value)
+    return factors
 
 
 def geometric_mean_factor(factors: Sequence[float]) -> float | None:

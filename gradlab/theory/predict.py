@@ -62,6 +62,7 @@ from gradlab.theory import recurrent as recurrent_theory
 from gradlab.theory import residual as residual_theory
 from gradlab.vocab import specs
 from gradlab.vocab.datasets import SPIRAL_JITTER
+from gradlab.vocab.errors import ConfigError
 
 # How far a measured layer_factor may be from the predicted one, relative to the prediction, before
 # `gradlab compare` flags the run as departing from theory (its `departs` column). The measured
@@ -174,6 +175,10 @@ def none(reason: str, **inputs: Any) -> Prediction:
 # --------------------------------------------------------------------------------------------
 
 
+# Positively homogeneous activations (rrelu's random slopes are refused before they get here).
+HOMOGENEOUS = ("relu", "leaky_relu", "prelu", "identity")
+
+
 class NumpyActivation:
     """An activation spec's numpy forms, resolved once (theory.Activation's protocol)."""
 
@@ -184,6 +189,11 @@ class NumpyActivation:
         self.kinks = tuple(self._record.kinks(self._params))
         self.scale = float(self._record.scale(self._params))  # the x grid the quadrature resolves φ on (softplus: 1/β)
         self.name = resolved["name"]
+        # the resolved spec: theory.mean_field caches Gaussian moments per activation and q by it
+        self.key = (self.name, tuple(sorted((k, str(v)) for k, v in resolved.items())))
+        # φ(λx) = λφ(x) for λ > 0 (x for x > 0, a·x below): E[φ(√q z)²] = q E[φ(z)²] and χ₁ is
+        # the same at every q, so the length map is linear (mean_field uses both)
+        self.homogeneous = self.name in HOMOGENEOUS
 
     def f(self, x):
         return self._record.f(self._params, x)
@@ -195,16 +205,39 @@ class NumpyActivation:
 def input_moments(data: Any) -> InputMoments | None:
     """The input's moments from the data section alone (see the module docstring), or None when
     they are not known without reading the data."""
-    name, noise, dim = data.name, data.noise, data.dim
+    name, noise, dim = data.name, float(data.noise), data.dim
+    # (noise * noise, not noise**2: a product overflows to inf where a power raises; check_limits
+    # refuses every noise whose features overflow float32 long before either)
     if name == "gaussian":
-        return InputMoments(1.0 + noise**2, 0.0, 1.0 - 1.0 / data.classes + noise**2,
-                            f"gaussian: E[x²] = 1 + noise² = {1 + noise**2:g} (class means ~ N(0, 1) plus noise)")  # fmt: skip
+        return InputMoments(1.0 + noise * noise, 0.0, 1.0 - 1.0 / data.classes + noise * noise,
+                            f"gaussian: E[x²] = 1 + noise² = {1 + noise * noise:g} (class means ~ N(0, 1) plus noise)")  # fmt: skip
     if name == "teacher":
         return InputMoments(1.0, 0.0, 1.0, "teacher: x ~ N(0, I), E[x²] = 1")
     if name == "spirals":
-        second = (1.0 / 3.0 + 2.0 * (SPIRAL_JITTER * noise) ** 2) / dim
+        jitter = SPIRAL_JITTER * noise
+        second = (1.0 / 3.0 + 2.0 * jitter * jitter) / dim
         return InputMoments(second, 0.0, second, f"spirals: E[x²] = (1/3 + 2 (0.1 noise)²) / dim = {second:.6g}")
     return None
+
+
+# float32's largest finite value: the synthetic features are float32 (build/dataset refuses a noise
+# that makes any of them overflow, and so does theory: the same line)
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def check_limits(exp: Any) -> None:
+    """Raise ConfigError, with `gradlab run`'s own line, for a config run refuses whatever its
+    model: a `data.noise` that makes the synthetic features overflow float32. x = m + noise·ε
+    (gaussian; spirals: 0.1·noise·ε per coordinate) over N = (n_train + n_test)·dim draws of
+    ε ~ N(0, 1) reaches |ε| ≈ √(2 ln N), so the features overflow once noise·√(2 ln N) passes
+    float32's largest value (run checks the drawn data; this is that check in expectation)."""
+    data = exp.data
+    spread = {"gaussian": 1.0, "spirals": SPIRAL_JITTER}.get(data.name)
+    if spread is None:
+        return
+    draws = max(2, (data.n_train + data.n_test) * max(1, data.dim))
+    if float(data.noise) * spread * math.sqrt(2.0 * math.log(draws)) >= FLOAT32_MAX:
+        raise ConfigError(f"data.noise: {data.noise:g} makes the {data.name} features overflow float32 (NaN or inf); use a smaller noise")
 
 
 def _fans(exp: Any, block: int) -> tuple[int, int]:
@@ -242,6 +275,7 @@ def predict(exp: Any, moments: InputMoments | None = None, correlations: bool = 
     `input_moments(exp.data)`. correlations: compute the correlation map's c*, χ_c and ξ_c (the
     slowest part, ~0.1 s; `gradlab compare` does not need them).
     """
+    check_limits(exp)
     model = exp.model
     kind = model.kind
     if kind in ("rnn", "lstm", "gru"):
@@ -283,8 +317,17 @@ def _mean_field(exp: Any, act: NumpyActivation, moments: InputMoments, correlati
     fp = theory.fixed_point(act, w2, b2, q_init=qs[0] if qs[0] > 0 else 1.0)
     base = dict(layers=tuple(factors), layer_factor=theory.geometric_mean_factor(factors), q=tuple(qs), inputs=inputs)
     if fp.q_star is None:
-        notes.append(f"no fixed point of the length map: {fp.detail}")
-        return Prediction("mean_field", notes=tuple(notes), **base)
+        if fp.status != "diverged":
+            notes.append(f"no fixed point of the length map: {fp.detail}")
+            return Prediction("mean_field", notes=tuple(notes), **base)
+        # q grows without bound: χ₁ and the phase are their limits as q → ∞, which every layer
+        # approaches (for x / a·x activations χ₁ = σw² E[φ'(z)²] at every q: exact)
+        x1 = theory.chi1(act, math.inf, w2)
+        exact = "; for x / a·x activations χ₁ is the same at every q" if act.homogeneous else ""
+        notes.append(f"no finite fixed point of the length map ({fp.detail}): q*, chi1, predicted_factor, xi_grad and phase are "
+                     f"their limits as q grows without bound{exact}; no xi_c (the correlation map is derived at a fixed point)")  # fmt: skip
+        return Prediction("mean_field", q_star=math.inf, chi1=x1, predicted_factor=math.sqrt(x1), xi_grad=theory.depth_scale(x1, CRITICAL_TOL),
+                          phase=theory.phase(x1), notes=tuple(notes), **base)  # fmt: skip
     x1 = theory.chi1(act, fp.q_star, w2)
     xi_c = None
     if correlations:
@@ -383,13 +426,19 @@ def _recurrent(exp: Any) -> Prediction:
         forget_bias = getattr(model, "forget_bias", None)
         if forget_bias is None:
             return none("no prediction for this lstm: the config has no forget_bias")
-        factor = recurrent_theory.lstm_cell_factor(forget_bias)
-        return Prediction("recurrent", predicted_factor=factor, xi_grad=theory.depth_scale(factor**2, CRITICAL_TOL), inputs={"forget_bias": forget_bias},
-                          extra={"cell_step_factor": factor},
-                          notes=("the cell path's per-step factor diag(f_t) ≈ σ(forget bias) while the weights are small",
-                                 "no step_factor: σ(forget bias) is the direct cell path's factor alone, while step_factor measures "
-                                 "‖∂L/∂a_t‖ through every path (the hidden state's too) and with every unit's own forget gate; "
-                                 "no prediction of it is derived here"))  # fmt: skip
+        # log σ(b) never overflows (σ(−1000) = e^−1000 underflows to 0, its log is −1000 exactly);
+        # ξ = −1/ln σ(b)² comes from the log, so it exists where the factor underflows
+        log_factor = recurrent_theory.lstm_cell_log_factor(forget_bias)
+        factor = math.exp(log_factor)
+        xi = math.inf if -2.0 * log_factor <= CRITICAL_TOL else 1.0 / (-2.0 * log_factor)
+        notes = ["the cell path's per-step factor diag(f_t) ≈ σ(forget bias) while the weights are small",
+                 "no step_factor: σ(forget bias) is the direct cell path's factor alone, while step_factor measures "
+                 "‖∂L/∂a_t‖ through every path (the hidden state's too) and with every unit's own forget gate; "
+                 "no prediction of it is derived here"]  # fmt: skip
+        if factor == 0.0:
+            notes.append(f"σ({forget_bias:g}) = e^{log_factor:.6g} is below the smallest double and shows as 0; log_cell_step_factor holds its log")
+        return Prediction("recurrent", predicted_factor=factor, xi_grad=xi, inputs={"forget_bias": forget_bias},
+                          extra={"cell_step_factor": factor, "log_cell_step_factor": log_factor}, notes=tuple(notes))  # fmt: skip
     if model.kind != "rnn" or recurrent is None:
         return none(f"no prediction for model.kind {model.kind}: no per-step factor is derived here")
     name = recurrent["name"]
@@ -440,25 +489,42 @@ def step_departs(measured: float, prediction: Prediction, tolerance: float = DEP
 _BY_CONFIG: dict[str, Prediction] = {}
 
 
+def config_key(config: dict[str, Any]) -> str:
+    """What of a resolved config a prediction reads (the data and the model sections), as one
+    string: configs with the same key have the same prediction."""
+    import json
+
+    body = {key: value for key, value in config.items() if key not in ("name", "seed", "expect", "claims", "log", "train", "optim", "loss", "device")}
+    return json.dumps(body, sort_keys=True, default=str)
+
+
 def for_config(config: dict[str, Any]) -> Prediction:
     """The prediction for a run's resolved config.yaml (a mapping), without the correlation map;
     `none` with the reason when the config no longer validates (a moved data path, an older
     gradlab). Cached by the config's content: seeds and sweep members of one configuration share it."""
-    import json
-
     from gradlab.config.experiment import validate
-    from gradlab.vocab.errors import ConfigError
 
-    body = {key: value for key, value in config.items() if key not in ("name", "seed", "expect", "log", "train", "optim", "loss", "device")}
-    key = json.dumps(body, sort_keys=True, default=str)
+    key = config_key(config)
     if key not in _BY_CONFIG:
         try:
             exp = validate(config)
         except ConfigError as exc:
             _BY_CONFIG[key] = none(f"the run's config does not validate here ({exc.lines[0]})")
         else:
-            _BY_CONFIG[key] = predict(exp, correlations=False)
+            _BY_CONFIG[key] = guarded(exp, correlations=False)
     return _BY_CONFIG[key]
+
+
+def guarded(exp: Any, moments: InputMoments | None = None, correlations: bool = True) -> Prediction:
+    """`predict`, but a config it refuses (check_limits) or cannot compute for is a `none` with the
+    reason instead of an exception: compare, plots, report, expect: and a sweep's table predict for
+    many runs at once, and one run's failure must never sink the others' predictions."""
+    try:
+        return predict(exp, moments, correlations)
+    except ConfigError as exc:
+        return none(f"theory refuses this config: {exc.lines[0]}")
+    except (ArithmeticError, ValueError) as exc:  # a bug or a range no check foresaw: that run's note, not a crash
+        return none(f"theory could not compute a prediction for this config ({type(exc).__name__}: {exc})")
 
 
 def departs(measured: float, predicted: float | None, tolerance: float = DEPARTS_TOLERANCE) -> bool | None:

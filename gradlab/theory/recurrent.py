@@ -45,11 +45,28 @@ def recurrent_step_bound(gamma: float, lambda1: float) -> float:
     return float(gamma) * float(lambda1)
 
 
+def log_sigmoid(x: float) -> float:
+    """log σ(x) = −log(1 + e^−x), in a form that cannot overflow for any finite x: for x < 0,
+    x − log(1 + e^x) (e^x ≤ 1), for x ≥ 0, −log(1 + e^−x) (e^−x ≤ 1). Exact where σ(x) itself
+    underflows (x = −1000: −1000, while σ(−1000) = e^−1000 is below the smallest double)."""
+    x = float(x)
+    if x < 0:
+        return x - math.log1p(math.exp(x))
+    return -math.log1p(math.exp(-x))
+
+
+def lstm_cell_log_factor(forget_bias: float) -> float:
+    """log σ(forget_bias): the log of `lstm_cell_factor`, finite for every finite forget bias."""
+    return log_sigmoid(forget_bias)
+
+
 def lstm_cell_factor(forget_bias: float) -> float:
     """The per-step factor along an LSTM's cell path, ∂c_t/∂c_{t−1} = diag(f_t), with small weights.
 
     c_t = f_t ⊙ c_{t−1} + i_t ⊙ g_t and f_t = σ(W_f x_t + U_f h_{t−1} + b_f); when the weights are
     small f_t ≈ σ(b_f), so the cell gradient decays (or is kept) by σ(forget_bias) per step
     (Gers et al. 2000; Jozefowicz et al. 2015 for the forget-bias-of-1 recommendation).
+    Computed as exp(log σ(b)), which never overflows; below b ≈ −745 it underflows to 0.0 (use
+    `lstm_cell_log_factor` for the exact value there).
     """
-    return 1.0 / (1.0 + math.exp(-float(forget_bias)))
+    return math.exp(log_sigmoid(forget_bias))
