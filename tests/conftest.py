@@ -24,6 +24,11 @@ import pytest
 if "PYTEST_XDIST_WORKER" in os.environ:
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
+# The CLI's rich consoles are made when gradlab.cli.app is first imported, and a console made while
+# COLUMNS is set keeps that width for good. Importing it here, before any test sets COLUMNS, keeps
+# its width following each invocation's environment whatever order the tests run in.
+import gradlab.cli.app  # noqa: E402, F401
+
 
 def _invoker(base_env: dict[str, str]) -> Callable[..., Any]:
     from typer.testing import CliRunner
