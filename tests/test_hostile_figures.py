@@ -177,3 +177,19 @@ def test_markdown_of_a_mixed_set_leaves_the_config_keys_out(mixed, invoke_wide):
     assert "config keys, left out here" in result.stdout
     csv_header = invoke_wide("compare", mixed, "-f", "csv").stdout.splitlines()[0]
     assert "model.class" in csv_header  # csv keeps every column
+
+
+@pytest.mark.parametrize("count", [1, 5, 40])
+def test_the_heatmap_layout_holds_for_any_count_of_mixed_runs(mixed, count):
+    from gradlab.records.run import load_runs
+    from gradlab.show import plots
+
+    runs = (load_runs([mixed]).runs * 14)[:count]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "constrained_layout not applied because axes sizes collapsed to zero"
+        figure = plots.heatmap(runs)
+        plots.png_bytes(figure)
+    panels = [axes for axes in figure.axes if axes.get_label() != "<colorbar>"]
+    heights = {round(axes.get_position().height, 3) for axes in panels}
+    assert len(heights) == 1 and min(heights) > 0  # every panel the same, none collapsed
+    assert all(axes.get_title().count("\n") <= 1 for axes in panels)
