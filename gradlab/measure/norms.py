@@ -20,7 +20,8 @@ On the CPU reading a result is free, so the recomputation happens only for the u
 accelerator reading one would wait for the device, so there the float64 norms are computed for
 every tensor and selected on the device, with no transfer.
 
-Results are float64 tensors (0-d or 1-d), on the tensors' device.
+Results are tensors on the tensors' device: `norms` float64 (1-d), `norm` a 0-d float32 where
+float32 holds the value and float64 where it does not; the host reads either exactly.
 """
 
 from __future__ import annotations
@@ -51,15 +52,15 @@ def _reads_free(device: torch.device) -> bool:
 
 
 def norm(tensor: torch.Tensor) -> torch.Tensor:
-    """||tensor||, exact for any finite float32/float16/bfloat16 entries (0-d float64)."""
+    """||tensor||, exact for any finite float32/float16/bfloat16 entries, as a 0-d tensor: float32
+    where float32 holds it (float32's own number), float64 where it does not. The host reads every
+    value exactly, whichever dtype it has."""
     fast = _float32_norm(tensor)
-    if tensor.dtype == torch.float16:
-        return fast.double()  # squares of float16 entries are always normal float32 numbers
-    if tensor.dtype == torch.float64:
-        return fast
+    if tensor.dtype in (torch.float16, torch.float64):
+        return fast  # squares of float16 entries are always normal float32 numbers; float64 is float64
     if _reads_free(fast.device):
-        if bool(_safe(fast)):
-            return fast.double()
+        if SAFE_LOW <= fast.item() <= SAFE_HIGH:  # one read of a number the CPU already has
+            return fast
         return torch.linalg.vector_norm(tensor, dtype=torch.float64)
     return torch.where(_safe(fast), fast.double(), torch.linalg.vector_norm(tensor, dtype=torch.float64))
 
@@ -70,25 +71,20 @@ def norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     if not tensors:
         return torch.zeros(0, dtype=torch.float64)
     tensors = list(tensors)
-    half = [k for k, t in enumerate(tensors) if t.dtype in _HALF]
-    batched = [k for k in range(len(tensors)) if tensors[k].dtype not in _HALF]
-    out = [None] * len(tensors)
-    for k in half:
-        out[k] = norm(tensors[k])
-    if batched:
-        fast = torch.stack([n.double() for n in torch._foreach_norm([tensors[k] for k in batched])])
-        narrow = [tensors[k].dtype == torch.float32 for k in batched]
-        if _reads_free(fast.device):
-            redo = [j for j, ok in enumerate(_safe(fast).tolist()) if not ok and narrow[j]]
-            if redo:
-                fast[redo] = torch.stack([torch.linalg.vector_norm(tensors[batched[j]], dtype=torch.float64) for j in redo])
-        else:
-            exact = torch.stack(torch._foreach_norm([tensors[k] for k in batched], 2, dtype=torch.float64))
-            keep = _safe(fast) | ~torch.tensor(narrow, device=fast.device)
-            fast = torch.where(keep, fast, exact)
-        for j, k in enumerate(batched):
-            out[k] = fast[j]
-    return torch.stack(out)
+    dtypes = {t.dtype for t in tensors}
+    if len(dtypes) > 1 or dtypes & set(_HALF):
+        return torch.stack([norm(t).double() for t in tensors])
+    fast = torch.stack(torch._foreach_norm(tensors))
+    if fast.dtype == torch.float64:
+        return fast
+    if _reads_free(fast.device):
+        redo = [k for k, value in enumerate(fast.tolist()) if not SAFE_LOW <= value <= SAFE_HIGH]
+        fast = fast.double()
+        if redo:
+            fast[redo] = torch.stack([torch.linalg.vector_norm(tensors[k], dtype=torch.float64) for k in redo])
+        return fast
+    exact = torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float64))
+    return torch.where(_safe(fast), fast.double(), exact)
 
 
 def norm_of(parts: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
@@ -96,14 +92,18 @@ def norm_of(parts: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
     part is a float32 norm (a float32 number, 0 or in the safe range) it is computed as float32
     computes it, so a combination of float32 norms keeps its float32 value bit for bit; else (a
     part rescued by float64, or the norm of a float64 tensor) in float64. One part: itself."""
-    parts = parts if isinstance(parts, torch.Tensor) else torch.stack(list(parts))
+    if not isinstance(parts, torch.Tensor):
+        parts = list(parts)
+        if len(parts) == 1:
+            return parts[0].reshape(())
+        parts = torch.stack([part.double() for part in parts])
     if parts.numel() == 1:
         return parts.reshape(())
     narrow = norm(parts.float())
     wide = torch.linalg.vector_norm(parts.double())
     if _reads_free(parts.device):
         return narrow if bool(float32_held(parts).all()) else wide
-    return torch.where(float32_held(parts).all(), narrow, wide)
+    return torch.where(float32_held(parts).all(), narrow.double(), wide)
 
 
 def float32_held(values: torch.Tensor) -> torch.Tensor:
