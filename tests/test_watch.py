@@ -522,3 +522,24 @@ def test_delta_rms_of_a_linear_over_a_sequence(tmp_path):
     by_hand = math.sqrt(sum(((B * grad[b].abs()).sum(0) ** 2).sum().item() for b in range(B)) / B)
     assert math.isclose(row["delta_rms"], by_hand, rel_tol=1e-5)
     assert math.isclose(row["delta_norm"], grad.norm().item(), rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("make,shape", [(TinyResNet, (3, 6, 6)), (SharedNet, (6,))], ids=["resnet", "shared"])
+def test_training_is_bit_for_bit_the_unwatched_one(tmp_path, make, shape):
+    """Watched every 2 steps or not at all: the same parameters (BatchNorm's running statistics too)."""
+    torch.manual_seed(0)
+    model = make()
+    twin = copy.deepcopy(model)
+    for net, watched in ((model, True), (twin, False)):
+        opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+        w = gradlab.watch(net, out=tmp_path, every=2, optimizer=opt) if watched else None
+        for x, y in batches(5, shape):
+            opt.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
+            if w is not None:
+                w.step()
+        if w is not None:
+            w.close()
+    for (name, a), (_, b) in zip(model.state_dict().items(), twin.state_dict().items()):
+        assert torch.equal(a, b), name
