@@ -485,3 +485,25 @@ def test_without_time_a_recurrent_module_is_one_site(tmp_path):
     assert list(layers) == ["embed", "lstm", "head"] and layers["lstm"]["delta_norm"] is None
     assert not (w.run_dir / "timesteps.csv").exists()
     assert [c for c in read_csv(w.run_dir, "layers.csv")[0] if c.startswith("ih_")] == []
+
+
+@pytest.mark.parametrize("kind,options", [SHAPES[1], SHAPES[2]], ids=["gru", "rnn"])
+def test_gru_and_rnn_are_exact_with_onednn_on(tmp_path, kind, options):
+    """PyTorch's CPU GRU and RNN have no oneDNN kernel: their time steps are measured exactly with
+    PyTorch's default flags (a torch that gave them one would fail here, not in a user's training)."""
+    torch.manual_seed(0)
+    model = Tagger(kind, options)
+    twin = copy.deepcopy(model)
+    data = [(torch.randn(4, 5, 3), torch.randint(0, 3, (4, 5))) for _ in range(3)]
+    for net, watched in ((model, True), (twin, False)):
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        w = gradlab.watch(net, out=tmp_path, every=1, optimizer=opt, time=True) if watched else None
+        for x, y in data:
+            opt.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
+            w.step() if w is not None else None
+        if w is not None:
+            run_dir = w.close()
+    assert_same_parameters(model, twin)
+    assert gradlab.load(run_dir).config["model"]["time"]["rnn"].startswith("exact")
