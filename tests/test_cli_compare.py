@@ -291,4 +291,4 @@ def test_a_swept_learning_rate_is_the_column_optim_lr(tmp_path, invoke):
     assert result.exit_code == 0, result.output
     table = list(csv.DictReader(io.StringIO(result.stdout)))
     assert list(table[0])[:2] == ["label", "optim.lr"]
-    assert [(row["label"], row["optim.lr"]) for row in table] == [("lr#optim.lr=0.1", "0.1"), ("lr#optim.lr=0.3", "0.3")]
+    assert [(row["label"], row["optim.lr"]) for row in table] == [("lr#lr=0.1", "0.1"), ("lr#lr=0.3", "0.3")]

@@ -127,7 +127,7 @@ def test_row_labels_come_from_config_values_not_folder_names():
     assert configdiff.row_labels(["sweep", "sweep"], [a, b]) == ["sweep#path=data/set-a.csv", "sweep#path=data/run-a.csv"]
     c = {"name": "s", "model": {"norm": {"name": "batchnorm", "momentum": 0.1}}}
     d = {"name": "s", "model": {"norm": {"name": "batchnorm", "momentum": 0.5}}}
-    assert configdiff.row_labels(["s", "s"], [c, d]) == ["s#norm.momentum=0.1", "s#norm.momentum=0.5"]
+    assert configdiff.row_labels(["s", "s"], [c, d]) == ["s#momentum=0.1", "s#momentum=0.5"]  # model.norm.momentum
     # distinct names stay as they are; rows of one name and one config are numbered
     assert configdiff.row_labels(["x", "y"], [a, b]) == ["x", "y"]
     assert configdiff.row_labels(["x", "x"], [a, a]) == ["x#1", "x#2"]

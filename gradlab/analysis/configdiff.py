@@ -233,8 +233,7 @@ def group_by_config(configs: Sequence[dict[str, Any]]) -> list[list[int]]:
 def short_keys(keys: Sequence[str]) -> dict[str, str]:
     """The shortest trailing part of each dotted key that tells the keys apart, a component's
     `.name` left out: model.activation -> activation, data.name -> data, model.norm.name -> norm;
-    model.init.weight and optim.weight_decay stay apart, model.depth and data.depth -> model.depth, data.depth;
-    a component's parameter keeps its component's name: optim.lr, model.init.recurrent.gain -> recurrent.gain."""
+    model.init.weight and optim.weight_decay stay apart, model.depth and data.depth -> model.depth, data.depth."""
 
     def trimmed(key: str) -> list[str]:
         parts = key.split(".")
@@ -243,8 +242,7 @@ def short_keys(keys: Sequence[str]) -> dict[str, str]:
     shown: dict[str, str] = {}
     for key in keys:
         parts = trimmed(key)
-        # a component's parameter keeps its component: optim.lr, recurrent.gain (a bare `gain` reads as the gain)
-        for n in range(2 if key.rpartition(".")[0] in COMPONENT_KEYS else 1, len(parts) + 1):
+        for n in range(1, len(parts) + 1):
             label = ".".join(parts[-n:])
             others = [".".join(trimmed(k)) for k in keys if k != key]
             if not any(other == label or other.endswith(f".{label}") for other in others):
