@@ -84,7 +84,7 @@ import torch
 import yaml
 from torch import nn
 
-from gradlab.build.sites import Role, Site
+from gradlab.build.sites import Site
 from gradlab.measure import kernels
 from gradlab.measure.norms import norm_of, norms
 from gradlab.measure.ops import OpTap, Use
@@ -480,16 +480,7 @@ class Watch:
             cached = self._cells[id(module)] = (key, cells(module))
         return cached[1]
 
-    # -- the Tap protocol (sites.py), as gradlab's models hand tensors over --
-
-    def tensor(self, site: Site, role: Role, label: str, value: torch.Tensor) -> None:
-        """A site's output z: its delta ||dL/dz|| is taken by a tensor hook (which, registered
-        before an in-place op overwrites z, receives the gradient of z as it was)."""
-        if role == "preactivation" and "deltas" in self.groups and value.requires_grad:
-            value.register_hook(self._delta_hook(site, kernels.UNITS_LAST, (0, None)))
-
-    def activation(self, site: Site, act: nn.Module, activation: str, u: torch.Tensor, y: torch.Tensor) -> None:
-        """Not tapped: an arbitrary model declares no activation of its own (see the module docstring)."""
+    # -- what backward hands over ----------------------------------------------------------------
 
     def _delta_hook(self, site: Site, units: int, examples: tuple[int, tuple[int, ...] | None] | None):
         def hook(grad: torch.Tensor) -> None:
