@@ -12,7 +12,8 @@ from gradlab.analysis.compare import compare_runs, explain
 from gradlab.theory.predict import DEPARTS_TOLERANCE, departs
 from run_factory import one_run, recurrent_run
 
-HE = {"model__activation": "relu", "model__init": {"weight": "kaiming_normal", "bias": "zeros"}}
+# width 64: mean field applies (predict.MIN_WIDTH; the records are written here, so the width costs nothing)
+HE = {"model__activation": "relu", "model__width": 64, "model__init": {"weight": "kaiming_normal", "bias": "zeros"}}
 
 
 def test_departs_is_relative_to_the_prediction():
@@ -54,7 +55,7 @@ def test_cli_csv_exact(tmp_path, invoke):
     assert result.exit_code == 0, result.output
     header, row = result.stdout.strip().splitlines()
     assert header.endswith(",layer_factor@0,weight_grad_gain@0,dead_frac@0,inactive_frac@0,saturated_frac@0,verdict@0,final_train_loss,final_train_accuracy,final_test_loss,final_test_accuracy,predicted_factor,departs")
-    assert row == "grows,completed,1,10,4.0,1.0,4.0,2.0,1.0,0.0,,0.0,\"stable (×2/layer, ×e every 1.4 layers)\",0.75,0.625,0.8,0.6,1.0,yes"
+    assert row == "grows,completed,1,10,4.0,1.0,4.0,2.0,1.0,0.0,,0.0,\"stable (×2/layer, ×e every 1.4 layers)\",0.75,0.625,0.8,0.6,1.0000000000000002,yes"  # He init's σw² is 2.0000000000000004: √(σw²/2)
 
 
 def test_explain_gives_formula_paper_and_tolerance(tmp_path, invoke):

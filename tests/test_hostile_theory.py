@@ -255,3 +255,54 @@ def test_a_sweep_over_whole_models_is_labelled_as_its_runs_are(tmp_path, invoke)
     names = [member.name for member in load_plan(path, [], []).members]
     assert [row.split()[0] for row in rows] == names
     assert max(len(name) for name in names) < 110  # (was ~170 characters of resolved settings per label)
+
+
+# ------------------------------------------------------------------ issue 24 item 3: mean field at narrow widths
+
+
+def test_theory_says_when_the_width_is_below_mean_fields_reach(tmp_path, invoke):
+    assert predict.MIN_WIDTH == 32
+    narrow = invoke("theory", write(tmp_path, with_model(width=1)))
+    assert narrow.exit_code == 0, narrow.output
+    assert "note: mean field is an infinite-width theory: at model.width 1 < 32 one run's layer_factor scatters" in narrow.output
+    assert json.loads(invoke("theory", write(tmp_path, with_model(width=1)), "--format", "json").output)["narrow"] == "width 1 < 32"
+    wide = invoke("theory", write(tmp_path, with_model(width=32)))
+    assert "infinite-width" not in wide.output
+    assert "narrow" not in json.loads(invoke("theory", write(tmp_path, with_model(width=32)), "--format", "json").output)
+
+
+def test_compare_reads_departs_na_below_the_width_and_within_theory_fails_saying_why(tmp_path):
+    from gradlab.analysis.compare import compare_runs
+    from gradlab.analysis.expectations import _within_theory
+    from gradlab.config.expect import Bound
+
+    he = {"model__activation": "relu", "model__init": {"weight": "kaiming_normal", "bias": "zeros"}}
+    chain = one_run(tmp_path / "a", [0.089**2, 0.089, 1.0], name="chain", model__width=1, **he)
+    wide = one_run(tmp_path / "b", [1.0, 1.0, 1.0], name="wide", model__width=256, **he)
+    comparison = compare_runs([chain, wide], steps=[0], theory=True)
+    table = comparison.table.set_index("label")
+    assert table.loc["chain", "departs"] == "n/a (width 1 < 32)" and table.loc["wide", "departs"] == "no"
+    assert any(note.startswith("chain: departs n/a: mean field is an infinite-width theory") for note in comparison.notes)
+    outcome = _within_theory(chain, "layer_factor", Bound.model_validate({"within_theory": 0.05}))
+    assert not outcome.passed and "which does not apply at width 1 < 32" in outcome.bound
+
+
+def test_the_width_threshold_matches_the_measured_scatter(tmp_path):
+    # real runs at step 0 through run's own path (benchmarks/theory_width.py, 16 seeds of ReLU with
+    # He init): below MIN_WIDTH most runs are more than 5% off mean field, at twice MIN_WIDTH few are
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("theory_width", Path(__file__).parents[1] / "benchmarks" / "theory_width.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def off_share(width):
+        errors = []
+        for seed in range(16):
+            measured, predicted = bench.measure(str(tmp_path), bench.CONFIGS["relu-he"], width, seed)
+            errors.append(abs(measured - predicted) / predicted if math.isfinite(measured) else math.inf)
+        return sum(e > predict.DEPARTS_TOLERANCE for e in errors) / len(errors)
+
+    assert off_share(predict.MIN_WIDTH // 4) > 0.5
+    assert off_share(2 * predict.MIN_WIDTH) <= 2 / 16

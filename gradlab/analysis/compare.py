@@ -206,6 +206,10 @@ def compare_runs(
             row["predicted_factor"] = math.nan if prediction.layer_factor is None else prediction.layer_factor
             flag = predict.departs(measured, prediction.layer_factor, tolerance)
             row["departs"] = None if flag is None else ("yes" if flag else "no")
+            if prediction.narrow and prediction.layer_factor is not None:  # mean field is an infinite-width theory
+                row["departs"] = f"n/a ({prediction.narrow})"
+                notes.append(f"{row['label']}: departs n/a: mean field is an infinite-width theory, and at {prediction.narrow} one run's "
+                             f"layer_factor scatters around it by more than {predict.DEPARTS_TOLERANCE:.0%} too often (docs/theory.md, Width)")  # fmt: skip
             if prediction.layer_factor is None:
                 along_time = any(runs[i].timesteps is not None for i in members)
                 why = "a recurrent stack is predicted along time only (predicted_step_factor)" if along_time else prediction.reason

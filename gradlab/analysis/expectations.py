@@ -96,6 +96,8 @@ def _within_theory(run: Run, quantity: str, bound) -> Outcome:
     name = summaries.column_name(quantity, 0)
     if prediction.layer_factor is None:
         return Outcome(name, measured, f"within {bound.within_theory:g} of theory, which has no prediction: {prediction.reason}", False)
+    if prediction.narrow:  # mean field is an infinite-width theory: the expectation cannot be judged
+        return Outcome(name, measured, f"within {bound.within_theory:g} of theory's {prediction.layer_factor:.4g}, which does not apply at {prediction.narrow} (docs/theory.md, Width)", False)
     departs = predict.departs(measured, prediction.layer_factor, bound.within_theory)
     return Outcome(name, measured, f"within {bound.within_theory:g} of theory's {prediction.layer_factor:.4g}, relative", departs is False)
 

@@ -52,7 +52,7 @@ geometric mean of the layer-by-layer factors from the actual input.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gradlab.theory import activations, initializers
@@ -70,6 +70,14 @@ from gradlab.vocab.errors import ConfigError
 # (finite width and batch); 5% leaves room for that and still catches a wrong init or a broken
 # network. `expect: {layer_factor: {within_theory: x}}` sets its own.
 DEPARTS_TOLERANCE = 0.05
+# Mean field is an infinite-width theory. Below this model.width the measured layer_factor of one
+# run scatters around it by more than DEPARTS_TOLERANCE too often for `departs` to mean anything
+# (benchmarks/theory_width.py, docs/theory.md "Width": over 32 seeds each of tanh at the critical
+# line, ReLU with He init and sigmoid, depth 20, batch 128, the share of runs off by more than 5%
+# is at most 9% from width 32 up (90th percentile of the error 4.6%), and 16% at width 24, 62-88% at
+# 8-16). `gradlab theory` notes it, `compare --theory`'s departs reads "n/a (width w < MIN_WIDTH)",
+# and `expect: within_theory` fails saying so.
+MIN_WIDTH = 32
 # χ within this of 1 is exactly 1 (an infinite depth scale): the stated variances carry rounding
 # (mean_field.depth_scale says why)
 CRITICAL_TOL = 1e-12
@@ -138,6 +146,8 @@ class Prediction:
     inputs: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    narrow: str = ""  # "width 1 < 32" where mean field's infinite-width numbers do not apply to this width
+
 
     @property
     def source(self) -> str:
@@ -152,6 +162,8 @@ class Prediction:
         out["q"] = [_json_number(v) for v in self.q]
         out["inputs"] = {k: _json_number(v) for k, v in self.inputs.items()}
         out["extra"] = {k: [_json_number(x) for x in v] if isinstance(v, (list, tuple)) else _json_number(v) for k, v in self.extra.items()}
+        if self.narrow:
+            out["narrow"] = self.narrow
         if self.theory == "recurrent":  # (feed-forward JSON keeps its keys)
             out["step_factor"] = _json_number(self.step_factor)
             out["step_relation"] = self.step_relation
@@ -299,10 +311,23 @@ def predict(exp: Any, moments: InputMoments | None = None, correlations: bool = 
         return none(f"no prediction for data.name {exp.data.name}: the input's second moment q⁰ is not known from the config (predict it with measured input moments)")
     act = NumpyActivation(activation)
     if getattr(model, "residual", False):
-        return _residual(exp, act, moments)
-    if norm["name"] == "batchnorm":
-        return _batchnorm(exp, act, moments)
-    return _mean_field(exp, act, moments, correlations)
+        prediction = _residual(exp, act, moments)
+    elif norm["name"] == "batchnorm":
+        prediction = _batchnorm(exp, act, moments)
+    else:
+        prediction = _mean_field(exp, act, moments, correlations)
+    return _at_width(prediction, model.width)
+
+
+def _at_width(prediction: Prediction, width: int) -> Prediction:
+    """The prediction, marked `narrow` with a note when the width is below MIN_WIDTH."""
+    if width >= MIN_WIDTH or prediction.theory == "none":
+        return prediction
+    narrow = f"width {width} < {MIN_WIDTH}"
+    note = (f"mean field is an infinite-width theory: at model.width {width} < {MIN_WIDTH} one run's layer_factor scatters around these "
+            f"numbers by more than {DEPARTS_TOLERANCE:.0%} too often for a comparison to mean anything (docs/theory.md, Width); "
+            "they are the wide-network limit, not this network's")  # fmt: skip
+    return replace(prediction, narrow=narrow, notes=(*prediction.notes, note))
 
 
 def _mean_field(exp: Any, act: NumpyActivation, moments: InputMoments, correlations: bool) -> Prediction:
