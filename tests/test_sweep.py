@@ -562,3 +562,50 @@ def test_the_forkserver_ends_without_finalizing_so_a_pipe_on_the_output_closes_w
     script = "import atexit\natexit.register(print, 'finalized')\nimport gradlab.orchestrate.forkserver_exit\nraise SystemExit(3)\n"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+
+
+# The parent of a `--jobs N` sweep (issue 22): planning, the memory check on a worker, collecting.
+_MODULES_AT_EXIT = """
+import atexit, json, sys
+out = sys.argv.pop(1)
+def write_modules():
+    with open(out, "w") as file:
+        json.dump(sorted(name for name in ("torch", "pandas", "numpy", "matplotlib") if name in sys.modules), file)
+atexit.register(write_modules)
+from gradlab.cli.app import main
+sys.argv[0] = "gradlab"
+main()
+"""
+
+
+def _cli_with_modules(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """`gradlab ARGS` in a fresh process; also the heavy modules that process had imported at exit."""
+    import os
+
+    modules = tmp_path / "modules.json"
+    done = subprocess.run([sys.executable, "-c", _MODULES_AT_EXIT, str(modules), *args], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    return done, json.loads(modules.read_text())
+
+
+def test_the_parent_of_a_parallel_sweep_imports_neither_torch_nor_pandas(tmp_path):
+    # the memory check (a forward pass on the meta device) runs on a worker, which has torch; the
+    # runs' expect: sections are checked by their members; the parent plans and collects
+    expect = {"status": "completed", "gain": {"step": 0, "between": [0.0, 1.0e9]}}
+    config = write_config(tmp_path / "grid.yaml", tmp_path / "out", sweep=None, expect=expect)
+    done, modules = _cli_with_modules(tmp_path, "run", str(config), "--jobs", "2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "2 runs: 2 completed" in done.stdout
+    assert not {"torch", "pandas", "matplotlib"} & set(modules), modules  # (numpy: the members' expect: outcomes, unpickled)
+    assert {row["status"] for row in read_index(the_sweep_dir(tmp_path / "out"))} == {"completed"}
+
+
+def test_a_parallel_sweep_refused_by_the_memory_check_on_a_worker_says_so_in_one_line(tmp_path):
+    config = write_config(tmp_path / "grid.yaml", tmp_path / "out", sweep=None, model={**BASE["model"], "depth": 10000, "width": 100000})
+    serial, _ = _cli_with_modules(tmp_path, "run", str(config), "--jobs", "1")
+    done, modules = _cli_with_modules(tmp_path, "run", str(config), "--jobs", "2")
+    assert done.returncode == 2, done.stderr[-2000:]
+    [line] = done.stderr.splitlines()
+    assert line.startswith("error: model: this experiment needs up to ") and "Traceback" not in done.stderr
+    assert (serial.returncode, serial.stderr.split(" but ")[0]) == (2, line.split(" but ")[0])  # as checked in this process (free memory aside)
+    assert not {"torch", "pandas"} & set(modules) and not (tmp_path / "out").exists()

@@ -9,6 +9,9 @@ records as interrupted; a worker still setting a run up notes the signal and sto
 0. A second signal is passed on too (a run stops at once). Workers die with the sweep's process: a
 worker whose parent is gone (SIGKILL, a crash) stops its run as on SIGTERM and exits (Linux's
 parent-death signal, and a thread that watches the parent's pid everywhere).
+
+The sweep's own process never imports torch: the workers are started early (start_workers_early),
+and what needs torch before the runs, the memory check, runs on one of them (on_early_worker).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 from gradlab.orchestrate.member import MemberResult, MemberTask, one_line, run_member
 from gradlab.orchestrate.progress import Progress, RunFinished, RunSubmitted
 from gradlab.orchestrate.signals import POLL_S, SIGNALS, STOP, signals_held
+from gradlab.vocab.errors import GradlabError
 
 _QUEUE = None  # a worker's channel to the parent: progress events, as they are
 
@@ -161,9 +165,10 @@ _EARLY: _Pool | None = None  # the pool start_workers_early started, until run_p
 
 def start_workers_early(executor: str = "local", jobs: int | None = 1) -> None:
     """Start the `jobs` workers now, on a thread of their own, so that the forkserver's imports and
-    the workers' start overlap with what this process does before the runs (its own imports,
-    planning the sweep and checking its memory); the sweep then finds them ready. No-op for serial
-    and Ray. `discard_early_workers` stops them when the sweep does not run (a config error)."""
+    the workers' start overlap with what this process does before the runs (its own imports and
+    planning the sweep); the sweep's memory check then runs on the first of them (on_early_worker),
+    and its runs on all of them. No-op for serial and Ray. `discard_early_workers` stops them when
+    the sweep does not run (a config error)."""
     global _EARLY
     if executor != "local" or (jobs or 1) <= 1:
         return
@@ -189,6 +194,39 @@ def discard_early_workers() -> None:
     if _EARLY is not None:
         _EARLY.kill()
         _EARLY = None
+
+
+def _call_reporting(function, args):
+    """`function(*args)` in a worker; a GradlabError comes back as its class and lines (pickling
+    the exception itself would join its lines into one)."""
+    try:
+        return function(*args), None
+    except GradlabError as exc:
+        return None, (type(exc), exc.lines)
+
+
+def on_early_worker(function, *args):
+    """`function(*args)` on one of the workers start_workers_early started (the first free one),
+    where torch and the run's modules are already imported, so that this process never imports
+    them (a sweep's memory check: a forward pass on the meta device). Its GradlabError is raised
+    here, lines intact. Without early workers (--jobs 1, Ray, the API), or when a worker died under
+    it, the call runs in this process."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    pool = _EARLY
+    if pool is not None:
+        try:
+            with signals_held():  # submit may start a worker process
+                future = pool.executor.submit(_call_reporting, function, args)
+            value, error = future.result()
+        except BrokenProcessPool:  # a worker died (killed, out of memory)
+            discard_early_workers()  # (run_pool starts fresh ones)
+        else:
+            if error is not None:
+                cls, lines = error
+                raise cls(*lines)
+            return value
+    return function(*args)
 
 
 def _pool_member(task: MemberTask) -> MemberResult:

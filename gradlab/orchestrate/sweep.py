@@ -26,7 +26,7 @@ from typing import Iterator, Sequence
 from gradlab.build.system import available_cores, check_threads
 
 from gradlab.orchestrate.executors import execute
-from gradlab.orchestrate.local_pool import discard_early_workers, start_workers_early
+from gradlab.orchestrate.local_pool import discard_early_workers, on_early_worker, start_workers_early
 from gradlab.orchestrate.member import MemberTask, default_threads
 from gradlab.orchestrate.progress import (
     Event,
@@ -106,13 +106,13 @@ class SweepOutcome:
     def failed_expectations(self) -> list[str]:
         """'expectation failed: <run>: <failure>' for every violated expectation of a finished run,
         in plan order. A run that finished before this command (--resume), or whose member could
-        not read its records back, is checked here."""
-        from gradlab.analysis.expectations import check_run
-
+        not read its records back, is checked here (reading them: pandas, in this process)."""
         lines = []
         for path in self.finished():
             outcomes = self.checks.get(path.name)
             if outcomes is None:
+                from gradlab.analysis.expectations import check_run
+
                 outcomes = check_run(path)
             lines.extend(f"expectation failed: {path.name}: {o.failure()}" for o in outcomes if not o.passed)
         return lines
@@ -296,7 +296,8 @@ def planned_sweep(
     executor: str,
 ) -> Iterator[PlannedSweep]:
     """A new sweep of `config` (`--set` overrides, `--sweep` axis items) planned, every combination
-    validated and checked against this machine, its directory created; or, with `resume`, the sweep
+    validated and checked against this machine (local --jobs N: on a worker started early, so that
+    this process never imports torch; --jobs 1: here), its directory created; or, with `resume`, the sweep
     planned in that directory, as planned there. The sweep directory is held (sweep_lock) for the
     block: one owner at a time, this command, from here on."""
     if threads is not None:
@@ -311,14 +312,14 @@ def planned_sweep(
                 held.enter_context(sweep_lock(resume))
             plan, index = open_sweep(resume)
             if executor == "local" and (jobs or 1) > 1:
-                check_resources(plan, jobs or 1)  # (the machine, or --jobs, may differ from the first time)
+                on_early_worker(check_resources, plan, jobs or 1)  # (the machine, or --jobs, may differ from the first time)
             sweep_dir = resume
         else:
             from gradlab.config.load import read_yaml
 
             plan = plan_sweep(read_yaml(config), overrides, [parse_axis(item) for item in axis_items or []])
-            if executor == "local":
-                check_resources(plan, jobs or 1)
+            if executor == "local":  # on a worker where one was started (it has torch; this process never imports it)
+                on_early_worker(check_resources, plan, jobs or 1)
             sweep_dir = create_sweep_dir(plan)
             held.enter_context(sweep_lock(sweep_dir))
             index = None

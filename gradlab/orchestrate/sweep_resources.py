@@ -1,5 +1,8 @@
 """Whether a sweep can run here, checked for every combination before any runs: the device
-exists, each run fits in memory, and with --jobs N the N largest fit together."""
+exists, each run fits in memory, and with --jobs N the N largest fit together.
+
+It imports torch (a forward pass on the meta device per combination): a `--jobs N` sweep calls it on
+one of its workers (local_pool.on_early_worker), so the sweep's own process stays without torch."""
 
 from __future__ import annotations
 
