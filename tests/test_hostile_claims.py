@@ -63,3 +63,13 @@ def test_check_reports_unmeasured_and_unknown_quantities_as_failed_claims(tmp_pa
     result = invoke("check", str(sweep_dir))
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "4 expectations on 9 runs: 2 passed, 2 failed" in result.stdout
+
+
+@pytest.mark.parametrize("quantity", ["time_gain", "step_factor"])
+def test_expect_refuses_a_time_quantity_of_a_feed_forward_run_too(quantity):
+    from gradlab.config.experiment import validate
+
+    with pytest.raises(ConfigError) as caught:
+        validate({**raw(), "expect": {quantity: {"min": 0.0}}})
+    [line] = caught.value.lines
+    assert line.startswith(f"expect.{quantity}: {quantity} is measured along time on a recurrent layer, and model.kind mlp has no time steps; {ALLOWED_FEED_FORWARD}")

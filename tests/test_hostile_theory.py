@@ -56,9 +56,9 @@ def test_theory_of_an_lstm_with_forget_bias_minus_1000_is_a_table_not_an_overflo
 def test_a_prediction_that_fails_for_one_run_is_a_note_for_that_run(tmp_path, monkeypatch):
     from gradlab.analysis.compare import compare_runs
 
-    he = {"model__activation": "relu", "model__init": {"weight": "kaiming_normal", "bias": "zeros"}}
+    he = {"model__activation": "relu", "model__width": 64, "model__init": {"weight": "kaiming_normal", "bias": "zeros"}}
     good = one_run(tmp_path / "a", [1.0, 1.0, 1.0], name="good", **he)
-    bad = one_run(tmp_path / "b", [1.0, 1.0, 1.0], name="bad", model__activation="tanh")
+    bad = one_run(tmp_path / "b", [1.0, 1.0, 1.0], name="bad", model__activation="tanh", model__width=64)
     real = predict.predict
 
     def failing(exp, *args, **kwargs):  # the theory of one config breaks (as exp(1000) did)
@@ -306,3 +306,10 @@ def test_the_width_threshold_matches_the_measured_scatter(tmp_path):
 
     assert off_share(predict.MIN_WIDTH // 4) > 0.5
     assert off_share(2 * predict.MIN_WIDTH) <= 2 / 16
+
+
+def test_a_sweep_row_below_the_width_says_so(tmp_path, invoke):
+    result = invoke("theory", write(tmp_path, {**MLP, "sweep": {"model.width": [1, 64]}}))
+    assert result.exit_code == 0, result.output
+    assert "width=1: width 1 < 32: mean field is an infinite-width theory, these are the wide-network limit (docs/theory.md, Width)" in result.output
+    assert "width=64: width" not in result.output

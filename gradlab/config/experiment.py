@@ -47,7 +47,7 @@ from gradlab.vocab.datasets import (
     SEQUENCE_READOUT,
 )
 from gradlab.vocab.errors import ConfigError
-from gradlab.vocab.quantities import GROUPS, RECURRENT_KINDS, SATURATION_THRESHOLD
+from gradlab.vocab.quantities import GROUPS, RECURRENT_KINDS, SATURATION_THRESHOLD, SUMMARY_QUANTITIES, TIME_QUANTITIES
 from gradlab.vocab.registry import Registry, SpecError, describe_value
 
 
@@ -369,6 +369,14 @@ class Experiment(Section):
         if self.expect is None:
             return self
         steps, every = self.train.steps, self.log.every
+        for quantity in self.expect.bounds():  # time_gain of a feed-forward run could only crash or fail after training
+            if quantity in TIME_QUANTITIES and self.model.kind not in RECURRENT_KINDS:
+                allowed = ", ".join(q for q in SUMMARY_QUANTITIES if q not in TIME_QUANTITIES)
+                raise PydanticCustomError(
+                    "experiment", "{message}",
+                    {"message": f"{quantity} is measured along time on a recurrent layer, and model.kind {self.model.kind} has no time steps; "
+                                f"allowed for it: {allowed}", "key": f"expect.{quantity}"},
+                )  # fmt: skip
         for quantity, bound in self.expect.bounds().items():
             step = bound.step
             if step == "last" or step == 0 or step == steps or (step % every == 0 and step < steps):

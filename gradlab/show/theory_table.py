@@ -78,5 +78,6 @@ def sweep_table_lines(named: list[tuple[str, Prediction]]) -> list[str]:
     sources = dict.fromkeys(p.theory for _, p in named if p.theory != "none")
     lines += [f"{theory}: {SOURCES[theory]}" for theory in sources]
     lines += [f"{name}: no prediction: {p.reason}" for name, p in named if p.theory == "none" or (p.reason and p.theory == "recurrent" and p.step_factor is None)]
+    lines += [f"{name}: {p.narrow}: mean field is an infinite-width theory, these are the wide-network limit (docs/theory.md, Width)" for name, p in named if p.narrow]
     lines.append("per-layer factors and every other number: --format json")
     return lines

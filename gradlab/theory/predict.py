@@ -330,6 +330,20 @@ def _at_width(prediction: Prediction, width: int) -> Prediction:
     return replace(prediction, narrow=narrow, notes=(*prediction.notes, note))
 
 
+# What combinations of a sweep share beyond the Gaussian moments (mean_field._MOMENTS): the fixed
+# point from a starting q and the correlation map's c* and χ_c, which depend on the activation,
+# σw², σb² (and q*) but not on the depth, the width or the optimizer. Cleared when full.
+_SHARED: dict[tuple, Any] = {}
+
+
+def _shared(key: tuple, compute: Any) -> Any:
+    if key not in _SHARED:
+        if len(_SHARED) >= 100_000:
+            _SHARED.clear()
+        _SHARED[key] = compute()
+    return _SHARED[key]
+
+
 def _mean_field(exp: Any, act: NumpyActivation, moments: InputMoments, correlations: bool) -> Prediction:
     model = exp.model
     first_w2, first_b2 = _init_variances(exp, *_fans(exp, 0), model.bias)
@@ -339,7 +353,8 @@ def _mean_field(exp: Any, act: NumpyActivation, moments: InputMoments, correlati
     factors = theory.gradient_factors(act, qs, [first_w2] + [w2] * (depth - 1))
     inputs = {"sigma_w2": w2, "sigma_b2": b2, "first_sigma_w2": first_w2, "first_sigma_b2": first_b2, "q0": moments.second_moment}
     notes = [moments.how]
-    fp = theory.fixed_point(act, w2, b2, q_init=qs[0] if qs[0] > 0 else 1.0)
+    q_init = qs[0] if qs[0] > 0 else 1.0
+    fp = _shared(("fixed_point", act.key, w2, b2, q_init), lambda: theory.fixed_point(act, w2, b2, q_init=q_init))
     base = dict(layers=tuple(factors), layer_factor=theory.geometric_mean_factor(factors), q=tuple(qs), inputs=inputs)
     if fp.q_star is None:
         if fp.status != "diverged":
@@ -356,8 +371,9 @@ def _mean_field(exp: Any, act: NumpyActivation, moments: InputMoments, correlati
     x1 = theory.chi1(act, fp.q_star, w2)
     xi_c = None
     if correlations:
-        c_star = theory.correlation_fixed_point(act, fp.q_star, w2, b2, chi1_value=x1)
-        chi_c = x1 if c_star == 1.0 else theory.chi_c(act, c_star, fp.q_star, w2)
+        # (the 2-D quadratures: most of a sweep's time; configs differing in depth, width or data share them)
+        c_star = _shared(("c_star", act.key, fp.q_star, w2, b2), lambda: theory.correlation_fixed_point(act, fp.q_star, w2, b2, chi1_value=x1))
+        chi_c = x1 if c_star == 1.0 else _shared(("chi_c", act.key, c_star, fp.q_star, w2), lambda: theory.chi_c(act, c_star, fp.q_star, w2))
         xi_c = theory.depth_scale(chi_c, CRITICAL_TOL)
     return Prediction(
         "mean_field", q_star=fp.q_star, chi1=x1, predicted_factor=math.sqrt(x1), xi_grad=theory.depth_scale(x1, CRITICAL_TOL),
