@@ -25,8 +25,11 @@ if "PYTEST_XDIST_WORKER" in os.environ:
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
 # The CLI's rich consoles are made when gradlab.cli.app is first imported, and a console made while
-# COLUMNS is set keeps that width for good. Importing it here, before any test sets COLUMNS, keeps
-# its width following each invocation's environment whatever order the tests run in.
+# COLUMNS is set keeps that width for good. pytest-xdist's workers run with COLUMNS=80, so drop it
+# (and LINES) and import the CLI here: its width then follows each invocation's environment
+# (tests that compare whole lines pass COLUMNS themselves), whatever runs the tests.
+for _size in ("COLUMNS", "LINES"):
+    os.environ.pop(_size, None)
 import gradlab.cli.app  # noqa: E402, F401
 
 
