@@ -31,7 +31,6 @@ exact for stacks of identical blocks, an overestimate where pooling shrinks the 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 from gradlab.config.experiment import Experiment

@@ -100,7 +100,7 @@ def run(
     plot: Annotated[bool, typer.Option("--plot", help="draw the run's figures into its directory (of a sweep: into the sweep directory)")] = False,
     sweep: SweepOpt = None,
     jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, help="sweep: runs at once, each in its own process (default 1)", show_default=False)] = None,
-    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="torch threads (the config's threads:, default auto: README, Threads); a sweep: per run (default 1 whatever --jobs, so results do not depend on --jobs)", show_default=False)] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="torch threads (the config's threads:, default auto: docs/performance.md, Threads); a sweep: per run (default 1 whatever --jobs, so results do not depend on --jobs)", show_default=False)] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="run again what is not completed or diverged in this sweep directory", show_default=False)] = None,
     executor: Annotated[ExecutorChoice, typer.Option("--executor", help="sweep: local processes, or Ray tasks (pip install 'gradlab[ray]')")] = ExecutorChoice.local,
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="--executor ray: the cluster (ray://HOST:10001, HOST:6379 or auto); default: a local Ray instance", show_default=False)] = None,

@@ -33,7 +33,6 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from gradlab.config.expect import Expectations
-from gradlab.config.expect import parse_expectations  # noqa: F401  (measure/watch.py imports it from here)
 from gradlab.config.messages import format_error
 from gradlab.vocab import specs
 from gradlab.vocab.datasets import (
@@ -304,7 +303,7 @@ class Experiment(Section):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
     # Written to a run's config.yaml only when a number: every run with the default is unchanged.
     threads: int | Literal["auto"] = Field(
-        "auto", description="torch intra-op threads: auto (one unless the largest layer is large; README, Threads) or a number"
+        "auto", description="torch intra-op threads: auto (one unless the largest layer is large; docs/performance.md, Threads) or a number"
     )
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()

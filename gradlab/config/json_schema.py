@@ -216,7 +216,7 @@ def config_json_schema() -> dict[str, Any]:
     return {
         "$schema": SCHEMA_DIALECT,
         "title": "gradlab experiment config",
-        "description": "A gradlab experiment: gradlab run CONFIG.yaml. Written by gradlab schema; see the README's config reference.",
+        "description": "A gradlab experiment: gradlab run CONFIG.yaml. Written by gradlab schema; see docs/config.md.",
         **{key: value for key, value in schema.items() if key not in ("title", "description")},
     }
 

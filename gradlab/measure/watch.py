@@ -90,7 +90,7 @@ from gradlab.measure.norms import norm_of, norms
 from gradlab.measure.ops import OpTap, Use
 from gradlab.measure.pending import PendingMeasurement
 from gradlab.measure.rows import layer_rows
-from gradlab.measure.watch_recurrent import EXACT, RecurrentCall, TimeSteps, cells, exact_unavailable, kind_of, layer_suffixes, run_unrolled
+from gradlab.measure.watch_recurrent import EXACT, RecurrentCall, TimeSteps, cells, exact_unavailable, layer_suffixes, run_unrolled
 from gradlab.records.layout import CONFIG_FILE, new_run_dir, prepare_out_dir
 from gradlab.records.run import run_meta
 from gradlab.records.write import META_EVERY_S, RunRecords, write_text_atomic
@@ -197,7 +197,7 @@ class Watch:
         _check_scaler(scaler)
         name = _check_name(name)
         if expect is not None:
-            from gradlab.config.experiment import parse_expectations
+            from gradlab.config.expect import parse_expectations
 
             parse_expectations(expect)  # refuse a bad section now, not when the run is checked
         prepare_out_dir(out)

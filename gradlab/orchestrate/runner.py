@@ -150,7 +150,7 @@ def _train(exp, emit, device, data, run_dir, index, stop_poll, threads) -> RunRe
     recurrent = exp.model.kind in RECURRENT_KINDS  # rnn, lstm, gru: their own layers.csv columns, and timesteps.csv
     layer_columns = layers_columns(getattr(exp.model, "residual", False), has_norm_columns(exp.model), recurrent)
     meta = run_meta(exp.name, run_dir.name, exp.seed, str(device), steps)
-    if threads > 1:  # the last bits of large reductions depend on it (README, Threads); one is the usual
+    if threads > 1:  # the last bits of large reductions depend on it (docs/performance.md, Threads); one is the usual
         meta["threads"] = threads
     records = RunRecords(run_dir, exp.to_yaml(), meta, layer_columns, timesteps=recurrent)
     result = RunResult(run_dir, "running", 0, None)

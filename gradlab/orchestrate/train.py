@@ -90,7 +90,7 @@ def evaluate_with_batch_stats(model: Stack, data: Dataset, loss_fn, device: torc
 # that is not running: a 6 x 32 MLP step went from 1.4 ms alone to 24 ms with two 2-thread runs
 # on 2 cores. So `threads: auto` is one thread unless the largest layer's matrix product on one
 # batch has at least PARALLEL_MIN_MACS multiply-adds; then one per core, at most AUTO_MAX_THREADS.
-# How the line was drawn, and how to redraw it for a machine: README, "Threads", and
+# How the line was drawn, and how to redraw it for a machine: docs/performance.md, "Threads", and
 # `python benchmarks/threads.py --calibrate`.
 PARALLEL_MIN_MACS = 2**25  # 33.5 M: e.g. batch 128 through a 512 x 512 layer
 AUTO_MAX_THREADS = 4

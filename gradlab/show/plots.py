@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -30,6 +30,9 @@ from gradlab.records.write import is_disk_full
 from gradlab.records.run import Run
 from gradlab.vocab.errors import RunError
 from gradlab.vocab.text import printable
+
+if TYPE_CHECKING:  # pandas is loaded by the records reader, when a table is first read
+    import pandas as pd
 
 FIGURES = {
     "depth_profile_delta_norm": "delta_norm (log scale) against hidden layer, at step 0 and at the last step; at step 0 theory's prediction dashed, where one exists",
@@ -365,7 +368,7 @@ def _mark_divergence(axes, rows, metric: str, color: str) -> None:
               gid=DIVERGED_GID, label="X: diverged (its last finite value)")  # fmt: skip
 
 
-# Units through which the gradient does not pass, per activation family (README, "Definitions"):
+# Units through which the gradient does not pass, per activation family (docs/records.md):
 # dead units (no example), inactive pairs (the ReLU family's zero side), saturated pairs (flat tails)
 SATURATION_ROWS = ("dead_frac", "inactive_frac", "saturated_frac")
 

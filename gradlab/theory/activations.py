@@ -95,7 +95,7 @@ class Regions:
     family: str  # rectifier | saturating | negative tail | linear
     inactive: bool
     tail: str | None  # both | negative | None
-    saturated: str  # the exact rule, for the README and --explain ('' when the column is empty)
+    saturated: str  # the exact rule, for the records reference and --explain ('' when the column is empty)
     tail_start: Callable[[Any], float] = lambda p: 0.0  # negative tails: u below this (p: typed params)
 
     @property
@@ -380,7 +380,7 @@ _REGIONS: dict[str, Regions] = {
 ACTIVATIONS = {name: dataclasses.replace(record, regions=_REGIONS[name]) for name, record in ACTIVATIONS.items()}
 
 def regions_table() -> str:
-    """The README's table of what inactive_frac and saturated_frac count, per activation."""
+    """The records reference's table of what inactive_frac and saturated_frac count, per activation."""
     lines = ["| activation | family | inactive_frac counts | saturated_frac counts (t = log.saturation_threshold) |", "| --- | --- | --- | --- |"]
     for name, record in ACTIVATIONS.items():
         r = record.regions

@@ -115,7 +115,7 @@ class Prediction:
 
     theory: mean_field | batchnorm | residual | recurrent | none. reason: why there is no
     prediction ('' when there is one). The fields are those of `gradlab theory --format json`
-    (README, "Theory beside measurement"): q_star, chi1, predicted_factor (√χ₁, the per-layer
+    (docs/theory.md): q_star, chi1, predicted_factor (√χ₁, the per-layer
     factor at the fixed point; BatchNorm: its per-layer factor), xi_grad, xi_c, phase, layers
     (the layer-by-layer factors ‖∂L/∂z_l‖ / ‖∂L/∂z_{l+1}‖ from the actual input, l = 0 … depth−2),
     layer_factor (their geometric mean: the prediction of the measured layer_factor), q (each

@@ -31,7 +31,7 @@ class RunError(GradlabError):
     """A run cannot be started or read (output folder, run directory, records)."""
 
 
-# Exit code of a full disk (or an exhausted quota): sysexits.h's EX_IOERR. Documented in the README.
+# Exit code of a full disk (or an exhausted quota): sysexits.h's EX_IOERR. Documented in docs/troubleshooting.md.
 DISK_FULL_EXIT = 74
 
 

@@ -2,7 +2,7 @@
 measured, and its exact meaning.
 
 The `layers.csv` columns (`LAYERS_COLUMNS`), the `log.probes` choices (`GROUPS`), the meanings that
-`gradlab compare --explain` prints, the keys an `expect:` section may bound, and the README's column
+`gradlab compare --explain` prints, the keys an `expect:` section may bound, and the records reference's column
 table all come from these declarations; `tests/test_quantities.py` fails when they disagree.
 
 This module imports neither torch nor pandas: it is part of the vocabulary that `gradlab validate`
