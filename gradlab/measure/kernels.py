@@ -165,8 +165,12 @@ def signal_propagation(value: torch.Tensor, role: str) -> list[Measured]:
 
 def combined(per_tensor: torch.Tensor, groups: Sequence[Sequence[int]]) -> torch.Tensor:
     """The norm of each group of tensors together (a layer's weights: W_ih and W_hh of a recurrent
-    layer, the Frobenius norm of [W_ih W_hh]) from the tensors' norms; a group of one is its norm."""
-    return torch.stack([norm_of(per_tensor[list(group)]) for group in groups])
+    layer, the Frobenius norm of [W_ih W_hh]) from the tensors' norms; a group of one is its norm
+    (a feed-forward stack's layers: one indexing for all of them)."""
+    groups = [list(group) for group in groups]
+    if all(len(group) == 1 for group in groups):
+        return per_tensor[[group[0] for group in groups]]
+    return torch.stack([norm_of(per_tensor[group]) for group in groups])
 
 
 def ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
