@@ -15,20 +15,18 @@ from gradlab.measure.pending import Column
 
 def layer_rows(step: int, sites: Iterable[Site], columns: dict[str, Column], quantities: Sequence[str]) -> list[dict]:
     """One layers.csv row per site, in the order given: step, layer, name, kind, then `quantities`."""
-    rows = []
-    for site in sites:
-        row = {"step": step, "layer": site.layer, "name": site.name, "kind": site.kind}
-        for quantity in quantities:
-            row[quantity] = columns.get(quantity, {}).get(site.key)
-        rows.append(row)
-    return rows
+    return _rows(step, sites, columns, quantities, "kind")
 
 
 def timestep_rows(step: int, sites: Iterable[Site], columns: dict[str, Column], quantities: Sequence[str]) -> list[dict]:
     """One timesteps.csv row per (recurrent layer, t) site: step, layer, name, t, then `quantities`."""
+    return _rows(step, sites, columns, quantities, "t")
+
+
+def _rows(step: int, sites: Iterable[Site], columns: dict[str, Column], quantities: Sequence[str], last_key: str) -> list[dict]:
     rows = []
     for site in sites:
-        row = {"step": step, "layer": site.layer, "name": site.name, "t": site.t}
+        row = {"step": step, "layer": site.layer, "name": site.name, last_key: getattr(site, last_key)}
         for quantity in quantities:
             row[quantity] = columns.get(quantity, {}).get(site.key)
         rows.append(row)
