@@ -12,6 +12,7 @@ writes; `recurrent_run` does the same for a one-layer recurrent stack at initial
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 import time
@@ -104,6 +105,17 @@ def one_run(out: Path, delta: Sequence[float], *, weight_grad=None, dead=None, s
 
 TINY_DATA = {"name": "gaussian", "dim": 16, "classes": 4, "n_train": 256, "n_test": 128, "batch_size": 64}
 
+# A small ReLU MLP config that sweeps are built on (a `sweep:` section goes on top).
+SWEEP_BASE = {
+    "name": "grid",
+    "device": "cpu",
+    "data": TINY_DATA,
+    "model": {"depth": 4, "width": 16, "activation": "relu", "init": {"weight": "kaiming_normal", "bias": "zeros"}},
+    "optim": {"name": "sgd", "lr": 0.05},
+    "train": {"steps": 20, "eval_every": 10},
+    "log": {"every": 5},
+}
+
 
 def real_run(out: Path, name: str, model: dict[str, Any], seed: int = 0, steps: int = 20, **extra: Any) -> Path:
     """Train a tiny experiment on the CPU with the real loop; returns its run directory."""
@@ -172,3 +184,18 @@ def wait_for_rows(out: Path, steps: int, timeout: float = 60) -> Path:
                 return layers.parent
         time.sleep(0.1)
     raise AssertionError("the run logged nothing in time")
+
+
+def fill_disk(disk: Path, leave: int = 0) -> None:
+    """Fill the filesystem holding `disk` (a small tmpfs), then give back `leave` bytes."""
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    if leave:
+        size = (disk / "filler").stat().st_size
+        os.truncate(disk / "filler", max(size - leave, 0))

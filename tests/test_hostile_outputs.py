@@ -8,13 +8,12 @@ skipped with the reason.
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from run_factory import one_run
+from run_factory import fill_disk, one_run
 
 OUTPUT_COMMANDS = ("schema", "compare", "check", "plot", "report", "export")
 
@@ -121,17 +120,6 @@ def read_only_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
-def fill(disk: Path) -> None:
-    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
-    try:
-        while os.write(fd, b"\0" * 4096):
-            pass
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def leftovers(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.name.endswith(".tmp") or (p.is_file() and p.stat().st_size == 0))
 
@@ -140,7 +128,7 @@ def leftovers(root: Path) -> list[str]:
 def test_a_full_disk_keeps_the_old_file_whole_and_a_retry_works(runs, small_disk, invoke_wide, command):
     target = small_disk / "keep.out"
     target.write_text("the old content\n")
-    fill(small_disk)
+    fill_disk(small_disk)
     result = invoke_wide(*_commands(runs, target)[command])
     assert_one_error(result, "no space left on the device", str(target), code=74)
     assert target.read_text() == "the old content\n"
@@ -153,7 +141,7 @@ def test_a_full_disk_keeps_the_old_file_whole_and_a_retry_works(runs, small_disk
 
 def test_plot_on_a_full_disk_is_one_line_without_an_empty_png_and_a_retry_works(runs, small_disk, invoke_wide):
     (small_disk / "figures").mkdir()
-    fill(small_disk)
+    fill_disk(small_disk)
     assert_one_error(invoke_wide("plot", runs, "--output", small_disk / "figures"), "no space left on the device", code=74)
     assert leftovers(small_disk) == [] and list((small_disk / "figures").iterdir()) == []
     (small_disk / "filler").unlink()
@@ -164,7 +152,7 @@ def test_plot_on_a_full_disk_is_one_line_without_an_empty_png_and_a_retry_works(
 
 def test_export_on_a_full_disk_is_one_line_without_an_events_file_and_a_retry_works(runs, small_disk, invoke_wide):
     pytest.importorskip("tensorboard")
-    fill(small_disk)
+    fill_disk(small_disk)
     assert_one_error(invoke_wide("export", runs, "--tensorboard", small_disk / "tb"), "no space left on the device", code=74)
     assert not list(small_disk.rglob("events.out.tfevents.*")) and leftovers(small_disk) == []
     (small_disk / "filler").unlink()

@@ -29,19 +29,11 @@ from gradlab.orchestrate import sweep_lock
 from gradlab.orchestrate import sweep_plan
 from gradlab.orchestrate import sweep_resources
 from gradlab.vocab.errors import ConfigError
-from run_factory import start_long_run, wait_for_rows, write_yaml
+from run_factory import SWEEP_BASE, fill_disk, start_long_run, wait_for_rows, write_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
-BASE = {
-    "name": "grid",
-    "device": "cpu",
-    "data": {"name": "gaussian", "dim": 16, "classes": 4, "n_train": 256, "n_test": 128, "batch_size": 64},
-    "model": {"depth": 4, "width": 16, "activation": "relu", "init": {"weight": "kaiming_normal", "bias": "zeros"}},
-    "optim": {"name": "sgd", "lr": 0.05},
-    "train": {"steps": 20, "eval_every": 10},
-    "log": {"every": 5},
-}
+BASE = SWEEP_BASE
 
 
 def sweep_config(tmp_path: Path, **changes) -> Path:
@@ -232,21 +224,6 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
-def fill(disk: Path, leave: int = 0) -> None:
-    """Fill `disk` up to `leave` bytes."""
-    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
-    try:
-        while os.write(fd, b"\0" * 4096):
-            pass
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    if leave:
-        size = (disk / "filler").stat().st_size
-        os.truncate(disk / "filler", max(size - leave, 0))
-
-
 def leftovers(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob(".*.tmp"))
 
@@ -289,7 +266,7 @@ def test_a_disk_that_fills_during_a_run_is_one_line_and_a_failed_run_with_whole_
 def test_a_full_disk_at_the_start_leaves_no_half_made_run_directory(tmp_path, small_disk, invoke_wide):
     config = write_yaml(tmp_path / "tiny.yaml", TINY)
     (small_disk / "out").mkdir()
-    fill(small_disk)
+    fill_disk(small_disk)
     result = invoke_wide("run", config, "--out", small_disk / "out", "--quiet")
     assert_one_error(result, "no space left on the device while writing", code=74)
     assert not [p for p in (small_disk / "out").rglob("*") if p.is_file()]

@@ -29,18 +29,11 @@ from gradlab.vocab.quantities import layers_columns
 from gradlab.vocab.errors import ConfigError
 from gradlab.orchestrate.member import MemberTask, default_threads, run_member
 from gradlab.orchestrate.progress import RunStarted
+from run_factory import SWEEP_BASE
 
 ROOT = Path(__file__).resolve().parents[1]
 
-BASE = {
-    "name": "grid",
-    "device": "cpu",
-    "data": {"name": "gaussian", "dim": 16, "classes": 4, "n_train": 256, "n_test": 128, "batch_size": 64},
-    "model": {"depth": 4, "width": 16, "activation": "relu", "init": {"weight": "kaiming_normal", "bias": "zeros"}},
-    "optim": {"name": "sgd", "lr": 0.05},
-    "train": {"steps": 20, "eval_every": 10},
-    "log": {"every": 5},
-}
+BASE = SWEEP_BASE
 GRID = {"model.activation": ["sigmoid", "relu"], "model.norm": ["none", {"name": "batchnorm", "placement": "post"}]}
 NAMES = [
     "activation=sigmoid,norm=none,seed=0", "activation=sigmoid,norm=none,seed=1",
