@@ -7,10 +7,11 @@ BIN    := $(VENV)/bin
 
 .PHONY: demo test test-fast bench papers install clean claims claims-all docs
 
-$(BIN)/gradlab: pyproject.toml constraints.txt
+$(BIN)/gradlab: pyproject.toml constraints.txt anchors-no-deps.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,ray,tensorboard,lightning,mlflow,docs]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,ray,tensorboard,lightning,mlflow,docs,anchors]'
+	$(BIN)/python -m pip install -q --no-deps -r anchors-no-deps.txt
 	touch $(BIN)/gradlab
 
 install: $(BIN)/gradlab
