@@ -46,7 +46,7 @@ from gradlab.vocab.datasets import (
     SEQUENCE_READOUT,
 )
 from gradlab.vocab.errors import ConfigError
-from gradlab.vocab.quantities import GROUPS, RECURRENT_KINDS, SATURATION_THRESHOLD, SUMMARY_QUANTITIES, TIME_QUANTITIES
+from gradlab.vocab.quantities import DEFAULT_GROUPS, GROUPS, RECURRENT_KINDS, SATURATION_THRESHOLD, SUMMARY_QUANTITIES, TIME_QUANTITIES
 from gradlab.vocab.registry import Registry, SpecError, describe_value
 
 
@@ -88,7 +88,7 @@ def _name_in(registry: Registry, value: str) -> str:
         raise PydanticCustomError("component", "{message}", {"message": exc.message, "subpath": ""}) from None
 
 
-PROBES = GROUPS  # the `log.probes` choices: the probe groups of quantities.py
+PROBES = GROUPS  # the `log.probes` choices: the probe groups of quantities.py (DEFAULT_GROUPS unless listed)
 
 
 class DataConfig(Section):
@@ -273,9 +273,25 @@ class TrainConfig(Section):
     eval_every: int = Field(100, ge=1, description="test-set evaluation every k steps (and at the end)")
 
 
+class JacobianConfig(Section):
+    """log.jacobian: the input-output Jacobian's spectrum (jacobian.csv; docs/jacobian.md)."""
+
+    every: int = Field(..., ge=1, description="measure at every k-th step (a multiple of log.every), at step 0 and at the last step")
+    probes: int = Field(16, ge=1, description="Hutchinson probes v ~ N(0, I) per example")
+    power_iterations: int = Field(20, ge=1, description="power-iteration steps on J^T J for sv_max")
+    examples: Optional[int] = Field(8, ge=1, description="the first k examples of the training batch (null: all of it)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _every_given(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "every" not in data:
+            raise PydanticCustomError("model", "{message}", {"message": "needs every: a multiple of log.every", "key": "every"})
+        return data
+
+
 class LogConfig(Section):
     every: int = Field(10, ge=1, description="probe every k steps (and at step 0 and the last step)")
-    probes: list[Literal[GROUPS]] = Field(list(PROBES))
+    probes: list[Literal[GROUPS]] = Field(list(DEFAULT_GROUPS))
     out: str = Field("results", min_length=1, description="folder that run directories are created in")
     saturation_threshold: float = Field(
         SATURATION_THRESHOLD, gt=0, lt=1, description="saturated_frac counts |f'(u)| < this times sup |f'| in a flat tail (activations.Regions)"
@@ -284,6 +300,16 @@ class LogConfig(Section):
     test_batch_stats: bool = Field(
         False, description="also evaluate the test set with each batch's own BatchNorm statistics (metrics.csv split test_batch_stats)"
     )
+    jacobian: Optional[JacobianConfig] = Field(None, description="the input-output Jacobian's spectrum (jacobian.csv): {every, probes, power_iterations, examples}; null: off")
+
+    @model_validator(mode="after")
+    def _jacobian_on_logged_steps(self):
+        if self.jacobian is not None and self.jacobian.every % self.every:
+            raise PydanticCustomError(
+                "model", "{message}",
+                {"message": f"{self.jacobian.every} is not a multiple of log.every {self.every}: the Jacobian is measured on logged steps only", "key": "jacobian.every"},
+            )  # fmt: skip
+        return self
 
     @model_serializer(mode="wrap")
     def _threshold_only_when_set(self, handler):
@@ -294,6 +320,8 @@ class LogConfig(Section):
             data.pop("saturation_threshold", None)
         if not self.test_batch_stats:
             data.pop("test_batch_stats", None)
+        if self.jacobian is None:
+            data.pop("jacobian", None)
         return data
 
 
@@ -360,6 +388,17 @@ class Experiment(Section):
                 "experiment", "{message}",
                 {"message": "batchnorm needs at least 2 examples per batch (the statistics of one example are undefined)", "key": "data.batch_size"},
             )
+        return self
+
+    @model_validator(mode="after")
+    def _jacobian_fits_model(self):
+        if self.log.jacobian is not None and self.model.kind in RECURRENT_KINDS:
+            raise PydanticCustomError(
+                "experiment", "{message}",
+                {"message": f"the input-output Jacobian is measured on the mlp and cnn stacks; model.kind {self.model.kind} "
+                            "feeds one input per time step, so there is no single block output to map the input to: use kind mlp or cnn, or leave it out",
+                 "key": "log.jacobian"},
+            )  # fmt: skip
         return self
 
     @model_validator(mode="after")

@@ -35,7 +35,7 @@ from gradlab.measure.kernels import Measured
 from gradlab.measure.norms import norm, norm_of, norms
 from gradlab.measure.pending import Column, PendingMeasurement, SiteKey
 from gradlab.measure.rows import layer_rows
-from gradlab.vocab.quantities import GROUPS, NORM, QUANTITIES, RESIDUAL, SATURATION_THRESHOLD
+from gradlab.vocab.quantities import DEFAULT_GROUPS, GROUPS, NORM, QUANTITIES, RESIDUAL, SATURATION_THRESHOLD
 
 _WEIGHT_SCALE = "weight_scale"  # not a column: ||W||_F / sqrt(n_out), what dact_factor multiplies rms(f') by
 
@@ -54,7 +54,7 @@ class _Parameter:
 class Probe:
     """Measures one model's declared layers on the steps it is attached to."""
 
-    def __init__(self, model: nn.Module, groups: list[str] | tuple[str, ...] = GROUPS, saturation_threshold: float = SATURATION_THRESHOLD):
+    def __init__(self, model: nn.Module, groups: list[str] | tuple[str, ...] = DEFAULT_GROUPS, saturation_threshold: float = SATURATION_THRESHOLD):
         unknown = set(groups) - set(GROUPS)
         assert not unknown, unknown
         self.model = model

@@ -39,13 +39,13 @@ from gradlab.measure.pending import Column, PendingMeasurement, SiteKey
 from gradlab.measure.probe import Probe
 from gradlab.measure.rows import timestep_rows
 from gradlab.theory.activations import ACTIVATIONS, region_counts
-from gradlab.vocab.quantities import GROUPS, RECURRENT_LAYERS_COLUMNS, SATURATION_THRESHOLD, TIMESTEPS_COLUMNS, TIMESTEPS_KEYS
+from gradlab.vocab.quantities import DEFAULT_GROUPS, RECURRENT_LAYERS_COLUMNS, SATURATION_THRESHOLD, TIMESTEPS_COLUMNS, TIMESTEPS_KEYS
 
 
 class RecurrentProbe(Probe):
     """Measures a recurrent stack's declared layers and their time steps on the steps it is attached to."""
 
-    def __init__(self, model: nn.Module, groups: list[str] | tuple[str, ...] = GROUPS, saturation_threshold: float = SATURATION_THRESHOLD):
+    def __init__(self, model: nn.Module, groups: list[str] | tuple[str, ...] = DEFAULT_GROUPS, saturation_threshold: float = SATURATION_THRESHOLD):
         super().__init__(model, groups, saturation_threshold)  # a recurrent layer's weights: families 'ih', 'hh'
         self._reset_step()
 
@@ -172,7 +172,7 @@ class RecurrentProbe(Probe):
         return timestep_rows(step, sites, columns, TIMESTEPS_COLUMNS[len(TIMESTEPS_KEYS) :])
 
 
-def probe_for(model: nn.Module, groups: list[str] | tuple[str, ...] = GROUPS, saturation_threshold: float = SATURATION_THRESHOLD) -> Probe:
+def probe_for(model: nn.Module, groups: list[str] | tuple[str, ...] = DEFAULT_GROUPS, saturation_threshold: float = SATURATION_THRESHOLD) -> Probe:
     """The probe that measures `model`: a RecurrentProbe for a recurrent stack, else a Probe."""
     probe = RecurrentProbe if isinstance(model, Recurrent) else Probe
     return probe(model, groups, saturation_threshold)

@@ -15,8 +15,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 # The probe groups a config may list in `log.probes`, in the order the probe measures them.
-GROUPS = ("weights", "deltas", "activations", "updates")
-Group = Literal["weights", "deltas", "activations", "updates"]
+GROUPS = ("weights", "deltas", "activations", "updates", "noise")
+Group = Literal["weights", "deltas", "activations", "updates", "noise"]
+# log.probes' default: the groups every run has measured. The others (noise) are opt-in, so a config
+# that does not list them records exactly what it recorded before they existed.
+DEFAULT_GROUPS = ("weights", "deltas", "activations", "updates")
+# What `log.probes` turns on when a config does not list it. The other groups are opt-in: each adds
+# its own layers.csv columns (layers_columns) and work at logged steps, so a config that does not ask
+# for one records exactly what it recorded before the group existed.
+DEFAULT_GROUPS = ("weights", "deltas", "activations", "updates")
 
 # "A derivative below 5% of its maximum": the default of log.saturation_threshold, the t of
 # saturated_frac (theory.activations.Regions).
@@ -317,3 +324,37 @@ TIMESTEP_QUANTITIES: tuple[Quantity, ...] = (
              "column watch fills (config.yaml's model.time says why); empty where x_t takes no gradient (the data itself) and in gradlab run", "timesteps"),
 )  # fmt: skip
 TIMESTEPS_COLUMNS: list[str] = [*TIMESTEPS_KEYS, *(q.name for q in TIMESTEP_QUANTITIES)]
+
+
+# --------------------------------------------------------------------------------------------
+# The input-output Jacobian's spectrum (log.jacobian): jacobian.csv
+# --------------------------------------------------------------------------------------------
+
+# J_l = d(output of hidden block l) / d(network input x), for one example x; n_in = the number of
+# input entries (an image's C * H * W), so m1 is the mean squared singular value of J_l counting
+# n_in of them (zeros included when block l has fewer outputs than n_in). Measured with the model
+# in evaluation mode (BatchNorm with its running statistics, no dropout), where J is the Jacobian of
+# one example alone: batch statistics would couple the examples of the batch. The columns are the
+# means over the examples measured (the batch's first log.jacobian.examples, or all of it), each
+# example's estimate taken with log.jacobian.probes Hutchinson probes v ~ N(0, I).
+JACOBIAN_KEYS: dict[str, str] = {
+    "step": "optimizer steps taken before this measurement; step 0 is the network at initialization",
+    "layer": "the hidden block l whose output J_l maps the input to: 0 for the block nearest the input, counting up (as in layers.csv)",
+}
+# Their probe group is the log.jacobian section (not a log.probes entry).
+JACOBIAN_QUANTITIES: tuple[Quantity, ...] = (
+    Quantity("m1", "jacobian", "output",
+             "tr(J_l^T J_l) / n_in, the mean squared singular value of the input-output Jacobian J_l, estimated as the mean of "
+             "||J_l v||^2 / n_in over the probes v ~ N(0, I) (one forward-mode pass gives every block's J_l v), then over the examples", "jacobian"),
+    Quantity("m2", "jacobian", "output",
+             "last hidden block only (empty elsewhere: each block would cost a reverse pass): tr((J^T J)^2) / n_in, the mean fourth "
+             "power of J's singular values, estimated as the mean of ||J^T J v||^2 / n_in over the probes, then over the examples", "jacobian"),
+    Quantity("s2", "jacobian", "output",
+             "last hidden block only: m2 / m1^2 - 1 of this row's means, the normalized variance of the squared singular values of J "
+             "(0 for an isometry up to scale: dynamical isometry; Pennington, Schoenholz & Ganguli 2017)", "jacobian"),
+    Quantity("sv_max", "jacobian", "output",
+             "last hidden block only: the largest singular value of J, sqrt of the Rayleigh quotient after log.jacobian.power_iterations "
+             "steps of power iteration on J^T J from a random start (a lower bound that converges from below), mean over the examples", "jacobian"),
+    Quantity("probes", "jacobian", "output", "Hutchinson probes per example behind this row's estimates (log.jacobian.probes)", "jacobian"),
+)  # fmt: skip
+JACOBIAN_COLUMNS: list[str] = [*JACOBIAN_KEYS, *(q.name for q in JACOBIAN_QUANTITIES)]
