@@ -1,0 +1,122 @@
+"""The input-output Jacobian's spectrum (log.jacobian): jacobian.csv's m1, m2, s2 and sv_max.
+
+J_l is the Jacobian of hidden block l's output with respect to the network's input, for one
+example. No dense Jacobian is formed: Hutchinson probes v ~ N(0, I) give tr(J^T J) = E ||J v||^2
+and tr((J^T J)^2) = E ||J^T J v||^2, and power iteration on J^T J gives the largest singular value.
+
+- One forward-mode pass (torch.func.jvp) over the blocks gives every block's J_l v for the same
+  probe v; m2, s2 and sv_max need a reverse pass (J^T of the last block's J v), so they are taken
+  for the last hidden block only.
+- The model is measured in evaluation mode: BatchNorm normalizes with its running statistics, so
+  that each example's output depends on that example alone and J is a per-example Jacobian (with
+  batch statistics every example's output moves with every other's input, and J would be a block of
+  the whole batch's Jacobian); dropout is off. The mode is put back afterwards; nothing is updated.
+- The K probes of each of the k examples travel as one batch of K * k rows (the example repeated),
+  so a row's J v is that example's: in evaluation mode the rows do not interact.
+- The probes and the power iteration's start are drawn from their own generator, seeded from the
+  run's seed and the step, so measuring never moves the training's random stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.func import jvp, vjp
+
+from gradlab.build.models import MLP, Stack
+
+
+@dataclass(frozen=True)
+class JacobianSpectrum:
+    """Per hidden block l: m1[l]; for the last block: m2, s2, sv_max (means over the examples)."""
+
+    m1: list[float]
+    m2: float
+    s2: float
+    sv_max: float
+    probes: int
+
+    def rows(self, step: int) -> list[dict[str, float | int | None]]:
+        """jacobian.csv's rows of this step, block 0 first; m2, s2 and sv_max on the last block's row only."""
+        last = len(self.m1) - 1
+        return [
+            {"step": step, "layer": layer, "m1": m1,
+             "m2": self.m2 if layer == last else None, "s2": self.s2 if layer == last else None,
+             "sv_max": self.sv_max if layer == last else None, "probes": self.probes}
+            for layer, m1 in enumerate(self.m1)
+        ]  # fmt: skip
+
+
+def block_outputs(model: Stack, x_flat: torch.Tensor, input_shape: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+    """Every hidden block's output, each flattened to (rows, n_out_l), as a function of the input
+    flattened to (rows, n_in): the network's forward pass up to its head."""
+    h = x_flat if isinstance(model, MLP) else x_flat.reshape(x_flat.shape[0], *input_shape)
+    outputs = []
+    for block in model.blocks:
+        h = block(h)
+        outputs.append(h.flatten(1))
+    return tuple(outputs)
+
+
+def probe_generator(device: torch.device, seed: int, step: int) -> torch.Generator:
+    """The generator of one step's probes: its own stream, never the global one training draws from."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed((seed * 1_000_003 + step) % 2**63)
+    return generator
+
+
+def jacobian_spectrum(model: Stack, x: torch.Tensor, probes: int, power_iterations: int, generator: torch.Generator) -> JacobianSpectrum:
+    """m1 of every hidden block and m2, s2, sv_max of the last, for the examples of `x` (B, *input_shape).
+
+    m1 and m2 are the means over the examples of each example's mean over its `probes` probes of
+    ||J v||^2 / n_in and ||J^T J v||^2 / n_in; s2 = m2 / m1^2 - 1 of those means; sv_max the mean over
+    the examples of each one's power-iteration estimate."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            return _spectrum(model, x, probes, power_iterations, generator)
+    finally:
+        model.train(was_training)
+
+
+def _spectrum(model: Stack, x: torch.Tensor, probes: int, power_iterations: int, generator: torch.Generator) -> JacobianSpectrum:
+    examples, input_shape = x.shape[0], tuple(x.shape[1:])
+    x_flat = x.detach().reshape(examples, -1)
+    n_in = x_flat.shape[1]
+
+    def blocks(inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return block_outputs(model, inputs, input_shape)
+
+    def last(inputs: torch.Tensor) -> torch.Tensor:
+        return block_outputs(model, inputs, input_shape)[-1]
+
+    # row r = p * examples + e: probe p of example e
+    rows = x_flat.repeat(probes, 1)
+    v = torch.randn(rows.shape, generator=generator, device=rows.device, dtype=rows.dtype)
+    _, jv = jvp(blocks, (rows,), (v,))
+    _, pullback = vjp(last, rows)
+    (jtjv,) = pullback(jv[-1])
+
+    def per_example(squares: torch.Tensor) -> torch.Tensor:  # (rows,) -> (examples,): the mean over the probes
+        return squares.reshape(probes, examples).mean(dim=0) / n_in
+
+    m1 = torch.stack([per_example(j.square().sum(dim=1)).mean() for j in jv])
+    m2 = per_example(jtjv.square().sum(dim=1)).mean()
+    s2 = m2 / m1[-1].square() - 1
+
+    # power iteration on each example's J^T J, from a random start
+    _, last_pullback = vjp(last, x_flat)
+    u = torch.randn(x_flat.shape, generator=generator, device=x_flat.device, dtype=x_flat.dtype)
+    u = u / u.norm(dim=1, keepdim=True)
+    for _ in range(power_iterations):
+        _, ju = jvp(last, (x_flat,), (u,))
+        (jtju,) = last_pullback(ju)
+        u = jtju / jtju.norm(dim=1, keepdim=True).clamp_min(torch.finfo(jtju.dtype).tiny)
+    _, ju = jvp(last, (x_flat,), (u,))
+    sv_max = ju.norm(dim=1).mean()
+
+    values = torch.cat([m1, torch.stack([m2, s2, sv_max])]).double().cpu().tolist()  # the one host transfer
+    *m1_values, m2_value, s2_value, sv_value = values
+    return JacobianSpectrum(m1_values, m2_value, s2_value, sv_value, probes)
