@@ -152,7 +152,7 @@ def _train(exp, emit, device, data, run_dir, index, stop_poll, threads) -> RunRe
     meta = run_meta(exp.name, run_dir.name, exp.seed, str(device), steps)
     if threads > 1:  # the last bits of large reductions depend on it (docs/performance.md, Threads); one is the usual
         meta["threads"] = threads
-    records = RunRecords(run_dir, exp.to_yaml(), meta, layer_columns, timesteps=recurrent)
+    records = RunRecords(run_dir, exp.to_yaml(), meta, layer_columns, timesteps=recurrent, jacobian=exp.log.jacobian is not None)
     result = RunResult(run_dir, "running", 0, None)
 
     def poll() -> None:

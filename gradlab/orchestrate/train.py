@@ -306,11 +306,14 @@ class Trainer:
         if not all(map(math.isfinite, values)):
             return math.nan  # not a row: the run stops here and the records say where
         lr = self.lr()  # the lr of this step's update (a schedule moves it on in _update)
+        jacobian_rows = self._jacobian(step, x) if self._jacobian_due(step) else None  # the network as this step measured it
         if update:
             probe.snapshot_weights()
             self._update()
             columns.update(probe.update_ratios())
         self.records.layers.write(probe.rows(step, columns))
+        if jacobian_rows is not None:
+            self.records.jacobian.write(jacobian_rows)
         if getattr(self.records, "timesteps", None) is not None:  # recurrent runs: timesteps.csv
             self.records.timesteps.write(probe.timestep_rows(step, columns))
         self.records.metrics.write([{
@@ -319,6 +322,20 @@ class Trainer:
             "lr": lr, "time_s": round(time.perf_counter() - self.started, 4),
         }])  # fmt: skip
         return extras["loss"]
+
+    def _jacobian_due(self, step: int) -> bool:
+        """Whether log.jacobian measures at this logged step: every log.jacobian.every steps, and the last."""
+        settings = self.exp.log.jacobian
+        return settings is not None and (step % settings.every == 0 or step == self.exp.train.steps)
+
+    def _jacobian(self, step: int, x: torch.Tensor) -> list[dict]:
+        """jacobian.csv's rows of this step, on the batch's first log.jacobian.examples examples."""
+        from gradlab.measure.jacobian import jacobian_spectrum, probe_generator
+
+        settings = self.exp.log.jacobian
+        examples = x if settings.examples is None else x[: settings.examples]
+        generator = probe_generator(x.device, self.exp.seed, step)
+        return jacobian_spectrum(self.model, examples, settings.probes, settings.power_iterations, generator).rows(step)
 
     def _clipped(self, norm: float) -> float | None:
         """The global gradient norm after optim.grad_clip, by clip_grad_norm_'s own rule (the

@@ -6,6 +6,7 @@
         metrics.csv    one row per logged step and split
         layers.csv     one row per (logged step, layer)
         timesteps.csv  recurrent models only: one row per (logged step, layer, time step)
+        jacobian.csv   with log.jacobian only: one row per (step measured, hidden block)
 
 The column names come from `gradlab.vocab.quantities`, the one home of every quantity. Writing
 the files is records.write, reading them back records.read and records.run. No torch, no numpy,
@@ -29,13 +30,16 @@ LAYERS_COLUMNS: list[str] = list(quantities.LAYERS_COLUMNS)
 # A recurrent run (model.kind rnn, lstm, gru) also writes timesteps.csv: a row
 # per (logged step, recurrent layer, time step).
 TIMESTEPS_COLUMNS: list[str] = list(quantities.TIMESTEPS_COLUMNS)
+# A run with log.jacobian also writes jacobian.csv: a row per (step measured, hidden block).
+JACOBIAN_COLUMNS: list[str] = list(quantities.JACOBIAN_COLUMNS)
 
 CONFIG_FILE, META_FILE, METRICS_FILE, LAYERS_FILE = "config.yaml", "meta.json", "metrics.csv", "layers.csv"
 TIMESTEPS_FILE = "timesteps.csv"
+JACOBIAN_FILE = "jacobian.csv"
 # A sweep directory holds a run directory per combination, the sweep as planned and its index.
 SWEEP_SPEC_FILE, SWEEP_INDEX_FILE = "sweep.yaml", "sweep.csv"
 # The columns of each table that hold text; every other column holds numbers.
-TEXT_COLUMNS = {METRICS_FILE: ("split",), LAYERS_FILE: ("name", "kind"), TIMESTEPS_FILE: ("name",)}
+TEXT_COLUMNS = {METRICS_FILE: ("split",), LAYERS_FILE: ("name", "kind"), TIMESTEPS_FILE: ("name",), JACOBIAN_FILE: ()}
 
 
 def prepare_out_dir(out: str | Path) -> Path:

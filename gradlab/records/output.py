@@ -21,6 +21,7 @@ from pathlib import Path
 
 from gradlab.records.layout import (
     CONFIG_FILE,
+    JACOBIAN_FILE,
     LAYERS_FILE,
     META_FILE,
     METRICS_FILE,
@@ -32,7 +33,7 @@ from gradlab.records.layout import (
 from gradlab.records.write import is_disk_full
 from gradlab.vocab.errors import DiskFull, GradlabError, RunError
 
-RUN_RECORDS = (CONFIG_FILE, META_FILE, METRICS_FILE, LAYERS_FILE, TIMESTEPS_FILE)
+RUN_RECORDS = (CONFIG_FILE, META_FILE, METRICS_FILE, LAYERS_FILE, TIMESTEPS_FILE, JACOBIAN_FILE)
 SWEEP_RECORDS = (SWEEP_SPEC_FILE, SWEEP_INDEX_FILE)
 
 

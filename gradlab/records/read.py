@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from gradlab.records.layout import (
     CONFIG_FILE,
+    JACOBIAN_COLUMNS,
+    JACOBIAN_FILE,
     LAYERS_COLUMNS,
     LAYERS_FILE,
     META_FILE,
@@ -97,7 +99,7 @@ def read_table(run_dir: Path, which: str) -> pd.DataFrame:
     exactly as written (a partial last line included: `read_rows` drops it)."""
     import pandas as pd
 
-    columns = {METRICS_FILE: METRICS_COLUMNS, LAYERS_FILE: LAYERS_COLUMNS, TIMESTEPS_FILE: TIMESTEPS_COLUMNS}[which]
+    columns = {METRICS_FILE: METRICS_COLUMNS, LAYERS_FILE: LAYERS_COLUMNS, TIMESTEPS_FILE: TIMESTEPS_COLUMNS, JACOBIAN_FILE: JACOBIAN_COLUMNS}[which]
     path = Path(run_dir) / which
     if not path.is_file():
         raise RunError(f"{run_dir}: no {which}")
@@ -393,7 +395,7 @@ def _read_rows_fast(run_dir: Path, which: str, notes: list[str]) -> Table | pd.D
             data = None
         columns = _parse_written(data, TEXT_COLUMNS[which]) if data is not None else None
         if columns is not None:
-            expected = {METRICS_FILE: METRICS_COLUMNS, LAYERS_FILE: LAYERS_COLUMNS, TIMESTEPS_FILE: TIMESTEPS_COLUMNS}[which]
+            expected = {METRICS_FILE: METRICS_COLUMNS, LAYERS_FILE: LAYERS_COLUMNS, TIMESTEPS_FILE: TIMESTEPS_COLUMNS, JACOBIAN_FILE: JACOBIAN_COLUMNS}[which]
             missing = [c for c in expected if c not in columns and c not in quantities.ADDED_COLUMNS]
             if missing:
                 raise RunError(f"{run_dir}: {which} lacks columns {', '.join(missing)}")

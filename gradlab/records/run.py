@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, NamedTuple
 
-from gradlab.records.layout import LAYERS_FILE, METRICS_FILE, TIMESTEPS_FILE, discover_runs, shown_path
+from gradlab.records.layout import JACOBIAN_FILE, LAYERS_FILE, METRICS_FILE, TIMESTEPS_FILE, discover_runs, shown_path
 from gradlab.records.read import FrameColumns, Table, read_config, read_meta, read_rows_fast, table_column, table_without
 from gradlab.records.write import now_iso
 from gradlab.vocab.errors import GradlabError, RunError
@@ -73,7 +73,8 @@ class Run:
     summaries read `arrays(...)`, which a thousand runs compared never turn into DataFrames."""
 
     def __init__(self, dir: Path, config: dict[str, Any], meta: dict[str, Any], layers: pd.DataFrame | Table,
-                 metrics: pd.DataFrame | Table, notes: list[str] | None = None, timesteps: pd.DataFrame | None = None):  # fmt: skip
+                 metrics: pd.DataFrame | Table, notes: list[str] | None = None, timesteps: pd.DataFrame | None = None,
+                 jacobian: pd.DataFrame | None = None):  # fmt: skip
         self.dir = dir
         self.config = config
         self.meta = meta
@@ -81,6 +82,7 @@ class Run:
         self.metrics = metrics
         self.notes = [] if notes is None else notes  # warnings: the run is read, with caveats
         self.timesteps = timesteps  # timesteps.csv of a recurrent run; None for the others
+        self.jacobian = jacobian  # jacobian.csv of a run with log.jacobian; None for the others
 
     @property
     def layers(self) -> pd.DataFrame:
@@ -198,7 +200,19 @@ def load_run(run_dir: str | Path, config: dict[str, Any] | None = None) -> Run:
             notes.append(f"{run_dir}: step {counts.index[-1]} of {TIMESTEPS_FILE} has only {counts.iloc[-1]} of {counts.iloc[0]} rows; that step is left out")
             timesteps = timesteps[timesteps["step"] != counts.index[-1]]
         timesteps = renumbered(timesteps)
-    run = Run(run_dir, config, meta, renumbered(layers), renumbered(metrics), notes, timesteps)
+    jacobian = None
+    if (run_dir / JACOBIAN_FILE).is_file():  # a run with log.jacobian
+        jacobian = read_rows_fast(run_dir, JACOBIAN_FILE, notes, config)
+        if isinstance(jacobian, Table):
+            jacobian = jacobian.frame()
+        # the steps whose layers.csv rows are whole; a step whose blocks were not all written is left out
+        jacobian = jacobian[jacobian["step"].isin(np.unique(table_column(layers, "step")))]
+        counts = jacobian.groupby("step").size()
+        if len(counts) and counts.iloc[-1] < counts.max():
+            notes.append(f"{run_dir}: step {counts.index[-1]} of {JACOBIAN_FILE} has only {counts.iloc[-1]} of {counts.max()} rows; that step is left out")
+            jacobian = jacobian[jacobian["step"] != counts.index[-1]]
+        jacobian = renumbered(jacobian)
+    run = Run(run_dir, config, meta, renumbered(layers), renumbered(metrics), notes, timesteps, jacobian)
     if run.status == "running":
         notes.append(f"{run_dir}: still marked running (in progress, or killed before it could finish); compared up to step {run.last_step}")
     elif run.status == "interrupted":

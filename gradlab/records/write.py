@@ -29,6 +29,8 @@ from gradlab.records.layout import (
     METRICS_FILE,
     TIMESTEPS_COLUMNS,
     TIMESTEPS_FILE,
+    JACOBIAN_COLUMNS,
+    JACOBIAN_FILE,
     new_named_run_dir,
 )
 from gradlab.records.read import read_meta
@@ -155,9 +157,10 @@ def write_text_atomic(path: Path, text: str) -> None:
 class RunRecords:
     """The writers of one run directory."""
 
-    def __init__(self, run_dir: Path, config_yaml: str, meta: dict[str, Any], layer_columns: list[str] | None = None, timesteps: bool = False):
+    def __init__(self, run_dir: Path, config_yaml: str, meta: dict[str, Any], layer_columns: list[str] | None = None, timesteps: bool = False,
+                 jacobian: bool = False):  # fmt: skip
         # layer_columns: layers.csv's header, LAYERS_COLUMNS unless the model adds some (quantities.layers_columns);
-        # timesteps: a recurrent run's timesteps.csv is written too
+        # timesteps: a recurrent run's timesteps.csv is written too; jacobian: a run with log.jacobian's jacobian.csv
         self.dir = run_dir
         self.meta = {"status": "running", **meta}
         opened: list[CsvLog] = []
@@ -169,6 +172,9 @@ class RunRecords:
             self.layers = CsvLog(run_dir / LAYERS_FILE, layer_columns or LAYERS_COLUMNS)
             opened.append(self.layers)
             self.timesteps = CsvLog(run_dir / TIMESTEPS_FILE, TIMESTEPS_COLUMNS) if timesteps else None
+            if self.timesteps is not None:
+                opened.append(self.timesteps)
+            self.jacobian = CsvLog(run_dir / JACOBIAN_FILE, JACOBIAN_COLUMNS) if jacobian else None
         except (OSError, DiskFull) as exc:
             # nothing was recorded yet: no half-made run directory (a 0-byte config.yaml, no meta.json)
             for log in opened:
@@ -192,6 +198,8 @@ class RunRecords:
         self.layers.close()
         if self.timesteps is not None:
             self.timesteps.close()
+        if self.jacobian is not None:
+            self.jacobian.close()
         self.write_meta(status=status, ended=now_iso(), **updates)
 
 
