@@ -13,6 +13,7 @@ names come from specs.py, the quantity names from quantities.py.
 
 from __future__ import annotations
 
+import math
 import re
 import typing
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from gradlab.vocab.datasets import (
     SEQUENCE_READOUT,
 )
 from gradlab.vocab.errors import ConfigError
+from gradlab.vocab.parametrizations import BASE_WIDTH, PARAMETRIZATIONS, WIDTH_SCALED_KINDS, optimizers_defined
 from gradlab.vocab.quantities import DEFAULT_GROUPS, GROUPS, RECURRENT_KINDS, SATURATION_THRESHOLD, SUMMARY_QUANTITIES, TIME_QUANTITIES
 from gradlab.vocab.registry import Registry, SpecError, describe_value
 
@@ -180,6 +182,36 @@ class InitConfig(Section):
 
 
 RECURRENT_ONLY = ("readout", "forget_bias")  # model keys (besides init.recurrent) of the recurrent kinds
+CHRONO = "chrono"
+# The kinds whose memory gate chrono initialization sets: lstm's forget gate, gru's update gate.
+CHRONO_KINDS = ("lstm", "gru")
+
+
+def _forget_bias(value: Any) -> float | dict[str, Any] | None:
+    """model.forget_bias: a number (lstm's total forget bias), or {name: chrono, max_timescale: T}
+    (Tallec & Ollivier 2018), resolved to {name: chrono, max_timescale: float}."""
+    allowed = "a number, or {name: chrono, max_timescale: T} with T > 2"
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise PydanticCustomError("forget_bias", "{message}", {"message": "must be a finite number (not nan or inf)"})
+        return float(value)
+    if not isinstance(value, dict):
+        raise PydanticCustomError("forget_bias", "{message}", {"message": f"allowed: {allowed}"})
+    if value.get("name") != CHRONO:
+        raise PydanticCustomError("forget_bias", "{message}", {"message": f"unknown name; allowed: {allowed}"})
+    unknown = sorted(set(value) - {"name", "max_timescale"})
+    if unknown:
+        raise PydanticCustomError("forget_bias", "{message}", {"message": f"chrono takes max_timescale only, not {', '.join(map(str, unknown))}"})
+    t = value.get("max_timescale")
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 2:
+        # b ~ log U(1, T - 1) needs T - 1 > 1
+        raise PydanticCustomError("forget_bias", "{message}", {"message": "chrono needs max_timescale, a number > 2 (the longest memory in steps)"})
+    return {"name": CHRONO, "max_timescale": float(t)}
+
+
+ForgetBias = Annotated[Optional[typing.Union[float, dict[str, Any]]], BeforeValidator(_forget_bias)]
 
 
 class ModelConfig(Section):
@@ -201,14 +233,26 @@ class ModelConfig(Section):
     # Recurrent kinds (recurrent.py). Written to config.yaml only for them: every other run's resolved
     # config is unchanged.
     readout: Literal["last", "every"] = Field("last", description="recurrent kinds: the head reads the last step's hidden state (last) or every step's (every)")
-    forget_bias: Optional[float] = Field(None, description="lstm: the forget gate's total bias at initialization (set in bias_ih; bias_hh's forget slice 0); null keeps init.bias's")
+    forget_bias: ForgetBias = Field(
+        None, description="lstm: the forget gate's total bias at initialization (set in bias_ih; bias_hh's forget slice 0); null keeps init.bias's; "
+        "{name: chrono, max_timescale: T} (lstm and gru): chrono initialization (Tallec & Ollivier 2018), the memory gate's bias per unit log U(1, T - 1)",
+    )  # fmt: skip
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout rate after each block's activation (and its post norm), before pooling; 0: none")
+    # Width scaling (build/parametrization.py, docs/coordcheck.md). Written to config.yaml only when
+    # not standard: every other run's resolved config is unchanged.
+    parametrization: Literal[PARAMETRIZATIONS] = Field(
+        "standard", description="how initializer variances, the head's multiplier and per-layer learning rates scale with width: standard | ntk | mup (Yang & Hu 2021)"
+    )
+    base_width: int = Field(BASE_WIDTH, ge=1, description="ntk, mup: the width at which every layer is exactly as configured (width_mult = width / base_width)")
 
     @model_serializer(mode="wrap")
     def _residual_keys_only_when_residual(self, handler):
         data = handler(self)
         if self.dropout == 0:
             data.pop("dropout", None)  # written only when set: every other run's config.yaml is unchanged
+        if self.parametrization == "standard":
+            data.pop("parametrization", None)
+            data.pop("base_width", None)
         if not self.residual:
             for key in ("residual", "branch_depth", "residual_scale"):
                 data.pop(key, None)
@@ -222,6 +266,7 @@ class ModelConfig(Section):
     @model_validator(mode="after")
     def _consistent(self):
         self._recurrent_keys()
+        self._parametrization_keys()
         if self.init.weight["name"] == "fixup" and not (self.residual and self.branch_depth >= 2):
             raise PydanticCustomError(
                 "model", "{message}",
@@ -243,6 +288,21 @@ class ModelConfig(Section):
             )
         return self
 
+    def _parametrization_keys(self) -> None:
+        def error(message: str, key: str) -> PydanticCustomError:
+            return PydanticCustomError("model", "{message}", {"message": message, "key": key})
+
+        if self.parametrization == "standard":
+            if "base_width" in self.model_fields_set and self.base_width != BASE_WIDTH:
+                raise error("applies to parametrization ntk or mup only (standard does not scale with width)", "base_width")
+            return
+        if self.kind not in WIDTH_SCALED_KINDS:
+            raise error(f"{self.parametrization} is defined for kinds {' and '.join(WIDTH_SCALED_KINDS)}, not {self.kind}; allowed for {self.kind}: standard", "parametrization")
+        if self.residual:
+            raise error(f"{self.parametrization} is defined for plain stacks here, not residual: true; allowed with residual: standard", "parametrization")
+        if self.init.weight["name"] == "fixup":
+            raise error(f"fixup initializes residual branches; with parametrization {self.parametrization} use another init.weight", "init.weight")
+
     def _recurrent_keys(self) -> None:
         def error(message: str, key: str) -> PydanticCustomError:
             return PydanticCustomError("model", "{message}", {"message": message, "key": key})
@@ -254,7 +314,9 @@ class ModelConfig(Section):
             if "recurrent" in self.init.model_fields_set and self.init.recurrent["name"] != "default":
                 raise error(f"applies to the recurrent kinds ({', '.join(RECURRENT_KINDS)}) only, not {self.kind}", "init.recurrent")
             return
-        if self.forget_bias is not None and self.kind != "lstm":
+        if isinstance(self.forget_bias, dict) and self.kind not in CHRONO_KINDS:
+            raise error(f"chrono applies to lstm (the forget gate) and gru (the update gate), not {self.kind}", "forget_bias")
+        if isinstance(self.forget_bias, float) and self.kind != "lstm":
             raise error(f"applies to kind lstm only (the forget gate), not {self.kind}", "forget_bias")
         if self.pool_every:
             raise error("pooling applies to kind cnn only", "pool_every")
@@ -271,6 +333,14 @@ class ModelConfig(Section):
 class TrainConfig(Section):
     steps: int = Field(500, ge=0, description="optimizer steps")
     eval_every: int = Field(100, ge=1, description="test-set evaluation every k steps (and at the end)")
+    fixed_batch: bool = Field(False, description="every step trains on the first training batch (a coordinate check, as microsoft/mup's)")
+
+    @model_serializer(mode="wrap")
+    def _fixed_batch_only_when_set(self, handler):
+        data = handler(self)  # written only when set: every other run's config.yaml is unchanged
+        if not self.fixed_batch:
+            data.pop("fixed_batch", None)
+        return data
 
 
 class JacobianConfig(Section):
@@ -377,6 +447,18 @@ class Experiment(Section):
     @model_validator(mode="after")
     def _data_fits_model(self):
         self._sequences_fit_model()
+        if "coordinates" in self.log.probes and self.model.kind not in WIDTH_SCALED_KINDS:
+            raise PydanticCustomError(
+                "experiment", "{message}",
+                {"message": f"coordinates are measured for kinds {' and '.join(WIDTH_SCALED_KINDS)}, not {self.model.kind}", "key": "log.probes"},
+            )  # fmt: skip
+        parametrization = self.model.parametrization
+        if parametrization != "standard" and self.optim["name"] not in optimizers_defined(parametrization):
+            raise PydanticCustomError(
+                "experiment", "{message}",
+                {"message": f"model.parametrization {parametrization} defines learning rates for {', '.join(optimizers_defined(parametrization))}, "
+                            f"not {self.optim['name']}; allowed: {', '.join(optimizers_defined(parametrization))}, or parametrization standard", "key": "optim.name"},
+            )  # fmt: skip
         if self.model.kind == "cnn" and self.data.name not in IMAGE_DATASETS:
             raise PydanticCustomError(
                 "experiment", "{message}",
@@ -398,6 +480,17 @@ class Experiment(Section):
                 {"message": f"the input-output Jacobian is measured on the mlp and cnn stacks; model.kind {self.model.kind} "
                             "feeds one input per time step, so there is no single block output to map the input to: use kind mlp or cnn, or leave it out",
                  "key": "log.jacobian"},
+            )  # fmt: skip
+        return self
+
+    @model_validator(mode="after")
+    def _noise_has_per_example_gradients(self):
+        if "noise" in self.log.probes and self.model.norm["name"] == "batchnorm":
+            raise PydanticCustomError(
+                "experiment", "{message}",
+                {"message": "the noise group needs per-example gradients, and with batchnorm in training each example's output depends on "
+                            "the whole batch, so they do not exist: leave noise out, or use model.norm layernorm, groupnorm or none",
+                 "key": "log.probes"},
             )  # fmt: skip
         return self
 

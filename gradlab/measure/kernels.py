@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from gradlab.build.recurrent import GATE_ACTIVATION
+from gradlab.measure import noise
 from gradlab.measure.norms import float32_held, norm, norm_of, norm_rows, norms
 from gradlab.theory.activations import region_counts, saturation_mask
 
@@ -111,6 +112,20 @@ def moments(value: torch.Tensor, mean_name: str, std_name: str) -> list[Measured
     then the norm of the deviations: as stable as torch.std_mean and much faster on the CPU."""
     mean = value.mean()
     return [Measured(mean_name, mean), Measured(std_name, norm(value - mean), math.sqrt(value.numel()))]
+
+
+def coordinate_sizes(value: torch.Tensor) -> list[Measured]:
+    """act_l1 and act_rms of a block's output (or the logits): mean |x| and sqrt(mean x^2) over
+    every entry, the coordinate sizes of a coordinate check (mup's `l1` is the first)."""
+    n = value.numel()
+    return [Measured("act_l1", value.abs().sum(), n), Measured("act_rms", norm(value), math.sqrt(n))]
+
+
+def update_rms(change_norms: torch.Tensor, groups: Sequence[Sequence[int]], entries: Sequence[int]) -> tuple[torch.Tensor, list[float]]:
+    """update_rms of each layer, as (norms, divisors): the norm of its weights' change together
+    (`combined`) over sqrt of their entries."""
+    sizes = [math.sqrt(sum(entries[k] for k in group)) for group in groups]
+    return combined(change_norms, groups), sizes
 
 
 def activation_regions(activation: str, act: nn.Module, u: torch.Tensor, y: torch.Tensor, threshold: float) -> list[Measured]:
@@ -214,11 +229,14 @@ KERNELS: dict[str, Kernel] = {
     "delta_norm": delta, "delta_rms": delta,  # a recurrent layer's: delta_through_time
     "stream_delta_norm": norm,
     "act_mean": moments, "act_std": moments, "preact_mean": moments, "preact_std": moments,
+    "act_l1": coordinate_sizes, "act_rms": coordinate_sizes, "update_rms": update_rms,
     "dact_mean": activation_regions, "inactive_frac": activation_regions, "saturated_frac": activation_regions,
     "dead_frac": activation_regions,
     "dact_factor": dact_factor,
     "bn_stat_distance": bn_stat_distance,
     "spp_sq_mean": signal_propagation, "spp_var": signal_propagation, "spp_branch_var": signal_propagation,
+    # the noise group: sums over the per-example gradients (noise.py: linear_sums, conv2d_sums, call_sums), then noise.noise
+    "pe_grad_norm": noise.noise, "grad_noise_scale": noise.noise, "gsnr": noise.noise,
 }  # fmt: skip
 
 # timesteps.csv's quantities, at a recurrent layer's time step t.

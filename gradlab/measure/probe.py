@@ -30,12 +30,12 @@ import torch
 from torch import nn
 
 from gradlab.build.sites import Layer, Role, Site
-from gradlab.measure import kernels
+from gradlab.measure import kernels, noise, spectrum
 from gradlab.measure.kernels import Measured
 from gradlab.measure.norms import norm, norm_of, norms
 from gradlab.measure.pending import Column, PendingMeasurement, SiteKey
 from gradlab.measure.rows import layer_rows
-from gradlab.vocab.quantities import DEFAULT_GROUPS, GROUPS, NORM, QUANTITIES, RESIDUAL, SATURATION_THRESHOLD
+from gradlab.vocab.quantities import COORDINATES, DEFAULT_GROUPS, GROUPS, NOISE, NORM, QUANTITIES, RESIDUAL, SATURATION_THRESHOLD, SPECTRUM
 
 _WEIGHT_SCALE = "weight_scale"  # not a column: ||W||_F / sqrt(n_out), what dact_factor multiplies rms(f') by
 
@@ -77,6 +77,11 @@ class Probe:
         self._weight_norms: torch.Tensor | None = None  # this step's, reused by update_ratios
         self._norm_parts = _norm_parts(self.layers, position)  # gamma, beta, PReLU slopes per layer (quantities.NORM)
         self._bn_hooks: list = []
+        # the noise group: each layer's Linear or convolution, whose input and output gradient it needs
+        self._noise_modules = _weight_modules(self.layers)
+        self._noise_sums: dict[SiteKey, tuple[Site, noise.NoiseSums, nn.Parameter]] = {}
+        # the spectrum group: each layer's weights (a recurrent layer's W_ih and W_hh together)
+        self._spectra = spectrum.LayerSpectra([(layer.site.key, list(layer.weights.values())) for layer in self.layers]) if "spectrum" in self.groups else None
 
     # -- forward / backward capture: the Tap protocol -----------------------------------------
 
@@ -85,7 +90,10 @@ class Probe:
         if "activations" in self.groups:
             # BatchNorm updates its running statistics in its forward: its pre-hook sees them before
             self._bn_hooks = [module.register_forward_pre_hook(self._bn_hook(site)) for site, module in self._norm_parts.batchnorms]
-        if self.groups & {"deltas", "activations"}:  # the weights and updates groups need no forward capture
+        self._noise_sums = {}
+        if "noise" in self.groups:
+            self._bn_hooks += [module.register_forward_hook(self._noise_hook(site)) for site, module in self._noise_modules]
+        if self.groups & {"deltas", "activations", "coordinates"}:  # the weights and updates groups need no forward capture
             self.model.slot.tap = self
 
     def detach(self) -> None:
@@ -117,7 +125,10 @@ class Probe:
                 value.register_hook(self._delta_hook(site))
         elif role in ("stream", "branch"):
             self._residual(site, role, value)
-        elif role == "output" and "activations" in self.groups:
+        if role in ("output", "logits") and "coordinates" in self.groups:
+            with torch.no_grad():
+                self._add(site, kernels.coordinate_sizes(value))
+        if role == "output" and "activations" in self.groups:
             with torch.no_grad():
                 self._add(site, kernels.moments(value, "act_mean", "act_std"))
 
@@ -135,6 +146,29 @@ class Probe:
         if "activations" in self.groups:
             with torch.no_grad():
                 self._add(site, kernels.signal_propagation(value, role))
+
+    def _noise_hook(self, site: Site):
+        """A forward hook on a layer's Linear or convolution: its input, then (a gradient hook on its
+        output z) the sums over the per-example gradients, finished in `measure` with dL/dW."""
+
+        def forward(module: nn.Module, inputs: tuple, z: torch.Tensor) -> None:
+            if not z.requires_grad:
+                return
+            x = inputs[0].detach()
+
+            def backward(grad: torch.Tensor) -> None:
+                with torch.no_grad():
+                    if isinstance(module, nn.Linear):
+                        sums = noise.linear_sums(x, grad)
+                    elif noise.conv2d_unfoldable(module):
+                        sums = noise.conv2d_sums(x, grad, module)
+                    else:
+                        sums = noise.call_sums(lambda x_, w, b: module._conv_forward(x_, w, b), x, module.weight, grad, (), {})
+                self._noise_sums[site.key] = (site, sums, module.weight)
+
+            z.register_hook(backward)
+
+        return forward
 
     def _stream_delta_hook(self, site: Site):
         def hook(grad: torch.Tensor) -> None:
@@ -169,6 +203,12 @@ class Probe:
             scales, divisors = kernels.weight_scale([layer.weight for layer in self.layers])
             pending.columns[_WEIGHT_SCALE] = (every_site, scales, divisors)
         self._measure_norm_parts(pending, grad_norms)
+        for site, sums, weight in self._noise_sums.values():
+            self._add(site, noise.noise(sums, weight.grad))
+        self._noise_sums = {}
+        if self._spectra is not None:
+            for quantity, (keys, values) in self._spectra.measure().items():
+                pending.columns[quantity] = (keys, values, 1.0)
         self._measure_more(pending)
         pending.extras["loss"] = loss.detach()
         pending.extras["accuracy"] = _accuracy(logits, y)
@@ -195,7 +235,7 @@ class Probe:
     def snapshot_weights(self) -> None:
         """Copy the weights before the optimizer step (into buffers kept between logged steps:
         allocating fresh copies every time costs ten times more than copying)."""
-        if "updates" not in self.groups:
+        if not self.groups & {"updates", "coordinates"}:
             return
         weights = [w.detach() for w in self.weights]
         if self._weights_before is None:
@@ -218,11 +258,18 @@ class Probe:
         layer_ratios = kernels.ratio(kernels.combined(change, groups.values()), kernels.combined(size, groups.values()))
         family_at = [k for k, entry in enumerate(self.weight_entries) if entry.family]
         family_ratios = kernels.ratio(change[family_at], size[family_at]) if family_at else torch.zeros(0, dtype=torch.float64)
-        host = torch.cat([layer_ratios, family_ratios]).cpu().tolist()
-        columns: dict[str, Column] = {"update_ratio": dict(zip(groups, host))}
-        for k, value in zip(family_at, host[len(groups) :]):
-            entry = self.weight_entries[k]
-            columns.setdefault(f"{entry.family}_update_ratio", {})[entry.key] = value
+        coordinates = "coordinates" in self.groups
+        rms, rms_divisors = kernels.update_rms(change, groups.values(), [w.numel() for w in self.weights]) if coordinates else (layer_ratios[:0], [])
+        host = torch.cat([layer_ratios, family_ratios, rms.double()]).cpu().tolist()
+        columns: dict[str, Column] = {}
+        if "updates" in self.groups:
+            columns["update_ratio"] = dict(zip(groups, host))
+            for k, value in zip(family_at, host[len(groups) : len(groups) + len(family_at)]):
+                entry = self.weight_entries[k]
+                columns.setdefault(f"{entry.family}_update_ratio", {})[entry.key] = value
+        if coordinates:
+            values = host[len(groups) + len(family_at) :]
+            columns["update_rms"] = {key: value / divisor for key, value, divisor in zip(groups, values, rms_divisors)}
         return columns
 
     # -- rows -------------------------------------------------------------------------------
@@ -238,12 +285,28 @@ class Probe:
 
     def columns_written(self, columns: dict[str, Column]) -> list[str]:
         """The quantity columns of this model's layers.csv rows (the header's, after its keys)."""
-        return [*QUANTITIES, *(q for q in RESIDUAL if q in columns), *NORM]
+        return [*QUANTITIES, *(q for q in RESIDUAL if q in columns), *NORM, *(NOISE if "noise" in self.groups else ()), *(COORDINATES if "coordinates" in self.groups else ()),
+                *(SPECTRUM if "spectrum" in self.groups else ())]
 
     def rows(self, step: int, columns: dict[str, Column]) -> list[dict]:
         """One layers.csv row per declared layer; a quantity not measured (or not existing) stays None."""
+        columns = spectrum.cells(dict(columns))
         columns = {**columns, "dact_factor": self._dact_factors(columns)}
         return layer_rows(step, self.sites, columns, self.columns_written(columns))
+
+
+def _weight_modules(layers: list[Layer]) -> list[tuple[Site, nn.Module]]:
+    """Each feed-forward layer's module that applies its weight (a block's Linear or convolution, the
+    head), for the noise group; none for a recurrent layer (quantities.NOISE says why)."""
+    found = []
+    for layer in layers:
+        if set(layer.weights) != {""}:
+            continue
+        for module in layer.module.modules():
+            if getattr(module, "weight", None) is layer.weight and isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+                found.append((layer.site, module))
+                break
+    return found
 
 
 def _groups(entries: list[_Parameter]) -> dict[SiteKey, list[int]]:

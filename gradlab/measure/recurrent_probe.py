@@ -39,7 +39,7 @@ from gradlab.measure.pending import Column, PendingMeasurement, SiteKey
 from gradlab.measure.probe import Probe
 from gradlab.measure.rows import timestep_rows
 from gradlab.theory.activations import ACTIVATIONS, region_counts
-from gradlab.vocab.quantities import DEFAULT_GROUPS, RECURRENT_LAYERS_COLUMNS, SATURATION_THRESHOLD, TIMESTEPS_COLUMNS, TIMESTEPS_KEYS
+from gradlab.vocab.quantities import DEFAULT_GROUPS, NOISE, RECURRENT_LAYERS_COLUMNS, SATURATION_THRESHOLD, TIMESTEPS_COLUMNS, TIMESTEPS_KEYS
 
 
 class RecurrentProbe(Probe):
@@ -47,6 +47,7 @@ class RecurrentProbe(Probe):
 
     def __init__(self, model: nn.Module, groups: list[str] | tuple[str, ...] = DEFAULT_GROUPS, saturation_threshold: float = SATURATION_THRESHOLD):
         super().__init__(model, groups, saturation_threshold)  # a recurrent layer's weights: families 'ih', 'hh'
+        self._noise_modules = []  # no noise columns for a recurrent stack: quantities.NOISE_QUANTITIES says why
         self._reset_step()
 
     def _reset_step(self) -> None:
@@ -164,7 +165,8 @@ class RecurrentProbe(Probe):
     # -- rows ---------------------------------------------------------------------------------
 
     def columns_written(self, columns: dict[str, Column]) -> list[str]:
-        return RECURRENT_LAYERS_COLUMNS[len(("step", "layer", "name", "kind")) :]
+        # the noise group's columns stay empty: see quantities.NOISE_QUANTITIES
+        return [*RECURRENT_LAYERS_COLUMNS[len(("step", "layer", "name", "kind")) :], *(NOISE if "noise" in self.groups else ())]
 
     def timestep_rows(self, step: int, columns: dict[str, Column]) -> list[dict]:
         """One timesteps.csv row per (recurrent layer, t) tapped this step, layer then t ascending."""

@@ -148,7 +148,9 @@ def _train(exp, emit, device, data, run_dir, index, stop_poll, threads) -> RunRe
     )
 
     recurrent = exp.model.kind in RECURRENT_KINDS  # rnn, lstm, gru: their own layers.csv columns, and timesteps.csv
-    layer_columns = layers_columns(getattr(exp.model, "residual", False), has_norm_columns(exp.model), recurrent)
+    # the opt-in groups (noise; coordinates, for gradlab coordcheck) add their columns last
+    layer_columns = layers_columns(getattr(exp.model, "residual", False), has_norm_columns(exp.model), recurrent,
+                                   noise="noise" in exp.log.probes, coordinates="coordinates" in exp.log.probes)  # fmt: skip
     meta = run_meta(exp.name, run_dir.name, exp.seed, str(device), steps)
     if threads > 1:  # the last bits of large reductions depend on it (docs/performance.md, Threads); one is the usual
         meta["threads"] = threads
@@ -170,7 +172,7 @@ def _train(exp, emit, device, data, run_dir, index, stop_poll, threads) -> RunRe
             for step in range(steps + 1):
                 if stop.signum is not None:
                     raise RunInterrupted(stop.signum)
-                x, y = next(batches)
+                x, y = next(batches) if not exp.train.fixed_batch or step == 0 else (x, y)  # fixed_batch: the first batch, every step
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 update = step < steps  # the last measurement is taken without updating
                 logged = step % every == 0 or step == steps

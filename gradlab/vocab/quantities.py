@@ -15,11 +15,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 # The probe groups a config may list in `log.probes`, in the order the probe measures them.
-GROUPS = ("weights", "deltas", "activations", "updates", "noise")
-Group = Literal["weights", "deltas", "activations", "updates", "noise"]
-# log.probes' default: the groups every run has measured. The others (noise) are opt-in, so a config
-# that does not list them records exactly what it recorded before they existed.
-DEFAULT_GROUPS = ("weights", "deltas", "activations", "updates")
+GROUPS = ("weights", "deltas", "activations", "updates", "noise", "coordinates", "spectrum")
+Group = Literal["weights", "deltas", "activations", "updates", "noise", "coordinates", "spectrum"]
 # What `log.probes` turns on when a config does not list it. The other groups are opt-in: each adds
 # its own layers.csv columns (layers_columns) and work at logged steps, so a config that does not ask
 # for one records exactly what it recorded before the group existed.
@@ -129,6 +126,81 @@ NORM_QUANTITIES: tuple[Quantity, ...] = (
 )  # fmt: skip
 NORM: dict[str, Quantity] = {q.name: q for q in NORM_QUANTITIES}
 
+# Runs that list `noise` in log.probes (a watch with "noise" in its groups) add these columns to
+# layers.csv, after every other column; a run without it keeps its header exactly. g_n = dl_n/dW is
+# the gradient of example n's own loss l_n with respect to the layer's weight W (the weight only, not
+# the bias), B the batch size. L = (1/B) sum_n l_n is the batch mean, so g_n = B * (example n's share
+# of dL/dW) and the layer's gradient dL/dW is g_bar = (1/B) sum_n g_n. A weight applied at several
+# positions (a convolution's, a Linear's on a sequence) sums over them in g_n. Empty where per-example
+# gradients do not exist: BatchNorm in training mode (an example's output depends on the whole batch;
+# `gradlab validate` refuses the group for such a model, watch leaves the cells empty) and every row of
+# a recurrent stack, head included (not measured: a recurrent weight is applied at every time step
+# inside the unrolled cells, and its examples' gradients would be one more pass over all of them).
+NOISE_QUANTITIES: tuple[Quantity, ...] = (
+    Quantity("pe_grad_norm", "noise", "layer",
+             "(1/B) sum_n ||g_n||, the mean over the B examples of the norm of the per-example gradient g_n = dl_n/dW of the layer's "
+             "weight (B times the norm of example n's share of dL/dW)"),
+    Quantity("grad_noise_scale", "noise", "layer",
+             "B_simple = tr(Sigma) / ||g_bar||^2, the simple gradient noise scale of the layer's weight (McCandlish et al. 2018), "
+             "g_bar = dL/dW and tr(Sigma) = (sum_n ||g_n||^2 - B ||g_bar||^2) / (B - 1) the trace of the unbiased covariance of the "
+             "per-example gradients: the batch size at which the noise of the batch gradient equals its signal; Byrd et al. 2012's "
+             "norm test statistic is sqrt(B_simple / B) (below 1: the batch's gradient direction is trustworthy); 0 when tr(Sigma) is "
+             "within the rounding of the float32 sums (3 B u sum_n ||g_n||^2, u = 2^-24); empty when B < 2 or g_bar = 0"),
+    Quantity("gsnr", "noise", "layer",
+             "the mean over the weight's coordinates j of g_bar_j^2 / Var_j, Var_j = (1/B) sum_n g_nj^2 - g_bar_j^2 the population "
+             "variance of coordinate j over the examples (Liu et al. 2020; Cockpit's MeanGSNR per layer, without its 1e-5 in the "
+             "denominator: an absolute epsilon would hide the small gradients measured). Coordinates with Var_j = 0 are left out "
+             "(every example gives them the same gradient: the inputs of a dead unit, whose gradients are all 0); where Var_j comes from "
+             "(1/B) sum_n g_nj^2 - g_bar_j^2 (a Linear applied once per example) a Var_j within the rounding of that difference in "
+             "float32, 3 B u (1/B) sum_n g_nj^2 with u = 2^-24, counts as 0; empty when every coordinate is left out"),
+)  # fmt: skip
+NOISE: dict[str, Quantity] = {q.name: q for q in NOISE_QUANTITIES}
+
+# Runs that list `coordinates` in log.probes (each run of `gradlab coordcheck`) add these columns to
+# layers.csv, after every other column; a run without it keeps its header exactly. They are the
+# coordinate sizes of Yang & Hu 2021's coordinate check (microsoft/mup's `l1`): x is what the block
+# passes on (its `output` site), or the logits for the head.
+COORDINATE_QUANTITIES: tuple[Quantity, ...] = (
+    Quantity("act_l1", "coordinates", "output",
+             "mean of |x| over batch and units (and positions), x the block's output (for the head: the logits): mup's `l1`, "
+             "the average size of a coordinate"),
+    Quantity("act_rms", "coordinates", "output", "sqrt(mean of x^2) over batch and units (and positions), x the block's output (for the head: the logits)"),
+    Quantity("update_rms", "coordinates", "layer",
+             "||W_after - W_before|| / sqrt(entries of W) of the optimizer step taken at this step: the root mean square of the change "
+             "of one entry of the layer's weight (empty at the last step, which takes no step)"),
+)  # fmt: skip
+COORDINATES: dict[str, Quantity] = {q.name: q for q in COORDINATE_QUANTITIES}
+
+# Runs that list `spectrum` in log.probes (a watch with "spectrum" in its groups) add these columns to
+# layers.csv, after every other column; a run without it keeps its header exactly. Measured on the
+# weights of the logged step, before its update (as weight_norm). The layer's matrix W: a Linear's
+# weight (out, in); a convolution's (out, in, *kernel) as (out, in * kernel positions), as torch's
+# spectral_norm reshapes it; a recurrent layer's [W_ih W_hh], the matrix that maps [x_t; h_(t-1)] to
+# a_t. Why they matter for gradients: the signal a layer passes back is W^T delta, and
+# ||W^T delta|| <= sigma_max ||delta||, so weight_sv_max bounds the layer's gain (a convolution's by
+# sqrt(kernel positions) * sigma_max: each input entry is in that many patches); a random vector keeps
+# only about ||W||_F / sqrt(n_out) of it (dact_factor), so stable rank = (||W||_F / sigma_max)^2 says how
+# far a typical signal is from that bound: near 1, one direction carries all the gain.
+SPECTRUM_QUANTITIES: tuple[Quantity, ...] = (
+    Quantity("weight_sv_max", "spectrum", "layer",
+             "sigma_max(W), the largest singular value of the layer's weight (its spectral norm), by power iteration on W^T W "
+             "warm-started from the previous logged step's vector, stopped when the estimate of every layer grew by less than 1e-6 "
+             "(relative) over 10 iterations (at most 2000): within 1e-4 of torch.linalg.svdvals"),
+    Quantity("weight_stable_rank", "spectrum", "layer",
+             "||W||_F^2 / sigma_max(W)^2, the stable rank of the layer's weight: between 1 (one direction) and rank(W); empty when W is 0"),
+    Quantity("weight_alpha", "spectrum", "layer",
+             "the power-law exponent alpha of the tail of the layer's eigenvalue density, fitted as WeightWatcher 0.7.7 fits it: the "
+             "eigenvalues are the squared singular values of W (min(out, in) of them; a convolution's are those of its (out, in) slices "
+             "W[:, :, p] at each kernel position p, times 1/2, pooled), those above 1e-5 sorted x_0 <= ... <= x_(N-1); for each "
+             "x_min = x_i the maximum-likelihood alpha_i = 1 + n / sum_(j >= i) ln(x_j / x_i) over the n = N - i in the tail, and "
+             "the fit is the x_min with the smallest Kolmogorov-Smirnov distance max_(j >= i) |1 - (x_j / x_i)^(1 - alpha_i) - (j - i) / n|. "
+             "WeightWatcher reads alpha < 2 as over-trained (heavy-tailed), 2 to 6 as well-trained, alpha > 6 as under-trained "
+             "(random-like). Empty with fewer than 50 eigenvalues (a head of 10 classes, any weight with a side below 50 that is "
+             "not a convolution), fewer than 20 above 1e-5, or a tail without spread (alpha infinite: equal eigenvalues, "
+             "an orthogonal W)"),
+)  # fmt: skip
+SPECTRUM: dict[str, Quantity] = {q.name: q for q in SPECTRUM_QUANTITIES}
+
 # The columns that identify a row of `layers.csv`, then the measured quantities.
 LAYERS_KEYS: dict[str, str] = {
     "step": "optimizer steps taken before this measurement; step 0 is the network at initialization",
@@ -146,13 +218,18 @@ ADDED_COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 
 
-def layers_columns(residual: bool = False, norm: bool = False, recurrent: bool = False) -> list[str]:
+def layers_columns(
+    residual: bool = False, norm: bool = False, recurrent: bool = False, noise: bool = False, coordinates: bool = False, spectrum: bool = False
+) -> list[str]:
     """The header of a run's layers.csv: LAYERS_COLUMNS, the residual quantities after them for a
     residual model, then the normalization/PReLU quantities for a model with a norm or PReLU; a
-    recurrent model's (rnn, lstm, gru) is RECURRENT_LAYERS_COLUMNS (see below)."""
+    recurrent model's (rnn, lstm, gru) is RECURRENT_LAYERS_COLUMNS (see below). With `noise` (the
+    noise group in log.probes) the NOISE_QUANTITIES come last, then with `coordinates` the
+    COORDINATE_QUANTITIES, then with `spectrum` the SPECTRUM_QUANTITIES."""
+    extra = [*(NOISE if noise else ()), *(COORDINATES if coordinates else ()), *(SPECTRUM if spectrum else ())]
     if recurrent:
-        return list(RECURRENT_LAYERS_COLUMNS)
-    return [*LAYERS_COLUMNS, *(RESIDUAL if residual else ()), *(NORM if norm else ())]
+        return [*RECURRENT_LAYERS_COLUMNS, *extra]
+    return [*LAYERS_COLUMNS, *(RESIDUAL if residual else ()), *(NORM if norm else ()), *extra]
 
 
 def has_norm_columns(model: dict | object) -> bool:
