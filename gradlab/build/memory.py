@@ -119,8 +119,10 @@ def _footprint(exp: Experiment, input_shape: tuple[int, ...], classes: int, dept
     """Build the model of `depth` on the meta device and run a training batch through it."""
     import torch
 
+    from gradlab.build.meta_kernels import without_dynamo
     from gradlab.build.models import build_model
 
+    without_dynamo()
     try:
         with torch.device("meta"):
             model = build_model(exp.model.model_copy(update={"depth": depth}), input_shape, classes, initialize=False)

@@ -102,12 +102,12 @@ def _init_worker(channel, parent: int | None = None) -> None:
 
 # What a worker imports before its first run, loaded once in the forkserver so that every worker,
 # a fork of it, starts with them: the run's own modules, and what the memory estimate's forward pass
-# on the meta device pulls in (PyTorch's Python meta kernels, whose wrappers import torch._dynamo: a
-# second and more that each worker's first run otherwise paid while the other waited). Last, the
+# on the meta device pulls in (PyTorch's Python meta kernels and the sympy their type promotion
+# imports; not torch._dynamo, which gradlab.build.meta_kernels keeps them from loading). Last, the
 # server's own quick exit (gradlab.orchestrate.forkserver_exit).
 WORKER_PRELOAD = (
     "gradlab.orchestrate.local_pool", "gradlab.orchestrate.runner", "gradlab.orchestrate.train", "gradlab.build.memory",
-    "torch._meta_registrations", "torch._decomp", "torch._dynamo", "gradlab.orchestrate.forkserver_exit",
+    "gradlab.build.meta_kernels", "torch._meta_registrations", "torch._decomp", "sympy", "gradlab.orchestrate.forkserver_exit",
 )  # fmt: skip
 def _context():
     """"forkserver" where there is one: a server process imports torch and gradlab once, and each
