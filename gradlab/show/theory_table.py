@@ -24,7 +24,7 @@ def table_lines(prediction: Prediction) -> list[str]:
     the predictions ('-' where the theory makes none), then one line per block."""
     p = prediction
     if p.theory == "none":
-        return [f"no prediction: {p.reason}"]
+        return [f"no prediction: {p.reason}", *_jacobian_lines(p)]
     lines = [f"theory: {p.theory} ({p.source})"]
     if p.inputs:
         lines.append("from: " + ", ".join(f"{key} = {_text(value)}" for key, value in p.inputs.items()))
@@ -38,7 +38,7 @@ def table_lines(prediction: Prediction) -> list[str]:
         relation = f" (the measured step_factor@0 {verb} this)" if verb else ""
         lines.append(f"{'step_factor':<{width}}  {_text(p.step_factor)}{relation}")
     for key, value in p.extra.items():
-        if not isinstance(value, (list, tuple)):
+        if not isinstance(value, (list, tuple)) and not key.startswith("jacobian_"):
             lines.append(f"{key:<{width}}  {_text(value)}")
     if p.theory == "residual":
         # per block: the stream after it (second moment, variance), the stream gradient's factor
@@ -55,6 +55,19 @@ def table_lines(prediction: Prediction) -> list[str]:
             q = _text(p.q[layer]) if layer < len(p.q) else "-"
             factor = _text(p.layers[layer]) if layer < len(p.layers) else "-"
             lines.append(f"{layer:>5}  {q:>12}  {factor:>12}")
+    return lines + _jacobian_lines(p)
+
+
+def _jacobian_lines(p: Prediction) -> list[str]:
+    """log.jacobian: the input-output Jacobian's m1 and s2 per block (theory/jacobian.py), or why none."""
+    if "jacobian_reason" in p.extra:
+        return [f"jacobian: no prediction: {p.extra['jacobian_reason']}"]
+    if "jacobian_s2" not in p.extra:
+        return []
+    lines = ["jacobian (free probability, Pennington et al. 2017): J_l = d(block l output) / d(input)",
+             f"{'layer':>5}  {'jacobian_m1':>12}  {'jacobian_s2':>12}"]  # fmt: skip
+    for layer, (m1, s2) in enumerate(zip(p.extra["jacobian_m1"], p.extra["jacobian_s2"])):
+        lines.append(f"{layer:>5}  {_text(m1):>12}  {_text(s2):>12}")
     return lines
 
 

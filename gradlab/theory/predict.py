@@ -47,6 +47,10 @@ an initializer with a nonzero mean, and inputs whose second moment is unknown.
 
 The predicted `layer_factor` is what gradlab measures: (first/last delta_norm)^(1/(depth−1)), the
 geometric mean of the layer-by-layer factors from the actual input.
+
+A config with `log.jacobian` also gets the input-output Jacobian's spectrum per block in `extra`
+(jacobian_m1, jacobian_s2; jacobian_reason where the free-probability formula of jacobian.py does
+not apply), from the same q-map and σw² as the mean-field prediction.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from typing import Any
 
 from gradlab.theory import activations, initializers
 from gradlab.theory import batchnorm as batchnorm_theory
+from gradlab.theory import jacobian as jacobian_theory
 from gradlab.theory import mean_field as theory
 from gradlab.theory import recurrent as recurrent_theory
 from gradlab.theory import residual as residual_theory
@@ -285,8 +290,35 @@ def predict(exp: Any, moments: InputMoments | None = None, correlations: bool = 
 
     moments: the input's moments when the config does not determine them (file data); by default
     `input_moments(exp.data)`. correlations: compute the correlation map's c*, χ_c and ξ_c (the
-    slowest part, ~0.1 s; `gradlab compare` does not need them).
+    slowest part, ~0.1 s; `gradlab compare` does not need them). With log.jacobian, `extra` holds
+    the Jacobian's spectrum (or the reason it has none).
     """
+    prediction = _gradient_prediction(exp, moments, correlations)
+    if getattr(exp.log, "jacobian", None) is None:
+        return prediction
+    return replace(prediction, extra={**prediction.extra, **_jacobian(exp, prediction)})
+
+
+def _jacobian(exp: Any, prediction: Prediction) -> dict[str, Any]:
+    """jacobian_m1 and jacobian_s2 per block, from the mean-field prediction's q-map and σw²; or jacobian_reason."""
+    model = exp.model
+    reason = jacobian_theory.not_applicable(model)
+    if not reason and prediction.theory != "mean_field":
+        reason = prediction.reason or f"no mean-field prediction ({prediction.theory})"
+    if not reason and not all(math.isfinite(q) for q in prediction.q):
+        reason = "the q-map grows without bound: the activations' derivatives have no finite moments to evaluate"
+    if reason:
+        return {"jacobian_reason": reason}
+    sigma_w2 = [prediction.inputs["first_sigma_w2"]] + [prediction.inputs["sigma_w2"]] * (model.depth - 1)
+    family = jacobian_theory.weight_family(model.init.weight["name"])
+    act = NumpyActivation(model.activation)
+    got = jacobian_theory.spectrum(act, prediction.q, sigma_w2, family, exp.data.dim, model.width)
+    if got.reason:
+        return {"jacobian_reason": got.reason}
+    return {"jacobian_m1": list(got.m1), "jacobian_s2": list(got.s2)}
+
+
+def _gradient_prediction(exp: Any, moments: InputMoments | None, correlations: bool) -> Prediction:
     check_limits(exp)
     model = exp.model
     kind = model.kind
