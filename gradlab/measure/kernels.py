@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from gradlab.build.recurrent import GATE_ACTIVATION
-from gradlab.measure import noise
+from gradlab.measure import noise, spectrum
 from gradlab.measure.norms import float32_held, norm, norm_of, norm_rows, norms
 from gradlab.theory.activations import region_counts, saturation_mask
 
@@ -237,6 +237,8 @@ KERNELS: dict[str, Kernel] = {
     "spp_sq_mean": signal_propagation, "spp_var": signal_propagation, "spp_branch_var": signal_propagation,
     # the noise group: sums over the per-example gradients (noise.py: linear_sums, conv2d_sums, call_sums), then noise.noise
     "pe_grad_norm": noise.noise, "grad_noise_scale": noise.noise, "gsnr": noise.noise,
+    # the spectrum group, of each layer's weight matrix (spectrum.py; LayerSpectra batches them per step)
+    "weight_sv_max": spectrum.sv_max, "weight_stable_rank": spectrum.stable_rank, "weight_alpha": spectrum.weight_alpha,
 }  # fmt: skip
 
 # timesteps.csv's quantities, at a recurrent layer's time step t.

@@ -81,7 +81,7 @@ class Probe:
         self._noise_modules = _weight_modules(self.layers)
         self._noise_sums: dict[SiteKey, tuple[Site, noise.NoiseSums, nn.Parameter]] = {}
         # the spectrum group: each layer's weights (a recurrent layer's W_ih and W_hh together)
-        self._spectra = spectrum.LayerSpectra([(layer.site.key, list(layer.weights.values())) for layer in self.layers]) if "spectrum" in self.groups else None
+        self._spectra = spectrum.LayerSpectra() if "spectrum" in self.groups else None
 
     # -- forward / backward capture: the Tap protocol -----------------------------------------
 
@@ -207,7 +207,7 @@ class Probe:
             self._add(site, noise.noise(sums, weight.grad))
         self._noise_sums = {}
         if self._spectra is not None:
-            for quantity, (keys, values) in self._spectra.measure().items():
+            for quantity, (keys, values) in self._spectra.measure([(layer.site.key, list(layer.weights.values())) for layer in self.layers]).items():
                 pending.columns[quantity] = (keys, values, 1.0)
         self._measure_more(pending)
         pending.extras["loss"] = loss.detach()

@@ -39,7 +39,7 @@ from gradlab.measure.pending import Column, PendingMeasurement, SiteKey
 from gradlab.measure.probe import Probe
 from gradlab.measure.rows import timestep_rows
 from gradlab.theory.activations import ACTIVATIONS, region_counts
-from gradlab.vocab.quantities import DEFAULT_GROUPS, NOISE, RECURRENT_LAYERS_COLUMNS, SATURATION_THRESHOLD, TIMESTEPS_COLUMNS, TIMESTEPS_KEYS
+from gradlab.vocab.quantities import DEFAULT_GROUPS, NOISE, RECURRENT_LAYERS_COLUMNS, SATURATION_THRESHOLD, SPECTRUM, TIMESTEPS_COLUMNS, TIMESTEPS_KEYS
 
 
 class RecurrentProbe(Probe):
@@ -166,7 +166,10 @@ class RecurrentProbe(Probe):
 
     def columns_written(self, columns: dict[str, Column]) -> list[str]:
         # the noise group's columns stay empty: see quantities.NOISE_QUANTITIES
-        return [*RECURRENT_LAYERS_COLUMNS[len(("step", "layer", "name", "kind")) :], *(NOISE if "noise" in self.groups else ())]
+        return [
+            *RECURRENT_LAYERS_COLUMNS[len(("step", "layer", "name", "kind")) :], *(NOISE if "noise" in self.groups else ()),
+            *(SPECTRUM if "spectrum" in self.groups else ()),  # of [W_ih W_hh] (quantities.SPECTRUM)
+        ]
 
     def timestep_rows(self, step: int, columns: dict[str, Column]) -> list[dict]:
         """One timesteps.csv row per (recurrent layer, t) tapped this step, layer then t ascending."""

@@ -85,7 +85,7 @@ import yaml
 from torch import nn
 
 from gradlab.build.sites import Site
-from gradlab.measure import kernels
+from gradlab.measure import kernels, noise, spectrum
 from gradlab.measure.norms import norm_of, norms
 from gradlab.measure.ops import OpTap, Use
 from gradlab.measure.pending import PendingMeasurement
@@ -96,11 +96,14 @@ from gradlab.records.run import run_meta
 from gradlab.records.write import META_EVERY_S, RunRecords, write_text_atomic
 from gradlab.vocab.errors import ConfigError
 from gradlab.vocab.quantities import (
-    LAYER_QUANTITIES, QUANTITIES, RECURRENT_LAYER_QUANTITIES, RECURRENT_LAYERS_COLUMNS, TIMESTEP_QUANTITIES, layers_columns,
+    LAYER_QUANTITIES, NOISE, QUANTITIES, RECURRENT_LAYER_QUANTITIES, RECURRENT_LAYERS_COLUMNS, SPECTRUM, TIMESTEP_QUANTITIES, layers_columns,
 )  # fmt: skip
 
 WATCH_GROUPS = ("weights", "deltas", "updates")  # what can be measured on an arbitrary model
 TIME_GROUPS = (*WATCH_GROUPS[:2], "activations", WATCH_GROUPS[2])  # with time=True: the recurrent layers' states and gates too
+OPT_IN_GROUPS = ("noise", "spectrum")  # measured only when listed in groups=
+# Where the noise group's cells stay empty, config.yaml's log.noise says why.
+NOISE_BATCHNORM = "empty: a BatchNorm module in training mode makes each example's output depend on the whole batch, so per-example gradients do not exist"
 Number = float | int | torch.Tensor | None
 
 # The columns that are gradients of L: under a GradScaler they are the scaled loss's, divided by its scale on the host.
@@ -187,7 +190,7 @@ class Watch:
             raise ConfigError(f"watch: every got {every!r}; a whole number of steps, 1 or more")
         if not isinstance(time, bool):
             raise ConfigError(f"watch: time got {time!r}; True or False")
-        allowed = TIME_GROUPS if time else WATCH_GROUPS
+        allowed = (*(TIME_GROUPS if time else WATCH_GROUPS), *OPT_IN_GROUPS)
         groups = list(TIME_GROUPS if time and groups is WATCH_GROUPS else dict.fromkeys(groups))
         unknown = [g for g in groups if g not in allowed]
         if unknown:
@@ -213,6 +216,11 @@ class Watch:
         self._head: Site | None = None  # the last site of the first measured pass, labelled head for good
         recurrent = time and any(isinstance(m, nn.RNNBase) for m in model.modules())
         self._layer_quantities = RECURRENT_LAYERS_COLUMNS[4:] if recurrent else list(QUANTITIES)
+        if "noise" in self.groups:
+            self._layer_quantities += list(NOISE)
+        if "spectrum" in self.groups:  # of the weights each site's call used, as the forward pass used them
+            self._layer_quantities += list(SPECTRUM)
+        self._spectra = spectrum.LayerSpectra() if "spectrum" in self.groups else None
         self._config = {
             "name": name, "seed": seed, "device": str(self.device),
             "model": {"kind": "watch", "class": type(model).__name__, "depth": None,
@@ -228,7 +236,7 @@ class Watch:
             self._config["expect"] = expect
         self.run_dir = new_run_dir(out, name)
         meta = run_meta(name, self.run_dir.name, seed, str(self.device), None)
-        self.records = RunRecords(self.run_dir, self._config_yaml(), meta, layers_columns(recurrent=recurrent), timesteps=time)
+        self.records = RunRecords(self.run_dir, self._config_yaml(), meta, layers_columns(recurrent=recurrent, noise="noise" in self.groups, spectrum="spectrum" in self.groups), timesteps=time)
         for param in model.parameters():
             _WATCHING[id(param)] = (weakref.ref(param), weakref.ref(self))
         self.steps = 0  # calls of step() so far: the step now being taken
@@ -305,6 +313,7 @@ class Watch:
             del self._parts[site]
         self._pending = PendingMeasurement()
         self._tapping = self._tapped = False
+        self._noise_coupled = False  # a BatchNorm in training mode this step: no per-example gradients
         self._calls: dict[str, int] = {}  # call numbers restart with every measured forward pass
         self._touched: list[Site] = []
         self._provisional: list[Site] = []  # sites first seen in this forward pass, kept when it ends
@@ -315,6 +324,7 @@ class Watch:
         self._accumulated: dict[int, nn.Parameter] = {}  # the parameters this backward pass reached so far
         self._changes: dict[int, torch.Tensor] = {}  # id(weight) -> ||W_after - W_before||
         self._scale: torch.Tensor | None = None  # the GradScaler's scale in this step's backward
+        self._spectrum_columns: dict = {}  # the spectrum group's, taken when the measured forward pass ends
         if hasattr(self, "_timesteps"):
             self._timesteps.begin(self._pending)
 
@@ -350,6 +360,10 @@ class Watch:
         elif self._tapped:
             return  # one forward pass per step is measured (gradient accumulation: the first)
         self._tapping = True
+        self._noise_coupled = "noise" in self.groups and any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in self.model.modules())
+        if self._noise_coupled and self._config["log"].get("noise") != NOISE_BATCHNORM:
+            self._config["log"]["noise"] = NOISE_BATCHNORM
+            self._write_config()
         self._mode = OpTap(self._params, self._on_use, self._on_recurrent, _batch_size(args, kwargs))
         self._mode.__enter__()
 
@@ -385,6 +399,8 @@ class Watch:
             # kernel instead of one per site; on the CPU the same per-tensor norm)
             used = list({id(w): w for site in self._touched for w in self._parts[site].weights}.values())
             self._param_norms = dict(zip((id(w) for w in used), norms([w.detach() for w in used])))
+        if self._spectra is not None:
+            self._spectrum_columns = self._spectra.measure([(site.key, self._parts[site].weights) for site in dict.fromkeys(self._touched)])
 
     # -- the sites of a measured pass ---------------------------------------------------------
 
@@ -418,6 +434,41 @@ class Watch:
         site = self._site(self._name_of(use.weights[0]), parts)
         if "deltas" in self.groups and use.output.requires_grad:
             use.output.register_hook(self._delta_hook(site, use.units, use.examples))
+        if "noise" in self.groups and not self._noise_coupled and use.output.requires_grad:
+            self._noise_use(site, use)
+
+    def _noise_use(self, site: Site, use: Use) -> None:
+        """The noise group at a Linear or convolution call whose examples are dimension 0 of its
+        input and output (noise.py); every other use keeps empty cells. The layer's gradient g_bar
+        is this use's own, summed from the input and output gradient (a parameter used twice has
+        one .grad for both uses)."""
+        if use.call is None or use.kind not in ("linear", "conv", "conv_transpose") or use.examples != (0, None):
+            return
+        func, args, kwargs = use.call
+        x = args[0] if args else kwargs.get("input")
+        if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[0] != use.output.shape[0]:
+            return
+        x, weight = x.detach(), use.weights[0]
+        rest = tuple(args[3:])
+        options = {k: v for k, v in kwargs.items() if k not in ("input", "weight", "bias")}
+
+        def hook(grad: torch.Tensor) -> None:
+            if ("noise", site) in self._deltas:  # a second backward through the same graph: the first counts
+                return
+            self._deltas.add(("noise", site))  # type: ignore[arg-type]
+            with torch.no_grad():
+                if use.kind == "linear":
+                    sums = noise.linear_sums(x, grad)
+                    g_bar = None
+                    if sums.mean is None:  # one position: this use's dL/dW, delta^T a
+                        g_bar = noise.working(grad).T @ noise.working(x)
+                    measured = noise.noise(sums, g_bar)
+                else:
+                    measured = noise.noise(noise.call_sums(func, x, weight, grad, rest, options))
+            for m in measured:
+                self._pending.add(m.quantity, site, m.value, m.divisor)
+
+        use.output.register_hook(hook)
 
     def _describe(self, use: Use) -> str:
         """config.yaml's line for a use: `linear(c_attn.weight (24, 8), bias c_attn.bias (24,))`."""
@@ -636,6 +687,8 @@ class Watch:
         if "weights" in self.groups or "updates" in self.groups:
             self._site_columns(pending)
         self._timesteps.measure(pending)
+        for quantity, (keys, values) in self._spectrum_columns.items():
+            pending.columns[quantity] = (keys, values, 1.0)
         if grad_norms:
             pending.extras["grad_norm"] = norm_of(list(grad_norms.values()))
         if self._scale is not None:
@@ -649,7 +702,7 @@ class Watch:
         skipped = self.scaler is not None and not math.isfinite(extras.get("grad_norm") or 0.0)
         if self._tapped and not skipped:
             sites = [dataclasses.replace(site, kind="head") if site == self._head else site for site in self.sites]
-            self.records.layers.write(layer_rows(self.steps, sites, columns, self._layer_quantities))
+            self.records.layers.write(layer_rows(self.steps, sites, spectrum.cells(dict(columns)), self._layer_quantities))
             if self.records.timesteps is not None:
                 self.records.timesteps.write(self._timesteps.timestep_rows(self.steps, columns))
         values = {**_plain(loss=loss, accuracy=accuracy), **extras}

@@ -148,9 +148,10 @@ def _train(exp, emit, device, data, run_dir, index, stop_poll, threads) -> RunRe
     )
 
     recurrent = exp.model.kind in RECURRENT_KINDS  # rnn, lstm, gru: their own layers.csv columns, and timesteps.csv
-    # the opt-in groups (noise; coordinates, for gradlab coordcheck) add their columns last
+    # the opt-in groups (noise; coordinates, for gradlab coordcheck; spectrum) add their columns last
     layer_columns = layers_columns(getattr(exp.model, "residual", False), has_norm_columns(exp.model), recurrent,
-                                   noise="noise" in exp.log.probes, coordinates="coordinates" in exp.log.probes)  # fmt: skip
+                                   noise="noise" in exp.log.probes, coordinates="coordinates" in exp.log.probes,
+                                   spectrum="spectrum" in exp.log.probes)  # fmt: skip
     meta = run_meta(exp.name, run_dir.name, exp.seed, str(device), steps)
     if threads > 1:  # the last bits of large reductions depend on it (docs/performance.md, Threads); one is the usual
         meta["threads"] = threads

@@ -201,6 +201,25 @@ SPECTRUM_QUANTITIES: tuple[Quantity, ...] = (
 )  # fmt: skip
 SPECTRUM: dict[str, Quantity] = {q.name: q for q in SPECTRUM_QUANTITIES}
 
+# coordcheck.csv (`gradlab coordcheck`, in its sweep folder): one row per (variant, width, seed, step,
+# layer), the coordinate columns of each run's layers.csv beside the width it ran at.
+COORDCHECK_COLUMNS: dict[str, str] = {
+    "variant": "the values of the config's own sweep axes that this row's run had (key=value, ...; expect.* left out); empty without such axes",
+    "width": "model.width of the run: every hidden layer's units (mlp) or channels (cnn); the input and output sizes stay fixed",
+    "seed": "the run's seed",
+    "step": "optimizer steps taken before this measurement (step 0: the network at initialization)",
+    "layer": "0 for the block nearest the input, counting up; the head is last",
+    "name": "module name: blocks.3, head",
+    "act_l1": COORDINATES["act_l1"].meaning,
+    "act_rms": COORDINATES["act_rms"].meaning,
+    "delta_rms": "as in layers.csv: the root mean square over examples of the per-example gradient's norm at the layer's output z (for the head: the logits)",
+    "update_rms": COORDINATES["update_rms"].meaning,
+}
+COORDCHECK_QUANTITIES = ("act_l1", "act_rms", "delta_rms", "update_rms")
+# The slope |s| of log(coordinate) against log(width) up to which a coordinate is width-stable:
+# mup's own test asks the l1 to change by at most 1.2x per 4x width, log 1.2 / log 4 = 0.1315.
+COORDCHECK_TOLERANCE = 0.13
+
 # The columns that identify a row of `layers.csv`, then the measured quantities.
 LAYERS_KEYS: dict[str, str] = {
     "step": "optimizer steps taken before this measurement; step 0 is the network at initialization",
