@@ -68,7 +68,7 @@ def _power_of_two(value: torch.Tensor) -> torch.Tensor:
     return torch.where(largest > 0, torch.ldexp(torch.ones_like(largest), exponent), torch.ones_like(largest))
 
 
-def _working(value: torch.Tensor) -> torch.Tensor:
+def working(value: torch.Tensor) -> torch.Tensor:
     """float32 for half-precision tensors (their squares would lose digits), else as it is."""
     return value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
 
@@ -77,7 +77,7 @@ def linear_sums(a: torch.Tensor, delta: torch.Tensor) -> NoiseSums:
     """The sums of a weight applied as z = a W^T (+ b): `a` its input (B, *positions, in), `delta`
     dL/dz (B, *positions, out), examples in dimension 0. One position: the one-pass form from the
     rows' norms and one matmul; several: the per-example gradients, formed in chunks."""
-    a, delta = _working(a.detach()), _working(delta)
+    a, delta = working(a.detach()), working(delta)
     batch = a.shape[0]
     if a.dim() == 2:
         norms = batch * norm_rows(a) * norm_rows(delta)  # ||g_n|| = B ||a_n|| ||delta_n||, exact
@@ -96,7 +96,7 @@ def conv2d_sums(x: torch.Tensor, delta: torch.Tensor, module: torch.nn.Conv2d) -
     """The sums of an nn.Conv2d's weight (groups 1, numeric padding, zeros padding mode), from its
     input x (B, C_in, H, W) and delta = dL/dz (B, C_out, H', W'): the unfolded input A_n (P, C_in k k)
     and the per-example gradient Delta_n A_n, reshaped as the weight."""
-    x, delta = _working(x.detach()), _working(delta)
+    x, delta = working(x.detach()), working(delta)
     batch = x.shape[0]
     unfolded = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)  # (B, D, P)
     flat = delta.reshape(batch, delta.shape[1], -1)  # (B, C_out, P)

@@ -92,7 +92,9 @@ class Use:
 
     `examples`: how to see the output with its examples first, (dim, shape) with dim the batch's
     dimension of `output.view(shape)` (shape None: as it is); None where the examples cannot be
-    told apart from positions (delta_rms is left empty there)."""
+    told apart from positions (delta_rms is left empty there). `call`: the function called and its
+    arguments, (func, args, kwargs), for the calls of OPS (the noise group recomputes a
+    convolution's per-example weight gradients from them); None for the matrix products."""
 
     kind: str
     weights: list[torch.nn.Parameter]
@@ -100,6 +102,7 @@ class Use:
     output: torch.Tensor
     units: int
     examples: tuple[int, tuple[int, ...] | None] | None
+    call: tuple | None = None
 
 
 def _argument(args: tuple, kwargs: dict, where: tuple[int, str]):
@@ -154,7 +157,7 @@ class OpTap(TorchFunctionMode):
             weight = self.parameter(_argument(args, kwargs, op.weight))
             if weight is not None and isinstance(out, torch.Tensor):
                 bias = self.parameter(_argument(args, kwargs, op.bias)) if op.bias is not None else None
-                self.on_use(Use(op.kind, [weight], bias, out, op.units, self._examples(out)))
+                self.on_use(Use(op.kind, [weight], bias, out, op.units, self._examples(out), (func, args, kwargs)))
             return out
         matmul = MATMULS.get(func)
         if matmul is not None:
