@@ -1,0 +1,154 @@
+"""log.jacobian: jacobian.csv's columns against the dense Jacobian (torch.autograd.functional.jacobian
+and torch.linalg.svdvals) on small MLP, CNN, residual and BatchNorm stacks; the Hutchinson error
+shrinking as 1/sqrt(K); a run with it writes the same other records as one without; bad input is one
+line and exit 2."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from gradlab.build.models import build_model
+from gradlab.config.experiment import ModelConfig
+from gradlab.measure.jacobian import block_outputs, jacobian_spectrum
+
+torch.set_default_dtype(torch.float32)
+
+
+def dense(model, x):
+    """Per example e: the singular values of every block's J_l, from the dense Jacobian (eval mode)."""
+    model.eval()
+    shape = tuple(x.shape[1:])
+    per_example = []
+    for e in range(x.shape[0]):
+        jacobians = torch.autograd.functional.jacobian(lambda z: block_outputs(model, z, shape), x[e].reshape(1, -1))
+        per_example.append([torch.linalg.svdvals(j.reshape(j.shape[1], -1)) for j in jacobians])
+    model.train()
+    return per_example
+
+
+def exact_columns(model, x):
+    """m1 per block, m2, s2 (of the means) and sv_max (mean over examples) of the last block."""
+    n_in = x[0].numel()
+    values = dense(model, x)
+    m1 = torch.stack([torch.stack([(sv**2).sum() / n_in for sv in example]) for example in values]).mean(0)
+    m2 = torch.stack([(example[-1] ** 4).sum() / n_in for example in values]).mean()
+    sv_max = torch.stack([example[-1].max() for example in values]).mean()
+    return m1.tolist(), m2.item(), (m2 / m1[-1] ** 2 - 1).item(), sv_max.item()
+
+
+MODELS = {
+    "mlp": (dict(kind="mlp", activation="tanh"), (6,)),
+    "cnn": (dict(kind="cnn", activation="tanh", pool_every=2), (2, 4, 4)),
+    "residual": (dict(kind="mlp", activation="relu", residual=True, branch_depth=2), (6,)),
+    "batchnorm": (dict(kind="mlp", activation="relu", norm="batchnorm"), (6,)),
+}
+
+
+@pytest.mark.parametrize("which", MODELS)
+def test_every_column_agrees_with_the_dense_jacobian(which):
+    settings, shape = MODELS[which]
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(depth=3, width=5, **settings), shape, 3).double()
+    if which == "batchnorm":  # running statistics that are not the initial ones
+        with torch.no_grad():
+            for _ in range(3):
+                model(torch.randn(16, *shape, dtype=torch.double) * 2 + 1)
+    x = torch.randn(3, *shape, dtype=torch.double)
+    m1, m2, s2, sv_max = exact_columns(model, x)
+    got = jacobian_spectrum(model, x, probes=4000, power_iterations=300, generator=torch.Generator().manual_seed(0))
+    # Hutchinson with K probes: relative error about sqrt(2 (1 + s2) / (n_in K)) per example, a few % here
+    assert got.m1 == pytest.approx(m1, rel=0.04)
+    assert got.m2 == pytest.approx(m2, rel=0.08)
+    assert got.s2 == pytest.approx(s2, rel=0.1, abs=0.05)
+    assert got.sv_max == pytest.approx(sv_max, rel=1e-6)  # power iteration converged
+    assert got.probes == 4000
+    assert model.training  # the mode is put back
+
+
+def test_rows_leave_m2_s2_and_sv_max_to_the_last_block():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(depth=3, width=5), (4,), 2)
+    rows = jacobian_spectrum(model, torch.randn(2, 4), 2, 3, torch.Generator().manual_seed(0)).rows(7)
+    assert [r["layer"] for r in rows] == [0, 1, 2] and {r["step"] for r in rows} == {7}
+    assert all(r[c] is None for r in rows[:-1] for c in ("m2", "s2", "sv_max"))
+    assert all(r[c] is not None for c in ("m1", "m2", "s2", "sv_max") for r in rows[-1:])
+
+
+def test_the_estimators_error_shrinks_as_one_over_sqrt_k():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(depth=3, width=8, activation="tanh"), (8,), 2).double()
+    x = torch.randn(1, 8, dtype=torch.double)
+    exact, exact_m2, _, _ = exact_columns(model, x)
+
+    def rms_error(probes):
+        m1 = [jacobian_spectrum(model, x, probes, 1, torch.Generator().manual_seed(seed)).m1[-1] for seed in range(60)]
+        return math.sqrt(np.mean((np.array(m1) - exact[-1]) ** 2))
+
+    few, many = rms_error(4), rms_error(64)
+    assert 4 / 1.6 < few / many < 4 * 1.6  # sqrt(64 / 4) = 4
+
+
+def test_sv_max_is_the_largest_singular_value_not_less():
+    torch.manual_seed(1)
+    model = build_model(ModelConfig(depth=2, width=6, activation="relu"), (6,), 2).double()
+    x = torch.randn(2, 6, dtype=torch.double)
+    _, _, _, sv_max = exact_columns(model, x)
+    few = jacobian_spectrum(model, x, 1, 2, torch.Generator().manual_seed(0)).sv_max
+    assert few <= sv_max * (1 + 1e-9)  # a Rayleigh quotient: a lower bound that converges from below
+
+
+def base(out, **log):
+    return {
+        "name": "jac", "seed": 3, "device": "cpu",
+        "data": {"name": "gaussian", "dim": 8, "classes": 3, "n_train": 64, "n_test": 16, "batch_size": 16},
+        "model": {"depth": 3, "width": 8, "activation": "tanh", "dropout": 0.2},
+        "train": {"steps": 5, "eval_every": 5}, "log": {"every": 2, "out": str(out), **log},
+    }  # fmt: skip
+
+
+def test_a_run_with_it_records_everything_else_exactly_as_without(tmp_path):
+    from gradlab.config.experiment import validate
+    from gradlab.orchestrate.runner import run_experiment
+    from gradlab.records.run import load_run
+
+    plain = run_experiment(validate(base(tmp_path / "a"))).run_dir
+    measured = run_experiment(validate(base(tmp_path / "b", jacobian={"every": 4, "probes": 3, "examples": 2}))).run_dir
+    assert (plain / "layers.csv").read_bytes() == (measured / "layers.csv").read_bytes()  # dropout's draws untouched
+    drop_time = lambda path: [line.rsplit(",", 1)[0] for line in path.read_text().splitlines()]  # noqa: E731
+    assert drop_time(plain / "metrics.csv") == drop_time(measured / "metrics.csv")
+    assert not (plain / "jacobian.csv").exists()
+    assert "jacobian" not in yaml.safe_load((plain / "config.yaml").read_text())["log"]
+    run = load_run(measured)
+    assert run.jacobian["step"].tolist() == [0, 0, 0, 4, 4, 4, 5, 5, 5]  # every 4 steps, and the last
+    assert run.jacobian["probes"].eq(3).all() and run.jacobian["s2"].notna().sum() == 3
+    assert load_run(plain).jacobian is None
+
+
+@pytest.mark.parametrize(
+    "log, model, line",
+    [
+        ({"jacobian": {"every": 2, "probes": 0}}, {}, "error: log.jacobian.probes: got 0; must be >= 1"),
+        ({"jacobian": {"every": 3}}, {}, "error: log.jacobian.every: 3 is not a multiple of log.every 2: the Jacobian is measured on logged steps only"),
+        ({"jacobian": {"probes": 4}}, {}, "error: log.jacobian.every: needs every: a multiple of log.every"),
+        ({"jacobian": {"every": 2}}, {"kind": "rnn"},
+         "error: log.jacobian: the input-output Jacobian is measured on the mlp and cnn stacks; model.kind rnn feeds one input per time step, "
+         "so there is no single block output to map the input to: use kind mlp or cnn, or leave it out"),
+    ],
+)  # fmt: skip
+def test_bad_settings_are_one_line_and_exit_2(tmp_path, invoke, log, model, line):
+    config = base(tmp_path / "out", **log)
+    config["model"].update(model)
+    if model.get("kind") == "rnn":
+        config["data"] = {"name": "adding", "n_train": 64, "n_test": 16, "batch_size": 16}
+        config["model"].pop("dropout")
+        config["loss"] = "mse"
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = invoke("validate", path)
+    assert result.exit_code == 2
+    assert result.stderr == line + "\n"
