@@ -20,6 +20,14 @@ dropout) and a Linear head on sequences of 32 tokens at batch 16, its watch rows
 plain loop: there watch sees every parameter use through a TorchFunctionMode on measured steps
 (the attention's in_proj_weight and out_proj inside nn.MultiheadAttention included).
 
+Then each probe group of `log.probes` alone, logged every step (noise also every 10 steps), each
+with the extra milliseconds a logged step costs over gradlab's unprobed step, so that a user can
+choose the groups (presets: `log.probes: cheap`, weights and deltas; `all`); a group the MLP cannot
+measure says why. A 1-layer LSTM (benchmarks/recurrent.py's) shows what the recurrent probe's
+per-time-step rows cost against its own unprobed gradlab step. Last, the whole-run figure of issue
+22: `gradlab run` of the MLP for 300 steps in a fresh process with log.every 1 against logging
+steps 0 and 300 only (--whole-rounds 0 leaves it out).
+
 With --per-step the variants take turns step by step within each round instead. The two differ for
 a variant that measures some steps only (watch every 10 steps): in blocks, the steps that follow a
 measured one run a few percent slower than a plain loop's (glibc's allocator gives back memory the
@@ -35,6 +43,7 @@ ratios steadier than wall-time ones (time spent waiting for a core is not counte
 says what load the figures were taken under. On a quiet machine the two agree.
 
     python benchmarks/overhead.py [--rounds 15] [--steps 20] [--depth 50] [--width 256] [--threads 1] [--only TEXT] [--per-step]
+                                  [--whole-rounds 3] [--whole-steps 300]
 """
 
 from __future__ import annotations
@@ -54,26 +63,42 @@ from gradlab.config.experiment import validate
 from gradlab.build.dataset import Dataset
 from gradlab.records.write import RunRecords
 from gradlab.orchestrate.train import Trainer
+from gradlab.vocab.errors import GradlabError
+from gradlab.vocab.quantities import DEFAULT_GROUPS, GROUPS
 
+# issue 22's targets, as ratios to the row's baseline (a whole run's are in whole_run below)
 TARGETS = {"weights probe every step": 1.05, "all probes every step": 1.25, "all probes every 10 steps": 1.03,
-           "transformer: watch every 10 steps": 1.05}
-BASELINES = {"transformer: watch every step": "transformer: plain loop", "transformer: watch every 10 steps": "transformer: plain loop"}
+           "transformer: watch every 10 steps": 1.05, "group noise: every step": 1.2, "group noise: every 10 steps": 1.03}
+WHOLE_RUN_TARGET = 1.35  # a whole gradlab run, default probes every step against logging step 0 (and the last) only
+BASELINES = {"transformer: watch every step": "transformer: plain loop", "transformer: watch every 10 steps": "transformer: plain loop",
+             "lstm: probes never attached": "lstm: probes never attached", "lstm: default probes every step": "lstm: probes never attached", "lstm: default probes every 10 steps": "lstm: probes never attached"}
+# a row's extra milliseconds per logged step are taken against gradlab's own unprobed step
+UNPROBED = {name: "lstm: probes never attached" for name in BASELINES if name.startswith("lstm")}
 LR = 1e-3
+LSTM = {"width": 64, "seq_len": 50, "batch": 32}  # benchmarks/recurrent.py's model, its time steps in timesteps.csv
 
 
-def make_trainer(args, probes: list[str], out: str) -> Trainer:
-    exp = validate({
-        "name": "overhead", "device": "cpu",
-        "data": {"dim": args.width, "classes": 10, "n_train": args.batch, "n_test": args.batch, "batch_size": args.batch},
-        "model": {"depth": args.depth, "width": args.width, "activation": "relu", "init": {"weight": "kaiming_normal", "bias": "zeros"}},
-        "optim": {"name": "sgd", "lr": LR},
-        "log": {"probes": probes, "out": out},
-    })  # fmt: skip
-    x = torch.randn(args.batch, args.width)
-    y = torch.randint(0, 10, (args.batch,))
-    data = Dataset(x, y, x, y, (args.width,), 10)
-    trainer = Trainer(exp, torch.device("cpu"), data)
-    trainer.records = RunRecords(Path(tempfile.mkdtemp(dir=out)), exp.to_yaml(), {})
+def make_trainer(args, probes: list[str], out: str, kind: str = "mlp") -> Trainer:
+    from gradlab.vocab.quantities import RECURRENT_KINDS, layers_columns
+
+    if kind == "lstm":
+        config = {
+            "data": {"name": "adding", "seq_len": LSTM["seq_len"], "n_train": LSTM["batch"], "n_test": LSTM["batch"], "batch_size": LSTM["batch"]},
+            "model": {"kind": "lstm", "depth": 1, "width": LSTM["width"]}, "loss": "mse",
+        }  # fmt: skip
+        x, y, shape, classes = torch.rand(LSTM["batch"], LSTM["seq_len"], 2), torch.rand(LSTM["batch"]), (LSTM["seq_len"], 2), 1
+    else:
+        config = {
+            "data": {"dim": args.width, "classes": 10, "n_train": args.batch, "n_test": args.batch, "batch_size": args.batch},
+            "model": {"depth": args.depth, "width": args.width, "activation": "relu", "init": {"weight": "kaiming_normal", "bias": "zeros"}},
+        }  # fmt: skip
+        x, y, shape, classes = torch.randn(args.batch, args.width), torch.randint(0, 10, (args.batch,)), (args.width,), 10
+    exp = validate({"name": "overhead", "device": "cpu", **config, "optim": {"name": "sgd", "lr": LR}, "log": {"probes": probes, "out": out}})
+    trainer = Trainer(exp, torch.device("cpu"), Dataset(x, y, x, y, shape, classes))
+    recurrent = kind in RECURRENT_KINDS
+    columns = layers_columns(recurrent=recurrent, **{group: group in probes for group in ("noise", "coordinates", "spectrum")})
+    trainer.records = RunRecords(Path(tempfile.mkdtemp(dir=out)), exp.to_yaml(), {}, columns, timesteps=recurrent)
+    trainer.own_batch = (x, y) if kind != "mlp" else None
     return trainer
 
 
@@ -191,10 +216,12 @@ def timed(step, x, y, steps: int) -> tuple[float, float]:
 
 def gradlab_step(trainer: Trainer, probe_every: int | None):
     """A step function for the trainer that counts its own steps from 0 and attaches the probe
-    every `probe_every` steps (None: never)."""
+    every `probe_every` steps (None: never). A trainer with its own batch (the LSTM) trains on it."""
     state = {"step": 0}
 
     def step(x, y) -> None:
+        if trainer.own_batch is not None:
+            x, y = trainer.own_batch
         k = state["step"]
         state["step"] += 1
         if probe_every is not None and k % probe_every == 0:
@@ -214,6 +241,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: steadiest on a shared machine)")
     parser.add_argument("--only", default=None, help="time only the variants whose name holds this text (and their plain loops)")
+    parser.add_argument("--whole-rounds", type=int, default=3, help="rounds of the whole-run figure (0: leave it out)")
+    parser.add_argument("--whole-steps", type=int, default=300, help="steps of each whole run")
     parser.add_argument("--per-step", action="store_true",
                         help="interleave the variants step by step instead of in blocks of --steps (see the module docstring)")
     args = parser.parse_args()
@@ -226,6 +255,19 @@ def main() -> None:
         "weights probe every step": (make_trainer(args, ["weights"], out), 1),
         "all probes every step": (make_trainer(args, all_probes, out), 1),
         "all probes every 10 steps": (make_trainer(args, all_probes, out), 10),
+    }
+    skipped = {}
+    for group in GROUPS:  # each probe group alone, every step; noise also every 10 steps (issue 22's targets)
+        for every in (1, 10) if group == "noise" else (1,):
+            name = f"group {group}: every {'step' if every == 1 else f'{every} steps'}"
+            try:
+                trainers[name] = (make_trainer(args, [group], out), every)
+            except GradlabError as exc:  # a group this model cannot measure
+                skipped[name] = str(exc).splitlines()[0]
+    trainers |= {
+        "lstm: probes never attached": (make_trainer(args, list(DEFAULT_GROUPS), out, "lstm"), None),
+        "lstm: default probes every step": (make_trainer(args, list(DEFAULT_GROUPS), out, "lstm"), 1),
+        "lstm: default probes every 10 steps": (make_trainer(args, list(DEFAULT_GROUPS), out, "lstm"), 10),
     }
     twin = plain_twin(trainers["weights probe every step"][0])
     variants = {"plain PyTorch loop": Plain(twin).step}
@@ -277,16 +319,64 @@ def main() -> None:
           f"{load_after[0]:.2f} after, on {os.cpu_count()} cores")  # fmt: skip
     print("transformer rows: one pre-norm nn.TransformerEncoderLayer (d_model 128, 4 heads, ff 512) + Linear head, batch 16 x 32 tokens; "
           "their ratios are to the transformer's own plain loop")  # fmt: skip
-    print(f"{'variant':34} {'wall ms/step':>12} {'ratio':>7} {'CPU ms/step':>12} {'ratio':>7} {'target':>8}")
+    print(f"lstm rows: a 1-layer width-{LSTM['width']} LSTM on {LSTM['seq_len']} time steps at batch {LSTM['batch']} (per-time-step rows in "
+          "timesteps.csv); their ratios are to its gradlab step with the probe never attached")  # fmt: skip
+    print("extra ms: per logged step (the wall ms of a probed step minus gradlab's unprobed one, over the share of steps logged)")
+    print(f"{'variant':38} {'wall ms/step':>12} {'ratio':>7} {'CPU ms/step':>12} {'ratio':>7} {'extra ms':>9} {'target':>8}")
     for name, samples in times.items():
-        base = times[BASELINES.get(name, "plain PyTorch loop")]  # the transformer's rows: against its own plain loop
+        base = times[BASELINES.get(name, "plain PyTorch loop")]  # the transformer's and the LSTM's rows: against their own loop
         wall = statistics.median(t[0] / b[0] for t, b in zip(samples, base))
         cpu = statistics.median(t[1] / b[1] for t, b in zip(samples, base))
         target = TARGETS.get(name)
         mark = "" if target is None else (" ok" if max(wall, cpu) <= target else " OVER")
         target_text = f"<= {target:.2f}" if target else ""
-        print(f"{name:34} {statistics.median(t[0] for t in samples):12.2f} {wall:7.3f} "
-              f"{statistics.median(t[1] for t in samples):12.2f} {cpu:7.3f} {target_text:>8}{mark}")  # fmt: skip
+        every = trainers.get(name, (None, None))[1]
+        unprobed = times.get(UNPROBED.get(name, "gradlab, probes never attached"))
+        extra = ""
+        if every is not None and unprobed is not None:  # per logged step: 1 step in `every` is logged
+            extra = f"{statistics.median((t[0] - u[0]) * every for t, u in zip(samples, unprobed)):9.2f}"
+        print(f"{name:38} {statistics.median(t[0] for t in samples):12.2f} {wall:7.3f} "
+              f"{statistics.median(t[1] for t in samples):12.2f} {cpu:7.3f} {extra:>9} {target_text:>8}{mark}")  # fmt: skip
+    for name, why in skipped.items():
+        print(f"{name:38} not measured: {why}")
+    if args.whole_rounds:
+        whole_run(args)
+
+
+def whole_run(args) -> None:
+    """The issue's whole-run figure: `gradlab run` of the benchmark's MLP for --whole-steps steps in
+    a fresh process, log.every 1 (every step probed, default groups) against log.every equal to the
+    steps (step 0 and the last step probed), the two taking turns; the median ratio of the wall times."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    folder = Path(tempfile.mkdtemp(prefix="gradlab-whole-run-"))
+    commands = {}
+    for every in (1, args.whole_steps):
+        config = {
+            "name": f"whole-every-{every}", "device": "cpu", "seed": 0,
+            "data": {"dim": args.width, "classes": 10, "n_train": 4096, "n_test": 512, "batch_size": args.batch},
+            "model": {"depth": args.depth, "width": args.width, "activation": "relu", "init": {"weight": "kaiming_normal", "bias": "zeros"}},
+            "optim": {"name": "sgd", "lr": LR}, "train": {"steps": args.whole_steps, "eval_every": args.whole_steps},
+            "log": {"every": every, "out": str(folder)},
+        }  # fmt: skip
+        path = folder / f"every-{every}.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        commands[every] = [sys.executable, "-c", "from gradlab.cli.app import main; main()", "run", str(path), "--quiet", "--threads", str(args.threads)]
+    walls: dict[int, list[float]] = {every: [] for every in commands}
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    for round_ in range(args.whole_rounds):
+        for every in commands if round_ % 2 == 0 else reversed(list(commands)):
+            start = time.perf_counter()
+            subprocess.run(commands[every], check=True, env=env, stdout=subprocess.DEVNULL)
+            walls[every].append(time.perf_counter() - start)
+    ratio = statistics.median(a / b for a, b in zip(walls[1], walls[args.whole_steps]))
+    mark = "ok" if ratio <= WHOLE_RUN_TARGET else "OVER"
+    print(f"whole run ({args.whole_steps} steps, `gradlab run` in a fresh process, {args.whole_rounds} rounds taking turns): "
+          f"log.every 1 {statistics.median(walls[1]):.2f} s, only steps 0 and {args.whole_steps} {statistics.median(walls[args.whole_steps]):.2f} s, "
+          f"ratio {ratio:.3f}  target <= {WHOLE_RUN_TARGET:.2f} {mark}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_serializer,
@@ -48,7 +49,7 @@ from gradlab.vocab.datasets import (
 )
 from gradlab.vocab.errors import ConfigError
 from gradlab.vocab.parametrizations import BASE_WIDTH, PARAMETRIZATIONS, WIDTH_SCALED_KINDS, optimizers_defined
-from gradlab.vocab.quantities import DEFAULT_GROUPS, GROUPS, RECURRENT_KINDS, SATURATION_THRESHOLD, SUMMARY_QUANTITIES, TIME_QUANTITIES
+from gradlab.vocab.quantities import DEFAULT_GROUPS, GROUPS, PROBE_PRESETS, RECURRENT_KINDS, SATURATION_THRESHOLD, SUMMARY_QUANTITIES, TIME_QUANTITIES
 from gradlab.vocab.registry import Registry, SpecError, describe_value
 
 
@@ -292,9 +293,7 @@ class ModelConfig(Section):
         def error(message: str, key: str) -> PydanticCustomError:
             return PydanticCustomError("model", "{message}", {"message": message, "key": key})
 
-        if self.parametrization == "standard":
-            if "base_width" in self.model_fields_set and self.base_width != BASE_WIDTH:
-                raise error("applies to parametrization ntk or mup only (standard does not scale with width)", "base_width")
+        if self.parametrization == "standard":  # (a base_width is kept out of config.yaml: standard does not read it)
             return
         if self.kind not in WIDTH_SCALED_KINDS:
             raise error(f"{self.parametrization} is defined for kinds {' and '.join(WIDTH_SCALED_KINDS)}, not {self.kind}; allowed for {self.kind}: standard", "parametrization")
@@ -359,9 +358,19 @@ class JacobianConfig(Section):
         return data
 
 
+def _list_or_preset(schema: dict[str, Any]) -> None:
+    """log.probes in the JSON Schema: a list of groups, or a preset's name."""
+    schema["anyOf"] = [{"type": "array", "items": schema.pop("items")}, {"enum": list(PROBE_PRESETS)}]
+    schema.pop("type")
+
+
 class LogConfig(Section):
     every: int = Field(10, ge=1, description="probe every k steps (and at step 0 and the last step)")
-    probes: list[Literal[GROUPS]] = Field(list(DEFAULT_GROUPS))
+    probes: list[Literal[GROUPS]] = Field(
+        list(DEFAULT_GROUPS),
+        description="the probe groups measured at logged steps, or a preset: cheap (weights, deltas), all (every group the model can measure)",
+        json_schema_extra=_list_or_preset,
+    )
     out: str = Field("results", min_length=1, description="folder that run directories are created in")
     saturation_threshold: float = Field(
         SATURATION_THRESHOLD, gt=0, lt=1, description="saturated_frac counts |f'(u)| < this times sup |f'| in a flat tail (activations.Regions)"
@@ -371,6 +380,26 @@ class LogConfig(Section):
         False, description="also evaluate the test set with each batch's own BatchNorm statistics (metrics.csv split test_batch_stats)"
     )
     jacobian: Optional[JacobianConfig] = Field(None, description="the input-output Jacobian's spectrum (jacobian.csv): {every, probes, power_iterations, examples}; null: off")
+    _every_group: bool = PrivateAttr(False)  # probes: all, narrowed by the experiment to what its model can measure
+
+    @field_validator("probes", mode="before")
+    @classmethod
+    def _preset(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        if value not in PROBE_PRESETS:
+            raise PydanticCustomError(
+                "experiment", "{message}", {"message": f"got {describe_value(value)}; allowed: a preset ({', '.join(PROBE_PRESETS)}) or a list of {', '.join(GROUPS)}"}
+            )
+        return list(PROBE_PRESETS[value])
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _remember_all(cls, data: Any, handler):
+        log = handler(data)
+        if isinstance(data, dict) and data.get("probes") == "all":
+            log._every_group = True
+        return log
 
     @model_validator(mode="after")
     def _jacobian_on_logged_steps(self):
@@ -445,6 +474,14 @@ class Experiment(Section):
         return _name_in(specs.losses, value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
+    def _all_probes_the_model_can_measure(self):
+        # defined before the validators that refuse a group for a model, which run after it
+        if self.log._every_group:
+            refused = {"coordinates": self.model.kind not in WIDTH_SCALED_KINDS, "noise": self.model.norm["name"] == "batchnorm"}
+            self.log.probes = [group for group in self.log.probes if not refused.get(group)]
+        return self
+
+    @model_validator(mode="after")
     def _data_fits_model(self):
         self._sequences_fit_model()
         if "coordinates" in self.log.probes and self.model.kind not in WIDTH_SCALED_KINDS:
@@ -480,6 +517,11 @@ class Experiment(Section):
                 {"message": f"the input-output Jacobian is measured on the mlp and cnn stacks; model.kind {self.model.kind} "
                             "feeds one input per time step, so there is no single block output to map the input to: use kind mlp or cnn, or leave it out",
                  "key": "log.jacobian"},
+            )  # fmt: skip
+        if self.log.jacobian is None and self.expect is not None and self.expect.s2 is not None:
+            raise PydanticCustomError(
+                "experiment", "{message}",
+                {"message": "s2 is measured by log.jacobian (jacobian.csv), which this config leaves off: set log.jacobian: {every: N}", "key": "expect.s2"},
             )  # fmt: skip
         return self
 

@@ -21,6 +21,10 @@ Group = Literal["weights", "deltas", "activations", "updates", "noise", "coordin
 # its own layers.csv columns (layers_columns) and work at logged steps, so a config that does not ask
 # for one records exactly what it recorded before the group existed.
 DEFAULT_GROUPS = ("weights", "deltas", "activations", "updates")
+# `log.probes` may name a preset instead of a list (docs/performance.md says what each costs):
+# cheap, the groups a logged step pays least for; all, every group the model can measure (the config
+# leaves out a group it would refuse for that model: coordinates beyond mlp and cnn, noise with batchnorm).
+PROBE_PRESETS: dict[str, tuple[str, ...]] = {"cheap": ("weights", "deltas"), "all": GROUPS}
 
 # "A derivative below 5% of its maximum": the default of log.saturation_threshold, the t of
 # saturated_frac (theory.activations.Regions).
@@ -194,8 +198,8 @@ SPECTRUM_QUANTITIES: tuple[Quantity, ...] = (
              "W[:, :, p] at each kernel position p, times 1/2, pooled), those above 1e-5 sorted x_0 <= ... <= x_(N-1); for each "
              "x_min = x_i the maximum-likelihood alpha_i = 1 + n / sum_(j >= i) ln(x_j / x_i) over the n = N - i in the tail, and "
              "the fit is the x_min with the smallest Kolmogorov-Smirnov distance max_(j >= i) |1 - (x_j / x_i)^(1 - alpha_i) - (j - i) / n|. "
-             "WeightWatcher reads alpha < 2 as over-trained (heavy-tailed), 2 to 6 as well-trained, alpha > 6 as under-trained "
-             "(random-like). Empty with fewer than 50 eigenvalues (a head of 10 classes, any weight with a side below 50 that is "
+             "WeightWatcher's per-layer warning is over-trained for alpha < 2 (a very heavy tail) and under-trained for alpha > 6 "
+             "(a random-like spectrum). Empty with fewer than 50 eigenvalues (a head of 10 classes, any weight with a side below 50 that is "
              "not a convolution), fewer than 20 above 1e-5, or a tail without spread (alpha infinite: equal eigenvalues, "
              "an orthogonal W)"),
 )  # fmt: skip
@@ -299,6 +303,19 @@ PROFILE_QUANTITIES: dict[str, str] = {
     "bn_stat_distance": "largest bn_stat_distance over the hidden layers: how far a BatchNorm layer's normalization with this batch's statistics is "
                         "from the one with its running statistics (what the network uses at inference); 0 when they agree; BatchNorm runs only "
                         "(the column is left out of compare when no run has it)",
+    "first_gsnr": "gsnr of the first hidden layer (layer 0): the mean signal-to-noise ratio of its weight gradient's coordinates over the "
+                  "batch's examples; below 1 the examples disagree more than the batch's gradient says (noise group runs only)",
+    "last_gsnr": "gsnr of the last hidden layer (noise group runs only); a first_gsnr far below it: the signal that reaches the input end is "
+                 "drowned in the examples' noise",
+    "first_grad_noise_scale": "grad_noise_scale of the first hidden layer: the batch size at which its gradient's noise equals its signal "
+                              "(noise group runs only)",
+    "last_grad_noise_scale": "grad_noise_scale of the last hidden layer (noise group runs only)",
+    "s2": "jacobian.csv's s2 of the last hidden block: the normalized variance m2 / m1^2 - 1 of the squared singular values of the "
+          "input-output Jacobian (0: dynamical isometry); runs with log.jacobian only, at the steps it measured (0 and the last always)",
+    "alpha_min": "smallest weight_alpha over the hidden layers that have one (spectrum group runs only): below 2, WeightWatcher reads the "
+                 "layer as over-trained (heavy-tailed)",
+    "alpha_max": "largest weight_alpha over the hidden layers that have one (spectrum group runs only): above 6, WeightWatcher reads the "
+                 "layer as under-trained (random-like)",
 }
 
 # Measured over the whole run.
@@ -323,7 +340,14 @@ SUMMARY_QUANTITIES: dict[str, str] = {**PROFILE_QUANTITIES, **TIME_QUANTITIES, *
 
 # Summary quantities of some runs only (BatchNorm, log.test_batch_stats): compare leaves their
 # columns out where every row's is empty.
-OPTIONAL_SUMMARIES: tuple[str, ...] = ("bn_stat_distance", "final_test_batch_stats_accuracy")
+OPTIONAL_SUMMARIES: tuple[str, ...] = (
+    "bn_stat_distance", "final_test_batch_stats_accuracy", "first_gsnr", "last_gsnr", "first_grad_noise_scale", "last_grad_noise_scale",
+    "s2", "predicted_s2", "s2_departs", "alpha_min", "alpha_max",
+)  # fmt: skip
+
+# WeightWatcher's range of a well-trained layer's weight_alpha (its docs: "alpha < 2: over-trained",
+# "alpha > 6: under-trained"); `gradlab compare` names the hidden layers outside it (alpha_warning).
+ALPHA_RANGE: tuple[float, float] = (2.0, 6.0)
 
 
 # Theory beside measurement: what `gradlab compare --theory` puts beside the measured layer_factor
@@ -345,6 +369,23 @@ THEORY_QUANTITIES: dict[str, str] = {
     "step_departs": "recurrent runs: for a prediction, yes when step_factor@0 differs from predicted_step_factor by more than the tolerance, relative "
                     "(as departs); for Pascanu's bound, yes only when step_factor@0 exceeds it, step_factor@0 > (1 + tolerance) * bound (a factor "
                     "below the bound agrees with it); no otherwise; empty without a prediction",
+    # the gates of lstm and gru (the columns appear when a compared run is one)
+    "direct_factor": "lstm and gru runs: the measured direct-path factor at step 0 on the last recurrent layer: forget_mean (lstm) or update_mean (gru) of "
+                     "timesteps.csv averaged over the second half of the sequence (t >= T//2), the factor by which the cell (lstm) or the hidden state (gru) "
+                     "passes a gradient straight back one step",
+    "predicted_direct_factor": "lstm and gru runs: the gates' mean field (Gilboa et al. 2019) for direct_factor: E[f] or E[z] over the units (every unit's "
+                               "own bias integrated over, chrono's too) and over the same steps, from the zero state",
+    "h_second_moment": "lstm and gru runs: the measured E[h^2] at step 0 on the last recurrent layer, hidden_norm^2 / (batch_size * width) averaged over t >= T//2",
+    "predicted_h_second_moment": "lstm and gru runs: the gates' mean field for h_second_moment over the same steps",
+    "gate_departs": "lstm and gru runs: yes when the measured timescale -1/ln(direct_factor) differs from the predicted one by more than the tolerance "
+                    "(relative, as departs), a gate's mean by more than 0.05, or h_second_moment by more than 30% relative (a note names which, and "
+                    "gives every gate's measured and predicted mean); no otherwise; empty without a prediction",
+    # the input-output Jacobian (runs with log.jacobian; the columns appear when a compared run has jacobian.csv)
+    "predicted_s2": "runs with log.jacobian: free probability's s2 of the last hidden block at initialization (theory/jacobian.py: "
+                    "normalized variances add under free multiplication, Pennington, Schoenholz & Ganguli 2017), to set beside s2@0; "
+                    "empty where it does not apply (CNNs, residual stacks, normalization, other initializers: a note says why)",
+    "s2_departs": "runs with log.jacobian: yes when s2@0 differs from predicted_s2 by more than the tolerance, relative to the "
+                  "prediction (as departs), no when it does not; empty without a prediction",
 }
 
 
