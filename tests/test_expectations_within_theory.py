@@ -21,7 +21,7 @@ def test_within_theory_defaults_to_step_0_and_resolves_short():
 
 
 @pytest.mark.parametrize("section, line", [
-    ({"gain": {"within_theory": 0.05}}, "expect.gain.within_theory: within_theory belongs to layer_factor and step_factor only (theory predicts the per-layer and the per-step factor)"),
+    ({"gain": {"within_theory": 0.05}}, "expect.gain.within_theory: within_theory belongs to layer_factor, step_factor and s2 only (theory predicts the per-layer and the per-step factor, and the Jacobian's s2)"),
     ({"layer_factor": {"within_theory": 0.05, "max": 2}}, "expect.layer_factor.within_theory: give within_theory alone, without min, max or between"),
     ({"layer_factor": {"within_theory": 0.05, "step": "last"}}, "expect.layer_factor.step: within_theory compares with theory's prediction at initialization: step must be 0"),
     ({"layer_factor": {"within_theory": -1}}, "expect.layer_factor.within_theory: got -1; must be > 0"),

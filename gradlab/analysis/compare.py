@@ -25,6 +25,7 @@ from gradlab.analysis.summaries import (
     DEFAULT_THRESHOLDS,
     Thresholds,
     column_name,
+    jacobian_s2_at,
     missing_step_notes,
     profile_at,
     summarize_run,
@@ -223,6 +224,12 @@ def compare_runs(
                     continue
                 row.update(_step_theory(row, [runs[i] for i in members], predict.for_config(configs[members[0]]), tolerance, notes))
             order += ["predicted_step_factor", "step_departs"]
+        measured_jacobian = [any(runs[i].jacobian is not None for i in members) for members in groups]
+        if any(measured_jacobian):  # log.jacobian: the measured s2@0 beside free probability's
+            for row, members, measured in zip(rows, groups, measured_jacobian):
+                prediction = predict.for_config(configs[members[0]]) if measured else None
+                row.update(_jacobian_theory(row, [runs[i] for i in members], prediction, tolerance, notes))
+            order += ["predicted_s2", "s2_departs"]
     else:
         tolerance = None
     table = pd.DataFrame(rows, columns=order)
@@ -260,6 +267,22 @@ def _step_theory(row: dict[str, Any], members: list[Run], prediction: Any, toler
                      "not an estimate: step_departs only when step_factor@0 exceeds it")  # fmt: skip
     flag = predict.step_departs(measured, prediction, tolerance)
     return {"predicted_step_factor": prediction.step_factor, "step_departs": None if flag is None else ("yes" if flag else "no")}
+
+
+def _jacobian_theory(row: dict[str, Any], members: list[Run], prediction: Any, tolerance: float, notes: list[str]) -> dict[str, Any]:
+    """predicted_s2 and s2_departs of a row (seeds: the mean of their s2@0); empty for a row without
+    jacobian.csv, and a note saying why where the formula does not apply."""
+    from gradlab.theory import predict
+
+    if prediction is None:
+        return {"predicted_s2": math.nan, "s2_departs": None}
+    predicted = predict.jacobian_s2(prediction)
+    if predicted is None:
+        notes.append(f"{row['label']}: no predicted_s2: {prediction.extra.get('jacobian_reason', 'none derived')}")
+        return {"predicted_s2": math.nan, "s2_departs": None}
+    measured, _ = _mean_std([jacobian_s2_at(run, 0) for run in members])
+    flag = predict.s2_departs(measured, predicted, tolerance)
+    return {"predicted_s2": predicted, "s2_departs": None if flag is None else ("yes" if flag else "no")}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

@@ -92,6 +92,8 @@ def _within_theory(run: Run, quantity: str, bound) -> Outcome:
     prediction = predict.for_config(run.config)
     if quantity == "step_factor":
         return _within_step_theory(run, prediction, bound)
+    if quantity == "s2":
+        return _within_jacobian_theory(run, prediction, bound)
     measured = summaries.profile_at(run, 0)[quantity]
     name = summaries.column_name(quantity, 0)
     if prediction.layer_factor is None:
@@ -100,6 +102,22 @@ def _within_theory(run: Run, quantity: str, bound) -> Outcome:
         return Outcome(name, measured, f"within {bound.within_theory:g} of theory's {prediction.layer_factor:.4g}, which does not apply at {prediction.narrow} (docs/theory.md, Width)", False)
     departs = predict.departs(measured, prediction.layer_factor, bound.within_theory)
     return Outcome(name, measured, f"within {bound.within_theory:g} of theory's {prediction.layer_factor:.4g}, relative", departs is False)
+
+
+def _within_jacobian_theory(run: Run, prediction, bound) -> Outcome:
+    """`s2: {within_theory: x}`: the measured s2 of the last hidden block at step 0 within x of free
+    probability's, relative to 1 + predicted s2 (predict.s2_departs: a predicted isometry, s2 = 0, still
+    has a scale); a config the formula does not apply to fails, saying why."""
+    from gradlab.theory import predict
+
+    measured = summaries.jacobian_s2_at(run, 0)
+    name = summaries.column_name("s2", 0)
+    predicted = predict.jacobian_s2(prediction)
+    if predicted is None:
+        why = prediction.extra.get("jacobian_reason") or "the run's config has no log.jacobian"
+        return Outcome(name, measured, f"within {bound.within_theory:g} of theory, which has no prediction: {why}", False)
+    departs = predict.s2_departs(measured, predicted, bound.within_theory)
+    return Outcome(name, measured, f"within {bound.within_theory:g} of theory's {predicted:.4g}, relative to 1 + s2", departs is False)
 
 
 def _within_step_theory(run: Run, prediction, bound) -> Outcome:

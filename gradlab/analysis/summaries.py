@@ -209,7 +209,17 @@ def profile_at(run: Run, step: Step) -> dict[str, float]:
         "inactive_frac": largest("inactive_frac"),
         "saturated_frac": largest("saturated_frac"),
         "bn_stat_distance": largest("bn_stat_distance"),  # (BatchNorm runs only; empty for the others)
+        "s2": jacobian_s2_at(run, target),  # (runs with log.jacobian; empty for the others)
     }
+
+
+def jacobian_s2_at(run: Run, step: int | None) -> float:
+    """s2 of the last hidden block in jacobian.csv at `step` (NaN without jacobian.csv or that step)."""
+    table = run.jacobian
+    if table is None or step is None or not len(table):
+        return math.nan
+    rows = table[(table["step"].to_numpy() == step) & table["s2"].notna().to_numpy()]
+    return float(rows["s2"].iloc[-1]) if len(rows) else math.nan
 
 
 # --------------------------------------------------------------------------------------------

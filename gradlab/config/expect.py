@@ -70,8 +70,8 @@ class Bound(BaseModel):
     step: int | Literal["last"] = Field("last", description="0, last or a logged step (gradient-profile quantities only)")
     target_loss: Optional[float] = Field(None, description="steps_to_target only: the train loss to reach")
     within_theory: Optional[float] = Field(
-        None, gt=0, description="layer_factor and step_factor only: at most this far from theory's prediction at initialization, relative to it "
-                                "(step 0; for a bound, such as Pascanu's on step_factor, at most this far above it)"
+        None, gt=0, description="layer_factor, step_factor and s2 only: at most this far from theory's prediction at initialization, relative to it "
+                                "(s2: to 1 + s2; step 0; for a bound, such as Pascanu's on step_factor, at most this far above it)"
     )
 
     @model_validator(mode="before")
@@ -175,8 +175,9 @@ class _ExpectationsBase(BaseModel):
             raise _expect_error("steps_to_target needs target_loss: the train loss to reach", "target_loss")
         if quantity != "steps_to_target" and bound.target_loss is not None:
             raise _expect_error("target_loss belongs to steps_to_target only", "target_loss")
-        if quantity not in ("layer_factor", "step_factor") and bound.within_theory is not None:
-            raise _expect_error("within_theory belongs to layer_factor and step_factor only (theory predicts the per-layer and the per-step factor)", "within_theory")
+        if quantity not in ("layer_factor", "step_factor", "s2") and bound.within_theory is not None:
+            raise _expect_error("within_theory belongs to layer_factor, step_factor and s2 only (theory predicts the per-layer and the per-step factor, "
+                                "and the Jacobian's s2)", "within_theory")
         return bound
 
     @model_serializer(mode="wrap")

@@ -318,6 +318,21 @@ def _jacobian(exp: Any, prediction: Prediction) -> dict[str, Any]:
     return {"jacobian_m1": list(got.m1), "jacobian_s2": list(got.s2)}
 
 
+def jacobian_s2(prediction: Prediction) -> float | None:
+    """The predicted s2 of the last hidden block (what jacobian.csv's s2 is measured on), or None."""
+    values = prediction.extra.get("jacobian_s2")
+    return float(values[-1]) if values else None
+
+
+def s2_departs(measured: float, predicted: float | None, tolerance: float = DEPARTS_TOLERANCE) -> bool | None:
+    """Whether a measured s2 is off the predicted one by more than `tolerance` relative to 1 + s2 =
+    m2 / m1^2 (the positive quantity s2 is a shift of: a prediction of 0, an isometry, still has a
+    scale); None without a prediction or a measurement."""
+    if predicted is None or measured is None or math.isnan(measured):
+        return None
+    return abs(measured - predicted) > tolerance * (1 + predicted)
+
+
 def _gradient_prediction(exp: Any, moments: InputMoments | None, correlations: bool) -> Prediction:
     check_limits(exp)
     model = exp.model
@@ -568,6 +583,8 @@ def config_key(config: dict[str, Any]) -> str:
     import json
 
     body = {key: value for key, value in config.items() if key not in ("name", "seed", "expect", "claims", "log", "train", "optim", "loss", "device")}
+    if isinstance(config.get("log"), dict) and config["log"].get("jacobian") is not None:
+        body["log.jacobian"] = True  # its prediction carries the Jacobian's spectrum too
     return json.dumps(body, sort_keys=True, default=str)
 
 
