@@ -384,8 +384,9 @@ THEORY_QUANTITIES: dict[str, str] = {
     "predicted_s2": "runs with log.jacobian: free probability's s2 of the last hidden block at initialization (theory/jacobian.py: "
                     "normalized variances add under free multiplication, Pennington, Schoenholz & Ganguli 2017), to set beside s2@0; "
                     "empty where it does not apply (CNNs, residual stacks, normalization, other initializers: a note says why)",
-    "s2_departs": "runs with log.jacobian: yes when s2@0 differs from predicted_s2 by more than the tolerance, relative to the "
-                  "prediction (as departs), no when it does not; empty without a prediction",
+    "s2_departs": "runs with log.jacobian: yes when s2@0 differs from predicted_s2 by more than the tolerance times 1 + predicted_s2 "
+                  "(= m2 / m1^2, the positive quantity s2 is a shift of: a predicted isometry, s2 = 0, still has a scale), no when it "
+                  "does not; empty without a prediction",
 }
 
 
