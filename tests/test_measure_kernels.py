@@ -14,7 +14,8 @@ from gradlab.vocab import quantities
 
 def test_every_measured_quantity_has_one_kernel_and_every_kernel_a_quantity():
     layer = [q.name for q in (*quantities.LAYER_QUANTITIES, *quantities.RESIDUAL_QUANTITIES, *quantities.NORM_QUANTITIES,
-                              *quantities.RECURRENT_LAYER_QUANTITIES, *quantities.NOISE_QUANTITIES, *quantities.SPECTRUM_QUANTITIES)]  # fmt: skip
+                              *quantities.RECURRENT_LAYER_QUANTITIES, *quantities.NOISE_QUANTITIES, *quantities.SPECTRUM_QUANTITIES,
+                              *quantities.COORDINATE_QUANTITIES)]  # fmt: skip
     assert sorted(kernels.KERNELS) == sorted(layer)
     assert sorted(kernels.TIME_STEP_KERNELS) == sorted(q.name for q in quantities.TIMESTEP_QUANTITIES)
 

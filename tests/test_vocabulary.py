@@ -79,7 +79,7 @@ def test_probe_choices_and_expect_keys_come_from_the_quantities():
     (choice,) = get_args(LogConfig.model_fields["probes"].annotation)
     assert get_args(choice) == quantities.GROUPS
     assert config.PROBES == quantities.GROUPS
-    assert list(Expectations.model_fields) == ["status", *quantities.SUMMARY_QUANTITIES]
+    assert list(Expectations.model_fields) == ["status", "coordcheck", *quantities.SUMMARY_QUANTITIES]  # coordcheck: gradlab coordcheck's verdicts
 
 
 def test_every_name_of_the_vocabulary_is_implemented():

@@ -23,6 +23,7 @@ from torch import nn
 
 from gradlab.theory import activations
 from gradlab.build.components import apply_init, build_norm
+from gradlab.build.parametrization import apply_parametrization, head_divisor
 from gradlab.config.experiment import ModelConfig
 from gradlab.vocab.errors import DataError
 from gradlab.build.recurrent import RECURRENT_KINDS
@@ -236,8 +237,10 @@ class Stack(nn.Module):
             if self.head.bias is not None:
                 self.head.bias.zero_()
 
+    head_divisor: float | None = None  # model.parametrization mup: the head reads x / width_mult
+
     def _head(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.head(x)  # (B, classes)
+        logits = self.head(x if self.head_divisor is None else x / self.head_divisor)  # (B, classes)
         tap = self.slot.tap
         if tap is not None:
             tap.tensor(self.head_site, "logits", "head output (logits)", logits)
@@ -286,6 +289,9 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], classes: int, in
     if cfg.kind == "cnn" and len(input_shape) != 3:
         raise DataError(f"model.kind cnn needs (channels, height, width) inputs; the data has shape {tuple(input_shape)}")
     model = MODEL_KINDS[cfg.kind](cfg, input_shape, classes)
+    if cfg.parametrization != "standard":  # (validated: mlp and cnn only)
+        model.head_divisor = head_divisor(cfg)
     if initialize:
         model.initialize(cfg)
+        apply_parametrization(model, cfg)
     return model

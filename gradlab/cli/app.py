@@ -402,11 +402,13 @@ def compare(
 def plot(
     paths: RunPathsArg = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="folder for the PNG figures (created if needed)", show_default=False)] = ...,
+    step: Annotated[str, typer.Option("--step", help="the noise figure's step: 0, last or a step number")] = "last",
 ) -> None:
     """Draw the runs as PNG figures in the --output folder.
 
     Depth profiles of delta_norm and weight_grad_norm, a layer x step heatmap of delta_norm,
-    training curves, and dead/saturated units per layer.
+    training curves, and dead/saturated units per layer; with the noise group, grad_noise_scale
+    and gsnr per layer at --step.
     """
     from gradlab.records.run import load_runs
     from gradlab.show import plots
@@ -414,7 +416,8 @@ def plot(
     _writable_folder(output, "--output")
     loaded = load_runs(_need_paths(paths, "plot"))
     _warn(loaded.problems)
-    for path in plots.save_figures(plots.build_figures(loaded.runs), output):
+    (which,) = _steps([step])
+    for path in plots.save_figures(plots.build_figures(loaded.runs, which), output):
         print(path)
 
 
@@ -556,6 +559,65 @@ def report_command(
     runs_word = "run" if result.runs == 1 else "runs"
     rows_word = "configuration" if result.rows == 1 else "configurations"
     console.print(f"report of {result.runs} {runs_word} in {result.rows} {rows_word}: {output}", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command("coordcheck")
+@reports_errors
+def coordcheck_command(
+    config: Annotated[Optional[Path], typer.Argument(help="experiment YAML file (kind mlp or cnn)", show_default=False)] = None,
+    widths: Annotated[str, typer.Option("--widths", help="the model.width values, comma-separated (at least two)")] = "64,128,256,512,1024",
+    steps: Annotated[int, typer.Option("--steps", help="optimizer steps per run; every step is measured")] = 3,
+    seeds: Annotated[int, typer.Option("--seeds", help="seeds per width (the coordinates are averaged over them)")] = 2,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, help="runs at once, each in its own process (default 1)", show_default=False)] = None,
+    fresh_batches: Annotated[bool, typer.Option("--fresh-batches", help="a new training batch every step (default: one fixed batch, as mup)")] = False,
+    tolerance: Annotated[float, typer.Option("--tolerance", help="width-stable when |log-log slope| is at most this (mup's test: 1.2x per 4x width)")] = 0.13,
+    quantity: Annotated[str, typer.Option("--quantity", help="the coordinate judged: act_l1, act_rms, delta_rms or update_rms")] = "act_l1",
+    set_: SetOpt = None,
+    out: Annotated[Optional[str], typer.Option("--out", help="folder for the check's sweep folder (log.out)")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="finish the runs of this coordcheck folder that did not finish", show_default=False)] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="torch threads per run (default 1)", show_default=False)] = None,
+    executor: Annotated[ExecutorChoice, typer.Option("--executor", help="local processes, or Ray tasks (pip install 'gradlab[ray]')")] = ExecutorChoice.local,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="--executor ray: the cluster", show_default=False)] = None,
+    plot: Annotated[bool, typer.Option("--plot/--no-plot", help="draw coordcheck.png (per variant) into the folder")] = True,
+) -> None:
+    """Does CONFIG stay stable as it gets wider? The coordinate check of Yang & Hu 2021 (muP).
+
+    Each width (and seed) trains a few steps on one fixed batch; each block's mean |x| (act_l1),
+    its RMS, delta_rms and the weight update's RMS are gathered into coordcheck.csv; for each
+    (step, layer) the log-log slope against width is width-stable, grows or shrinks. Exit code 1
+    when the config's expect: {coordcheck: ...} is violated (or a run failed).
+    """
+    from gradlab.orchestrate.coordcheck import parse_widths, run_coordcheck
+    from gradlab.orchestrate.progress import SweepLines
+    from gradlab.show.coordcheck_table import slope_tables
+
+    if ray_address is not None and executor is not ExecutorChoice.ray:
+        raise ConfigError("--ray-address: applies to --executor ray")
+    widths_list = parse_widths(widths) if resume is None else []
+
+    def planned(sweep_dir, runs: int) -> None:
+        err_console.print(f"coordcheck: {runs} runs in {sweep_dir}", markup=False, highlight=False, soft_wrap=True)
+
+    result = run_coordcheck(
+        config, widths_list, steps=steps, seeds=seeds, fresh_batches=fresh_batches, overrides=_overrides(set_, out=out),
+        resume=resume, jobs=jobs, threads=threads, executor=executor.value, ray_address=ray_address, tolerance=tolerance,
+        quantity=quantity, progress=SweepLines(err_console), on_planned=planned,
+    )  # fmt: skip
+    for table in slope_tables(result.slopes, tolerance):
+        console.print(table)
+    if plot:
+        from gradlab.show import plots
+
+        plots.save_figures(plots.coordcheck_figures(result.coords, quantity), result.sweep_dir)
+    for outcome in result.outcomes:
+        console.print(f"expect {outcome.line()}", markup=False, highlight=False, soft_wrap=True, style=None if outcome.passed else "red")
+    for line in result.runs_failed:
+        console.print(f"failed: {line}", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"coordcheck folder: {result.sweep_dir}", markup=False, highlight=False, soft_wrap=True)
+    if result.failed:
+        raise ExpectationFailed(*(f"expectation failed: {outcome.failure()}" for outcome in result.failed))
+    if result.runs_failed:
+        raise typer.Exit(1)
 
 
 class TheoryFormat(str, Enum):

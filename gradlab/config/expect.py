@@ -139,10 +139,51 @@ class Bound(BaseModel):
         return " and ".join(p for p in parts if p)
 
 
+VERDICTS = ("width-stable", "grows", "shrinks")
+
+
+class CoordcheckExpectation(BaseModel):
+    """`expect: {coordcheck: ...}`: the verdicts `gradlab coordcheck` must reach on this config
+    (ignored by a plain run). A layer is a module name (blocks.0, head) or `all`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    width_stable: Optional[list[str] | Literal["all"]] = Field(None, description="these layers are width-stable at every judged step")
+    grows: Optional[list[str] | Literal["all"]] = Field(None, description="these layers grow with width at every judged step")
+    shrinks: Optional[list[str] | Literal["all"]] = Field(None, description="these layers shrink with width at every judged step")
+    steps: Optional[list[int]] = Field(None, description="the steps judged (default: every measured step from 1 on, as mup's test)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise _expect_error(f"got {describe_value(data)}; expected a mapping such as {{width_stable: all, steps: [1, 2, 3]}}")
+        _check_keys(data, list(cls.model_fields), "coordcheck expectation")
+        if not any(data.get(key) is not None for key in ("width_stable", "grows", "shrinks")):
+            raise _expect_error("say which layers must be width_stable, grow or shrink (a list of names such as [head], or all)")
+        return data
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (not value or min(value) < 0):
+            raise _expect_error(f"got {value}; expected a non-empty list of steps >= 0", "steps")
+        return value
+
+    @model_serializer(mode="wrap")
+    def _without_nulls(self, handler):
+        return {key: value for key, value in handler(self).items() if value is not None}
+
+    def required(self) -> dict[str, list[str] | str]:
+        """{verdict: layers} for the verdicts given."""
+        return {verdict: getattr(self, verdict.replace("-", "_")) for verdict in VERDICTS if getattr(self, verdict.replace("-", "_")) is not None}
+
+
 class _ExpectationsBase(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     status: Optional[list[str]] = Field(None, description="the run's status must be one of these")
+    coordcheck: Optional[CoordcheckExpectation] = Field(None, description="gradlab coordcheck: the verdicts it must reach (ignored by gradlab run)")
 
     @model_validator(mode="before")
     @classmethod

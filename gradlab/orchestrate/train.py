@@ -24,6 +24,7 @@ from gradlab.build.components import build_optimizer, get_loss, schedule_factor
 from gradlab.build.dataset import Dataset
 from gradlab.build.memory import EVAL_CHUNK
 from gradlab.build.models import Stack, build_model
+from gradlab.build.parametrization import parameter_groups
 from gradlab.build.system import available_cores, check_threads
 from gradlab.config.experiment import Experiment
 from gradlab.measure.recurrent_probe import probe_for
@@ -205,7 +206,7 @@ class Trainer:
         torch.manual_seed(exp.seed)  # the model's initialization and rrelu's slopes draw from it
         self.model = build_model(exp.model, data.input_shape, data.classes).to(device)
         keep_dynamo_unloaded()
-        self.optimizer = build_optimizer(exp.optim, self.model.parameters())
+        self.optimizer = build_optimizer(exp.optim, parameter_groups(self.model, exp.model, exp.optim))  # per-layer lr: model.parametrization
         self._step = optimizer_step(self.optimizer)
         self.loss_fn = get_loss(exp.loss)
         self.grad_clip = exp.optim.get("grad_clip")

@@ -44,6 +44,7 @@ FIGURES = {
 # Drawn where some run has what they show (BatchNorm; the recurrent figures: recurrent runs).
 OPTIONAL_FIGURES = {
     "batchnorm": "BatchNorm runs: bn_stat_distance against hidden layer at step 0 and at the last step, and test accuracy against step with running and with batch statistics",
+    "noise": "runs with the noise group: grad_noise_scale and gsnr (log scales) against layer, the head last, at one step (plot --step, default the last)",
 }
 
 HEATMAP_COLUMNS = 3
@@ -401,6 +402,48 @@ def batchnorm(runs: Sequence[Run]) -> Figure:
     return figure
 
 
+def has_noise(runs: Sequence[Run]) -> bool:
+    """Whether some run measured the noise group: the noise figure is drawn then."""
+    return any("gsnr" in run.layers and run.layers["gsnr"].notna().any() for run in runs)
+
+
+def noise(runs: Sequence[Run], step: int | str = "last") -> Figure:
+    """The noise group at one step: grad_noise_scale (left) and gsnr (right) against layer, every
+    layer with a weight, the head last, one line per run; log scales (both are ratios that span
+    decades between layers), a gap where a cell is empty."""
+    figure = _figure(11, 4.8)
+    axes_pair = figure.subplots(1, 2)
+    legend = _Legend(runs)
+    steps = set()
+    for axes, column in zip(axes_pair, ("grad_noise_scale", "gsnr")):
+        drawn = False
+        for i, run in enumerate(runs):
+            target = run.resolve_step(step)
+            rows = run.layers[run.layers["step"] == target].sort_values("layer") if target is not None else run.layers.iloc[:0]
+            if column not in rows or rows.empty:
+                continue
+            values = _positive(rows[column].to_numpy(dtype=float))
+            if np.isnan(values).all():
+                continue
+            steps.add(target)
+            axes.plot(rows["layer"].to_numpy(), values, marker="o", markersize=3, color=legend.color[i], label=legend.label[i])
+            drawn = True
+        if drawn:
+            axes.set_yscale("log")
+        else:
+            axes.text(0.5, 0.5, f"no {column} recorded", ha="center", va="center", transform=axes.transAxes)
+        axes.set_xlabel("layer (0 = nearest the input, the head last)")
+        axes.xaxis.set_major_locator(_integer_ticks())
+        axes.grid(True, which="both", alpha=0.3)
+    axes_pair[0].set_ylabel("grad_noise_scale B_simple (log scale)")
+    axes_pair[1].set_ylabel("gsnr (log scale)")
+    axes_pair[1].axhline(1.0, color="0.4", linestyle=":", linewidth=1)  # gsnr 1: signal and noise alike
+    when = f"step {steps.pop()}" if len(steps) == 1 else ("each run's last step" if step == "last" else f"step {step}")
+    _legend(figure)
+    _suptitle(figure, _title(runs, f"gradient noise by layer at {when}"))
+    return figure
+
+
 def saturation(runs: Sequence[Run]) -> Figure:
     """dead_frac, inactive_frac and saturated_frac (top to bottom) per hidden layer, at step 0 and
     the last step: a ReLU run's blocked units show in the second row, a sigmoid run's in the third."""
@@ -609,10 +652,11 @@ def png_bytes(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def build_figures(runs: Sequence[Run]) -> dict[str, Figure]:
-    """Every figure of FIGURES for `runs` (drawn, not written). More than MAX_RUNS_DRAWN runs are
-    drawn as their distribution (median and 10-90% band, one median heatmap), as each figure says:
-    a thousand lines (or panels) show nothing and take minutes to draw."""
+def build_figures(runs: Sequence[Run], step: int | str = "last") -> dict[str, Figure]:
+    """Every figure of FIGURES for `runs` (drawn, not written), and those of OPTIONAL_FIGURES that
+    some run has data for (`step`: the noise figure's). More than MAX_RUNS_DRAWN runs are drawn as
+    their distribution (median and 10-90% band, one median heatmap), as each figure says: a
+    thousand lines (or panels) show nothing and take minutes to draw."""
     if not runs:
         raise RunError("no runs to plot")
     if len(runs) > MAX_RUNS_DRAWN:
@@ -633,6 +677,7 @@ def build_figures(runs: Sequence[Run]) -> dict[str, Figure]:
         "training_curves": training_curves(runs),
         "saturation": saturation(runs),
         **({"batchnorm": batchnorm(runs)} if has_batchnorm(runs) else {}),  # BatchNorm runs: train/test statistics
+        **({"noise": noise(runs, step)} if has_noise(runs) else {}),  # runs with the noise group
         **({  # recurrent runs: the gradient along time
             "time_profile_hidden_delta_norm": time_profile(runs),
             "heatmap_time_hidden_delta_norm": time_heatmap(runs),
@@ -655,3 +700,44 @@ def save_figures(figures: dict[str, Figure], out_dir: str | Path) -> list[Path]:
         write_output(path, png_bytes(figure), "--output")
         paths.append(path)
     return paths
+
+
+def coordcheck(coords: "pd.DataFrame", quantity: str = "act_l1", variant: str = "") -> Figure:
+    """The coordinate check of one variant, as microsoft/mup's plot_coord_data draws it: one panel
+    per step, width on a log2 axis, `quantity` (its mean over the seeds) on a log axis, one line per
+    layer; flat lines are width-stable."""
+    rows = coords[coords["variant"] == variant]
+    steps = sorted(rows["step"].unique())
+    figure = _figure(3.2 * max(1, len(steps)), 3.4)
+    axes_row = figure.subplots(1, max(1, len(steps)), sharey=True, squeeze=False)[0]
+    means = rows.groupby(["step", "layer", "name", "width"])[quantity].mean().reset_index()
+    for axes, step in zip(axes_row, steps):
+        at = means[means["step"] == step]
+        for number, (name, line) in enumerate(at.sort_values("layer").groupby("layer", sort=True)):
+            axes.plot(line["width"], _positive(line[quantity].to_numpy(dtype=float)), marker="o", color=f"C{number % 10}",
+                      label=plain(line["name"].iloc[0]))  # fmt: skip
+        axes.set_xscale("log", base=2)
+        axes.set_yscale("log")
+        axes.set_title(f"step {step}")
+        axes.set_xlabel("width")
+    axes_row[0].set_ylabel(f"{quantity} (mean over seeds)")
+    handles, labels = axes_row[0].get_legend_handles_labels()
+    if handles:
+        figure.legend(handles, labels, loc="outside right upper", title="layer")
+    _suptitle(figure, "coordinate check" + (f": {plain(variant)}" if variant else ""))
+    return figure
+
+
+def coordcheck_figures(coords: "pd.DataFrame", quantity: str = "act_l1") -> dict[str, Figure]:
+    """{file stem: figure}: `coordcheck` alone, or one `coordcheck-<values>` per variant (the values
+    of the config's own sweep axes, as a file name)."""
+    import re
+
+    variants = list(dict.fromkeys(coords["variant"]))
+    if len(variants) == 1:
+        return {"coordcheck": coordcheck(coords, quantity, variants[0])}
+    stems = {}
+    for variant in variants:
+        values = ",".join(part.split("=", 1)[-1] for part in variant.split(", "))
+        stems["coordcheck-" + re.sub(r"[^A-Za-z0-9._,=-]+", "_", values)[:80]] = coordcheck(coords, quantity, variant)
+    return stems
