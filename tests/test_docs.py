@@ -102,6 +102,7 @@ def test_the_records_reference_defines_every_column_of_every_file():
         *quantities.RECURRENT_LAYERS_COLUMNS,  # layers.csv's columns and a recurrent run's
         *quantities.RESIDUAL,
         *quantities.NORM,
+        *quantities.NOISE,
         *quantities.TIMESTEPS_COLUMNS,
         *quantities.METRICS_COLUMNS,
         *(f"{name}@<step>" for name in [*quantities.PROFILE_QUANTITIES, *quantities.TIME_QUANTITIES]),

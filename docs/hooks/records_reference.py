@@ -212,6 +212,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "dead-rule": _dead_rule,
     "residual-columns": lambda: quantity_table(_q().RESIDUAL_QUANTITIES),
     "norm-columns": lambda: quantity_table(_q().NORM_QUANTITIES),
+    "spectrum-columns": lambda: quantity_table(_q().SPECTRUM_QUANTITIES),
+    "noise-columns": lambda: quantity_table(_q().NOISE_QUANTITIES),
     "recurrent-layers-columns": lambda: quantity_table(_q().RECURRENT_LAYER_QUANTITIES),
     "timesteps-columns": _timesteps,
     "metrics-columns": _metrics,

@@ -24,6 +24,7 @@ import numpy as np
 from gradlab.records.run import Run, Step
 from gradlab.vocab.errors import RunError
 from gradlab.vocab.quantities import (  # noqa: F401 (the names computed here)
+    ALPHA_RANGE,
     FINAL_QUANTITIES,
     PROFILE_QUANTITIES,
     SUMMARY_QUANTITIES,
@@ -174,7 +175,8 @@ def profile_at(run: Run, step: Step) -> dict[str, float]:
     rows_in_table = len(layers["step"])
     columns = {
         c: layers[c] if c in layers else np.full(rows_in_table, np.nan)
-        for c in ("step", "layer", "kind", "delta_norm", "delta_rms", "weight_grad_norm", "dead_frac", "inactive_frac", "saturated_frac", "bn_stat_distance")
+        for c in ("step", "layer", "kind", "delta_norm", "delta_rms", "weight_grad_norm", "dead_frac", "inactive_frac", "saturated_frac", "bn_stat_distance",
+                  "gsnr", "grad_noise_scale", "weight_alpha")
     }
     # the gain compares like with like on delta_rms (invariant to batch size and pooling); a run
     # recorded before delta_rms existed has only delta_norm (the same gain in an MLP)
@@ -193,10 +195,16 @@ def profile_at(run: Run, step: Step) -> dict[str, float]:
         with np.errstate(divide="ignore"):
             return float(np.float64(top) / np.float64(bottom))  # x/0 is inf: a real, if extreme, gain
 
-    def largest(column: str) -> float:
+    def optional(layer: int, column: str) -> float:
+        found = value(layer, column)
+        return math.nan if math.isnan(found) else found  # a column some runs lack: one NaN, as `largest` gives
+
+    def largest(column: str, smallest: bool = False) -> float:
         values = columns[column][list(row_of.values())].astype(float)
         values = values[~np.isnan(values)]
-        return float(values.max()) if values.size else math.nan  # of nothing, or of empty cells: NaN, never 0
+        if not values.size:
+            return math.nan  # of nothing, or of empty cells: NaN, never 0
+        return float(values.min() if smallest else values.max())
 
     gain = ratio(signal)
     return {
@@ -209,7 +217,14 @@ def profile_at(run: Run, step: Step) -> dict[str, float]:
         "inactive_frac": largest("inactive_frac"),
         "saturated_frac": largest("saturated_frac"),
         "bn_stat_distance": largest("bn_stat_distance"),  # (BatchNorm runs only; empty for the others)
+        # the noise group's (empty for runs without it)
+        "first_gsnr": optional(first, "gsnr"),
+        "last_gsnr": optional(last, "gsnr"),
+        "first_grad_noise_scale": optional(first, "grad_noise_scale"),
+        "last_grad_noise_scale": optional(last, "grad_noise_scale"),
         "s2": jacobian_s2_at(run, target),  # (runs with log.jacobian; empty for the others)
+        "alpha_min": largest("weight_alpha", smallest=True),  # the spectrum group's (empty for runs without it)
+        "alpha_max": largest("weight_alpha"),
     }
 
 
@@ -250,6 +265,32 @@ def time_profile_at(run: Run, step: Step) -> dict[str, float]:
     out["time_gain"] = gain
     # the geometric mean of the T-1 ratios delta_t / delta_{t+1}: their product telescopes to the gain
     out["step_factor"] = gain ** (1 / (len(deltas) - 1))
+    return out
+
+
+def gate_profile_at(run: Run, step: Step) -> dict[str, float]:
+    """What gate theory is set beside (compare --theory): on the last recurrent layer at `step`,
+    averaged over the second half of the sequence (t >= T//2, as predict.gate_prediction's
+    over_sequence), each `<gate>_mean` column, the direct-path factor (forget_mean for lstm,
+    update_mean for gru) and E[h²] = hidden_norm² / (batch_size · width), hidden_norm being the norm
+    of h_t over the batch. {} where the run has none of these."""
+    timesteps = run.timesteps
+    target = run.resolve_step(step)
+    model, data = run.config.get("model", {}), run.config.get("data", {})
+    direct = {"lstm": "forget_mean", "gru": "update_mean"}.get(model.get("kind"))
+    if timesteps is None or target is None or direct is None or not len(timesteps) or direct not in timesteps:
+        return {}
+    rows = timesteps[(timesteps["step"].to_numpy() == target) & (timesteps["layer"].to_numpy() == time_layer(timesteps))]
+    rows = rows.sort_values("t", kind="stable").drop_duplicates("t", keep="last")
+    if not len(rows):
+        return {}
+    window = rows[rows["t"].to_numpy() >= (int(rows["t"].max()) + 1) // 2]
+    out = {column: float(window[column].astype(float).mean()) for column in rows.columns if column.endswith("_mean") and rows[column].notna().any()}
+    out["direct_factor"] = out.get(direct, math.nan)
+    examples = data.get("batch_size")
+    width = model.get("width")
+    hidden = window["hidden_norm"].astype(float).to_numpy() if "hidden_norm" in window else np.array([math.nan])
+    out["h_second_moment"] = float(np.mean(hidden**2) / (examples * width)) if examples and width else math.nan
     return out
 
 
@@ -404,6 +445,32 @@ def summarize_run(
         del finals["steps_to_target"]
     row.update(finals)
     return row
+
+
+def alpha_warning(runs: Sequence[Run], step: Step) -> str | None:
+    """WeightWatcher's warning on the hidden layers of `runs` (the seeds of one row) at `step`: each
+    layer's weight_alpha, averaged over the runs that fitted it, named where it is outside
+    ALPHA_RANGE: `over-trained: blocks.3 (1.84); under-trained: blocks.0 (6.52)`, `none` when every
+    fitted layer is inside, None when no layer has a weight_alpha there."""
+    fitted: dict[tuple[int, str], list[float]] = {}
+    for run in runs:
+        layers = run.layers
+        target = run.resolve_step(step)
+        if "weight_alpha" not in layers or target is None:
+            continue
+        rows = layers[(layers["step"] == target) & (layers["kind"] == "hidden") & layers["weight_alpha"].notna()]
+        for layer, name, alpha in zip(rows["layer"], rows["name"], rows["weight_alpha"]):
+            fitted.setdefault((int(layer), str(name)), []).append(float(alpha))
+    if not fitted:
+        return None
+    low, high = ALPHA_RANGE
+    means = {key: sum(values) / len(values) for key, values in sorted(fitted.items())}
+    parts = []
+    for word, outside in (("over-trained", lambda a: a < low), ("under-trained", lambda a: a > high)):
+        names = [f"{name} ({alpha:.3g})" for (_, name), alpha in means.items() if outside(alpha)]
+        if names:
+            parts.append(f"{word}: {', '.join(names)}")
+    return "; ".join(parts) if parts else "none"
 
 
 def missing_step_notes(runs: Sequence[Run], steps: Sequence[Step]) -> list[str]:

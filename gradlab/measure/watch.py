@@ -52,6 +52,11 @@ What a row holds (quantities.py has the exact meanings):
                                      of shape (T, D)). Empty for a recurrent module without time=True
                                      (torch's fused kernels never form its pre-activations).
     update_ratio                     ||dW|| / ||W|| of the optimizer's step, when `optimizer` is given
+    pe_grad_norm, grad_noise_scale,  groups=[..., "noise"]: the examples' gradients of a Linear's or
+    gsnr                             convolution's weight, at calls whose examples are dimension 0 of
+                                     their input and output (noise.py); empty elsewhere, and for every
+                                     site while a BatchNorm module is in training mode (config.yaml's
+                                     log.noise says why). This use's own dL/dW is the mean.
     the activation columns           empty, but for the recurrent layers of time=True: an arbitrary
                                      model has no declared block output or activation to measure
 L is what the loop back-propagates; with `scaler=` (a GradScaler), every gradient column is divided
@@ -768,7 +773,8 @@ def watch(
 
     every: measure steps 0, every, 2*every, ... (the others run with no hook attached).
     optimizer: the loop's optimizer, for update_ratio and lr (without it those cells are empty).
-    groups: of weights, deltas, updates (and activations with time=True). seed: recorded in
+    groups: of weights, deltas, updates (and activations with time=True); the opt-in groups
+    (noise, spectrum) only when listed. seed: recorded in
     config.yaml (the loop seeds torch). expect: an expect: section, checked later by
     `gradlab check` or `gradlab.check(run)`.
     time: timesteps.csv for every nn.RNN, nn.LSTM and nn.GRU in the model, each layer and direction
