@@ -27,7 +27,7 @@ def test_each_paper_config_states_its_result_and_validates(path, monkeypatch):
 
     meta = papers_tool().metadata(path)
     assert set(meta) >= {"paper", "where", "quantity", "published", "measured here"}, meta
-    assert meta["quantity"] in ("layer_factor", "bias_speeds", "stream_variance_growth", "step_factor")
+    assert meta["quantity"] in ("layer_factor", "bias_speeds", "stream_variance_growth", "step_factor", "coordcheck")
     raw = read_yaml(path)
     assert "expect" in raw
     data_path = raw.get("data", {}).get("path")

@@ -13,6 +13,8 @@ one row per member. Runs go to a temporary folder and are deleted.
     stream_variance_growth   stream variance last/first block    act_std^2 of the last block / of the first
     step_factor              step_factor: = lambda or <= bound   step_factor@0 = (delta_norm(t=0)/delta_norm(t=T-1))^(1/(T-1))
                              (Pascanu's gamma*lambda_1)          on the last recurrent layer (timesteps.csv)
+    coordcheck               width-stable under mup              gradlab coordcheck at widths 64-1024, 2 seeds: each variant's
+                                                                 act_l1 slopes against width at steps 1 on (its expect.coordcheck)
 
 Run with one thread per process: OMP_NUM_THREADS=1 python tools/papers.py
 """
@@ -110,6 +112,27 @@ def experiments(path: Path, out: str) -> list[tuple[str, object]]:
             for m in plan.members]  # fmt: skip
 
 
+COORDCHECK_WIDTHS = (64, 128, 256, 512, 1024)
+COORDCHECK_SEEDS = 2
+
+
+def coordcheck_rows(path: Path, out: str, paper: str, meta: dict[str, str]) -> list[tuple[str, ...]]:
+    """One row per variant of a coordinate check (gradlab coordcheck): the head's act_l1 slope
+    against width at steps 1 on, and the largest |slope| of any layer there."""
+    from gradlab.orchestrate.coordcheck import run_coordcheck
+
+    result = run_coordcheck(path, COORDCHECK_WIDTHS, seeds=COORDCHECK_SEEDS, overrides=[f"log.out={out}"])
+    judged = result.slopes[result.slopes["step"] >= 1]
+    rows = []
+    for variant, table in judged.groupby("variant", sort=False):
+        head = table[table["name"] == "head"].sort_values("step")
+        measured = "head " + ", ".join(f"{s:+.2f}" for s in head["slope"]) + f"; max |slope| {table['slope'].abs().max():.2f}"
+        failures = [o.failure() for o in result.outcomes if o.name.startswith(f"{variant}: ") and not o.passed]
+        rows.append((paper, f"coordcheck ({variant})", meta.get("published", ""), "width-stable under mup (Yang & Hu 2021)", measured,
+                     "yes" if not failures else "NO: " + "; ".join(failures)))  # fmt: skip
+    return rows
+
+
 def main() -> int:
     os.chdir(ROOT)  # data paths in the configs are relative to the repository root
     from gradlab.config.load import read_yaml
@@ -127,6 +150,11 @@ def main() -> int:
             data_path = read_yaml(path).get("data", {}).get("path")
             if data_path and not (ROOT / data_path).exists():
                 rows.append((paper, meta.get("quantity", ""), meta.get("published", ""), "-", "-", f"skipped: no {data_path}"))
+                continue
+            if meta["quantity"] == "coordcheck":  # a coordinate check: every width x seed, judged together
+                checked = coordcheck_rows(path, out, paper, meta)
+                rows.extend(checked)
+                failed += sum(not row[-1].startswith("yes") for row in checked)
                 continue
             for label, exp in experiments(path, out):
                 run = load_run(run_experiment(exp).run_dir)
