@@ -238,3 +238,40 @@ def test_cli_prints_the_table_draws_the_figures_and_checks_expect(tmp_path, invo
     result = invoke_wide("coordcheck", _write(tmp_path, raw), "--widths", "16,64,256", "--seeds", "1", "--out", tmp_path, "--no-plot")
     assert result.exit_code == 1, result.output
     assert "error: expectation failed: coordcheck act_l1 slope head@2 = " in result.output and "expected width-stable (|slope| <= 0.13)" in result.output
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_the_coordinate_columns_are_what_they_say(tmp_path, kind):
+    """act_l1 and act_rms against a forward hook's own mean |x| and rms at step 0; update_rms
+    against update_ratio * weight_norm / sqrt(entries) of the same row (the updates group's kernel);
+    act_rms against sqrt(act_mean^2 + act_std^2) at every step (the activations group's)."""
+    from gradlab.orchestrate.runner import run_experiment
+
+    raw = _raw(16, "mup")
+    if kind == "cnn":
+        raw["data"] = {"name": "images", "classes": 5, "n_train": 32, "n_test": 8, "batch_size": 8}
+        raw["model"] = {**raw["model"], "kind": "cnn", "depth": 2, "width": 8, "base_width": 4}
+    raw.update(train={"steps": 2, "fixed_batch": True}, log={"every": 1, "probes": ["weights", "activations", "updates", "coordinates"], "out": str(tmp_path)})
+    exp = validate(raw)
+    layers = pd.read_csv(run_experiment(exp).run_dir / "layers.csv")
+    torch.manual_seed(exp.seed)
+    data = load_dataset(exp.data, exp.seed)
+    model = build_model(exp.model, data.input_shape, data.classes)
+    x, _ = next(Batches(data.x_train, data.y_train, exp.data.batch_size, exp.seed))
+    outputs = []
+    for block in model.blocks:
+        block.register_forward_hook(lambda module, args, out: outputs.append(out.detach().double()))
+    outputs.append(model(x).detach().double())
+    at0 = layers[layers["step"] == 0].sort_values("layer")
+    for out, (_, row) in zip(outputs, at0.iterrows()):
+        assert row["act_l1"] == pytest.approx(out.abs().mean().item(), rel=1e-5)
+        assert row["act_rms"] == pytest.approx(out.pow(2).mean().sqrt().item(), rel=1e-5)
+    entries = {k: m.weight.numel() for k, m in enumerate([*(b.linear for b in model.blocks), model.head])}
+    for _, row in layers.iterrows():
+        if row["kind"] == "hidden":
+            # (two float32 reductions each side over a CNN's thousands of entries: 1e-4)
+            assert row["act_rms"] == pytest.approx(math.hypot(row["act_mean"], row["act_std"]), rel=1e-4)
+        if row["step"] < 2:
+            assert row["update_rms"] == pytest.approx(row["update_ratio"] * row["weight_norm"] / math.sqrt(entries[row["layer"]]), rel=1e-5)
+        else:
+            assert math.isnan(row["update_rms"])  # the last step takes no step
