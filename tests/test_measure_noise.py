@@ -246,6 +246,37 @@ def test_a_run_records_the_noise_columns_only_when_asked(tmp_path):
     assert (noisy.layers["grad_noise_scale"] > 0).all()
 
 
+def test_a_batch_of_one_example_has_empty_noise_cells_and_the_run_goes_on(tmp_path):
+    from gradlab.orchestrate.api import run as run_config
+
+    run = run_config({"name": "one", "data": {"dim": 6, "classes": 3, "n_train": 8, "n_test": 4, "batch_size": 1},
+                      "model": {"depth": 2, "width": 8}, "train": {"steps": 2, "eval_every": 2},
+                      "log": {"every": 1, "probes": ["weights", "noise"], "out": str(tmp_path)}})  # fmt: skip
+    assert run.meta["status"] == "completed" and run.last_step == 2
+    # one example: no covariance (B - 1 = 0) and no variance of any coordinate; its own gradient's norm is ||dL/dW||
+    assert run.layers["grad_noise_scale"].isna().all() and run.layers["gsnr"].isna().all()
+    assert run.layers["pe_grad_norm"].to_numpy() == pytest.approx(run.layers["weight_grad_norm"].to_numpy(), rel=1e-5)
+
+
+def test_the_noise_figure_draws_each_layer_at_the_step_asked(tmp_path):
+    from gradlab.cli.app import app
+    from gradlab.orchestrate.api import run as run_config
+    from gradlab.show import plots
+
+    run = run_config({"name": "fig", "data": {"dim": 6, "classes": 3, "n_train": 64, "n_test": 16, "batch_size": 16},
+                      "model": {"depth": 3, "width": 8}, "train": {"steps": 2, "eval_every": 2},
+                      "log": {"every": 1, "probes": ["noise"], "out": str(tmp_path / "runs")}})  # fmt: skip
+    figure = plots.noise([run], 1)
+    at_1 = run.layers[run.layers["step"] == 1].sort_values("layer")
+    for axes, column in zip(figure.axes, ("grad_noise_scale", "gsnr")):
+        (line,) = [line for line in axes.get_lines() if len(line.get_xdata()) > 2]
+        assert list(line.get_xdata()) == list(at_1["layer"]) and list(line.get_ydata()) == pytest.approx(list(at_1[column]))
+    assert "noise" not in plots.build_figures([run_config({"name": "plain", "train": {"steps": 1}, "data": {"n_train": 64, "n_test": 16, "batch_size": 16},
+                                                          "model": {"depth": 2, "width": 8}, "log": {"out": str(tmp_path / "plain")}})])
+    result = CliRunner().invoke(app, ["plot", str(tmp_path / "runs"), "-o", str(tmp_path / "figures"), "--step", "0"])
+    assert result.exit_code == 0 and (tmp_path / "figures" / "noise.png").is_file()
+
+
 def test_the_noise_group_with_batchnorm_is_refused_at_validate(tmp_path):
     from gradlab.cli.app import app
 

@@ -29,6 +29,7 @@ from gradlab.build.system import available_cores, check_threads
 from gradlab.config.experiment import Experiment
 from gradlab.measure.recurrent_probe import probe_for
 from gradlab.records.write import RunRecords
+from gradlab.vocab.quantities import NOISE
 
 def evaluate(model: Stack, data: Dataset, loss_fn, device: torch.device) -> tuple[float, float]:
     """Test-set loss and accuracy in evaluation mode (BatchNorm uses its running statistics)."""
@@ -303,7 +304,8 @@ class Trainer:
         finally:
             probe.detach()
         columns, extras = probe.measure(loss, logits, y).fetch()  # the one host transfer
-        values = [extras["loss"], extras["grad_norm"], *(v for column in columns.values() for v in column.values())]
+        # the noise group's NaN is an empty cell by definition (B = 1, no variance), not a divergence
+        values = [extras["loss"], extras["grad_norm"], *(v for q, column in columns.items() if q not in NOISE for v in column.values())]
         if not all(map(math.isfinite, values)):
             return math.nan  # not a row: the run stops here and the records say where
         lr = self.lr()  # the lr of this step's update (a schedule moves it on in _update)
