@@ -89,7 +89,7 @@ def linear_sums(a: torch.Tensor, delta: torch.Tensor) -> NoiseSums:
         return NoiseSums(batch, norms, batch * sa * sd, mean_square=squares.double() / batch, unit_roundoff=roundoff)
     a = a.reshape(batch, -1, a.shape[-1])  # (B, P, in)
     delta = delta.reshape(batch, -1, delta.shape[-1])  # (B, P, out)
-    return _materialized(a, delta, lambda x, d: torch.bmm(d.transpose(1, 2), x))
+    return _materialized(a, delta, lambda x, d: torch.bmm(d.transpose(1, 2), x), a.shape[-1] * delta.shape[-1])
 
 
 def conv2d_sums(x: torch.Tensor, delta: torch.Tensor, module: torch.nn.Conv2d) -> NoiseSums:
@@ -100,7 +100,8 @@ def conv2d_sums(x: torch.Tensor, delta: torch.Tensor, module: torch.nn.Conv2d) -
     batch = x.shape[0]
     unfolded = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)  # (B, D, P)
     flat = delta.reshape(batch, delta.shape[1], -1)  # (B, C_out, P)
-    return _materialized(unfolded.transpose(1, 2), flat.transpose(1, 2), lambda u, d: torch.bmm(d.transpose(1, 2), u))
+    size = unfolded.shape[1] * flat.shape[1]
+    return _materialized(unfolded.transpose(1, 2), flat.transpose(1, 2), lambda u, d: torch.bmm(d.transpose(1, 2), u), size)
 
 
 def conv2d_unfoldable(module: torch.nn.Module) -> bool:
@@ -122,19 +123,19 @@ def call_sums(func: Callable, x: torch.Tensor, weight: torch.Tensor, delta: torc
         _, pull = torch.func.vjp(lambda w: func(x_n.unsqueeze(0), w, None, *rest, **kwargs), weight)
         return pull(d_n.unsqueeze(0))[0]
 
-    return _materialized(x, delta, lambda xs, ds: torch.func.vmap(one)(xs, ds).flatten(1))
+    return _materialized(x, delta, lambda xs, ds: torch.func.vmap(one)(xs, ds).flatten(1), weight.numel())
 
 
-def _materialized(a: torch.Tensor, delta: torch.Tensor, per_example: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> NoiseSums:
+def _materialized(a: torch.Tensor, delta: torch.Tensor, per_example: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], size: int) -> NoiseSums:
     """The sums from the per-example gradients themselves: per_example(a[chunk], delta_s[chunk]) is
-    sum over positions of a delta^T for each example of the chunk, (n, ...) flattened or not.
+    sum over positions of a delta^T for each example of the chunk, (n, ...) flattened or not, `size`
+    entries per example (the weight's).
     Two passes when there are several chunks (the mean first, then the variance about it); one when
     the whole batch fits in a chunk."""
     batch = a.shape[0]
     sd = _power_of_two(delta)
     d_s = delta / sd.to(delta.dtype)
-    size = max(1, per_example(a[:1], d_s[:1]).numel())
-    step = max(1, CHUNK_ENTRIES // size)
+    step = max(1, CHUNK_ENTRIES // max(1, size))
     chunks = [(start, min(batch, start + step)) for start in range(0, batch, step)]
     scale = batch * sd  # g_n = B * sd * per_example(a_n, d_s_n)
 
