@@ -8,6 +8,7 @@ import logging
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -241,9 +242,40 @@ def test_a_run_records_the_spectrum_columns_only_when_asked(tmp_path):
     assert hidden[list(SPECTRUM)].notna().all().all() and sorted(hidden["step"].unique()) == [0, 2, 4]
     assert head["weight_sv_max"].notna().all() and head["weight_alpha"].isna().all()  # 10 x 64: 10 eigenvalues
     assert ((hidden["weight_stable_rank"] >= 1) & (hidden["weight_stable_rank"] <= 64)).all()
-    plain = CliRunner().invoke(app, ["run", str(config), "--set", "log.probes=[weights]", "--set", "name=plain"])
+    plain = CliRunner().invoke(app, ["run", str(config), "--set", "log.probes=[weights]", "--set", "name=plain", "--set", "model.width=48"])
     assert plain.exit_code == 0, plain.output
-    assert list(load_run(next((tmp_path / "runs" / "plain").iterdir())).layers.columns) == LAYERS_COLUMNS
+    plain_run = load_run(next((tmp_path / "runs" / "plain").iterdir()))
+    assert list(plain_run.layers.columns) == LAYERS_COLUMNS
+
+    # compare: alpha_min/alpha_max and WeightWatcher's warning, only where a run has the group
+    from gradlab.analysis.compare import compare_runs
+
+    alone = compare_runs([plain_run]).table
+    assert not [c for c in alone.columns if c.startswith("alpha")]
+    table = compare_runs([run, plain_run]).table.set_index("label")
+    alphas = hidden.loc[hidden["step"] == 0, "weight_alpha"]
+    assert table.loc["spectrum", "alpha_min@0"] == alphas.min() and table.loc["spectrum", "alpha_max@0"] == alphas.max()
+    assert math.isnan(table.loc["plain", "alpha_min@0"]) and pd.isna(table.loc["plain", "alpha_warning@0"])
+    columns = list(table.columns)
+    assert columns.index("alpha_warning@0") == columns.index("alpha_max@0") + 1
+
+
+def test_the_warning_names_the_layers_outside_weightwatchers_range(tmp_path):
+    from gradlab.analysis.summaries import alpha_warning
+    from gradlab.records.run import Run
+
+    class Recorded(Run):  # a run read back: only what alpha_warning reads
+        def __init__(self, alphas):
+            self.layers = pd.DataFrame({"step": 0, "layer": range(len(alphas)), "name": [f"blocks.{k}" for k in range(len(alphas))],
+                                        "kind": "hidden", "weight_alpha": alphas})  # fmt: skip
+
+        def resolve_step(self, step):
+            return 0
+
+    assert alpha_warning([Recorded([1.5, 3.0, 7.25])], 0) == "over-trained: blocks.0 (1.5); under-trained: blocks.2 (7.25)"
+    assert alpha_warning([Recorded([2.0, 6.0, float("nan")])], 0) == "none"
+    assert alpha_warning([Recorded([float("nan")])], 0) is None
+    assert alpha_warning([Recorded([1.0, 4.0]), Recorded([3.0, 4.0])], 0) == "none"  # blocks.0: (1 + 3) / 2 over the seeds
 
 
 def test_watch_records_the_spectrum_of_each_call(tmp_path):

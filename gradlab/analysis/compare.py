@@ -23,6 +23,7 @@ import pandas as pd
 from gradlab.analysis import configdiff
 from gradlab.analysis.summaries import (
     DEFAULT_THRESHOLDS,
+    alpha_warning,
     Thresholds,
     column_name,
     jacobian_s2_at,
@@ -35,6 +36,7 @@ from gradlab.analysis.summaries import (
     time_judgement,
     time_length,
     time_profile_at,
+    gate_profile_at,
     word_of,
 )
 from gradlab.records.run import STATUSES, Run, Step
@@ -57,6 +59,9 @@ OTHER_COLUMNS: dict[str, str] = {
     "time_verdict": "recurrent runs: the verdict along time, on time_gain over T - 1 time steps, by the same rule as verdict "
                     "(vanishing | stable | exploding | dead, with the per-step factor and its depth scale in steps; "
                     "dead: the gradient is exactly 0 from some time step back to t = 0, named)",
+    "alpha_warning": "spectrum group runs: WeightWatcher's per-layer warning on the hidden layers' weight_alpha (averaged over the row's "
+                     "seeds): over-trained for alpha < 2 (a very heavy-tailed spectrum), under-trained for alpha > 6 (random-like), each "
+                     "naming its layers with their alpha; none when every fitted layer is within [2, 6]; empty for a run without the group",
     "verdict": "vanishing | stable | exploding | dead, with its rate: the per-layer factor and the depth scale xi = -1/ln(factor) in layers "
                "(vanishing (×0.235/layer, 1/e every 0.7 layers)). vanishing: gain below the vanish threshold, or the signal falls by e in "
                "fewer than depth_scale layers over a stack at least `scales` such depth scales deep; exploding: the same, growing; "
@@ -197,6 +202,12 @@ def compare_runs(
         order.append(column)
         if grouped and column in averaged:
             order.append(f"{column}_std")
+    if any("weight_alpha" in run.layers for run in runs):  # the spectrum group: WeightWatcher's warning per step
+        for step in steps:
+            column = column_name("alpha_warning", step)
+            for row, members in zip(rows, groups):
+                row[column] = alpha_warning([runs[i] for i in members], step)
+            order.insert(order.index(column_name("alpha_max", step)) + 1 + grouped, column)
     if theory:
         from gradlab.theory import predict
 
@@ -224,6 +235,12 @@ def compare_runs(
                     continue
                 row.update(_step_theory(row, [runs[i] for i in members], predict.for_config(configs[members[0]]), tolerance, notes))
             order += ["predicted_step_factor", "step_departs"]
+        gated = [any(configs[i].get("model", {}).get("kind") in ("lstm", "gru") for i in members) for members in groups]
+        if any(gated):  # the gates' mean field beside the gate means of timesteps.csv at step 0
+            for row, members, is_gated in zip(rows, groups, gated):
+                row.update(_gate_theory(row, [runs[i] for i in members], predict.for_config(configs[members[0]]), tolerance, notes) if is_gated else
+                           dict.fromkeys(GATE_THEORY_COLUMNS[:-1], math.nan) | {"gate_departs": None})  # fmt: skip
+            order += GATE_THEORY_COLUMNS
         measured_jacobian = [any(runs[i].jacobian is not None for i in members) for members in groups]
         if any(measured_jacobian):  # log.jacobian: the measured s2@0 beside free probability's
             for row, members, measured in zip(rows, groups, measured_jacobian):
@@ -283,6 +300,36 @@ def _jacobian_theory(row: dict[str, Any], members: list[Run], prediction: Any, t
     measured, _ = _mean_std([jacobian_s2_at(run, 0) for run in members])
     flag = predict.s2_departs(measured, predicted, tolerance)
     return {"predicted_s2": predicted, "s2_departs": None if flag is None else ("yes" if flag else "no")}
+
+
+GATE_THEORY_COLUMNS = ["direct_factor", "predicted_direct_factor", "h_second_moment", "predicted_h_second_moment", "gate_departs"]
+
+
+def _gate_theory(row: dict[str, Any], members: list[Run], prediction: Any, tolerance: float, notes: list[str]) -> dict[str, Any]:
+    """The gates' measurement at step 0 (summaries.gate_profile_at, seeds averaged) beside their
+    mean field (prediction.gates' over_sequence), with a note giving every gate's pair."""
+    from gradlab.theory import predict
+
+    label = row["label"]
+    measured_runs = [gate_profile_at(run, 0) for run in members]
+    keys = set.intersection(*(set(m) for m in measured_runs)) if all(measured_runs) else set()
+    measured = {key: statistics.mean(m[key] for m in measured_runs) for key in keys}
+    out = {"direct_factor": measured.get("direct_factor", math.nan), "h_second_moment": measured.get("h_second_moment", math.nan)}
+    window = prediction.gates.get("over_sequence") if prediction.gates else None
+    if not window:
+        why = prediction.reason or next((n for n in prediction.notes if n.startswith("no gate prediction")), "none derived")
+        notes.append(f"{label}: no gate prediction: {why.removeprefix('no gate prediction: ')}")
+        return out | {"predicted_direct_factor": math.nan, "predicted_h_second_moment": math.nan, "gate_departs": None}
+    predicted = {"predicted_direct_factor": window["direct_factor"], "predicted_h_second_moment": window["h_second_moment"]}
+    if math.isnan(out["direct_factor"]):
+        notes.append(f"{label}: no gate means measured at step 0 (timesteps.csv has them with log.probes activations)")
+        return out | predicted | {"gate_departs": None}
+    flag, why = predict.gate_departs(measured, prediction, tolerance)
+    first, last = window["steps"]
+    pairs = ", ".join(f"{gate} {measured.get(f'{gate}_mean', math.nan):.4g}/{value:.4g}" for gate, value in window["gates"].items())
+    notes.append(f"{label}: gate means at step 0 over t = {first}..{last}, measured/predicted: {pairs}; timescale "
+                 f"{predict.gate_theory.timescale(out['direct_factor']):.4g}/{window['timescale']:.4g}" + (f"; departs: {'; '.join(why)}" if why else ""))  # fmt: skip
+    return out | predicted | {"gate_departs": None if flag is None else ("yes" if flag else "no")}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -368,6 +415,7 @@ def explain(comparison: Comparison | None = None) -> list[tuple[str, str]]:
     ]
     generic += [(f"{q}@<step>", text) for q, text in PROFILE_QUANTITIES.items()]
     generic.append(("verdict@<step>", describe_column("verdict")))
+    generic.append(("alpha_warning@<step>", OTHER_COLUMNS["alpha_warning"]))
     generic += [(f"{q}@<step>", text) for q, text in TIME_QUANTITIES.items()]
     generic.append(("time_verdict@<step>", describe_column("time_verdict")))
     generic += [(q, text) for q, text in FINAL_QUANTITIES.items()]

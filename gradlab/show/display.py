@@ -274,7 +274,7 @@ def _view_rows(comparison: Comparison, cells) -> list[tuple[str, list[str] | Non
     rows.append(("", None))
     for step in comparison.steps:
         rows.append((step_heading(comparison, step), None))
-        for quantity in PROFILE_QUANTITIES:
+        for quantity in (*PROFILE_QUANTITIES, "alpha_warning"):  # (alpha_warning: spectrum group runs)
             if column_name(quantity, step) in cells:
                 rows.append((quantity, list(cells[column_name(quantity, step)])))
         rows.append(("verdict", list(cells[column_name("verdict", step)])))
