@@ -27,7 +27,7 @@ def test_each_paper_config_states_its_result_and_validates(path, monkeypatch):
 
     meta = papers_tool().metadata(path)
     assert set(meta) >= {"paper", "where", "quantity", "published", "measured here"}, meta
-    assert meta["quantity"] in ("layer_factor", "bias_speeds", "stream_variance_growth", "step_factor", "coordcheck")
+    assert meta["quantity"] in ("layer_factor", "bias_speeds", "stream_variance_growth", "step_factor", "coordcheck", "s2")
     raw = read_yaml(path)
     assert "expect" in raw
     data_path = raw.get("data", {}).get("path")
@@ -70,3 +70,21 @@ def test_the_pascanu_config_measures_the_step_factor_against_its_theory(tmp_path
             assert predicted == "1.2" and abs(float(measured) - 1.2) < 1e-5
         else:  # Pascanu's bound gamma * lambda_1 = 0.8 / 4, and the sigmoid's slope is below 1/4 off 0
             assert predicted == "<= 0.2" and 0.15 < float(measured) < 0.2
+
+
+def test_the_pennington_config_measures_s2_against_free_probability(tmp_path):
+    from gradlab.analysis.expectations import check
+    from gradlab.records.run import load_run
+    from gradlab.orchestrate.runner import run_experiment
+
+    tool = papers_tool()
+    members = dict(tool.experiments(ROOT / "configs" / "papers" / "pennington2017-dynamical-isometry.yaml", str(tmp_path)))
+    assert len(members) == 24
+    relu = next(exp for label, exp in members.items() if label.startswith("model.depth=4, model.activation=relu, model.init.weight=kaiming"))
+    linear = next(exp for label, exp in members.items() if label.startswith("model.depth=4, model.activation=identity, model.init.weight={name: orthogonal"))
+    for exp, expected in ((relu, 8.0), (linear, 0.0)):  # ReLU Gaussian: 2L; linear orthogonal: 0 (an isometry)
+        run = load_run(run_experiment(exp).run_dir)
+        assert all(outcome.passed for outcome in check(run, exp.expect))
+        predicted, measured = tool.measure("s2", exp, run)
+        assert float(predicted) == pytest.approx(expected, abs=1e-9)
+        assert abs(float(measured) - expected) < 0.1 * (1 + expected)

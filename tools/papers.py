@@ -13,6 +13,8 @@ one row per member. Runs go to a temporary folder and are deleted.
     stream_variance_growth   stream variance last/first block    act_std^2 of the last block / of the first
     step_factor              step_factor: = lambda or <= bound   step_factor@0 = (delta_norm(t=0)/delta_norm(t=T-1))^(1/(T-1))
                              (Pascanu's gamma*lambda_1)          on the last recurrent layer (timesteps.csv)
+    s2                       jacobian_s2 of the last block       s2@0 of the last hidden block (jacobian.csv: m2 / m1^2 - 1
+                             (free probability)                  of the input-output Jacobian's squared singular values)
     coordcheck               width-stable under mup              gradlab coordcheck at widths 64-1024, 2 seeds: each variant's
                                                                  act_l1 slopes against width at steps 1 on (its expect.coordcheck)
 
@@ -92,7 +94,14 @@ def measure(quantity: str, exp, run) -> tuple[str, str]:
         else:
             predicted = ("<= " if prediction.step_relation == STEP_AT_MOST else "") + _number(prediction.step_factor)
         return predicted, f"{time_profile_at(run, 0)['step_factor']:.7g}"
-    raise ValueError(f"{quantity}: unknown quantity in a paper config; known: layer_factor, bias_speeds, stream_variance_growth, step_factor")
+    if quantity == "s2":
+        from gradlab.analysis.summaries import jacobian_s2_at
+        from gradlab.theory.predict import jacobian_s2
+
+        predicted = jacobian_s2(prediction)
+        text = _number(predicted) if predicted is not None else f"none ({prediction.extra.get('jacobian_reason', '')[:40]}...)"
+        return text, _number(jacobian_s2_at(run, 0))
+    raise ValueError(f"{quantity}: unknown quantity in a paper config; known: layer_factor, bias_speeds, stream_variance_growth, step_factor, s2")
 
 
 def experiments(path: Path, out: str) -> list[tuple[str, object]]:

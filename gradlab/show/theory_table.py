@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from gradlab.theory.predict import SOURCES, STEP_AT_MOST, STEP_EQUALS, Prediction
+from gradlab.theory.predict import SOURCES, STEP_AT_MOST, STEP_EQUALS, Prediction, jacobian_s2
 
 TABLE_KEYS = ("q_star", "chi1", "predicted_factor", "xi_grad", "xi_c", "phase", "layer_factor")
 
@@ -24,7 +24,7 @@ def table_lines(prediction: Prediction) -> list[str]:
     the predictions ('-' where the theory makes none), then one line per block."""
     p = prediction
     if p.theory == "none":
-        return [f"no prediction: {p.reason}", *_jacobian_lines(p)]
+        return [f"no prediction: {p.reason}", *_jacobian_lines(p), *parametrization_lines(p)]
     lines = [f"theory: {p.theory} ({p.source})"]
     if p.inputs:
         lines.append("from: " + ", ".join(f"{key} = {_text(value)}" for key, value in p.inputs.items()))
@@ -55,7 +55,28 @@ def table_lines(prediction: Prediction) -> list[str]:
             q = _text(p.q[layer]) if layer < len(p.q) else "-"
             factor = _text(p.layers[layer]) if layer < len(p.layers) else "-"
             lines.append(f"{layer:>5}  {q:>12}  {factor:>12}")
-    return lines + _jacobian_lines(p)
+    return lines + _jacobian_lines(p) + parametrization_lines(p)
+
+
+_ROLE_NAMES = {"input": "input (blocks.0)", "hidden": "hidden (blocks.1+)", "output": "output (head)", "vector": "biases, norm", "fixed": "head bias"}
+
+
+def parametrization_lines(p: Prediction) -> list[str]:
+    """model.parametrization ntk or mup: per layer role, the variance its draw gets (against the
+    standard one at this width), σw² = fan_in x variance (the head's with its multiplier), the
+    multiplier and the learning-rate factor (theory/parametrization.py)."""
+    if not p.parametrization:
+        return []
+    lines = ["parametrization (relative to standard at this width; m = width / base_width):",
+             f"{'layer':<20}  {'variance':>12}  {'(standard)':>12}  {'sigma_w2':>10}  {'(standard)':>10}  {'multiplier':>10}  {'lr factor':>9}"]  # fmt: skip
+    for row in p.parametrization:
+        name = _ROLE_NAMES[row["role"]]
+        if "variance" not in row:
+            lines.append(f"{name:<20}  {'as drawn':>12}  {'':>12}  {'':>10}  {'':>10}  {'':>10}  {_text(row['lr_factor']):>9}")
+            continue
+        lines.append(f"{name:<20}  {_text(row['variance']):>12}  {_text(row['variance_standard']):>12}  {_text(row['sigma_w2']):>10}  "
+                     f"{_text(row['sigma_w2_standard']):>10}  {_text(row['multiplier']):>10}  {_text(row['lr_factor']):>9}")  # fmt: skip
+    return lines
 
 
 def _jacobian_lines(p: Prediction) -> list[str]:
@@ -79,10 +100,14 @@ def sweep_table_lines(named: list[tuple[str, Prediction]]) -> list[str]:
     numbers (the columns some combination has), and the reason where a combination has none;
     `--format json` holds every number of every combination."""
     keys = [key for key in SWEEP_KEYS if any(getattr(p, key) is not None for _, p in named)]
+    if any("jacobian_s2" in p.extra for _, p in named):  # log.jacobian: the last block's s2
+        keys.append("jacobian_s2")
     header = ["combination", "theory", *keys]
     def cell(p: Prediction, key: str) -> str:
         if key == "step_factor" and p.step_factor is not None and p.step_relation == STEP_AT_MOST:
             return f"<= {_text(p.step_factor)}"  # Pascanu's bound: the measurement is at most this
+        if key == "jacobian_s2":
+            return _text(jacobian_s2(p))
         return _text(getattr(p, key))
 
     rows = [[name, p.theory, *(cell(p, key) for key in keys)] for name, p in named]
@@ -91,6 +116,7 @@ def sweep_table_lines(named: list[tuple[str, Prediction]]) -> list[str]:
     sources = dict.fromkeys(p.theory for _, p in named if p.theory != "none")
     lines += [f"{theory}: {SOURCES[theory]}" for theory in sources]
     lines += [f"{name}: no prediction: {p.reason}" for name, p in named if p.theory == "none" or (p.reason and p.theory == "recurrent" and p.step_factor is None)]
+    lines += [f"{name}: no jacobian prediction: {p.extra['jacobian_reason']}" for name, p in named if "jacobian_reason" in p.extra]
     lines += [f"{name}: {p.narrow}: mean field is an infinite-width theory, these are the wide-network limit (docs/theory.md, Width)" for name, p in named if p.narrow]
     lines.append("per-layer factors and every other number: --format json")
     return lines
