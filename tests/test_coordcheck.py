@@ -275,3 +275,25 @@ def test_the_coordinate_columns_are_what_they_say(tmp_path, kind):
             assert row["update_rms"] == pytest.approx(row["update_ratio"] * row["weight_norm"] / math.sqrt(entries[row["layer"]]), rel=1e-5)
         else:
             assert math.isnan(row["update_rms"])  # the last step takes no step
+
+
+def test_theory_states_what_the_model_draws_and_the_optimizer_takes():
+    """gradlab theory's parametrization rows against the built model: sigma_w2 = fan_in * the drawn
+    weight's empirical variance (the head's divided by m^2, its multiplier), and each role's lr factor
+    against the optimizer's parameter groups."""
+    from gradlab.theory.predict import predict
+
+    raw = _raw(512, optim="sgd", lr=0.1)
+    raw["model"]["init"] = {"weight": {"name": "normal", "std": 0.05}}
+    exp = validate(raw)
+    rows = {row["role"]: row for row in predict(exp, correlations=False).parametrization}
+    torch.manual_seed(0)
+    model = build_model(exp.model, (12,), 5)
+    m = 512 / BASE
+    for role, module, multiplier in (("input", model.blocks[0].linear, 1), ("hidden", model.blocks[1].linear, 1), ("output", model.head, 1 / m)):
+        measured = module.weight.shape[1] * module.weight.double().var().item() * multiplier**2
+        assert measured == pytest.approx(rows[role]["sigma_w2"], rel=0.05), role
+    lrs = {id(p): g["lr"] for g in parameter_groups(model, exp.model, exp.optim) for p in g["params"]}
+    for role, parameter in (("input", model.blocks[0].linear.weight), ("hidden", model.blocks[1].linear.weight),
+                            ("output", model.head.weight), ("vector", model.blocks[1].linear.bias), ("fixed", model.head.bias)):
+        assert lrs[id(parameter)] == pytest.approx(0.1 * rows[role]["lr_factor"]), role

@@ -6,8 +6,8 @@ optimizer's per-layer learning rates of an MLP or CNN, as the table of vocab/par
     parameter_groups(model, cfg, optim)    the optimizer's parameter groups, lr and weight decay
                                            scaled per role (model.parameters() for standard)
 
-A weight's target variance is the configured initializer's variance at the base width (the
-theory's `initializers.variance` at the fans the layer would have there) times m^var, m = width /
+A weight's target variance is the configured initializer's variance at the base width
+(theory/parametrization.py's variance_factor, from the initializers' stated variances) times m^var, m = width /
 base_width; the drawn tensor is multiplied by sqrt(target / drawn variance), so the draw itself (and
 the random stream) is the standard one. With PyTorch's default init this is exactly what
 microsoft/mup's `set_base_shapes` does to a model with a `MuReadout` head: hidden weights unchanged
@@ -17,18 +17,14 @@ sqrt(fan-in multiplier).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from gradlab.config.experiment import ModelConfig
-from gradlab.theory import initializers
+from gradlab.theory.parametrization import variance_factor
 from gradlab.vocab.parametrizations import lr_exponent, scaling
-
-# Which dimensions of a weight of each role are the width (the rest stay as they are at any width).
-_WIDTH_DIMS = {"input": (0,), "hidden": (0, 1), "output": (1,)}
 
 
 def width_mult(cfg: ModelConfig) -> float:
@@ -42,30 +38,6 @@ def weight_roles(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [("input" if k == 0 else "hidden", module) for k, module in enumerate(blocks)] + [("output", model.head)]
 
 
-def _fans(shape: tuple[int, ...]) -> tuple[int, int, int]:
-    """PyTorch's fan_in and fan_out of a weight of `shape`, and its receptive field."""
-    field = math.prod(shape[2:]) if len(shape) > 2 else 1
-    return shape[1] * field, shape[0] * field, field
-
-
-def _base_shape(shape: tuple[int, ...], role: str, cfg: ModelConfig) -> tuple[int, ...]:
-    return tuple(cfg.base_width if k in _WIDTH_DIMS[role] else size for k, size in enumerate(shape))
-
-
-def variance_factor(spec: dict, shape: tuple[int, ...], role: str, cfg: ModelConfig, exponent: float) -> float:
-    """What a tensor drawn by `spec` for a weight of `shape` is multiplied by so that its variance is
-    the one at the base width times m^exponent (1 where the initializer's variance is 0)."""
-    def var(of: tuple[int, ...]) -> float:
-        fan_in, fan_out, field = _fans(of)
-        return initializers.variance(spec, fan_in, fan_out, cfg.activation, receptive_field=field)
-
-    drawn = var(shape)
-    if drawn == 0:
-        return 1.0
-    base = var(_base_shape(shape, role, cfg))
-    return math.sqrt(base * width_mult(cfg) ** exponent / drawn)
-
-
 def apply_parametrization(model: nn.Module, cfg: ModelConfig) -> None:
     """Rescale the initialized weights and biases of an MLP or CNN to `cfg.parametrization`."""
     if cfg.parametrization == "standard":
@@ -74,11 +46,11 @@ def apply_parametrization(model: nn.Module, cfg: ModelConfig) -> None:
         for role, module in weight_roles(model):
             spec = cfg.init.head if module is model.head and cfg.init.head is not None else cfg.init.weight
             shape = tuple(module.weight.shape)
-            factor = variance_factor(spec, shape, role, cfg, scaling(cfg.parametrization, role).var)
+            factor = variance_factor(spec, shape, role, cfg.width, cfg.base_width, cfg.activation, scaling(cfg.parametrization, role).var)
             if factor != 1.0:
                 module.weight.mul_(factor)
             if module.bias is not None:  # a bias's variance is its init's at the base width (PyTorch's default reads the weight's fan-in)
-                factor = variance_factor(cfg.init.bias, shape, role, cfg, 0.0)
+                factor = variance_factor(cfg.init.bias, shape, role, cfg.width, cfg.base_width, cfg.activation, 0.0)
                 if factor != 1.0:
                     module.bias.mul_(factor)
 

@@ -24,7 +24,7 @@ def table_lines(prediction: Prediction) -> list[str]:
     the predictions ('-' where the theory makes none), then one line per block."""
     p = prediction
     if p.theory == "none":
-        return [f"no prediction: {p.reason}", *_jacobian_lines(p)]
+        return [f"no prediction: {p.reason}", *_jacobian_lines(p), *parametrization_lines(p)]
     lines = [f"theory: {p.theory} ({p.source})"]
     if p.inputs:
         lines.append("from: " + ", ".join(f"{key} = {_text(value)}" for key, value in p.inputs.items()))
@@ -55,7 +55,28 @@ def table_lines(prediction: Prediction) -> list[str]:
             q = _text(p.q[layer]) if layer < len(p.q) else "-"
             factor = _text(p.layers[layer]) if layer < len(p.layers) else "-"
             lines.append(f"{layer:>5}  {q:>12}  {factor:>12}")
-    return lines + _jacobian_lines(p)
+    return lines + _jacobian_lines(p) + parametrization_lines(p)
+
+
+_ROLE_NAMES = {"input": "input (blocks.0)", "hidden": "hidden (blocks.1+)", "output": "output (head)", "vector": "biases, norm", "fixed": "head bias"}
+
+
+def parametrization_lines(p: Prediction) -> list[str]:
+    """model.parametrization ntk or mup: per layer role, the variance its draw gets (against the
+    standard one at this width), σw² = fan_in x variance (the head's with its multiplier), the
+    multiplier and the learning-rate factor (theory/parametrization.py)."""
+    if not p.parametrization:
+        return []
+    lines = ["parametrization (relative to standard at this width; m = width / base_width):",
+             f"{'layer':<20}  {'variance':>12}  {'(standard)':>12}  {'sigma_w2':>10}  {'(standard)':>10}  {'multiplier':>10}  {'lr factor':>9}"]  # fmt: skip
+    for row in p.parametrization:
+        name = _ROLE_NAMES[row["role"]]
+        if "variance" not in row:
+            lines.append(f"{name:<20}  {'as drawn':>12}  {'':>12}  {'':>10}  {'':>10}  {'':>10}  {_text(row['lr_factor']):>9}")
+            continue
+        lines.append(f"{name:<20}  {_text(row['variance']):>12}  {_text(row['variance_standard']):>12}  {_text(row['sigma_w2']):>10}  "
+                     f"{_text(row['sigma_w2_standard']):>10}  {_text(row['multiplier']):>10}  {_text(row['lr_factor']):>9}")  # fmt: skip
+    return lines
 
 
 def _jacobian_lines(p: Prediction) -> list[str]:

@@ -60,6 +60,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gradlab.theory import activations, initializers
+from gradlab.theory import parametrization
 from gradlab.theory import batchnorm as batchnorm_theory
 from gradlab.theory import jacobian as jacobian_theory
 from gradlab.theory import mean_field as theory
@@ -152,6 +153,8 @@ class Prediction:
     extra: dict[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     narrow: str = ""  # "width 1 < 32" where mean field's infinite-width numbers do not apply to this width
+    # model.parametrization ntk or mup: theory/parametrization.layer_table, one row per layer role; [] for standard
+    parametrization: list[dict[str, Any]] = field(default_factory=list)
 
 
     @property
@@ -169,6 +172,8 @@ class Prediction:
         out["extra"] = {k: [_json_number(x) for x in v] if isinstance(v, (list, tuple)) else _json_number(v) for k, v in self.extra.items()}
         if self.narrow:
             out["narrow"] = self.narrow
+        if self.parametrization:  # model.parametrization ntk or mup: what it does to each layer
+            out["parametrization"] = [{k: _json_number(v) if isinstance(v, float) else v for k, v in row.items()} for row in self.parametrization]
         if self.theory == "recurrent":  # (feed-forward JSON keeps its keys)
             out["step_factor"] = _json_number(self.step_factor)
             out["step_relation"] = self.step_relation
@@ -262,11 +267,15 @@ def _fans(exp: Any, block: int) -> tuple[int, int]:
     return (exp.data.dim if block == 0 else exp.model.width), exp.model.width
 
 
-def _init_variances(exp: Any, fan_in: int, fan_out: int, has_bias: bool) -> tuple[float, float]:
-    """(σw², σb²) of a linear layer with these fans under the config's initializers."""
+def _init_variances(exp: Any, fan_in: int, fan_out: int, has_bias: bool, role: str = "hidden") -> tuple[float, float]:
+    """(σw², σb²) of a linear layer with these fans under the config's initializers, rescaled as
+    model.parametrization rescales a block of `role` (input or hidden; theory/parametrization.py)."""
     model = exp.model
     var_w = initializers.variance(model.init.weight, fan_in, fan_out, model.activation)
     var_b = initializers.variance(model.init.bias, fan_in, fan_out, model.activation) if has_bias else 0.0
+    if model.parametrization != "standard":
+        var_w *= parametrization.init_factor(exp, role, (fan_out, fan_in)) ** 2
+        var_b *= parametrization.init_factor(exp, role, (fan_out, fan_in), bias=True) ** 2
     return var_w * fan_in, var_b
 
 
@@ -294,6 +303,8 @@ def predict(exp: Any, moments: InputMoments | None = None, correlations: bool = 
     the Jacobian's spectrum (or the reason it has none).
     """
     prediction = _gradient_prediction(exp, moments, correlations)
+    if getattr(exp.model, "parametrization", "standard") != "standard":
+        prediction = replace(prediction, parametrization=parametrization.layer_table(exp))
     if getattr(exp.log, "jacobian", None) is None:
         return prediction
     return replace(prediction, extra={**prediction.extra, **_jacobian(exp, prediction)})
@@ -393,7 +404,7 @@ def _shared(key: tuple, compute: Any) -> Any:
 
 def _mean_field(exp: Any, act: NumpyActivation, moments: InputMoments, correlations: bool) -> Prediction:
     model = exp.model
-    first_w2, first_b2 = _init_variances(exp, *_fans(exp, 0), model.bias)
+    first_w2, first_b2 = _init_variances(exp, *_fans(exp, 0), model.bias, "input")
     w2, b2 = _init_variances(exp, *_fans(exp, 1), model.bias)
     depth = model.depth
     qs = theory.layer_variances(act, moments.second_moment, depth, [first_w2] + [w2] * (depth - 1), [first_b2] + [b2] * (depth - 1))
@@ -435,7 +446,7 @@ _NEGATIVE_SLOPE = {"relu": lambda p: 0.0, "leaky_relu": lambda p: p.negative_slo
 
 def _batchnorm(exp: Any, act: NumpyActivation, moments: InputMoments) -> Prediction:
     model = exp.model
-    first_w2, _ = _init_variances(exp, *_fans(exp, 0), False)
+    first_w2, _ = _init_variances(exp, *_fans(exp, 0), False, "input")
     w2, _ = _init_variances(exp, *_fans(exp, 1), False)
     large_batch = batchnorm_theory.batchnorm_gradient_factor(act, "batchnorm", "pre")
     if large_batch is None:
