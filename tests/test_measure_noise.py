@@ -22,6 +22,10 @@ from gradlab.vocab.quantities import LAYERS_COLUMNS, NOISE, layers_columns
 LOSS = nn.functional.cross_entropy
 
 
+def values(measured: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {quantity: value.item() for quantity, value in measured.items()}
+
+
 def reference(per_example: torch.Tensor) -> dict[str, float]:
     """The three quantities from the per-example gradients themselves, in float64, by their definitions."""
     g = per_example.double().flatten(1)  # (B, coordinates)
@@ -103,7 +107,7 @@ def test_a_linear_on_a_sequence_and_a_strided_grouped_convolution_match_vmap():
     z = layer(x)
     z.retain_grad()
     LOSS(torch.tanh(z).mean(dim=1), y).backward()
-    measured = {m.quantity: m.value.item() for m in noise.noise(noise.linear_sums(x, z.grad))}
+    measured = values(noise.noise(noise.linear_sums(x, z.grad)))
     assert measured == pytest.approx(reference(per_example_grads(model, x, y)["layer.weight"]), rel=1e-6)
 
     conv = nn.Conv1d(4, 6, 3, stride=2, padding=1, groups=2)
@@ -122,7 +126,7 @@ def test_a_linear_on_a_sequence_and_a_strided_grouped_convolution_match_vmap():
     z.retain_grad()
     LOSS(z.mean(dim=2)[:, :4], y).backward()
     sums = noise.call_sums(lambda v, w, b: conv._conv_forward(v, w, b), xs, conv.weight, z.grad, (), {})
-    measured = {m.quantity: m.value.item() for m in noise.noise(sums)}
+    measured = values(noise.noise(sums))
     assert measured == pytest.approx(reference(per_example_grads(net, xs, y)["conv.weight"]), rel=1e-6)
 
 
@@ -131,9 +135,9 @@ def test_the_unfolded_convolution_in_chunks_is_the_whole_batch_at_once(monkeypat
     x = torch.randn(9, 2, 5, 5)
     z = conv(x)
     delta = torch.randn_like(z)
-    whole = [m.value.item() for m in noise.noise(noise.conv2d_sums(x, delta, conv))]
+    whole = list(values(noise.noise(noise.conv2d_sums(x, delta, conv))).values())
     monkeypatch.setattr(noise, "CHUNK_ENTRIES", 2 * conv.weight.numel())  # two examples a chunk
-    chunked = [m.value.item() for m in noise.noise(noise.conv2d_sums(x, delta, conv))]
+    chunked = list(values(noise.noise(noise.conv2d_sums(x, delta, conv))).values())
     assert chunked == pytest.approx(whole, rel=1e-12)
 
 
@@ -143,10 +147,10 @@ def test_a_coordinate_without_variance_is_left_out_and_identical_examples_have_n
     a[:, 2] = 0.0  # an input that is always 0 (a dead unit below): its column's gradients are all 0
     delta = torch.randn(8, 3)
     g = torch.einsum("bo,bi->boi", delta, a) * 8  # g_n = B a_n delta_n^T
-    measured = {m.quantity: m.value.item() for m in noise.noise(noise.linear_sums(a, delta), delta.T @ a)}
+    measured = values(noise.noise(noise.linear_sums(a, delta), delta.T @ a))
     assert measured["gsnr"] == pytest.approx(reference(g)["gsnr"], rel=1e-5)  # 12 coordinates, not 15
     same_a, same_delta = a[:1].repeat(8, 1), delta[:1].repeat(8, 1)
-    measured = {m.quantity: m.value.item() for m in noise.noise(noise.linear_sums(same_a, same_delta), same_delta.T @ same_a)}
+    measured = values(noise.noise(noise.linear_sums(same_a, same_delta), same_delta.T @ same_a))
     assert measured["grad_noise_scale"] == 0.0
     assert math.isnan(measured["gsnr"])  # every coordinate's variance is 0: an empty cell, never a huge number
     assert measured["pe_grad_norm"] == pytest.approx(8 * same_a[0].norm().item() * same_delta[0].norm().item(), rel=1e-6)
@@ -155,9 +159,9 @@ def test_a_coordinate_without_variance_is_left_out_and_identical_examples_have_n
 def test_a_vanishing_gradient_is_measured_not_rounded_to_zero():
     torch.manual_seed(5)
     a, delta = torch.randn(16, 6), torch.randn(16, 4)
-    plain = {m.quantity: m.value.item() for m in noise.noise(noise.linear_sums(a, delta), delta.T @ a)}
+    plain = values(noise.noise(noise.linear_sums(a, delta), delta.T @ a))
     tiny = delta * 2.0**-110  # squares of 1e-33 underflow float32 to 0
-    small = {m.quantity: m.value.item() for m in noise.noise(noise.linear_sums(a, tiny), tiny.T @ a)}
+    small = values(noise.noise(noise.linear_sums(a, tiny), tiny.T @ a))
     assert small["pe_grad_norm"] == pytest.approx(plain["pe_grad_norm"] * 2.0**-110, rel=1e-6)
     assert small["grad_noise_scale"] == pytest.approx(plain["grad_noise_scale"], rel=1e-6)
     assert small["gsnr"] == pytest.approx(plain["gsnr"], rel=1e-6)
@@ -184,7 +188,7 @@ def test_side_by_side_with_backpack():
         out = model[2](torch.tanh(z)) if index == 0 else z
         model.zero_grad()
         LOSS(out, y).backward()
-        ours = {m.quantity: m.value.item() for m in noise.noise(noise.linear_sums(inputs[index], z.grad), z.grad.T @ inputs[index].detach())}
+        ours = values(noise.noise(noise.linear_sums(inputs[index], z.grad), z.grad.T @ inputs[index].detach()))
         w = extended[index].weight
         l2 = w.batch_l2.double() * B**2  # ||g_n||^2
         g_bar = w.grad.double()

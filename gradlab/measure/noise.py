@@ -158,13 +158,11 @@ def _materialized(a: torch.Tensor, delta: torch.Tensor, per_example: Callable[[t
     return NoiseSums(batch, per_example_norms, scale, variance=square / batch, mean=mean)
 
 
-def noise(sums: NoiseSums, grad: torch.Tensor | None = None) -> list:
-    """pe_grad_norm, grad_noise_scale and gsnr from a site's sums; `grad` is the layer's gradient
-    dL/dW (needed by the one-pass form, whose sums do not hold g_bar). NaN (an empty cell) where a
-    quantity does not exist: B < 2, g_bar = 0, every coordinate's variance 0. Returns kernels.Measured
-    values (imported here: kernels.py lists this module's kernels in its index)."""
-    from gradlab.measure.kernels import Measured
-
+def noise(sums: NoiseSums, grad: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """pe_grad_norm, grad_noise_scale and gsnr from a site's sums, as 0-d device tensors; `grad` is
+    the layer's gradient dL/dW (needed by the one-pass form, whose sums do not hold g_bar). NaN (an
+    empty cell) where a quantity does not exist: B < 2, g_bar = 0, every coordinate's variance 0.
+    kernels.noise_columns hands them to a probe."""
     batch, scale = sums.examples, sums.scale
     if sums.mean is not None:
         g_bar = sums.mean
@@ -194,8 +192,4 @@ def noise(sums: NoiseSums, grad: torch.Tensor | None = None) -> list:
         noise_scale = nan
     else:
         noise_scale = torch.where(g_bar_square > 0, excess / (batch - 1) / torch.where(g_bar_square > 0, g_bar_square, 1.0), nan)
-    return [
-        Measured("pe_grad_norm", sums.norms.mean()),
-        Measured("grad_noise_scale", noise_scale),
-        Measured("gsnr", gsnr),
-    ]
+    return {"pe_grad_norm": sums.norms.mean(), "grad_noise_scale": noise_scale, "gsnr": gsnr}

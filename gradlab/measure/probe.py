@@ -204,7 +204,7 @@ class Probe:
             pending.columns[_WEIGHT_SCALE] = (every_site, scales, divisors)
         self._measure_norm_parts(pending, grad_norms)
         for site, sums, weight in self._noise_sums.values():
-            self._add(site, noise.noise(sums, weight.grad))
+            self._add(site, kernels.noise_columns(sums, weight.grad))
         self._noise_sums = {}
         if self._spectra is not None:
             for quantity, (keys, values) in self._spectra.measure([(layer.site.key, list(layer.weights.values())) for layer in self.layers]).items():

@@ -467,9 +467,9 @@ class Watch:
                     g_bar = None
                     if sums.mean is None:  # one position: this use's dL/dW, delta^T a
                         g_bar = noise.working(grad).T @ noise.working(x)
-                    measured = noise.noise(sums, g_bar)
+                    measured = kernels.noise_columns(sums, g_bar)
                 else:
-                    measured = noise.noise(noise.call_sums(func, x, weight, grad, rest, options))
+                    measured = kernels.noise_columns(noise.call_sums(func, x, weight, grad, rest, options))
             for m in measured:
                 self._pending.add(m.quantity, site, m.value, m.divisor)
 
