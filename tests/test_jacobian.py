@@ -152,3 +152,25 @@ def test_bad_settings_are_one_line_and_exit_2(tmp_path, invoke, log, model, line
     result = invoke("validate", path)
     assert result.exit_code == 2
     assert result.stderr == line + "\n"
+
+
+def test_the_figure_draws_s2_and_m1_against_depth_with_the_prediction_dashed(tmp_path):
+    from gradlab.config.experiment import validate
+    from gradlab.orchestrate.runner import run_experiment
+    from gradlab.records.run import load_run
+    from gradlab.show import plots
+
+    runs = []
+    for depth in (2, 3):
+        config = base(tmp_path, jacobian={"every": 2, "probes": 2, "examples": 2})
+        config["model"] = {"depth": depth, "width": 8, "activation": "relu", "init": {"weight": "kaiming_normal", "bias": "zeros"}}
+        runs.append(load_run(run_experiment(validate(config)).run_dir))
+    assert plots.has_jacobian(runs)  # build_figures draws it then
+    figure = plots.jacobian(runs)
+    s2_axes, m1_axes = figure.axes[:2]
+    measured = [line for line in s2_axes.get_lines() if line.get_gid() != plots.THEORY_GID and line.get_xydata().size]
+    assert [list(line.get_xdata()) for line in measured] == [[2, 3], [2, 3]]  # step 0 and the last step, one point per run's depth
+    assert [line.get_ydata()[-1] for line in measured][0] == pytest.approx(runs[1].jacobian.query("step == 0")["s2"].dropna().iloc[0])
+    theory = [line for line in s2_axes.get_lines() if line.get_gid() == plots.THEORY_GID]
+    assert len(theory) == 1 and list(theory[0].get_ydata()) == pytest.approx([2, 4, 6])  # ReLU, Gaussian, width = dim: 2L
+    assert not plots.has_jacobian([load_run(run_experiment(validate(base(tmp_path / "plain"))).run_dir)])

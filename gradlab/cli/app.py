@@ -408,7 +408,8 @@ def plot(
 
     Depth profiles of delta_norm and weight_grad_norm, a layer x step heatmap of delta_norm,
     training curves, and dead/saturated units per layer; with the noise group, grad_noise_scale
-    and gsnr per layer at --step.
+    and gsnr per layer at --step; with log.jacobian, the input-output Jacobian's s2 and m1 against
+    depth at step 0 and the last step, theory dashed.
     """
     from gradlab.records.run import load_runs
     from gradlab.show import plots

@@ -444,6 +444,72 @@ def noise(runs: Sequence[Run], step: int | str = "last") -> Figure:
     return figure
 
 
+def has_jacobian(runs: Sequence[Run]) -> bool:
+    """Whether some run measured log.jacobian: the Jacobian figure is drawn then."""
+    return any(run.jacobian is not None and len(run.jacobian) for run in runs)
+
+
+def _jacobian_families(runs: Sequence[Run]) -> list[list[int]]:
+    """The runs grouped by their config without model.depth (and seed): one family per line
+    against depth, a sweep over depth drawn as one curve."""
+    def without_depth(config: dict) -> dict:
+        model = config.get("model")
+        return {**config, "model": {**model, "depth": 0}} if isinstance(model, dict) else config
+
+    return configdiff.group_by_config([without_depth(run.config) for run in runs])
+
+
+def jacobian(runs: Sequence[Run]) -> Figure:
+    """The input-output Jacobian (jacobian.csv) against depth L = block + 1: s2 of the last hidden
+    block of each run (left; a sweep over model.depth is one curve per configuration) and m1 of every
+    block (right, log scale); step 0 solid, the last step dotted, free probability's prediction at
+    initialization dashed (theory/jacobian.py), one colour per configuration apart from its depth."""
+    from gradlab.theory import predict
+
+    figure = _figure(11, 4.8)
+    s2_axes, m1_axes = figure.subplots(1, 2)
+    families = _jacobian_families(runs)
+    labels = configdiff.labels([{**run.config, "model": {**run.config["model"], "depth": 0}} for run in runs]) if len(families) > 1 else ["" for _ in runs]
+    for number, family in enumerate(families):
+        color = f"C{number % 10}"
+        members = sorted((runs[i] for i in family if runs[i].jacobian is not None), key=lambda run: run.config["model"]["depth"])
+        if not members:
+            continue
+        for step, style, marker in ((0, "-", "o"), ("last", ":", "x")):
+            depths, s2s = [], []
+            for run in members:
+                table = run.jacobian[run.jacobian["step"] == run.resolve_step(step)].sort_values("layer")
+                if table.empty:
+                    continue
+                m1_axes.plot(table["layer"].to_numpy() + 1, _positive(table["m1"].to_numpy(dtype=float)), linestyle=style, marker=marker,
+                             markersize=3, linewidth=1, color=color)  # fmt: skip
+                last = table[table["s2"].notna()]
+                if len(last):
+                    depths.append(int(last["layer"].iloc[-1]) + 1)
+                    s2s.append(float(last["s2"].iloc[-1]))
+            s2_axes.plot(depths, s2s, linestyle=style, marker=marker, markersize=4, color=color,
+                         label=(labels[family[0]] or "measured") if step == 0 else None)  # fmt: skip
+        prediction = predict.for_config(members[-1].config)  # the deepest member: its blocks cover every depth
+        for axes, key in ((s2_axes, "jacobian_s2"), (m1_axes, "jacobian_m1")):
+            values = prediction.extra.get(key)
+            if values:
+                axes.plot(np.arange(1, len(values) + 1), np.asarray(values, dtype=float) if key == "jacobian_s2" else _positive(np.asarray(values, dtype=float)),
+                          linestyle="--", linewidth=1, color=color, gid=THEORY_GID)  # fmt: skip
+    for label, style, marker in (("step 0 (solid)", "-", "o"), ("last step (dotted)", ":", "x"), ("theory at initialization (dashed)", "--", "")):
+        s2_axes.plot([], [], linestyle=style, marker=marker or None, color="0.4", label=label)
+    s2_axes.set_ylabel("s2 = m2 / m1^2 - 1 of the last block")
+    m1_axes.set_ylabel("m1 = tr(J^T J) / n_in (log scale)")
+    if any(line.get_xydata().size for line in m1_axes.get_lines()):
+        m1_axes.set_yscale("log")
+    for axes in (s2_axes, m1_axes):
+        axes.set_xlabel("depth L (blocks from the input)")
+        axes.xaxis.set_major_locator(_integer_ticks())
+        axes.grid(True, which="both", alpha=0.3)
+    _legend(figure)
+    _suptitle(figure, _title(runs, "input-output Jacobian: the spread s2 and the mean m1 of its squared singular values"))
+    return figure
+
+
 def saturation(runs: Sequence[Run]) -> Figure:
     """dead_frac, inactive_frac and saturated_frac (top to bottom) per hidden layer, at step 0 and
     the last step: a ReLU run's blocked units show in the second row, a sigmoid run's in the third."""
@@ -678,6 +744,7 @@ def build_figures(runs: Sequence[Run], step: int | str = "last") -> dict[str, Fi
         "saturation": saturation(runs),
         **({"batchnorm": batchnorm(runs)} if has_batchnorm(runs) else {}),  # BatchNorm runs: train/test statistics
         **({"noise": noise(runs, step)} if has_noise(runs) else {}),  # runs with the noise group
+        **({"jacobian": jacobian(runs)} if has_jacobian(runs) else {}),  # runs with log.jacobian
         **({  # recurrent runs: the gradient along time
             "time_profile_hidden_delta_norm": time_profile(runs),
             "heatmap_time_hidden_delta_norm": time_heatmap(runs),
