@@ -77,9 +77,12 @@ def batch(shape, n=12, seed=1):
     return torch.randn(n, *shape, generator=g), torch.randint(0, 3, (n,), generator=g)
 
 
-@pytest.mark.parametrize("kind,norm", [("mlp", "none"), ("mlp", "layernorm"), ("cnn", "none"), ("cnn", {"name": "groupnorm", "groups": 4})], ids=str)
-def test_the_probe_matches_vmap_per_example_gradients(kind, norm):
-    model, shape = make_model(kind, norm=norm)
+@pytest.mark.parametrize("kind,model", [
+    ("mlp", {}), ("mlp", {"norm": "layernorm"}), ("mlp", {"residual": True, "dropout": 0.0}),
+    ("cnn", {}), ("cnn", {"norm": {"name": "groupnorm", "groups": 4}, "pool_every": 1}),
+], ids=str)  # fmt: skip
+def test_the_probe_matches_vmap_per_example_gradients(kind, model):
+    model, shape = make_model(kind, **model)
     x, y = batch(shape)
     rows = probe_rows(model, x, y)
     per_example = per_example_grads(model, x, y)
@@ -165,6 +168,13 @@ def test_a_vanishing_gradient_is_measured_not_rounded_to_zero():
     assert small["pe_grad_norm"] == pytest.approx(plain["pe_grad_norm"] * 2.0**-110, rel=1e-6)
     assert small["grad_noise_scale"] == pytest.approx(plain["grad_noise_scale"], rel=1e-6)
     assert small["gsnr"] == pytest.approx(plain["gsnr"], rel=1e-6)
+    # a sequence (per-example gradients formed), with tiny inputs too: their products would underflow
+    seq_a, seq_delta = torch.randn(16, 3, 6), torch.randn(16, 3, 4)
+    plain = values(noise.noise(noise.linear_sums(seq_a, seq_delta)))
+    small = values(noise.noise(noise.linear_sums(seq_a * 2.0**-70, seq_delta * 2.0**-70)))
+    assert small["pe_grad_norm"] == pytest.approx(plain["pe_grad_norm"] * 2.0**-140, rel=1e-6)
+    assert small["grad_noise_scale"] == pytest.approx(plain["grad_noise_scale"], rel=1e-9)
+    assert small["gsnr"] == pytest.approx(plain["gsnr"], rel=1e-9)
 
 
 def test_side_by_side_with_backpack():
@@ -279,6 +289,16 @@ def test_the_noise_figure_draws_each_layer_at_the_step_asked(tmp_path):
                                                           "model": {"depth": 2, "width": 8}, "log": {"out": str(tmp_path / "plain")}})])
     result = CliRunner().invoke(app, ["plot", str(tmp_path / "runs"), "-o", str(tmp_path / "figures"), "--step", "0"])
     assert result.exit_code == 0 and (tmp_path / "figures" / "noise.png").is_file()
+
+
+def test_a_recurrent_run_keeps_the_noise_columns_empty(tmp_path):
+    from gradlab.orchestrate.api import run as run_config
+
+    run = run_config({"name": "rnn", "data": {"name": "adding", "seq_len": 5, "n_train": 32, "n_test": 8, "batch_size": 8},
+                      "model": {"kind": "rnn", "depth": 1, "width": 8, "readout": "last"}, "loss": "mse",
+                      "train": {"steps": 1, "eval_every": 1}, "log": {"every": 1, "probes": ["weights", "noise"], "out": str(tmp_path)}})  # fmt: skip
+    assert run.meta["status"] == "completed"
+    assert list(run.layers.columns[-3:]) == list(NOISE) and run.layers[list(NOISE)].isna().all().all()
 
 
 def test_the_noise_group_with_batchnorm_is_refused_at_validate(tmp_path):

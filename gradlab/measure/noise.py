@@ -133,14 +133,14 @@ def _materialized(a: torch.Tensor, delta: torch.Tensor, per_example: Callable[[t
     Two passes when there are several chunks (the mean first, then the variance about it); one when
     the whole batch fits in a chunk."""
     batch = a.shape[0]
-    sd = _power_of_two(delta)
-    d_s = delta / sd.to(delta.dtype)
+    sa, sd = _power_of_two(a), _power_of_two(delta)
+    a_s, d_s = a / sa.to(a.dtype), delta / sd.to(delta.dtype)
     step = max(1, CHUNK_ENTRIES // max(1, size))
     chunks = [(start, min(batch, start + step)) for start in range(0, batch, step)]
-    scale = batch * sd  # g_n = B * sd * per_example(a_n, d_s_n)
+    scale = batch * sa * sd  # g_n = B * sa * sd * per_example(a_s_n, d_s_n)
 
     def grads(start: int, end: int) -> torch.Tensor:
-        return per_example(a[start:end], d_s[start:end]).reshape(end - start, -1).double()
+        return per_example(a_s[start:end], d_s[start:end]).reshape(end - start, -1).double()
 
     first = grads(*chunks[0]) if len(chunks) == 1 else None
     total = torch.zeros(size, dtype=torch.float64, device=a.device)
@@ -154,7 +154,7 @@ def _materialized(a: torch.Tensor, delta: torch.Tensor, per_example: Callable[[t
     for start, end in chunks:
         g = first if first is not None else grads(start, end)
         square += (g - mean).square().sum(dim=0)
-    per_example_norms = torch.cat(norms) * batch * sd
+    per_example_norms = torch.cat(norms) * scale
     return NoiseSums(batch, per_example_norms, scale, variance=square / batch, mean=mean)
 
 
