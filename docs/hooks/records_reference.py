@@ -216,6 +216,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "noise-columns": lambda: quantity_table(_q().NOISE_QUANTITIES),
     "recurrent-layers-columns": lambda: quantity_table(_q().RECURRENT_LAYER_QUANTITIES),
     "timesteps-columns": _timesteps,
+    "jacobian-columns": lambda: column_table(_q().JACOBIAN_KEYS, _q().JACOBIAN_QUANTITIES),
     "metrics-columns": _metrics,
     "statuses": _statuses,
     "profile-quantities": lambda: meaning_table(_q().PROFILE_QUANTITIES, "@<step>"),
