@@ -100,7 +100,13 @@ def test_compare_sets_the_step_factor_beside_its_theory(tmp_path):
     lstm = recurrent_run(tmp_path, "lstm", kind="lstm", forget_bias=1.0)
     comparison = compare_runs([linear, tight, loose, lstm], steps=[0], theory=True)
     table = comparison.table.set_index("label")
-    assert list(comparison.table.columns[-4:]) == ["predicted_factor", "departs", "predicted_step_factor", "step_departs"]
+    assert list(comparison.table.columns[-9:-5]) == ["predicted_factor", "departs", "predicted_step_factor", "step_departs"]
+    # the gates' columns follow where a row is an lstm or gru (tests/test_theory_gates.py checks their numbers)
+    assert list(comparison.table.columns[-5:]) == ["direct_factor", "predicted_direct_factor", "h_second_moment", "predicted_h_second_moment", "gate_departs"]
+    assert math.isnan(table.loc["linear", "predicted_direct_factor"]) and pd.isna(table.loc["linear", "gate_departs"])
+    # (these runs log deltas only: no gate means to set beside it)
+    assert table.loc["lstm", "predicted_direct_factor"] > 0 and pd.isna(table.loc["lstm", "gate_departs"])
+    assert "lstm: no gate means measured at step 0 (timesteps.csv has them with log.probes activations)" in comparison.notes
     # the linear rnn: the prediction is lambda and the measurement is lambda (geometric mean of the
     # recorded ratios, computed here from timesteps.csv)
     deltas = linear.timesteps.sort_values("t")["delta_norm"].to_numpy(float)

@@ -136,8 +136,9 @@ def test_recurrent_predictions_once_the_config_has_the_kinds():
     assert predict(rnn("rnn", {"name": "orthogonal", "gain": 2.0}, activation="sigmoid")).extra["step_bound"] == pytest.approx(0.5)
     lstm = predict(rnn("lstm", forget_bias=1.0))
     assert lstm.predicted_factor == pytest.approx(1 / (1 + math.exp(-1.0)))
-    assert "forget_bias" in predict(rnn("lstm")).reason
-    assert predict(rnn("gru")).theory == "none"
+    # lstm without a forget_bias and gru: the gates' mean field (tests/test_theory_gates.py checks its numbers)
+    assert predict(rnn("lstm")).gates["direct_factor"] == pytest.approx(0.5, abs=1e-3)
+    assert predict(rnn("gru")).theory == "recurrent" and predict(rnn("gru")).step_factor is None
 
 
 def test_recurrent_step_factor_is_a_prediction_only_for_a_linear_norm_preserving_rnn():

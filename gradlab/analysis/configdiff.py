@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Callable, Sequence
 
-from gradlab.config.experiment import component_keys
+from gradlab.config.experiment import CHRONO_KINDS, component_keys
 from gradlab.vocab.values import canonical as canonical_value
 
 # Config fields that hold a component ({name: ..., params...}): one value, shown as name(params).
@@ -37,10 +37,19 @@ NOT_EXPERIMENTAL = ("name", "seed", "device", "log", "train.eval_every", "expect
 KIND_SPECIFIC: dict[str, tuple[str, ...]] = {"model.forget_bias": ("lstm",)}
 
 
+# Keys whose mapping value is one value (shown whole), not flattened into its keys: chrono's
+# {name: chrono, max_timescale: T} beside forget biases that are numbers.
+WHOLE_KEYS: tuple[str, ...] = ("model.forget_bias",)
+
+
 def applies(key: str, config: dict[str, Any]) -> bool:
-    """Whether a dotted key acts in this config (KIND_SPECIFIC; every other key does)."""
+    """Whether a dotted key acts in this config (KIND_SPECIFIC; every other key does). A chrono
+    forget_bias (a mapping) acts on gru's update gate as well as on lstm's forget gate."""
     kinds = KIND_SPECIFIC.get(key)
-    return kinds is None or config.get("model", {}).get("kind") in kinds
+    model = config.get("model", {})
+    if key == "model.forget_bias" and isinstance(model.get("forget_bias"), dict):
+        kinds = CHRONO_KINDS
+    return kinds is None or model.get("kind") in kinds
 
 
 class _Missing:
@@ -72,7 +81,7 @@ def flatten(config: dict[str, Any], whole: Callable[[str, Any], bool] = lambda k
 def flatten_config(config: dict[str, Any]) -> dict[str, Any]:
     """A run's config as dotted keys; each component (COMPONENT_KEYS) is one value, a mapping
     with its name (a component written as a bare name becomes {'name': name})."""
-    flat = flatten(config, lambda key, value: key in COMPONENT_KEYS)
+    flat = flatten(config, lambda key, value: key in COMPONENT_KEYS or key in WHOLE_KEYS)
     for key in COMPONENT_KEYS:
         if isinstance(flat.get(key), str):
             flat[key] = {"name": flat[key]}
@@ -129,7 +138,7 @@ def display_values(key: str, values: Sequence[Any]) -> list[str]:
     `batchnorm(placement=pre)` and `batchnorm(placement=post)` are not buried in momentum and eps.
     The run's config.yaml has every parameter.
     """
-    if key not in COMPONENT_KEYS:
+    if key not in COMPONENT_KEYS and key not in WHOLE_KEYS:
         return [format_value(value) for value in values]
     specs: dict[str, list[dict[str, Any]]] = {}
     for value in values:

@@ -188,6 +188,24 @@ class RecurrentLayer(nn.Module):
         return list(weight.chunk(BLOCKS[self.kind], dim=0))
 
 
+def chrono_init(layer: RecurrentLayer, max_timescale: float) -> None:
+    """Chrono initialization (Tallec & Ollivier 2018): each unit's memory gate gets the total bias
+    b = log u, u ~ U(1, max_timescale - 1), so σ(b) = u / (1 + u) keeps a fraction 1 - 1/(1 + u) per
+    step, a memory of about 1 + u steps: the units' timescales spread from 2 to max_timescale.
+    lstm: the forget gate's bias is b and the input gate's -b (what stays is not overwritten);
+    gru: the update gate's bias is +b, since PyTorch's h_t = (1 - z) * n + z * h_{t-1} keeps h_{t-1}
+    through z. As forget_bias does, the total goes to bias_ih and bias_hh's slice is 0."""
+    H = layer.width
+    with torch.no_grad():
+        b = torch.empty(H, dtype=layer.bias_ih.dtype).uniform_(1.0, max_timescale - 1.0).log_()
+        memory = slice(H, 2 * H)  # lstm (i, f, g, o): f; gru (r, z, n): z
+        layer.bias_ih[memory] = b
+        layer.bias_hh[memory] = 0.0
+        if layer.kind == "lstm":
+            layer.bias_ih[:H] = -b
+            layer.bias_hh[:H] = 0.0
+
+
 class Recurrent(nn.Module):
     """`depth` recurrent layers of one kind and a linear head, built from the `model:` section."""
 
@@ -277,7 +295,8 @@ class Recurrent(nn.Module):
     def initialize(self, cfg) -> None:
         """init.weight: input-to-hidden and head weights (init.head, where set, the head's);
         init.recurrent: hidden-to-hidden weights;
-        init.bias: every bias; each applied per gate block. Then lstm's forget_bias, if set."""
+        init.bias: every bias; each applied per gate block. Then forget_bias, if set: lstm's forget
+        gate's total bias, or chrono's biases (`chrono_init`)."""
         init = cfg.init
         recurrent = getattr(init, "recurrent", {"name": DEFAULT_INIT})
         activation = cfg.activation
@@ -290,7 +309,9 @@ class Recurrent(nn.Module):
                     for block in layer.gate_blocks(bias.data):
                         apply_init(init.bias, block, activation)
             forget_bias = getattr(cfg, "forget_bias", None)
-            if self.kind == "lstm" and forget_bias is not None and layer.bias_ih is not None:
+            if isinstance(forget_bias, dict) and layer.bias_ih is not None:
+                chrono_init(layer, forget_bias["max_timescale"])
+            elif self.kind == "lstm" and forget_bias is not None and layer.bias_ih is not None:
                 H = layer.width
                 with torch.no_grad():
                     layer.bias_ih[H : 2 * H] = forget_bias

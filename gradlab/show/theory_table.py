@@ -55,7 +55,23 @@ def table_lines(prediction: Prediction) -> list[str]:
             q = _text(p.q[layer]) if layer < len(p.q) else "-"
             factor = _text(p.layers[layer]) if layer < len(p.layers) else "-"
             lines.append(f"{layer:>5}  {q:>12}  {factor:>12}")
-    return lines + _jacobian_lines(p) + parametrization_lines(p)
+    return lines + _gate_lines(p) + _jacobian_lines(p) + parametrization_lines(p)
+
+
+def _gate_lines(p: Prediction) -> list[str]:
+    """lstm and gru: each gate's pre-activation mean and variance and its mean (stationary, and over
+    the second half of the config's sequence), the direct-path factor, its timescale and E[h²]."""
+    if not p.gates:
+        return []
+    window = p.gates["over_sequence"]
+    first, last = window["steps"]
+    lines = [f"gates (mean field, last recurrent layer): stationary, and over t = {first}..{last} from the zero state",
+             f"{'gate':<15}  {'preact_mean':>12}  {'preact_var':>12}  {'mean':>12}  {'t>=' + str(first):>12}"]  # fmt: skip
+    for gate, values in p.gates["gates"].items():
+        lines.append(f"{gate:<15}  {_text(values['preact_mean']):>12}  {_text(values['preact_var']):>12}  {_text(values['mean']):>12}  {_text(window['gates'][gate]):>12}")
+    for key in ("direct_factor", "timescale", "h_second_moment"):
+        lines.append(f"{key:<15}  {'':>12}  {'':>12}  {_text(p.gates[key]):>12}  {_text(window[key]):>12}")
+    return lines
 
 
 _ROLE_NAMES = {"input": "input (blocks.0)", "hidden": "hidden (blocks.1+)", "output": "output (head)", "vector": "biases, norm", "fixed": "head bias"}

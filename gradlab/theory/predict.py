@@ -62,12 +62,13 @@ from typing import Any
 from gradlab.theory import activations, initializers
 from gradlab.theory import parametrization
 from gradlab.theory import batchnorm as batchnorm_theory
+from gradlab.theory import gates as gate_theory
 from gradlab.theory import jacobian as jacobian_theory
 from gradlab.theory import mean_field as theory
 from gradlab.theory import recurrent as recurrent_theory
 from gradlab.theory import residual as residual_theory
 from gradlab.vocab import specs
-from gradlab.vocab.datasets import SPIRAL_JITTER
+from gradlab.vocab.datasets import COPY_LENGTH, COPY_SYMBOLS, SPIRAL_JITTER, seq_len
 from gradlab.vocab.errors import ConfigError
 
 # How far a measured layer_factor may be from the predicted one, relative to the prediction, before
@@ -92,7 +93,8 @@ SOURCES = {
     "mean_field": "Poole et al. 2016 (eq. 3), Schoenholz et al. 2017 (eqs. 5-13)",
     "batchnorm": "Yang et al. 2019, A mean field theory of batch normalization (ICLR)",
     "residual": "De & Smith 2020 (Batch normalization biases residual blocks towards the identity); Brock, De & Smith 2021",
-    "recurrent": "Pascanu, Mikolov & Bengio 2013 (eq. 7); Gers et al. 2000 for the LSTM cell path",
+    "recurrent": "Pascanu, Mikolov & Bengio 2013 (eq. 7); Gers et al. 2000 for the LSTM cell path; "
+                 "Chen, Pennington & Schoenholz 2018 and Gilboa et al. 2019 for the gates' mean field",
     "none": "",
 }
 
@@ -153,6 +155,8 @@ class Prediction:
     extra: dict[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     narrow: str = ""  # "width 1 < 32" where mean field's infinite-width numbers do not apply to this width
+    # lstm and gru: the gates' mean field on the last recurrent layer (`gate_prediction`), {} otherwise
+    gates: dict[str, Any] = field(default_factory=dict)
     # model.parametrization ntk or mup: theory/parametrization.layer_table, one row per layer role; [] for standard
     parametrization: list[dict[str, Any]] = field(default_factory=list)
 
@@ -177,8 +181,18 @@ class Prediction:
         if self.theory == "recurrent":  # (feed-forward JSON keeps its keys)
             out["step_factor"] = _json_number(self.step_factor)
             out["step_relation"] = self.step_relation
+        if self.gates:
+            out.update(_json_tree(self.gates))
         out["notes"] = list(self.notes)
         return out
+
+
+def _json_tree(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _json_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_tree(v) for v in value]
+    return _json_number(value)
 
 
 def _json_number(value: Any) -> Any:
@@ -515,29 +529,180 @@ def _residual(exp: Any, act: NumpyActivation, moments: InputMoments) -> Predicti
     return Prediction("residual", layers=tuple(layers), layer_factor=theory.geometric_mean_factor(layers), **base)
 
 
+def sequence_inputs(data: Any) -> gate_theory.Inputs | None:
+    """What the first recurrent layer reads at each step t, in expectation over the data's draw:
+    Σ_j E[x_j²] and Σ_j (E x_j)², or None where the config does not say (sequential_mnist: a file).
+        adding  x_t = (U(0, 1), marker), the marker 1 at one step of each half: E[x²] = 1/3 + p_t,
+                (E x)² = 1/4 + p_t², p_t = 1/(T//2) in the first half, 1/(T − T//2) in the second
+        copy    one-hot x_t: E[x²] = 1; (E x)² = 1/8 over the 10 uniform symbols, 1 after them
+                (blanks and the delimiter, the same for every example)"""
+    if data.name not in ("adding", "copy"):
+        return None
+    steps = seq_len(data)
+    if data.name == "adding":
+        half = steps // 2
+        p = [1.0 / half if t < half else 1.0 / (steps - half) for t in range(steps)]
+        return gate_theory.Inputs(tuple(1.0 / 3.0 + q for q in p), tuple(0.25 + q * q for q in p))
+    symbols = [1.0 / COPY_SYMBOLS if t < COPY_LENGTH else 1.0 for t in range(steps)]
+    return gate_theory.Inputs((1.0,) * steps, tuple(symbols))
+
+
+def _weight_variance(spec: Any, fan_in: int, width: int) -> float:
+    """Var of one entry of a gate block (width x fan_in) as build/recurrent.py fills it: `default`
+    keeps PyTorch's U(±1/√width) for every recurrent weight (not the feed-forward layers' fan-in rule)."""
+    if spec is None or spec["name"] == "default":
+        return 1.0 / (3.0 * width)
+    return initializers.variance(spec, fan_in, width, {"name": "tanh"})
+
+
+def _bias_moments(spec: Any, width: int) -> tuple[float, float]:
+    """(mean, variance) of one bias vector's entries (b_ih or b_hh) under init.bias."""
+    if spec is None or spec["name"] == "default":
+        return 0.0, 1.0 / (3.0 * width)
+    return initializers.mean(spec), initializers.variance(spec, width, width, {"name": "tanh"})
+
+
+def gate_layers(exp: Any) -> list[gate_theory.GateLayer] | str:
+    """The lstm/gru layers as gate theory sees them (gates.GateLayer), or why it cannot."""
+    model = exp.model
+    width, kind = model.width, model.kind
+    init = model.init
+    weight, recurrent, bias_spec = (getattr(init, key, None) for key in ("weight", "recurrent", "bias"))
+    for key, spec in (("init.weight", weight), ("init.recurrent", recurrent)):
+        if spec is not None and spec["name"] != "default" and initializers.mean(spec, width, width) != 0:
+            return (f"no gate prediction: model.{key} {spec['name']} has mean {initializers.mean(spec, width, width):g}; the gates' mean field "
+                    "needs zero-mean weights (each unit's pre-activation a sum of many independent terms)")  # fmt: skip
+    mean, var = _bias_moments(bias_spec, width) if getattr(model, "bias", True) else (0.0, 0.0)
+    total = gate_theory.GateBias(2.0 * mean, 2.0 * var)  # b_ih + b_hh
+    names = GATE_NAMES[kind]
+    biases = {gate: total for gate in names}
+    hn_bias = gate_theory.GateBias()
+    if kind == "gru":
+        biases["new"], hn_bias = gate_theory.GateBias(mean, var), gate_theory.GateBias(mean, var)  # b_hn is scaled by r
+    forget_bias = getattr(model, "forget_bias", None)
+    if isinstance(forget_bias, dict) and getattr(model, "bias", True):
+        memory = gate_theory.GateBias(chrono=forget_bias["max_timescale"])
+        biases["forget" if kind == "lstm" else "update"] = memory
+        if kind == "lstm":
+            biases["input"] = gate_theory.GateBias(chrono=forget_bias["max_timescale"], sign=-1.0)
+    elif forget_bias is not None and kind == "lstm" and getattr(model, "bias", True):
+        biases["forget"] = gate_theory.GateBias(float(forget_bias), 0.0)  # the total, set exactly
+    features = _features(exp)
+    return [
+        gate_theory.GateLayer(kind, width, _weight_variance(weight, features if k == 0 else width, width), _weight_variance(recurrent, width, width), biases, hn_bias)
+        for k in range(getattr(model, "depth", 1))
+    ]  # fmt: skip
+
+
+GATE_NAMES = {"lstm": ("input", "forget", "cell", "output"), "gru": ("reset", "update", "new")}
+
+
+def _features(exp: Any) -> int:
+    return {"adding": 2, "copy": COPY_SYMBOLS + 2}[exp.data.name]
+
+
+def gate_prediction(exp: Any) -> dict[str, Any] | str:
+    """The gates' mean field on the last recurrent layer of an lstm or gru (theory/gates.py): per
+    gate the stationary pre-activation mean and variance and the gate's mean, the direct-path factor
+    E[f] (lstm) or E[z] (gru), its timescale ξ = −1/ln E[direct], E[h²], and `over_sequence`, the same
+    averaged over the second half of the config's sequence from the zero state (t ≥ T//2: what
+    compare sets beside timesteps.csv at step 0); or why there is none."""
+    inputs = sequence_inputs(exp.data)
+    if inputs is None:
+        return f"no gate prediction for data.name {exp.data.name}: the inputs' moments are not known from the config"
+    layers = gate_layers(exp)
+    if isinstance(layers, str):
+        return layers
+    steps = len(inputs.second)
+    second = sum(inputs.second) / steps
+    mean_square = sum(inputs.mean_square) / steps
+    trace = stationary = None
+    for layer in layers:
+        trace = gate_theory.forward(layer, inputs)
+        stationary = gate_theory.stationary(layer, second, mean_square)
+        inputs = trace.outputs(layer.width)
+        second, mean_square = layer.width * float(stationary.h2[-1]), layer.width * float(stationary.h_mean_square[-1])
+    start = steps // 2
+    direct = float(stationary.direct[-1])
+    # a chrono layer draws its units' biases: E[1 − σ(b)] over width units scatters around its expectation by
+    # sd(1/(1 + u)) / √width relative to it, and the measured timescale ≈ 1/(1 − E[f]) with it
+    chrono = next((b.chrono for b in layers[-1].biases.values() if b.chrono is not None), None)
+    spread = gate_theory.chrono_timescale_spread(chrono, layers[-1].width) if chrono else 0.0
+    window_direct = float(trace.direct[start:].mean())
+    return {
+        "gates": {gate: {"preact_mean": float(stationary.preact_mean[gate][-1]), "preact_var": float(stationary.preact_var[gate][-1]),
+                         "mean": float(stationary.gate_mean[gate][-1])} for gate in stationary.gate_mean},
+        "direct_factor": direct,
+        "timescale": gate_theory.timescale(direct),
+        "h_second_moment": float(stationary.h2[-1]),
+        "over_sequence": {
+            "steps": [start, steps - 1],
+            "gates": {gate: float(values[start:].mean()) for gate, values in trace.gate_mean.items()},
+            "direct_factor": window_direct,
+            "timescale": gate_theory.timescale(window_direct),
+            "timescale_sampling_sd": spread,
+            "h_second_moment": float(trace.h2[start:].mean()),
+        },
+    }  # fmt: skip
+
+
+# Why no step_factor is predicted for lstm and gru (docs/theory.md, Gates).
+NO_GATED_STEP_FACTOR = (
+    "no step_factor: the gates' mean field gives the direct path's factor (E[f] or E[z]), not ‖∂L/∂a_t‖'s: that adds the paths "
+    "through W_hh, and since W_hh is the same matrix at every step those paths add coherently, which the gradient-independence "
+    "derivation (Gilboa et al. 2019) leaves out (on gradlab's adding-problem LSTM it predicts 0.56 where 0.73 is measured)"
+)
+
+
+def _gated(exp: Any) -> Prediction:
+    """lstm and gru: the gates' mean field (gate_prediction), and for an lstm with a numeric
+    forget_bias also the small-weight cell factor σ(forget bias) as before."""
+    model = exp.model
+    gates = gate_prediction(exp)
+    notes: list[str] = []
+    if isinstance(gates, str):
+        notes.append(gates)
+        gates = {}
+    else:
+        depth = getattr(model, "depth", 1)
+        last = f"layer {depth - 1}, the last" if depth > 1 else "the layer"
+        notes.append(f"gates: mean field of {last} (stationary; over_sequence: averaged over t >= T//2 from the zero state, "
+                     "what compare --theory sets beside timesteps.csv at step 0)")  # fmt: skip
+        notes.append(NO_GATED_STEP_FACTOR)
+    forget_bias = getattr(model, "forget_bias", None)
+    if model.kind == "lstm" and isinstance(forget_bias, (int, float)):
+        cell = _lstm_cell(forget_bias)
+        return replace(cell, gates=gates, notes=(*cell.notes, *notes))
+    if not gates:
+        return none(notes[0])
+    return Prediction("recurrent", gates=gates, notes=tuple(notes))
+
+
+def _lstm_cell(forget_bias: float) -> Prediction:
+    """The small-weight cell path: σ(forget bias) per step (Gers et al. 2000)."""
+    # log σ(b) never overflows (σ(−1000) = e^−1000 underflows to 0, its log is −1000 exactly);
+    # ξ = −1/ln σ(b)² comes from the log, so it exists where the factor underflows
+    log_factor = recurrent_theory.lstm_cell_log_factor(forget_bias)
+    factor = math.exp(log_factor)
+    xi = math.inf if -2.0 * log_factor <= CRITICAL_TOL else 1.0 / (-2.0 * log_factor)
+    notes = ["the cell path's per-step factor diag(f_t) ≈ σ(forget bias) while the weights are small",
+             "no step_factor: σ(forget bias) is the direct cell path's factor alone, while step_factor measures "
+             "‖∂L/∂a_t‖ through every path (the hidden state's too) and with every unit's own forget gate; "
+             "no prediction of it is derived here"]  # fmt: skip
+    if factor == 0.0:
+        notes.append(f"σ({forget_bias:g}) = e^{log_factor:.6g} is below the smallest double and shows as 0; log_cell_step_factor holds its log")
+    return Prediction("recurrent", predicted_factor=factor, xi_grad=xi, inputs={"forget_bias": forget_bias},
+                      extra={"cell_step_factor": factor, "log_cell_step_factor": log_factor}, notes=tuple(notes))  # fmt: skip
+
+
 def _recurrent(exp: Any) -> Prediction:
     """Pascanu et al. 2013's bound on the per-step factor, γ·λ₁, for an rnn whose recurrent
     initializer states its top singular value (exact for a linear rnn with a norm-preserving one);
-    for an lstm, the cell path's σ(forget bias)."""
+    for lstm and gru the gates' mean field (`_gated`)."""
     model = exp.model
     recurrent = getattr(model.init, "recurrent", None)
-    if model.kind == "lstm":
-        forget_bias = getattr(model, "forget_bias", None)
-        if forget_bias is None:
-            return none("no prediction for this lstm: the config has no forget_bias")
-        # log σ(b) never overflows (σ(−1000) = e^−1000 underflows to 0, its log is −1000 exactly);
-        # ξ = −1/ln σ(b)² comes from the log, so it exists where the factor underflows
-        log_factor = recurrent_theory.lstm_cell_log_factor(forget_bias)
-        factor = math.exp(log_factor)
-        xi = math.inf if -2.0 * log_factor <= CRITICAL_TOL else 1.0 / (-2.0 * log_factor)
-        notes = ["the cell path's per-step factor diag(f_t) ≈ σ(forget bias) while the weights are small",
-                 "no step_factor: σ(forget bias) is the direct cell path's factor alone, while step_factor measures "
-                 "‖∂L/∂a_t‖ through every path (the hidden state's too) and with every unit's own forget gate; "
-                 "no prediction of it is derived here"]  # fmt: skip
-        if factor == 0.0:
-            notes.append(f"σ({forget_bias:g}) = e^{log_factor:.6g} is below the smallest double and shows as 0; log_cell_step_factor holds its log")
-        return Prediction("recurrent", predicted_factor=factor, xi_grad=xi, inputs={"forget_bias": forget_bias},
-                          extra={"cell_step_factor": factor, "log_cell_step_factor": log_factor}, notes=tuple(notes))  # fmt: skip
+    if model.kind in GATE_NAMES:
+        return _gated(exp)
     if model.kind != "rnn" or recurrent is None:
         return none(f"no prediction for model.kind {model.kind}: no per-step factor is derived here")
     name = recurrent["name"]
@@ -566,6 +731,40 @@ def _recurrent(exp: Any) -> Prediction:
             notes.append("λ₁ of a normal matrix is its large-width limit 2·std·√width: the bound is as good as that estimate")
     return Prediction("recurrent", predicted_factor=None, step_factor=step_factor, step_relation=relation,
                       inputs={"gamma": gamma, "lambda1": lambda1}, extra={"step_bound": bound}, notes=tuple(notes))  # fmt: skip
+
+
+# How far gate measurements may be from gate theory before compare says gate_departs (docs/theory.md,
+# Gates): a gate's mean (values in [0, 1], tanh's in [-1, 1]) by this much absolute: a width-64 layer's
+# candidate mean scatters by about 0.02 around 0 (its 64 units' random input weights); E[h²] by
+# this much relative: wide random cells (tests/test_theory_gates.py) are within 7% with one forget
+# bias for every unit and up to 35% with chrono, gradlab's LSTM on the adding problem within 1% at
+# forget bias 0 and 11-30% at forget bias 1 (docs/theory.md, Gates): W_hh is the same matrix at every
+# step, so over a long memory the recurrent input's fluctuations add up coherently, which the
+# step-by-step mean field (a fresh Gaussian each step) leaves out, and it comes out low.
+GATE_MEAN_TOLERANCE = 0.05
+H_SECOND_MOMENT_TOLERANCE = 0.4
+
+
+def gate_departs(measured: dict[str, float], prediction: Prediction, tolerance: float = DEPARTS_TOLERANCE) -> tuple[bool | None, list[str]]:
+    """Whether gate measurements (summaries.gate_profile_at) depart from the gates' mean field over
+    the same steps: the timescale ξ = −1/ln E[direct] by more than `tolerance` relative, a gate's
+    mean by more than GATE_MEAN_TOLERANCE, E[h²] by more than H_SECOND_MOMENT_TOLERANCE relative.
+    (None, []) without a prediction or a measurement; else the flag and what departed."""
+    window = prediction.gates.get("over_sequence") if prediction.gates else None
+    if not window or not measured or math.isnan(measured.get("direct_factor", math.nan)):
+        return None, []
+    why = []
+    xi_measured, xi = gate_theory.timescale(measured["direct_factor"]), window["timescale"]
+    if departs(xi_measured, xi, max(tolerance, 3.0 * window.get("timescale_sampling_sd", 0.0))):
+        why.append(f"timescale {xi_measured:.4g} vs {xi:.4g}")
+    for gate, value in window["gates"].items():
+        got = measured.get(f"{gate}_mean", math.nan)
+        if not math.isnan(got) and abs(got - value) > GATE_MEAN_TOLERANCE:
+            why.append(f"{gate} mean {got:.4g} vs {value:.4g}")
+    h2 = measured.get("h_second_moment", math.nan)
+    if departs(h2, window["h_second_moment"], H_SECOND_MOMENT_TOLERANCE):
+        why.append(f"h_second_moment {h2:.4g} vs {window['h_second_moment']:.4g}")
+    return bool(why), why
 
 
 def step_departs(measured: float, prediction: Prediction, tolerance: float = DEPARTS_TOLERANCE) -> bool | None:

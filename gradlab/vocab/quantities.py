@@ -378,7 +378,8 @@ THEORY_QUANTITIES: dict[str, str] = {
     "h_second_moment": "lstm and gru runs: the measured E[h^2] at step 0 on the last recurrent layer, hidden_norm^2 / (batch_size * width) averaged over t >= T//2",
     "predicted_h_second_moment": "lstm and gru runs: the gates' mean field for h_second_moment over the same steps",
     "gate_departs": "lstm and gru runs: yes when the measured timescale -1/ln(direct_factor) differs from the predicted one by more than the tolerance "
-                    "(relative, as departs), a gate's mean by more than 0.05, or h_second_moment by more than 30% relative (a note names which, and "
+                    "(relative, as departs; with chrono at least 3 times the spread one draw of the layer's biases gives it), a gate's mean by more "
+                    "than 0.05, or h_second_moment by more than 40% relative (a note names which, and "
                     "gives every gate's measured and predicted mean); no otherwise; empty without a prediction",
     # the input-output Jacobian (runs with log.jacobian; the columns appear when a compared run has jacobian.csv)
     "predicted_s2": "runs with log.jacobian: free probability's s2 of the last hidden block at initialization (theory/jacobian.py: "
