@@ -214,6 +214,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "norm-columns": lambda: quantity_table(_q().NORM_QUANTITIES),
     "spectrum-columns": lambda: quantity_table(_q().SPECTRUM_QUANTITIES),
     "noise-columns": lambda: quantity_table(_q().NOISE_QUANTITIES),
+    "coordinates-columns": lambda: quantity_table(_q().COORDINATE_QUANTITIES),
+    "coordcheck-columns": lambda: meaning_table(_q().COORDCHECK_COLUMNS),
     "recurrent-layers-columns": lambda: quantity_table(_q().RECURRENT_LAYER_QUANTITIES),
     "timesteps-columns": _timesteps,
     "jacobian-columns": lambda: column_table(_q().JACOBIAN_KEYS, _q().JACOBIAN_QUANTITIES),
