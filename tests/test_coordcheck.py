@@ -297,3 +297,61 @@ def test_theory_states_what_the_model_draws_and_the_optimizer_takes():
     for role, parameter in (("input", model.blocks[0].linear.weight), ("hidden", model.blocks[1].linear.weight),
                             ("output", model.head.weight), ("vector", model.blocks[1].linear.bias), ("fixed", model.head.bias)):
         assert lrs[id(parameter)] == pytest.approx(0.1 * rows[role]["lr_factor"]), role
+
+
+def _cnn_raw(width: int, parametrization: str = "mup", optim: str = "adam") -> dict:
+    return {
+        "name": "cc-cnn", "seed": 0, "device": "cpu",
+        "data": {"name": "images", "classes": 5, "n_train": 32, "n_test": 8, "batch_size": 8},
+        "model": {"kind": "cnn", "depth": 2, "width": width, "activation": "relu", "parametrization": parametrization, "base_width": 4},
+        "optim": {"name": optim, "lr": 0.1},
+    }  # fmt: skip
+
+
+def _cnn_twin(width: int) -> nn.Sequential:
+    from mup import MuReadout
+
+    return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), MuReadout(width, 5))  # fmt: skip
+
+
+@pytest.mark.parametrize("optim", ["sgd", "adam"])
+def test_a_cnn_under_mup_is_mups_cnn(optim):
+    """The CNN: gradlab's muP draw is set_base_shapes' rescaling of the standard draw, its logits
+    are the mup model's on the same weights, and its learning rates MuSGD's / MuAdam's."""
+    mup = pytest.importorskip("mup", reason="microsoft/mup is the independent reference (pip install mup --no-deps)")
+    from mup.optim import MuAdam, MuSGD
+
+    exp, standard = validate(_cnn_raw(16, optim=optim)), validate(_cnn_raw(16, "standard", optim=optim))
+    data = load_dataset(exp.data, exp.seed)
+    torch.manual_seed(0)
+    drawn = build_model(standard.model, data.input_shape, data.classes)
+    torch.manual_seed(0)
+    ours = build_model(exp.model, data.input_shape, data.classes)
+    names = {"blocks.0.linear": "0", "blocks.1.linear": "2", "head": "6"}
+    twin = _cnn_twin(16)
+    twin.load_state_dict({f"{names[k.rsplit('.', 1)[0]]}.{k.rsplit('.', 1)[1]}": v for k, v in drawn.state_dict().items()})
+    mup.set_base_shapes(twin, _cnn_twin(4), rescale_params=True)
+    for (key, value), theirs in zip(ours.state_dict().items(), twin.state_dict().values()):
+        assert torch.allclose(value, theirs, rtol=1e-6, atol=0), key
+    x = data.x_train[:8]
+    assert torch.allclose(ours(x), twin(x), rtol=1e-5, atol=1e-7)
+    theirs_opt = (MuSGD if optim == "sgd" else MuAdam)(twin.parameters(), lr=0.1)
+    lr_of = lambda groups: {id(p): g["lr"] for g in groups for p in g["params"]}  # noqa: E731
+    ours_lr, theirs_lr = lr_of(parameter_groups(ours, exp.model, exp.optim)), lr_of(theirs_opt.param_groups)
+    assert [ours_lr[id(p)] for p in ours.parameters()] == pytest.approx([theirs_lr[id(p)] for p in twin.parameters()])
+
+
+def test_resume_finishes_the_check_as_planned(tmp_path, invoke_wide):
+    config = _write(tmp_path, _zero_head(_raw(lr=0.05)))
+    first = invoke_wide("coordcheck", config, "--widths", "16,32", "--seeds", "1", "--out", tmp_path, "--no-plot")
+    assert first.exit_code == 0, first.output
+    folder = next(tmp_path.glob("cc-coordcheck/*"))
+    (folder / "coordcheck.csv").unlink()
+    again = invoke_wide("coordcheck", "--resume", folder, "--no-plot")
+    assert again.exit_code == 0, again.output
+    assert [line for line in again.output.splitlines() if "width-stable" in line or "grows" in line] == \
+           [line for line in first.output.splitlines() if "width-stable" in line or "grows" in line]  # fmt: skip
+    assert (folder / "coordcheck.csv").is_file()
+    both = invoke_wide("coordcheck", config, "--resume", folder)
+    assert both.exit_code == 2 and "--resume: give the coordcheck folder alone" in both.output
