@@ -134,6 +134,18 @@ def test_a_zero_weight_has_sv_max_0_and_no_stable_rank_and_is_found_once_it_grow
     assert columns["weight_sv_max"][1][0].item() == pytest.approx(svd_max(linear.weight), rel=1e-4)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_spectrum_on_a_gpu_is_the_cpus():
+    g = torch.Generator().manual_seed(0)
+    layers = [((0, None), [torch.randn(256, 256, generator=g) / 16]), ((1, None), [torch.randn(64, 32, 3, 3, generator=g)]),
+              ((2, None), [torch.randn(10, 256, generator=g)])]  # fmt: skip
+    cpu = spectrum.LayerSpectra().measure(layers)
+    gpu = spectrum.LayerSpectra().measure([(key, [w.cuda() for w in weights]) for key, weights in layers])
+    for quantity, rel in (("weight_sv_max", 1e-4), ("weight_stable_rank", 3e-4), ("weight_alpha", 1e-6)):
+        assert cpu[quantity][0] == gpu[quantity][0]
+        assert [v.item() for v in gpu[quantity][1]] == pytest.approx([v.item() for v in cpu[quantity][1]], rel=rel), quantity
+
+
 # -- alpha ---------------------------------------------------------------------------------------
 
 
