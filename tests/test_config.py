@@ -54,7 +54,7 @@ def test_initializer_aliases(alias, name):
         (
             {"model": {"widht": 3}},
             "model.widht: unknown key (did you mean 'width'?); allowed here: kind, depth, width, activation, norm, "
-            "bias, init, kernel_size, pool_every, pool, residual, branch_depth, residual_scale, readout, forget_bias, dropout",
+            "bias, init, kernel_size, pool_every, pool, residual, branch_depth, residual_scale, readout, forget_bias, dropout, parametrization, base_width",
         ),
         (
             {"modle": {}},
@@ -87,7 +87,7 @@ def test_initializer_aliases(alias, name):
         ({"model": {"width": 30, "norm": {"name": "groupnorm", "groups": 4}}}, "model.norm.groups: groups=4 does not divide width=30"),
         ({"device": "tpu"}, "device: got 'tpu'; allowed: auto, cpu, cuda, cuda:N, mps"),
         ({"name": "a/b"}, "name: got 'a/b'; use letters, digits, '.', '_' and '-' (a folder name)"),
-        ({"log": {"probes": ["weight"]}}, "log.probes.0: got 'weight' (did you mean 'weights'?); allowed: weights, deltas, activations, updates"),
+        ({"log": {"probes": ["weight"]}}, "log.probes.0: got 'weight' (did you mean 'weights'?); allowed: weights, deltas, activations, updates, noise, coordinates, spectrum"),
         ({"optim": {"name": "sgd", "nesterov": True}}, "optim: got {'nesterov': True}; nesterov needs momentum > 0"),
         ({"data": 3}, "data: got 3; expected a mapping"),
     ],

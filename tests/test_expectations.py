@@ -57,14 +57,14 @@ def test_the_issue_example_validates_and_round_trips():
 
 
 def test_every_summary_quantity_can_be_bounded():
-    assert set(expectations.Expectations.model_fields) == {"status", *quantities.SUMMARY_QUANTITIES}
+    assert set(expectations.Expectations.model_fields) == {"status", "coordcheck", *quantities.SUMMARY_QUANTITIES}  # coordcheck: gradlab coordcheck's verdicts
 
 
 @pytest.mark.parametrize(
     "expect, line",
     [
         ({"gain": {"betwen": [1, 2]}}, "expect.gain.betwen: unknown key (did you mean 'between'?); allowed: min, max, between, step, target_loss, within_theory"),
-        ({"gian": {"min": 1}}, "expect.gian: unknown expectation (did you mean 'gain'?); allowed: status, " + ", ".join(quantities.SUMMARY_QUANTITIES)),
+        ({"gian": {"min": 1}}, "expect.gian: unknown expectation (did you mean 'gain'?); allowed: status, coordcheck, " + ", ".join(quantities.SUMMARY_QUANTITIES)),
         ({"gain": {"between": [2, 1]}}, "expect.gain.between: got [2.0, 1.0]; expected [low, high] with low <= high"),
         ({"gain": {"min": "a"}}, "expect.gain.min: got 'a'; expected a number"),
         ({"gain": {"step": "first", "min": 1}}, "expect.gain.step: got 'first'; expected 0, last or a step number"),
