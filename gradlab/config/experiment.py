@@ -28,6 +28,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_serializer,
     model_validator,
@@ -212,7 +213,17 @@ def _forget_bias(value: Any) -> float | dict[str, Any] | None:
     return {"name": CHRONO, "max_timescale": float(t)}
 
 
-ForgetBias = Annotated[Optional[typing.Union[float, dict[str, Any]]], BeforeValidator(_forget_bias)]
+CHRONO_SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"const": CHRONO}, "max_timescale": {"type": "number", "exclusiveMinimum": 2}},
+    "required": ["name", "max_timescale"],
+    "additionalProperties": False,
+}
+ForgetBias = Annotated[
+    Optional[typing.Union[float, dict[str, Any]]],
+    BeforeValidator(_forget_bias),
+    WithJsonSchema({"anyOf": [{"type": "number"}, CHRONO_SCHEMA, {"type": "null"}]}),
+]
 
 
 class ModelConfig(Section):

@@ -118,12 +118,16 @@ def sweep_table_lines(named: list[tuple[str, Prediction]]) -> list[str]:
     keys = [key for key in SWEEP_KEYS if any(getattr(p, key) is not None for _, p in named)]
     if any("jacobian_s2" in p.extra for _, p in named):  # log.jacobian: the last block's s2
         keys.append("jacobian_s2")
+    if any(p.gates for _, p in named):  # lstm and gru: the gates' direct-path factor and its timescale
+        keys += ["direct_factor", "timescale"]
     header = ["combination", "theory", *keys]
     def cell(p: Prediction, key: str) -> str:
         if key == "step_factor" and p.step_factor is not None and p.step_relation == STEP_AT_MOST:
             return f"<= {_text(p.step_factor)}"  # Pascanu's bound: the measurement is at most this
         if key == "jacobian_s2":
             return _text(jacobian_s2(p))
+        if key in ("direct_factor", "timescale"):
+            return _text(p.gates.get(key))
         return _text(getattr(p, key))
 
     rows = [[name, p.theory, *(cell(p, key) for key in keys)] for name, p in named]

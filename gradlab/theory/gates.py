@@ -9,61 +9,50 @@ The equations are PyTorch's (build/recurrent.py):
           h_t = (1 − z) ⊙ n + z ⊙ h_{t-1}
 
 with a = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh per gate (gi, gh its two halves). In a wide layer
-whose weights are drawn with zero mean, a unit's pre-activation is a bias plus a sum of many
-independent terms: Gaussian, with
+whose weights are drawn with zero mean, a unit's pre-activation is its bias plus sums of many
+independent terms: Gaussian across units and examples, with
 
     E[a] = E[b_ih] + E[b_hh],   Var a = σ_ih² Σ_j E[x_j²] + σ_hh² H E[h²] + Var b_ih + Var b_hh
 
-(σ² the variance of one weight entry, H the width), and for the GRU's new gate, given r,
-a_n ~ N(E b_in + r E b_hn, σ_ih² Σ E[x²] + Var b_in + r² (σ_hh² H E[h²] + Var b_hn)).
-Each gate's mean E[σ(a)] / E[tanh(a)] is then a Gaussian expectation (quadrature: gaussian.py).
+(σ² the variance of one weight entry, H the width; the GRU's a_n reads gh_n scaled by r). Each
+gate's mean E[σ(a)] / E[tanh(a)] is a Gaussian expectation (quadrature).
 
-Memory. With the gates independent of each other and of the state (their weights are different rows;
-a unit's own state enters its gates with weight O(1/√H)), the state's first and second moments
-follow, per unit,
+The state. Part of a unit's pre-activation is the same for every example, an offset: its bias,
+W_ih E[x_t] and W_hh E[h_{t-1}], spread across units with variance V_p = σ_ih² Σ_j (E x_j)² +
+σ_hh² H mean_j (E h_j)² (+ the bias's); the rest, V_f, changes from example to example. The
+offset matters for the state: a unit whose candidate (lstm g, gru n) has a mean of its own adds it
+up step after step. So the state's moments are kept per offset of the candidate (Gauss–Hermite
+nodes) and, under chrono, per group of units with one memory bias (Gauss–Legendre nodes over
+u ~ U(1, T_max − 1), b = log u); the other gates enter with their means and second moments, each
+independent of the state (different weight rows; a unit's own state reaches its gates with weight
+O(1/√H)):
 
     lstm  E[c_t]  = E[f] E[c_{t-1}] + E[i] E[g]
           E[c_t²] = E[f²] E[c_{t-1}²] + 2 E[f] E[i] E[g] E[c_{t-1}] + E[i²] E[g²]
-          E[h_t²] = E[o²] E[tanh(c_t)²],   c_t taken Gaussian with those moments
+          E[h_t²] = E[o²] E[tanh(c_t)²],   c_t Gaussian with those moments
     gru   E[h_t]  = E[1 − z] E[n] + E[z] E[h_{t-1}]
           E[h_t²] = E[(1 − z)²] E[n²] + 2 E[(1 − z) z] E[n] E[h_{t-1}] + E[z²] E[h_{t-1}²]
 
-A gate bias that differs between units (chrono: b ~ log U(1, T_max − 1) per unit) is integrated
-over: the units are grouped by their bias (Gauss–Legendre nodes over u ~ U(1, T_max − 1)), each
-group has its own state moments, and the layer's E[h²] is their average. Iterated from the zero
-state (h_{-1} = c_{-1} = 0, as PyTorch starts) over the sequence it gives each step's moments; the
-stationary ones are the fixed point.
+Iterated from the zero state (h_{-1} = c_{-1} = 0, as PyTorch starts) over the sequence (`forward`)
+it gives each step's moments; `stationary` finds the fixed point.
 
-The direct path. A gradient that goes back along the cell (lstm) is multiplied by f per step, along
-the GRU's state by z: the direct-path factor is E[f] (E[z]) and its timescale ξ = −1/ln E[f].
+The direct path: a gradient that goes back along the cell (lstm) is multiplied by f per step, along
+the GRU's state by z, so the direct-path factor is E[f] (E[z]) and its timescale ξ = −1/ln E[f].
 
-The full per-step factor of ‖∂L/∂a_t‖ (what gradlab measures as step_factor: timesteps.csv's
-delta_norm of the gates' pre-activations on the last layer, readout last) follows with the gradient
-independence assumption (W_hhᵀ in the backward pass independent of the forward pass: Schoenholz et
-al. 2017; Gilboa et al. 2019). Writing D for per-unit second moments of gradients,
-
-    lstm  δc_t = δh_t ⊙ o_t ⊙ tanh'(c_t) + δc_{t+1} ⊙ f_{t+1}
-          D_c(t) = D_h(t) E[o²] E[tanh'(c_t)²] + D_c(t+1) E[f_{t+1}²]
-          ‖δa_t‖²/(BH) = D_c(t) (E[g²] E[σ'(a_i)²] + E[c_{t-1}²] E[σ'(a_f)²] + E[i²] E[tanh'(a_g)²])
-                         + D_h(t) E[tanh(c_t)²] E[σ'(a_o)²]
-          D_h(t−1) = σ_hh² H ‖δa_t‖²/(BH)
-    gru   δa_n = δh_t (1 − z) tanh'(a_n), δa_z = δh_t (h_{t-1} − n) σ'(a_z), δa_r = δa_n gh_n σ'(a_r)
-          D_h(t−1) = E[z²] D_h(t) + σ_hh² H (E δa_r² + E δa_z² + E (r δa_n)²)
-
-from D_h(T−1) = 1 at the head (the head's scale cancels in the ratios), δc_T = 0; the cross terms
-vanish because W_hhᵀ δa has a random sign. The predicted step_factor is
-(‖δa_0‖ / ‖δa_{T−1}‖)^(1/(T−1)), as measured.
-
-What it leaves out: time correlations of a unit's gates (its weights are the same at every step, while
-the recursions above treat each step's gate noise as fresh), the non-Gaussian shape of c, and finite
-width. tests/test_theory_gates.py measures how far wide random cells are from these numbers.
+What it leaves out, and so cannot give: the whole per-step factor of ‖∂L/∂a_t‖ (gradlab's
+step_factor). That adds the paths through W_hh to the direct one, and W_hh is the same matrix at
+every step: paths that cross it equally often add coherently (for orthogonal W_hh the backward
+map δc ← f δc + α W_hhᵀ δc grows by f + α per step over long spans, not by √(f² + α²) as fresh
+weights at every step would give; gradlab's LSTM on the adding problem measures 0.73 where the
+latter gives 0.56). The same coherence makes E[h²] come out low for long memories (the recurrent
+input's fluctuations add up over the memory's span): tests/test_theory_gates.py measures it against
+wide random cells, predict.H_SECOND_MOMENT_TOLERANCE states it.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
