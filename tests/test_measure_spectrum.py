@@ -312,3 +312,33 @@ def test_watch_records_the_spectrum_of_each_call(tmp_path):
     last = layers[layers["step"] == 2]
     assert last["weight_sv_max"].tolist() == pytest.approx(expected, rel=1e-4)
     assert last["weight_alpha"].isna().tolist() == [True, False, True]  # 32 and 10 eigenvalues: too few
+
+
+def test_watch_measures_one_recurrent_layer_whole_and_leaves_a_stack_of_them_empty(tmp_path):
+    from gradlab.measure.watch import watch
+    from gradlab.records.run import load_run
+
+    class Tagger(nn.Module):
+        def __init__(self, layers):
+            super().__init__()
+            self.rnn = nn.RNN(8, 64, num_layers=layers, batch_first=True)
+            self.head = nn.Linear(64, 3)
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[0][:, -1])
+
+    for layers in (1, 2):
+        torch.manual_seed(0)
+        model = Tagger(layers)
+        with watch(model, out=tmp_path, every=1, name=f"rnn{layers}", groups=["weights", "spectrum"]) as w:
+            x, y = torch.randn(4, 5, 8), torch.randint(0, 3, (4,))
+            LOSS(model(x), y).backward()
+            w.step()
+        rows = load_run(w.run_dir).layers.set_index("name")
+        if layers == 1:
+            both = torch.cat([model.rnn.weight_ih_l0, model.rnn.weight_hh_l0], dim=1)
+            assert rows.loc["rnn", "weight_sv_max"] == pytest.approx(svd_max(both), rel=1e-4)
+            assert rows.loc["rnn", "weight_alpha"] == pytest.approx(spectrum.weight_alpha([both])[0].item(), rel=1e-9)
+        else:
+            assert rows.loc["rnn", list(SPECTRUM)].isna().all()
+        assert rows.loc["head", "weight_sv_max"] == pytest.approx(svd_max(model.head.weight), rel=1e-4)

@@ -440,7 +440,7 @@ def test_bad_arguments_are_one_line(tmp_path):
     with pytest.raises(ConfigError) as caught:
         gradlab.watch(SharedNet(), out=tmp_path, groups=["deltas", "activations"])
     assert caught.value.lines == [
-        "watch: groups got 'activations'; allowed: weights, deltas, updates (and activations with time=True: the recurrent layers' states and gates)"
+        "watch: groups got 'activations'; allowed: weights, deltas, updates, noise, spectrum (and activations with time=True: the recurrent layers' states and gates)"
     ]
     with pytest.raises(ConfigError) as caught:
         gradlab.watch(nn.Sequential(nn.Tanh()), out=tmp_path)

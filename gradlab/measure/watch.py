@@ -404,8 +404,9 @@ class Watch:
             # kernel instead of one per site; on the CPU the same per-tensor norm)
             used = list({id(w): w for site in self._touched for w in self._parts[site].weights}.values())
             self._param_norms = dict(zip((id(w) for w in used), norms([w.detach() for w in used])))
-        if self._spectra is not None:
-            self._spectrum_columns = self._spectra.measure([(site.key, self._parts[site].weights) for site in dict.fromkeys(self._touched)])
+        if self._spectra is not None:  # one matrix per site: a weight, or one recurrent layer's [W_ih W_hh] (a module of several layers has none)
+            used = [(site.key, self._parts[site].weights) for site in dict.fromkeys(self._touched) if len(self._parts[site].weights) <= 2]
+            self._spectrum_columns = self._spectra.measure(used)
 
     # -- the sites of a measured pass ---------------------------------------------------------
 
