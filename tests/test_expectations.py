@@ -72,7 +72,8 @@ def test_every_summary_quantity_can_be_bounded():
         ({"gain": 3}, "expect.gain: got 3; expected a mapping such as {min: 0.9} or {step: 0, between: [0.01, 100]}"),
         ({"gain": {"min": 2, "max": 1}}, "expect.gain.min: min 2 is above max 1"),
         ({"gain": {"min": 1, "between": [0, 2]}}, "expect.gain.between: give either between or min/max, not both"),
-        ({"final_test_accuracy": {"min": 0.9, "step": 0}}, "expect.final_test_accuracy.step: final_test_accuracy is measured over the whole run; only the gradient-profile quantities (first_delta_norm, last_delta_norm, gain, layer_factor, weight_grad_gain, dead_frac, inactive_frac, saturated_frac, bn_stat_distance, time_gain, step_factor) take a step"),
+        ({"final_test_accuracy": {"min": 0.9, "step": 0}}, "expect.final_test_accuracy.step: final_test_accuracy is measured over the whole run; only the gradient-profile quantities "
+         f"({', '.join([*quantities.PROFILE_QUANTITIES, *quantities.TIME_QUANTITIES])}) take a step"),
         ({"steps_to_target": {"max": 10}}, "expect.steps_to_target.target_loss: steps_to_target needs target_loss: the train loss to reach"),
         ({"status": "complete"}, "expect.status: unknown status 'complete' (did you mean 'completed'?); allowed: running, completed, diverged, interrupted, failed"),
         (5, "expect: got 5; expected a mapping of quantity: bound, such as {gain: {step: 0, between: [0.01, 100]}}"),

@@ -32,6 +32,7 @@ def test_profile_matches_the_definitions(tmp_path):
         "saturated_frac": 0.75,
         "bn_stat_distance": math.nan,  # no BatchNorm: NaN
         **dict.fromkeys(("first_gsnr", "last_gsnr", "first_grad_noise_scale", "last_grad_noise_scale"), math.nan),  # no noise group
+        "s2": math.nan,  # no log.jacobian
     }
 
 
