@@ -66,6 +66,15 @@ def test_sv_max_from_a_random_start_is_within_1e_4_of_svdvals(shape):
     assert spectrum.stable_rank(matrix, sigma).item() == pytest.approx(fro**2 / svd_max(matrix) ** 2, rel=3e-4)
 
 
+@pytest.mark.parametrize("scale", [1e-30, 1e18])
+def test_sv_max_of_tiny_and_huge_weights_neither_underflows_nor_overflows(scale):
+    w = torch.randn(128, 96, generator=torch.Generator().manual_seed(0)) * scale  # (its squares would, in float32)
+    (sigma,), _ = spectrum.sv_max([w], [None], torch.Generator().manual_seed(1))
+    assert sigma.item() == pytest.approx(svd_max(w), rel=1e-4)
+    unscaled = torch.linalg.svdvals(w.double() / scale)
+    assert spectrum.stable_rank(w, sigma).item() == pytest.approx((unscaled.square().sum() / unscaled[0] ** 2).item(), rel=3e-4)
+
+
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
 def test_the_probe_tracks_sv_max_through_training_from_its_warm_start(kind):
     model, shape = make_model(kind)

@@ -142,10 +142,11 @@ def sv_max(matrices: Sequence[torch.Tensor], starts: Sequence[torch.Tensor | Non
         for group in groups:
             _, stack, v, fresh, before = group
             for _ in range(POWER_CHUNK):
-                v = _unit(stack.mT @ (stack @ v), fresh)
-            sigma = (stack @ v).square().sum(dim=(1, 2)).sqrt()
-            if before is not None:
-                settled.append(((sigma - before) <= POWER_TOLERANCE * sigma).all())
+                v = _scaled(stack.mT @ _scaled(stack @ v), fresh)
+            wide = v.double()  # the estimate in float64: no square of a float32 entry underflows or overflows
+            sigma = ((stack @ v).double().square().sum(dim=(1, 2)) / wide.square().sum(dim=(1, 2))).sqrt()
+            if before is not None:  # (a non-finite weight's estimate never settles: its step is a divergence)
+                settled.append((((sigma - before) <= POWER_TOLERANCE * sigma) | ~torch.isfinite(sigma)).all())
             group[2], group[4] = v, sigma
         iterations += POWER_CHUNK
         if len(settled) == len(groups) and bool(torch.stack(settled).all()):  # the one read per chunk
@@ -153,17 +154,20 @@ def sv_max(matrices: Sequence[torch.Tensor], starts: Sequence[torch.Tensor | Non
     sigmas: list[torch.Tensor] = [torch.empty(())] * len(matrices)
     vectors: list[torch.Tensor] = [torch.empty(())] * len(matrices)
     for members, stack, v, _, _ in groups:
-        values = [norm(stack[n] @ v[n]) for n in range(len(members))]
+        values = [norm(stack[n] @ v[n]).double() / norm(v[n]).double() for n in range(len(members))]
         for n, k in enumerate(members):
             sigmas[k], vectors[k] = values[n], v[n]
     return sigmas, vectors
 
 
-def _unit(v: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
-    """Each column vector of `v` (L, n, 1) at length 1; a zero one (a zero weight) restarts from
-    `fresh`, so that a weight that grows from zero is found."""
-    length = v.square().sum(dim=(1, 2), keepdim=True).sqrt()
-    return torch.where(length > 0, v / length.clamp_min(torch.finfo(v.dtype).tiny), fresh)
+def _scaled(v: torch.Tensor, fresh: torch.Tensor | None = None) -> torch.Tensor:
+    """Each column vector of `v` (L, n, 1) divided by its largest entry's size (power iteration needs
+    only the direction; no square is taken, so a tiny or huge weight neither underflows nor
+    overflows); a zero one (a zero weight) restarts from `fresh`, so that a weight that grows from
+    zero is found."""
+    largest = v.abs().amax(dim=(1, 2), keepdim=True)
+    scaled = v / largest.clamp_min(torch.finfo(v.dtype).tiny)
+    return scaled if fresh is None else torch.where(largest > 0, scaled, fresh)
 
 
 def stable_rank(matrix: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
