@@ -60,8 +60,8 @@ def make_model(kind="mlp", seed=0, **model):
     return build_model(cfg.model, shape, 3), shape
 
 
-def probe_rows(model, x, y, groups=("noise",)):
-    probe = Probe(model, groups)
+def probe_rows(model, x, y, groups=("noise",), probe=None):
+    probe = probe or Probe(model, groups)
     model.zero_grad(set_to_none=True)
     probe.attach()
     logits = model(x)
@@ -91,6 +91,18 @@ def test_the_probe_matches_vmap_per_example_gradients(kind, model):
         expected = reference(per_example[name])
         for quantity, value in expected.items():
             assert row[quantity] == pytest.approx(value, rel=1e-4), (row["name"], quantity)
+
+
+def test_a_probe_measures_step_after_step_with_its_kept_buffers():
+    model, shape = make_model("mlp", depth=4)
+    probe = Probe(model, ("noise",))
+    for seed in (1, 2):  # the second step overwrites the first one's buffers
+        x, y = batch(shape, seed=seed)
+        rows = probe_rows(model, x, y, probe=probe)
+        per_example = per_example_grads(model, x, y)
+        for row in rows[:-1]:
+            expected = reference(per_example[f"{row['name']}.linear.weight"])
+            assert [row[q] for q in expected] == pytest.approx(list(expected.values()), rel=1e-4)
 
 
 def test_a_linear_on_a_sequence_and_a_strided_grouped_convolution_match_vmap():

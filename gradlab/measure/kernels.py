@@ -175,15 +175,6 @@ def signal_propagation(value: torch.Tensor, role: str) -> list[Measured]:
     return [Measured("spp_branch_var", var.mean())]
 
 
-# -- the examples' gradients -------------------------------------------------------------------------
-
-
-def noise_columns(sums: noise.NoiseSums, grad: torch.Tensor | None = None) -> list[Measured]:
-    """pe_grad_norm, grad_noise_scale and gsnr of a layer, from the sums over its examples' gradients
-    (noise.py: linear_sums, conv2d_sums or call_sums) and, for the one-pass sums, its dL/dW."""
-    return [Measured(quantity, value) for quantity, value in noise.noise(sums, grad).items()]
-
-
 # -- parameters ------------------------------------------------------------------------------------
 
 
@@ -244,7 +235,9 @@ KERNELS: dict[str, Kernel] = {
     "dact_factor": dact_factor,
     "bn_stat_distance": bn_stat_distance,
     "spp_sq_mean": signal_propagation, "spp_var": signal_propagation, "spp_branch_var": signal_propagation,
-    "pe_grad_norm": noise_columns, "grad_noise_scale": noise_columns, "gsnr": noise_columns,
+    # the noise group: sums over the examples' gradients (noise.py: stacked_linear_sums, linear_sums,
+    # conv2d_sums, call_sums), then their columns, for L layers at once
+    "pe_grad_norm": noise.noise, "grad_noise_scale": noise.noise, "gsnr": noise.noise,
     # the spectrum group, of each layer's weight matrix (spectrum.py; LayerSpectra batches them per step)
     "weight_sv_max": spectrum.sv_max, "weight_stable_rank": spectrum.stable_rank, "weight_alpha": spectrum.weight_alpha,
 }  # fmt: skip

@@ -27,29 +27,32 @@ Scale. The sums are taken on inputs and output gradients divided by powers of tw
 vanishing gradient's squares neither underflow nor lose digits; the three quantities are ratios
 (or norms computed exactly by norms.py) and the scale cancels.
 
-Like every kernel these return device tensors and read nothing; the probe hands them to the step's
-pending measurement.
+Layers. Every function works on L layers at once (a leading dimension): the probe stacks the
+Linear layers of one shape (the hidden layers of an MLP) and computes their sums and columns in a
+dozen operations instead of a dozen per layer; a site alone is L = 1. Like every kernel these
+return device tensors and read nothing; the probe hands them to the step's pending measurement.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
 
-from gradlab.measure.norms import norm, norm_rows
+from gradlab.measure.norms import norm_rows, norms as norms_of
 
 CHUNK_ENTRIES = 2**24  # the most per-example gradient entries formed at once (64 MiB in float32)
 
 
 @dataclass
 class NoiseSums:
-    """One site's sums over its B per-example gradients, in units of `scale` (a power of two):
-    `norms` the true ||g_n|| (float64); `mean_square` (1/B) sum_n (g_nj / scale)^2 (the one-pass
-    form), or `variance` the centered (1/B) sum_n ((g_nj - g_bar_j) / scale)^2 with `mean` g_bar /
-    scale (the materialized form). `unit_roundoff` is that of the arithmetic of mean_square."""
+    """The sums over the B per-example gradients of L layers (dimension 0 of every field), in units
+    of `scale` (L,), a power of two times B: `norms` (L, B) the true ||g_n|| in float64;
+    `mean_square` (L, *weight) (1/B) sum_n (g_nj / scale)^2 (the one-pass form, in the inputs'
+    dtype, whose `unit_roundoff` it has), or `variance` (L, coordinates) the centered
+    (1/B) sum_n ((g_nj - g_bar_j) / scale)^2 with `mean` g_bar / scale (the materialized form, float64)."""
 
     examples: int
     norms: torch.Tensor
@@ -58,14 +61,42 @@ class NoiseSums:
     variance: torch.Tensor | None = None
     mean: torch.Tensor | None = None
     unit_roundoff: float = 2.0**-24
+    delta_scale: torch.Tensor | None = None  # the one-pass form: sd of scale = B sa sd
+
+
+class Buffers(dict):
+    """Tensors kept from one logged step to the next, by purpose and shape: on the CPU a fresh
+    tensor of the weights' size costs more than the arithmetic done in it (the memory is mapped and
+    faulted in anew each time)."""
+
+    def get_like(self, purpose: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        key = (purpose, tuple(shape), like.dtype, like.device)
+        buffer = self.get(key)
+        if buffer is None:
+            buffer = self[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
+        return buffer
+
+
+def _stack(tensors: Sequence[torch.Tensor], purpose: str, buffers: Buffers | None) -> torch.Tensor:
+    """The tensors stacked on a new dimension 0, into a kept buffer when there are `buffers`."""
+    if buffers is None:
+        return torch.stack(tensors)
+    out = buffers.get_like(purpose, (len(tensors), *tensors[0].shape), tensors[0])
+    return torch.stack(tensors, out=out)
 
 
 def _power_of_two(value: torch.Tensor) -> torch.Tensor:
-    """The power of two at or above |value|'s largest entry's binade (1 for a zero tensor): dividing
-    by it is exact and leaves every entry below 1 in magnitude."""
-    largest = value.abs().amax().double()
+    """Per layer (dimension 0), the power of two at or above the binade of |value|'s largest entry
+    (1 for a zero layer), float64: dividing by it is exact and leaves every entry below 1 in magnitude."""
+    dims = tuple(range(1, value.dim()))
+    largest = torch.maximum(value.amax(dim=dims), value.amin(dim=dims).neg()).double()  # (no |value| formed)
     _, exponent = torch.frexp(largest)
     return torch.where(largest > 0, torch.ldexp(torch.ones_like(largest), exponent), torch.ones_like(largest))
+
+
+def _per_layer(scale: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(L,) factors shaped to multiply an (L, ...) tensor, in its dtype."""
+    return scale.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
 
 
 def working(value: torch.Tensor) -> torch.Tensor:
@@ -74,22 +105,37 @@ def working(value: torch.Tensor) -> torch.Tensor:
 
 
 def linear_sums(a: torch.Tensor, delta: torch.Tensor) -> NoiseSums:
-    """The sums of a weight applied as z = a W^T (+ b): `a` its input (B, *positions, in), `delta`
-    dL/dz (B, *positions, out), examples in dimension 0. One position: the one-pass form from the
-    rows' norms and one matmul; several: the per-example gradients, formed in chunks."""
+    """The sums of a weight applied as z = a W^T (+ b), one layer: `a` its input (B, *positions, in),
+    `delta` dL/dz (B, *positions, out), examples in dimension 0. One position: the one-pass form
+    (stacked_linear_sums with L = 1); several: the per-example gradients, formed in chunks."""
+    if a.dim() == 2:
+        return stacked_linear_sums([a], [delta])
     a, delta = working(a.detach()), working(delta)
     batch = a.shape[0]
-    if a.dim() == 2:
-        norms = batch * norm_rows(a) * norm_rows(delta)  # ||g_n|| = B ||a_n|| ||delta_n||, exact
-        sa, sd = _power_of_two(a), _power_of_two(delta)
-        a_s, d_s = a / sa.to(a.dtype), delta / sd.to(delta.dtype)
-        squares = (d_s * d_s).T @ (a_s * a_s)  # sum_n (a_s delta_s)^2: (out, in)
-        roundoff = torch.finfo(squares.dtype).eps / 2
-        # g_n = c a_s delta_s^T with c = B sa sd, so (1/B) sum_n (g_nj / c)^2 = squares / B
-        return NoiseSums(batch, norms, batch * sa * sd, mean_square=squares.double() / batch, unit_roundoff=roundoff)
     a = a.reshape(batch, -1, a.shape[-1])  # (B, P, in)
     delta = delta.reshape(batch, -1, delta.shape[-1])  # (B, P, out)
     return _materialized(a, delta, lambda x, d: torch.bmm(d.transpose(1, 2), x), a.shape[-1] * delta.shape[-1])
+
+
+def stacked_linear_sums(a: Sequence[torch.Tensor], delta: Sequence[torch.Tensor], buffers: Buffers | None = None) -> NoiseSums:
+    """The one-pass sums of L Linear layers of one shape applied once per example: `a` their
+    inputs (B, in) each, `delta` their output gradients (B, out) each. ||g_n|| = B ||a_n|| ||delta_n||
+    from the rows' exact norms; (1/B) sum_n g_nj^2 = B^2 (delta^2)^T (a^2) / B, one batched matmul.
+    With `buffers`, the stacks and the matmul's result are kept tensors, overwritten next time."""
+    a = _stack([working(x.detach()) for x in a], "a", buffers)  # (L, B, in), this function's own
+    delta = _stack([working(d) for d in delta], "delta", buffers)  # (L, B, out)
+    layers, batch = a.shape[0], a.shape[1]
+    row_norms = norm_rows(a.reshape(layers * batch, -1)) * norm_rows(delta.reshape(layers * batch, -1))
+    norms = batch * row_norms.reshape(layers, batch)
+    sa, sd = _power_of_two(a), _power_of_two(delta)
+    # g_n = c a_s delta_s^T with c = B sa sd, so (1/B) sum_n (g_nj / c)^2 = sum_n a_s^2 delta_s^2 / B
+    a_square = a.mul_(_per_layer(1 / sa, a)).square_()
+    d_square = delta.mul_(_per_layer(1 / sd, delta)).square_().mul_(1 / batch)
+    shape = (layers, delta.shape[2], a.shape[2])
+    out = None if buffers is None else buffers.get_like("mean_square", shape, a)
+    mean_square = torch.bmm(d_square.transpose(1, 2), a_square, out=out)  # (L, out, in)
+    roundoff = torch.finfo(mean_square.dtype).eps / 2
+    return NoiseSums(batch, norms, batch * sa * sd, mean_square=mean_square, unit_roundoff=roundoff, delta_scale=sd)
 
 
 def conv2d_sums(x: torch.Tensor, delta: torch.Tensor, module: torch.nn.Conv2d) -> NoiseSums:
@@ -127,14 +173,13 @@ def call_sums(func: Callable, x: torch.Tensor, weight: torch.Tensor, delta: torc
 
 
 def _materialized(a: torch.Tensor, delta: torch.Tensor, per_example: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], size: int) -> NoiseSums:
-    """The sums from the per-example gradients themselves: per_example(a[chunk], delta_s[chunk]) is
-    sum over positions of a delta^T for each example of the chunk, (n, ...) flattened or not, `size`
-    entries per example (the weight's).
-    Two passes when there are several chunks (the mean first, then the variance about it); one when
-    the whole batch fits in a chunk."""
+    """One layer's sums from the per-example gradients themselves: per_example(a[chunk], delta[chunk])
+    is the sum over positions of a delta^T of each example of the chunk, `size` entries per example
+    (the weight's). Two passes when there are several chunks (the mean first, then the variance
+    about it); one when the whole batch fits in a chunk."""
     batch = a.shape[0]
-    sa, sd = _power_of_two(a), _power_of_two(delta)
-    a_s, d_s = a / sa.to(a.dtype), delta / sd.to(delta.dtype)
+    sa, sd = _power_of_two(a.reshape(1, -1)), _power_of_two(delta.reshape(1, -1))
+    a_s, d_s = a * (1 / sa).to(a.dtype), delta * (1 / sd).to(delta.dtype)
     step = max(1, CHUNK_ENTRIES // max(1, size))
     chunks = [(start, min(batch, start + step)) for start in range(0, batch, step)]
     scale = batch * sa * sd  # g_n = B * sa * sd * per_example(a_s_n, d_s_n)
@@ -154,42 +199,60 @@ def _materialized(a: torch.Tensor, delta: torch.Tensor, per_example: Callable[[t
     for start, end in chunks:
         g = first if first is not None else grads(start, end)
         square += (g - mean).square().sum(dim=0)
-    per_example_norms = torch.cat(norms) * scale
-    return NoiseSums(batch, per_example_norms, scale, variance=square / batch, mean=mean)
+    per_example_norms = (torch.cat(norms) * scale).unsqueeze(0)
+    return NoiseSums(batch, per_example_norms, scale, variance=(square / batch).unsqueeze(0), mean=mean.unsqueeze(0))
 
 
-def noise(sums: NoiseSums, grad: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """pe_grad_norm, grad_noise_scale and gsnr from a site's sums, as 0-d device tensors; `grad` is
-    the layer's gradient dL/dW (needed by the one-pass form, whose sums do not hold g_bar). NaN (an
-    empty cell) where a quantity does not exist: B < 2, g_bar = 0, every coordinate's variance 0.
-    kernels.noise_columns hands them to a probe."""
+def noise(sums: NoiseSums, grads: Sequence[torch.Tensor] | torch.Tensor | None = None, buffers: Buffers | None = None) -> dict[str, torch.Tensor]:
+    """pe_grad_norm, grad_noise_scale and gsnr of each of the L layers of `sums`, as (L,) float64
+    device tensors. `grads`: the layers' gradients dL/dW, needed by the one-pass form, whose sums do
+    not hold g_bar (a list of L tensors, or one tensor for L = 1); that form's mean square is
+    consumed (overwritten in place). NaN (an empty cell) where a quantity does not exist: B < 2,
+    g_bar = 0, no coordinate with a variance."""
     batch, scale = sums.examples, sums.scale
     if sums.mean is not None:
-        g_bar = sums.mean
-        g_bar_square = (norm(g_bar).double() * scale) ** 2
+        g_bar = sums.mean  # (L, coordinates), float64
+        g_bar_square = torch.linalg.vector_norm(g_bar, dim=1) ** 2 * scale * scale
         variance = sums.variance
         resolved = variance > 0
+        signal = g_bar * g_bar
+        ratio = torch.where(resolved, signal / torch.where(resolved, variance, 1.0), 0.0)
+        gsnr = ratio.sum(dim=1) / resolved.sum(dim=1)  # 0 / 0: NaN, an empty cell, when nothing is counted
+        excess = batch * variance.sum(dim=1) * scale * scale  # sum_n ||g_n||^2 - B ||g_bar||^2, with no cancellation
     else:
-        assert grad is not None, "the one-pass sums need the layer's gradient"
-        g_bar = grad.detach().double().reshape(sums.mean_square.shape) / scale
-        g_bar_square = norm(grad.detach()).double() ** 2
+        assert grads is not None, "the one-pass sums need the layers' gradients"
+        grads = [grads] if isinstance(grads, torch.Tensor) else list(grads)
         mean_square = sums.mean_square
-        variance = mean_square - g_bar * g_bar
+        g_bar_square = norms_of([g.detach() for g in grads]) ** 2
+        # g_bar in units of the scale, in the sums' own dtype (scaled in float64: 1 / scale may be
+        # beyond float32's range where the gradient vanishes); every entry is then at most 1, and one
+        # more rounding of the difference below is inside the bound
+        # g_bar in units of the scale B sa sd, in the sums' dtype: |g_bar_j| <= B sa sd, so neither
+        # factor overflows (for entries that are normal float32 numbers) and every entry is at most 1
+        # The work is in place on the tensors this function owns (the stacked gradients, the sums'
+        # mean square, which it consumes): on the CPU a fresh tensor of this size costs more than
+        # the arithmetic on it. Masks are arithmetic (0 or 1), not torch.where, an order of
+        # magnitude slower on the CPU at these sizes.
+        signal = _stack([working(g.detach()) for g in grads], "signal", buffers).reshape(mean_square.shape)
+        signal.mul_(_per_layer(1 / (scale / sums.delta_scale), signal)).mul_(_per_layer(1 / sums.delta_scale, signal)).square_()
         roundoff = sums.unit_roundoff
-        # within the rounding of the float32 sums, a variance is indistinguishable from 0
-        resolved = variance > 3 * batch * roundoff * mean_square
-    ratio = torch.where(resolved, g_bar * g_bar / torch.where(resolved, variance, 1.0), 0.0)
-    counted = resolved.sum()
-    gsnr = ratio.sum() / counted  # 0 / 0: NaN, an empty cell, when nothing is counted
-    if sums.variance is not None:  # sum_n ||g_n||^2 - B ||g_bar||^2 = B sum_j Var_j, with no cancellation
-        excess = batch * sums.variance.sum() * scale * scale
-    else:
-        square_norms = (sums.norms * sums.norms).sum()
+        k = 3 * batch * roundoff
+        variance = mean_square.sub_(signal)
+        sums.mean_square = None  # consumed
+        # Within the rounding of the float32 sums (k = 3 B u of the mean square, Var_j + g_bar_j^2) a
+        # variance is indistinguishable from 0 and the coordinate is left out:
+        # kept where Var_j (1 - k) - k g_bar_j^2 > 0
+        out = None if buffers is None else buffers.get_like("kept", tuple(variance.shape), variance)
+        kept = torch.add(variance, signal, alpha=-k / (1 - k), out=out).clamp_(min=0).sign_()
+        dims = tuple(range(1, kept.dim()))
+        counted = kept.sum(dim=dims, dtype=torch.float64 if kept[0].numel() >= 2**24 else None).double()
+        # a left-out coordinate is 0 / Var_j: 0, -0 or (Var_j = 0) NaN, which nansum skips
+        gsnr = torch.nansum(signal.mul_(kept).div_(variance), dim=dims).double() / counted
+        square_norms = (sums.norms * sums.norms).sum(dim=1)
         excess = square_norms - batch * g_bar_square
         excess = torch.where(excess > 3 * batch * roundoff * square_norms, excess, 0.0)
-    nan = torch.full((), float("nan"), dtype=torch.float64, device=excess.device)
     if batch < 2:
-        noise_scale = nan
+        noise_scale = torch.full_like(excess, float("nan"))
     else:
-        noise_scale = torch.where(g_bar_square > 0, excess / (batch - 1) / torch.where(g_bar_square > 0, g_bar_square, 1.0), nan)
-    return {"pe_grad_norm": sums.norms.mean(), "grad_noise_scale": noise_scale, "gsnr": gsnr}
+        noise_scale = torch.where(g_bar_square > 0, excess / (batch - 1) / torch.where(g_bar_square > 0, g_bar_square, 1.0), float("nan"))
+    return {"pe_grad_norm": sums.norms.mean(dim=1), "grad_noise_scale": noise_scale, "gsnr": gsnr}

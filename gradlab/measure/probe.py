@@ -79,7 +79,9 @@ class Probe:
         self._bn_hooks: list = []
         # the noise group: each layer's Linear or convolution, whose input and output gradient it needs
         self._noise_modules = _weight_modules(self.layers)
-        self._noise_sums: dict[SiteKey, tuple[Site, noise.NoiseSums, nn.Parameter]] = {}
+        self._noise_sums: dict[SiteKey, tuple[Site, noise.NoiseSums]] = {}  # formed per-example gradients, by layer
+        self._noise_linear: dict[SiteKey, tuple[Site, torch.Tensor, torch.Tensor, nn.Parameter]] = {}  # a Linear's (a, delta)
+        self._noise_buffers = noise.Buffers()  # kept between logged steps
         # the spectrum group: each layer's weights (a recurrent layer's W_ih and W_hh together)
         self._spectra = spectrum.LayerSpectra() if "spectrum" in self.groups else None
 
@@ -90,7 +92,7 @@ class Probe:
         if "activations" in self.groups:
             # BatchNorm updates its running statistics in its forward: its pre-hook sees them before
             self._bn_hooks = [module.register_forward_pre_hook(self._bn_hook(site)) for site, module in self._norm_parts.batchnorms]
-        self._noise_sums = {}
+        self._noise_sums, self._noise_linear = {}, {}
         if "noise" in self.groups:
             self._bn_hooks += [module.register_forward_hook(self._noise_hook(site)) for site, module in self._noise_modules]
         if self.groups & {"deltas", "activations", "coordinates"}:  # the weights and updates groups need no forward capture
@@ -149,7 +151,9 @@ class Probe:
 
     def _noise_hook(self, site: Site):
         """A forward hook on a layer's Linear or convolution: its input, then (a gradient hook on its
-        output z) the sums over the per-example gradients, finished in `measure` with dL/dW."""
+        output z) its output gradient. A Linear's pair is kept for `measure`, which takes the sums of
+        every Linear of one shape at once, with their dL/dW; a convolution's per-example gradients
+        are formed here, while its input and gradient are at hand."""
 
         def forward(module: nn.Module, inputs: tuple, z: torch.Tensor) -> None:
             if not z.requires_grad:
@@ -157,6 +161,9 @@ class Probe:
             x = inputs[0].detach()
 
             def backward(grad: torch.Tensor) -> None:
+                if isinstance(module, nn.Linear) and x.dim() == 2:
+                    self._noise_linear[site.key] = (site, x, grad, module.weight)
+                    return
                 with torch.no_grad():
                     if isinstance(module, nn.Linear):
                         sums = noise.linear_sums(x, grad)
@@ -164,7 +171,7 @@ class Probe:
                         sums = noise.conv2d_sums(x, grad, module)
                     else:
                         sums = noise.call_sums(lambda x_, w, b: module._conv_forward(x_, w, b), x, module.weight, grad, (), {})
-                self._noise_sums[site.key] = (site, sums, module.weight)
+                self._noise_sums[site.key] = (site, sums)
 
             z.register_hook(backward)
 
@@ -203,9 +210,8 @@ class Probe:
             scales, divisors = kernels.weight_scale([layer.weight for layer in self.layers])
             pending.columns[_WEIGHT_SCALE] = (every_site, scales, divisors)
         self._measure_norm_parts(pending, grad_norms)
-        for site, sums, weight in self._noise_sums.values():
-            self._add(site, kernels.noise_columns(sums, weight.grad))
-        self._noise_sums = {}
+        if self._noise_sums or self._noise_linear:
+            self._measure_noise(pending)
         if self._spectra is not None:
             for quantity, (keys, values) in self._spectra.measure([(layer.site.key, list(layer.weights.values())) for layer in self.layers]).items():
                 pending.columns[quantity] = (keys, values, 1.0)
@@ -226,6 +232,25 @@ class Probe:
         if "weights" in self.groups and parts.prelu:
             keys = [key for key, _ in parts.prelu]
             pending.columns["prelu_slope_mean"] = (keys, torch.stack([w.detach().mean() for _, w in parts.prelu]), 1.0)
+
+    def _measure_noise(self, pending: PendingMeasurement) -> None:
+        """The noise group's columns, one vector each: the Linear layers grouped by shape (the hidden
+        layers of an MLP are one group), each group's sums and columns taken in one batched call."""
+        parts: list[tuple[list[SiteKey], dict[str, torch.Tensor]]] = []
+        with torch.no_grad():
+            groups: dict[tuple, list] = {}
+            for entry in self._noise_linear.values():
+                _, a, delta, _ = entry
+                groups.setdefault((tuple(a.shape), tuple(delta.shape), a.dtype, delta.dtype), []).append(entry)
+            for entries in groups.values():
+                sums = noise.stacked_linear_sums([e[1] for e in entries], [e[2] for e in entries], self._noise_buffers)
+                parts.append(([e[0].key for e in entries], noise.noise(sums, [e[3].grad for e in entries], self._noise_buffers)))
+            for site, sums in self._noise_sums.values():
+                parts.append(([site.key], noise.noise(sums)))
+        for quantity in NOISE:
+            keys = [key for part_keys, _ in parts for key in part_keys]
+            pending.columns[quantity] = (keys, torch.cat([columns[quantity] for _, columns in parts]), 1.0)
+        self._noise_sums, self._noise_linear = {}, {}
 
     def _measure_more(self, pending: PendingMeasurement) -> None:
         """What a subclass measures besides the layers' own quantities (the recurrent probe: time steps)."""

@@ -468,11 +468,11 @@ class Watch:
                     g_bar = None
                     if sums.mean is None:  # one position: this use's dL/dW, delta^T a
                         g_bar = noise.working(grad).T @ noise.working(x)
-                    measured = kernels.noise_columns(sums, g_bar)
+                    columns = noise.noise(sums, g_bar)
                 else:
-                    measured = kernels.noise_columns(noise.call_sums(func, x, weight, grad, rest, options))
-            for m in measured:
-                self._pending.add(m.quantity, site, m.value, m.divisor)
+                    columns = noise.noise(noise.call_sums(func, x, weight, grad, rest, options))
+            for quantity, values in columns.items():
+                self._pending.add(quantity, site, values[0])
 
         use.output.register_hook(hook)
 
