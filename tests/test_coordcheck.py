@@ -18,8 +18,7 @@ from gradlab.build.data import Batches, load_dataset
 from gradlab.build.models import build_model
 from gradlab.build.parametrization import parameter_groups
 from gradlab.config.experiment import validate
-from gradlab.orchestrate.coordcheck import parse_widths, run_coordcheck
-from gradlab.vocab.errors import ConfigError
+from gradlab.orchestrate.coordcheck import run_coordcheck
 
 BASE = 16
 DEPTH = 3
@@ -69,7 +68,7 @@ def test_mup_coordinates_agree_with_the_mup_package(tmp_path, optim, lr):
         model = build_model(exp.model, data.input_shape, data.classes)
         x, y = next(Batches(data.x_train, data.y_train, exp.data.batch_size, exp.seed))  # the run's fixed batch
         twin = _mup_twin(width, model.state_dict())
-        theirs = mup_coord.get_coord_data({width: lambda: twin}, [(x, y)] * 3, optimizer=optim, lr=lr, mup=True, nsteps=3,
+        theirs = mup_coord.get_coord_data({width: lambda twin=twin: twin}, [(x, y)] * 3, optimizer=optim, lr=lr, mup=True, nsteps=3,
                                           nseeds=1, cuda=False, show_progress=False)  # fmt: skip
         for step in range(3):  # mup's t = 1 is the forward before the first update: gradlab's step 0
             for layer in range(DEPTH + 1):
@@ -337,7 +336,7 @@ def test_a_cnn_under_mup_is_mups_cnn(optim):
     x = data.x_train[:8]
     assert torch.allclose(ours(x), twin(x), rtol=1e-5, atol=1e-7)
     theirs_opt = (MuSGD if optim == "sgd" else MuAdam)(twin.parameters(), lr=0.1)
-    lr_of = lambda groups: {id(p): g["lr"] for g in groups for p in g["params"]}  # noqa: E731
+    lr_of = lambda groups: {id(p): g["lr"] for g in groups for p in g["params"]}
     ours_lr, theirs_lr = lr_of(parameter_groups(ours, exp.model, exp.optim)), lr_of(theirs_opt.param_groups)
     assert [ours_lr[id(p)] for p in ours.parameters()] == pytest.approx([theirs_lr[id(p)] for p in twin.parameters()])
 

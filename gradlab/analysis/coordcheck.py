@@ -11,7 +11,7 @@ some width (update_rms at the last step) gets no slope and no verdict. pandas an
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from gradlab.vocab.quantities import COORDCHECK_COLUMNS, COORDCHECK_QUANTITIES, 
 
 COORDCHECK_FILE = "coordcheck.csv"
 VERDICT_KEYS = ("variant", "step", "layer", "name")
+COLUMNS = list(COORDCHECK_COLUMNS)  # coordcheck.csv's header
 
 
 def verdict(slope: float, tolerance: float = COORDCHECK_TOLERANCE) -> str:
@@ -82,6 +83,7 @@ class CoordcheckResult:
     outcomes: list[Outcome]
     tolerance: float
     quantity: str
+    runs_failed: list[str] = field(default_factory=list)  # "<run>: <error>" of the runs that failed
 
     @property
     def failed(self) -> list[Outcome]:
@@ -113,5 +115,3 @@ def check(slopes_: pd.DataFrame, variant: str, expectation, tolerance: float) ->
                 outcomes.append(Outcome(label, slope, bound, verdict(slope, tolerance) == want, (tolerance, -tolerance)))
     return outcomes
 
-
-COLUMNS = list(COORDCHECK_COLUMNS)

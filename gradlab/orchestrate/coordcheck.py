@@ -15,9 +15,10 @@ train.fixed_batch (mup's check trains on one batch; --fresh-batches draws a new 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from gradlab.orchestrate.progress import Progress
 from gradlab.vocab.errors import ConfigError, RunError
@@ -139,7 +140,6 @@ def run_coordcheck(
 ):
     """Plan, run and judge a coordinate check (or, with `resume`, finish one); returns an
     analysis.coordcheck.CoordcheckResult. `on_planned(sweep_dir, runs)` is called before the runs."""
-    from gradlab.analysis import coordcheck as analysis
     from gradlab.config.load import read_yaml
     from gradlab.orchestrate.sweep import executor_session, run_sweep
     from gradlab.orchestrate.sweep_axes import parse_axis
@@ -193,6 +193,5 @@ def judge(sweep_dir: Path, coords, plan, tolerance: float, quantity: str, outcom
         expect = validate(member.config).expect
         if expect is not None and expect.coordcheck is not None:
             outcomes.extend(analysis.check(table, variant, expect.coordcheck, tolerance))
-    result = analysis.CoordcheckResult(Path(sweep_dir), coords, table, outcomes, tolerance, quantity)
-    result.runs_failed = [] if outcome is None else [f"{row.run}: {row.error}" for row in outcome.rows if row.status == "failed"]
-    return result
+    failed = [] if outcome is None else [f"{row.run}: {row.error}" for row in outcome.rows if row.status == "failed"]
+    return analysis.CoordcheckResult(Path(sweep_dir), coords, table, outcomes, tolerance, quantity, failed)
