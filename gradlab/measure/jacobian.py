@@ -75,7 +75,9 @@ def jacobian_spectrum(model: Stack, x: torch.Tensor, probes: int, power_iteratio
     was_training = model.training
     model.eval()
     try:
-        with torch.enable_grad():
+        # torch.func's transforms differentiate under no_grad too: no autograd graph of the
+        # parameters is recorded, so nothing but the transforms' own tensors is kept
+        with torch.no_grad():
             return _spectrum(model, x, probes, power_iterations, generator)
     finally:
         model.train(was_training)
