@@ -136,8 +136,15 @@ def coordcheck_rows(path: Path, out: str, paper: str, meta: dict[str, str]) -> l
     for variant, table in judged.groupby("variant", sort=False):
         head = table[table["name"] == "head"].sort_values("step")
         measured = "head " + ", ".join(f"{s:+.2f}" for s in head["slope"]) + f"; max |slope| {table['slope'].abs().max():.2f}"
-        failures = [o.failure() for o in result.outcomes if o.name.startswith(f"{variant}: ") and not o.passed]
-        rows.append((paper, f"coordcheck ({variant})", meta.get("published", ""), "width-stable under mup (Yang & Hu 2021)", measured,
+        mine = [o for o in result.outcomes if o.name.startswith(f"{variant}: ")]
+        failures = [o.failure() for o in mine if not o.passed]
+        # what the variant's expect.coordcheck asks: 'grows: head', 'width-stable: blocks.0, ..., head'
+        wants: dict[str, list[str]] = {}
+        for o in mine:
+            layer = o.name.rsplit(" ", 1)[-1].split("@")[0]
+            wants.setdefault(o.bound.split(" (")[0], []).append(layer)
+        predicted = "; ".join(f"{want}: {', '.join(dict.fromkeys(layers))}" for want, layers in wants.items()) or "-"
+        rows.append((paper, f"coordcheck ({variant})", meta.get("published", ""), predicted, measured,
                      "yes" if not failures else "NO: " + "; ".join(failures)))  # fmt: skip
     return rows
 
