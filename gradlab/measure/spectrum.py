@@ -18,7 +18,7 @@ x_0 <= ... <= x_(N-1); for each candidate x_min = x_i, i < N - 1, with n = N - i
 tail, the maximum-likelihood exponent alpha_i = 1 + n / sum_(j >= i) ln(x_j / x_i) and the
 Kolmogorov-Smirnov distance D_i = max_(j >= i) |1 - (x_j / x_i)^(1 - alpha_i) - (j - i) / n|; the
 fit is the candidate with the smallest D_i (the first of equal ones). A layer with fewer than 50
-eigenvalues has no alpha (WeightWatcher's long-standing minimum; 0.7.7's default is 8), nor one whose
+eigenvalues has no alpha (the minimum WeightWatcher's docstrings name; 0.7.7's default is 8), nor one whose
 eigenvalues above the floor number fewer than 20 (where 0.7.7 switches to another estimator), nor one
 whose tail has no spread (alpha infinite: an orthogonal weight's eigenvalues are all equal).
 
@@ -36,7 +36,7 @@ import torch
 
 from gradlab.measure.norms import norm
 
-MIN_EIGENVALUES = 50  # fewer: no alpha (WeightWatcher's minimum before 0.7)
+MIN_EIGENVALUES = 50  # fewer: no alpha (WeightWatcher's analyze(min_evals=50), the DEFAULT_MIN_EVALS its docstrings name; 0.7.7's default is 8)
 EIGENVALUE_FLOOR = 1e-5  # WeightWatcher's EVALS_THRESH: eigenvalues at or below it are not fitted
 MIN_FITTED = 20  # WeightWatcher 0.7.7 fits fewer eigenvalues with another (bias-corrected) estimator
 CONV_EIGENVALUE_SCALE = 0.5  # conv2d_norm: each slice times sqrt(1/2)
