@@ -354,3 +354,16 @@ def test_resume_finishes_the_check_as_planned(tmp_path, invoke_wide):
     assert (folder / "coordcheck.csv").is_file()
     both = invoke_wide("coordcheck", config, "--resume", folder)
     assert both.exit_code == 2 and "--resume: give the coordcheck folder alone" in both.output
+
+
+def test_fixed_batch_trains_on_the_first_batch_and_fresh_batches_do_not(tmp_path):
+    """With lr 0 nothing changes but the batch: the train loss of every step is the first batch's
+    under train.fixed_batch (the same float), and not with --fresh-batches."""
+    raw = _raw(16, "standard", optim="sgd", lr=0.0)
+    for fresh in (False, True):
+        result = run_coordcheck(_write(tmp_path, raw), [8, 16], steps=3, seeds=1, fresh_batches=fresh, overrides=[f"log.out={tmp_path / str(fresh)}"])
+        for run in sorted(p for p in result.sweep_dir.iterdir() if p.is_dir()):
+            assert ("fixed_batch: true" in (run / "config.yaml").read_text()) is not fresh
+            metrics = pd.read_csv(run / "metrics.csv")
+            losses = metrics[metrics["split"] == "train"]["loss"].tolist()
+            assert len(losses) == 4 and (len(set(losses)) == 1) is not fresh, losses
