@@ -306,7 +306,7 @@ def test_watch_records_the_spectrum_of_each_call(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    with watch(model, out=tmp_path, every=2, name="w", optimizer=optimizer, groups=["weights", "spectrum"]) as w:
+    with watch(model, out=tmp_path, every=2, name="w", optimizer=optimizer, probes=["weights", "spectrum"]) as w:
         for step in range(3):
             x, y = batch((32,), seed=step)
             optimizer.zero_grad()
@@ -351,3 +351,14 @@ def test_watch_measures_one_recurrent_layer_whole_and_leaves_a_stack_of_them_emp
         else:
             assert rows.loc["rnn", list(SPECTRUM)].isna().all()
         assert rows.loc["head", "weight_sv_max"] == pytest.approx(svd_max(model.head.weight), rel=1e-4)
+
+
+def test_watch_takes_the_groups_as_probes_or_groups_not_both(tmp_path):
+    from gradlab.measure.watch import watch
+    from gradlab.vocab.errors import ConfigError
+
+    model = nn.Linear(4, 2)
+    with pytest.raises(ConfigError) as caught:
+        watch(model, out=tmp_path, groups=["weights"], probes=["spectrum"])
+    assert caught.value.lines == ["watch: groups and probes name the same thing (log.probes' groups); give one of them"]
+    assert not list(tmp_path.iterdir())  # a refused watch writes nothing

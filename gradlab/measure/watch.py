@@ -185,6 +185,7 @@ class Watch:
         *,
         optimizer: torch.optim.Optimizer | None = None,
         groups: Iterable[str] = WATCH_GROUPS,
+        probes: Iterable[str] | None = None,
         seed: int | None = None,
         expect: dict[str, Any] | None = None,
         time: bool = False,
@@ -195,6 +196,10 @@ class Watch:
             raise ConfigError(f"watch: every got {every!r}; a whole number of steps, 1 or more")
         if not isinstance(time, bool):
             raise ConfigError(f"watch: time got {time!r}; True or False")
+        if probes is not None:  # log.probes' name for the groups
+            if groups is not WATCH_GROUPS:
+                raise ConfigError("watch: groups and probes name the same thing (log.probes' groups); give one of them")
+            groups = probes
         allowed = (*(TIME_GROUPS if time else WATCH_GROUPS), *OPT_IN_GROUPS)
         groups = list(TIME_GROUPS if time and groups is WATCH_GROUPS else dict.fromkeys(groups))
         unknown = [g for g in groups if g not in allowed]
@@ -765,6 +770,7 @@ def watch(
     *,
     optimizer: torch.optim.Optimizer | None = None,
     groups: Iterable[str] = WATCH_GROUPS,
+    probes: Iterable[str] | None = None,
     seed: int | None = None,
     expect: dict[str, Any] | None = None,
     time: bool = False,
@@ -775,7 +781,7 @@ def watch(
     every: measure steps 0, every, 2*every, ... (the others run with no hook attached).
     optimizer: the loop's optimizer, for update_ratio and lr (without it those cells are empty).
     groups: of weights, deltas, updates (and activations with time=True); the opt-in groups
-    (noise, spectrum) only when listed. seed: recorded in
+    (noise, spectrum) only when listed; probes= is the same, by log.probes' name. seed: recorded in
     config.yaml (the loop seeds torch). expect: an expect: section, checked later by
     `gradlab check` or `gradlab.check(run)`.
     time: timesteps.csv for every nn.RNN, nn.LSTM and nn.GRU in the model, each layer and direction
@@ -784,7 +790,7 @@ def watch(
     scaler: the loop's torch.amp.GradScaler: gradient columns unscaled, skipped steps said so.
     Returns a `Watch`: call `w.step(loss=..., accuracy=...)` after each optimizer step, and
     `w.close()` at the end, or use it as a context manager."""
-    return Watch(model, out, every, name, optimizer=optimizer, groups=groups, seed=seed, expect=expect, time=time, scaler=scaler)
+    return Watch(model, out, every, name, optimizer=optimizer, groups=groups, probes=probes, seed=seed, expect=expect, time=time, scaler=scaler)
 
 
 def _together(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
