@@ -89,7 +89,11 @@ def _power_of_two(value: torch.Tensor) -> torch.Tensor:
     """Per layer (dimension 0), the power of two at or above the binade of |value|'s largest entry
     (1 for a zero layer), float64: dividing by it is exact and leaves every entry below 1 in magnitude."""
     dims = tuple(range(1, value.dim()))
-    largest = torch.maximum(value.amax(dim=dims), value.amin(dim=dims).neg()).double()  # (no |value| formed)
+    return _above(torch.maximum(value.amax(dim=dims), value.amin(dim=dims).neg()).double())  # (no |value| formed)
+
+
+def _above(largest: torch.Tensor) -> torch.Tensor:
+    """The power of two at or above the binade of each of `largest` (float64, >= 0; 1 for 0)."""
     _, exponent = torch.frexp(largest)
     return torch.where(largest > 0, torch.ldexp(torch.ones_like(largest), exponent), torch.ones_like(largest))
 
@@ -125,9 +129,12 @@ def stacked_linear_sums(a: Sequence[torch.Tensor], delta: Sequence[torch.Tensor]
     a = _stack([working(x.detach()) for x in a], "a", buffers)  # (L, B, in), this function's own
     delta = _stack([working(d) for d in delta], "delta", buffers)  # (L, B, out)
     layers, batch = a.shape[0], a.shape[1]
-    row_norms = norm_rows(a.reshape(layers * batch, -1)) * norm_rows(delta.reshape(layers * batch, -1))
-    norms = batch * row_norms.reshape(layers, batch)
-    sa, sd = _power_of_two(a), _power_of_two(delta)
+    a_norms = norm_rows(a.reshape(layers * batch, -1)).reshape(layers, batch)
+    d_norms = norm_rows(delta.reshape(layers * batch, -1)).reshape(layers, batch)
+    norms = batch * a_norms * d_norms
+    # the largest row norm bounds every entry: scaled by it, no entry exceeds 1 (and no pass over
+    # the entries is needed to find their largest)
+    sa, sd = _above(a_norms.amax(dim=1)), _above(d_norms.amax(dim=1))
     # g_n = c a_s delta_s^T with c = B sa sd, so (1/B) sum_n (g_nj / c)^2 = sum_n a_s^2 delta_s^2 / B
     a_square = a.mul_(_per_layer(1 / sa, a)).square_()
     d_square = delta.mul_(_per_layer(1 / sd, delta)).square_().mul_(1 / batch)
