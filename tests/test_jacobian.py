@@ -174,3 +174,52 @@ def test_the_figure_draws_s2_and_m1_against_depth_with_the_prediction_dashed(tmp
     theory = [line for line in s2_axes.get_lines() if line.get_gid() == plots.THEORY_GID]
     assert len(theory) == 1 and list(theory[0].get_ydata()) == pytest.approx([2, 4, 6])  # ReLU, Gaussian, width = dim: 2L
     assert not plots.has_jacobian([load_run(run_experiment(validate(base(tmp_path / "plain"))).run_dir)])
+
+
+def test_compare_theory_sets_predicted_s2_beside_s2_at_0_and_says_why_where_none(tmp_path, invoke):
+    from gradlab.analysis.compare import compare_runs
+    from gradlab.config.experiment import validate
+    from gradlab.orchestrate.runner import run_experiment
+    from gradlab.records.run import load_run
+
+    mlp = base(tmp_path, jacobian={"every": 4, "probes": 4, "examples": 4})
+    mlp["model"] = {"depth": 3, "width": 8, "activation": "relu", "init": {"weight": "kaiming_normal", "bias": "zeros"}}
+    cnn = base(tmp_path, jacobian={"every": 4, "probes": 2, "power_iterations": 2, "examples": 2})
+    cnn["data"] = {"name": "images", "classes": 3, "n_train": 32, "n_test": 8, "batch_size": 8}
+    cnn["model"] = {"kind": "cnn", "depth": 2, "width": 2, "pool_every": 1}
+    runs = [load_run(run_experiment(validate(config)).run_dir) for config in (mlp, cnn)]
+    comparison = compare_runs(runs, theory=True)
+    table = comparison.table.set_index("model.kind")
+    assert table.loc["mlp", "predicted_s2"] == pytest.approx(6.0)  # ReLU, Gaussian, width = dim: 2L
+    assert table.loc["mlp", "s2@0"] == pytest.approx(runs[0].jacobian.query("step == 0")["s2"].dropna().iloc[0])
+    assert table.loc["mlp", "s2_departs"] in ("yes", "no") and math.isnan(table.loc["cnn", "predicted_s2"])
+    assert any("no predicted_s2: model.kind cnn" in note for note in comparison.notes)
+    # gradlab theory prints the prediction per block
+    path = tmp_path / "mlp.yaml"
+    path.write_text(yaml.safe_dump(mlp))
+    lines = invoke("theory", path).stdout.splitlines()
+    table_at = lines.index(next(line for line in lines if line.startswith("jacobian (free probability")))
+    assert lines[table_at + 2 :] == ["    0             1             2", "    1             1             4", "    2             1             6"]
+
+
+def test_an_s2_expectation_needs_log_jacobian(tmp_path, invoke):
+    config = base(tmp_path)
+    config["expect"] = {"s2": {"within_theory": 0.2}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = invoke("validate", path)
+    assert result.exit_code == 2
+    assert result.stderr == "error: expect.s2: s2 is measured by log.jacobian (jacobian.csv), which this config leaves off: set log.jacobian: {every: N}\n"
+
+
+def test_a_step_cut_off_in_jacobian_csv_is_left_out_with_a_note(tmp_path):
+    from gradlab.config.experiment import validate
+    from gradlab.orchestrate.runner import run_experiment
+    from gradlab.records.run import load_run
+
+    run_dir = run_experiment(validate(base(tmp_path, jacobian={"every": 2, "probes": 2, "examples": 2}))).run_dir
+    path = run_dir / "jacobian.csv"
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))  # the last step lost its last block
+    run = load_run(run_dir)
+    assert sorted(set(run.jacobian["step"])) == [0, 2, 4] and len(run.jacobian) == 9
+    assert any("step 5 of jacobian.csv has only 2 of 3 rows" in note for note in run.notes)
