@@ -9,8 +9,8 @@ How the sums are taken depends on how often the weight is applied per example:
 - once (a Linear on (B, features)): g_n is never formed. ||g_n|| = B ||a_n|| ||delta_n||
   (Goodfellow 2015) from the rows' norms, and sum_n g_nj^2 = B^2 (delta^2)^T (a^2), one matmul of
   the weight gradient's size (BackPACK's SumGradSquared). g_bar is the weight's own gradient, read
-  after the backward pass, so the group costs that one matmul per layer and a few operations of
-  the weight's size.
+  after the backward pass, so the group costs that one matmul per layer and about a dozen
+  element-wise passes over the weight's entries.
 - at P positions (a convolution, a Linear on (B, T, features)): sum_n g_nj^2 is not a function of
   the positions' sums, so g_n has to be formed: g_n = B * Delta_n A_n^T, with A_n the (unfolded)
   inputs (P, D) and Delta_n the output gradients (P, C_out), a batched matmul of B * P * C_out * D
@@ -231,12 +231,9 @@ def noise(sums: NoiseSums, grads: Sequence[torch.Tensor] | torch.Tensor | None =
         grads = [grads] if isinstance(grads, torch.Tensor) else list(grads)
         mean_square = sums.mean_square
         g_bar_square = norms_of([g.detach() for g in grads]) ** 2
-        # g_bar in units of the scale, in the sums' own dtype (scaled in float64: 1 / scale may be
-        # beyond float32's range where the gradient vanishes); every entry is then at most 1, and one
-        # more rounding of the difference below is inside the bound
-        # g_bar in units of the scale B sa sd, in the sums' dtype: |g_bar_j| <= B sa sd, so neither
-        # factor overflows (for entries that are normal float32 numbers) and every entry is at most 1
-        # The work is in place on the tensors this function owns (the stacked gradients, the sums'
+        # g_bar in units of the scale B sa sd, in the sums' dtype, by two factors, 1 / (B sa) and
+        # 1 / sd: |g_bar_j| <= B sa sd, so neither product overflows (their product as one factor
+        # could, where the gradient vanishes) and every entry ends at most 1. The work is in place on the tensors this function owns (the stacked gradients, the sums'
         # mean square, which it consumes): on the CPU a fresh tensor of this size costs more than
         # the arithmetic on it. Masks are arithmetic (0 or 1), not torch.where, an order of
         # magnitude slower on the CPU at these sizes.
