@@ -18,6 +18,7 @@ def test_every_measured_quantity_has_one_kernel_and_every_kernel_a_quantity():
                               *quantities.COORDINATE_QUANTITIES)]  # fmt: skip
     assert sorted(kernels.KERNELS) == sorted(layer)
     assert sorted(kernels.TIME_STEP_KERNELS) == sorted(q.name for q in quantities.TIMESTEP_QUANTITIES)
+    assert sorted(kernels.JACOBIAN_KERNELS) == sorted(q.name for q in quantities.JACOBIAN_QUANTITIES)
 
 
 def as_dict(measured):

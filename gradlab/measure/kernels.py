@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from gradlab.build.recurrent import GATE_ACTIVATION
-from gradlab.measure import noise, spectrum
+from gradlab.measure import jacobian, noise, spectrum
 from gradlab.measure.norms import float32_held, norm, norm_of, norm_rows, norms
 from gradlab.theory.activations import region_counts, saturation_mask
 
@@ -249,3 +249,7 @@ TIME_STEP_KERNELS: dict[str, Kernel] = {
     "saturated_frac": activation_regions,
     **{f"{gate}_{stat}": gate_statistics for gate in GATE_ACTIVATION for stat in ("mean", "saturated_frac")},
 }  # fmt: skip
+
+# jacobian.csv's quantities (log.jacobian): one pass of forward- and reverse-mode products gives them
+# together, for every hidden block of a stack (jacobian.py).
+JACOBIAN_KERNELS: dict[str, Kernel] = {q: jacobian.jacobian_spectrum for q in ("m1", "m2", "s2", "sv_max", "probes")}
