@@ -367,3 +367,21 @@ def test_fixed_batch_trains_on_the_first_batch_and_fresh_batches_do_not(tmp_path
             metrics = pd.read_csv(run / "metrics.csv")
             losses = metrics[metrics["split"] == "train"]["loss"].tolist()
             assert len(losses) == 4 and (len(set(losses)) == 1) is not fresh, losses
+
+
+def test_gradlab_check_judges_a_coordcheck_folder_as_coordcheck_did(tmp_path, invoke_wide):
+    raw = {**_zero_head(_raw(lr=0.05, parametrization="standard")), "expect": {"coordcheck": {"grows": ["head"], "steps": [1, 2]}}}
+    ran = invoke_wide("coordcheck", _write(tmp_path, raw), "--widths", "16,64,256", "--seeds", "1", "--out", tmp_path, "--no-plot")
+    assert ran.exit_code == 0, ran.output
+    folder = next(tmp_path.glob("cc-coordcheck/*"))
+    checked = invoke_wide("check", folder)
+    assert checked.exit_code == 0, checked.output
+    for step in (1, 2):
+        line = next(line for line in ran.output.splitlines() if f"slope head@{step}" in line)
+        assert line.removeprefix("expect ").strip() in checked.output
+    # the expectation's own quantity and tolerance: act_rms of the head, stricter than its slope
+    raw["expect"]["coordcheck"] = {"width_stable": ["head"], "steps": [1], "quantity": "act_rms", "tolerance": 0.2}
+    ran = invoke_wide("coordcheck", _write(tmp_path, raw), "--widths", "16,64,256", "--seeds", "1", "--out", tmp_path / "b", "--no-plot")
+    assert ran.exit_code == 1 and "coordcheck act_rms slope head@1" in ran.output and "(|slope| <= 0.2)" in ran.output, ran.output
+    checked = invoke_wide("check", next((tmp_path / "b").glob("cc-coordcheck/*")))
+    assert checked.exit_code == 1 and "coordcheck act_rms slope head@1" in checked.output

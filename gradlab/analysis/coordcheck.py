@@ -1,5 +1,6 @@
 """The coordinate check read back (`gradlab coordcheck`): each (variant, step, layer)'s log-log
-slope of a coordinate size against width, its verdict, and the `expect: {coordcheck: ...}` outcomes.
+slope of a coordinate size against width and its verdict (the `expect: {coordcheck: ...}` outcomes are
+analysis/expectations.py's).
 
 For each (variant, step, layer) the coordinate (act_l1 unless asked otherwise) is averaged over the
 seeds at each width, and its slope s is the least-squares line through (log width, log mean):
@@ -17,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gradlab.analysis.expectations import Outcome
 from gradlab.vocab.errors import ConfigError
 from gradlab.vocab.quantities import COORDCHECK_COLUMNS, COORDCHECK_QUANTITIES, COORDCHECK_TOLERANCE
 
@@ -80,13 +80,13 @@ class CoordcheckResult:
     sweep_dir: Path
     coords: pd.DataFrame  # coordcheck.csv
     slopes: pd.DataFrame
-    outcomes: list[Outcome]
+    outcomes: list  # analysis.expectations.Outcome of each expect.coordcheck verdict
     tolerance: float
     quantity: str
     runs_failed: list[str] = field(default_factory=list)  # "<run>: <error>" of the runs that failed
 
     @property
-    def failed(self) -> list[Outcome]:
+    def failed(self) -> list:
         return [o for o in self.outcomes if not o.passed]
 
 
@@ -95,23 +95,9 @@ def judged_steps(slopes_: pd.DataFrame, steps: list[int] | None) -> list[int]:
     return [s for s in measured if s >= 1] if steps is None else list(steps)
 
 
-def check(slopes_: pd.DataFrame, variant: str, expectation, tolerance: float) -> list[Outcome]:
-    """The outcomes of one variant's `expect: {coordcheck: ...}`: one per (required verdict, layer,
-    step), the slope measured and the verdict it must have."""
-    rows = slopes_[slopes_["variant"] == variant]
-    names = list(dict.fromkeys(rows.sort_values("layer")["name"]))
-    prefix = f"{variant}: " if variant else ""
-    outcomes = []
-    for want, layers in expectation.required().items():
-        for name in names if layers == "all" else layers:
-            for step in judged_steps(rows, expectation.steps):
-                hit = rows[(rows["name"] == name) & (rows["step"] == step)]
-                label = f"{prefix}coordcheck {rows['quantity'].iloc[0] if len(rows) else ''} slope {name}@{step}"
-                bound = f"{want} (|slope| <= {tolerance:g})" if want == "width-stable" else f"{want} (slope {'>' if want == 'grows' else '<'} {'' if want == 'grows' else '-'}{tolerance:g})"
-                if hit.empty:
-                    outcomes.append(Outcome(label, None, bound + f"; no layer {name} at step {step}", False))
-                    continue
-                slope = float(hit["slope"].iloc[0])
-                outcomes.append(Outcome(label, slope, bound, verdict(slope, tolerance) == want, (tolerance, -tolerance)))
-    return outcomes
+def variant_of(values: dict) -> str:
+    """The values of a run's own sweep axes (not model.width, seed or expect.*) as `key=value, ...`:
+    the run's variant, as coordcheck.csv names it."""
+    from gradlab.vocab.values import flow
 
+    return ", ".join(f"{key}={flow(value)}" for key, value in values.items() if key not in ("model.width", "seed") and not key.startswith("expect"))

@@ -213,7 +213,76 @@ def check_paths(paths: list[str | Path]) -> tuple[list[RunCheck], list[str]]:
             continue
         if outcomes is not None:
             checks.append(RunCheck(shown_path(sweep_dir), outcomes))
+        try:
+            verdicts = check_coordcheck(sweep_dir)  # a gradlab coordcheck folder: its expect.coordcheck
+        except GradlabError as exc:
+            checks.append(RunCheck(shown_path(sweep_dir), [], error="; ".join(exc.lines)))
+            continue
+        if verdicts:
+            checks.append(RunCheck(shown_path(sweep_dir), verdicts))
     return checks, problems
+
+
+# --------------------------------------------------------------------------------------------
+# A coordinate check's verdicts (`expect: {coordcheck: ...}`, gradlab coordcheck)
+# --------------------------------------------------------------------------------------------
+
+
+def coordcheck_outcomes(table, variant: str, expectation) -> list[Outcome]:
+    """One variant's `expect: {coordcheck: ...}` against its slopes (analysis.coordcheck.slopes of
+    the expectation's quantity and tolerance): one outcome per (verdict asked, layer, step)."""
+    from gradlab.analysis.coordcheck import judged_steps, verdict
+
+    rows = table[table["variant"] == variant]
+    names = list(dict.fromkeys(rows.sort_values("layer")["name"]))
+    prefix = f"{variant}: " if variant else ""
+    tolerance = expectation.tolerance
+    outcomes = []
+    for want, layers in expectation.required().items():
+        if want == "width-stable":
+            bound = f"width-stable (|slope| <= {tolerance:g})"
+        else:
+            bound = f"{want} (slope {'>' if want == 'grows' else '<'} {'' if want == 'grows' else '-'}{tolerance:g})"
+        for name in names if layers == "all" else layers:
+            for step in judged_steps(rows, expectation.steps):
+                label = f"{prefix}coordcheck {expectation.quantity} slope {name}@{step}"
+                hit = rows[(rows["name"] == name) & (rows["step"] == step)]
+                if hit.empty:
+                    outcomes.append(Outcome(label, None, f"{bound}; no layer {name} at step {step}", False))
+                    continue
+                slope = float(hit["slope"].iloc[0])
+                outcomes.append(Outcome(label, slope, bound, verdict(slope, tolerance) == want, (tolerance, -tolerance)))
+    return outcomes
+
+
+def check_coordcheck(sweep_dir: str | Path) -> list[Outcome] | None:
+    """The `expect: {coordcheck: ...}` of every variant of a coordcheck folder against its
+    coordcheck.csv (each variant's section read from one of its runs' config.yaml); None for a
+    folder without coordcheck.csv. What `gradlab coordcheck` prints and `gradlab check` checks."""
+    from gradlab.analysis import coordcheck
+
+    sweep_dir = Path(sweep_dir)
+    if not (sweep_dir / coordcheck.COORDCHECK_FILE).is_file():
+        return None
+    coords = coordcheck.read_coords(sweep_dir)
+    _, members = _sweep_members(sweep_dir)
+    seen: set[str] = set()
+    tables: dict[tuple[str, float], Any] = {}
+    outcomes = []
+    for run, values, _status in members:
+        variant = coordcheck.variant_of(values)
+        if variant in seen or not (sweep_dir / run / CONFIG_FILE).is_file():
+            continue
+        seen.add(variant)
+        section = read_config(sweep_dir / run).get("expect")
+        expectation = parse(section, where=f"{sweep_dir / run / CONFIG_FILE}: expect").coordcheck if section else None
+        if expectation is None:
+            continue
+        key = (expectation.quantity, expectation.tolerance)
+        if key not in tables:
+            tables[key] = coordcheck.slopes(coords, *key)
+        outcomes.extend(coordcheck_outcomes(tables[key], variant, expectation))
+    return outcomes
 
 
 # --------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from pydantic_core import PydanticCustomError
 
 from gradlab.config.messages import format_error
 from gradlab.vocab.errors import ConfigError
-from gradlab.vocab.quantities import FINAL_QUANTITIES, PROFILE_QUANTITIES, STATUSES, SUMMARY_QUANTITIES, TIME_QUANTITIES
+from gradlab.vocab.quantities import COORDCHECK_QUANTITIES, COORDCHECK_TOLERANCE, FINAL_QUANTITIES, PROFILE_QUANTITIES, STATUSES, SUMMARY_QUANTITIES, TIME_QUANTITIES
 from gradlab.vocab.registry import describe_value, did_you_mean
 
 # The error kind messages.format_error prints as '<dotted key>: <message>'.
@@ -152,6 +152,8 @@ class CoordcheckExpectation(BaseModel):
     grows: Optional[list[str] | Literal["all"]] = Field(None, description="these layers grow with width at every judged step")
     shrinks: Optional[list[str] | Literal["all"]] = Field(None, description="these layers shrink with width at every judged step")
     steps: Optional[list[int]] = Field(None, description="the steps judged (default: every measured step from 1 on, as mup's test)")
+    quantity: Literal[COORDCHECK_QUANTITIES] = Field("act_l1", description="the coordinate judged (coordcheck.csv's columns)")
+    tolerance: float = Field(COORDCHECK_TOLERANCE, gt=0, description="width-stable when |log-log slope| <= this (mup's test: log 1.2 / log 4)")
 
     @model_validator(mode="before")
     @classmethod
@@ -172,7 +174,12 @@ class CoordcheckExpectation(BaseModel):
 
     @model_serializer(mode="wrap")
     def _without_nulls(self, handler):
-        return {key: value for key, value in handler(self).items() if value is not None}
+        data = {key: value for key, value in handler(self).items() if value is not None}
+        if self.quantity == "act_l1":
+            data.pop("quantity", None)
+        if self.tolerance == COORDCHECK_TOLERANCE:
+            data.pop("tolerance", None)
+        return data
 
     def required(self) -> dict[str, list[str] | str]:
         """{verdict: layers} for the verdicts given."""

@@ -90,17 +90,11 @@ class CoordcheckPlan:
     sweep_dir: Path
 
 
-def variant_of(values: dict[str, Any]) -> str:
-    """The values of a member's own axes (not width, seed or expect.*), as `key=value, ...`."""
-    from gradlab.vocab.values import flow
-
-    return ", ".join(f"{key}={flow(value)}" for key, value in values.items() if key not in (WIDTH_KEY, "seed") and not key.startswith("expect"))
-
-
 def gather(sweep_dir: Path, plan) -> Any:
     """coordcheck.csv's rows from the finished members' layers.csv, written into the sweep folder."""
     import pandas as pd
 
+    from gradlab.analysis import coordcheck as analysis
     from gradlab.analysis.coordcheck import COLUMNS, COORDCHECK_FILE
     from gradlab.orchestrate.sweep_index import FINISHED, recorded_status
     from gradlab.records.output import write_output
@@ -111,7 +105,7 @@ def gather(sweep_dir: Path, plan) -> Any:
         if recorded_status(folder) not in FINISHED:
             continue
         layers = pd.read_csv(folder / "layers.csv")
-        layers = layers.assign(variant=variant_of(member.values), width=member.config["model"]["width"], seed=member.config["seed"])
+        layers = layers.assign(variant=analysis.variant_of(member.values), width=member.config["model"]["width"], seed=member.config["seed"])
         frames.append(layers[COLUMNS])
     if not frames:
         raise RunError(f"{sweep_dir}: no run of the coordinate check finished; see its sweep.csv")
@@ -178,20 +172,12 @@ def run_coordcheck(
 
 
 def judge(sweep_dir: Path, coords, plan, tolerance: float, quantity: str, outcome=None):
-    """The slopes, verdicts and expectation outcomes of gathered coordinates."""
+    """The slopes and verdicts of gathered coordinates (of `quantity`, judged with `tolerance`: the
+    table and the figure) and the outcomes of each variant's expect.coordcheck (with its own
+    quantity and tolerance, as gradlab check judges them)."""
     from gradlab.analysis import coordcheck as analysis
-    from gradlab.config.experiment import validate
+    from gradlab.analysis.expectations import check_coordcheck
 
     table = analysis.slopes(coords, quantity, tolerance)
-    outcomes = []
-    seen = set()
-    for member in plan.members:
-        variant = variant_of(member.values)
-        if variant in seen:
-            continue
-        seen.add(variant)
-        expect = validate(member.config).expect
-        if expect is not None and expect.coordcheck is not None:
-            outcomes.extend(analysis.check(table, variant, expect.coordcheck, tolerance))
     failed = [] if outcome is None else [f"{row.run}: {row.error}" for row in outcome.rows if row.status == "failed"]
-    return analysis.CoordcheckResult(Path(sweep_dir), coords, table, outcomes, tolerance, quantity, failed)
+    return analysis.CoordcheckResult(Path(sweep_dir), coords, table, check_coordcheck(sweep_dir) or [], tolerance, quantity, failed)
