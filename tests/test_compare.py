@@ -180,6 +180,7 @@ def recompute(run_dir: Path, step) -> dict[str, float]:
         "bn_stat_distance": largest("bn_stat_distance") if "bn_stat_distance" in first else math.nan,  # BatchNorm runs only
         **{f"{end}_{column}": float(row[column]) if row.get(column) else math.nan  # noise group runs only
            for end, row in (("first", first), ("last", last)) for column in ("gsnr", "grad_noise_scale")},
+        "s2": math.nan,  # jacobian.csv's (these runs have no log.jacobian)
         # the spectrum group's (runs without it: empty)
         "alpha_min": min((float(r["weight_alpha"]) for r in at.values() if r.get("weight_alpha")), default=math.nan),
         "alpha_max": max((float(r["weight_alpha"]) for r in at.values() if r.get("weight_alpha")), default=math.nan),
