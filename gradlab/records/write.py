@@ -88,8 +88,10 @@ class CsvLog:
     def write(self, rows: Iterable[dict[str, Any]]) -> None:
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")
+        columns, cell = self.columns, format_cell
         for row in rows:
-            writer.writerow([format_cell(row.get(column)) for column in self.columns])
+            get = row.get
+            writer.writerow([cell(get(column)) for column in columns])
         data = text.getvalue().encode("utf-8")
         # to the operating system now: rows survive the process being killed (an fsync would also
         # survive a power cut, at a cost of milliseconds per logged step)
