@@ -74,14 +74,30 @@ def eigenvalue_count(weights: Sequence[torch.Tensor]) -> int:
 
 def eigenvalues(weights: Sequence[torch.Tensor]) -> torch.Tensor:
     """The pooled eigenvalues of the layer's slices (their squared singular values, scaled as
-    WeightWatcher scales them), ascending, in float64: eigvalsh of each slice's smaller Gram matrix.
-    A weight with a non-finite entry gives zeros (its step is a divergence the probe reports)."""
-    slices, scale = alpha_slices(weights)
-    s = slices.double()
-    gram = s.mT @ s if s.shape[1] >= s.shape[2] else s @ s.mT
-    gram = torch.where(torch.isfinite(gram).all(), gram, torch.zeros_like(gram))
-    values = torch.linalg.eigvalsh(gram).reshape(-1) * scale
-    return values.sort().values
+    WeightWatcher scales them), ascending, in float64 (see layer_eigenvalues)."""
+    return layer_eigenvalues([weights])[0]
+
+
+def layer_eigenvalues(layers: Sequence[Sequence[torch.Tensor]]) -> list[torch.Tensor]:
+    """eigenvalues() of each layer (its weights), the layers whose slices have one shape in one
+    batched eigvalsh of the slices' smaller Gram matrices, in float64. A slice with a non-finite
+    entry gives zeros (its step is a divergence the probe reports)."""
+    prepared = [alpha_slices(weights) for weights in layers]
+    by_shape: dict[tuple, list[int]] = {}
+    for k, (slices, _) in enumerate(prepared):
+        by_shape.setdefault((tuple(slices.shape[1:]), slices.device), []).append(k)
+    found: list[torch.Tensor] = [torch.empty(0)] * len(layers)
+    for members in by_shape.values():
+        s = torch.cat([prepared[k][0] for k in members]).double()  # (slices of every member, rows, cols)
+        gram = s.mT @ s if s.shape[1] >= s.shape[2] else s @ s.mT
+        gram = torch.where(torch.isfinite(gram).all(dim=(1, 2), keepdim=True), gram, torch.zeros_like(gram))
+        values = torch.linalg.eigvalsh(gram)  # (slices, min(rows, cols)), one call for the group
+        start = 0
+        for k in members:
+            count = prepared[k][0].shape[0]
+            found[k] = (values[start : start + count].reshape(-1) * prepared[k][1]).sort().values
+            start += count
+    return found
 
 
 def fit_alpha(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,13 +213,12 @@ class LayerSpectra:
                 "weight_sv_max": (keys, sigmas),
                 "weight_stable_rank": (keys, [stable_rank(m, s) for m, s in zip(matrices, sigmas)]),
             }
-            fitted_keys, alphas, fitted = [], [], []
-            for key, weights in layers:
-                fit = weight_alpha(weights)
-                if fit is not None:
-                    fitted_keys.append(key)
-                    alphas.append(fit[0])
-                    fitted.append(fit[1])
+            eligible = [(key, weights) for key, weights in layers if eigenvalue_count(weights) >= MIN_EIGENVALUES]
+            fitted_keys, alphas, fitted = [key for key, _ in eligible], [], []
+            for values in layer_eigenvalues([weights for _, weights in eligible]):
+                alpha, exists = fit_alpha(values)
+                alphas.append(alpha)
+                fitted.append(exists)
             if fitted_keys:
                 columns["weight_alpha"] = (fitted_keys, alphas)
                 columns[_FITTED] = (fitted_keys, fitted)
