@@ -322,3 +322,18 @@ def test_the_noise_group_with_batchnorm_is_refused_at_validate(tmp_path):
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "log.probes" in lines[0] and "batchnorm" in lines[0] and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("config,says", [
+    ("expect: {first_gsnr: {min: 0.001}}\n", "add noise to log.probes"),
+    ("data: {name: adding}\nmodel: {kind: rnn, readout: last}\nloss: mse\nlog: {probes: [weights, noise]}\n"
+     "expect: {last_grad_noise_scale: {max: 100}}\n", "model.kind rnn leaves the noise columns empty"),
+])  # fmt: skip
+def test_a_bound_on_a_noise_summary_needs_the_group_at_validate(tmp_path, config, says):
+    from gradlab.cli.app import app
+
+    path = tmp_path / "c.yaml"
+    path.write_text(config)
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2 and says in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1

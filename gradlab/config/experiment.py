@@ -50,7 +50,9 @@ from gradlab.vocab.datasets import (
 )
 from gradlab.vocab.errors import ConfigError
 from gradlab.vocab.parametrizations import BASE_WIDTH, PARAMETRIZATIONS, WIDTH_SCALED_KINDS, optimizers_defined
-from gradlab.vocab.quantities import DEFAULT_GROUPS, GROUPS, PROBE_PRESETS, RECURRENT_KINDS, SATURATION_THRESHOLD, SUMMARY_QUANTITIES, TIME_QUANTITIES
+from gradlab.vocab.quantities import (
+    DEFAULT_GROUPS, GROUPS, NOISE_SUMMARIES, PROBE_PRESETS, RECURRENT_KINDS, SATURATION_THRESHOLD, SUMMARY_QUANTITIES, TIME_QUANTITIES,
+)  # fmt: skip
 from gradlab.vocab.registry import Registry, SpecError, describe_value
 
 
@@ -545,6 +547,13 @@ class Experiment(Section):
                             "the whole batch, so they do not exist: leave noise out, or use model.norm layernorm, groupnorm or none",
                  "key": "log.probes"},
             )  # fmt: skip
+        bounded = [q for q in (self.expect.bounds() if self.expect is not None else ()) if q in NOISE_SUMMARIES]
+        if bounded and ("noise" not in self.log.probes or self.model.kind in RECURRENT_KINDS):
+            why = (f"model.kind {self.model.kind} leaves the noise columns empty (quantities.NOISE_QUANTITIES says why)"
+                   if "noise" in self.log.probes else "this config leaves it off: add noise to log.probes")  # fmt: skip
+            raise PydanticCustomError(
+                "experiment", "{message}", {"message": f"{bounded[0]} is measured by the noise group, and {why}", "key": f"expect.{bounded[0]}"}
+            )
         return self
 
     @model_validator(mode="after")

@@ -340,8 +340,10 @@ SUMMARY_QUANTITIES: dict[str, str] = {**PROFILE_QUANTITIES, **TIME_QUANTITIES, *
 
 # Summary quantities of some runs only (BatchNorm, log.test_batch_stats): compare leaves their
 # columns out where every row's is empty.
+# The summaries of the noise group's columns (an expect: bound on one needs the group).
+NOISE_SUMMARIES: tuple[str, ...] = ("first_gsnr", "last_gsnr", "first_grad_noise_scale", "last_grad_noise_scale")
 OPTIONAL_SUMMARIES: tuple[str, ...] = (
-    "bn_stat_distance", "final_test_batch_stats_accuracy", "first_gsnr", "last_gsnr", "first_grad_noise_scale", "last_grad_noise_scale",
+    "bn_stat_distance", "final_test_batch_stats_accuracy", *NOISE_SUMMARIES,
     "s2", "predicted_s2", "s2_departs", "alpha_min", "alpha_max",
 )  # fmt: skip
 
