@@ -243,6 +243,36 @@ def test_watch_measures_the_noise_of_a_linear_and_a_convolution(tmp_path):
             assert layers.loc[name, quantity] == pytest.approx(value, rel=1e-4), (name, quantity)
 
 
+def test_watch_measures_grouped_transposed_and_sequence_uses_through_the_general_fallback(tmp_path):
+    from gradlab.measure.watch import watch
+    from gradlab.records.run import load_run
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(4, 6, 3, stride=2, padding=1, groups=2)
+            self.up = nn.ConvTranspose1d(6, 4, 2, stride=2)
+            self.mix = nn.Linear(4, 5)  # on (B, T, 4): a weight used at every position
+            self.head = nn.Linear(5, 3)
+
+        def forward(self, v):
+            h = torch.tanh(self.up(torch.tanh(self.conv(v))))  # (B, 4, T)
+            return self.head(torch.tanh(self.mix(h.transpose(1, 2))).mean(dim=1))
+
+    torch.manual_seed(8)
+    model = Net()
+    x, y = torch.randn(9, 4, 8), torch.randint(0, 3, (9,))
+    with watch(model, out=tmp_path, every=1, groups=["noise"]) as w:
+        loss = LOSS(model(x), y)
+        loss.backward()
+        w.step(loss=loss)
+    layers = load_run(w.run_dir).layers.astype({"name": str}).set_index("name")
+    per_example = per_example_grads(model, x, y)
+    for name in ("conv", "up", "mix", "head"):
+        expected = reference(per_example[f"{name}.weight"])
+        assert [layers.loc[name, q] for q in expected] == pytest.approx(list(expected.values()), rel=1e-4), name
+
+
 def test_watch_leaves_the_noise_of_a_batchnorm_model_empty_and_says_why(tmp_path):
     from gradlab.measure.watch import NOISE_BATCHNORM, watch
     from gradlab.records.run import load_run
