@@ -327,9 +327,7 @@ def test_the_noise_figure_draws_each_layer_at_the_step_asked(tmp_path):
     for axes, column in zip(figure.axes, ("grad_noise_scale", "gsnr")):
         (line,) = [line for line in axes.get_lines() if len(line.get_xdata()) > 2]
         assert list(line.get_xdata()) == list(at_1["layer"]) and list(line.get_ydata()) == pytest.approx(list(at_1[column]))
-    plain = run_config({"name": "plain", "train": {"steps": 1}, "data": {"n_train": 64, "n_test": 16, "batch_size": 16},
-                        "model": {"depth": 2, "width": 8}, "log": {"out": str(tmp_path / "plain")}})  # fmt: skip
-    assert plots.has_noise([run]) and not plots.has_noise([plain])  # build_figures draws the noise figure for the first only
+    assert plots.has_noise([run])  # what makes build_figures draw it (a run without the group has no gsnr column)
     result = CliRunner().invoke(app, ["plot", str(tmp_path / "runs"), "-o", str(tmp_path / "figures"), "--step", "0"])
     assert result.exit_code == 0 and (tmp_path / "figures" / "noise.png").is_file()
 
