@@ -223,3 +223,90 @@ def test_a_step_cut_off_in_jacobian_csv_is_left_out_with_a_note(tmp_path):
     run = load_run(run_dir)
     assert sorted(set(run.jacobian["step"])) == [0, 2, 4] and len(run.jacobian) == 9
     assert any("step 5 of jacobian.csv has only 2 of 3 rows" in note for note in run.notes)
+
+
+def watched_loop(tmp_path, name, jacobian=None, steps=3, model_maker=None, call=None):
+    """A user's loop under gradlab.watch (dropout in the model, so that the RNG would show a disturbance)."""
+    import gradlab
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = (model_maker or (lambda: nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Dropout(0.2), nn.Linear(8, 3))))()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(1)
+    with gradlab.watch(model, out=tmp_path, every=1, name=name, optimizer=opt, seed=5, jacobian=jacobian) as w:
+        for _ in range(steps):
+            x, y = torch.randn(4, 6, generator=g), torch.randint(0, 3, (4,), generator=g)
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy((call or model)(x), y)
+            loss.backward()
+            opt.step()
+            w.step(loss=loss)
+    return w.run_dir, model
+
+
+def test_watch_takes_the_jacobian_of_the_output_and_disturbs_nothing(tmp_path):
+    from gradlab.records.run import load_run
+
+    plain, _ = watched_loop(tmp_path, "plain")
+    measured, _ = watched_loop(tmp_path, "jac", jacobian={"every": 2, "probes": 3, "examples": 2})
+    assert (plain / "layers.csv").read_bytes() == (measured / "layers.csv").read_bytes()
+    drop_time = lambda path: [line.rsplit(",", 1)[0] for line in path.read_text().splitlines()]  # noqa: E731
+    assert drop_time(plain / "metrics.csv") == drop_time(measured / "metrics.csv")
+    run = load_run(measured)
+    assert run.jacobian["step"].tolist() == [0, 2] and run.jacobian["layer"].tolist() == [1, 1]  # the head's row (two Linear sites)
+    assert run.config["log"]["jacobian"] == {"every": 2, "probes": 3, "power_iterations": 20, "examples": 2}
+
+
+def test_watch_jacobian_agrees_with_the_dense_jacobian_of_the_model(tmp_path):
+    from torch import nn
+
+    from gradlab.records.run import load_run
+
+    saved = {}
+
+    def maker():
+        model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+        saved["state"] = {k: v.clone() for k, v in model.state_dict().items()}  # the network step 0 measures
+        return model
+
+    run_dir, model = watched_loop(tmp_path, "dense", jacobian={"every": 5, "probes": 3000, "power_iterations": 200, "examples": 2},
+                                  steps=1, model_maker=maker)  # fmt: skip
+    model.load_state_dict(saved["state"])
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(1))[:2]
+    values = [torch.linalg.svdvals(torch.autograd.functional.jacobian(model, x[e : e + 1]).reshape(3, 6)) for e in range(2)]
+    m1 = torch.stack([(sv**2).sum() / 6 for sv in values]).mean()
+    m2 = torch.stack([(sv**4).sum() / 6 for sv in values]).mean()
+    row = load_run(run_dir).jacobian.iloc[0]
+    assert row["m1"] == pytest.approx(m1.item(), rel=0.05) and row["m2"] == pytest.approx(m2.item(), rel=0.1)
+    assert row["sv_max"] == pytest.approx(torch.stack([sv.max() for sv in values]).mean().item(), rel=1e-4)
+
+
+def test_watch_without_a_known_input_says_why_and_bad_settings_are_one_line(tmp_path):
+    from torch import nn
+
+    import gradlab
+    from gradlab.records.run import load_run
+    from gradlab.vocab.errors import ConfigError
+
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(6, 3)
+
+        def forward(self, x, scale):
+            return self.linear(x) * scale
+
+    two = TwoInputs()
+    run_dir, _ = watched_loop(tmp_path, "two", jacobian={"every": 1}, model_maker=lambda: two, call=lambda x: two(x, 2.0))
+    run = load_run(run_dir)
+    assert run.jacobian is not None and run.jacobian.empty
+    assert run.config["log"]["jacobian_note"].startswith("the model's forward takes other than one floating-point tensor")
+    model = nn.Linear(2, 2)
+    for settings, line in (({"every": 3}, "watch: jacobian.every 3 is not a multiple of every 2: the Jacobian is measured on measured steps only"),
+                           ({"every": 2, "probes": 0}, "watch: jacobian.probes: got 0; must be >= 1"),
+                           ([2], "watch: jacobian got [2]; a mapping such as {'every': 10, 'probes': 16}, or None")):  # fmt: skip
+        with pytest.raises(ConfigError) as error:
+            gradlab.watch(model, out=tmp_path / "refused", every=2, jacobian=settings)
+        assert error.value.lines == (line,) or list(error.value.lines) == [line]
+    assert not (tmp_path / "refused").exists()

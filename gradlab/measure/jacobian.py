@@ -37,14 +37,16 @@ class JacobianSpectrum:
     sv_max: float
     probes: int
 
-    def rows(self, step: int) -> list[dict[str, float | int | None]]:
-        """jacobian.csv's rows of this step, block 0 first; m2, s2 and sv_max on the last block's row only."""
+    def rows(self, step: int, layers: list[int] | None = None) -> list[dict[str, float | int | None]]:
+        """jacobian.csv's rows of this step, block 0 first (`layers`: their layer numbers, by default
+        0, 1, ...); m2, s2 and sv_max on the last block's row only."""
+        layers = list(range(len(self.m1))) if layers is None else layers
         last = len(self.m1) - 1
         return [
             {"step": step, "layer": layer, "m1": m1,
-             "m2": self.m2 if layer == last else None, "s2": self.s2 if layer == last else None,
-             "sv_max": self.sv_max if layer == last else None, "probes": self.probes}
-            for layer, m1 in enumerate(self.m1)
+             "m2": self.m2 if i == last else None, "s2": self.s2 if i == last else None,
+             "sv_max": self.sv_max if i == last else None, "probes": self.probes}
+            for i, (layer, m1) in enumerate(zip(layers, self.m1))
         ]  # fmt: skip
 
 
@@ -72,32 +74,36 @@ def jacobian_spectrum(model: Stack, x: torch.Tensor, probes: int, power_iteratio
     m1 and m2 are the means over the examples of each example's mean over its `probes` probes of
     ||J v||^2 / n_in and ||J^T J v||^2 / n_in; s2 = m2 / m1^2 - 1 of those means; sv_max the mean over
     the examples of each one's power-iteration estimate."""
+    shape = tuple(x.shape[1:])
+    return in_evaluation_mode(model, lambda: spectrum_of(lambda rows: block_outputs(model, rows, shape), x, probes, power_iterations, generator))
+
+
+def in_evaluation_mode(model: torch.nn.Module, compute):
+    """compute() with `model` in evaluation mode and no autograd graph of its parameters recorded
+    (torch.func's transforms differentiate under no_grad too); the mode is put back."""
     was_training = model.training
     model.eval()
     try:
-        # torch.func's transforms differentiate under no_grad too: no autograd graph of the
-        # parameters is recorded, so nothing but the transforms' own tensors is kept
         with torch.no_grad():
-            return _spectrum(model, x, probes, power_iterations, generator)
+            return compute()
     finally:
         model.train(was_training)
 
 
-def _spectrum(model: Stack, x: torch.Tensor, probes: int, power_iterations: int, generator: torch.Generator) -> JacobianSpectrum:
-    examples, input_shape = x.shape[0], tuple(x.shape[1:])
+def spectrum_of(outputs, x: torch.Tensor, probes: int, power_iterations: int, generator: torch.Generator) -> JacobianSpectrum:
+    """The spectrum's columns for `outputs`, a function of the inputs flattened to (rows, n_in) that
+    returns each block's output flattened to (rows, n_out_l), row r depending on input row r alone."""
+    examples = x.shape[0]
     x_flat = x.detach().reshape(examples, -1)
     n_in = x_flat.shape[1]
 
-    def blocks(inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return block_outputs(model, inputs, input_shape)
-
     def last(inputs: torch.Tensor) -> torch.Tensor:
-        return block_outputs(model, inputs, input_shape)[-1]
+        return outputs(inputs)[-1]
 
     # row r = p * examples + e: probe p of example e
     rows = x_flat.repeat(probes, 1)
     v = torch.randn(rows.shape, generator=generator, device=rows.device, dtype=rows.dtype)
-    _, jv = jvp(blocks, (rows,), (v,))
+    _, jv = jvp(outputs, (rows,), (v,))
     _, pullback = vjp(last, rows)
     (jtjv,) = pullback(jv[-1])
 

@@ -190,6 +190,7 @@ class Watch:
         expect: dict[str, Any] | None = None,
         time: bool = False,
         scaler: torch.amp.GradScaler | None = None,
+        jacobian: dict[str, Any] | None = None,
     ):
         # every check first: a refused watch writes nothing
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
@@ -208,6 +209,7 @@ class Watch:
             raise ConfigError(f"watch: groups got {unknown[0]!r}; allowed: {', '.join(allowed)}{extra}")
         _check_model(model, time)
         _check_scaler(scaler)
+        jacobian_settings = _check_jacobian(jacobian, every)
         name = _check_name(name)
         if expect is not None:
             from gradlab.config.expect import parse_expectations
@@ -244,9 +246,15 @@ class Watch:
             self._config["scaler"] = {"class": type(scaler).__name__, "init_scale": float(scaler.get_scale())}
         if expect is not None:
             self._config["expect"] = expect
+        self._jacobian = jacobian_settings  # log.jacobian's settings, of the model's output with respect to its input
+        self._jacobian_rows: list[dict] | None = None
+        self._jacobian_pass = False  # while the Jacobian's own forward passes run (grad enabled inside torch.func.vjp)
+        if jacobian_settings is not None:
+            self._config["log"]["jacobian"] = jacobian_settings.model_dump()
         self.run_dir = new_run_dir(out, name)
         meta = run_meta(name, self.run_dir.name, seed, str(self.device), None)
-        self.records = RunRecords(self.run_dir, self._config_yaml(), meta, layers_columns(recurrent=recurrent, noise="noise" in self.groups, spectrum="spectrum" in self.groups), timesteps=time)
+        self.records = RunRecords(self.run_dir, self._config_yaml(), meta, layers_columns(recurrent=recurrent, noise="noise" in self.groups, spectrum="spectrum" in self.groups), timesteps=time,
+                                  jacobian=jacobian_settings is not None)  # fmt: skip
         for param in model.parameters():
             _WATCHING[id(param)] = (weakref.ref(param), weakref.ref(self))
         self.steps = 0  # calls of step() so far: the step now being taken
@@ -335,6 +343,7 @@ class Watch:
         self._changes: dict[int, torch.Tensor] = {}  # id(weight) -> ||W_after - W_before||
         self._scale: torch.Tensor | None = None  # the GradScaler's scale in this step's backward
         self._spectrum_columns: dict = {}  # the spectrum group's, taken when the measured forward pass ends
+        self._jacobian_rows = None  # jacobian.csv's rows of this step, taken when the measured forward pass ends
         if hasattr(self, "_timesteps"):
             self._timesteps.begin(self._pending)
 
@@ -361,8 +370,8 @@ class Watch:
             mode.__exit__(None, None, None)
 
     def _forward_starts(self, module, args, kwargs) -> None:
-        if not torch.is_grad_enabled():
-            return  # evaluation under no_grad is never measured
+        if not torch.is_grad_enabled() or self._jacobian_pass:
+            return  # evaluation under no_grad is never measured, nor the Jacobian's own passes
         if self._tapping or (self._tapped and not self._backward_finished()):
             # the measured pass raised in its forward (it never ended) or before its backward
             # reached every weight it used (the loop skipped the batch): discard it, measure this one
@@ -409,9 +418,51 @@ class Watch:
             # kernel instead of one per site; on the CPU the same per-tensor norm)
             used = list({id(w): w for site in self._touched for w in self._parts[site].weights}.values())
             self._param_norms = dict(zip((id(w) for w in used), norms([w.detach() for w in used])))
+        if self._jacobian is not None and self.steps % self._jacobian.every == 0:
+            self._measure_jacobian(args, output)
         if self._spectra is not None:  # one matrix per site: a weight, or one recurrent layer's [W_ih W_hh] (a module of several layers has none)
             used = [(site.key, self._parts[site].weights) for site in dict.fromkeys(self._touched) if len(self._parts[site].weights) <= 2]
             self._spectrum_columns = self._spectra.measure(used)
+
+    def _measure_jacobian(self, args: tuple, output: Any) -> None:
+        """jacobian.csv's row of this step: the Jacobian of the model's output with respect to its
+        input, on the network of the measured forward pass (before the update), in evaluation mode
+        (measure/jacobian.py); where the input or output is not one tensor of examples, none, and
+        config.yaml's log.jacobian_note says why."""
+        from gradlab.measure.jacobian import in_evaluation_mode, probe_generator, spectrum_of
+
+        x = args[0] if len(args) == 1 else None
+        why = ""
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
+            why = "the model's forward takes other than one floating-point tensor of examples (B, ...): its input is not known"
+        elif not isinstance(output, torch.Tensor) or output.dim() < 1 or output.shape[0] != x.shape[0]:
+            why = "the model's output is not one tensor whose dimension 0 holds the examples"
+        if why:
+            if self._config["log"].get("jacobian_note") != why:
+                self._config["log"]["jacobian_note"] = why
+                self._write_config()
+            return
+        settings, model = self._jacobian, self.model
+        examples = x.detach() if settings.examples is None else x.detach()[: settings.examples]
+        shape = tuple(examples.shape[1:])
+
+        def outputs(rows: torch.Tensor) -> tuple[torch.Tensor]:
+            return (model(rows.reshape(-1, *shape)).flatten(1),)
+
+        generator = probe_generator(examples.device, self._config["seed"] or 0, self.steps)
+        self._jacobian_pass = True
+        try:
+            spectrum_ = in_evaluation_mode(model, lambda: spectrum_of(outputs, examples, settings.probes, settings.power_iterations, generator))
+        except (RuntimeError, NotImplementedError) as exc:  # an operation without forward-mode AD
+            why = f"the Jacobian could not be taken: {(str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]}"
+            if self._config["log"].get("jacobian_note") != why:
+                self._config["log"]["jacobian_note"] = why
+                self._write_config()
+            return
+        finally:
+            self._jacobian_pass = False
+        head = self._head if self._head is not None else (self._touched[-1] if self._touched else None)
+        self._jacobian_rows = spectrum_.rows(self.steps, layers=[head.layer if head is not None else 0])
 
     # -- the sites of a measured pass ---------------------------------------------------------
 
@@ -716,6 +767,8 @@ class Watch:
             self.records.layers.write(layer_rows(self.steps, sites, spectrum.cells(dict(columns)), self._layer_quantities))
             if self.records.timesteps is not None:
                 self.records.timesteps.write(self._timesteps.timestep_rows(self.steps, columns))
+            if self._jacobian_rows:
+                self.records.jacobian.write(self._jacobian_rows)
         values = {**_plain(loss=loss, accuracy=accuracy), **extras}
         row = self._metrics_row("train", values, grad_norm=None if skipped else values.get("grad_norm"))
         if self.scaler is not None:
@@ -775,6 +828,7 @@ def watch(
     expect: dict[str, Any] | None = None,
     time: bool = False,
     scaler: torch.amp.GradScaler | None = None,
+    jacobian: dict[str, Any] | None = None,
 ) -> Watch:
     """Start measuring `model` into a new run directory `out/name/<timestamp>-<id>/`.
 
@@ -788,9 +842,33 @@ def watch(
     its own site (measured through gradlab's unrolled cells where they reproduce the module's kernel
     bit for bit, else the input gradient per time step only: config.yaml's model.time says which).
     scaler: the loop's torch.amp.GradScaler: gradient columns unscaled, skipped steps said so.
+    jacobian: log.jacobian's settings ({'every': N, 'probes': K, 'power_iterations': M, 'examples': k}):
+    jacobian.csv with the spectrum of d(output)/d(input) at every N-th step, where the model's forward
+    takes one floating-point tensor of examples and returns one (docs/jacobian.md).
     Returns a `Watch`: call `w.step(loss=..., accuracy=...)` after each optimizer step, and
     `w.close()` at the end, or use it as a context manager."""
-    return Watch(model, out, every, name, optimizer=optimizer, groups=groups, probes=probes, seed=seed, expect=expect, time=time, scaler=scaler)
+    return Watch(model, out, every, name, optimizer=optimizer, groups=groups, probes=probes, seed=seed, expect=expect, time=time, scaler=scaler,
+                 jacobian=jacobian)  # fmt: skip
+
+
+def _check_jacobian(settings: dict[str, Any] | None, every: int):
+    """watch's jacobian= as log.jacobian's JacobianConfig (None: off); a bad one is a one-line ConfigError."""
+    if settings is None:
+        return None
+    from pydantic import ValidationError
+
+    from gradlab.config.experiment import JacobianConfig
+    from gradlab.config.messages import format_error
+
+    if not isinstance(settings, dict):
+        raise ConfigError(f"watch: jacobian got {settings!r}; a mapping such as {{'every': 10, 'probes': 16}}, or None")
+    try:
+        parsed = JacobianConfig.model_validate(settings)
+    except ValidationError as exc:
+        raise ConfigError(*dict.fromkeys(f"watch: {format_error(error, JacobianConfig, 'jacobian')}" for error in exc.errors())) from None
+    if parsed.every % every:
+        raise ConfigError(f"watch: jacobian.every {parsed.every} is not a multiple of every {every}: the Jacobian is measured on measured steps only")
+    return parsed
 
 
 def _together(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
