@@ -480,7 +480,8 @@ TIMESTEPS_COLUMNS: list[str] = [*TIMESTEPS_KEYS, *(q.name for q in TIMESTEP_QUAN
 # example's estimate taken with log.jacobian.probes Hutchinson probes v ~ N(0, I).
 JACOBIAN_KEYS: dict[str, str] = {
     "step": "optimizer steps taken before this measurement; step 0 is the network at initialization",
-    "layer": "the hidden block l whose output J_l maps the input to: 0 for the block nearest the input, counting up (as in layers.csv)",
+    "layer": "the hidden block l whose output J_l maps the input to: 0 for the block nearest the input, counting up (as in layers.csv); "
+             "in gradlab.watch, the head's layer, J being the model's output's Jacobian (m2, s2 and sv_max on that one row)",
 }
 # Their probe group is the log.jacobian section (not a log.probes entry).
 JACOBIAN_QUANTITIES: tuple[Quantity, ...] = (
