@@ -191,6 +191,14 @@ CHRONO = "chrono"
 CHRONO_KINDS = ("lstm", "gru")
 
 
+def _finite(number: int | float) -> bool:
+    """Whether a number is a finite float (an int beyond float's range is not)."""
+    try:
+        return math.isfinite(float(number))
+    except OverflowError:
+        return False
+
+
 def _forget_bias(value: Any) -> float | dict[str, Any] | None:
     """model.forget_bias: a number (lstm's total forget bias), or {name: chrono, max_timescale: T}
     (Tallec & Ollivier 2018), resolved to {name: chrono, max_timescale: float}."""
@@ -198,7 +206,7 @@ def _forget_bias(value: Any) -> float | dict[str, Any] | None:
     if value is None:
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not math.isfinite(value):
+        if not _finite(value):
             raise PydanticCustomError("forget_bias", "{message}", {"message": "must be a finite number (not nan or inf)"})
         return float(value)
     if not isinstance(value, dict):
@@ -209,7 +217,7 @@ def _forget_bias(value: Any) -> float | dict[str, Any] | None:
     if unknown:
         raise PydanticCustomError("forget_bias", "{message}", {"message": f"chrono takes max_timescale only, not {', '.join(map(str, unknown))}"})
     t = value.get("max_timescale")
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 2:
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not _finite(t) or t <= 2:
         # b ~ log U(1, T - 1) needs T - 1 > 1
         raise PydanticCustomError("forget_bias", "{message}", {"message": "chrono needs max_timescale, a number > 2 (the longest memory in steps)"})
     return {"name": CHRONO, "max_timescale": float(t)}
