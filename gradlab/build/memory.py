@@ -12,7 +12,9 @@ moments of a run:
                           tensors of logits size (3 for cross-entropy; 7 for bce/mse, whose
                           one-hot targets are int64 before they become float)
     a logged step         a training step + what the probe keeps: for a recurrent stack its
-                          per-time-step tensors (probe_bytes)
+                          per-time-step tensors (probe_bytes); with the noise group each layer's
+                          input and output gradient until the backward pass ends, and the group's
+                          buffers (noise_bytes)
     an evaluation         the same resident state + one test chunk's forward without a graph
                           (4 tensors the size of the largest activation, at the chunk's size) and
                           its logits
@@ -44,6 +46,11 @@ EXACT_DEPTH = 64  # models up to this depth are built whole on the meta device
 EXACT_STEPS = 16  # recurrent models up to this many time steps are run whole on the meta device
 STEPS_FROM = 8  # beyond, extrapolated from 8 and 9 steps (see footprint)
 BACKWARD_TRANSIENTS = 6  # tensors of the largest kept size alive at once in a backward pass (see above)
+# The noise group's working sizes (measure/noise.py): the entries of the weight-shaped tensors its
+# stacked Linear layers are done in at once (three such buffers), and of the per-example gradients
+# a convolution forms at once (float32, then float64 with its centered copy: 20 bytes an entry).
+NOISE_STACK_ENTRIES = 2**24
+NOISE_CHUNK_ENTRIES = 2**24
 
 # optimizer state in copies of the parameters
 _STATE = {"sgd": lambda o: 1 if o.get("momentum") else 0, "adam": lambda o: 2, "adamw": lambda o: 2, "rmsprop": lambda o: 2 if o.get("momentum") else 1}
@@ -70,7 +77,7 @@ class Estimate:
     activations: int  # kept for the backward pass, plus backward's transients
     logits: int  # the loss's tensors of logits size, at the training batch
     evaluation: int  # one test chunk's forward without a graph, and its logits
-    probe: int = 0  # what a logged step's probe keeps on top (a recurrent stack's per-time-step tensors)
+    probe: int = 0  # what a logged step's probe keeps on top (a recurrent stack's per-time-step tensors, the noise group's)
 
     @property
     def resident(self) -> int:
@@ -197,6 +204,18 @@ def probe_bytes(exp: Experiment, input_shape: tuple[int, ...]) -> int:
     return m.depth * input_shape[0] * exp.data.batch_size * per_step * m.width * BYTES
 
 
+def noise_bytes(exp: Experiment, model: Footprint) -> int:
+    """What the noise group keeps through a logged step of a feed-forward stack: every layer's input
+    and output gradient until the backward pass ends (at most what autograd saves for it), the
+    three weight-shaped buffers of its stacked Linear layers (at most NOISE_STACK_ENTRIES entries
+    each, or the parameters), and for a CNN one chunk of per-example gradients. 0 without the group."""
+    if "noise" not in exp.log.probes or exp.model.kind in RECURRENT_KINDS:
+        return 0
+    buffers = 3 * min(NOISE_STACK_ENTRIES, model.parameters) * BYTES
+    chunk = NOISE_CHUNK_ENTRIES * 20 if exp.model.kind == "cnn" else 0
+    return model.saved + buffers + chunk
+
+
 def parameter_count(exp: Experiment, input_shape: tuple[int, ...], classes: int) -> int:
     """The model's parameters, counted on the model built on the meta device."""
     return footprint(exp, input_shape, classes).parameters
@@ -216,7 +235,7 @@ def estimate(exp: Experiment, input_shape: tuple[int, ...], classes: int, with_d
     return Estimate(
         data=data, generation=generation_bytes(exp, input_shape) if with_data else 0, parameters=params,
         training=params * copies, activations=model.saved + BACKWARD_TRANSIENTS * model.largest, logits=logits, evaluation=evaluation,
-        probe=probe_bytes(exp, input_shape),
+        probe=probe_bytes(exp, input_shape) + noise_bytes(exp, model),
     )  # fmt: skip
 
 

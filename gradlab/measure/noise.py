@@ -41,9 +41,11 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from gradlab.build.memory import NOISE_CHUNK_ENTRIES, NOISE_STACK_ENTRIES
 from gradlab.measure.norms import norm_rows, norms as norms_of
 
-CHUNK_ENTRIES = 2**24  # the most per-example gradient entries formed at once (64 MiB in float32)
+CHUNK_ENTRIES = NOISE_CHUNK_ENTRIES  # the most per-example gradient entries formed at once (64 MiB in float32)
+STACK_ENTRIES = NOISE_STACK_ENTRIES  # the most weight entries of stacked Linear layers done at once
 
 
 @dataclass

@@ -242,9 +242,12 @@ class Probe:
             for entry in self._noise_linear.values():
                 _, a, delta, _ = entry
                 groups.setdefault((tuple(a.shape), tuple(delta.shape), a.dtype, delta.dtype), []).append(entry)
-            for entries in groups.values():
-                sums = noise.stacked_linear_sums([e[1] for e in entries], [e[2] for e in entries], self._noise_buffers)
-                parts.append(([e[0].key for e in entries], noise.noise(sums, [e[3].grad for e in entries], self._noise_buffers)))
+            for group in groups.values():
+                # at most noise.STACK_ENTRIES weight entries at once: the buffers stay bounded however wide the layers
+                step = max(1, noise.STACK_ENTRIES // group[0][3].numel())
+                for entries in (group[k : k + step] for k in range(0, len(group), step)):
+                    sums = noise.stacked_linear_sums([e[1] for e in entries], [e[2] for e in entries], self._noise_buffers)
+                    parts.append(([e[0].key for e in entries], noise.noise(sums, [e[3].grad for e in entries], self._noise_buffers)))
             for site, sums in self._noise_sums.values():
                 parts.append(([site.key], noise.noise(sums)))
         for quantity in NOISE:
