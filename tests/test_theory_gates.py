@@ -113,6 +113,25 @@ def test_the_stationary_state_is_the_long_sequence_limit():
     assert fixed.direct[-1] == pytest.approx(long.direct[-1], rel=1e-12)
 
 
+def test_paths_through_the_same_recurrent_matrix_add_coherently():
+    """Why no step_factor is predicted for lstm and gru: the cell's backward map in the small-signal
+    regime, δc ← f δc + α W_hhᵀ δc with W_hh the same orthogonal matrix at every step, grows by
+    f + α per step over long spans (an eigenvalue f + α e^{iθ} at θ = 0), not by √(f² + α²) as fresh
+    weights at every step (the gradient independence assumption) give."""
+    rng = np.random.default_rng(0)
+    H, T, f, alpha = 256, 200, 0.5, 0.25
+    w, _ = np.linalg.qr(rng.normal(size=(H, H)))
+    tied = rng.normal(size=H)
+    fresh = tied.copy()
+    for _ in range(T):
+        tied = f * tied + alpha * (w.T @ tied)
+        fresh = f * fresh + alpha * (rng.normal(size=(H, H)) / math.sqrt(H)).T @ fresh  # a new matrix each step
+    start = math.sqrt(H)  # (|δ_0| ≈ √H for a standard normal start)
+    tied_factor, fresh_factor = (np.linalg.norm(tied) / start) ** (1 / T), (np.linalg.norm(fresh) / start) ** (1 / T)
+    assert fresh_factor == pytest.approx(math.sqrt(f * f + alpha * alpha), rel=0.01)
+    assert tied_factor == pytest.approx(f + alpha, rel=0.03) and tied_factor > 1.25 * fresh_factor
+
+
 def test_chrono_timescale_spread_is_the_sampling_spread_of_the_drawn_biases():
     rng = np.random.default_rng(0)
     draws = 1.0 / (1.0 + rng.uniform(1.0, 199.0, (20000, 64)))  # 1 - sigmoid(log u)

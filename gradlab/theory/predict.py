@@ -650,7 +650,7 @@ def gate_prediction(exp: Any) -> dict[str, Any] | str:
 NO_GATED_STEP_FACTOR = (
     "no step_factor: the gates' mean field gives the direct path's factor (E[f] or E[z]), not ‖∂L/∂a_t‖'s: that adds the paths "
     "through W_hh, and since W_hh is the same matrix at every step those paths add coherently, which the gradient-independence "
-    "derivation (Gilboa et al. 2019) leaves out (on gradlab's adding-problem LSTM it predicts 0.56 where 0.73 is measured)"
+    "derivation (Gilboa et al. 2019) leaves out (docs/theory.md, Gates)"
 )
 
 
