@@ -310,3 +310,16 @@ def test_watch_without_a_known_input_says_why_and_bad_settings_are_one_line(tmp_
             gradlab.watch(model, out=tmp_path / "refused", every=2, jacobian=settings)
         assert error.value.lines == (line,) or list(error.value.lines) == [line]
     assert not (tmp_path / "refused").exists()
+
+
+def test_a_vanishing_jacobian_is_a_small_number_not_zero():
+    # 40 sigmoid blocks: m1 ~ 1e-44, whose float32 squares of J v's entries would be 0 or denormal
+    torch.manual_seed(0)
+    cfg = ModelConfig(depth=40, width=6, activation="sigmoid", init={"weight": "lecun_normal", "bias": "zeros"})
+    model = build_model(cfg, (6,), 2)
+    x = torch.randn(2, 6)
+    got = jacobian_spectrum(model, x, 2000, 50, torch.Generator().manual_seed(0))
+    m1, m2, s2, sv_max = exact_columns(model.double(), x.double())
+    assert 0 < m1[-1] < 1e-30
+    assert got.m1[-1] == pytest.approx(m1[-1], rel=0.1) and got.sv_max == pytest.approx(sv_max, rel=1e-3)
+    assert got.s2 == pytest.approx(s2, rel=0.2, abs=0.05)

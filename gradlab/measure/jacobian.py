@@ -25,6 +25,7 @@ import torch
 from torch.func import jvp, vjp
 
 from gradlab.build.models import MLP, Stack
+from gradlab.measure.norms import norm_rows
 
 
 @dataclass(frozen=True)
@@ -105,26 +106,35 @@ def spectrum_of(outputs, x: torch.Tensor, probes: int, power_iterations: int, ge
     v = torch.randn(rows.shape, generator=generator, device=rows.device, dtype=rows.dtype)
     _, jv = jvp(outputs, (rows,), (v,))
     _, pullback = vjp(last, rows)
-    (jtjv,) = pullback(jv[-1])
+    # J^T (J v) = ||J v|| J^T (J v / ||J v||): pulled back as a unit vector, so that a vanishing
+    # Jacobian's J^T J v (of the order of m1 |v|) does not underflow float32 on the way
+    (jt_unit,) = pullback(_unit_rows(jv[-1]))
 
-    def per_example(squares: torch.Tensor) -> torch.Tensor:  # (rows,) -> (examples,): the mean over the probes
-        return squares.reshape(probes, examples).mean(dim=0) / n_in
+    def per_example(vectors: torch.Tensor) -> torch.Tensor:  # (rows, n) -> (examples,): the mean of ||.||^2 over the probes
+        # exact norms, squared in float64: a vanishing Jacobian's ||J v||^2 is a small number, not 0
+        return norm_rows(vectors).square().reshape(probes, examples).mean(dim=0) / n_in
 
-    m1 = torch.stack([per_example(j.square().sum(dim=1)).mean() for j in jv])
-    m2 = per_example(jtjv.square().sum(dim=1)).mean()
+    m1 = torch.stack([per_example(j).mean() for j in jv])
+    m2 = (norm_rows(jt_unit) * norm_rows(jv[-1])).square().reshape(probes, examples).mean(dim=0).mean() / n_in
     s2 = m2 / m1[-1].square() - 1
 
     # power iteration on each example's J^T J, from a random start
     _, last_pullback = vjp(last, x_flat)
     u = torch.randn(x_flat.shape, generator=generator, device=x_flat.device, dtype=x_flat.dtype)
-    u = u / u.norm(dim=1, keepdim=True)
-    for _ in range(power_iterations):
+    u = _unit_rows(u)
+    for _ in range(power_iterations):  # u <- J^T J u / ||J^T J u||, J u pulled back as a unit vector
         _, ju = jvp(last, (x_flat,), (u,))
-        (jtju,) = last_pullback(ju)
-        u = jtju / jtju.norm(dim=1, keepdim=True).clamp_min(torch.finfo(jtju.dtype).tiny)
+        (jtju,) = last_pullback(_unit_rows(ju))
+        u = _unit_rows(jtju)
     _, ju = jvp(last, (x_flat,), (u,))
-    sv_max = ju.norm(dim=1).mean()
+    sv_max = norm_rows(ju).mean()
 
-    values = torch.cat([m1, torch.stack([m2, s2, sv_max])]).double().cpu().tolist()  # the one host transfer
+    values = torch.cat([m1, torch.stack([m2, s2, sv_max])]).cpu().tolist()  # the one host transfer
     *m1_values, m2_value, s2_value, sv_value = values
     return JacobianSpectrum(m1_values, m2_value, s2_value, sv_value, probes)
+
+
+def _unit_rows(t: torch.Tensor) -> torch.Tensor:
+    """Each row of `t` divided by its exact norm (a row of zeros stays zeros), in t's dtype."""
+    scale = norm_rows(t).clamp_min(torch.finfo(torch.float64).tiny)
+    return (t.double() / scale[:, None]).to(t.dtype)
