@@ -319,7 +319,7 @@ def predict(exp: Any, moments: InputMoments | None = None, correlations: bool = 
     prediction = _gradient_prediction(exp, moments, correlations)
     if getattr(exp.model, "parametrization", "standard") != "standard":
         prediction = replace(prediction, parametrization=parametrization.layer_table(exp))
-    if getattr(exp.log, "jacobian", None) is None:
+    if getattr(getattr(exp, "log", None), "jacobian", None) is None:  # (a partial config without log: none)
         return prediction
     return replace(prediction, extra={**prediction.extra, **_jacobian(exp, prediction)})
 
