@@ -400,7 +400,7 @@ class LogConfig(Section):
     test_batch_stats: bool = Field(
         False, description="also evaluate the test set with each batch's own BatchNorm statistics (metrics.csv split test_batch_stats)"
     )
-    jacobian: Optional[JacobianConfig] = Field(None, description="the input-output Jacobian's spectrum (jacobian.csv): {every, probes, power_iterations, examples}; null: off")
+    jacobian: Optional[JacobianConfig] = Field(None, description="the input-output Jacobian's spectrum (jacobian.csv; docs/jacobian.md): {every: N, a multiple of log.every; probes: 16; power_iterations: 20; examples: 8, or null for the whole batch}; null: off")
     _every_group: bool = PrivateAttr(False)  # probes: all, narrowed by the experiment to what its model can measure
 
     @field_validator("probes", mode="before")
