@@ -274,6 +274,25 @@ def test_watch_measures_grouped_transposed_and_sequence_uses_through_the_general
         assert [layers.loc[name, q] for q in expected] == pytest.approx(list(expected.values()), rel=1e-4), name
 
 
+def test_watch_with_a_grad_scaler_reports_the_unscaled_losss_noise(tmp_path):
+    from gradlab.measure.watch import watch
+    from gradlab.records.run import load_run
+
+    torch.manual_seed(9)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+    x, y = torch.randn(12, 5), torch.randint(0, 3, (12,))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    with watch(model, out=tmp_path, every=1, probes=["noise"], scaler=scaler) as w:
+        loss = LOSS(model(x), y)
+        scaler.scale(loss).backward()  # every gradient 1024 times the loss's
+        w.step(loss=loss)
+    layers = load_run(w.run_dir).layers.astype({"name": str}).set_index("name")
+    per_example = per_example_grads(model, x, y)
+    for name in ("0", "2"):
+        expected = reference(per_example[f"{name}.weight"])
+        assert [layers.loc[name, q] for q in expected] == pytest.approx(list(expected.values()), rel=1e-4), name
+
+
 def test_watch_leaves_the_noise_of_a_batchnorm_model_empty_and_says_why(tmp_path):
     from gradlab.measure.watch import NOISE_BATCHNORM, watch
     from gradlab.records.run import load_run

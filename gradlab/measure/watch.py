@@ -114,7 +114,7 @@ Number = float | int | torch.Tensor | None
 # The columns that are gradients of L: under a GradScaler they are the scaled loss's, divided by its scale on the host.
 SCALED = frozenset(
     {q.name for q in (*LAYER_QUANTITIES, *RECURRENT_LAYER_QUANTITIES, *TIMESTEP_QUANTITIES) if q.group == "deltas" or q.name.endswith("grad_norm")}
-    | {"grad_norm"}
+    | {"grad_norm", "pe_grad_norm"}  # (the noise group's other columns are ratios: the scale cancels)
 )
 
 # The parameters of every open watch: one model is watched once (two watches would measure each
