@@ -62,7 +62,7 @@ def test_other_arguments(tmp_path):
     assert refused(tmp_path, model=small(), time="yes") == ["watch: time got 'yes'; True or False"]
     assert refused(tmp_path, model=small(), scaler=object()) == ["watch: scaler is a object, not a torch.amp.GradScaler"]
     assert refused(tmp_path, model=nn.LSTM(3, 4), time=True, groups=["gradients"]) == [
-        "watch: groups got 'gradients'; allowed: weights, deltas, activations, updates"
+        "watch: groups got 'gradients'; allowed: weights, deltas, activations, updates, noise, spectrum"  # (the last two opt-in)
     ]
 
 
