@@ -148,9 +148,12 @@ def test_a_fixed_variance_init_becomes_one_over_fan_in_under_mup():
 
 
 def test_standard_changes_nothing_written_or_grouped():
-    exp = validate(_raw(64, "standard"))
+    raw = _raw(64, "standard")
+    del raw["model"]["base_width"]
+    exp = validate(raw)
     assert "parametrization" not in exp.to_yaml() and "base_width" not in exp.to_yaml()
     assert "fixed_batch" not in exp.to_yaml()
+    assert "base_width: 16" in validate(_raw(64, "standard")).to_yaml()  # one given is kept as given (a sweep over parametrization)
     model = build_model(exp.model, (12,), 5)
     assert model.head_divisor is None
     groups = parameter_groups(model, exp.model, exp.optim)

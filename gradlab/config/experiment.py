@@ -274,7 +274,8 @@ class ModelConfig(Section):
             data.pop("dropout", None)  # written only when set: every other run's config.yaml is unchanged
         if self.parametrization == "standard":
             data.pop("parametrization", None)
-            data.pop("base_width", None)
+            if "base_width" not in self.model_fields_set:  # (one that is given is kept, as given)
+                data.pop("base_width", None)
         if not self.residual:
             for key in ("residual", "branch_depth", "residual_scale"):
                 data.pop(key, None)
