@@ -82,6 +82,7 @@ class Probe:
         self._noise_sums: dict[SiteKey, tuple[Site, noise.NoiseSums]] = {}  # formed per-example gradients, by layer
         self._noise_linear: dict[SiteKey, tuple[Site, torch.Tensor, torch.Tensor, nn.Parameter]] = {}  # a Linear's (a, delta)
         self._noise_buffers = noise.Buffers()  # kept between logged steps
+        self._noise_handles: list = []
         # the spectrum group: each layer's weights (a recurrent layer's W_ih and W_hh together)
         self._spectra = spectrum.LayerSpectra() if "spectrum" in self.groups else None
 
@@ -94,15 +95,15 @@ class Probe:
             self._bn_hooks = [module.register_forward_pre_hook(self._bn_hook(site)) for site, module in self._norm_parts.batchnorms]
         self._noise_sums, self._noise_linear = {}, {}
         if "noise" in self.groups:
-            self._bn_hooks += [module.register_forward_hook(self._noise_hook(site)) for site, module in self._noise_modules]
+            self._noise_handles = [module.register_forward_hook(self._noise_hook(site)) for site, module in self._noise_modules]
         if self.groups & {"deltas", "activations", "coordinates"}:  # the weights and updates groups need no forward capture
             self.model.slot.tap = self
 
     def detach(self) -> None:
         self.model.slot.tap = None
-        for handle in self._bn_hooks:
+        for handle in [*self._bn_hooks, *self._noise_handles]:
             handle.remove()
-        self._bn_hooks = []
+        self._bn_hooks, self._noise_handles = [], []
 
     def _add(self, site: Site, measured: list[Measured]) -> None:
         for m in measured:
