@@ -33,6 +33,7 @@ def test_profile_matches_the_definitions(tmp_path):
         "bn_stat_distance": math.nan,  # no BatchNorm: NaN
         **dict.fromkeys(("first_gsnr", "last_gsnr", "first_grad_noise_scale", "last_grad_noise_scale"), math.nan),  # no noise group
         "s2": math.nan,  # no log.jacobian
+        "alpha_min": math.nan, "alpha_max": math.nan,  # no spectrum group
     }
 
 
