@@ -388,3 +388,44 @@ def test_gradlab_check_judges_a_coordcheck_folder_as_coordcheck_did(tmp_path, in
     assert ran.exit_code == 1 and "coordcheck act_rms slope head@1" in ran.output and "(|slope| <= 0.2)" in ran.output, ran.output
     checked = invoke_wide("check", next((tmp_path / "b").glob("cc-coordcheck/*")))
     assert checked.exit_code == 1 and "coordcheck act_rms slope head@1" in checked.output
+
+
+@pytest.mark.parametrize("optim", ["sgd", "adam"])
+def test_ntk_is_the_neural_tangent_parametrization_trained_on_omega(optim):
+    """gradlab's ntk (standard form: variance and lr scaled) against the NTK parametrization itself:
+    W = sqrt(base / fan_in) * omega for the hidden and output weights, omega trained with the plain
+    lr. Three steps on one batch give the same weights. (Adam's eps is not scale-invariant: a
+    gradient near eps moves differently when it is measured on omega rather than W, so it is 1e-20
+    here, where the rule is exact.)"""
+    import torch.nn.functional as F
+
+    raw = _raw(64, "ntk", optim=optim, lr=0.05 if optim == "sgd" else 0.01)
+    if optim == "adam":
+        raw["optim"]["eps"] = 1e-20
+    exp = validate(raw)
+    torch.manual_seed(0)
+    model = build_model(exp.model, (12,), 5)
+    layers = [*(block.linear for block in model.blocks), model.head]
+    scale = [1.0] + [math.sqrt(BASE / 64)] * (len(layers) - 1)  # the input layer's fan-in is the data's: no scale
+    omegas = [(layer.weight.detach() / c).clone().requires_grad_(True) for layer, c in zip(layers, scale)]
+    biases = [layer.bias.detach().clone().requires_grad_(True) for layer in layers]
+    extra = {"eps": 1e-20} if optim == "adam" else {}
+    plain = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[optim]([*omegas, *biases], lr=exp.optim["lr"], **extra)
+    ours = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[optim](parameter_groups(model, exp.model, exp.optim), lr=exp.optim["lr"], **extra)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(16, 12, generator=g), torch.randint(0, 5, (16,), generator=g)
+
+    def ntk_forward(h):
+        for k, (omega, b, c) in enumerate(zip(omegas, biases, scale)):
+            h = F.linear(h, c * omega, b)
+            h = torch.relu(h) if k < len(omegas) - 1 else h
+        return h
+
+    for _ in range(3):
+        for opt, forward in ((ours, model), (plain, ntk_forward)):
+            opt.zero_grad()
+            loss = F.cross_entropy(forward(x), y)
+            loss.backward()
+            opt.step()
+        for layer, omega, c in zip(layers, omegas, scale):
+            assert torch.allclose(layer.weight, c * omega, rtol=1e-4, atol=1e-6)
