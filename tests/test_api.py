@@ -25,6 +25,7 @@ def tiny(name: str, out: Path, **model) -> dict:
     }  # fmt: skip
 
 
+@pytest.mark.slow
 def test_import_gradlab_loads_neither_torch_nor_pandas():
     code = (
         "import sys, gradlab\n"

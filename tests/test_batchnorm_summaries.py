@@ -57,6 +57,7 @@ def test_expect_bounds_bn_stat_distance_and_the_docs_list_both(runs, invoke_wide
     assert "final_test_batch_stats_accuracy" in text
 
 
+@pytest.mark.slow
 def test_plot_draws_a_batchnorm_figure_where_a_run_has_batchnorm(runs, tmp_path, invoke_wide):
     out, bn, plain = runs
     result = invoke_wide("plot", out, "--output", tmp_path / "figures")

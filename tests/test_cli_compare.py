@@ -187,6 +187,7 @@ def test_compare_rejects_a_bad_step(runs, invoke):
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_plot_writes_the_figures_and_lists_them(runs, invoke):
     result = invoke("plot", "runs", "--output", "figures")
     assert result.exit_code == 0

@@ -125,6 +125,7 @@ MLFLOW_WARNINGS = pytest.mark.filterwarnings("ignore:The ``noload`` loader strat
 MLFLOW_LINE = r"(?P<label>[\w/-]+): MLflow run (?P<id>[0-9a-f]{32}), 3 steps, (?P<points>\d+) metric points, (?P<params>\d+) params, 9 artifacts \(from (?P<dir>\S+)\)"
 
 
+@pytest.mark.slow
 @MLFLOW_WARNINGS
 def test_export_mlflow_exact_lines(runs, mlflow_client, invoke):
     import re
@@ -146,6 +147,7 @@ def test_export_mlflow_exact_lines(runs, mlflow_client, invoke):
         assert int(m["params"]) == len(run.data.params)
 
 
+@pytest.mark.slow
 @MLFLOW_WARNINGS
 def test_export_to_tensorboard_and_mlflow_at_once(runs, tensorboard, mlflow_client, invoke):
     result = invoke("export", RELU_DIR, "nothing-here", "--tensorboard", "tb", "--mlflow", "--tracking-uri", "sqlite:///mlflow.db")
@@ -213,6 +215,7 @@ def test_schema_to_a_folder_that_does_not_exist(tmp_path, monkeypatch, invoke):
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_report_exact_line_and_the_page_is_the_librarys(runs, invoke):
     from gradlab.show.report import build_report
 

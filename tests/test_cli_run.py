@@ -129,6 +129,7 @@ def test_run_checks_the_expect_section_and_exits_1_when_violated(tmp_path, invok
     assert result.stderr == f"error: expectation failed: final_test_accuracy = {accuracy:.4g}, expected min 1.01\n"
 
 
+@pytest.mark.slow
 def test_run_plot_draws_the_figures_into_the_run_directory(tmp_path, invoke):
     result = invoke("run", SMOKE, "--out", tmp_path, "--steps", "10", "--plot", "--quiet", "--set", "expect=null")
     assert result.exit_code == 0, result.output

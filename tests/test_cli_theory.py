@@ -194,6 +194,7 @@ def test_a_sweep_config_loads_no_torch(tmp_path):
     assert proc.stdout.strip().splitlines()[-1] == "[]"
 
 
+@pytest.mark.slow
 def test_every_shipped_config_has_a_theory_answer(invoke):
     # each shipped config, sweep or not, gets its predictions (or says why there are none), exit 0
     for path in sorted((ROOT / "configs").rglob("*.yaml")):

@@ -351,6 +351,7 @@ def refused(result) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @settings(FAST, max_examples=250)
 @given(data=st.data(), base=st.sampled_from(list(BASES)))
 def test_invalid_values_and_unknown_keys_exit_2_naming_every_key(data, base, invoke):
@@ -368,6 +369,7 @@ def test_invalid_values_and_unknown_keys_exit_2_naming_every_key(data, base, inv
         assert [p.name for p in Path(tmp).iterdir()] == ["config.yaml"]  # nothing written, log.out included
 
 
+@pytest.mark.slow
 @settings(FAST, max_examples=150)
 @given(data=st.data(), base=st.sampled_from(list(BASES)), channel=st.sampled_from(["file", "set"]))
 def test_huge_numbers_are_kept_exactly_or_refused_by_name(data, base, channel, invoke):
@@ -441,6 +443,7 @@ def expected_line(kind: str, path: Path, content: Any) -> str:
     }[kind]
 
 
+@pytest.mark.slow
 @settings(FAST, max_examples=120)
 @given(attack=whole_file_attacks())
 def test_whole_file_attacks_exit_2_with_one_line_about_the_file(attack, invoke):

@@ -217,6 +217,7 @@ def _zero_head(raw: dict) -> dict:
     return {**raw, "model": {**raw["model"], "init": {"bias": "zeros", "head": "zeros"}}}
 
 
+@pytest.mark.slow
 def test_cli_prints_the_table_draws_the_figures_and_checks_expect(tmp_path, invoke_wide):
     raw = _zero_head(_raw(lr=0.05))
     raw["sweep"] = {"zip": {"model.parametrization": ["standard", "mup"], "expect.coordcheck": [{"grows": ["head"]}, {"width_stable": "all"}]}}

@@ -43,6 +43,7 @@ def code_blocks(text: str, lang: str = "bash") -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_site_builds_with_strict(tmp_path):
     for module in ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python"):
         if importlib.util.find_spec(module) is None:
@@ -78,6 +79,7 @@ def test_every_page_is_in_the_navigation():
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_committed_pages_hold_what_the_declarations_generate():
     records_reference = generator()
     pages = records_reference.generated_pages()

@@ -83,6 +83,7 @@ def exported(summary, run_dir: Path):
     return run
 
 
+@pytest.mark.slow
 def test_every_metric_equals_its_csv_cell(tmp_path, store):
     run_dir = synthetic_run(tmp_path)
     summary = exporting.export_mlflow([run_dir], store, "gradients")
@@ -98,6 +99,7 @@ def test_every_metric_equals_its_csv_cell(tmp_path, store):
     assert run.steps == 2
 
 
+@pytest.mark.slow
 def test_profile_is_first_over_last_hidden_layer(tmp_path, store):
     run_dir = synthetic_run(tmp_path)
     (run,) = exporting.export_mlflow([run_dir], store).runs
@@ -109,6 +111,7 @@ def test_profile_is_first_over_last_hidden_layer(tmp_path, store):
     assert factor == pytest.approx({0: math.sqrt(1e-3 / 1e-1), 10: math.sqrt(2e-3 / 2e-1)}, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_params_tags_status_and_times(tmp_path, store):
     run_dir = synthetic_run(tmp_path)
     meta = json.loads((run_dir / "meta.json").read_text())
@@ -136,6 +139,7 @@ def test_params_tags_status_and_times(tmp_path, store):
     assert got.info.experiment_id == MlflowClient(store).get_experiment_by_name("Default").experiment_id
 
 
+@pytest.mark.slow
 def test_statuses(tmp_path, store):
     runs = {status: synthetic_run(tmp_path / status, name=status, status=status) for status in ("diverged", "interrupted", "running")}
     summary = exporting.export_mlflow([tmp_path], store, "statuses")
@@ -144,6 +148,7 @@ def test_statuses(tmp_path, store):
     assert mlflow_status == {"diverged": "FAILED", "interrupted": "KILLED", "running": "RUNNING"}
 
 
+@pytest.mark.slow
 def test_expect_results_are_tags_as_gradlab_check_says_them(tmp_path, store):
     expect = {"status": "completed", "gain": {"step": 0, "between": [0.001, 0.1]}, "final_test_accuracy": {"min": 0.9}}
     run_dir = synthetic_run(tmp_path, expect=expect)
@@ -158,6 +163,7 @@ def test_expect_results_are_tags_as_gradlab_check_says_them(tmp_path, store):
     assert tags["gradlab.expect.final_test_accuracy"].startswith("FAIL  final_test_accuracy = 0.375")
 
 
+@pytest.mark.slow
 def test_records_and_figures_are_artifacts(tmp_path, store):
     run_dir = real_run(tmp_path / "results", "relu", STABLE, steps=10)
     (run,) = exporting.export_mlflow([run_dir], store).runs
@@ -173,6 +179,7 @@ def test_records_and_figures_are_artifacts(tmp_path, store):
     assert Path(client.download_artifacts(run.run_id, "figures/training_curves.png", str(tmp_path / "back"))).read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_watch_runs_with_a_layer_called_twice(tmp_path, store):
     torch = pytest.importorskip("torch")
     from torch import nn
@@ -210,6 +217,7 @@ def test_keys_mlflow_accepts_and_never_two_names_on_one_key():
     assert [keys("x#1"), keys("x-1"), keys("x#1")] == ["x-1", "x-1-2", "x-1"]
 
 
+@pytest.mark.slow
 def test_folders_of_runs_and_problems(tmp_path, store):
     good = synthetic_run(tmp_path, name="good")
     cut = synthetic_run(tmp_path, name="cut", status="running")
@@ -267,6 +275,7 @@ def test_bad_input_is_one_line(tmp_path, store):
         exporting.export_mlflow([run_dir], store, "")
 
 
+@pytest.mark.slow
 def test_a_deleted_experiment_is_refused(tmp_path, store):
     client = MlflowClient(store)
     client.delete_experiment(client.create_experiment("gone"))
@@ -283,12 +292,14 @@ def test_without_mlflow_one_line_says_how_to_install(tmp_path, monkeypatch):
     assert not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 def test_the_python_api(tmp_path, store):
     run_dir = synthetic_run(tmp_path)
     summary = gradlab.export_mlflow([run_dir], tracking_uri=store, experiment="api")
     check_against_csv(MlflowClient(store), summary.runs[0].run_id, run_dir)
 
 
+@pytest.mark.slow
 def test_the_export_loads_no_torch(tmp_path, store):
     """Like every command that reads records: `gradlab export --mlflow` in a fresh interpreter."""
     run_dir = synthetic_run(tmp_path)

@@ -199,6 +199,7 @@ def test_on_a_gpu_the_dataset_is_placed_and_plain_steps_do_not_sync(tmp_path):
 # -- start-up: the optimizer without torch._dynamo -------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_run_does_not_import_torch_dynamo(tmp_path):
     import subprocess
     import sys

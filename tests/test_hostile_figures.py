@@ -29,6 +29,7 @@ def _set_config(run_dir: Path, **values) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_dollar_signs_in_config_values_and_names_are_drawn_as_text(tmp_path, invoke_wide):
     out = tmp_path / "results"
     for i, path in enumerate(["a$\\frac{x$.npz", "b$\\x$.npz"]):
@@ -57,6 +58,7 @@ def test_dollar_signs_in_config_values_and_names_are_drawn_as_text(tmp_path, inv
 ESCAPES = "\x1b]0;PWNED\x07\x1b[31m"
 
 
+@pytest.mark.slow
 def test_escape_sequences_never_reach_a_terminal_or_markdown_but_csv_keeps_them(tmp_path, invoke_wide):
     out = tmp_path / "results"
     for i, path in enumerate([f"a{ESCAPES}.npz", "b.npz"]):
@@ -125,6 +127,7 @@ def mixed(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_a_mixed_set_is_labelled_by_run_name_with_bounded_legends_and_no_layout_warning(mixed):
     from gradlab.records.run import load_runs
     from gradlab.show import plots
@@ -179,6 +182,7 @@ def test_markdown_of_a_mixed_set_leaves_the_config_keys_out(mixed, invoke_wide):
     assert "model.class" in csv_header  # csv keeps every column
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("count", [1, 5, 40])
 def test_the_heatmap_layout_holds_for_any_count_of_mixed_runs(mixed, count):
     from gradlab.records.run import load_runs

@@ -76,6 +76,7 @@ def test_a_link_to_a_record_and_a_sweep_index_are_records_too(runs, tmp_path, in
     assert {k: v for k, v in snapshot(runs).items() if k != "sweep.csv"} == before
 
 
+@pytest.mark.slow
 def test_outputs_beside_the_records_are_fine(runs, invoke_wide):
     [run_dir] = [p.parent for p in runs.rglob("meta.json") if p.parent.parent.name == "a"]
     assert invoke_wide("report", runs, "-o", run_dir / "report.html").exit_code == 0
@@ -124,6 +125,7 @@ def leftovers(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.name.endswith(".tmp") or (p.is_file() and p.stat().st_size == 0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["schema", "compare", "check", "report"])
 def test_a_full_disk_keeps_the_old_file_whole_and_a_retry_works(runs, small_disk, invoke_wide, command):
     target = small_disk / "keep.out"
@@ -139,6 +141,7 @@ def test_a_full_disk_keeps_the_old_file_whole_and_a_retry_works(runs, small_disk
     assert target.read_text() != "the old content\n"
 
 
+@pytest.mark.slow
 def test_plot_on_a_full_disk_is_one_line_without_an_empty_png_and_a_retry_works(runs, small_disk, invoke_wide):
     (small_disk / "figures").mkdir()
     fill_disk(small_disk)
@@ -162,6 +165,7 @@ def test_export_on_a_full_disk_is_one_line_without_an_events_file_and_a_retry_wo
     assert len(events) == 2 and all(p.stat().st_size > 0 for p in events)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["schema", "compare", "check", "report", "plot", "export"])
 def test_a_read_only_filesystem_is_one_line_with_exit_2(runs, read_only_disk, invoke_wide, command):
     if command == "export":

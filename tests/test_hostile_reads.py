@@ -86,6 +86,7 @@ def _runs_with_a_damaged_step(tmp_path: Path, step: str) -> tuple[Path, Path]:
 HUGE_STEPS = ["1e20", "99999999999999999999999", "9223372036854775808", "-9223372036854775809", "-3", "501"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step", HUGE_STEPS)
 def test_a_step_outside_the_run_is_damage_and_the_run_is_left_out_in_every_command(tmp_path, invoke_wide, step):
     out, damaged = _runs_with_a_damaged_step(tmp_path, step)

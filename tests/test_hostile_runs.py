@@ -148,6 +148,7 @@ def test_compare_shows_a_run_that_diverged_at_initialization(tmp_path, invoke_wi
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_compare_after_sigkill_shows_the_run_as_running_with_a_warning(tmp_path, invoke_wide):
     process = start_long_run(tmp_path)
     try:

@@ -102,6 +102,7 @@ def alive(pid: int) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_second_command_on_a_running_sweep_is_refused_naming_the_holder(tmp_path, invoke_wide):
     config = sweep_config(tmp_path, train={"steps": 1_000_000, "eval_every": 100_000})
     first = python("run", str(config), "--quiet")
@@ -151,6 +152,7 @@ def test_the_lock_dies_with_a_killed_owner_and_resume_keeps_completed_runs(tmp_p
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_workers_of_a_killed_parallel_sweep_stop_and_close_their_records(tmp_path):
     config = sweep_config(tmp_path, train={"steps": 1_000_000, "eval_every": 100_000})
     parent = python("run", str(config), "--jobs", "2", "--quiet")
@@ -169,6 +171,7 @@ def test_workers_of_a_killed_parallel_sweep_stop_and_close_their_records(tmp_pat
             assert json.loads((run / "meta.json").read_text())["status"] == "interrupted"
 
 
+@pytest.mark.slow
 def test_sighup_closes_a_run_as_interrupted(tmp_path):
 
     process = start_long_run(tmp_path)
@@ -424,6 +427,7 @@ def test_a_document_without_aliases_below_the_small_size_cannot_be_too_large(den
     assert values <= len(dense) + 1 < yamlio.MAX_NODES and chars <= len(dense) < yamlio.MAX_CHARS
 
 
+@pytest.mark.slow
 def test_a_large_document_without_aliases_is_still_counted():
     from gradlab.vocab import yamlio
 
@@ -461,6 +465,7 @@ def damage(run: Path, how: str) -> str:
     return f"{run}: config.yaml: model is int, not a mapping (not a config gradlab wrote); skipped"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["meta_list", "empty_step", "model_5"])
 def test_one_damaged_run_is_skipped_with_one_line_by_compare_check_and_plot(tmp_path, how, invoke_wide):
     import shutil
@@ -590,6 +595,7 @@ def test_an_npz_declaring_gigabytes_is_read_only_as_far_as_the_examples_used(tmp
     assert result.exit_code == 0, result.output  # 320 rows read; the 4 GB never allocated
 
 
+@pytest.mark.slow
 def test_an_npz_whose_used_rows_cannot_fit_is_refused_from_its_declared_shape(tmp_path, invoke_wide):
     path = lying_npz(tmp_path / "huge.npz", rows_declared=10**7, features=10**8, rows_present=1)  # 4 PB declared
     result = invoke_wide("run", npz_config(tmp_path, path), "--quiet")
@@ -655,6 +661,7 @@ def test_jobs_n_checks_that_n_runs_fit_in_memory_together(tmp_path, monkeypatch)
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_plot_of_many_runs_draws_their_median_and_band_and_says_so(tmp_path):
     from run_factory import one_run
 

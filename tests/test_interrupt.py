@@ -22,6 +22,7 @@ def assert_whole_steps(run: Path) -> pd.DataFrame:
     return layers
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_closes_the_records_as_interrupted(tmp_path, signum, code):
     process = start_long_run(tmp_path)
@@ -38,6 +39,7 @@ def test_signal_closes_the_records_as_interrupted(tmp_path, signum, code):
     assert set(metrics[metrics.split == "train"].step) == set(layers.step)
 
 
+@pytest.mark.slow
 def test_after_sigkill_the_csvs_still_parse_up_to_the_last_step(tmp_path):
     process = start_long_run(tmp_path)
     run = wait_for_rows(tmp_path, steps=20)

@@ -321,6 +321,7 @@ def test_bad_arguments(tmp_path, pl):
     assert module.batches == 0 and not (tmp_path / "results").exists()
 
 
+@pytest.mark.slow
 def test_without_lightning_the_import_says_how_to_install():
     import subprocess
     import sys

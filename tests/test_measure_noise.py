@@ -334,6 +334,7 @@ def test_a_batch_of_one_example_has_empty_noise_cells_and_the_run_goes_on(tmp_pa
     assert run.layers["pe_grad_norm"].to_numpy() == pytest.approx(run.layers["weight_grad_norm"].to_numpy(), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_the_noise_figure_draws_each_layer_at_the_step_asked(tmp_path):
     from gradlab.cli.app import app
     from gradlab.orchestrate.api import run as run_config

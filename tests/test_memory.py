@@ -39,6 +39,7 @@ def test_parameter_count_matches_the_built_model(model, data):
     assert parameter_count(exp, shape, exp.data.classes) == sum(p.numel() for p in built.parameters())
 
 
+@pytest.mark.slow
 def test_shipped_configs_fit():
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         if "mnist" in path.name and not (ROOT.parent / "shared" / "data" / "mnist").is_dir():

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # footprints of the shipped configs (their first combination) and of the model kinds and components
@@ -47,6 +49,7 @@ def _footprints(mode: str) -> dict:
     return json.loads(done.stdout)
 
 
+@pytest.mark.slow  # two fresh processes that import torch
 def test_the_footprint_needs_no_dynamo_and_is_the_same_with_it():
     without, with_dynamo = _footprints("fresh"), _footprints("dynamo-first")
     assert without["dynamo"] is False

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # executes the notebook, which trains its runs
+
 nbformat = pytest.importorskip("nbformat", reason="the dev extra is not installed (pip install -e '.[dev]')")
 nbclient = pytest.importorskip("nbclient", reason="the dev extra is not installed (pip install -e '.[dev]')")
 pytest.importorskip("ipykernel", reason="the dev extra is not installed (pip install -e '.[dev]')")

@@ -112,6 +112,7 @@ def test_a_relu_runs_inactive_units_are_drawn_where_saturated_frac_is_empty(tmp_
     assert data_lines(saturated_axes) == [] and [t.get_text() for t in saturated_axes.texts] == ["no saturated_frac recorded"]
 
 
+@pytest.mark.slow
 def test_saved_figures_are_valid_pngs_of_sensible_size(tmp_path):
     runs = make_runs(tmp_path / "runs")
     paths = plots.save_figures(plots.build_figures(records.load_runs([run.dir for run in runs]).runs), tmp_path / "figures")

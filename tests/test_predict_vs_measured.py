@@ -48,6 +48,7 @@ def measure(tmp_path, model, probes=("deltas",)):
     {"activation": "relu", "init": {"weight": "xavier_normal", "bias": "zeros"}},  # factor 1/√2
     {"activation": "sigmoid", "init": {"weight": variance_scaling(1.0), "bias": {"name": "normal", "std": 1.0}}},  # ~0.2 per layer
 ], ids=["tanh-ordered", "tanh-critical", "tanh-chaotic", "relu-he", "relu-xavier", "sigmoid"])  # fmt: skip
+@pytest.mark.slow
 def test_mean_field_predicts_the_measured_layer_factor(tmp_path, model):
     exp, run = measure(tmp_path, model)
     predicted = predict(exp, correlations=False).layer_factor

@@ -48,6 +48,7 @@ def stream(hidden):
     {"norm": "batchnorm"},  # De & Smith 2020: the variance grows linearly
     {"norm": "batchnorm", "activation": "tanh", "branch_depth": 2},
 ], ids=["relu-alpha-0.2", "relu-batchnorm", "tanh-batchnorm-two-layers"])  # fmt: skip
+@pytest.mark.slow
 def test_stream_moments_and_gradient_follow_theory(tmp_path, model):
     prediction, run, hidden = measure(tmp_path, model)
     second, variance, factors = stream(hidden)

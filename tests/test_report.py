@@ -22,6 +22,8 @@ from gradlab.vocab.errors import RunError
 from gradlab.records.run import load_runs
 from run_factory import STABLE, VANISHING, layer_rows, metric_rows, real_run, resolved_config, write_run
 
+pytestmark = pytest.mark.slow  # trains the runs the report is written from, and renders it in a browser
+
 FIGURES = ["depth_profile_delta_norm", "depth_profile_weight_grad_norm", "heatmap_delta_norm", "training_curves", "saturation"]
 
 
@@ -164,6 +166,7 @@ def report_caption(stem: str) -> str:
     return CAPTIONS[stem]
 
 
+@pytest.mark.slow
 def test_damaged_and_partial_runs_are_noted(tmp_path):
     out = tmp_path / "results"
     layers = layer_rows(0, [1e-3, 1e-2, 1e-1]) + layer_rows(10, [1e-3, 1e-2, 1e-1])
@@ -256,6 +259,7 @@ def browser_check(html_file: Path, tmp_path: Path) -> dict:
     return {**json.loads(html.unescape(done.stdout[start : done.stdout.index("</pre>", start)])), "console": console_messages(done.stderr)}
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_renders_in_chromium(page, tmp_path):
     _, path = page

@@ -171,6 +171,7 @@ def test_set_on_a_swept_key_is_refused():
     assert error.value.lines == ["seed: set by --set (or --seed/--steps/...) but also swept; change the axis with --sweep seed=v1,v2"]
 
 
+@pytest.mark.slow
 def test_shipped_configs_expand_validate_and_fit():
     from gradlab.build.memory import check_fits
     from gradlab.vocab.datasets import known_input_shape
@@ -351,6 +352,7 @@ def test_each_run_of_a_sweep_is_checked_against_expect_and_again_on_resume(tmp_p
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_jobs_2_writes_the_same_records_as_jobs_1(tmp_path, serial_sweep, invoke):
     config = write_config(tmp_path / "grid.yaml", tmp_path / "out")
     result = invoke("run", config, "--jobs", "2", "--quiet")
@@ -418,6 +420,7 @@ def test_resume_runs_only_what_is_not_completed_or_diverged(tmp_path, monkeypatc
     assert invoke("run", "--resume", tmp_path).stderr == f"error: --resume: {str(tmp_path)!r} has no sweep.yaml; give a sweep directory (results/<name>/<timestamp>-<id>)\n"
 
 
+@pytest.mark.slow
 def test_ctrl_c_of_a_parallel_sweep_interrupts_the_runs_in_flight(tmp_path):
     config = write_config(tmp_path / "grid.yaml", tmp_path / "out", train={"steps": 1_000_000, "eval_every": 100_000})
     process = subprocess.Popen([sys.executable, "-m", "gradlab", "run", str(config), "--jobs", "2", "--quiet"],
@@ -453,6 +456,7 @@ def test_ctrl_c_of_a_parallel_sweep_interrupts_the_runs_in_flight(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_sweep_runs_through_ray_into_the_same_layout(tmp_path, serial_sweep, invoke):
     pytest.importorskip("ray", reason="Ray is not installed; pip install 'gradlab[ray]' to run this test")
     config = write_config(tmp_path / "grid.yaml", tmp_path / "out")
@@ -466,6 +470,7 @@ def test_a_sweep_runs_through_ray_into_the_same_layout(tmp_path, serial_sweep, i
         assert json.loads((sweep_dir / name / "meta.json").read_text())["run_id"] == name
 
 
+@pytest.mark.slow
 def test_duration_s_starts_after_the_workers_start_up(tmp_path):
     # issue 11: sweep.csv's duration_s of the first run in a worker included its start-up (15 s
     # against 0.4 s for the next run of the same size): the clock starts after the modules a run
@@ -495,6 +500,7 @@ print("ok")
     assert done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_workers_started_early_are_stopped_when_the_sweep_does_not_run(tmp_path, invoke):
     # --jobs N starts its workers before the sweep is planned, so that their start-up overlaps the
     # planning and the memory check; a sweep refused by that check must not leave them behind.
@@ -581,6 +587,7 @@ def _cli_with_modules(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedP
     return done, json.loads(modules.read_text())
 
 
+@pytest.mark.slow
 def test_the_parent_of_a_parallel_sweep_imports_neither_torch_nor_pandas(tmp_path):
     # the memory check (a forward pass on the meta device) runs on a worker, which has torch; the
     # runs' expect: sections are checked by their members; the parent plans and collects
@@ -593,6 +600,7 @@ def test_the_parent_of_a_parallel_sweep_imports_neither_torch_nor_pandas(tmp_pat
     assert {row["status"] for row in read_index(the_sweep_dir(tmp_path / "out"))} == {"completed"}
 
 
+@pytest.mark.slow
 def test_a_parallel_sweep_refused_by_the_memory_check_on_a_worker_says_so_in_one_line(tmp_path):
     config = write_config(tmp_path / "grid.yaml", tmp_path / "out", sweep=None, model={**BASE["model"], "depth": 10000, "width": 100000})
     serial, _ = _cli_with_modules(tmp_path, "run", str(config), "--jobs", "1")

@@ -251,6 +251,7 @@ def test_bad_forget_bias_is_one_line(value, message):
     assert len(info.value.lines) == 1 and info.value.lines[0].startswith("model.forget_bias: ") and info.value.lines[0].endswith(message)
 
 
+@pytest.mark.slow
 def test_theory_prints_the_gates_for_lstm_and_gru(tmp_path, invoke):
     for kind in ("lstm", "gru"):  # (in-process: the theory's numbers are tested above)
         config = {"name": "c", "data": {"name": "adding", "seq_len": 40}, "loss": "mse",

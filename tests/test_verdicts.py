@@ -164,6 +164,7 @@ def test_a_recurrent_gradient_exactly_zero_from_a_time_step_back_is_dead(tmp_pat
     assert table.at[0, "time_verdict@0"] == "dead (no gradient at any time step)"
 
 
+@pytest.mark.slow
 def test_the_report_takes_the_same_thresholds(tmp_path, invoke):
     one_run(tmp_path / "runs", [1.24 ** (14 - i) for i in range(15)], name="grow")
     for options, verdict in (([], "exploding (×1.24/layer, ×e every 4.6 layers)"), (["--depth-scale", "0"], "stable (×1.24/layer, ×e every 4.6 layers)")):

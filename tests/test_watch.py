@@ -330,6 +330,7 @@ def test_metrics_rows(tmp_path):
     assert float(row["lr"]) == 0.05
 
 
+@pytest.mark.slow
 def test_records_are_read_by_compare_plot_and_check(tmp_path):
     torch.manual_seed(0)
     model = TinyResNet()

@@ -318,6 +318,7 @@ def test_a_sparse_embedding_and_keyword_arguments(tmp_path):
     assert math.isclose(row["w"]["weight_grad_norm"], model.w.grad.norm().item(), rel_tol=1e-6)
 
 
+@pytest.mark.slow
 def test_compare_plot_and_report_read_the_transformer_records(tmp_path):
     torch.manual_seed(0)
     for name in ("encoder", "gpt"):

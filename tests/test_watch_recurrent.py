@@ -253,6 +253,7 @@ def test_the_language_model_trains_bit_for_bit_as_unwatched(tmp_path, no_onednn)
     assert len(read_timesteps(run_dir)) == 3  # steps 0, 2 and 4 were measured
 
 
+@pytest.mark.slow
 def test_compare_plot_and_report_read_the_time_steps(tmp_path, no_onednn):
     torch.manual_seed(0)
     model = LanguageModel()
