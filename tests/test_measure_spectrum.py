@@ -89,7 +89,10 @@ def test_the_probe_tracks_sv_max_through_training_from_its_warm_start(kind):
             assert row["weight_sv_max"] == pytest.approx(svd_max(matrix), rel=1e-4), (step, row["name"])
             assert row["weight_stable_rank"] == pytest.approx(row["weight_norm"] ** 2 / svd_max(matrix) ** 2, rel=3e-4)
         optimizer.step()  # the gradients of the measured pass: the weights move between logged steps
-    assert set(probe._spectra._vectors) == {layer.site.key for layer in layers}  # the next step starts from these
+    # the next step starts from these: the power-iterated layers' (a convolution's, the head's with fewer
+    # than 50 eigenvalues); a Linear's sigma_max is the largest of the eigenvalues its alpha is fitted to
+    iterated = {layer.site.key for layer in layers if layer.weight.dim() > 2 or min(layer.weight.shape) < 50}
+    assert set(probe._spectra._vectors) == iterated
 
 
 def test_a_recurrent_layer_is_measured_on_w_ih_and_w_hh_side_by_side():

@@ -22,9 +22,11 @@ eigenvalues has no alpha (the minimum WeightWatcher's docstrings name; 0.7.7's d
 eigenvalues above the floor number fewer than 20 (where 0.7.7 switches to another estimator), nor one
 whose tail has no spread (alpha infinite: an orthogonal weight's eigenvalues are all equal).
 
-Everything is computed on the device and handed to the step's pending measurement; the power
-iteration reads one flag per POWER_CHUNK iterations (for all layers at once) to know when every
-layer's estimate has settled.
+Everything is computed on the device and handed to the step's pending measurement. A layer whose
+alpha is fitted to its operator matrix's own eigenvalues (a Linear, [W_ih W_hh]) takes sigma_max as
+the square root of the largest, exact to float64 rounding and at no extra cost; the others (a
+convolution, a layer with fewer than 50 eigenvalues) are power-iterated, reading one flag per
+POWER_CHUNK iterations (for all layers at once) to know when every layer's estimate has settled.
 """
 
 from __future__ import annotations
@@ -208,22 +210,38 @@ class LayerSpectra:
         with torch.no_grad():
             keys = [key for key, _ in layers]
             matrices = [operator_matrix(weights) for _, weights in layers]
-            sigmas, vectors = sv_max(matrices, [self._vectors.get(key) for key in keys], self._generator)
-            self._vectors.update(zip(keys, vectors))
+            eligible = [(key, weights) for key, weights in layers if eigenvalue_count(weights) >= MIN_EIGENVALUES]
+            fitted_keys, alphas, fitted, exact = [key for key, _ in eligible], [], [], {}
+            for (key, weights), values in zip(eligible, layer_eigenvalues([weights for _, weights in eligible])):
+                alpha, exists = fit_alpha(values)
+                alphas.append(alpha)
+                fitted.append(exists)
+                if alpha_slices(weights)[1] == 1.0:  # one slice, the operator matrix itself
+                    exact[key] = _largest_singular_value(values, weights)
+            # Where alpha's eigenvalues are those of the operator matrix (a Linear, [W_ih W_hh]) the
+            # largest is sigma_max^2, exact and free; power iteration only for the others.
+            iterated = [k for k, key in enumerate(keys) if key not in exact]
+            found, vectors = sv_max([matrices[k] for k in iterated], [self._vectors.get(keys[k]) for k in iterated], self._generator)
+            self._vectors.update((keys[k], v) for k, v in zip(iterated, vectors))
+            sigmas = [exact.get(key) for key in keys]
+            for k, sigma in zip(iterated, found):
+                sigmas[k] = sigma
             columns = {
                 "weight_sv_max": (keys, sigmas),
                 "weight_stable_rank": (keys, [stable_rank(m, s) for m, s in zip(matrices, sigmas)]),
             }
-            eligible = [(key, weights) for key, weights in layers if eigenvalue_count(weights) >= MIN_EIGENVALUES]
-            fitted_keys, alphas, fitted = [key for key, _ in eligible], [], []
-            for values in layer_eigenvalues([weights for _, weights in eligible]):
-                alpha, exists = fit_alpha(values)
-                alphas.append(alpha)
-                fitted.append(exists)
             if fitted_keys:
                 columns["weight_alpha"] = (fitted_keys, alphas)
                 columns[_FITTED] = (fitted_keys, fitted)
         return columns
+
+
+def _largest_singular_value(values: torch.Tensor, weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    """sigma_max from the ascending eigenvalues of W^T W (float64), NaN where W is not finite
+    (layer_eigenvalues gives such a weight zeros; its step is a divergence)."""
+    finite = torch.stack([torch.isfinite(w.detach()).all() for w in weights]).all()
+    sigma = values[-1].clamp_min(0).sqrt()
+    return torch.where(finite, sigma, torch.full_like(sigma, math.nan))
 
 
 def cells(columns: dict[str, dict]) -> dict[str, dict]:

@@ -187,9 +187,11 @@ COORDINATES: dict[str, Quantity] = {q.name: q for q in COORDINATE_QUANTITIES}
 # far a typical signal is from that bound: near 1, one direction carries all the gain.
 SPECTRUM_QUANTITIES: tuple[Quantity, ...] = (
     Quantity("weight_sv_max", "spectrum", "layer",
-             "sigma_max(W), the largest singular value of the layer's weight (its spectral norm), by power iteration on W^T W "
-             "warm-started from the previous logged step's vector, stopped when the estimate of every layer grew by less than 1e-6 "
-             "(relative) over 10 iterations (at most 2000): within 1e-4 of torch.linalg.svdvals"),
+             "sigma_max(W), the largest singular value of the layer's weight (its spectral norm): where weight_alpha is fitted to this "
+             "matrix's own eigenvalues (a Linear, a recurrent [W_ih W_hh], 50 eigenvalues or more) the square root of the largest, "
+             "exact to float64 rounding; otherwise (a convolution, a smaller layer) by power iteration on W^T W warm-started from "
+             "the previous logged step's vector, stopped when the estimate of every layer grew by less than 1e-6 (relative) over 10 "
+             "iterations (at most 2000): within 1e-4 of torch.linalg.svdvals"),
     Quantity("weight_stable_rank", "spectrum", "layer",
              "||W||_F^2 / sigma_max(W)^2, the stable rank of the layer's weight: between 1 (one direction) and rank(W); empty when W is 0"),
     Quantity("weight_alpha", "spectrum", "layer",
