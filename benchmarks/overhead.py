@@ -66,6 +66,7 @@ from gradlab.orchestrate.train import Trainer
 from gradlab.vocab.errors import GradlabError
 from gradlab.vocab.quantities import DEFAULT_GROUPS, GROUPS
 
+COCKPIT_ECONOMY = 1.5  # the published figure the noise rows stand beside
 # issue 22's targets, as ratios to the row's baseline (a whole run's are in whole_run below)
 TARGETS = {"weights probe every step": 1.05, "all probes every step": 1.25, "all probes every 10 steps": 1.03,
            "transformer: watch every 10 steps": 1.05, "group noise: every step": 1.2, "group noise: every 10 steps": 1.03}
@@ -339,6 +340,9 @@ def main() -> None:
               f"{statistics.median(t[1] for t in samples):12.2f} {cpu:7.3f} {extra:>9} {target_text:>8}{mark}")  # fmt: skip
     for name, why in skipped.items():
         print(f"{name:38} not measured: {why}")
+    if any(name.startswith("group noise") for name in times):
+        print(f"{'published: Cockpit economy every step':38} {'':>12} {COCKPIT_ECONOMY:7.3f}   (its gradient-noise tier, whole network, "
+              "Schneider, Dangel & Hennig 2021 Fig. 6, on a GPU; not run here)")  # fmt: skip
     if args.whole_rounds:
         whole_run(args)
 
