@@ -17,6 +17,7 @@ from gradlab.measure.probe import Probe
 from gradlab.build.sites import Site
 from gradlab.orchestrate import train
 from gradlab.orchestrate.train import PARALLEL_MIN_MACS, Trainer, largest_layer_macs, resolve_threads
+from probing import measured_pass
 
 LOSS = torch.nn.functional.cross_entropy
 
@@ -65,13 +66,7 @@ def test_fast_counts_and_batched_fetch_are_bit_identical_to_the_plain_computatio
 
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     probe = Probe(model)
-    model.zero_grad(set_to_none=True)
-    probe.attach()
-    logits = model(x)
-    loss = LOSS(logits, y)
-    loss.backward()
-    probe.detach()
-    columns, extras = probe.measure(loss, logits, y).fetch()
+    columns, extras = measured_pass(probe, model, x, y)
     probe.snapshot_weights()
     optimizer.step()
     columns.update(probe.update_ratios())

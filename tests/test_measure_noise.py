@@ -18,6 +18,7 @@ from gradlab.config.experiment import validate
 from gradlab.measure import noise
 from gradlab.measure.probe import Probe
 from gradlab.vocab.quantities import LAYERS_COLUMNS, NOISE, layers_columns
+from probing import probed_rows
 
 LOSS = nn.functional.cross_entropy
 
@@ -62,14 +63,7 @@ def make_model(kind="mlp", seed=0, **model):
 
 def probe_rows(model, x, y, groups=("noise",), probe=None):
     probe = probe or Probe(model, groups)
-    model.zero_grad(set_to_none=True)
-    probe.attach()
-    logits = model(x)
-    loss = LOSS(logits, y)
-    loss.backward()
-    probe.detach()
-    values, _ = probe.measure(loss, logits, y).fetch()
-    return probe.rows(0, values)
+    return probed_rows(probe, model, x, y)
 
 
 def batch(shape, n=12, seed=1):

@@ -20,6 +20,7 @@ from gradlab.measure import spectrum
 from gradlab.measure.probe import Probe
 from gradlab.measure.recurrent_probe import probe_for
 from gradlab.vocab.quantities import LAYERS_COLUMNS, SPECTRUM, layers_columns
+from probing import probed_rows
 
 LOSS = nn.CrossEntropyLoss()
 
@@ -29,14 +30,7 @@ def svd_max(matrix: torch.Tensor) -> float:
 
 
 def measured_rows(probe: Probe, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int = 0) -> list[dict]:
-    model.zero_grad(set_to_none=True)
-    probe.attach()
-    logits = model(x)
-    loss = LOSS(logits, y)
-    loss.backward()
-    probe.detach()
-    values, _ = probe.measure(loss, logits, y).fetch()
-    return probe.rows(step, values)
+    return probed_rows(probe, model, x, y, step)
 
 
 def make_model(kind: str = "mlp", **model):

@@ -13,20 +13,14 @@ from gradlab.config.experiment import validate
 from gradlab.build.models import build_model
 from gradlab.measure.probe import Probe
 from gradlab.vocab.quantities import LAYERS_COLUMNS, NORM, RESIDUAL, has_norm_columns, layers_columns
+from probing import probed_rows
 
 LOSS = torch.nn.functional.cross_entropy
 
 
 def measured(model, x, y, groups=("weights", "activations")):
     probe = Probe(model, groups)
-    model.zero_grad(set_to_none=True)
-    probe.attach()
-    logits = model(x)
-    loss = LOSS(logits, y)
-    loss.backward()
-    probe.detach()
-    values, _ = probe.measure(loss, logits, y).fetch()
-    return probe.rows(0, values)
+    return probed_rows(probe, model, x, y)
 
 
 def build(kind="mlp", **model):

@@ -14,20 +14,14 @@ from gradlab.theory import activations
 from gradlab.config.experiment import validate
 from gradlab.build.models import build_model
 from gradlab.measure.probe import Probe
+from probing import probed_rows
 
 LOSS = torch.nn.functional.cross_entropy
 
 
 def measure(model, x, y, groups=("weights", "deltas", "activations"), threshold=0.05):
     probe = Probe(model, groups, threshold)
-    model.zero_grad(set_to_none=True)
-    probe.attach()
-    logits = model(x)
-    loss = LOSS(logits, y)
-    loss.backward()
-    probe.detach()
-    values, _ = probe.measure(loss, logits, y).fetch()
-    return probe.rows(0, values)
+    return probed_rows(probe, model, x, y)
 
 
 def identity_block(activation, width=4):

@@ -13,6 +13,7 @@ from gradlab.vocab.errors import ConfigError
 from gradlab.build.models import Block, ResidualBlock, build_model
 from gradlab.measure.probe import Probe
 from gradlab.vocab.quantities import LAYERS_COLUMNS, RESIDUAL, layers_columns
+from probing import probed_rows
 
 LOSS = torch.nn.functional.cross_entropy
 
@@ -31,14 +32,7 @@ def batch(shape, n=16, classes=3, seed=1):
 
 def measured(model, x, y, groups=("weights", "deltas", "activations", "updates")):
     probe = Probe(model, groups)
-    model.zero_grad(set_to_none=True)
-    probe.attach()
-    logits = model(x)
-    loss = LOSS(logits, y)
-    loss.backward()
-    probe.detach()
-    values, _ = probe.measure(loss, logits, y).fetch()
-    return {row["layer"]: row for row in probe.rows(0, values)}
+    return {row["layer"]: row for row in probed_rows(probe, model, x, y)}
 
 
 def by_hand(model, x, y, alpha):
