@@ -7,9 +7,10 @@ import torch
 from torch import nn
 
 from gradlab.measure.probe import Probe
+from gradlab.measure.recurrent_probe import RecurrentProbe
 
 
-def measured_pass(probe: Probe, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[dict, dict]:
+def measured_pass(probe: Probe | RecurrentProbe, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[dict, dict]:
     """zero_grad, forward with the probe attached, the cross-entropy loss, backward: the probe's
     fetched (values, extras) of that pass."""
     model.zero_grad(set_to_none=True)

@@ -168,13 +168,7 @@ def reference_forward(model, x):
 
 def probe_step(model, x, y, groups=("weights", "deltas", "activations", "updates")):
     probe = RecurrentProbe(model, groups)
-    model.zero_grad(set_to_none=True)
-    probe.attach()
-    logits = model(x)
-    loss = nn.functional.cross_entropy(logits, y)
-    loss.backward()
-    probe.detach()
-    columns, extras = probe.measure(loss, logits, y).fetch()
+    columns, extras = measured_pass(probe, model, x, y)
     return probe, columns, extras
 
 
@@ -344,6 +338,7 @@ from gradlab.vocab.errors import ConfigError  # noqa: E402
 from gradlab.vocab.quantities import LAYERS_COLUMNS, RECURRENT_LAYERS_COLUMNS, TIMESTEPS_COLUMNS  # noqa: E402
 from gradlab.records.run import load_run  # noqa: E402
 from gradlab.orchestrate.runner import run_experiment  # noqa: E402
+from probing import measured_pass
 
 
 def recurrent_experiment(tmp_path, kind="lstm", **model):
