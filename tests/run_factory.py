@@ -199,3 +199,15 @@ def fill_disk(disk: Path, leave: int = 0) -> None:
     if leave:
         size = (disk / "filler").stat().st_size
         os.truncate(disk / "filler", max(size - leave, 0))
+
+
+def assert_one_error(result: Any, *fragments: str, code: int = 2, warnings: bool = False) -> str:
+    """A command refused with one clear line: exit `code`, stderr exactly one `error: ...` line holding
+    every fragment (with `warnings`, `warning: ...` lines beside it are allowed), no traceback."""
+    assert result.exit_code == code, (result.exit_code, result.output)
+    lines = [line for line in result.stderr.splitlines() if not (warnings and line.startswith("warning: "))]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert "Traceback" not in result.output
+    return lines[0]

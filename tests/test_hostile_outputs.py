@@ -9,23 +9,17 @@ skipped with the reason.
 from __future__ import annotations
 
 import subprocess
+from functools import partial
 from pathlib import Path
 
 import pytest
 
+from run_factory import assert_one_error as one_error_line
 from run_factory import fill_disk, one_run
 
 OUTPUT_COMMANDS = ("schema", "compare", "check", "plot", "report", "export")
 
-
-def assert_one_error(result, *fragments: str, code: int = 2) -> str:
-    assert result.exit_code == code, (result.exit_code, result.output)
-    lines = [line for line in result.stderr.splitlines() if not line.startswith("warning: ")]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    assert "Traceback" not in result.output
-    return lines[0]
+assert_one_error = partial(one_error_line, warnings=True)  # the output commands may warn beside their error
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gradlab.records import layout
-from run_factory import write_yaml
+from run_factory import assert_one_error, write_yaml
 
 BASE = {
     "name": "grid",
@@ -25,15 +25,6 @@ BASE = {
     "log": {"every": 5},
 }
 
-
-def assert_one_error(result, *fragments: str, code: int = 2) -> str:
-    assert result.exit_code == code, (result.exit_code, result.output)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

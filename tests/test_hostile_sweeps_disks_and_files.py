@@ -29,7 +29,7 @@ from gradlab.orchestrate import sweep_lock
 from gradlab.orchestrate import sweep_plan
 from gradlab.orchestrate import sweep_resources
 from gradlab.vocab.errors import ConfigError
-from run_factory import SWEEP_BASE, fill_disk, start_long_run, wait_for_rows, write_yaml
+from run_factory import SWEEP_BASE, assert_one_error, fill_disk, start_long_run, wait_for_rows, write_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,15 +45,6 @@ def read_index(sweep_dir: Path) -> dict[str, dict[str, str]]:
     with open(sweep_dir / layout.SWEEP_INDEX_FILE, newline="") as file:
         return {row["run"]: row for row in csv.DictReader(file)}
 
-
-def assert_one_error(result, *fragments: str, code: int = 2) -> str:
-    assert result.exit_code == code, result.output
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 def python(*args: str, **kwargs) -> subprocess.Popen:
