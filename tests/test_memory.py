@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from gradlab.config.experiment import validate
 from gradlab.orchestrate.sweep_plan import load_experiments
 from gradlab.build.memory import check_fits, estimate, parameter_count
 from gradlab.vocab.datasets import known_input_shape
 from gradlab.build.models import build_model
+from peak_memory import run_peaks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,53 +72,11 @@ PEAK_GRID = {
     "cnn with lrn": {"data": {"name": "images", "n_train": 512, "n_test": 256, "batch_size": 256}, "model": {"kind": "cnn", "depth": 3, "width": 32, "norm": "lrn"}},
     "teacher data generation": {"data": {"name": "teacher", "dim": 256, "n_train": 200000, "n_test": 1024, "batch_size": 128}, "model": {"depth": 2, "width": 32}},
 }  # fmt: skip
-TINY_RUN = {"data": {"dim": 4, "n_train": 64, "n_test": 32, "batch_size": 16, "classes": 3}, "model": {"depth": 1, "width": 4}}
-
-
-# Runs `gradlab run` and writes the process's own peak resident memory (VmHWM, of its address space
-# after exec) when it exits. ru_maxrss of a child would not do: Linux starts it at the RSS of the
-# process that forked it, here the whole test session.
-_PEAK_CHILD = """
-import atexit, sys
-out = sys.argv.pop(1)
-def write_peak():
-    with open("/proc/self/status") as status:
-        kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-    with open(out, "w") as file:
-        file.write(str(kb * 1024))
-atexit.register(write_peak)
-from gradlab.cli.app import main
-sys.argv[0] = "gradlab"
-main()
-"""
-
-
-def _peak_rss(config: dict, tmp_path: Path) -> int:
-    """Peak resident memory of a `gradlab run` process, in bytes.
-
-    glibc's malloc serves large blocks from its heap once a large block has been freed (its mmap
-    threshold rises) and keeps freed heap memory, so without a fixed threshold the peak mixes the
-    run's tensors with the allocator's retention; a fixed threshold makes it follow the tensors.
-    """
-    path, peak = tmp_path / "peak.yaml", tmp_path / "peak.bytes"
-    path.write_text(yaml.safe_dump({
-        "name": "peak", "device": "cpu", "train": {"steps": 2, "eval_every": 1},
-        "log": {"every": 1, "out": str(tmp_path / "out")}, **config,
-    }))  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "131072"}
-    proc = subprocess.run([sys.executable, "-c", _PEAK_CHILD, str(peak), "run", str(path), "--quiet"], cwd=ROOT, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    return int(peak.read_text())
-
-
 @pytest.mark.slow
 def test_the_estimate_bounds_the_real_peak_within_a_factor_of_2(tmp_path):
-    baseline = _peak_rss(TINY_RUN, tmp_path)  # the interpreter, torch and gradlab themselves
-    for label, config in PEAK_GRID.items():
-        exp = validate({"device": "cpu", **config})
+    for label, real in run_peaks(PEAK_GRID, tmp_path).items():
+        exp = validate({"device": "cpu", **PEAK_GRID[label]})
         need = estimate(exp, known_input_shape(exp.data), exp.data.classes).total
-        real = _peak_rss(config, tmp_path) - baseline
         assert real <= need <= 2 * real, f"{label}: real peak {real / 1e6:.0f} MB, estimate {need / 1e6:.0f} MB"
 
 

@@ -10,7 +10,7 @@ import pytest
 from gradlab.build import memory
 from gradlab.config.experiment import validate
 from gradlab.vocab.datasets import known_input_shape
-from test_memory import TINY_RUN, _peak_rss
+from peak_memory import run_peaks
 
 
 def recurrent(kind: str, readout: str, steps: int, **model) -> dict:
@@ -62,11 +62,8 @@ PEAK_GRID = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("label", list(PEAK_GRID))
-def test_the_estimate_bounds_a_recurrent_runs_real_peak_within_a_factor_of_2(tmp_path, label):
-    config = PEAK_GRID[label]
-    baseline = _peak_rss(TINY_RUN, tmp_path)
-    exp = validate({"device": "cpu", **config})
-    need = memory.estimate(exp, known_input_shape(exp.data), exp.data.classes).total
-    real = _peak_rss(config, tmp_path) - baseline
-    assert real <= need <= 2 * real, f"{label}: real peak {real / 1e6:.0f} MB, estimate {need / 1e6:.0f} MB"
+def test_the_estimate_bounds_a_recurrent_runs_real_peak_within_a_factor_of_2(tmp_path):
+    for label, real in run_peaks(PEAK_GRID, tmp_path).items():
+        exp = validate({"device": "cpu", **PEAK_GRID[label]})
+        need = memory.estimate(exp, known_input_shape(exp.data), exp.data.classes).total
+        assert real <= need <= 2 * real, f"{label}: real peak {real / 1e6:.0f} MB, estimate {need / 1e6:.0f} MB"
