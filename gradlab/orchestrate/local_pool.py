@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import queue as queue_module
 import signal
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -31,6 +32,11 @@ from gradlab.orchestrate.signals import POLL_S, SIGNALS, STOP, signals_held
 from gradlab.vocab.errors import GradlabError
 
 _QUEUE = None  # a worker's channel to the parent: progress events, as they are
+# A worker's state for its parent watcher: whether a run is in flight, and whether the sweep's
+# process is gone (then the worker exits the moment its run has closed its records).
+_RUN_STATE = threading.Lock()
+_IN_RUN = False
+_ORPHANED = False
 
 
 PARENT_POLL_S = 0.5  # how often a worker checks that the sweep's process is still alive
@@ -63,8 +69,10 @@ def _alive(pid: int) -> bool:
 def _watch_parent(parent: int) -> None:
     """A worker whose sweep process died (SIGKILL, a closed terminal, a crash) must not train on
     behind its back: its run is stopped as on SIGTERM (records closed as interrupted at the next
-    logged step), insisted on after ORPHAN_GRACE_S, and the process exits after twice that, even
-    if a result or an event it cannot deliver any more holds it up."""
+    logged step) and the process exits as soon as the run has closed them (_pool_member); the stop
+    is insisted on after ORPHAN_GRACE_S, and the process exits after twice that, even if a result
+    or an event it cannot deliver any more holds it up. An idle worker exits at once."""
+    global _ORPHANED
     while _alive(parent):
         time.sleep(PARENT_POLL_S)
     if _QUEUE is not None:
@@ -72,6 +80,10 @@ def _watch_parent(parent: int) -> None:
             _QUEUE.cancel_join_thread()  # nobody reads the queue any more: do not wait for it at exit
         except Exception:
             pass
+    with _RUN_STATE:
+        _ORPHANED = True
+        if not _IN_RUN:
+            os._exit(128 + int(signal.SIGTERM))
     for _ in range(2):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(ORPHAN_GRACE_S)
@@ -92,8 +104,6 @@ def _init_worker(channel, parent: int | None = None) -> None:
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)  # held back since the parent started us
     if parent is not None:
-        import threading
-
         threading.Thread(target=_watch_parent, args=(parent,), name="gradlab-parent-watch", daemon=True).start()
         if not _alive(parent):  # it died while this worker started
             os.kill(os.getpid(), signal.SIGTERM)
@@ -172,8 +182,6 @@ def start_workers_early(executor: str = "local", jobs: int | None = 1) -> None:
     global _EARLY
     if executor != "local" or (jobs or 1) <= 1:
         return
-    import threading
-
     pool = _Pool.create(jobs)
 
     def spawn() -> None:  # submit() forks a worker, and waits for the forkserver to have preloaded
@@ -230,7 +238,18 @@ def on_early_worker(function, *args):
 
 
 def _pool_member(task: MemberTask) -> MemberResult:
-    return run_member(task, _QUEUE.put)
+    global _IN_RUN
+    with _RUN_STATE:
+        if _ORPHANED:  # (the watcher is about to end this process)
+            os._exit(128 + int(signal.SIGTERM))
+        _IN_RUN = True
+    try:
+        return run_member(task, _QUEUE.put)
+    finally:
+        with _RUN_STATE:
+            _IN_RUN = False
+            if _ORPHANED:  # its records are closed; nobody can take the result
+                os._exit(128 + int(signal.SIGTERM))
 
 
 def run_pool(tasks: list[MemberTask], on_event: Progress, jobs: int) -> None:
