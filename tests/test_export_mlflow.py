@@ -5,6 +5,7 @@ MLflow's own client (`mlflow.tracking.MlflowClient`), checked cell by cell again
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 import socket
@@ -16,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytest.importorskip("mlflow", reason="the mlflow extra is not installed (pip install 'gradlab[mlflow]')")
-from mlflow.tracking import MlflowClient  # noqa: E402
+if importlib.util.find_spec("mlflow") is None:
+    pytest.skip("the mlflow extra is not installed (pip install 'gradlab[mlflow]')", allow_module_level=True)
 
 import gradlab  # noqa: E402
 from gradlab.show import export_mlflow as exporting  # noqa: E402
@@ -31,6 +32,14 @@ pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy i
 
 LAYER_VALUES = [q.name for q in quantities.LAYER_QUANTITIES]
 NOT_METRICS = ("step", "split", "time_s")
+
+
+def mlflow_client(store: str):
+    """MLflow's own client on `store`, imported at its first use: MLflow takes seconds to import,
+    and every pytest-xdist worker collects this file."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(store)
 
 
 @pytest.fixture
@@ -61,7 +70,7 @@ def expected_metrics(run_dir: Path) -> dict[str, dict[int, float]]:
     return expected
 
 
-def check_against_csv(client: MlflowClient, run_id: str, run_dir: Path) -> None:
+def check_against_csv(client, run_id: str, run_dir: Path) -> None:
     expected = expected_metrics(run_dir)
     recorded = {k for k in client.get_run(run_id).data.metrics if not k.startswith("profile/")}
     assert recorded == set(expected)
@@ -87,7 +96,7 @@ def exported(summary, run_dir: Path):
 def test_every_metric_equals_its_csv_cell(tmp_path, store):
     run_dir = synthetic_run(tmp_path)
     summary = exporting.export_mlflow([run_dir], store, "gradients")
-    client = MlflowClient(store)
+    client = mlflow_client(store)
     (run,) = summary.runs
     assert (summary.tracking_uri, summary.experiment) == (store, "gradients")
     assert client.get_experiment_by_name("gradients").experiment_id == summary.experiment_id
@@ -103,7 +112,7 @@ def test_every_metric_equals_its_csv_cell(tmp_path, store):
 def test_profile_is_first_over_last_hidden_layer(tmp_path, store):
     run_dir = synthetic_run(tmp_path)
     (run,) = exporting.export_mlflow([run_dir], store).runs
-    client = MlflowClient(store)
+    client = mlflow_client(store)
     # by hand from the rows written above: gain = delta_norm(layer 0) / delta_norm(layer 2)
     gain = {m.step: m.value for m in client.get_metric_history(run.run_id, "profile/gain")}
     assert gain == pytest.approx({0: 1e-3 / 1e-1, 10: 2e-3 / 2e-1}, rel=1e-12)
@@ -118,7 +127,7 @@ def test_params_tags_status_and_times(tmp_path, store):
     meta.update(started="2024-01-01T00:00:00+00:00", ended="2024-01-01T00:01:30.250000+00:00")
     (run_dir / "meta.json").write_text(json.dumps(meta))
     (run,) = exporting.export_mlflow([run_dir], store).runs
-    got = MlflowClient(store).get_run(run.run_id)
+    got = mlflow_client(store).get_run(run.run_id)
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     params = got.data.params
     assert params["name"] == "exp" and params["seed"] == "0"
@@ -134,16 +143,16 @@ def test_params_tags_status_and_times(tmp_path, store):
     assert got.info.status == "FINISHED"
     assert (got.info.start_time, got.info.end_time) == (1704067200000, 1704067200000 + 90250)
     # a metric's time: the start plus the step's time_s (metrics.csv: 0.01 * step)
-    assert [m.timestamp for m in MlflowClient(store).get_metric_history(run.run_id, "delta_norm/blocks.0")] == [1704067200000, 1704067200100]
+    assert [m.timestamp for m in mlflow_client(store).get_metric_history(run.run_id, "delta_norm/blocks.0")] == [1704067200000, 1704067200100]
     # the default experiment, MLflow's own
-    assert got.info.experiment_id == MlflowClient(store).get_experiment_by_name("Default").experiment_id
+    assert got.info.experiment_id == mlflow_client(store).get_experiment_by_name("Default").experiment_id
 
 
 @pytest.mark.slow
 def test_statuses(tmp_path, store):
     runs = {status: synthetic_run(tmp_path / status, name=status, status=status) for status in ("diverged", "interrupted", "running")}
     summary = exporting.export_mlflow([tmp_path], store, "statuses")
-    client = MlflowClient(store)
+    client = mlflow_client(store)
     mlflow_status = {status: client.get_run(exported(summary, run_dir).run_id).info.status for status, run_dir in runs.items()}
     assert mlflow_status == {"diverged": "FAILED", "interrupted": "KILLED", "running": "RUNNING"}
 
@@ -153,7 +162,7 @@ def test_expect_results_are_tags_as_gradlab_check_says_them(tmp_path, store):
     expect = {"status": "completed", "gain": {"step": 0, "between": [0.001, 0.1]}, "final_test_accuracy": {"min": 0.9}}
     run_dir = synthetic_run(tmp_path, expect=expect)
     (run,) = exporting.export_mlflow([run_dir], store).runs
-    tags = MlflowClient(store).get_run(run.run_id).data.tags
+    tags = mlflow_client(store).get_run(run.run_id).data.tags
     outcomes = gradlab.check(run_dir)
     assert [o.passed for o in outcomes] == [True, True, False]
     assert tags["gradlab.expect"] == "failed"
@@ -167,7 +176,7 @@ def test_expect_results_are_tags_as_gradlab_check_says_them(tmp_path, store):
 def test_records_and_figures_are_artifacts(tmp_path, store):
     run_dir = real_run(tmp_path / "results", "relu", STABLE, steps=10)
     (run,) = exporting.export_mlflow([run_dir], store).runs
-    client = MlflowClient(store)
+    client = mlflow_client(store)
     check_against_csv(client, run.run_id, run_dir)  # a real run's numbers too
     records = sorted(a.path for a in client.list_artifacts(run.run_id, "records"))
     assert records == ["records/config.yaml", "records/layers.csv", "records/meta.json", "records/metrics.csv"]
@@ -203,7 +212,7 @@ def test_watch_runs_with_a_layer_called_twice(tmp_path, store):
             opt.step()
             w.step(loss=loss)
     (run,) = exporting.export_mlflow([w.run_dir], store).runs
-    client = MlflowClient(store)
+    client = mlflow_client(store)
     check_against_csv(client, run.run_id, w.run_dir)
     assert [m.step for m in client.get_metric_history(run.run_id, "delta_norm/shared-1")] == [0, 2, 4]
 
@@ -227,7 +236,7 @@ def test_folders_of_runs_and_problems(tmp_path, store):
     assert len(summary.runs) == 2
     assert any("nothing-here: does not exist" in line for line in summary.problems)
     assert any("partial row" in line for line in summary.problems)
-    client = MlflowClient(store)
+    client = mlflow_client(store)
     check_against_csv(client, exported(summary, good).run_id, good)
     assert [m.step for m in client.get_metric_history(exported(summary, cut).run_id, "delta_norm/blocks.0")] == [0, 10]
     # a second export makes new MLflow runs (MLflow's way), it never changes the first ones
@@ -277,7 +286,7 @@ def test_bad_input_is_one_line(tmp_path, store):
 
 @pytest.mark.slow
 def test_a_deleted_experiment_is_refused(tmp_path, store):
-    client = MlflowClient(store)
+    client = mlflow_client(store)
     client.delete_experiment(client.create_experiment("gone"))
     with pytest.raises(RunError) as caught:
         exporting.export_mlflow([synthetic_run(tmp_path)], store, "gone")
@@ -296,7 +305,7 @@ def test_without_mlflow_one_line_says_how_to_install(tmp_path, monkeypatch):
 def test_the_python_api(tmp_path, store):
     run_dir = synthetic_run(tmp_path)
     summary = gradlab.export_mlflow([run_dir], tracking_uri=store, experiment="api")
-    check_against_csv(MlflowClient(store), summary.runs[0].run_id, run_dir)
+    check_against_csv(mlflow_client(store), summary.runs[0].run_id, run_dir)
 
 
 @pytest.mark.slow
@@ -311,4 +320,4 @@ def test_the_export_loads_no_torch(tmp_path, store):
     proc = subprocess.run([sys.executable, "-c", probe, "export", str(run_dir), "--mlflow", "--tracking-uri", store], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == "False"
-    assert len(MlflowClient(store).search_runs([MlflowClient(store).get_experiment_by_name("Default").experiment_id])) == 1
+    assert len(mlflow_client(store).search_runs([mlflow_client(store).get_experiment_by_name("Default").experiment_id])) == 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import csv
 import importlib
+import importlib.util
 import json
 import math
 import signal
@@ -22,12 +23,11 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("lightning", reason="the lightning extra is not installed (pip install 'gradlab[lightning]')")
+if importlib.util.find_spec("lightning") is None:
+    pytest.skip("the lightning extra is not installed (pip install 'gradlab[lightning]')", allow_module_level=True)
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
-
-from gradlab.integrations.lightning import GradlabCallback  # noqa: E402
 from gradlab.vocab.errors import ConfigError, ExpectationFailed  # noqa: E402
 
 # Lightning's advice for real training (worker processes, a validation loader) and its own deprecations
@@ -37,6 +37,14 @@ pytestmark = pytest.mark.filterwarnings(
 
 SITES = ["net.0", "net.2", "net.4"]
 LR, MOMENTUM = 0.1, 0.9
+
+
+def gradlab_callback(**options):
+    """gradlab's callback, imported at its first use: Lightning takes seconds to import, and every
+    pytest-xdist worker collects this file."""
+    from gradlab.integrations.lightning import GradlabCallback
+
+    return GradlabCallback(**options)
 
 
 @pytest.fixture(params=["lightning.pytorch", "pytorch_lightning"])
@@ -202,7 +210,7 @@ def test_every_cell_equals_retain_grad_over_two_epochs(pl, tmp_path, via_self):
     batches = data(4)
     module = tiny_module(pl, via_self=via_self)
     twin = copy.deepcopy(module.net)
-    callback = GradlabCallback(every=3, out=tmp_path / "results", name="tiny")
+    callback = gradlab_callback(every=3, out=tmp_path / "results", name="tiny")
     trainer(pl, tmp_path, [callback]).fit(module, loader(batches), loader(data(2, seed=7)))
     layers, metrics = reference_fit(twin, batches, epochs=2, every=3)
     assert sorted(layers) == [0, 3, 6]  # 8 optimizer steps
@@ -222,7 +230,7 @@ def test_gradient_accumulation_steps_once_per_optimizer_step(pl, tmp_path):
     batches = data(5)
     module = tiny_module(pl)
     twin = copy.deepcopy(module.net)
-    callback = GradlabCallback(every=1, out=tmp_path)
+    callback = gradlab_callback(every=1, out=tmp_path)
     trainer(pl, tmp_path, [callback], accumulate_grad_batches=2, gradient_clip_val=0.05).fit(module, loader(batches))
     layers, metrics = reference_fit(twin, batches, epochs=2, every=1, accumulate=2, clip=0.05)
     assert sorted(layers) == [0, 1, 2, 3, 4, 5]
@@ -234,7 +242,7 @@ def test_gradient_accumulation_steps_once_per_optimizer_step(pl, tmp_path):
 def test_the_callback_does_not_change_training(pl, tmp_path):
     batches = data(4)
     watched, plain = tiny_module(pl), tiny_module(pl)
-    trainer(pl, tmp_path, [GradlabCallback(every=1, out=tmp_path)]).fit(watched, loader(batches))
+    trainer(pl, tmp_path, [gradlab_callback(every=1, out=tmp_path)]).fit(watched, loader(batches))
     trainer(pl, tmp_path, []).fit(plain, loader(batches))
     for a, b in zip(watched.parameters(), plain.parameters()):
         assert torch.equal(a, b)
@@ -249,14 +257,14 @@ FAILS = {"gain": {"step": 0, "between": [1e6, 1e7]}}
 
 
 def test_an_expectation_that_holds_lets_the_fit_end(pl, tmp_path):
-    callback = GradlabCallback(every=2, out=tmp_path, expect=HOLDS)
+    callback = gradlab_callback(every=2, out=tmp_path, expect=HOLDS)
     trainer(pl, tmp_path, [callback]).fit(tiny_module(pl), loader(data(4)))
     assert [o.name for o in callback.outcomes] == ["status", "gain@0"]
     assert all(o.passed for o in callback.outcomes)
 
 
 def test_an_expectation_that_fails_fails_the_fit(pl, tmp_path):
-    callback = GradlabCallback(every=2, out=tmp_path, expect=FAILS)
+    callback = gradlab_callback(every=2, out=tmp_path, expect=FAILS)
     module = tiny_module(pl)
     with pytest.raises(ExpectationFailed) as caught:
         trainer(pl, tmp_path, [callback]).fit(module, loader(data(4)))
@@ -272,14 +280,14 @@ def test_an_expectation_that_fails_fails_the_fit(pl, tmp_path):
 
 
 def test_on_fail_warn_reports_and_the_fit_ends(pl, tmp_path):
-    callback = GradlabCallback(every=2, out=tmp_path, expect=FAILS, on_fail="warn")
+    callback = gradlab_callback(every=2, out=tmp_path, expect=FAILS, on_fail="warn")
     with pytest.warns(UserWarning, match=r"gradlab expect: .*gain@0 = .*, expected between \[1e\+06, 1e\+07\]"):
         trainer(pl, tmp_path, [callback]).fit(tiny_module(pl), loader(data(4)))
     assert meta(callback.run_dir)["status"] == "completed"
 
 
 def test_a_training_step_that_raises_closes_the_run_as_failed(pl, tmp_path):
-    callback = GradlabCallback(every=1, out=tmp_path)
+    callback = gradlab_callback(every=1, out=tmp_path)
     module = tiny_module(pl, fail_at=3)
     with pytest.raises(RuntimeError, match="boom"):
         trainer(pl, tmp_path, [callback]).fit(module, loader(data(4)))
@@ -290,7 +298,7 @@ def test_a_training_step_that_raises_closes_the_run_as_failed(pl, tmp_path):
 
 
 def test_ctrl_c_closes_the_run_as_interrupted(pl, tmp_path):
-    callback = GradlabCallback(every=1, out=tmp_path)
+    callback = gradlab_callback(every=1, out=tmp_path)
     handler = signal.getsignal(signal.SIGINT)
     try:
         with pytest.raises(SystemExit):  # Lightning's graceful shutdown exits with 1
@@ -303,7 +311,7 @@ def test_ctrl_c_closes_the_run_as_interrupted(pl, tmp_path):
 
 def test_manual_optimization_is_refused_in_one_line(pl, tmp_path):
     with pytest.raises(ConfigError) as caught:
-        trainer(pl, tmp_path, [GradlabCallback(out=tmp_path / "results")]).fit(tiny_module(pl, manual=True), loader(data(2)))
+        trainer(pl, tmp_path, [gradlab_callback(out=tmp_path / "results")]).fit(tiny_module(pl, manual=True), loader(data(2)))
     (line,) = caught.value.lines
     assert line.startswith("GradlabCallback: manual optimization (automatic_optimization = False) is not supported")
     assert not (tmp_path / "results").exists()  # nothing written
@@ -311,13 +319,13 @@ def test_manual_optimization_is_refused_in_one_line(pl, tmp_path):
 
 def test_bad_arguments(tmp_path, pl):
     with pytest.raises(ConfigError, match=r"GradlabCallback: expect\.gain\.betwen"):
-        GradlabCallback(expect={"gain": {"betwen": [1, 2]}})
+        gradlab_callback(expect={"gain": {"betwen": [1, 2]}})
     with pytest.raises(ConfigError, match="on_fail got 'ignore'; allowed: raise, warn"):
-        GradlabCallback(on_fail="ignore")
+        gradlab_callback(on_fail="ignore")
     # watch's own checks, at the start of the fit, before any step
     module = tiny_module(pl)
     with pytest.raises(ConfigError, match="every got 0"):
-        trainer(pl, tmp_path, [GradlabCallback(every=0, out=tmp_path / "results")]).fit(module, loader(data(2)))
+        trainer(pl, tmp_path, [gradlab_callback(every=0, out=tmp_path / "results")]).fit(module, loader(data(2)))
     assert module.batches == 0 and not (tmp_path / "results").exists()
 
 
