@@ -8,10 +8,13 @@ import csv
 import importlib.util
 import json
 import math
+import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -42,12 +45,26 @@ def mlflow_client(store: str):
     return MlflowClient(store)
 
 
+@pytest.fixture(scope="module")
+def new_store_file(tmp_path_factory) -> Path:
+    """The database file of a new SQLite tracking store, made once per module: MLflow takes seconds
+    to create a store's tables."""
+    path = tmp_path_factory.mktemp("mlflow-new-store") / "mlflow.db"
+    mlflow_client(f"sqlite:///{path}").search_experiments()  # the tables, and the Default experiment
+    return path
+
+
 @pytest.fixture
-def store(tmp_path, monkeypatch):
-    """A SQLite tracking store in tmp_path, which is also the working directory (MLflow puts the
-    artifacts of a SQLite store's experiments in ./mlruns/)."""
+def store(tmp_path, monkeypatch, new_store_file):
+    """A new SQLite tracking store in tmp_path, which is also the working directory (MLflow puts
+    the artifacts of a SQLite store's experiments in ./mlruns/). A copy of new_store_file whose
+    Default experiment keeps its artifacts here, as MLflow sets it in a store it creates here."""
     monkeypatch.chdir(tmp_path)
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+    path = tmp_path / "mlflow.db"
+    shutil.copyfile(new_store_file, path)
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", [str(tmp_path / "mlruns" / "0")])
+    return f"sqlite:///{path}"
 
 
 def csv_rows(path: Path) -> list[dict[str, str]]:
