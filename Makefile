@@ -22,10 +22,10 @@ demo: install
 # the suite on every core (pytest-xdist: a worker per core, each test file on one worker, one torch
 # thread each); test-fast leaves out the end-to-end runs marked slow
 test: install
-	$(BIN)/python -m pytest -n auto --dist loadfile
+	$(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder
 
 test-fast: install
-	$(BIN)/python -m pytest -n auto --dist loadfile -m 'not slow'
+	$(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder -m 'not slow'
 
 bench: install
 	$(BIN)/python benchmarks/overhead.py

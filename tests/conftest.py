@@ -55,3 +55,14 @@ def invoke() -> Callable[..., Any]:
 def invoke_wide() -> Callable[..., Any]:
     """`invoke` with COLUMNS=250, wide enough that rich never wraps a line the tests compare whole."""
     return _invoker({"COLUMNS": "250"})
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with the most end-to-end (slow-marked) tests first. pytest-xdist hands out whole files
+    (`--dist loadfile`) in this order (`--no-loadscope-reorder`; its default orders files by their
+    count of tests, long or short): a long file handed out last would keep one worker busy while
+    the others have finished."""
+    slow: dict[Any, int] = {}
+    for item in items:
+        slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
+    items.sort(key=lambda item: -slow[item.path])  # stable: a file's tests stay together and in order
