@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -33,12 +33,12 @@ UNITS_FIRST, UNITS_LAST = 1, -1  # where the units are in a (B, ...) tensor
 DACT_SQUARE_MEAN = "dact_square_mean"  # not a column: mean f'(u)^2, the square of dact_factor's rms(f')
 
 
-@dataclass(frozen=True)
-class Measured:
+class Measured(NamedTuple):
     """One site's value of one quantity, as the probe hands it to the step's pending measurement:
     the host reports value / divisor, or (divisor - value) / divisor for a `complement` (a count of
     what is active, reported as the share that is not); `positives`: value is a vector whose
-    entries > 0 are counted (counted for all sites of the step at once)."""
+    entries > 0 are counted (counted for all sites of the step at once). A tuple: a logged step
+    makes hundreds, and a frozen dataclass costs several times more to make."""
 
     quantity: str
     value: torch.Tensor
@@ -197,11 +197,13 @@ def ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
     return torch.where(float32_held(numerator) & float32_held(denominator), narrow, wide)
 
 
-def weight_scale(weights: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[float]]:
+def weight_scale(weights: Sequence[torch.Tensor], known_norms: torch.Tensor | None = None) -> tuple[torch.Tensor, list[float]]:
     """||W||_F / sqrt(n_out) of each weight, n_out its rows (a Linear's outputs, a convolution's
     output channels), as (norms, divisors): sqrt(fan_in * var(w)), the factor by which W^T scales a
-    random vector's norm (E||W^T d||^2 = ||W||_F^2 / n_out * ||d||^2 for W with i.i.d. entries)."""
-    return norms([w.detach() for w in weights]), [math.sqrt(w.shape[0]) for w in weights]
+    random vector's norm (E||W^T d||^2 = ||W||_F^2 / n_out * ||d||^2 for W with i.i.d. entries).
+    `known_norms`: the weights' `norms`, where the step has measured them already."""
+    measured = known_norms if known_norms is not None else norms([w.detach() for w in weights])
+    return measured, [math.sqrt(w.shape[0]) for w in weights]
 
 
 def dact_factor(dact_square_mean: float, next_weight_scale: float) -> float:

@@ -40,13 +40,16 @@ class PendingMeasurement:
     def add(self, quantity: str, site: Site, value: torch.Tensor, divisor: float = 1.0, complement: bool = False) -> None:
         """One site's value of a column gathered site by site; with `complement`, the column is
         (divisor - value) / divisor (a count of what is active, reported as the share that is not)."""
-        if (quantity, site.key) in self._seen:
+        key = site.key
+        if (quantity, key) in self._seen:
             raise RuntimeError(f"{site.name} (t={site.t}) measured twice for {quantity} in one step")
-        self._seen.add((quantity, site.key))
-        keys, values, divisors = self.columns.setdefault(quantity, ([], [], []))
-        keys.append(site.key)
-        values.append(value)
-        divisors.append(divisor)
+        self._seen.add((quantity, key))
+        column = self.columns.get(quantity)
+        if column is None:
+            column = self.columns[quantity] = ([], [], [])
+        column[0].append(key)
+        column[1].append(value)
+        column[2].append(divisor)
         if complement:
             self.complements.add(quantity)
 

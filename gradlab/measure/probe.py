@@ -71,6 +71,12 @@ class Probe:
             _Parameter(layer.site.key, family, b, position[id(b)]) for layer in self.layers for family, b in layer.biases.items() if b is not None
         ]
         self.weights = [entry.tensor for entry in self.weight_entries]
+        # where each layer's weight is in self.weights, for weight_scale to take this step's
+        # weight_norm instead of measuring the weights again; None where the norms could differ
+        # (a layer without a single weight; weights of several dtypes, which `norms` takes one by one)
+        at = {id(w): k for k, w in enumerate(self.weights)}
+        single = all("" in layer.weights and id(layer.weights[""]) in at for layer in self.layers)
+        self._layer_weight_at = [at[id(layer.weights[""])] for layer in self.layers] if single and len({w.dtype for w in self.weights}) == 1 else None
         self._pending = PendingMeasurement()
         self._weights_before: list[torch.Tensor] | None = None  # buffers, see snapshot_weights
         self._snapshot_taken = False
@@ -208,7 +214,8 @@ class Probe:
         if "activations" in self.groups and "dact_mean" in pending.columns:
             # each layer's weight scale, for dact_factor (computed from the host values in `rows`)
             every_site = [site.key for site in self.sites]
-            scales, divisors = kernels.weight_scale([layer.weight for layer in self.layers])
+            known = self._weight_norms[self._layer_weight_at] if self._weight_norms is not None and self._layer_weight_at is not None else None
+            scales, divisors = kernels.weight_scale([layer.weight for layer in self.layers], known)
             pending.columns[_WEIGHT_SCALE] = (every_site, scales, divisors)
         self._measure_norm_parts(pending, grad_norms)
         if self._noise_sums or self._noise_linear:
