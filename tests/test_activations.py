@@ -158,11 +158,11 @@ def test_moments_of_the_relu_family_and_identity_in_closed_form(q):
 
 
 def _mpmath_moments(spec, q):
-    """The same two integrals by mpmath's tanh-sinh quadrature, split at the kinks, at 30 digits."""
+    """The same two integrals by mpmath's tanh-sinh quadrature, split at the kinks, at 20 digits."""
     resolved = specs.activations.resolve(spec)
     name = resolved["name"]
     record, p = activations.get(name), specs.activations.params_of(resolved)
-    mpmath.mp.dps = 30
+    mpmath.mp.dps = 20
     root = mpmath.sqrt(q)
     # (0 is always a cut: tanh-sinh on a half-line far from the mass at 0 would miss it)
     cuts = [-mpmath.inf, *sorted({mpmath.mpf(0), *(mpmath.mpf(k) / root for k in record.kinks(p))}), mpmath.inf]
