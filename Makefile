@@ -12,6 +12,7 @@ $(BIN)/gradlab: pyproject.toml constraints.txt anchors-no-deps.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,ray,tensorboard,lightning,mlflow,docs,anchors]'
 	$(BIN)/python -m pip install -q --no-deps -r anchors-no-deps.txt
+	$(BIN)/python -m compileall -q gradlab  # bytecode for the editable install, where PYTHONDONTWRITEBYTECODE keeps Python from writing it
 	touch $(BIN)/gradlab
 
 install: $(BIN)/gradlab
