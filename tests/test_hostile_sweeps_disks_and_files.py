@@ -153,7 +153,9 @@ def test_workers_of_a_killed_parallel_sweep_stop_and_close_their_records(tmp_pat
         assert below
         parent.kill()
         parent.wait()
-        wait_until(lambda: not any(alive(pid) for pid in below), timeout=30, what="the workers ending")
+        # each run closes its records at its next step and its worker exits then, long before the
+        # 10 s after which an orphaned worker is ended whatever its run does
+        wait_until(lambda: not any(alive(pid) for pid in below), timeout=8, what="the workers ending")
     finally:
         parent.kill()
     sweep_dir = next((tmp_path / "out").rglob(layout.SWEEP_INDEX_FILE)).parent
