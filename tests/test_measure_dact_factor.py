@@ -42,3 +42,24 @@ def test_a_wide_random_network_changes_its_signal_by_dact_factor(tmp_path, activ
     for ratio, factor in zip(ratios, factors):
         assert factor == pytest.approx(ratio, rel=0.05)
     assert math.prod(factors) == pytest.approx(math.prod(ratios), rel=0.05)
+
+
+def test_with_or_without_the_weights_group_the_factor_is_rms_f_prime_times_the_next_weight_scale(tmp_path):
+    """The activations group takes the next layer's weight scale from the weights group's
+    weight_norm when that group runs, and measures the weights itself when it does not: the same
+    numbers either way, and the definition's, sqrt(mean relu'^2) * ||W_(l+1)||_F / sqrt(n_out)."""
+    model = {"depth": 5, "width": 32, "activation": "relu", "init": {"weight": "kaiming_normal", "bias": "zeros"}}
+    data = {"name": "gaussian", "dim": 16, "classes": 4, "n_train": 128, "n_test": 64, "batch_size": 64}
+
+    def step0(probes: list[str], out: str):
+        config = {"name": "dact", "seed": 3, "device": "cpu", "data": data, "model": {"kind": "mlp", **model},
+                  "train": {"steps": 1, "eval_every": 100}, "log": {"every": 1, "out": str(tmp_path / out), "probes": probes}}  # fmt: skip
+        layers = gradlab.run(config).layers
+        return layers[layers["step"] == 0].sort_values("layer")
+
+    alone = step0(["activations"], "alone")
+    beside = step0(["weights", "activations"], "beside")
+    assert alone["dact_factor"].tolist()[:-1] == beside["dact_factor"].tolist()[:-1]  # bit for bit
+    norms, dact = beside["weight_norm"].tolist(), beside["dact_mean"].tolist()  # relu' is 0 or 1: mean f'^2 = mean f'
+    expected = [math.sqrt(dact[k]) * norms[k + 1] / math.sqrt(model["width"] if k + 1 < model["depth"] else data["classes"]) for k in range(model["depth"])]
+    assert alone["dact_factor"].tolist()[: model["depth"]] == pytest.approx(expected, rel=1e-6)
